@@ -1,0 +1,470 @@
+//! Pool settings, backends and routes, with their defaults and bounds.
+//!
+//! Defaults follow what HAProxy and Envoy users expect: probes every 2 s with
+//! a 1 s timeout, rise 2, fall 3, healthy on 200-399; one retry within a 20%
+//! budget; outlier ejection after 5 consecutive failures for 30 s; panic mode
+//! below 50% usable primaries.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BackendAddr, HostMatch, PathPrefix, PoolName, ValidationError, Weight};
+
+// === LbPolicy ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Smooth weighted round-robin.
+    #[default]
+    RoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    LeastConnections,
+    /// Consistent hashing of the client address.
+    IpHash,
+    /// The less loaded of two weighted random picks.
+    RandomTwoChoices,
+}
+
+impl LbPolicy {
+    pub const ALL: [LbPolicy; 4] = [
+        Self::RoundRobin,
+        Self::LeastConnections,
+        Self::IpHash,
+        Self::RandomTwoChoices,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConnections => "least_connections",
+            Self::IpHash => "ip_hash",
+            Self::RandomTwoChoices => "random_two_choices",
+        }
+    }
+}
+
+impl std::str::FromStr for LbPolicy {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s.replace('-', "_"))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "policy",
+                    format!(
+                        "must be one of round_robin, least_connections, ip_hash, random_two_choices (got {s:?})"
+                    ),
+                )
+            })
+    }
+}
+
+// === HealthCheckSpec ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// How agents probe a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckSpec {
+    pub kind: HealthCheckKind,
+    /// HTTP request path.
+    pub path: String,
+    /// HTTP method.
+    pub method: String,
+    /// Host header to send; empty means the backend's address.
+    pub host: String,
+    /// Inclusive range of statuses that count as healthy.
+    pub expected_status_min: u16,
+    pub expected_status_max: u16,
+    /// Time between probes, milliseconds.
+    pub interval_ms: u32,
+    /// Probe timeout, milliseconds; at most the interval.
+    pub timeout_ms: u32,
+    /// Consecutive successes before a backend is healthy.
+    pub rise: u32,
+    /// Consecutive failures before a backend is unhealthy.
+    pub fall: u32,
+}
+
+impl Default for HealthCheckSpec {
+    fn default() -> Self {
+        Self {
+            kind: HealthCheckKind::Http,
+            path: "/".into(),
+            method: "GET".into(),
+            host: String::new(),
+            expected_status_min: 200,
+            expected_status_max: 399,
+            interval_ms: 2_000,
+            timeout_ms: 1_000,
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+impl HealthCheckSpec {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !self.path.starts_with('/')
+            || self
+                .path
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ValidationError::new(
+                "path",
+                format!(
+                    "must start with '/' and contain no whitespace (got {:?})",
+                    self.path
+                ),
+            ));
+        }
+        const METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "POST"];
+        if !METHODS.contains(&self.method.as_str()) {
+            return Err(ValidationError::new(
+                "method",
+                format!(
+                    "must be one of GET, HEAD, OPTIONS, POST (got {:?})",
+                    self.method
+                ),
+            ));
+        }
+        if !self.host.is_empty() && HostMatch::new(&self.host).is_err() {
+            return Err(ValidationError::new(
+                "host",
+                format!("must be a host name (got {:?})", self.host),
+            ));
+        }
+        in_range(
+            "expected_status_min",
+            self.expected_status_min.into(),
+            100,
+            599,
+        )?;
+        in_range(
+            "expected_status_max",
+            self.expected_status_max.into(),
+            100,
+            599,
+        )?;
+        if self.expected_status_min > self.expected_status_max {
+            return Err(ValidationError::new(
+                "expected_status_max",
+                format!(
+                    "must be at least expected_status_min ({} > {})",
+                    self.expected_status_min, self.expected_status_max
+                ),
+            ));
+        }
+        in_range("interval_ms", self.interval_ms, 100, 3_600_000)?;
+        in_range("timeout_ms", self.timeout_ms, 10, 3_600_000)?;
+        if self.timeout_ms > self.interval_ms {
+            return Err(ValidationError::new(
+                "timeout_ms",
+                format!(
+                    "must not exceed interval_ms ({} > {})",
+                    self.timeout_ms, self.interval_ms
+                ),
+            ));
+        }
+        in_range("rise", self.rise, 1, 100)?;
+        in_range("fall", self.fall, 1, 100)?;
+        Ok(())
+    }
+}
+
+// === RetryPolicy ===
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first (0 disables retries).
+    pub attempts: u32,
+    /// Timeout of each attempt, milliseconds.
+    pub per_try_timeout_ms: u32,
+    /// Retries allowed as a percentage of active requests.
+    pub budget_percent: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            per_try_timeout_ms: 5_000,
+            budget_percent: 20,
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        in_range("attempts", self.attempts, 0, 5)?;
+        in_range("per_try_timeout_ms", self.per_try_timeout_ms, 10, 3_600_000)?;
+        in_range("budget_percent", self.budget_percent, 0, 100)?;
+        Ok(())
+    }
+}
+
+// === OutlierSpec ===
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlierSpec {
+    /// Consecutive connect failures or 5xx that eject a backend (0 disables).
+    pub consecutive_failures: u32,
+    /// First ejection time in milliseconds; multiplied by the number of
+    /// ejections in a row.
+    pub base_ejection_ms: u32,
+    /// At most this percentage of a pool's backends are ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierSpec {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection_ms: 30_000,
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+impl OutlierSpec {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        in_range("consecutive_failures", self.consecutive_failures, 0, 1_000)?;
+        in_range("base_ejection_ms", self.base_ejection_ms, 100, 3_600_000)?;
+        in_range("max_ejected_percent", self.max_ejected_percent, 0, 100)?;
+        Ok(())
+    }
+}
+
+// === PoolConfig ===
+
+/// A pool's settings (its backends live beside it in [`crate::Pool`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    pub name: PoolName,
+    pub policy: LbPolicy,
+    pub health_check: HealthCheckSpec,
+    /// Upstream connect timeout, milliseconds.
+    pub connect_timeout_ms: u32,
+    /// Whole-request timeout including retries, milliseconds.
+    pub request_timeout_ms: u32,
+    pub retry: RetryPolicy,
+    pub outlier: OutlierSpec,
+    /// Below this percentage of usable primaries, spread over all (0 disables).
+    pub panic_threshold_percent: u32,
+}
+
+impl PoolConfig {
+    /// A pool with every setting at its default.
+    pub fn new(name: PoolName) -> Self {
+        Self {
+            name,
+            policy: LbPolicy::default(),
+            health_check: HealthCheckSpec::default(),
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 30_000,
+            retry: RetryPolicy::default(),
+            outlier: OutlierSpec::default(),
+            panic_threshold_percent: 50,
+        }
+    }
+
+    /// Checks every bound; the error's field is rooted at `pool`.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let at = |e: ValidationError| e.under("pool");
+        self.health_check
+            .validate()
+            .map_err(|e| at(e.under("health_check")))?;
+        in_range("connect_timeout_ms", self.connect_timeout_ms, 10, 60_000).map_err(at)?;
+        in_range("request_timeout_ms", self.request_timeout_ms, 10, 3_600_000).map_err(at)?;
+        self.retry.validate().map_err(|e| at(e.under("retry")))?;
+        if self.retry.per_try_timeout_ms > self.request_timeout_ms {
+            return Err(at(ValidationError::new(
+                "retry.per_try_timeout_ms",
+                format!(
+                    "must not exceed request_timeout_ms ({} > {})",
+                    self.retry.per_try_timeout_ms, self.request_timeout_ms
+                ),
+            )));
+        }
+        self.outlier
+            .validate()
+            .map_err(|e| at(e.under("outlier")))?;
+        in_range(
+            "panic_threshold_percent",
+            self.panic_threshold_percent,
+            0,
+            100,
+        )
+        .map_err(at)?;
+        Ok(())
+    }
+}
+
+fn in_range(field: &str, v: u32, min: u32, max: u32) -> Result<(), ValidationError> {
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("must be between {min} and {max} (got {v})"),
+        ))
+    }
+}
+
+// === Backend ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendRole {
+    #[default]
+    Primary,
+    /// Takes traffic only while no primary is usable.
+    Backup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    #[default]
+    Enabled,
+    /// No new requests; in-flight ones finish.
+    Draining,
+    Disabled,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::Draining => "draining",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl BackendRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Backup => "backup",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub address: BackendAddr,
+    pub weight: Weight,
+    pub role: BackendRole,
+    pub admin_state: AdminState,
+}
+
+impl Backend {
+    pub fn new(address: BackendAddr) -> Self {
+        Self {
+            address,
+            weight: Weight::DEFAULT,
+            role: BackendRole::Primary,
+            admin_state: AdminState::Enabled,
+        }
+    }
+}
+
+// === Route ===
+
+/// Sends requests for a host and path prefix to a pool. `(host,
+/// path_prefix)` is the route's identity: two routes may not share it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub host: HostMatch,
+    pub path_prefix: PathPrefix,
+    pub pool: PoolName,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> PoolConfig {
+        PoolConfig::new(PoolName::new("shop").unwrap())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        pool().validate().unwrap();
+    }
+
+    #[test]
+    fn each_bound_names_its_field() {
+        type Mutator = fn(&mut PoolConfig);
+        let cases: [(Mutator, &str); 14] = [
+            (
+                |p| p.health_check.interval_ms = 50,
+                "pool.health_check.interval_ms",
+            ),
+            (
+                |p| p.health_check.timeout_ms = 5_000,
+                "pool.health_check.timeout_ms",
+            ),
+            (|p| p.health_check.rise = 0, "pool.health_check.rise"),
+            (|p| p.health_check.fall = 101, "pool.health_check.fall"),
+            (
+                |p| p.health_check.path = "healthz".into(),
+                "pool.health_check.path",
+            ),
+            (
+                |p| p.health_check.method = "PATCH".into(),
+                "pool.health_check.method",
+            ),
+            (
+                |p| p.health_check.expected_status_min = 99,
+                "pool.health_check.expected_status_min",
+            ),
+            (
+                |p| p.health_check.expected_status_min = 500,
+                "pool.health_check.expected_status_max",
+            ),
+            (|p| p.connect_timeout_ms = 0, "pool.connect_timeout_ms"),
+            (|p| p.request_timeout_ms = 5, "pool.request_timeout_ms"),
+            (|p| p.retry.attempts = 6, "pool.retry.attempts"),
+            (
+                |p| p.retry.per_try_timeout_ms = 40_000,
+                "pool.retry.per_try_timeout_ms",
+            ),
+            (
+                |p| p.outlier.max_ejected_percent = 101,
+                "pool.outlier.max_ejected_percent",
+            ),
+            (
+                |p| p.panic_threshold_percent = 101,
+                "pool.panic_threshold_percent",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut p = pool();
+            mutate(&mut p);
+            let e = p.validate().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn policies_parse_by_name() {
+        for p in LbPolicy::ALL {
+            assert_eq!(p.as_str().parse::<LbPolicy>().unwrap(), p);
+        }
+        assert_eq!(
+            "least-connections".parse::<LbPolicy>().unwrap(),
+            LbPolicy::LeastConnections
+        );
+        assert_eq!("fastest".parse::<LbPolicy>().unwrap_err().field, "policy");
+    }
+}

@@ -1,0 +1,20 @@
+//! Tandem's domain: pools, backends, routes, health-check specs, the
+//! configuration snapshot and the closed set of changes applied to it.
+//!
+//! This crate owns validation (every identifier is a newtype checked once, in
+//! its constructor) and the pure algorithms the other crates share. It must
+//! never do I/O, know protobuf or know SQL: the `proto` crate and the control
+//! plane's store convert at their edges.
+
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod snapshot;
+
+pub use config::{
+    AdminState, Backend, BackendRole, HealthCheckKind, HealthCheckSpec, LbPolicy, OutlierSpec,
+    PoolConfig, RetryPolicy, Route,
+};
+pub use error::{Error, ValidationError};
+pub use ids::{BackendAddr, HostMatch, PathPrefix, PoolName, Revision, Weight};
+pub use snapshot::{ConfigChange, Pool, Snapshot};

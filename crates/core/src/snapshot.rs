@@ -1,0 +1,224 @@
+//! The whole declared configuration at one revision, and the closed set of
+//! changes that move it to the next. The control plane's change log, the
+//! Watch stream and the proxy's routing table all speak [`ConfigChange`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Backend, BackendAddr, Error, HostMatch, PathPrefix, PoolConfig, PoolName, Revision, Route,
+};
+
+/// A pool with its backends (sorted by address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub config: PoolConfig,
+    pub backends: Vec<Backend>,
+    /// The revision at which the pool or one of its backends last changed.
+    pub revision: Revision,
+}
+
+impl Pool {
+    pub fn backend(&self, address: &BackendAddr) -> Option<&Backend> {
+        self.backends.iter().find(|b| &b.address == address)
+    }
+}
+
+/// One committed change to the declared configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConfigChange {
+    /// Creates a pool or replaces its settings; its backends are untouched.
+    PoolUpserted(PoolConfig),
+    /// Deletes a pool with its backends.
+    PoolDeleted { name: PoolName },
+    /// Adds a backend or replaces it.
+    BackendUpserted { pool: PoolName, backend: Backend },
+    BackendRemoved {
+        pool: PoolName,
+        address: BackendAddr,
+    },
+    /// Adds a route or replaces the one with the same host and prefix.
+    RouteUpserted(Route),
+    RouteDeleted {
+        host: HostMatch,
+        path_prefix: PathPrefix,
+    },
+}
+
+/// Declared configuration at `revision`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub pools: BTreeMap<PoolName, Pool>,
+    /// Sorted by (host, path_prefix).
+    pub routes: Vec<Route>,
+}
+
+impl Snapshot {
+    pub fn route(&self, host: &HostMatch, path_prefix: &PathPrefix) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| &r.host == host && &r.path_prefix == path_prefix)
+    }
+
+    /// Applies a change committed at `revision`, which must be the next one.
+    /// A change that does not fit (a backend of an unknown pool, say) means
+    /// the follower has diverged and should fetch a fresh snapshot.
+    pub fn apply(&mut self, revision: Revision, change: &ConfigChange) -> Result<(), Error> {
+        if revision != self.revision.next() {
+            return Err(Error::StaleRevision {
+                what: "the snapshot".into(),
+                expected: self.revision.next().0,
+                actual: revision.0,
+            });
+        }
+        match change {
+            ConfigChange::PoolUpserted(config) => {
+                let pool = self
+                    .pools
+                    .entry(config.name.clone())
+                    .or_insert_with(|| Pool {
+                        config: config.clone(),
+                        backends: Vec::new(),
+                        revision,
+                    });
+                pool.config = config.clone();
+                pool.revision = revision;
+            }
+            ConfigChange::PoolDeleted { name } => {
+                self.pools.remove(name).ok_or_else(|| unknown_pool(name))?;
+            }
+            ConfigChange::BackendUpserted { pool, backend } => {
+                let p = self.pools.get_mut(pool).ok_or_else(|| unknown_pool(pool))?;
+                match p
+                    .backends
+                    .binary_search_by(|b| b.address.cmp(&backend.address))
+                {
+                    Ok(i) => p.backends[i] = backend.clone(),
+                    Err(i) => p.backends.insert(i, backend.clone()),
+                }
+                p.revision = revision;
+            }
+            ConfigChange::BackendRemoved { pool, address } => {
+                let p = self.pools.get_mut(pool).ok_or_else(|| unknown_pool(pool))?;
+                let i = p
+                    .backends
+                    .binary_search_by(|b| b.address.cmp(address))
+                    .map_err(|_| Error::UnknownBackend {
+                        pool: pool.to_string(),
+                        address: address.to_string(),
+                    })?;
+                p.backends.remove(i);
+                p.revision = revision;
+            }
+            ConfigChange::RouteUpserted(route) => {
+                if !self.pools.contains_key(&route.pool) {
+                    return Err(unknown_pool(&route.pool));
+                }
+                match self.route_index(&route.host, &route.path_prefix) {
+                    Ok(i) => self.routes[i] = route.clone(),
+                    Err(i) => self.routes.insert(i, route.clone()),
+                }
+            }
+            ConfigChange::RouteDeleted { host, path_prefix } => {
+                let i = self
+                    .route_index(host, path_prefix)
+                    .map_err(|_| Error::UnknownRoute {
+                        host: host.to_string(),
+                        path_prefix: path_prefix.to_string(),
+                    })?;
+                self.routes.remove(i);
+            }
+        }
+        self.revision = revision;
+        Ok(())
+    }
+
+    fn route_index(&self, host: &HostMatch, path_prefix: &PathPrefix) -> Result<usize, usize> {
+        self.routes
+            .binary_search_by(|r| (&r.host, &r.path_prefix).cmp(&(host, path_prefix)))
+    }
+}
+
+fn unknown_pool(name: &PoolName) -> Error {
+    Error::UnknownPool {
+        name: name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AdminState, Weight};
+
+    fn name(s: &str) -> PoolName {
+        PoolName::new(s).unwrap()
+    }
+
+    #[test]
+    fn changes_replay_in_order() {
+        let mut s = Snapshot::default();
+        let changes = vec![
+            ConfigChange::PoolUpserted(PoolConfig::new(name("shop"))),
+            ConfigChange::BackendUpserted {
+                pool: name("shop"),
+                backend: Backend::new(BackendAddr::new("10.0.0.2:80").unwrap()),
+            },
+            ConfigChange::BackendUpserted {
+                pool: name("shop"),
+                backend: Backend::new(BackendAddr::new("10.0.0.1:80").unwrap()),
+            },
+            ConfigChange::RouteUpserted(Route {
+                host: HostMatch::Any,
+                path_prefix: PathPrefix::new("/").unwrap(),
+                pool: name("shop"),
+            }),
+            ConfigChange::BackendUpserted {
+                pool: name("shop"),
+                backend: Backend {
+                    weight: Weight::new(5).unwrap(),
+                    admin_state: AdminState::Draining,
+                    ..Backend::new(BackendAddr::new("10.0.0.1:80").unwrap())
+                },
+            },
+        ];
+        for (i, c) in changes.iter().enumerate() {
+            s.apply(Revision(i as u64 + 1), c).unwrap();
+        }
+        assert_eq!(s.revision, Revision(5));
+        let shop = &s.pools[&name("shop")];
+        let addrs: Vec<_> = shop.backends.iter().map(|b| b.address.as_str()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert_eq!(shop.backends[0].admin_state, AdminState::Draining);
+        assert_eq!(shop.revision, Revision(5));
+        assert_eq!(s.routes.len(), 1);
+
+        // The log's JSON form round-trips.
+        for c in &changes {
+            let back: ConfigChange =
+                serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
+            assert_eq!(&back, c);
+        }
+    }
+
+    #[test]
+    fn gaps_and_unknown_pools_are_refused() {
+        let mut s = Snapshot::default();
+        let c = ConfigChange::PoolUpserted(PoolConfig::new(name("a")));
+        assert!(matches!(
+            s.apply(Revision(2), &c),
+            Err(Error::StaleRevision { .. })
+        ));
+        let c = ConfigChange::BackendRemoved {
+            pool: name("nope"),
+            address: BackendAddr::new("h:1").unwrap(),
+        };
+        assert!(matches!(
+            s.apply(Revision(1), &c),
+            Err(Error::UnknownPool { .. })
+        ));
+        assert_eq!(s.revision, Revision(0));
+    }
+}

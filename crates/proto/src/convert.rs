@@ -1,0 +1,425 @@
+//! Conversions between `tandem.v1` messages and `tandem-core` types.
+//!
+//! Inbound conversions validate and name the offending field the way a
+//! client wrote it (`pool.health_check.interval_ms`); outbound ones cannot
+//! fail.
+
+use tandem_core as core;
+use tandem_core::{
+    AdminState, BackendAddr, BackendRole, HealthCheckKind, HostMatch, LbPolicy, PathPrefix,
+    PoolConfig, PoolName, Revision, ValidationError, Weight,
+};
+
+use crate::v1;
+
+/// Inbound messages that break a rule.
+pub type ConvertError = ValidationError;
+
+// === enums ===
+
+pub fn policy_to_proto(p: LbPolicy) -> v1::LbPolicy {
+    match p {
+        LbPolicy::RoundRobin => v1::LbPolicy::RoundRobin,
+        LbPolicy::LeastConnections => v1::LbPolicy::LeastConnections,
+        LbPolicy::IpHash => v1::LbPolicy::IpHash,
+        LbPolicy::RandomTwoChoices => v1::LbPolicy::RandomTwoChoices,
+    }
+}
+
+/// `None` for UNSPECIFIED (the caller keeps its current or default value).
+pub fn policy_from_proto(v: i32, field: &str) -> Result<Option<LbPolicy>, ConvertError> {
+    match v1::LbPolicy::try_from(v) {
+        Ok(v1::LbPolicy::Unspecified) => Ok(None),
+        Ok(v1::LbPolicy::RoundRobin) => Ok(Some(LbPolicy::RoundRobin)),
+        Ok(v1::LbPolicy::LeastConnections) => Ok(Some(LbPolicy::LeastConnections)),
+        Ok(v1::LbPolicy::IpHash) => Ok(Some(LbPolicy::IpHash)),
+        Ok(v1::LbPolicy::RandomTwoChoices) => Ok(Some(LbPolicy::RandomTwoChoices)),
+        Err(_) => Err(unknown_enum(field, v)),
+    }
+}
+
+pub fn role_to_proto(r: BackendRole) -> v1::BackendRole {
+    match r {
+        BackendRole::Primary => v1::BackendRole::Primary,
+        BackendRole::Backup => v1::BackendRole::Backup,
+    }
+}
+
+pub fn role_from_proto(v: i32, field: &str) -> Result<Option<BackendRole>, ConvertError> {
+    match v1::BackendRole::try_from(v) {
+        Ok(v1::BackendRole::Unspecified) => Ok(None),
+        Ok(v1::BackendRole::Primary) => Ok(Some(BackendRole::Primary)),
+        Ok(v1::BackendRole::Backup) => Ok(Some(BackendRole::Backup)),
+        Err(_) => Err(unknown_enum(field, v)),
+    }
+}
+
+pub fn admin_state_to_proto(s: AdminState) -> v1::AdminState {
+    match s {
+        AdminState::Enabled => v1::AdminState::Enabled,
+        AdminState::Draining => v1::AdminState::Draining,
+        AdminState::Disabled => v1::AdminState::Disabled,
+    }
+}
+
+pub fn admin_state_from_proto(v: i32, field: &str) -> Result<Option<AdminState>, ConvertError> {
+    match v1::AdminState::try_from(v) {
+        Ok(v1::AdminState::Unspecified) => Ok(None),
+        Ok(v1::AdminState::Enabled) => Ok(Some(AdminState::Enabled)),
+        Ok(v1::AdminState::Draining) => Ok(Some(AdminState::Draining)),
+        Ok(v1::AdminState::Disabled) => Ok(Some(AdminState::Disabled)),
+        Err(_) => Err(unknown_enum(field, v)),
+    }
+}
+
+fn kind_to_proto(k: HealthCheckKind) -> v1::HealthCheckKind {
+    match k {
+        HealthCheckKind::Http => v1::HealthCheckKind::Http,
+        HealthCheckKind::Tcp => v1::HealthCheckKind::Tcp,
+    }
+}
+
+fn kind_from_proto(v: i32, field: &str) -> Result<Option<HealthCheckKind>, ConvertError> {
+    match v1::HealthCheckKind::try_from(v) {
+        Ok(v1::HealthCheckKind::Unspecified) => Ok(None),
+        Ok(v1::HealthCheckKind::Http) => Ok(Some(HealthCheckKind::Http)),
+        Ok(v1::HealthCheckKind::Tcp) => Ok(Some(HealthCheckKind::Tcp)),
+        Err(_) => Err(unknown_enum(field, v)),
+    }
+}
+
+fn unknown_enum(field: &str, v: i32) -> ConvertError {
+    ValidationError::new(field, format!("unknown enum value {v}"))
+}
+
+// === pools ===
+
+/// A pool's settings as a message (without backends or revision).
+pub fn pool_config_to_proto(c: &PoolConfig) -> v1::Pool {
+    let h = &c.health_check;
+    v1::Pool {
+        name: c.name.to_string(),
+        policy: policy_to_proto(c.policy).into(),
+        health_check: Some(v1::HealthCheck {
+            kind: Some(kind_to_proto(h.kind).into()),
+            path: Some(h.path.clone()),
+            method: Some(h.method.clone()),
+            host: Some(h.host.clone()),
+            expected_status_min: Some(h.expected_status_min.into()),
+            expected_status_max: Some(h.expected_status_max.into()),
+            interval_ms: Some(h.interval_ms),
+            timeout_ms: Some(h.timeout_ms),
+            rise: Some(h.rise),
+            fall: Some(h.fall),
+        }),
+        connect_timeout_ms: Some(c.connect_timeout_ms),
+        request_timeout_ms: Some(c.request_timeout_ms),
+        retry: Some(v1::RetryPolicy {
+            attempts: Some(c.retry.attempts),
+            per_try_timeout_ms: Some(c.retry.per_try_timeout_ms),
+            budget_percent: Some(c.retry.budget_percent),
+        }),
+        outlier: Some(v1::OutlierDetection {
+            consecutive_failures: Some(c.outlier.consecutive_failures),
+            base_ejection_ms: Some(c.outlier.base_ejection_ms),
+            max_ejected_percent: Some(c.outlier.max_ejected_percent),
+        }),
+        panic_threshold_percent: Some(c.panic_threshold_percent),
+        backends: Vec::new(),
+        revision: 0,
+    }
+}
+
+pub fn pool_to_proto(p: &core::Pool) -> v1::Pool {
+    v1::Pool {
+        backends: p.backends.iter().map(backend_to_proto).collect(),
+        revision: p.revision.0,
+        ..pool_config_to_proto(&p.config)
+    }
+}
+
+/// The pool name of a request, with the field named as the client sent it.
+pub fn pool_name(name: &str, field: &str) -> Result<PoolName, ConvertError> {
+    PoolName::new(name).map_err(|e| ValidationError::new(field, e.rule))
+}
+
+/// Applies the fields a client set onto `base` (defaults when creating, the
+/// current settings when updating) and validates the result. Fields are
+/// named under `pool.`.
+pub fn pool_config_from_proto(
+    mut base: PoolConfig,
+    p: &v1::Pool,
+) -> Result<PoolConfig, ConvertError> {
+    if let Some(policy) = policy_from_proto(p.policy, "pool.policy")? {
+        base.policy = policy;
+    }
+    if let Some(h) = &p.health_check {
+        let spec = &mut base.health_check;
+        if let Some(kind) = h.kind {
+            if let Some(kind) = kind_from_proto(kind, "pool.health_check.kind")? {
+                spec.kind = kind;
+            }
+        }
+        set(&mut spec.path, h.path.clone());
+        set(
+            &mut spec.method,
+            h.method.as_ref().map(|m| m.to_ascii_uppercase()),
+        );
+        set(&mut spec.host, h.host.clone());
+        if let Some(v) = h.expected_status_min {
+            spec.expected_status_min = status(v, "pool.health_check.expected_status_min")?;
+        }
+        if let Some(v) = h.expected_status_max {
+            spec.expected_status_max = status(v, "pool.health_check.expected_status_max")?;
+        }
+        set(&mut spec.interval_ms, h.interval_ms);
+        set(&mut spec.timeout_ms, h.timeout_ms);
+        set(&mut spec.rise, h.rise);
+        set(&mut spec.fall, h.fall);
+    }
+    set(&mut base.connect_timeout_ms, p.connect_timeout_ms);
+    set(&mut base.request_timeout_ms, p.request_timeout_ms);
+    if let Some(r) = &p.retry {
+        set(&mut base.retry.attempts, r.attempts);
+        set(&mut base.retry.per_try_timeout_ms, r.per_try_timeout_ms);
+        set(&mut base.retry.budget_percent, r.budget_percent);
+    }
+    if let Some(o) = &p.outlier {
+        set(
+            &mut base.outlier.consecutive_failures,
+            o.consecutive_failures,
+        );
+        set(&mut base.outlier.base_ejection_ms, o.base_ejection_ms);
+        set(&mut base.outlier.max_ejected_percent, o.max_ejected_percent);
+    }
+    set(&mut base.panic_threshold_percent, p.panic_threshold_percent);
+    base.validate()?;
+    Ok(base)
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+fn status(v: u32, field: &str) -> Result<u16, ConvertError> {
+    u16::try_from(v)
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+        .ok_or_else(|| {
+            ValidationError::new(field, format!("must be between 100 and 599 (got {v})"))
+        })
+}
+
+// === backends ===
+
+pub fn backend_to_proto(b: &core::Backend) -> v1::Backend {
+    v1::Backend {
+        address: b.address.to_string(),
+        weight: Some(b.weight.get()),
+        role: role_to_proto(b.role).into(),
+        admin_state: admin_state_to_proto(b.admin_state).into(),
+    }
+}
+
+/// A backend as a client sends it; unset fields take their defaults. Fields
+/// are named under `prefix` (e.g. `backend`).
+pub fn backend_from_proto(b: &v1::Backend, prefix: &str) -> Result<core::Backend, ConvertError> {
+    let address = BackendAddr::new(&b.address).map_err(|e| e.under(prefix))?;
+    let mut backend = core::Backend::new(address);
+    if let Some(w) = b.weight {
+        backend.weight = Weight::new(w).map_err(|e| e.under(prefix))?;
+    }
+    if let Some(role) = role_from_proto(b.role, &format!("{prefix}.role"))? {
+        backend.role = role;
+    }
+    if let Some(state) = admin_state_from_proto(b.admin_state, &format!("{prefix}.admin_state"))? {
+        backend.admin_state = state;
+    }
+    Ok(backend)
+}
+
+// === routes ===
+
+pub fn route_to_proto(r: &core::Route) -> v1::Route {
+    v1::Route {
+        host: r.host.to_string(),
+        path_prefix: r.path_prefix.to_string(),
+        pool: r.pool.to_string(),
+    }
+}
+
+pub fn route_from_proto(r: &v1::Route, prefix: &str) -> Result<core::Route, ConvertError> {
+    Ok(core::Route {
+        host: HostMatch::new(&r.host).map_err(|e| e.under(prefix))?,
+        path_prefix: PathPrefix::new(&r.path_prefix).map_err(|e| e.under(prefix))?,
+        pool: pool_name(&r.pool, &format!("{prefix}.pool"))?,
+    })
+}
+
+// === snapshots and changes ===
+
+pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
+    v1::Snapshot {
+        revision: s.revision.0,
+        pools: s.pools.values().map(pool_to_proto).collect(),
+        routes: s.routes.iter().map(route_to_proto).collect(),
+    }
+}
+
+/// A full pool as the control plane sends it (settings, backends, revision).
+pub fn pool_from_proto(p: &v1::Pool) -> Result<core::Pool, ConvertError> {
+    let name = pool_name(&p.name, "pool.name")?;
+    let config = pool_config_from_proto(PoolConfig::new(name), p)?;
+    let mut backends = p
+        .backends
+        .iter()
+        .map(|b| backend_from_proto(b, "pool.backends"))
+        .collect::<Result<Vec<_>, _>>()?;
+    backends.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(core::Pool {
+        config,
+        backends,
+        revision: Revision(p.revision),
+    })
+}
+
+pub fn snapshot_from_proto(s: &v1::Snapshot) -> Result<core::Snapshot, ConvertError> {
+    let mut snapshot = core::Snapshot {
+        revision: Revision(s.revision),
+        ..Default::default()
+    };
+    for p in &s.pools {
+        let pool = pool_from_proto(p)?;
+        snapshot.pools.insert(pool.config.name.clone(), pool);
+    }
+    snapshot.routes = s
+        .routes
+        .iter()
+        .map(|r| route_from_proto(r, "route"))
+        .collect::<Result<_, _>>()?;
+    snapshot
+        .routes
+        .sort_by(|a, b| (&a.host, &a.path_prefix).cmp(&(&b.host, &b.path_prefix)));
+    Ok(snapshot)
+}
+
+pub fn change_to_proto(c: &core::ConfigChange) -> v1::ConfigChange {
+    use v1::config_change::Change;
+    let change = match c {
+        core::ConfigChange::PoolUpserted(config) => {
+            Change::PoolUpserted(pool_config_to_proto(config))
+        }
+        core::ConfigChange::PoolDeleted { name } => Change::PoolDeleted(name.to_string()),
+        core::ConfigChange::BackendUpserted { pool, backend } => {
+            Change::BackendUpserted(v1::BackendUpserted {
+                pool: pool.to_string(),
+                backend: Some(backend_to_proto(backend)),
+            })
+        }
+        core::ConfigChange::BackendRemoved { pool, address } => {
+            Change::BackendRemoved(v1::BackendRemoved {
+                pool: pool.to_string(),
+                address: address.to_string(),
+            })
+        }
+        core::ConfigChange::RouteUpserted(route) => Change::RouteUpserted(route_to_proto(route)),
+        core::ConfigChange::RouteDeleted { host, path_prefix } => {
+            Change::RouteDeleted(v1::RouteDeleted {
+                host: host.to_string(),
+                path_prefix: path_prefix.to_string(),
+            })
+        }
+    };
+    v1::ConfigChange {
+        change: Some(change),
+    }
+}
+
+pub fn change_from_proto(c: &v1::ConfigChange) -> Result<core::ConfigChange, ConvertError> {
+    use v1::config_change::Change;
+    let change = c
+        .change
+        .as_ref()
+        .ok_or_else(|| ValidationError::new("change", "must be set"))?;
+    Ok(match change {
+        Change::PoolUpserted(p) => {
+            let name = pool_name(&p.name, "pool.name")?;
+            core::ConfigChange::PoolUpserted(pool_config_from_proto(PoolConfig::new(name), p)?)
+        }
+        Change::PoolDeleted(name) => core::ConfigChange::PoolDeleted {
+            name: pool_name(name, "pool_deleted")?,
+        },
+        Change::BackendUpserted(b) => core::ConfigChange::BackendUpserted {
+            pool: pool_name(&b.pool, "backend_upserted.pool")?,
+            backend: backend_from_proto(
+                b.backend.as_ref().ok_or_else(|| {
+                    ValidationError::new("backend_upserted.backend", "must be set")
+                })?,
+                "backend_upserted.backend",
+            )?,
+        },
+        Change::BackendRemoved(b) => core::ConfigChange::BackendRemoved {
+            pool: pool_name(&b.pool, "backend_removed.pool")?,
+            address: BackendAddr::new(&b.address).map_err(|e| e.under("backend_removed"))?,
+        },
+        Change::RouteUpserted(r) => {
+            core::ConfigChange::RouteUpserted(route_from_proto(r, "route")?)
+        }
+        Change::RouteDeleted(r) => core::ConfigChange::RouteDeleted {
+            host: HostMatch::new(&r.host).map_err(|e| e.under("route_deleted"))?,
+            path_prefix: PathPrefix::new(&r.path_prefix).map_err(|e| e.under("route_deleted"))?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_settings_round_trip_and_unset_fields_keep_defaults() {
+        let name = PoolName::new("shop").unwrap();
+        let mut msg = v1::Pool {
+            name: "shop".into(),
+            policy: v1::LbPolicy::IpHash.into(),
+            ..Default::default()
+        };
+        msg.health_check = Some(v1::HealthCheck {
+            interval_ms: Some(1_000),
+            fall: Some(2),
+            ..Default::default()
+        });
+        let cfg = pool_config_from_proto(PoolConfig::new(name.clone()), &msg).unwrap();
+        assert_eq!(cfg.policy, LbPolicy::IpHash);
+        assert_eq!(cfg.health_check.interval_ms, 1_000);
+        assert_eq!(cfg.health_check.fall, 2);
+        assert_eq!(cfg.health_check.rise, 2, "default kept");
+        let back =
+            pool_config_from_proto(PoolConfig::new(name), &pool_config_to_proto(&cfg)).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let msg = v1::Pool {
+            name: "shop".into(),
+            policy: 42,
+            ..Default::default()
+        };
+        let e = pool_config_from_proto(PoolConfig::new(PoolName::new("shop").unwrap()), &msg)
+            .unwrap_err();
+        assert_eq!(e.field, "pool.policy");
+        let e = backend_from_proto(
+            &v1::Backend {
+                address: "10.0.0.1:80".into(),
+                weight: Some(0),
+                ..Default::default()
+            },
+            "backend",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "backend.weight");
+    }
+}
