@@ -1,1 +1,18 @@
-//! placeholder
+//! The Tandem control plane: the `tandem.v1` gRPC API over a Postgres store
+//! of declared configuration, with Watch fan-out driven by LISTEN/NOTIFY.
+//!
+//! It owns validation at the API edge (through `tandem-core`), one
+//! transaction and one revision per change, and the conversion of errors to
+//! gRPC codes. It must never sit on the request path: proxies keep serving
+//! from what they last received when every replica is gone.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use config::Config;
+pub use error::Error;

@@ -1,1 +1,40 @@
-fn main() {}
+//! `tandem-control`: parses flags, sets up telemetry, runs a replica.
+
+use clap::Parser;
+use tandem_control::{Config, server, store::Store};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    if let Err(e) = run(config).await {
+        eprintln!("tandem-control: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let telemetry = tandem_telemetry::init("tandem-control", &config.telemetry)?;
+    let tokens = config.tokens().map_err(anyhow::Error::msg)?;
+    let store = Store::connect_lazy(&config.database_url, config.db_max_connections)?;
+    let grpc = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (TANDEM_LISTEN): {e}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (TANDEM_ADMIN_LISTEN): {e}",
+            config.admin_listen
+        )
+    })?;
+    tracing::info!(admin = %admin.local_addr()?, node_id = %config.node_id, "starting");
+    let settings = server::Settings {
+        store,
+        tokens,
+        replica: format!("control-{}", config.node_id),
+        prometheus: telemetry.prometheus(),
+        drain: std::time::Duration::from_secs(config.drain_seconds),
+    };
+    let result = server::run(grpc, admin, settings, tandem_telemetry::shutdown_signal()).await;
+    telemetry.shutdown();
+    result
+}

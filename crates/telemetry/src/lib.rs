@@ -1,1 +1,241 @@
-//! placeholder
+//! Observability shared by every Tandem binary: `tracing` logs (text or
+//! JSON), OpenTelemetry traces over OTLP when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, a Prometheus recorder for the
+//! `metrics` facade, the admin HTTP endpoints (`/metrics`, `/healthz`,
+//! `/readyz`), and the shutdown signal.
+//!
+//! It holds no business logic.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusBuilder;
+pub use metrics_exporter_prometheus::PrometheusHandle;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("setting up OTLP export to {endpoint}: {source}")]
+    Otlp {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("installing the Prometheus recorder: {0}")]
+    Prometheus(String),
+    #[error("installing the log subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Flags every service shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format: `text` for people, `json` for log pipelines. Levels come
+    /// from `RUST_LOG` (default `info`).
+    #[arg(long, env = "TANDEM_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Keeps the exporters alive; call [`Telemetry::shutdown`] before exiting
+/// to flush spans.
+pub struct Telemetry {
+    prometheus: PrometheusHandle,
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+/// Installs the rustls crypto provider (ring) for the whole process. Call
+/// first in `main`: building a TLS client without one panics.
+pub fn install_crypto_provider() {
+    // Err means another provider was installed first, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Sets up logging, tracing export and metrics for `service`.
+pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Error> {
+    install_crypto_provider();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+
+    let tracer_provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service, &endpoint)?),
+        _ => None,
+    };
+    let otel_layer = tracer_provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    if tracer_provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+    }
+
+    let (text, json) = match args.log_format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            ),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel_layer)
+        .try_init()
+        .map_err(|e| Error::Subscriber(e.to_string()))?;
+
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .map_err(|e| Error::Prometheus(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| Error::Prometheus(e.to_string()))?;
+
+    Ok(Telemetry {
+        prometheus,
+        tracer_provider,
+    })
+}
+
+fn otlp_provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, Error> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|source| Error::Otlp {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
+    Ok(SdkTracerProvider::builder()
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(name).build())
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+impl Telemetry {
+    pub fn prometheus(&self) -> PrometheusHandle {
+        self.prometheus.clone()
+    }
+
+    /// Flushes buffered spans.
+    pub fn shutdown(self) {
+        if let Some(p) = self.tracer_provider {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+// === admin endpoints ===
+
+type ReadyFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Answers `/readyz`: `Ok(detail)` is 200, `Err(reason)` is 503.
+pub type ReadyCheck = Arc<dyn Fn() -> ReadyFuture + Send + Sync>;
+
+/// Wraps an async closure as a [`ReadyCheck`].
+pub fn ready_check<F, Fut>(f: F) -> ReadyCheck
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, String>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
+#[derive(Clone)]
+struct AdminState {
+    prometheus: PrometheusHandle,
+    ready: ReadyCheck,
+}
+
+/// `/metrics` (Prometheus text), `/healthz` (the process answers) and
+/// `/readyz` (the service can do its job). Merge service-specific routes
+/// into the returned router.
+pub fn admin_router(prometheus: PrometheusHandle, ready: ReadyCheck) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(AdminState { prometheus, ready })
+}
+
+async fn metrics_handler(State(s): State<AdminState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.prometheus.render(),
+    )
+}
+
+async fn ready_handler(State(s): State<AdminState>) -> (StatusCode, String) {
+    match (s.ready)().await {
+        Ok(detail) => (StatusCode::OK, format!("ready: {detail}\n")),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+    }
+}
+
+/// Serves the admin router on `listener` until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}

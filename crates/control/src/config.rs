@@ -1,0 +1,91 @@
+//! Command-line flags and their environment fallbacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The Tandem control plane: stores pools, backends and routes in Postgres
+/// and streams them to proxies and agents over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tandem-control", version)]
+pub struct Config {
+    /// gRPC listener (control API, health, reflection), host:port.
+    #[arg(long, env = "TANDEM_LISTEN", default_value = "0.0.0.0:7400")]
+    pub listen: SocketAddr,
+
+    /// Admin HTTP listener (/metrics, /healthz, /readyz), host:port.
+    #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "0.0.0.0:7401")]
+    pub admin_listen: SocketAddr,
+
+    /// Postgres URL of the control-plane database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Maximum connections to the database.
+    #[arg(long, env = "TANDEM_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Token granting the admin role (changes). Required, unless given by file.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// File holding the admin token (trailing whitespace ignored).
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Token granting the node role (watch and report), for proxies and agents.
+    #[arg(long, env = "TANDEM_NODE_TOKEN", hide_env_values = true)]
+    pub node_token: Option<String>,
+
+    /// File holding the node token.
+    #[arg(long, env = "TANDEM_NODE_TOKEN_FILE")]
+    pub node_token_file: Option<PathBuf>,
+
+    /// This replica's id, stable across restarts.
+    #[arg(long, env = "TANDEM_NODE_ID", default_value = "1")]
+    pub node_id: String,
+
+    /// Seconds to wait for in-flight calls after SIGTERM.
+    #[arg(long, env = "TANDEM_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+
+    #[command(flatten)]
+    pub telemetry: tandem_telemetry::TelemetryArgs,
+}
+
+impl Config {
+    /// Resolves the tokens from flags, env or files.
+    pub fn tokens(&self) -> Result<crate::auth::Tokens, String> {
+        let admin = read_token("admin", &self.admin_token, &self.admin_token_file)?.ok_or_else(|| {
+            "no admin token: set TANDEM_ADMIN_TOKEN or TANDEM_ADMIN_TOKEN_FILE".to_string()
+        })?;
+        let node = read_token("node", &self.node_token, &self.node_token_file)?;
+        for (role, t) in [("admin", Some(&admin)), ("node", node.as_ref())] {
+            if let Some(t) = t {
+                if t.len() < 16 {
+                    tracing::warn!(role, "token is shorter than 16 characters; use a long random one");
+                }
+            }
+        }
+        Ok(crate::auth::Tokens::new(admin, node))
+    }
+}
+
+fn read_token(role: &str, value: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, String> {
+    if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
+        return Ok(Some(v.clone()));
+    }
+    match file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading the {role} token file {}: {e}", path.display()))?;
+            let t = t.trim_end().to_string();
+            if t.is_empty() {
+                return Err(format!("the {role} token file {} is empty", path.display()));
+            }
+            Ok(Some(t))
+        }
+        None => Ok(None),
+    }
+}

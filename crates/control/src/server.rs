@@ -1,0 +1,156 @@
+//! Wires the store, the hub and the gRPC and admin servers together.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tandem_proto::v1::control_plane_server::ControlPlaneServer;
+use tandem_telemetry::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::auth::{Authenticate, Tokens};
+use crate::hub::Hub;
+use crate::service::ControlService;
+use crate::store::Store;
+
+/// Everything a replica needs besides its listeners.
+pub struct Settings {
+    pub store: Store,
+    pub tokens: Tokens,
+    /// This replica's name in status and logs.
+    pub replica: String,
+    pub prometheus: PrometheusHandle,
+    /// How long in-flight calls may take after shutdown begins.
+    pub drain: Duration,
+}
+
+/// Runs a control-plane replica until `shutdown` resolves, then drains.
+///
+/// Migrations run in the background and are retried while the database is
+/// away, so the replica starts (not ready) without it and recovers by itself.
+pub async fn run(
+    grpc: TcpListener,
+    admin: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Settings {
+        store,
+        tokens,
+        replica,
+        prometheus,
+        drain,
+    } = settings;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let hub = Hub::new();
+    let migrated = Arc::new(AtomicBool::new(false));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<ControlPlaneServer<ControlService>>()
+        .await;
+
+    // Migrate (retrying), then start listening for changes.
+    tokio::spawn({
+        let store = store.clone();
+        let hub = hub.clone();
+        let migrated = migrated.clone();
+        let stop = stop_rx.clone();
+        async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match store.migrate().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot migrate the database yet");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            tracing::info!("database migrated");
+            migrated.store(true, Ordering::Relaxed);
+            health_reporter
+                .set_serving::<ControlPlaneServer<ControlService>>()
+                .await;
+            hub.run(store, stop).await;
+        }
+    });
+
+    let ready = tandem_telemetry::ready_check({
+        let store = store.clone();
+        let migrated = migrated.clone();
+        let hub = hub.clone();
+        move || {
+            let store = store.clone();
+            let migrated = migrated.load(Ordering::Relaxed);
+            let listening = hub.is_listening();
+            async move {
+                if !migrated {
+                    return Err("database not migrated yet (is it reachable?)".to_string());
+                }
+                store
+                    .ping()
+                    .await
+                    .map_err(|e| format!("database unreachable: {e}"))?;
+                if !listening {
+                    return Err("not listening for config changes yet".to_string());
+                }
+                Ok("database reachable".to_string())
+            }
+        }
+    });
+    let admin_router = tandem_telemetry::admin_router(prometheus, ready);
+    let admin_task = tokio::spawn(tandem_telemetry::serve_admin(admin, admin_router, {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.changed().await;
+        }
+    }));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let service = ControlService::new(store, hub, &replica, stop_rx.clone());
+    let control = ControlPlaneServer::with_interceptor(service, Authenticate(tokens));
+
+    tracing::info!(grpc = %grpc.local_addr()?, %replica, "control plane serving");
+    let mut stop_signal = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(control)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            let _ = stop_signal.changed().await;
+        });
+    let mut server = tokio::spawn(server);
+
+    tokio::select! {
+        r = &mut server => {
+            r??;
+            return Ok(());
+        }
+        _ = shutdown => {}
+    }
+    tracing::info!(deadline = ?drain, "shutting down: no new calls, ending watch streams, draining");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(drain, server).await {
+        Ok(r) => r??,
+        Err(_) => tracing::warn!("drain deadline passed; exiting with calls in flight"),
+    }
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,460 @@
+//! The `tandem.v1.ControlPlane` gRPC service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tandem_core::{BackendAddr, HostMatch, PathPrefix, PoolConfig, Revision, ValidationError};
+use tandem_proto::convert;
+use tandem_proto::v1::{self, control_plane_server::ControlPlane};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::require_admin;
+use crate::error::Error;
+use crate::hub::{Committed, Hub};
+use crate::store::{NodeReport, Store};
+
+#[derive(Clone)]
+pub struct ControlService {
+    store: Store,
+    hub: Hub,
+    replica: Arc<str>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ControlService {
+    pub fn new(store: Store, hub: Hub, replica: &str, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            store,
+            hub,
+            replica: replica.into(),
+            shutdown,
+        }
+    }
+}
+
+/// Records a call's outcome in metrics and turns errors into a `Status`
+/// (the one place errors are converted and logged).
+fn finish<T>(method: &'static str, start: Instant, r: Result<T, Error>) -> Result<Response<T>, Status> {
+    let code = match &r {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => e.code(),
+    };
+    metrics::counter!("tandem_control_requests_total", "method" => method, "code" => format!("{code:?}"))
+        .increment(1);
+    metrics::histogram!("tandem_control_request_seconds", "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    match r {
+        Ok(v) => Ok(Response::new(v)),
+        Err(e) => {
+            if matches!(e, Error::Domain(_)) {
+                tracing::debug!(method, error = %e, "rejected");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn required<'a, T>(v: &'a Option<T>, field: &str) -> Result<&'a T, Error> {
+    v.as_ref()
+        .ok_or_else(|| ValidationError::new(field, "must be set").into())
+}
+
+fn expected(v: Option<u64>) -> Option<Revision> {
+    v.map(Revision)
+}
+
+fn address(s: &str, field: &str) -> Result<BackendAddr, Error> {
+    Ok(BackendAddr::new(s).map_err(|e| ValidationError::new(field, e.rule))?)
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlPlane for ControlService {
+    async fn create_pool(&self, req: Request<v1::CreatePoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        require_admin(&req)?;
+        let start = Instant::now();
+        let r = async {
+            let msg = required(&req.get_ref().pool, "pool")?;
+            let name = convert::pool_name(&msg.name, "pool.name")?;
+            let config = convert::pool_config_from_proto(PoolConfig::new(name), msg)?;
+            if !msg.backends.is_empty() {
+                return Err(ValidationError::new("pool.backends", "must be empty; add backends with AddBackend").into());
+            }
+            let (pool, rev) = self.store.create_pool(config).await?;
+            Ok(v1::PoolReply {
+                pool: Some(convert::pool_to_proto(&pool)),
+                revision: rev.0,
+            })
+        }
+        .await;
+        finish("CreatePool", start, r)
+    }
+
+    async fn get_pool(&self, req: Request<v1::GetPoolRequest>) -> Result<Response<v1::Pool>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let name = convert::pool_name(&req.get_ref().name, "name")?;
+            let pool = self.store.pool(&name).await?;
+            Ok(convert::pool_to_proto(&pool))
+        }
+        .await;
+        finish("GetPool", start, r)
+    }
+
+    async fn list_pools(&self, _req: Request<v1::ListPoolsRequest>) -> Result<Response<v1::ListPoolsReply>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let (pools, rev) = self.store.pools().await?;
+            Ok(v1::ListPoolsReply {
+                pools: pools.iter().map(convert::pool_to_proto).collect(),
+                revision: rev.0,
+            })
+        }
+        .await;
+        finish("ListPools", start, r)
+    }
+
+    async fn update_pool(&self, req: Request<v1::UpdatePoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+        require_admin(&req)?;
+        let start = Instant::now();
+        let r = async {
+            let req = req.get_ref();
+            let msg = required(&req.pool, "pool")?;
+            let name = convert::pool_name(&msg.name, "pool.name")?;
+            let (pool, rev) = self
+                .store
+                .update_pool(&name, expected(req.expected_revision), |current| {
+                    convert::pool_config_from_proto(current, msg)
+                })
+                .await?;
+            Ok(v1::PoolReply {
+                pool: Some(convert::pool_to_proto(&pool)),
+                revision: rev.0,
+            })
+        }
+        .await;
+        finish("UpdatePool", start, r)
+    }
+
+    async fn delete_pool(&self, req: Request<v1::DeletePoolRequest>) -> Result<Response<v1::ChangeReply>, Status> {
+        require_admin(&req)?;
+        let start = Instant::now();
+        let r = async {
+            let req = req.get_ref();
+            let name = convert::pool_name(&req.name, "name")?;
+            let rev = self.store.delete_pool(&name, expected(req.expected_revision)).await?;
+            Ok(v1::ChangeReply { revision: rev.0 })
+        }
+        .await;
+        finish("DeletePool", start, r)
+    }
+
+    async fn add_backend(&self, req: Request<v1::AddBackendRequest>) -> Result<Response<v1::BackendReply>, Status> {
+        require_admin(&req)?;
+        let start = Instant::now();
+        let r = async {
+            let req = req.get_ref();
+            let pool = convert::pool_name(&req.pool, "pool")?;
+            let backend = convert::backend_from_proto(required(&req.backend, "backend")?, "backend")?;
+            let (backend, rev) = self
+                .store
+                .add_backend(&pool, backend, expected(req.expected_revision))
+                .await?;
+            Ok(v1::BackendReply {
+                backend: Some(convert::backend_to_proto(&backend)),
+                revision: rev.0,
+            })
+        }
+        .await;
+        finish("AddBackend", start, r)
+    }
+
+    async fn update_backend(
+        &self,
+        req: Request<v1::UpdateBackendRequest>,
+    ) -> Result<Response<v1::BackendReply>, Status> {
+        require_admin(&req)?;
+        let start = Instant::now();
+        let r = async {
+            let req = req.get_ref();
+            let pool = convert::pool_name(&req.pool, "pool")?;
+            let addr = address(&req.address, "address")?;
+            let weight = req
+                .weight
+                .map(tandem_core::Weight::new)
+                .transpose()?;
+            let role = match req.role {
+                Some(r) => convert::role_from_proto(r, "role")?,
+                None => None,
+            };
+            let state = match req.admin_state {
+                Some(s) => convert::admin_state_from_proto(s, "admin_state")?,
+                None => None,
+            };
+            let (backend, rev) = self
+                .store
+                .update_backend(&pool, &addr, expected(req.expected_revision), |mut b| {
+                    b.weight = weight.unwrap_or(b.weight);
+                    b.role = role.unwrap_or(b.role);
+                    b.admin_state = state.unwrap_or(b.admin_state);
+                    b
+                })
+                .await?;
+            Ok(v1::BackendReply {
+                backend: Some(convert::backend_to_proto(&backend)),
+                revision: rev.0,
+            })
+        }
+        .await;
+        finish("UpdateBackend", start, r)
+    }
+
+    async fn remove_backend(
+        &self,
+        req: Request<v1::RemoveBackendRequest>,
+    ) -> Result<Response<v1::ChangeReply>, Status> {
+        require_admin(&req)?;
+        let start = Instant::now();
+        let r = async {
+            let req = req.get_ref();
+            let pool = convert::pool_name(&req.pool, "pool")?;
+            let addr = address(&req.address, "address")?;
+            let rev = self
+                .store
+                .remove_backend(&pool, &addr, expected(req.expected_revision))
+                .await?;
+            Ok(v1::ChangeReply { revision: rev.0 })
+        }
+        .await;
+        finish("RemoveBackend", start, r)
+    }
+
+    async fn add_route(&self, req: Request<v1::AddRouteRequest>) -> Result<Response<v1::RouteReply>, Status> {
+        require_admin(&req)?;
+        let start = Instant::now();
+        let r = async {
+            let route = convert::route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
+            let rev = self.store.add_route(route.clone()).await?;
+            Ok(v1::RouteReply {
+                route: Some(convert::route_to_proto(&route)),
+                revision: rev.0,
+            })
+        }
+        .await;
+        finish("AddRoute", start, r)
+    }
+
+    async fn list_routes(&self, _req: Request<v1::ListRoutesRequest>) -> Result<Response<v1::ListRoutesReply>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let (routes, rev) = self.store.routes().await?;
+            Ok(v1::ListRoutesReply {
+                routes: routes.iter().map(convert::route_to_proto).collect(),
+                revision: rev.0,
+            })
+        }
+        .await;
+        finish("ListRoutes", start, r)
+    }
+
+    async fn delete_route(&self, req: Request<v1::DeleteRouteRequest>) -> Result<Response<v1::ChangeReply>, Status> {
+        require_admin(&req)?;
+        let start = Instant::now();
+        let r = async {
+            let req = req.get_ref();
+            let host = HostMatch::new(&req.host)?;
+            let prefix = PathPrefix::new(&req.path_prefix)?;
+            let rev = self.store.delete_route(&host, &prefix).await?;
+            Ok(v1::ChangeReply { revision: rev.0 })
+        }
+        .await;
+        finish("DeleteRoute", start, r)
+    }
+
+    async fn get_snapshot(&self, _req: Request<v1::GetSnapshotRequest>) -> Result<Response<v1::Snapshot>, Status> {
+        let start = Instant::now();
+        let r = async { Ok(convert::snapshot_to_proto(&self.store.snapshot().await?)) }.await;
+        finish("GetSnapshot", start, r)
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let start = Instant::now();
+        let req = req.into_inner();
+        if req.node_id.is_empty() {
+            return finish("Watch", start, Err(ValidationError::new("node_id", "must be set").into()));
+        }
+        // Subscribe before reading, so nothing committed in between is missed.
+        let mut changes = self.hub.subscribe();
+        let r = async {
+            let current = self.store.current_revision().await?;
+            let first = if req.last_revision == current.0 {
+                None
+            } else {
+                Some(self.store.snapshot().await?)
+            };
+            Ok(first)
+        }
+        .await;
+        let first = match r {
+            Ok(f) => f,
+            Err(e) => return finish("Watch", start, Err(e)),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let at = match &first {
+            Some(s) => s.revision,
+            None => Revision(req.last_revision),
+        };
+        let kind = node_kind_name(req.kind);
+        tracing::info!(node = %req.node_id, kind, from = req.last_revision, at = at.0, "watch started");
+        if let Some(s) = first {
+            let event = v1::WatchEvent {
+                revision: s.revision.0,
+                event: Some(v1::watch_event::Event::Snapshot(convert::snapshot_to_proto(&s))),
+            };
+            // The channel is new and has room.
+            let _ = tx.try_send(Ok(event));
+        }
+        let store = self.store.clone();
+        let mut shutdown = self.shutdown.clone();
+        let node = req.node_id.clone();
+        tokio::spawn(async move {
+            metrics::gauge!("tandem_control_watch_streams").increment(1.0);
+            let end = follow(&store, &mut changes, &tx, at, &mut shutdown).await;
+            metrics::gauge!("tandem_control_watch_streams").decrement(1.0);
+            tracing::info!(%node, reason = %end, "watch ended");
+        });
+        finish("Watch", start, Ok(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+    }
+
+    async fn report_applied(
+        &self,
+        req: Request<v1::ReportAppliedRequest>,
+    ) -> Result<Response<v1::ReportAppliedReply>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            if req.node_id.is_empty() {
+                return Err(ValidationError::new("node_id", "must be set").into());
+            }
+            self.store
+                .report_node(&NodeReport {
+                    node_id: req.node_id,
+                    kind: node_kind_name(req.kind).to_string(),
+                    zone: req.zone,
+                    applied_revision: Revision(req.revision),
+                    detail: req.detail,
+                    replica: self.replica.to_string(),
+                })
+                .await?;
+            Ok(v1::ReportAppliedReply {})
+        }
+        .await;
+        finish("ReportApplied", start, r)
+    }
+
+    async fn get_status(&self, _req: Request<v1::GetStatusRequest>) -> Result<Response<v1::StatusReply>, Status> {
+        let start = Instant::now();
+        let (revision, nodes, reachable) = match (self.store.current_revision().await, self.store.nodes().await) {
+            (Ok(rev), Ok(nodes)) => (rev, nodes, true),
+            _ => (self.hub.latest(), Vec::new(), false),
+        };
+        let reply = v1::StatusReply {
+            revision: revision.0,
+            replica: self.replica.to_string(),
+            database_reachable: reachable,
+            nodes: nodes
+                .into_iter()
+                .map(|n| v1::NodeStatus {
+                    node_id: n.report.node_id,
+                    kind: node_kind_from_name(&n.report.kind).into(),
+                    applied_revision: n.report.applied_revision.0,
+                    zone: n.report.zone,
+                    last_seen_unix_ms: n.last_seen_unix_ms,
+                    replica: n.report.replica,
+                    detail: n.report.detail,
+                })
+                .collect(),
+        };
+        finish("GetStatus", start, Ok(reply))
+    }
+}
+
+/// Streams committed changes after `at` to one watcher, in order and
+/// without gaps, until the watcher leaves or the replica shuts down.
+/// Returns why it ended.
+async fn follow(
+    store: &Store,
+    changes: &mut broadcast::Receiver<Arc<Committed>>,
+    tx: &mpsc::Sender<Result<v1::WatchEvent, Status>>,
+    mut at: Revision,
+    shutdown: &mut watch::Receiver<bool>,
+) -> String {
+    loop {
+        let next = tokio::select! {
+            _ = tx.closed() => return "watcher left".into(),
+            _ = shutdown.changed() => {
+                let _ = tx.send(Err(Status::unavailable("control replica shutting down; reconnect to another"))).await;
+                return "replica shutting down".into();
+            }
+            next = changes.recv() => next,
+        };
+        let gap = match next {
+            Ok(c) if c.revision <= at => continue,
+            Ok(c) if c.revision == at.next() => {
+                if tx.send(Ok(c.event.clone())).await.is_err() {
+                    return "watcher left".into();
+                }
+                at = c.revision;
+                continue;
+            }
+            Ok(_) => true,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(skipped = n, "watcher lagged behind the hub; reading the log");
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => return "hub closed".into(),
+        };
+        if gap {
+            // Fill the gap from the log (the hub is behind or we lagged).
+            match store.changes_since(at, 10_000).await {
+                Ok(batch) => {
+                    for (rev, change) in batch {
+                        if tx.send(Ok(Committed::new(rev, change).event)).await.is_err() {
+                            return "watcher left".into();
+                        }
+                        at = rev;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return "database unavailable while catching up".into();
+                }
+            }
+        }
+    }
+}
+
+fn node_kind_name(kind: i32) -> &'static str {
+    match v1::NodeKind::try_from(kind) {
+        Ok(v1::NodeKind::Proxy) => "proxy",
+        Ok(v1::NodeKind::Agent) => "agent",
+        Ok(v1::NodeKind::Cli) => "cli",
+        _ => "unknown",
+    }
+}
+
+fn node_kind_from_name(name: &str) -> v1::NodeKind {
+    match name {
+        "proxy" => v1::NodeKind::Proxy,
+        "agent" => v1::NodeKind::Agent,
+        "cli" => v1::NodeKind::Cli,
+        _ => v1::NodeKind::Unspecified,
+    }
+}

@@ -1,0 +1,585 @@
+//! The Postgres store of declared configuration.
+//!
+//! Every change is one transaction: lock the `config_revision` row (this
+//! serialises writers, so revisions commit in order with no gaps), check and
+//! write, append the change to `change_log`, bump the revision and
+//! `pg_notify` the new revision to every replica's hub.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tandem_core::{
+    AdminState, Backend, BackendAddr, BackendRole, ConfigChange, Error as Domain, HostMatch,
+    PathPrefix, Pool, PoolConfig, PoolName, Revision, Route, Snapshot, ValidationError, Weight,
+};
+
+use crate::error::Error;
+
+/// The channel each committed revision is announced on.
+pub const NOTIFY_CHANNEL: &str = "tandem_config";
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// What a proxy or agent last said about itself.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    pub node_id: String,
+    pub kind: String,
+    pub zone: String,
+    pub applied_revision: Revision,
+    pub detail: String,
+    pub replica: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub report: NodeReport,
+    pub last_seen_unix_ms: i64,
+}
+
+impl Store {
+    /// A pool that connects on first use, so the service starts (and says it
+    /// is not ready) while the database is down.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Store> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| ValidationError::new("DATABASE_URL", e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options.application_name("tandem-control"));
+        Ok(Store { pool })
+    }
+
+    pub fn pg(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations. Safe when several replicas start at once:
+    /// sqlx holds a Postgres advisory lock while it migrates.
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("../../migrations")
+            .run(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
+                other => Error::Unavailable(other.to_string()),
+            })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn current_revision(&self) -> Result<Revision> {
+        let rev: i64 = sqlx::query_scalar("SELECT revision FROM config_revision")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Revision(rev as u64))
+    }
+
+    // === reads ===
+
+    /// The whole configuration at one revision (a repeatable-read snapshot).
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let rev: i64 = sqlx::query_scalar("SELECT revision FROM config_revision")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut snapshot = Snapshot {
+            revision: Revision(rev as u64),
+            ..Default::default()
+        };
+        for row in sqlx::query("SELECT name, settings, revision FROM pools ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let pool = pool_from_row(&row)?;
+            snapshot.pools.insert(pool.config.name.clone(), pool);
+        }
+        for row in sqlx::query(
+            "SELECT pool, address, weight, role, admin_state FROM backends ORDER BY pool, address",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let pool: String = row.try_get("pool")?;
+            let backend = backend_from_row(&row)?;
+            let name = PoolName::new(pool).map_err(corrupt)?;
+            if let Some(p) = snapshot.pools.get_mut(&name) {
+                p.backends.push(backend);
+            }
+        }
+        for p in snapshot.pools.values_mut() {
+            p.backends.sort_by(|a, b| a.address.cmp(&b.address));
+        }
+        snapshot.routes = sqlx::query("SELECT host, path_prefix, pool FROM routes")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(route_from_row)
+            .collect::<Result<_>>()?;
+        snapshot
+            .routes
+            .sort_by(|a, b| (&a.host, &a.path_prefix).cmp(&(&b.host, &b.path_prefix)));
+        tx.commit().await?;
+        Ok(snapshot)
+    }
+
+    pub async fn pool(&self, name: &PoolName) -> Result<Pool> {
+        let mut conn = self.pool.acquire().await?;
+        load_pool(&mut conn, name).await
+    }
+
+    pub async fn pools(&self) -> Result<(Vec<Pool>, Revision)> {
+        let s = self.snapshot().await?;
+        Ok((s.pools.into_values().collect(), s.revision))
+    }
+
+    pub async fn routes(&self) -> Result<(Vec<Route>, Revision)> {
+        let s = self.snapshot().await?;
+        Ok((s.routes, s.revision))
+    }
+
+    /// Committed changes after `after`, in order, at most `limit`.
+    pub async fn changes_since(&self, after: Revision, limit: i64) -> Result<Vec<(Revision, ConfigChange)>> {
+        let rows = sqlx::query(
+            "SELECT revision, change FROM change_log WHERE revision > $1 ORDER BY revision LIMIT $2",
+        )
+        .bind(after.0 as i64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let rev: i64 = r.try_get("revision")?;
+                let Json(change): Json<ConfigChange> = r.try_get("change")?;
+                Ok((Revision(rev as u64), change))
+            })
+            .collect()
+    }
+
+    // === writes ===
+
+    pub async fn create_pool(&self, config: PoolConfig) -> Result<(Pool, Revision)> {
+        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pools WHERE name = $1)")
+            .bind(config.name.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if exists {
+            return Err(Domain::PoolExists {
+                name: config.name.to_string(),
+            }
+            .into());
+        }
+        sqlx::query("INSERT INTO pools (name, settings, revision) VALUES ($1, $2, $3)")
+            .bind(config.name.as_str())
+            .bind(Json(&config))
+            .bind(rev.0 as i64)
+            .execute(&mut *tx)
+            .await?;
+        let pool = Pool {
+            config: config.clone(),
+            backends: Vec::new(),
+            revision: rev,
+        };
+        finish_change(tx, rev, &ConfigChange::PoolUpserted(config)).await?;
+        Ok((pool, rev))
+    }
+
+    /// Replaces a pool's settings with `update(current)`.
+    pub async fn update_pool(
+        &self,
+        name: &PoolName,
+        expected: Option<Revision>,
+        update: impl FnOnce(PoolConfig) -> Result<PoolConfig, ValidationError>,
+    ) -> Result<(Pool, Revision)> {
+        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let mut pool = load_pool(&mut tx, name).await?;
+        check_expected(name, &pool, expected)?;
+        let config = update(pool.config.clone())?;
+        sqlx::query("UPDATE pools SET settings = $2, revision = $3 WHERE name = $1")
+            .bind(name.as_str())
+            .bind(Json(&config))
+            .bind(rev.0 as i64)
+            .execute(&mut *tx)
+            .await?;
+        pool.config = config.clone();
+        pool.revision = rev;
+        finish_change(tx, rev, &ConfigChange::PoolUpserted(config)).await?;
+        Ok((pool, rev))
+    }
+
+    pub async fn delete_pool(&self, name: &PoolName, expected: Option<Revision>) -> Result<Revision> {
+        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let pool = load_pool(&mut tx, name).await?;
+        check_expected(name, &pool, expected)?;
+        let routes: i64 = sqlx::query_scalar("SELECT count(*) FROM routes WHERE pool = $1")
+            .bind(name.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if routes > 0 {
+            return Err(Domain::PoolInUse {
+                name: name.to_string(),
+                routes: routes as usize,
+            }
+            .into());
+        }
+        sqlx::query("DELETE FROM pools WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        finish_change(tx, rev, &ConfigChange::PoolDeleted { name: name.clone() }).await?;
+        Ok(rev)
+    }
+
+    pub async fn add_backend(
+        &self,
+        pool_name: &PoolName,
+        backend: Backend,
+        expected: Option<Revision>,
+    ) -> Result<(Backend, Revision)> {
+        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let pool = load_pool(&mut tx, pool_name).await?;
+        check_expected(pool_name, &pool, expected)?;
+        if pool.backend(&backend.address).is_some() {
+            return Err(Domain::BackendExists {
+                pool: pool_name.to_string(),
+                address: backend.address.to_string(),
+            }
+            .into());
+        }
+        write_backend(&mut tx, pool_name, &backend, rev).await?;
+        let change = ConfigChange::BackendUpserted {
+            pool: pool_name.clone(),
+            backend: backend.clone(),
+        };
+        finish_change(tx, rev, &change).await?;
+        Ok((backend, rev))
+    }
+
+    pub async fn update_backend(
+        &self,
+        pool_name: &PoolName,
+        address: &BackendAddr,
+        expected: Option<Revision>,
+        update: impl FnOnce(Backend) -> Backend,
+    ) -> Result<(Backend, Revision)> {
+        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let pool = load_pool(&mut tx, pool_name).await?;
+        check_expected(pool_name, &pool, expected)?;
+        let current = pool.backend(address).cloned().ok_or_else(|| Domain::UnknownBackend {
+            pool: pool_name.to_string(),
+            address: address.to_string(),
+        })?;
+        let backend = update(current);
+        write_backend(&mut tx, pool_name, &backend, rev).await?;
+        let change = ConfigChange::BackendUpserted {
+            pool: pool_name.clone(),
+            backend: backend.clone(),
+        };
+        finish_change(tx, rev, &change).await?;
+        Ok((backend, rev))
+    }
+
+    pub async fn remove_backend(
+        &self,
+        pool_name: &PoolName,
+        address: &BackendAddr,
+        expected: Option<Revision>,
+    ) -> Result<Revision> {
+        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let pool = load_pool(&mut tx, pool_name).await?;
+        check_expected(pool_name, &pool, expected)?;
+        if pool.backend(address).is_none() {
+            return Err(Domain::UnknownBackend {
+                pool: pool_name.to_string(),
+                address: address.to_string(),
+            }
+            .into());
+        }
+        sqlx::query("DELETE FROM backends WHERE pool = $1 AND address = $2")
+            .bind(pool_name.as_str())
+            .bind(address.as_str())
+            .execute(&mut *tx)
+            .await?;
+        touch_pool(&mut tx, pool_name, rev).await?;
+        let change = ConfigChange::BackendRemoved {
+            pool: pool_name.clone(),
+            address: address.clone(),
+        };
+        finish_change(tx, rev, &change).await?;
+        Ok(rev)
+    }
+
+    /// Adds a route. A route with the same host and prefix is a conflict:
+    /// two pools for one request would be ambiguous.
+    pub async fn add_route(&self, route: Route) -> Result<Revision> {
+        let (mut tx, rev) = begin_change(&self.pool).await?;
+        load_pool(&mut tx, &route.pool).await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT pool FROM routes WHERE host = $1 AND path_prefix = $2")
+                .bind(route.host.to_string())
+                .bind(route.path_prefix.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(pool) = existing {
+            return Err(Domain::RouteExists {
+                host: route.host.to_string(),
+                path_prefix: route.path_prefix.to_string(),
+                pool,
+            }
+            .into());
+        }
+        sqlx::query("INSERT INTO routes (host, path_prefix, pool, revision) VALUES ($1, $2, $3, $4)")
+            .bind(route.host.to_string())
+            .bind(route.path_prefix.as_str())
+            .bind(route.pool.as_str())
+            .bind(rev.0 as i64)
+            .execute(&mut *tx)
+            .await?;
+        finish_change(tx, rev, &ConfigChange::RouteUpserted(route)).await?;
+        Ok(rev)
+    }
+
+    pub async fn delete_route(&self, host: &HostMatch, path_prefix: &PathPrefix) -> Result<Revision> {
+        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let deleted = sqlx::query("DELETE FROM routes WHERE host = $1 AND path_prefix = $2")
+            .bind(host.to_string())
+            .bind(path_prefix.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(Domain::UnknownRoute {
+                host: host.to_string(),
+                path_prefix: path_prefix.to_string(),
+            }
+            .into());
+        }
+        let change = ConfigChange::RouteDeleted {
+            host: host.clone(),
+            path_prefix: path_prefix.clone(),
+        };
+        finish_change(tx, rev, &change).await?;
+        Ok(rev)
+    }
+
+    // === nodes ===
+
+    pub async fn report_node(&self, r: &NodeReport) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, now())
+             ON CONFLICT (node_id) DO UPDATE SET kind = $2, zone = $3, applied_revision = $4,
+                 detail = $5, replica = $6, last_seen = now()",
+        )
+        .bind(&r.node_id)
+        .bind(&r.kind)
+        .bind(&r.zone)
+        .bind(r.applied_revision.0 as i64)
+        .bind(&r.detail)
+        .bind(&r.replica)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>> {
+        let rows = sqlx::query(
+            "SELECT node_id, kind, zone, applied_revision, detail, replica,
+                    (extract(epoch FROM last_seen) * 1000)::bigint AS last_seen_ms
+             FROM nodes ORDER BY kind, node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeRow {
+                    report: NodeReport {
+                        node_id: r.try_get("node_id")?,
+                        kind: r.try_get("kind")?,
+                        zone: r.try_get("zone")?,
+                        applied_revision: Revision(r.try_get::<i64, _>("applied_revision")? as u64),
+                        detail: r.try_get("detail")?,
+                        replica: r.try_get("replica")?,
+                    },
+                    last_seen_unix_ms: r.try_get("last_seen_ms")?,
+                })
+            })
+            .collect()
+    }
+}
+
+// === transaction helpers ===
+
+/// Opens a change: locks the revision row and returns the revision this
+/// change will commit as.
+async fn begin_change(pool: &PgPool) -> Result<(Transaction<'static, Postgres>, Revision)> {
+    let mut tx = pool.begin().await?;
+    let current: i64 = sqlx::query_scalar("SELECT revision FROM config_revision FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((tx, Revision(current as u64).next()))
+}
+
+async fn finish_change(mut tx: Transaction<'static, Postgres>, rev: Revision, change: &ConfigChange) -> Result<()> {
+    sqlx::query("INSERT INTO change_log (revision, change) VALUES ($1, $2)")
+        .bind(rev.0 as i64)
+        .bind(Json(change))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE config_revision SET revision = $1")
+        .bind(rev.0 as i64)
+        .execute(&mut *tx)
+        .await?;
+    // Delivered to listeners when (and only if) the transaction commits.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(rev.0.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics::gauge!("tandem_control_revision").set(rev.0 as f64);
+    tracing::info!(revision = rev.0, change = change_kind(change), "committed change");
+    Ok(())
+}
+
+fn change_kind(c: &ConfigChange) -> &'static str {
+    match c {
+        ConfigChange::PoolUpserted(_) => "pool_upserted",
+        ConfigChange::PoolDeleted { .. } => "pool_deleted",
+        ConfigChange::BackendUpserted { .. } => "backend_upserted",
+        ConfigChange::BackendRemoved { .. } => "backend_removed",
+        ConfigChange::RouteUpserted(_) => "route_upserted",
+        ConfigChange::RouteDeleted { .. } => "route_deleted",
+    }
+}
+
+fn check_expected(name: &PoolName, pool: &Pool, expected: Option<Revision>) -> Result<()> {
+    match expected {
+        Some(e) if e != pool.revision => Err(Domain::StaleRevision {
+            what: format!("pool \"{name}\""),
+            expected: e.0,
+            actual: pool.revision.0,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+async fn load_pool(conn: &mut sqlx::PgConnection, name: &PoolName) -> Result<Pool> {
+    let row = sqlx::query("SELECT name, settings, revision FROM pools WHERE name = $1")
+        .bind(name.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Domain::UnknownPool {
+            name: name.to_string(),
+        })?;
+    let mut pool = pool_from_row(&row)?;
+    pool.backends = sqlx::query(
+        "SELECT address, weight, role, admin_state FROM backends WHERE pool = $1 ORDER BY address",
+    )
+    .bind(name.as_str())
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(backend_from_row)
+    .collect::<Result<_>>()?;
+    pool.backends.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(pool)
+}
+
+async fn write_backend(
+    tx: &mut Transaction<'static, Postgres>,
+    pool: &PoolName,
+    b: &Backend,
+    rev: Revision,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO backends (pool, address, weight, role, admin_state, revision)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (pool, address) DO UPDATE
+         SET weight = $3, role = $4, admin_state = $5, revision = $6",
+    )
+    .bind(pool.as_str())
+    .bind(b.address.as_str())
+    .bind(b.weight.get() as i32)
+    .bind(b.role.as_str())
+    .bind(b.admin_state.as_str())
+    .bind(rev.0 as i64)
+    .execute(&mut **tx)
+    .await?;
+    touch_pool(tx, pool, rev).await
+}
+
+/// A backend change is a change of its pool too (for expected_revision).
+async fn touch_pool(tx: &mut Transaction<'static, Postgres>, pool: &PoolName, rev: Revision) -> Result<()> {
+    sqlx::query("UPDATE pools SET revision = $2 WHERE name = $1")
+        .bind(pool.as_str())
+        .bind(rev.0 as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+// === rows ===
+
+fn corrupt(e: impl std::fmt::Display) -> Error {
+    Error::Corrupt(e.to_string())
+}
+
+fn pool_from_row(row: &sqlx::postgres::PgRow) -> Result<Pool> {
+    let Json(config): Json<PoolConfig> = row.try_get("settings")?;
+    let rev: i64 = row.try_get("revision")?;
+    Ok(Pool {
+        config,
+        backends: Vec::new(),
+        revision: Revision(rev as u64),
+    })
+}
+
+fn backend_from_row(row: &sqlx::postgres::PgRow) -> Result<Backend> {
+    let address: String = row.try_get("address")?;
+    let weight: i32 = row.try_get("weight")?;
+    let role: String = row.try_get("role")?;
+    let state: String = row.try_get("admin_state")?;
+    Ok(Backend {
+        address: BackendAddr::new(address).map_err(corrupt)?,
+        weight: Weight::new(weight as u32).map_err(corrupt)?,
+        role: match role.as_str() {
+            "backup" => BackendRole::Backup,
+            "primary" => BackendRole::Primary,
+            other => return Err(corrupt(format!("backend role {other:?}"))),
+        },
+        admin_state: match state.as_str() {
+            "enabled" => AdminState::Enabled,
+            "draining" => AdminState::Draining,
+            "disabled" => AdminState::Disabled,
+            other => return Err(corrupt(format!("backend admin_state {other:?}"))),
+        },
+    })
+}
+
+fn route_from_row(row: &sqlx::postgres::PgRow) -> Result<Route> {
+    let host: String = row.try_get("host")?;
+    let prefix: String = row.try_get("path_prefix")?;
+    let pool: String = row.try_get("pool")?;
+    Ok(Route {
+        host: HostMatch::new(&host).map_err(corrupt)?,
+        path_prefix: PathPrefix::new(&prefix).map_err(corrupt)?,
+        pool: PoolName::new(pool).map_err(corrupt)?,
+    })
+}

@@ -1,0 +1,507 @@
+//! End to end: a real Postgres, real `tandem-control` processes, a real
+//! gRPC client.
+
+use std::time::Duration;
+
+use tandem_proto::v1;
+use tandem_testkit::{ControlPlane, ControlPlaneOptions, Postgres};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn pool(name: &str) -> v1::Pool {
+    v1::Pool {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn backend(addr: &str) -> v1::Backend {
+    v1::Backend {
+        address: addr.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let mut cp = ControlPlane::start(&pg.url()).await?;
+    let mut c = cp.admin_client().await?;
+
+    let created = c
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(v1::Pool {
+                policy: v1::LbPolicy::LeastConnections.into(),
+                health_check: Some(v1::HealthCheck {
+                    path: Some("/healthz".into()),
+                    interval_ms: Some(1000),
+                    fall: Some(2),
+                    ..Default::default()
+                }),
+                ..pool("shop")
+            }),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(created.revision, 1);
+    let p = created.pool.unwrap();
+    let hc = p.health_check.unwrap();
+    assert_eq!(hc.path.as_deref(), Some("/healthz"));
+    assert_eq!(hc.rise, Some(2), "unset fields get defaults");
+    assert_eq!(p.policy, v1::LbPolicy::LeastConnections as i32);
+
+    c.add_backend(v1::AddBackendRequest {
+        pool: "shop".into(),
+        backend: Some(v1::Backend {
+            weight: Some(2),
+            ..backend("10.0.0.5:3000")
+        }),
+        expected_revision: None,
+    })
+    .await?;
+    c.add_backend(v1::AddBackendRequest {
+        pool: "shop".into(),
+        backend: Some(v1::Backend {
+            role: v1::BackendRole::Backup.into(),
+            ..backend("10.0.0.6:3000")
+        }),
+        expected_revision: None,
+    })
+    .await?;
+    c.update_backend(v1::UpdateBackendRequest {
+        pool: "shop".into(),
+        address: "10.0.0.5:3000".into(),
+        admin_state: Some(v1::AdminState::Draining.into()),
+        ..Default::default()
+    })
+    .await?;
+    c.add_route(v1::AddRouteRequest {
+        route: Some(v1::Route {
+            host: "shop.local".into(),
+            path_prefix: "/".into(),
+            pool: "shop".into(),
+        }),
+    })
+    .await?;
+    let updated = c
+        .update_pool(v1::UpdatePoolRequest {
+            pool: Some(v1::Pool {
+                policy: v1::LbPolicy::IpHash.into(),
+                ..pool("shop")
+            }),
+            // Backend changes bump the pool's revision; routes do not.
+            expected_revision: Some(4),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(updated.revision, 6);
+    let kept = updated.pool.unwrap().health_check.unwrap();
+    assert_eq!(kept.path.as_deref(), Some("/healthz"), "update keeps unset fields");
+
+    // Restart the process: everything is still there.
+    cp.restart().await?;
+    let mut c = cp.admin_client().await?;
+    let got = c.get_pool(v1::GetPoolRequest { name: "shop".into() }).await?.into_inner();
+    assert_eq!(got.revision, 6);
+    assert_eq!(got.policy, v1::LbPolicy::IpHash as i32);
+    let backends: Vec<_> = got
+        .backends
+        .iter()
+        .map(|b| (b.address.as_str(), b.weight, b.role, b.admin_state))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("10.0.0.5:3000", Some(2), v1::BackendRole::Primary as i32, v1::AdminState::Draining as i32),
+            ("10.0.0.6:3000", Some(1), v1::BackendRole::Backup as i32, v1::AdminState::Enabled as i32),
+        ]
+    );
+    let routes = c.list_routes(v1::ListRoutesRequest {}).await?.into_inner();
+    assert_eq!(routes.routes.len(), 1);
+    assert_eq!(routes.revision, 6);
+
+    // A pool with routes cannot go; without, it can, with its backends.
+    let err = c
+        .delete_pool(v1::DeletePoolRequest { name: "shop".into(), expected_revision: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    c.delete_route(v1::DeleteRouteRequest { host: "shop.local".into(), path_prefix: "/".into() })
+        .await?;
+    c.remove_backend(v1::RemoveBackendRequest {
+        pool: "shop".into(),
+        address: "10.0.0.6:3000".into(),
+        expected_revision: None,
+    })
+    .await?;
+    let rev = c
+        .delete_pool(v1::DeletePoolRequest { name: "shop".into(), expected_revision: None })
+        .await?
+        .into_inner()
+        .revision;
+    assert_eq!(rev, 9);
+    let err = c.get_pool(v1::GetPoolRequest { name: "shop".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let snap = c.get_snapshot(v1::GetSnapshotRequest {}).await?.into_inner();
+    assert!(snap.pools.is_empty() && snap.routes.is_empty());
+    assert_eq!(snap.revision, 9);
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut c = cp.admin_client().await?;
+    c.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await?;
+
+    let hc = |h: v1::HealthCheck| v1::Pool { health_check: Some(h), ..pool("web") };
+    let bad_pools: Vec<(v1::Pool, &str)> = vec![
+        (pool("Bad_Name"), "pool.name"),
+        (pool(""), "pool.name"),
+        (v1::Pool { policy: 99, ..pool("web") }, "pool.policy"),
+        (hc(v1::HealthCheck { interval_ms: Some(10), ..Default::default() }), "pool.health_check.interval_ms"),
+        (hc(v1::HealthCheck { timeout_ms: Some(5000), ..Default::default() }), "pool.health_check.timeout_ms"),
+        (hc(v1::HealthCheck { rise: Some(0), ..Default::default() }), "pool.health_check.rise"),
+        (hc(v1::HealthCheck { fall: Some(1000), ..Default::default() }), "pool.health_check.fall"),
+        (hc(v1::HealthCheck { path: Some("nope".into()), ..Default::default() }), "pool.health_check.path"),
+        (hc(v1::HealthCheck { expected_status_min: Some(700), ..Default::default() }), "pool.health_check.expected_status_min"),
+        (v1::Pool { connect_timeout_ms: Some(0), ..pool("web") }, "pool.connect_timeout_ms"),
+        (v1::Pool { panic_threshold_percent: Some(150), ..pool("web") }, "pool.panic_threshold_percent"),
+        (v1::Pool { retry: Some(v1::RetryPolicy { attempts: Some(9), ..Default::default() }), ..pool("web") }, "pool.retry.attempts"),
+        (v1::Pool { outlier: Some(v1::OutlierDetection { max_ejected_percent: Some(101), ..Default::default() }), ..pool("web") }, "pool.outlier.max_ejected_percent"),
+    ];
+    for (p, field) in bad_pools {
+        let err = c.create_pool(v1::CreatePoolRequest { pool: Some(p) }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+    }
+    let err = c.create_pool(v1::CreatePoolRequest { pool: None }).await.unwrap_err();
+    assert!(err.message().starts_with("pool:"), "{}", err.message());
+
+    let bad_backends: Vec<(v1::Backend, &str)> = vec![
+        (backend("10.0.0.1"), "backend.address"),
+        (backend("10.0.0.1:0"), "backend.address"),
+        (backend("not a host:80"), "backend.address"),
+        (v1::Backend { weight: Some(0), ..backend("10.0.0.1:80") }, "backend.weight"),
+        (v1::Backend { weight: Some(1001), ..backend("10.0.0.1:80") }, "backend.weight"),
+        (v1::Backend { role: 7, ..backend("10.0.0.1:80") }, "backend.role"),
+        (v1::Backend { admin_state: 7, ..backend("10.0.0.1:80") }, "backend.admin_state"),
+    ];
+    for (b, field) in bad_backends {
+        let err = c
+            .add_backend(v1::AddBackendRequest { pool: "shop".into(), backend: Some(b), expected_revision: None })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+    }
+
+    let route = |host: &str, prefix: &str, pool: &str| v1::AddRouteRequest {
+        route: Some(v1::Route { host: host.into(), path_prefix: prefix.into(), pool: pool.into() }),
+    };
+    for (r, field) in [
+        (route("a.*.com", "/", "shop"), "route.host"),
+        (route("shop.local", "api", "shop"), "route.path_prefix"),
+        (route("shop.local", "/a b", "shop"), "route.path_prefix"),
+        (route("shop.local", "/", "Nope!"), "route.pool"),
+    ] {
+        let err = c.add_route(r).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+    }
+    // Well-formed but wrong: not found / already exists.
+    let err = c.add_route(route("shop.local", "/", "ghost")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    c.add_route(route("*.example.com", "/api", "shop")).await?;
+    let err = c.add_route(route("*.EXAMPLE.com", "/api", "shop")).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "same host and prefix is ambiguous: {err:?}");
+    let err = c.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    // Nothing of the rejected calls was written: revision 2 (pool + route).
+    let snap = c.get_snapshot(v1::GetSnapshotRequest {}).await?.into_inner();
+    assert_eq!(snap.revision, 2);
+    assert_eq!(snap.pools.len(), 1);
+    assert!(snap.pools[0].backends.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_updates_with_the_same_expected_revision_exactly_one_wins() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut c = cp.admin_client().await?;
+    let rev = c
+        .create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) })
+        .await?
+        .into_inner()
+        .revision;
+
+    let mut tasks = Vec::new();
+    for i in 0..16u32 {
+        let mut c = cp.admin_client().await?;
+        tasks.push(tokio::spawn(async move {
+            c.update_pool(v1::UpdatePoolRequest {
+                pool: Some(v1::Pool { connect_timeout_ms: Some(100 + i), ..pool("shop") }),
+                expected_revision: Some(rev),
+            })
+            .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(_) => wins += 1,
+            Err(e) => assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    let p = c.get_pool(v1::GetPoolRequest { name: "shop".into() }).await?.into_inner();
+    assert_eq!(p.revision, rev + 1);
+    Ok(())
+}
+
+async fn next_event(
+    stream: &mut tonic::Streaming<v1::WatchEvent>,
+) -> anyhow::Result<v1::WatchEvent> {
+    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        Ok(Some(ev)) => Ok(ev?),
+        Ok(None) => anyhow::bail!("watch stream ended"),
+        Err(_) => anyhow::bail!("no watch event within 10 s"),
+    }
+}
+
+#[tokio::test]
+async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    // Both start at once on a fresh database: migrations must not collide.
+    let url = pg.url();
+    let (a, b) = tokio::join!(
+        ControlPlane::start_with(&url, ControlPlaneOptions { node_id: Some("1".into()), ..Default::default() }),
+        ControlPlane::start_with(&url, ControlPlaneOptions { node_id: Some("2".into()), ..Default::default() }),
+    );
+    let (a, b) = (a?, b?);
+    let mut writer = a.admin_client().await?;
+    writer.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await?;
+
+    let mut watcher = b.node_client().await?;
+    let mut stream = watcher
+        .watch(v1::WatchRequest {
+            node_id: "proxy-test".into(),
+            kind: v1::NodeKind::Proxy.into(),
+            last_revision: 0,
+            zone: "z1".into(),
+        })
+        .await?
+        .into_inner();
+    let first = next_event(&mut stream).await?;
+    let Some(v1::watch_event::Event::Snapshot(s)) = first.event else {
+        panic!("expected a snapshot first, got {first:?}");
+    };
+    assert_eq!(s.revision, 1);
+    assert_eq!(s.pools.len(), 1);
+
+    for i in 1..=20 {
+        writer
+            .add_backend(v1::AddBackendRequest {
+                pool: "shop".into(),
+                backend: Some(backend(&format!("10.0.0.{i}:80"))),
+                expected_revision: None,
+            })
+            .await?;
+    }
+    for expected in 2..=21u64 {
+        let ev = next_event(&mut stream).await?;
+        assert_eq!(ev.revision, expected, "in order, no gaps");
+        assert!(matches!(ev.event, Some(v1::watch_event::Event::Change(_))));
+    }
+    drop(stream);
+
+    // Reconnect with the last revision while more changes happen meanwhile:
+    // the watcher catches up with a snapshot, then continues in order.
+    writer
+        .add_route(v1::AddRouteRequest {
+            route: Some(v1::Route { host: "*".into(), path_prefix: "/".into(), pool: "shop".into() }),
+        })
+        .await?;
+    let mut stream = watcher
+        .watch(v1::WatchRequest {
+            node_id: "proxy-test".into(),
+            kind: v1::NodeKind::Proxy.into(),
+            last_revision: 21,
+            zone: "z1".into(),
+        })
+        .await?
+        .into_inner();
+    let ev = next_event(&mut stream).await?;
+    let Some(v1::watch_event::Event::Snapshot(s)) = ev.event else {
+        panic!("behind: expected a snapshot, got {ev:?}");
+    };
+    assert_eq!(s.revision, 22);
+    assert_eq!(s.routes.len(), 1);
+    assert_eq!(s.pools[0].backends.len(), 20);
+
+    // Up to date: no snapshot, just the next change.
+    let mut stream = watcher
+        .watch(v1::WatchRequest {
+            node_id: "proxy-test".into(),
+            kind: v1::NodeKind::Proxy.into(),
+            last_revision: 22,
+            zone: "z1".into(),
+        })
+        .await?
+        .into_inner();
+    writer.create_pool(v1::CreatePoolRequest { pool: Some(pool("api")) }).await?;
+    let ev = next_event(&mut stream).await?;
+    assert_eq!(ev.revision, 23);
+    assert!(matches!(ev.event, Some(v1::watch_event::Event::Change(_))), "{ev:?}");
+
+    // The proxy reports what it applied; status on A shows it.
+    watcher
+        .report_applied(v1::ReportAppliedRequest {
+            node_id: "proxy-test".into(),
+            kind: v1::NodeKind::Proxy.into(),
+            revision: 23,
+            zone: "z1".into(),
+            detail: String::new(),
+        })
+        .await?;
+    let status = writer.get_status(v1::GetStatusRequest {}).await?.into_inner();
+    assert_eq!(status.revision, 23);
+    assert_eq!(status.replica, "control-1");
+    let node = status.nodes.iter().find(|n| n.node_id == "proxy-test").expect("node listed");
+    assert_eq!(node.applied_revision, 23);
+    assert_eq!(node.replica, "control-2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_outage_fails_calls_cleanly_and_loses_nothing() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut c = cp.admin_client().await?;
+    c.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await?;
+    let mut watch = cp
+        .node_client()
+        .await?
+        .watch(v1::WatchRequest { node_id: "w".into(), kind: 1, last_revision: 1, zone: String::new() })
+        .await?
+        .into_inner();
+
+    pg.stop()?;
+    let started = std::time::Instant::now();
+    let err = c.create_pool(v1::CreatePoolRequest { pool: Some(pool("web")) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("database is unavailable"), "{}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(8), "fails fast rather than hanging");
+    let err = c.list_pools(v1::ListPoolsRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let ready = tandem_testkit::http_client().get(cp.admin_url("/readyz")).send().await?;
+    assert_eq!(ready.status(), 503);
+    let health = tandem_testkit::http_client().get(cp.admin_url("/healthz")).send().await?;
+    assert_eq!(health.status(), 200, "the process itself is alive");
+
+    pg.restart()?;
+    // The service recovers by itself.
+    let mut recovered = false;
+    for _ in 0..100 {
+        if c.create_pool(v1::CreatePoolRequest { pool: Some(pool("web")) }).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "writes work again after the database returns");
+    let pools = c.list_pools(v1::ListPoolsRequest {}).await?.into_inner();
+    let names: Vec<_> = pools.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["shop", "web"], "nothing committed before was lost");
+    assert_eq!(pools.revision, 2);
+    tandem_testkit::wait_http_ok(&cp.admin_url("/readyz"), Duration::from_secs(15)).await?;
+
+    // The existing watch stream either delivers revision 2 or ends so the
+    // watcher can reconnect; it must not deliver anything else.
+    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+        Ok(Some(Ok(ev))) => assert_eq!(ev.revision, 2),
+        Ok(Some(Err(status))) => assert_eq!(status.code(), Code::Unavailable),
+        Ok(None) => {}
+        Err(_) => panic!("the change made after the outage never reached the watcher"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_and_roles_are_enforced() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+
+    let mut none = cp.client_with(None).await?;
+    let err = none.list_pools(v1::ListPoolsRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let mut wrong = cp.client_with(Some("not-the-token")).await?;
+    let err = wrong.list_pools(v1::ListPoolsRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(!err.message().contains(tandem_testkit::ADMIN_TOKEN));
+
+    let mut node = cp.node_client().await?;
+    let err = node
+        .create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    node.list_pools(v1::ListPoolsRequest {}).await?;
+
+    let mut admin = cp.admin_client().await?;
+    admin.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await?;
+    let snap = admin.get_snapshot(v1::GetSnapshotRequest {}).await?.into_inner();
+    assert_eq!(snap.revision, 1, "the node token's write changed nothing");
+    assert!(!cp.process.logs().contains(tandem_testkit::ADMIN_TOKEN), "tokens are never logged");
+    Ok(())
+}
+
+#[tokio::test]
+async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let mut cp = ControlPlane::start(&pg.url()).await?;
+    let channel = tonic::transport::Channel::from_shared(cp.endpoint())?.connect().await?;
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "tandem.v1.ControlPlane".into() })
+        .await?
+        .into_inner();
+    assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl.server_reflection_info(tokio_stream::iter([req])).await?.into_inner();
+    let msg = resp.next().await.expect("a reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected reflection answer {msg:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"tandem.v1.ControlPlane"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    // Metrics are exposed in Prometheus text.
+    cp.admin_client().await?.list_pools(v1::ListPoolsRequest {}).await?;
+    let metrics = tandem_testkit::http_client().get(cp.admin_url("/metrics")).send().await?.text().await?;
+    assert!(metrics.contains("tandem_control_requests_total"), "{metrics}");
+
+    // An open watch stream does not keep SIGTERM from finishing.
+    let mut w = cp.node_client().await?;
+    let _stream = w
+        .watch(v1::WatchRequest { node_id: "w".into(), kind: 1, last_revision: 0, zone: String::new() })
+        .await?;
+    let status = cp.process.terminate(Duration::from_secs(15))?;
+    assert!(status.success(), "exit status {status:?}");
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! A real HTTP backend process for tests and demos.
+fn main() {}

@@ -1,0 +1,43 @@
+# Shared helpers for scripts/*.sh (sourced, not run).
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+apt_updated=0
+apt_install() {
+  command -v apt-get >/dev/null || die "cannot install $*: no apt-get on this machine; install them by hand"
+  if [ "$apt_updated" -eq 0 ]; then
+    as_root apt-get update -qq || die "apt-get update failed"
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null || die "apt-get install $* failed"
+}
+
+ensure_rust_components() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null || die "cargo fmt / clippy missing and no rustup to add them"
+    rustup component add rustfmt clippy
+  fi
+}
+
+# The PostgreSQL server binaries (initdb, pg_ctl) for throwaway test clusters.
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+ensure_postgres_server() {
+  if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
+    echo "installing the PostgreSQL server (Debian package postgresql)"
+    apt_install postgresql
+    # The package starts a system cluster; tests use their own.
+    as_root service postgresql stop >/dev/null 2>&1 || true
+  fi
+  if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    die "running as root but there is no 'postgres' user to run test clusters as"
+  fi
+  command -v psql >/dev/null || [ -x "$(pg_bin)/psql" ] || apt_install postgresql-client
+  echo "postgres: $(pg_bin)"
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing, then format check, clippy
+# with -D warnings, and every test (unit and end to end, against a throwaway
+# Postgres and real processes on loopback ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+started=$SECONDS
+step "prerequisites"
+ensure_rust_components
+ensure_postgres_server
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build binaries used by end-to-end tests"
+cargo build --workspace --bins
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --failure-output final
+  # nextest does not run doctests.
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+step "all checks passed in $((SECONDS - started)) s"
