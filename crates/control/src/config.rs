@@ -57,14 +57,18 @@ pub struct Config {
 impl Config {
     /// Resolves the tokens from flags, env or files.
     pub fn tokens(&self) -> Result<crate::auth::Tokens, String> {
-        let admin = read_token("admin", &self.admin_token, &self.admin_token_file)?.ok_or_else(|| {
-            "no admin token: set TANDEM_ADMIN_TOKEN or TANDEM_ADMIN_TOKEN_FILE".to_string()
-        })?;
+        let admin =
+            read_token("admin", &self.admin_token, &self.admin_token_file)?.ok_or_else(|| {
+                "no admin token: set TANDEM_ADMIN_TOKEN or TANDEM_ADMIN_TOKEN_FILE".to_string()
+            })?;
         let node = read_token("node", &self.node_token, &self.node_token_file)?;
         for (role, t) in [("admin", Some(&admin)), ("node", node.as_ref())] {
             if let Some(t) = t {
                 if t.len() < 16 {
-                    tracing::warn!(role, "token is shorter than 16 characters; use a long random one");
+                    tracing::warn!(
+                        role,
+                        "token is shorter than 16 characters; use a long random one"
+                    );
                 }
             }
         }
@@ -72,7 +76,11 @@ impl Config {
     }
 }
 
-fn read_token(role: &str, value: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, String> {
+fn read_token(
+    role: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<String>, String> {
     if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
         return Ok(Some(v.clone()));
     }

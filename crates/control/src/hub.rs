@@ -29,7 +29,9 @@ impl Committed {
     pub fn new(revision: Revision, change: ConfigChange) -> Self {
         let event = v1::WatchEvent {
             revision: revision.0,
-            event: Some(v1::watch_event::Event::Change(convert::change_to_proto(&change))),
+            event: Some(v1::watch_event::Event::Change(convert::change_to_proto(
+                &change,
+            ))),
         };
         Self {
             revision,
@@ -137,7 +139,11 @@ impl Hub {
     }
 
     /// Broadcasts every logged change after `last`.
-    async fn catch_up(&self, store: &Store, last: &mut Option<Revision>) -> Result<(), crate::Error> {
+    async fn catch_up(
+        &self,
+        store: &Store,
+        last: &mut Option<Revision>,
+    ) -> Result<(), crate::Error> {
         let mut from = match *last {
             Some(r) => r,
             // First start: followers get history through snapshots, not here.
@@ -149,7 +155,10 @@ impl Hub {
             for (revision, change) in batch {
                 from = revision;
                 // No receivers is fine: nobody is watching this replica.
-                let _ = self.inner.changes.send(Arc::new(Committed::new(revision, change)));
+                let _ = self
+                    .inner
+                    .changes
+                    .send(Arc::new(Committed::new(revision, change)));
             }
             if n < 1000 {
                 break;

@@ -38,7 +38,11 @@ impl ControlService {
 
 /// Records a call's outcome in metrics and turns errors into a `Status`
 /// (the one place errors are converted and logged).
-fn finish<T>(method: &'static str, start: Instant, r: Result<T, Error>) -> Result<Response<T>, Status> {
+fn finish<T>(
+    method: &'static str,
+    start: Instant,
+    r: Result<T, Error>,
+) -> Result<Response<T>, Status> {
     let code = match &r {
         Ok(_) => tonic::Code::Ok,
         Err(e) => e.code(),
@@ -75,7 +79,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + S
 
 #[tonic::async_trait]
 impl ControlPlane for ControlService {
-    async fn create_pool(&self, req: Request<v1::CreatePoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+    async fn create_pool(
+        &self,
+        req: Request<v1::CreatePoolRequest>,
+    ) -> Result<Response<v1::PoolReply>, Status> {
         require_admin(&req)?;
         let start = Instant::now();
         let r = async {
@@ -83,7 +90,11 @@ impl ControlPlane for ControlService {
             let name = convert::pool_name(&msg.name, "pool.name")?;
             let config = convert::pool_config_from_proto(PoolConfig::new(name), msg)?;
             if !msg.backends.is_empty() {
-                return Err(ValidationError::new("pool.backends", "must be empty; add backends with AddBackend").into());
+                return Err(ValidationError::new(
+                    "pool.backends",
+                    "must be empty; add backends with AddBackend",
+                )
+                .into());
             }
             let (pool, rev) = self.store.create_pool(config).await?;
             Ok(v1::PoolReply {
@@ -95,7 +106,10 @@ impl ControlPlane for ControlService {
         finish("CreatePool", start, r)
     }
 
-    async fn get_pool(&self, req: Request<v1::GetPoolRequest>) -> Result<Response<v1::Pool>, Status> {
+    async fn get_pool(
+        &self,
+        req: Request<v1::GetPoolRequest>,
+    ) -> Result<Response<v1::Pool>, Status> {
         let start = Instant::now();
         let r = async {
             let name = convert::pool_name(&req.get_ref().name, "name")?;
@@ -106,7 +120,10 @@ impl ControlPlane for ControlService {
         finish("GetPool", start, r)
     }
 
-    async fn list_pools(&self, _req: Request<v1::ListPoolsRequest>) -> Result<Response<v1::ListPoolsReply>, Status> {
+    async fn list_pools(
+        &self,
+        _req: Request<v1::ListPoolsRequest>,
+    ) -> Result<Response<v1::ListPoolsReply>, Status> {
         let start = Instant::now();
         let r = async {
             let (pools, rev) = self.store.pools().await?;
@@ -119,7 +136,10 @@ impl ControlPlane for ControlService {
         finish("ListPools", start, r)
     }
 
-    async fn update_pool(&self, req: Request<v1::UpdatePoolRequest>) -> Result<Response<v1::PoolReply>, Status> {
+    async fn update_pool(
+        &self,
+        req: Request<v1::UpdatePoolRequest>,
+    ) -> Result<Response<v1::PoolReply>, Status> {
         require_admin(&req)?;
         let start = Instant::now();
         let r = async {
@@ -141,26 +161,36 @@ impl ControlPlane for ControlService {
         finish("UpdatePool", start, r)
     }
 
-    async fn delete_pool(&self, req: Request<v1::DeletePoolRequest>) -> Result<Response<v1::ChangeReply>, Status> {
+    async fn delete_pool(
+        &self,
+        req: Request<v1::DeletePoolRequest>,
+    ) -> Result<Response<v1::ChangeReply>, Status> {
         require_admin(&req)?;
         let start = Instant::now();
         let r = async {
             let req = req.get_ref();
             let name = convert::pool_name(&req.name, "name")?;
-            let rev = self.store.delete_pool(&name, expected(req.expected_revision)).await?;
+            let rev = self
+                .store
+                .delete_pool(&name, expected(req.expected_revision))
+                .await?;
             Ok(v1::ChangeReply { revision: rev.0 })
         }
         .await;
         finish("DeletePool", start, r)
     }
 
-    async fn add_backend(&self, req: Request<v1::AddBackendRequest>) -> Result<Response<v1::BackendReply>, Status> {
+    async fn add_backend(
+        &self,
+        req: Request<v1::AddBackendRequest>,
+    ) -> Result<Response<v1::BackendReply>, Status> {
         require_admin(&req)?;
         let start = Instant::now();
         let r = async {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
-            let backend = convert::backend_from_proto(required(&req.backend, "backend")?, "backend")?;
+            let backend =
+                convert::backend_from_proto(required(&req.backend, "backend")?, "backend")?;
             let (backend, rev) = self
                 .store
                 .add_backend(&pool, backend, expected(req.expected_revision))
@@ -184,10 +214,7 @@ impl ControlPlane for ControlService {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
-            let weight = req
-                .weight
-                .map(tandem_core::Weight::new)
-                .transpose()?;
+            let weight = req.weight.map(tandem_core::Weight::new).transpose()?;
             let role = match req.role {
                 Some(r) => convert::role_from_proto(r, "role")?,
                 None => None,
@@ -234,11 +261,15 @@ impl ControlPlane for ControlService {
         finish("RemoveBackend", start, r)
     }
 
-    async fn add_route(&self, req: Request<v1::AddRouteRequest>) -> Result<Response<v1::RouteReply>, Status> {
+    async fn add_route(
+        &self,
+        req: Request<v1::AddRouteRequest>,
+    ) -> Result<Response<v1::RouteReply>, Status> {
         require_admin(&req)?;
         let start = Instant::now();
         let r = async {
-            let route = convert::route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
+            let route =
+                convert::route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
             let rev = self.store.add_route(route.clone()).await?;
             Ok(v1::RouteReply {
                 route: Some(convert::route_to_proto(&route)),
@@ -249,7 +280,10 @@ impl ControlPlane for ControlService {
         finish("AddRoute", start, r)
     }
 
-    async fn list_routes(&self, _req: Request<v1::ListRoutesRequest>) -> Result<Response<v1::ListRoutesReply>, Status> {
+    async fn list_routes(
+        &self,
+        _req: Request<v1::ListRoutesRequest>,
+    ) -> Result<Response<v1::ListRoutesReply>, Status> {
         let start = Instant::now();
         let r = async {
             let (routes, rev) = self.store.routes().await?;
@@ -262,7 +296,10 @@ impl ControlPlane for ControlService {
         finish("ListRoutes", start, r)
     }
 
-    async fn delete_route(&self, req: Request<v1::DeleteRouteRequest>) -> Result<Response<v1::ChangeReply>, Status> {
+    async fn delete_route(
+        &self,
+        req: Request<v1::DeleteRouteRequest>,
+    ) -> Result<Response<v1::ChangeReply>, Status> {
         require_admin(&req)?;
         let start = Instant::now();
         let r = async {
@@ -276,7 +313,10 @@ impl ControlPlane for ControlService {
         finish("DeleteRoute", start, r)
     }
 
-    async fn get_snapshot(&self, _req: Request<v1::GetSnapshotRequest>) -> Result<Response<v1::Snapshot>, Status> {
+    async fn get_snapshot(
+        &self,
+        _req: Request<v1::GetSnapshotRequest>,
+    ) -> Result<Response<v1::Snapshot>, Status> {
         let start = Instant::now();
         let r = async { Ok(convert::snapshot_to_proto(&self.store.snapshot().await?)) }.await;
         finish("GetSnapshot", start, r)
@@ -284,11 +324,18 @@ impl ControlPlane for ControlService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let start = Instant::now();
         let req = req.into_inner();
         if req.node_id.is_empty() {
-            return finish("Watch", start, Err(ValidationError::new("node_id", "must be set").into()));
+            return finish(
+                "Watch",
+                start,
+                Err(ValidationError::new("node_id", "must be set").into()),
+            );
         }
         // Subscribe before reading, so nothing committed in between is missed.
         let mut changes = self.hub.subscribe();
@@ -316,7 +363,9 @@ impl ControlPlane for ControlService {
         if let Some(s) = first {
             let event = v1::WatchEvent {
                 revision: s.revision.0,
-                event: Some(v1::watch_event::Event::Snapshot(convert::snapshot_to_proto(&s))),
+                event: Some(v1::watch_event::Event::Snapshot(
+                    convert::snapshot_to_proto(&s),
+                )),
             };
             // The channel is new and has room.
             let _ = tx.try_send(Ok(event));
@@ -330,7 +379,11 @@ impl ControlPlane for ControlService {
             metrics::gauge!("tandem_control_watch_streams").decrement(1.0);
             tracing::info!(%node, reason = %end, "watch ended");
         });
-        finish("Watch", start, Ok(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+        finish(
+            "Watch",
+            start,
+            Ok(Box::pin(ReceiverStream::new(rx)) as WatchStream),
+        )
     }
 
     async fn report_applied(
@@ -359,9 +412,15 @@ impl ControlPlane for ControlService {
         finish("ReportApplied", start, r)
     }
 
-    async fn get_status(&self, _req: Request<v1::GetStatusRequest>) -> Result<Response<v1::StatusReply>, Status> {
+    async fn get_status(
+        &self,
+        _req: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
         let start = Instant::now();
-        let (revision, nodes, reachable) = match (self.store.current_revision().await, self.store.nodes().await) {
+        let (revision, nodes, reachable) = match (
+            self.store.current_revision().await,
+            self.store.nodes().await,
+        ) {
             (Ok(rev), Ok(nodes)) => (rev, nodes, true),
             _ => (self.hub.latest(), Vec::new(), false),
         };
@@ -416,7 +475,10 @@ async fn follow(
             }
             Ok(_) => true,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::debug!(skipped = n, "watcher lagged behind the hub; reading the log");
+                tracing::debug!(
+                    skipped = n,
+                    "watcher lagged behind the hub; reading the log"
+                );
                 true
             }
             Err(broadcast::error::RecvError::Closed) => return "hub closed".into(),
@@ -426,7 +488,11 @@ async fn follow(
             match store.changes_since(at, 10_000).await {
                 Ok(batch) => {
                     for (rev, change) in batch {
-                        if tx.send(Ok(Committed::new(rev, change).event)).await.is_err() {
+                        if tx
+                            .send(Ok(Committed::new(rev, change).event))
+                            .await
+                            .is_err()
+                        {
                             return "watcher left".into();
                         }
                         at = rev;

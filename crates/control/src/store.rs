@@ -153,7 +153,11 @@ impl Store {
     }
 
     /// Committed changes after `after`, in order, at most `limit`.
-    pub async fn changes_since(&self, after: Revision, limit: i64) -> Result<Vec<(Revision, ConfigChange)>> {
+    pub async fn changes_since(
+        &self,
+        after: Revision,
+        limit: i64,
+    ) -> Result<Vec<(Revision, ConfigChange)>> {
         let rows = sqlx::query(
             "SELECT revision, change FROM change_log WHERE revision > $1 ORDER BY revision LIMIT $2",
         )
@@ -174,10 +178,11 @@ impl Store {
 
     pub async fn create_pool(&self, config: PoolConfig) -> Result<(Pool, Revision)> {
         let (mut tx, rev) = begin_change(&self.pool).await?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pools WHERE name = $1)")
-            .bind(config.name.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pools WHERE name = $1)")
+                .bind(config.name.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
         if exists {
             return Err(Domain::PoolExists {
                 name: config.name.to_string(),
@@ -222,7 +227,11 @@ impl Store {
         Ok((pool, rev))
     }
 
-    pub async fn delete_pool(&self, name: &PoolName, expected: Option<Revision>) -> Result<Revision> {
+    pub async fn delete_pool(
+        &self,
+        name: &PoolName,
+        expected: Option<Revision>,
+    ) -> Result<Revision> {
         let (mut tx, rev) = begin_change(&self.pool).await?;
         let pool = load_pool(&mut tx, name).await?;
         check_expected(name, &pool, expected)?;
@@ -280,10 +289,13 @@ impl Store {
         let (mut tx, rev) = begin_change(&self.pool).await?;
         let pool = load_pool(&mut tx, pool_name).await?;
         check_expected(pool_name, &pool, expected)?;
-        let current = pool.backend(address).cloned().ok_or_else(|| Domain::UnknownBackend {
-            pool: pool_name.to_string(),
-            address: address.to_string(),
-        })?;
+        let current = pool
+            .backend(address)
+            .cloned()
+            .ok_or_else(|| Domain::UnknownBackend {
+                pool: pool_name.to_string(),
+                address: address.to_string(),
+            })?;
         let backend = update(current);
         write_backend(&mut tx, pool_name, &backend, rev).await?;
         let change = ConfigChange::BackendUpserted {
@@ -343,18 +355,24 @@ impl Store {
             }
             .into());
         }
-        sqlx::query("INSERT INTO routes (host, path_prefix, pool, revision) VALUES ($1, $2, $3, $4)")
-            .bind(route.host.to_string())
-            .bind(route.path_prefix.as_str())
-            .bind(route.pool.as_str())
-            .bind(rev.0 as i64)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO routes (host, path_prefix, pool, revision) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(route.host.to_string())
+        .bind(route.path_prefix.as_str())
+        .bind(route.pool.as_str())
+        .bind(rev.0 as i64)
+        .execute(&mut *tx)
+        .await?;
         finish_change(tx, rev, &ConfigChange::RouteUpserted(route)).await?;
         Ok(rev)
     }
 
-    pub async fn delete_route(&self, host: &HostMatch, path_prefix: &PathPrefix) -> Result<Revision> {
+    pub async fn delete_route(
+        &self,
+        host: &HostMatch,
+        path_prefix: &PathPrefix,
+    ) -> Result<Revision> {
         let (mut tx, rev) = begin_change(&self.pool).await?;
         let deleted = sqlx::query("DELETE FROM routes WHERE host = $1 AND path_prefix = $2")
             .bind(host.to_string())
@@ -435,7 +453,11 @@ async fn begin_change(pool: &PgPool) -> Result<(Transaction<'static, Postgres>, 
     Ok((tx, Revision(current as u64).next()))
 }
 
-async fn finish_change(mut tx: Transaction<'static, Postgres>, rev: Revision, change: &ConfigChange) -> Result<()> {
+async fn finish_change(
+    mut tx: Transaction<'static, Postgres>,
+    rev: Revision,
+    change: &ConfigChange,
+) -> Result<()> {
     sqlx::query("INSERT INTO change_log (revision, change) VALUES ($1, $2)")
         .bind(rev.0 as i64)
         .bind(Json(change))
@@ -453,7 +475,11 @@ async fn finish_change(mut tx: Transaction<'static, Postgres>, rev: Revision, ch
         .await?;
     tx.commit().await?;
     metrics::gauge!("tandem_control_revision").set(rev.0 as f64);
-    tracing::info!(revision = rev.0, change = change_kind(change), "committed change");
+    tracing::info!(
+        revision = rev.0,
+        change = change_kind(change),
+        "committed change"
+    );
     Ok(())
 }
 
@@ -526,7 +552,11 @@ async fn write_backend(
 }
 
 /// A backend change is a change of its pool too (for expected_revision).
-async fn touch_pool(tx: &mut Transaction<'static, Postgres>, pool: &PoolName, rev: Revision) -> Result<()> {
+async fn touch_pool(
+    tx: &mut Transaction<'static, Postgres>,
+    pool: &PoolName,
+    rev: Revision,
+) -> Result<()> {
     sqlx::query("UPDATE pools SET revision = $2 WHERE name = $1")
         .bind(pool.as_str())
         .bind(rev.0 as i64)

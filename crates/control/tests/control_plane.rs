@@ -96,12 +96,21 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(updated.revision, 6);
     let kept = updated.pool.unwrap().health_check.unwrap();
-    assert_eq!(kept.path.as_deref(), Some("/healthz"), "update keeps unset fields");
+    assert_eq!(
+        kept.path.as_deref(),
+        Some("/healthz"),
+        "update keeps unset fields"
+    );
 
     // Restart the process: everything is still there.
     cp.restart().await?;
     let mut c = cp.admin_client().await?;
-    let got = c.get_pool(v1::GetPoolRequest { name: "shop".into() }).await?.into_inner();
+    let got = c
+        .get_pool(v1::GetPoolRequest {
+            name: "shop".into(),
+        })
+        .await?
+        .into_inner();
     assert_eq!(got.revision, 6);
     assert_eq!(got.policy, v1::LbPolicy::IpHash as i32);
     let backends: Vec<_> = got
@@ -112,8 +121,18 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
     assert_eq!(
         backends,
         [
-            ("10.0.0.5:3000", Some(2), v1::BackendRole::Primary as i32, v1::AdminState::Draining as i32),
-            ("10.0.0.6:3000", Some(1), v1::BackendRole::Backup as i32, v1::AdminState::Enabled as i32),
+            (
+                "10.0.0.5:3000",
+                Some(2),
+                v1::BackendRole::Primary as i32,
+                v1::AdminState::Draining as i32
+            ),
+            (
+                "10.0.0.6:3000",
+                Some(1),
+                v1::BackendRole::Backup as i32,
+                v1::AdminState::Enabled as i32
+            ),
         ]
     );
     let routes = c.list_routes(v1::ListRoutesRequest {}).await?.into_inner();
@@ -122,12 +141,18 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
 
     // A pool with routes cannot go; without, it can, with its backends.
     let err = c
-        .delete_pool(v1::DeletePoolRequest { name: "shop".into(), expected_revision: None })
+        .delete_pool(v1::DeletePoolRequest {
+            name: "shop".into(),
+            expected_revision: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    c.delete_route(v1::DeleteRouteRequest { host: "shop.local".into(), path_prefix: "/".into() })
-        .await?;
+    c.delete_route(v1::DeleteRouteRequest {
+        host: "shop.local".into(),
+        path_prefix: "/".into(),
+    })
+    .await?;
     c.remove_backend(v1::RemoveBackendRequest {
         pool: "shop".into(),
         address: "10.0.0.6:3000".into(),
@@ -135,14 +160,25 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
     })
     .await?;
     let rev = c
-        .delete_pool(v1::DeletePoolRequest { name: "shop".into(), expected_revision: None })
+        .delete_pool(v1::DeletePoolRequest {
+            name: "shop".into(),
+            expected_revision: None,
+        })
         .await?
         .into_inner()
         .revision;
     assert_eq!(rev, 9);
-    let err = c.get_pool(v1::GetPoolRequest { name: "shop".into() }).await.unwrap_err();
+    let err = c
+        .get_pool(v1::GetPoolRequest {
+            name: "shop".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let snap = c.get_snapshot(v1::GetSnapshotRequest {}).await?.into_inner();
+    let snap = c
+        .get_snapshot(v1::GetSnapshotRequest {})
+        .await?
+        .into_inner();
     assert!(snap.pools.is_empty() && snap.routes.is_empty());
     assert_eq!(snap.revision, 9);
     Ok(())
@@ -153,52 +189,176 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::R
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
     let mut c = cp.admin_client().await?;
-    c.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await?;
+    c.create_pool(v1::CreatePoolRequest {
+        pool: Some(pool("shop")),
+    })
+    .await?;
 
-    let hc = |h: v1::HealthCheck| v1::Pool { health_check: Some(h), ..pool("web") };
+    let hc = |h: v1::HealthCheck| v1::Pool {
+        health_check: Some(h),
+        ..pool("web")
+    };
     let bad_pools: Vec<(v1::Pool, &str)> = vec![
         (pool("Bad_Name"), "pool.name"),
         (pool(""), "pool.name"),
-        (v1::Pool { policy: 99, ..pool("web") }, "pool.policy"),
-        (hc(v1::HealthCheck { interval_ms: Some(10), ..Default::default() }), "pool.health_check.interval_ms"),
-        (hc(v1::HealthCheck { timeout_ms: Some(5000), ..Default::default() }), "pool.health_check.timeout_ms"),
-        (hc(v1::HealthCheck { rise: Some(0), ..Default::default() }), "pool.health_check.rise"),
-        (hc(v1::HealthCheck { fall: Some(1000), ..Default::default() }), "pool.health_check.fall"),
-        (hc(v1::HealthCheck { path: Some("nope".into()), ..Default::default() }), "pool.health_check.path"),
-        (hc(v1::HealthCheck { expected_status_min: Some(700), ..Default::default() }), "pool.health_check.expected_status_min"),
-        (v1::Pool { connect_timeout_ms: Some(0), ..pool("web") }, "pool.connect_timeout_ms"),
-        (v1::Pool { panic_threshold_percent: Some(150), ..pool("web") }, "pool.panic_threshold_percent"),
-        (v1::Pool { retry: Some(v1::RetryPolicy { attempts: Some(9), ..Default::default() }), ..pool("web") }, "pool.retry.attempts"),
-        (v1::Pool { outlier: Some(v1::OutlierDetection { max_ejected_percent: Some(101), ..Default::default() }), ..pool("web") }, "pool.outlier.max_ejected_percent"),
+        (
+            v1::Pool {
+                policy: 99,
+                ..pool("web")
+            },
+            "pool.policy",
+        ),
+        (
+            hc(v1::HealthCheck {
+                interval_ms: Some(10),
+                ..Default::default()
+            }),
+            "pool.health_check.interval_ms",
+        ),
+        (
+            hc(v1::HealthCheck {
+                timeout_ms: Some(5000),
+                ..Default::default()
+            }),
+            "pool.health_check.timeout_ms",
+        ),
+        (
+            hc(v1::HealthCheck {
+                rise: Some(0),
+                ..Default::default()
+            }),
+            "pool.health_check.rise",
+        ),
+        (
+            hc(v1::HealthCheck {
+                fall: Some(1000),
+                ..Default::default()
+            }),
+            "pool.health_check.fall",
+        ),
+        (
+            hc(v1::HealthCheck {
+                path: Some("nope".into()),
+                ..Default::default()
+            }),
+            "pool.health_check.path",
+        ),
+        (
+            hc(v1::HealthCheck {
+                expected_status_min: Some(700),
+                ..Default::default()
+            }),
+            "pool.health_check.expected_status_min",
+        ),
+        (
+            v1::Pool {
+                connect_timeout_ms: Some(0),
+                ..pool("web")
+            },
+            "pool.connect_timeout_ms",
+        ),
+        (
+            v1::Pool {
+                panic_threshold_percent: Some(150),
+                ..pool("web")
+            },
+            "pool.panic_threshold_percent",
+        ),
+        (
+            v1::Pool {
+                retry: Some(v1::RetryPolicy {
+                    attempts: Some(9),
+                    ..Default::default()
+                }),
+                ..pool("web")
+            },
+            "pool.retry.attempts",
+        ),
+        (
+            v1::Pool {
+                outlier: Some(v1::OutlierDetection {
+                    max_ejected_percent: Some(101),
+                    ..Default::default()
+                }),
+                ..pool("web")
+            },
+            "pool.outlier.max_ejected_percent",
+        ),
     ];
     for (p, field) in bad_pools {
-        let err = c.create_pool(v1::CreatePoolRequest { pool: Some(p) }).await.unwrap_err();
+        let err = c
+            .create_pool(v1::CreatePoolRequest { pool: Some(p) })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "{field}: {}",
+            err.message()
+        );
     }
-    let err = c.create_pool(v1::CreatePoolRequest { pool: None }).await.unwrap_err();
+    let err = c
+        .create_pool(v1::CreatePoolRequest { pool: None })
+        .await
+        .unwrap_err();
     assert!(err.message().starts_with("pool:"), "{}", err.message());
 
     let bad_backends: Vec<(v1::Backend, &str)> = vec![
         (backend("10.0.0.1"), "backend.address"),
         (backend("10.0.0.1:0"), "backend.address"),
         (backend("not a host:80"), "backend.address"),
-        (v1::Backend { weight: Some(0), ..backend("10.0.0.1:80") }, "backend.weight"),
-        (v1::Backend { weight: Some(1001), ..backend("10.0.0.1:80") }, "backend.weight"),
-        (v1::Backend { role: 7, ..backend("10.0.0.1:80") }, "backend.role"),
-        (v1::Backend { admin_state: 7, ..backend("10.0.0.1:80") }, "backend.admin_state"),
+        (
+            v1::Backend {
+                weight: Some(0),
+                ..backend("10.0.0.1:80")
+            },
+            "backend.weight",
+        ),
+        (
+            v1::Backend {
+                weight: Some(1001),
+                ..backend("10.0.0.1:80")
+            },
+            "backend.weight",
+        ),
+        (
+            v1::Backend {
+                role: 7,
+                ..backend("10.0.0.1:80")
+            },
+            "backend.role",
+        ),
+        (
+            v1::Backend {
+                admin_state: 7,
+                ..backend("10.0.0.1:80")
+            },
+            "backend.admin_state",
+        ),
     ];
     for (b, field) in bad_backends {
         let err = c
-            .add_backend(v1::AddBackendRequest { pool: "shop".into(), backend: Some(b), expected_revision: None })
+            .add_backend(v1::AddBackendRequest {
+                pool: "shop".into(),
+                backend: Some(b),
+                expected_revision: None,
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "{field}: {}",
+            err.message()
+        );
     }
 
     let route = |host: &str, prefix: &str, pool: &str| v1::AddRouteRequest {
-        route: Some(v1::Route { host: host.into(), path_prefix: prefix.into(), pool: pool.into() }),
+        route: Some(v1::Route {
+            host: host.into(),
+            path_prefix: prefix.into(),
+            pool: pool.into(),
+        }),
     };
     for (r, field) in [
         (route("a.*.com", "/", "shop"), "route.host"),
@@ -208,19 +368,41 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::R
     ] {
         let err = c.add_route(r).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "{field}: {}",
+            err.message()
+        );
     }
     // Well-formed but wrong: not found / already exists.
-    let err = c.add_route(route("shop.local", "/", "ghost")).await.unwrap_err();
+    let err = c
+        .add_route(route("shop.local", "/", "ghost"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     c.add_route(route("*.example.com", "/api", "shop")).await?;
-    let err = c.add_route(route("*.EXAMPLE.com", "/api", "shop")).await.unwrap_err();
-    assert_eq!(err.code(), Code::AlreadyExists, "same host and prefix is ambiguous: {err:?}");
-    let err = c.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await.unwrap_err();
+    let err = c
+        .add_route(route("*.EXAMPLE.com", "/api", "shop"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::AlreadyExists,
+        "same host and prefix is ambiguous: {err:?}"
+    );
+    let err = c
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("shop")),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
     // Nothing of the rejected calls was written: revision 2 (pool + route).
-    let snap = c.get_snapshot(v1::GetSnapshotRequest {}).await?.into_inner();
+    let snap = c
+        .get_snapshot(v1::GetSnapshotRequest {})
+        .await?
+        .into_inner();
     assert_eq!(snap.revision, 2);
     assert_eq!(snap.pools.len(), 1);
     assert!(snap.pools[0].backends.is_empty());
@@ -228,12 +410,15 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::R
 }
 
 #[tokio::test]
-async fn concurrent_updates_with_the_same_expected_revision_exactly_one_wins() -> anyhow::Result<()> {
+async fn concurrent_updates_with_the_same_expected_revision_exactly_one_wins() -> anyhow::Result<()>
+{
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
     let mut c = cp.admin_client().await?;
     let rev = c
-        .create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) })
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("shop")),
+        })
         .await?
         .into_inner()
         .revision;
@@ -243,7 +428,10 @@ async fn concurrent_updates_with_the_same_expected_revision_exactly_one_wins() -
         let mut c = cp.admin_client().await?;
         tasks.push(tokio::spawn(async move {
             c.update_pool(v1::UpdatePoolRequest {
-                pool: Some(v1::Pool { connect_timeout_ms: Some(100 + i), ..pool("shop") }),
+                pool: Some(v1::Pool {
+                    connect_timeout_ms: Some(100 + i),
+                    ..pool("shop")
+                }),
                 expected_revision: Some(rev),
             })
             .await
@@ -257,7 +445,12 @@ async fn concurrent_updates_with_the_same_expected_revision_exactly_one_wins() -
         }
     }
     assert_eq!(wins, 1);
-    let p = c.get_pool(v1::GetPoolRequest { name: "shop".into() }).await?.into_inner();
+    let p = c
+        .get_pool(v1::GetPoolRequest {
+            name: "shop".into(),
+        })
+        .await?
+        .into_inner();
     assert_eq!(p.revision, rev + 1);
     Ok(())
 }
@@ -278,12 +471,28 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
     // Both start at once on a fresh database: migrations must not collide.
     let url = pg.url();
     let (a, b) = tokio::join!(
-        ControlPlane::start_with(&url, ControlPlaneOptions { node_id: Some("1".into()), ..Default::default() }),
-        ControlPlane::start_with(&url, ControlPlaneOptions { node_id: Some("2".into()), ..Default::default() }),
+        ControlPlane::start_with(
+            &url,
+            ControlPlaneOptions {
+                node_id: Some("1".into()),
+                ..Default::default()
+            }
+        ),
+        ControlPlane::start_with(
+            &url,
+            ControlPlaneOptions {
+                node_id: Some("2".into()),
+                ..Default::default()
+            }
+        ),
     );
     let (a, b) = (a?, b?);
     let mut writer = a.admin_client().await?;
-    writer.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await?;
+    writer
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("shop")),
+        })
+        .await?;
 
     let mut watcher = b.node_client().await?;
     let mut stream = watcher
@@ -322,7 +531,11 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
     // the watcher catches up with a snapshot, then continues in order.
     writer
         .add_route(v1::AddRouteRequest {
-            route: Some(v1::Route { host: "*".into(), path_prefix: "/".into(), pool: "shop".into() }),
+            route: Some(v1::Route {
+                host: "*".into(),
+                path_prefix: "/".into(),
+                pool: "shop".into(),
+            }),
         })
         .await?;
     let mut stream = watcher
@@ -352,10 +565,17 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
         })
         .await?
         .into_inner();
-    writer.create_pool(v1::CreatePoolRequest { pool: Some(pool("api")) }).await?;
+    writer
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("api")),
+        })
+        .await?;
     let ev = next_event(&mut stream).await?;
     assert_eq!(ev.revision, 23);
-    assert!(matches!(ev.event, Some(v1::watch_event::Event::Change(_))), "{ev:?}");
+    assert!(
+        matches!(ev.event, Some(v1::watch_event::Event::Change(_))),
+        "{ev:?}"
+    );
 
     // The proxy reports what it applied; status on A shows it.
     watcher
@@ -367,10 +587,17 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
             detail: String::new(),
         })
         .await?;
-    let status = writer.get_status(v1::GetStatusRequest {}).await?.into_inner();
+    let status = writer
+        .get_status(v1::GetStatusRequest {})
+        .await?
+        .into_inner();
     assert_eq!(status.revision, 23);
     assert_eq!(status.replica, "control-1");
-    let node = status.nodes.iter().find(|n| n.node_id == "proxy-test").expect("node listed");
+    let node = status
+        .nodes
+        .iter()
+        .find(|n| n.node_id == "proxy-test")
+        .expect("node listed");
     assert_eq!(node.applied_revision, 23);
     assert_eq!(node.replica, "control-2");
     Ok(())
@@ -381,32 +608,63 @@ async fn a_database_outage_fails_calls_cleanly_and_loses_nothing() -> anyhow::Re
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
     let mut c = cp.admin_client().await?;
-    c.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await?;
+    c.create_pool(v1::CreatePoolRequest {
+        pool: Some(pool("shop")),
+    })
+    .await?;
     let mut watch = cp
         .node_client()
         .await?
-        .watch(v1::WatchRequest { node_id: "w".into(), kind: 1, last_revision: 1, zone: String::new() })
+        .watch(v1::WatchRequest {
+            node_id: "w".into(),
+            kind: 1,
+            last_revision: 1,
+            zone: String::new(),
+        })
         .await?
         .into_inner();
 
     pg.stop()?;
     let started = std::time::Instant::now();
-    let err = c.create_pool(v1::CreatePoolRequest { pool: Some(pool("web")) }).await.unwrap_err();
+    let err = c
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("web")),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("database is unavailable"), "{}", err.message());
-    assert!(started.elapsed() < Duration::from_secs(8), "fails fast rather than hanging");
+    assert!(
+        err.message().contains("database is unavailable"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "fails fast rather than hanging"
+    );
     let err = c.list_pools(v1::ListPoolsRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    let ready = tandem_testkit::http_client().get(cp.admin_url("/readyz")).send().await?;
+    let ready = tandem_testkit::http_client()
+        .get(cp.admin_url("/readyz"))
+        .send()
+        .await?;
     assert_eq!(ready.status(), 503);
-    let health = tandem_testkit::http_client().get(cp.admin_url("/healthz")).send().await?;
+    let health = tandem_testkit::http_client()
+        .get(cp.admin_url("/healthz"))
+        .send()
+        .await?;
     assert_eq!(health.status(), 200, "the process itself is alive");
 
     pg.restart()?;
     // The service recovers by itself.
     let mut recovered = false;
     for _ in 0..100 {
-        if c.create_pool(v1::CreatePoolRequest { pool: Some(pool("web")) }).await.is_ok() {
+        if c.create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("web")),
+        })
+        .await
+        .is_ok()
+        {
             recovered = true;
             break;
         }
@@ -446,17 +704,29 @@ async fn tokens_and_roles_are_enforced() -> anyhow::Result<()> {
 
     let mut node = cp.node_client().await?;
     let err = node
-        .create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) })
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("shop")),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     node.list_pools(v1::ListPoolsRequest {}).await?;
 
     let mut admin = cp.admin_client().await?;
-    admin.create_pool(v1::CreatePoolRequest { pool: Some(pool("shop")) }).await?;
-    let snap = admin.get_snapshot(v1::GetSnapshotRequest {}).await?.into_inner();
+    admin
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("shop")),
+        })
+        .await?;
+    let snap = admin
+        .get_snapshot(v1::GetSnapshotRequest {})
+        .await?
+        .into_inner();
     assert_eq!(snap.revision, 1, "the node token's write changed nothing");
-    assert!(!cp.process.logs().contains(tandem_testkit::ADMIN_TOKEN), "tokens are never logged");
+    assert!(
+        !cp.process.logs().contains(tandem_testkit::ADMIN_TOKEN),
+        "tokens are never logged"
+    );
     Ok(())
 }
 
@@ -464,14 +734,21 @@ async fn tokens_and_roles_are_enforced() -> anyhow::Result<()> {
 async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::Result<()> {
     let pg = Postgres::start()?;
     let mut cp = ControlPlane::start(&pg.url()).await?;
-    let channel = tonic::transport::Channel::from_shared(cp.endpoint())?.connect().await?;
+    let channel = tonic::transport::Channel::from_shared(cp.endpoint())?
+        .connect()
+        .await?;
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let resp = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "tandem.v1.ControlPlane".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "tandem.v1.ControlPlane".into(),
+        })
         .await?
         .into_inner();
-    assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
@@ -482,7 +759,10 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut resp = refl.server_reflection_info(tokio_stream::iter([req])).await?.into_inner();
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await?
+        .into_inner();
     let msg = resp.next().await.expect("a reflection answer")?;
     let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
         panic!("unexpected reflection answer {msg:?}");
@@ -492,14 +772,30 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
 
     // Metrics are exposed in Prometheus text.
-    cp.admin_client().await?.list_pools(v1::ListPoolsRequest {}).await?;
-    let metrics = tandem_testkit::http_client().get(cp.admin_url("/metrics")).send().await?.text().await?;
-    assert!(metrics.contains("tandem_control_requests_total"), "{metrics}");
+    cp.admin_client()
+        .await?
+        .list_pools(v1::ListPoolsRequest {})
+        .await?;
+    let metrics = tandem_testkit::http_client()
+        .get(cp.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("tandem_control_requests_total"),
+        "{metrics}"
+    );
 
     // An open watch stream does not keep SIGTERM from finishing.
     let mut w = cp.node_client().await?;
     let _stream = w
-        .watch(v1::WatchRequest { node_id: "w".into(), kind: 1, last_revision: 0, zone: String::new() })
+        .watch(v1::WatchRequest {
+            node_id: "w".into(),
+            kind: 1,
+            last_revision: 0,
+            zone: String::new(),
+        })
         .await?;
     let status = cp.process.terminate(Duration::from_secs(15))?;
     assert!(status.success(), "exit status {status:?}");

@@ -52,7 +52,10 @@ impl ControlPlane {
         Self::start_with(database_url, ControlPlaneOptions::default()).await
     }
 
-    pub async fn start_with(database_url: &str, options: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
+    pub async fn start_with(
+        database_url: &str,
+        options: ControlPlaneOptions,
+    ) -> anyhow::Result<ControlPlane> {
         let grpc = free_addr();
         let admin = free_addr();
         let mut cp = ControlPlane {
@@ -92,11 +95,7 @@ impl ControlPlane {
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await?;
-        let bearer = Bearer(
-            token
-                .map(|t| format!("Bearer {t}").parse())
-                .transpose()?,
-        );
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse()).transpose()?);
         Ok(ControlPlaneClient::with_interceptor(channel, bearer))
     }
 
@@ -118,7 +117,12 @@ impl ControlPlane {
     }
 }
 
-fn spawn(db: &str, grpc: SocketAddr, admin: SocketAddr, o: &ControlPlaneOptions) -> anyhow::Result<Process> {
+fn spawn(
+    db: &str,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    o: &ControlPlaneOptions,
+) -> anyhow::Result<Process> {
     let node_id = o.node_id.clone().unwrap_or_else(|| "1".into());
     let mut env: Vec<(&str, String)> = vec![
         ("DATABASE_URL", db.to_string()),

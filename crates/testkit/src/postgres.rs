@@ -86,7 +86,10 @@ impl Postgres {
 
     /// Stops the server (fast shutdown), keeping its data.
     pub fn stop(&self) -> anyhow::Result<()> {
-        self.run("pg_ctl", &["-D", &self.data_dir(), "-m", "fast", "-w", "stop"])
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data_dir(), "-m", "fast", "-w", "stop"],
+        )
     }
 
     /// Starts it again on the same port after [`Postgres::stop`].
@@ -155,7 +158,10 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self.run("pg_ctl", &["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"]);
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"],
+        );
     }
 }
 

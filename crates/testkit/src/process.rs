@@ -17,7 +17,13 @@ pub fn bin_path(name: &str) -> PathBuf {
     // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("the test binary lives under target/");
     dir.join(name)
 }
@@ -32,7 +38,12 @@ pub struct Process {
 impl Process {
     /// Spawns workspace binary `bin` with `args` and extra environment.
     /// `name` labels its log (e.g. `control-1`).
-    pub fn spawn(name: &str, bin: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Process> {
+    pub fn spawn(
+        name: &str,
+        bin: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Process> {
         let path = bin_path(bin);
         if !path.exists() {
             bail!(
@@ -131,7 +142,12 @@ impl Drop for Process {
         }
         self.kill();
         if std::thread::panicking() {
-            eprintln!("----- {} log -----\n{}\n----- end of {} log -----", self.name, self.logs(), self.name);
+            eprintln!(
+                "----- {} log -----\n{}\n----- end of {} log -----",
+                self.name,
+                self.logs(),
+                self.name
+            );
         }
     }
 }
