@@ -155,10 +155,10 @@ pub fn pool_config_from_proto(
     }
     if let Some(h) = &p.health_check {
         let spec = &mut base.health_check;
-        if let Some(kind) = h.kind {
-            if let Some(kind) = kind_from_proto(kind, "pool.health_check.kind")? {
-                spec.kind = kind;
-            }
+        if let Some(kind) = h.kind
+            && let Some(kind) = kind_from_proto(kind, "pool.health_check.kind")?
+        {
+            spec.kind = kind;
         }
         set(&mut spec.path, h.path.clone());
         set(
