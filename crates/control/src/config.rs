@@ -63,13 +63,11 @@ impl Config {
             })?;
         let node = read_token("node", &self.node_token, &self.node_token_file)?;
         for (role, t) in [("admin", Some(&admin)), ("node", node.as_ref())] {
-            if let Some(t) = t {
-                if t.len() < 16 {
-                    tracing::warn!(
-                        role,
-                        "token is shorter than 16 characters; use a long random one"
-                    );
-                }
+            if t.is_some_and(|t| t.len() < 16) {
+                tracing::warn!(
+                    role,
+                    "token is shorter than 16 characters; use a long random one"
+                );
             }
         }
         Ok(crate::auth::Tokens::new(admin, node))
