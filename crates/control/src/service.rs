@@ -443,6 +443,24 @@ impl ControlPlane for ControlService {
         };
         finish("GetStatus", start, Ok(reply))
     }
+
+    async fn report_health(
+        &self,
+        _req: Request<v1::ReportHealthRequest>,
+    ) -> Result<Response<v1::ReportHealthReply>, Status> {
+        self.health_unimplemented().await
+    }
+
+    async fn get_health(&self, _req: Request<v1::GetHealthRequest>) -> Result<Response<v1::HealthReply>, Status> {
+        self.health_unimplemented().await
+    }
+}
+
+// Health arrives with the raft state machine; until then it says so.
+impl ControlService {
+    async fn health_unimplemented<T>(&self) -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("health reporting is being built"))
+    }
 }
 
 /// Streams committed changes after `at` to one watcher, in order and

@@ -730,7 +730,9 @@ async fn tokens_and_roles_are_enforced() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+// Multi-threaded: `terminate` blocks its thread while the client's
+// connections must keep answering the server's GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::Result<()> {
     let pg = Postgres::start()?;
     let mut cp = ControlPlane::start(&pg.url()).await?;
@@ -799,5 +801,8 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
         .await?;
     let status = cp.process.terminate(Duration::from_secs(15))?;
     assert!(status.success(), "exit status {status:?}");
+    let logs = cp.process.logs();
+    assert!(logs.contains("watch ended"), "{logs}");
+    assert!(!logs.contains("drain deadline passed"), "open streams held shutdown: {logs}");
     Ok(())
 }

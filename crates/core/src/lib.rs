@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod ids;
 pub mod snapshot;
 

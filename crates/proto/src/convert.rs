@@ -5,6 +5,7 @@
 //! fail.
 
 use tandem_core as core;
+use tandem_core::health::{AgentView, BackendHealth, BackendKey, HealthState};
 use tandem_core::{
     AdminState, BackendAddr, BackendRole, HealthCheckKind, HostMatch, LbPolicy, PathPrefix,
     PoolConfig, PoolName, Revision, ValidationError, Weight,
@@ -372,6 +373,72 @@ pub fn change_from_proto(c: &v1::ConfigChange) -> Result<core::ConfigChange, Con
             path_prefix: PathPrefix::new(&r.path_prefix).map_err(|e| e.under("route_deleted"))?,
         },
     })
+}
+
+// === health ===
+
+pub fn health_state_to_proto(s: HealthState) -> v1::HealthState {
+    match s {
+        HealthState::Unknown => v1::HealthState::Unknown,
+        HealthState::Healthy => v1::HealthState::Healthy,
+        HealthState::Unhealthy => v1::HealthState::Unhealthy,
+    }
+}
+
+pub fn health_state_from_proto(v: i32) -> Result<HealthState, ConvertError> {
+    match v1::HealthState::try_from(v) {
+        Ok(v1::HealthState::Unknown | v1::HealthState::Unspecified) => Ok(HealthState::Unknown),
+        Ok(v1::HealthState::Healthy) => Ok(HealthState::Healthy),
+        Ok(v1::HealthState::Unhealthy) => Ok(HealthState::Unhealthy),
+        Err(_) => Err(unknown_enum("state", v)),
+    }
+}
+
+pub fn backend_health_to_proto(key: &BackendKey, h: &BackendHealth) -> v1::BackendHealth {
+    v1::BackendHealth {
+        pool: key.pool.to_string(),
+        address: key.address.to_string(),
+        state: health_state_to_proto(h.state).into(),
+        since_unix_ms: h.since_ms as i64,
+        reason: h.reason.clone(),
+        agents: h
+            .views
+            .iter()
+            .map(|v| v1::AgentView {
+                agent_id: v.agent.clone(),
+                zone: v.zone.clone(),
+                healthy: v.verdict,
+                last_detail: v.last_detail.clone(),
+                last_seen_unix_ms: v.last_seen_ms as i64,
+                live: v.live,
+            })
+            .collect(),
+    }
+}
+
+pub fn backend_health_from_proto(h: &v1::BackendHealth) -> Result<(BackendKey, BackendHealth), ConvertError> {
+    let key = BackendKey {
+        pool: pool_name(&h.pool, "pool")?,
+        address: BackendAddr::new(&h.address)?,
+    };
+    let health = BackendHealth {
+        state: health_state_from_proto(h.state)?,
+        since_ms: h.since_unix_ms.max(0) as u64,
+        reason: h.reason.clone(),
+        views: h
+            .agents
+            .iter()
+            .map(|a| AgentView {
+                agent: a.agent_id.clone(),
+                zone: a.zone.clone(),
+                verdict: a.healthy,
+                last_detail: a.last_detail.clone(),
+                last_seen_ms: a.last_seen_unix_ms.max(0) as u64,
+                live: a.live,
+            })
+            .collect(),
+    };
+    Ok((key, health))
 }
 
 #[cfg(test)]

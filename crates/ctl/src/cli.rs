@@ -1,0 +1,573 @@
+//! The command line: clap types, plus the two rules clap cannot express
+//! (which token source wins, usage errors on one line).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::duration::{Millis, StatusRange, parse_percent, parse_timeout};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other error
+  2  usage: bad flags or arguments, unreadable token file
+  3  not found (NOT_FOUND)
+  4  invalid argument (INVALID_ARGUMENT, OUT_OF_RANGE)
+  5  conflict (ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED), e.g. a stale --expected-revision
+  6  the control plane is unreachable or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED)
+  7  refused credentials (UNAUTHENTICATED, PERMISSION_DENIED)
+
+Errors are one line on stderr: `error: CODE: message`.";
+
+/// tandemctl: the command-line client of the Tandem control plane.
+///
+/// Manages pools, backends and routes, follows configuration changes and shows
+/// which proxies and agents run which revision.
+#[derive(Debug, Parser)]
+#[command(name = "tandemctl", version, after_long_help = EXIT_CODES, after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 invalid argument, 5 conflict, 6 unavailable, 7 unauthenticated (see --help).")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments, exiting with clap's message and code 2
+    /// on bad usage.
+    pub fn parse_args() -> Self {
+        let mut command = Self::command();
+        let cli = command
+            .try_get_matches_from_mut(std::env::args_os())
+            .and_then(|matches| Self::from_matches(&matches));
+        cli.unwrap_or_else(|e| {
+            let e = e.format(&mut command);
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            {
+                e.exit(); // --help, --version, or help for a bare `tandemctl pool`
+            }
+            eprintln!("{}", usage_error_line(&e));
+            std::process::exit(e.exit_code());
+        })
+    }
+
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        Self::from_matches(&matches)
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut cli = Self::from_arg_matches(matches)?;
+        let from_command_line =
+            |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        cli.global
+            .pick_token_source(from_command_line("token"), from_command_line("token_file"))?;
+        Ok(cli)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Control-plane endpoint(s), comma-separated: tried in order until one
+    /// connects and answers (a replica gets 2s to answer when another
+    /// follows). `http://` is assumed when no scheme is given.
+    #[arg(
+        long,
+        global = true,
+        env = "TANDEM_ENDPOINT",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:7400"
+    )]
+    pub endpoint: String,
+
+    /// Bearer token sent as `authorization: Bearer <token>` on every call.
+    #[arg(long, global = true, env = "TANDEM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the token (surrounding whitespace ignored). A token given
+    /// on the command line wins over one from the environment.
+    #[arg(
+        long,
+        global = true,
+        env = "TANDEM_TOKEN_FILE",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Output format: aligned tables for people, JSON for scripts (field names
+    /// of the tandem.v1 messages, enums as lowercase strings).
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+
+    /// Time allowed for connecting and for each call (e.g. 10s, 500ms).
+    #[arg(long, global = true, value_parser = parse_timeout, default_value = "10s")]
+    pub timeout: Duration,
+}
+
+/// A usage error as one line, like every other error: clap's message and
+/// its tips, without the usage block and the "try --help" footer.
+pub fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.split("\n\n")
+        .filter(|p| {
+            let p = p.trim_start();
+            !p.is_empty() && !p.starts_with("Usage:") && !p.starts_with("For more information")
+        })
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl GlobalArgs {
+    /// Keeps one of `--token` and `--token-file`. Both may come from the
+    /// environment, so clap's `conflicts_with` would refuse a user who
+    /// exported TANDEM_TOKEN_FILE and then passed --token: instead the
+    /// command line beats the environment, and TANDEM_TOKEN beats
+    /// TANDEM_TOKEN_FILE.
+    pub fn pick_token_source(
+        &mut self,
+        token_on_command_line: bool,
+        file_on_command_line: bool,
+    ) -> Result<(), clap::Error> {
+        match (token_on_command_line, file_on_command_line) {
+            (true, true) => {
+                return Err(Cli::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--token and --token-file cannot be used together",
+                ));
+            }
+            (false, true) => self.token = None,
+            _ if self.token.is_some() => self.token_file = None,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, change and delete pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Add, change, drain and remove a pool's backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Send requests for a host and path prefix to a pool.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Revision, answering replica, database reachability, and every proxy and
+    /// agent with the revision it runs.
+    Status,
+    /// Follow configuration changes: a snapshot summary, then one line per
+    /// change with its revision, until Ctrl-C.
+    Watch(WatchArgs),
+    /// The whole declared configuration at one revision.
+    Snapshot,
+}
+
+// === pools ===
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool. Unset settings take the control plane's defaults
+    /// (round_robin; HTTP GET / every 2s, timeout 1s, rise 2, fall 3, 200-399).
+    Create {
+        /// Pool name: a DNS label (lowercase letters, digits, '-').
+        name: String,
+        #[command(flatten)]
+        settings: PoolSettings,
+    },
+    /// Show a pool's settings and backends.
+    Get { name: String },
+    /// List every pool.
+    List,
+    /// Change a pool's settings (not its backends); unset flags keep their
+    /// current values.
+    ///
+    /// Optimistic concurrency: tandemctl reads the pool first and sends the
+    /// revision it read as the expected revision, so if someone else changes
+    /// the pool in between, the update fails (exit code 5) instead of silently
+    /// overwriting their change. Pass --expected-revision to pin it yourself,
+    /// or --force to skip the check.
+    Update {
+        name: String,
+        #[command(flatten)]
+        settings: PoolSettings,
+        /// Fail unless the pool is still at this revision.
+        #[arg(long, value_name = "REVISION", conflicts_with = "force")]
+        expected_revision: Option<u64>,
+        /// Update whatever the pool's revision (last writer wins).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a pool and its backends (refused while a route targets it).
+    Delete {
+        name: String,
+        /// Fail unless the pool is still at this revision.
+        #[arg(long, value_name = "REVISION")]
+        expected_revision: Option<u64>,
+    },
+}
+
+/// Every pool setting of the control API. Bounds are checked by the control
+/// plane, whose error names the field.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PoolSettings {
+    /// Load-balancing policy.
+    #[arg(long, value_enum, help_heading = "Pool settings")]
+    pub policy: Option<Policy>,
+
+    /// Active health check: HTTP request or TCP connect.
+    #[arg(long, value_enum, help_heading = "Health check")]
+    pub health_kind: Option<HealthKind>,
+    /// HTTP path to probe, e.g. /healthz.
+    #[arg(long, value_name = "PATH", help_heading = "Health check")]
+    pub health_path: Option<String>,
+    /// HTTP method: GET, HEAD, OPTIONS or POST.
+    #[arg(long, value_name = "METHOD", help_heading = "Health check")]
+    pub health_method: Option<String>,
+    /// Host header to send (default: the backend's address).
+    #[arg(long, value_name = "HOST", help_heading = "Health check")]
+    pub health_host: Option<String>,
+    /// Statuses that count as healthy: MIN-MAX (e.g. 200-399) or one status.
+    #[arg(long, value_name = "RANGE", help_heading = "Health check")]
+    pub health_status: Option<StatusRange>,
+    /// Time between probes (e.g. 2s; at least 100ms).
+    #[arg(long, value_name = "DURATION", help_heading = "Health check")]
+    pub health_interval: Option<Millis>,
+    /// Probe timeout (e.g. 1s; at most the interval).
+    #[arg(long, value_name = "DURATION", help_heading = "Health check")]
+    pub health_timeout: Option<Millis>,
+    /// Consecutive successes before a backend is healthy.
+    #[arg(long, value_name = "N", help_heading = "Health check")]
+    pub health_rise: Option<u32>,
+    /// Consecutive failures before a backend is unhealthy.
+    #[arg(long, value_name = "N", help_heading = "Health check")]
+    pub health_fall: Option<u32>,
+
+    /// Upstream connect timeout (e.g. 1s).
+    #[arg(long, value_name = "DURATION", help_heading = "Timeouts and retries")]
+    pub connect_timeout: Option<Millis>,
+    /// Whole-request timeout, retries included (e.g. 30s).
+    #[arg(long, value_name = "DURATION", help_heading = "Timeouts and retries")]
+    pub request_timeout: Option<Millis>,
+    /// Extra attempts after the first (0 disables retries).
+    #[arg(long, value_name = "N", help_heading = "Timeouts and retries")]
+    pub retries: Option<u32>,
+    /// Timeout of each attempt (e.g. 5s).
+    #[arg(long, value_name = "DURATION", help_heading = "Timeouts and retries")]
+    pub per_try_timeout: Option<Millis>,
+    /// Retries allowed, as a percentage of active requests (e.g. 20 or 20%).
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, help_heading = "Timeouts and retries")]
+    pub retry_budget: Option<u32>,
+
+    /// Consecutive connect failures or 5xx that eject a backend (0 disables).
+    #[arg(long, value_name = "N", help_heading = "Outlier detection")]
+    pub outlier_failures: Option<u32>,
+    /// First ejection time; it grows with each repeated ejection (e.g. 30s).
+    #[arg(long, value_name = "DURATION", help_heading = "Outlier detection")]
+    pub outlier_ejection: Option<Millis>,
+    /// At most this percentage of backends ejected at once.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, help_heading = "Outlier detection")]
+    pub outlier_max_ejected: Option<u32>,
+
+    /// Below this percentage of usable primaries, spread traffic over all of
+    /// them, healthy or not (0 disables panic mode).
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, help_heading = "Pool settings")]
+    pub panic_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Policy {
+    /// Smooth weighted round-robin.
+    #[value(name = "round_robin", alias = "round-robin")]
+    RoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    #[value(name = "least_connections", alias = "least-connections")]
+    LeastConnections,
+    /// Consistent hashing of the client address.
+    #[value(name = "ip_hash", alias = "ip-hash")]
+    IpHash,
+    /// The less loaded of two weighted random picks.
+    #[value(name = "random_two_choices", alias = "random-two-choices")]
+    RandomTwoChoices,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HealthKind {
+    Http,
+    Tcp,
+}
+
+// === backends ===
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Add a backend to a pool (enabled; weight 1 and primary unless told).
+    Add {
+        pool: String,
+        /// host:port
+        address: String,
+        /// Relative share of traffic, 1-1000.
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Take traffic only while no primary is usable.
+        #[arg(long)]
+        backup: bool,
+        #[command(flatten)]
+        expect: ExpectRevision,
+    },
+    /// Change a backend's weight or role.
+    Update {
+        pool: String,
+        address: String,
+        /// Relative share of traffic, 1-1000.
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Make it a backup.
+        #[arg(long, conflicts_with = "primary")]
+        backup: bool,
+        /// Make it a primary.
+        #[arg(long)]
+        primary: bool,
+        #[command(flatten)]
+        expect: ExpectRevision,
+    },
+    /// Stop sending new requests to a backend; in-flight ones finish.
+    Drain(BackendRef),
+    /// Let a drained or disabled backend take traffic again.
+    Enable(BackendRef),
+    /// Take a backend out of service.
+    Disable(BackendRef),
+    /// Remove a backend from its pool.
+    Remove(BackendRef),
+    /// List a pool's backends.
+    List { pool: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackendRef {
+    pub pool: String,
+    /// host:port
+    pub address: String,
+    #[command(flatten)]
+    pub expect: ExpectRevision,
+}
+
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct ExpectRevision {
+    /// Fail unless the pool is still at this revision.
+    #[arg(long, value_name = "REVISION")]
+    pub expected_revision: Option<u64>,
+}
+
+// === routes ===
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Send requests for a host and path prefix to a pool (replaces the route
+    /// with the same host and prefix).
+    Add {
+        /// Exact host (shop.example.com), wildcard (*.example.com) or any (*).
+        #[arg(long, default_value = "*")]
+        host: String,
+        /// Path prefix; the longest matching one wins.
+        #[arg(long, default_value = "/")]
+        prefix: String,
+        /// Target pool.
+        #[arg(long)]
+        pool: String,
+    },
+    /// List every route.
+    List,
+    /// Delete the route with this host and path prefix.
+    Delete {
+        /// The route's host, as listed (`*` for any host).
+        #[arg(long)]
+        host: String,
+        /// The route's path prefix.
+        #[arg(long, default_value = "/")]
+        prefix: String,
+    },
+}
+
+// === watch ===
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Start after this revision: changes from the next one on (a snapshot
+    /// first if the control plane no longer has them). Default: a snapshot of
+    /// the current configuration.
+    #[arg(long, value_name = "REVISION", default_value_t = 0)]
+    pub from_revision: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_command_line_beats_the_environment_for_the_token() {
+        let args = |token: Option<&str>, file: Option<&str>| {
+            let mut g = Cli::try_parse_from(["tandemctl", "status"]).unwrap().global;
+            g.token = token.map(Into::into);
+            g.token_file = file.map(Into::into);
+            g
+        };
+        // --token-file x with TANDEM_TOKEN exported: the file.
+        let mut g = args(Some("env"), Some("cli-file"));
+        g.pick_token_source(false, true).unwrap();
+        assert_eq!((g.token, g.token_file), (None, Some("cli-file".into())));
+        // --token x with TANDEM_TOKEN_FILE exported: the token.
+        let mut g = args(Some("cli"), Some("env-file"));
+        g.pick_token_source(true, false).unwrap();
+        assert_eq!((g.token.as_deref(), g.token_file), (Some("cli"), None));
+        // Both from the environment: TANDEM_TOKEN.
+        let mut g = args(Some("env"), Some("env-file"));
+        g.pick_token_source(false, false).unwrap();
+        assert_eq!((g.token.as_deref(), g.token_file), (Some("env"), None));
+        // Both on the command line: refused.
+        let mut g = args(Some("a"), Some("b"));
+        assert!(g.pick_token_source(true, true).is_err());
+    }
+
+    #[test]
+    fn value_sources_are_seen_after_the_subcommand() {
+        let e = Cli::try_parse_args_from([
+            "tandemctl",
+            "pool",
+            "list",
+            "--token",
+            "a",
+            "--token-file",
+            "/x",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let line = |args: &[&str]| usage_error_line(&Cli::try_parse_args_from(args).unwrap_err());
+        assert_eq!(
+            line(&["tandemctl", "pool", "create"]),
+            "error: the following required arguments were not provided: <NAME>"
+        );
+        let l = line(&[
+            "tandemctl",
+            "pool",
+            "create",
+            "a",
+            "--health-interval",
+            "soon",
+        ]);
+        assert!(l.starts_with("error: invalid value 'soon' for '--health-interval <DURATION>': invalid duration \"soon\""), "{l}");
+        assert!(!l.contains('\n') && !l.contains("--help"), "{l}");
+        let l = line(&["tandemctl", "pol"]);
+        assert!(
+            l.starts_with("error: unrecognized subcommand 'pol'; tip: "),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "tandemctl",
+            "pool",
+            "list",
+            "-o",
+            "json",
+            "--endpoint",
+            "http://a:1,http://b:2",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.output, Output::Json);
+        assert_eq!(cli.global.endpoint, "http://a:1,http://b:2");
+        assert_eq!(cli.global.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn pool_flags_parse_into_settings() {
+        let cli = Cli::try_parse_from([
+            "tandemctl",
+            "pool",
+            "create",
+            "shop",
+            "--policy",
+            "least_connections",
+            "--health-path",
+            "/healthz",
+            "--health-interval",
+            "1s",
+            "--health-status",
+            "200-299",
+            "--retry-budget",
+            "20%",
+        ])
+        .unwrap();
+        let Command::Pool(PoolCommand::Create { name, settings }) = cli.command else {
+            panic!("not pool create");
+        };
+        assert_eq!(name, "shop");
+        assert_eq!(settings.policy, Some(Policy::LeastConnections));
+        assert_eq!(settings.health_interval, Some(Millis(1_000)));
+        assert_eq!(
+            settings.health_status,
+            Some(StatusRange { min: 200, max: 299 })
+        );
+        assert_eq!(settings.retry_budget, Some(20));
+        assert_eq!(settings.health_fall, None);
+    }
+
+    #[test]
+    fn bad_durations_are_usage_errors() {
+        let e = Cli::try_parse_from([
+            "tandemctl",
+            "pool",
+            "create",
+            "shop",
+            "--health-interval",
+            "soon",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("invalid duration \"soon\""), "{e}");
+    }
+
+    #[test]
+    fn force_and_expected_revision_exclude_each_other() {
+        let e = Cli::try_parse_from([
+            "tandemctl",
+            "pool",
+            "update",
+            "shop",
+            "--force",
+            "--expected-revision",
+            "3",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

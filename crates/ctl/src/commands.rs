@@ -1,0 +1,886 @@
+//! Each subcommand as calls to the control API: connect, build the request
+//! from flags, call with a deadline, render the reply.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use tandem_proto::v1;
+use tandem_proto::v1::control_plane_client::ControlPlaneClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::{
+    BackendCommand, BackendRef, Command, GlobalArgs, HealthKind, Output, Policy, PoolCommand,
+    PoolSettings, RouteCommand, WatchArgs,
+};
+use crate::duration::{Millis, format_duration};
+use crate::error::{CtlError, innermost_cause};
+use crate::output::{self, PoolJson};
+
+// === connecting ===
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+pub struct BearerToken(Option<AsciiMetadataValue>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> Result<Self, CtlError> {
+        let Some(token) = token else {
+            return Ok(Self(None));
+        };
+        let mut value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            CtlError::Usage(
+                "the token may only hold visible ASCII characters (check --token / TANDEM_TOKEN)"
+                    .into(),
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = ControlPlaneClient<InterceptedService<Channel, BearerToken>>;
+
+/// How long a replica in an endpoint list gets to answer before the next one
+/// is tried (at most `--timeout`).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The comma-separated endpoint list, with `http://` added where no scheme
+/// was given.
+pub fn endpoints(list: &str) -> Result<Vec<String>, CtlError> {
+    let endpoints: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e.contains("://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return Err(CtlError::Usage(
+            "no control-plane endpoint given (--endpoint / TANDEM_ENDPOINT)".into(),
+        ));
+    }
+    Ok(endpoints)
+}
+
+/// The token from `--token` or the file named by `--token-file`.
+pub fn load_token(global: &GlobalArgs) -> Result<Option<String>, CtlError> {
+    if let Some(token) = &global.token {
+        return Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    let Some(path) = &global.token_file else {
+        return Ok(None);
+    };
+    read_token_file(path).map(Some)
+}
+
+fn read_token_file(path: &Path) -> Result<String, CtlError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CtlError::Usage(format!(
+            "cannot read the token file {}: {}",
+            path.display(),
+            innermost_cause(&e)
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(CtlError::Usage(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// A connection to the first endpoint that answers, with the caller's
+/// credentials and deadline.
+pub struct Session {
+    client: Client,
+    timeout: Duration,
+    output: Output,
+    token_sent: bool,
+}
+
+impl Session {
+    pub async fn connect(global: &GlobalArgs) -> Result<Self, CtlError> {
+        let token = load_token(global)?;
+        let auth = BearerToken::new(token.as_deref())?;
+        let mut failures = Vec::new();
+        let endpoints = endpoints(&global.endpoint)?;
+        let several = endpoints.len() > 1;
+        for url in endpoints {
+            let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| {
+                CtlError::Usage(format!("invalid endpoint {url:?}: {}", innermost_cause(&e)))
+            })?;
+            let endpoint = endpoint.connect_timeout(global.timeout);
+            // connect_timeout bounds the TCP connect; this bounds the whole
+            // attempt, name resolution included.
+            match tokio::time::timeout(global.timeout, endpoint.connect()).await {
+                Ok(Ok(channel)) => {
+                    let session = Self {
+                        client: ControlPlaneClient::with_interceptor(channel, auth.clone()),
+                        timeout: global.timeout,
+                        output: global.output,
+                        token_sent: token.is_some(),
+                    };
+                    if !several {
+                        return Ok(session);
+                    }
+                    match session.probe().await {
+                        Ok(()) => return Ok(session),
+                        Err(why) => failures.push((url, why)),
+                    }
+                }
+                Ok(Err(e)) => failures.push((url, innermost_cause(&e))),
+                Err(_) => failures.push((
+                    url,
+                    format!("timed out after {}", format_duration(global.timeout)),
+                )),
+            }
+        }
+        Err(CtlError::Unreachable(failures))
+    }
+
+    /// Does the replica answer? Connecting only proves the kernel accepted
+    /// the connection: a paused or wedged replica accepts too, and must not
+    /// stop the failover to the next endpoint. Any answer, even a refusal of
+    /// the token, shows it is alive. Only asked when there is a next
+    /// endpoint, and before the real call, so no write is ever sent twice.
+    async fn probe(&self) -> Result<(), String> {
+        let deadline = self.timeout.min(PROBE_TIMEOUT);
+        let mut client = self.client.clone();
+        let call = client.get_status(v1::GetStatusRequest {});
+        match tokio::time::timeout(deadline, call).await {
+            Err(_) => Err(format!("no answer within {}", format_duration(deadline))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(format!(
+                "UNAVAILABLE: {}",
+                status
+                    .message()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Awaits a unary call within the deadline.
+    async fn unary<R>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    ) -> Result<R, CtlError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(self.refused(status)),
+            Err(_) => Err(CtlError::Timeout(self.timeout)),
+        }
+    }
+
+    fn refused(&self, status: tonic::Status) -> CtlError {
+        CtlError::Status {
+            status,
+            token_sent: self.token_sent,
+        }
+    }
+
+    /// Table text or JSON, whichever was asked for.
+    fn print<T: Serialize>(
+        &self,
+        out: &mut dyn Write,
+        text: impl FnOnce() -> String,
+        json: impl FnOnce() -> T,
+    ) -> Result<(), CtlError> {
+        match self.output {
+            Output::Table => {
+                let text = text();
+                out.write_all(text.as_bytes())?;
+                if !text.ends_with('\n') {
+                    out.write_all(b"\n")?;
+                }
+            }
+            Output::Json => writeln!(out, "{}", output::to_json(&json()))?,
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    pub async fn run(&self, command: Command, out: &mut dyn Write) -> Result<(), CtlError> {
+        match command {
+            Command::Pool(c) => self.pool(c, out).await,
+            Command::Backend(c) => self.backend(c, out).await,
+            Command::Route(c) => self.route(c, out).await,
+            Command::Status => self.status(out).await,
+            Command::Watch(args) => self.watch(args, out).await,
+            Command::Snapshot => self.snapshot(out).await,
+        }
+    }
+
+    // === pools ===
+
+    async fn get_pool(&self, name: &str) -> Result<v1::Pool, CtlError> {
+        let req = v1::GetPoolRequest { name: name.into() };
+        self.unary(self.client.clone().get_pool(req)).await
+    }
+
+    async fn pool(&self, command: PoolCommand, out: &mut dyn Write) -> Result<(), CtlError> {
+        match command {
+            PoolCommand::Create { name, settings } => {
+                let req = v1::CreatePoolRequest {
+                    pool: Some(pool_message(&name, &settings)),
+                };
+                let reply = self.unary(self.client.clone().create_pool(req)).await?;
+                self.print_pool_reply(out, &reply, "created")
+            }
+            PoolCommand::Get { name } => {
+                let pool = self.get_pool(&name).await?;
+                self.print(out, || output::pool_detail(&pool), || PoolJson::from(&pool))
+            }
+            PoolCommand::List => {
+                let reply = self
+                    .unary(self.client.clone().list_pools(v1::ListPoolsRequest {}))
+                    .await?;
+                self.print(
+                    out,
+                    || {
+                        if reply.pools.is_empty() {
+                            format!("no pools (revision {})", reply.revision)
+                        } else {
+                            output::pools_table(&reply.pools)
+                        }
+                    },
+                    || output::PoolsJson {
+                        pools: reply.pools.iter().map(PoolJson::from).collect(),
+                        revision: reply.revision,
+                    },
+                )
+            }
+            PoolCommand::Update {
+                name,
+                settings,
+                expected_revision,
+                force,
+            } => {
+                let pool = pool_message(&name, &settings);
+                // Read-then-write with the revision read, so a concurrent
+                // change makes this update fail rather than vanish.
+                let expected_revision = match (force, expected_revision) {
+                    (true, _) => None,
+                    (false, Some(r)) => Some(r),
+                    (false, None) => Some(self.get_pool(&name).await?.revision),
+                };
+                let req = v1::UpdatePoolRequest {
+                    pool: Some(pool),
+                    expected_revision,
+                };
+                let reply = self.unary(self.client.clone().update_pool(req)).await?;
+                self.print_pool_reply(out, &reply, "updated")
+            }
+            PoolCommand::Delete {
+                name,
+                expected_revision,
+            } => {
+                let req = v1::DeletePoolRequest {
+                    name: name.clone(),
+                    expected_revision,
+                };
+                let reply = self.unary(self.client.clone().delete_pool(req)).await?;
+                self.print_change(out, &reply, format!("pool/{name} deleted"))
+            }
+        }
+    }
+
+    fn print_pool_reply(
+        &self,
+        out: &mut dyn Write,
+        reply: &v1::PoolReply,
+        verb: &str,
+    ) -> Result<(), CtlError> {
+        let name = reply.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("?");
+        self.print(
+            out,
+            || format!("pool/{name} {verb} (revision {})", reply.revision),
+            || output::PoolReplyJson {
+                pool: reply.pool.as_ref().map(PoolJson::from),
+                revision: reply.revision,
+            },
+        )
+    }
+
+    fn print_change(
+        &self,
+        out: &mut dyn Write,
+        reply: &v1::ChangeReply,
+        what: String,
+    ) -> Result<(), CtlError> {
+        self.print(
+            out,
+            || format!("{what} (revision {})", reply.revision),
+            || output::ChangeReplyJson {
+                revision: reply.revision,
+            },
+        )
+    }
+
+    // === backends ===
+
+    async fn backend(&self, command: BackendCommand, out: &mut dyn Write) -> Result<(), CtlError> {
+        match command {
+            BackendCommand::Add {
+                pool,
+                address,
+                weight,
+                backup,
+                expect,
+            } => {
+                let req = v1::AddBackendRequest {
+                    pool: pool.clone(),
+                    backend: Some(v1::Backend {
+                        address,
+                        weight,
+                        role: if backup {
+                            v1::BackendRole::Backup
+                        } else {
+                            v1::BackendRole::Primary
+                        }
+                        .into(),
+                        admin_state: v1::AdminState::Enabled.into(),
+                    }),
+                    expected_revision: expect.expected_revision,
+                };
+                let reply = self.unary(self.client.clone().add_backend(req)).await?;
+                self.print_backend_reply(out, &reply, &pool, "added")
+            }
+            BackendCommand::Update {
+                pool,
+                address,
+                weight,
+                backup,
+                primary,
+                expect,
+            } => {
+                let role = match (backup, primary) {
+                    (true, _) => Some(v1::BackendRole::Backup),
+                    (_, true) => Some(v1::BackendRole::Primary),
+                    _ => None,
+                };
+                let req = v1::UpdateBackendRequest {
+                    pool: pool.clone(),
+                    address,
+                    weight,
+                    role: role.map(Into::into),
+                    admin_state: None,
+                    expected_revision: expect.expected_revision,
+                };
+                let reply = self.unary(self.client.clone().update_backend(req)).await?;
+                self.print_backend_reply(out, &reply, &pool, "updated")
+            }
+            BackendCommand::Drain(b) => {
+                self.set_admin_state(b, v1::AdminState::Draining, out).await
+            }
+            BackendCommand::Enable(b) => {
+                self.set_admin_state(b, v1::AdminState::Enabled, out).await
+            }
+            BackendCommand::Disable(b) => {
+                self.set_admin_state(b, v1::AdminState::Disabled, out).await
+            }
+            BackendCommand::Remove(BackendRef {
+                pool,
+                address,
+                expect,
+            }) => {
+                let req = v1::RemoveBackendRequest {
+                    pool: pool.clone(),
+                    address: address.clone(),
+                    expected_revision: expect.expected_revision,
+                };
+                let reply = self.unary(self.client.clone().remove_backend(req)).await?;
+                self.print_change(
+                    out,
+                    &reply,
+                    format!("backend {address} removed from pool/{pool}"),
+                )
+            }
+            BackendCommand::List { pool } => {
+                let p = self.get_pool(&pool).await?;
+                self.print(
+                    out,
+                    || {
+                        if p.backends.is_empty() {
+                            format!("pool/{} has no backends", p.name)
+                        } else {
+                            output::backends_table(&p.backends)
+                        }
+                    },
+                    || output::BackendsJson {
+                        pool: &p.name,
+                        backends: p.backends.iter().map(output::BackendJson::from).collect(),
+                        revision: p.revision,
+                    },
+                )
+            }
+        }
+    }
+
+    async fn set_admin_state(
+        &self,
+        b: BackendRef,
+        state: v1::AdminState,
+        out: &mut dyn Write,
+    ) -> Result<(), CtlError> {
+        let req = v1::UpdateBackendRequest {
+            pool: b.pool.clone(),
+            address: b.address,
+            weight: None,
+            role: None,
+            admin_state: Some(state.into()),
+            expected_revision: b.expect.expected_revision,
+        };
+        let reply = self.unary(self.client.clone().update_backend(req)).await?;
+        let verb = format!("is now {}", output::admin_state_name(state.into()));
+        self.print_backend_reply(out, &reply, &b.pool, &verb)
+    }
+
+    fn print_backend_reply(
+        &self,
+        out: &mut dyn Write,
+        reply: &v1::BackendReply,
+        pool: &str,
+        verb: &str,
+    ) -> Result<(), CtlError> {
+        let address = reply
+            .backend
+            .as_ref()
+            .map(|b| b.address.as_str())
+            .unwrap_or("?");
+        self.print(
+            out,
+            || {
+                format!(
+                    "backend {address} in pool/{pool} {verb} (revision {})",
+                    reply.revision
+                )
+            },
+            || output::BackendReplyJson {
+                backend: reply.backend.as_ref().map(output::BackendJson::from),
+                revision: reply.revision,
+            },
+        )
+    }
+
+    // === routes ===
+
+    async fn route(&self, command: RouteCommand, out: &mut dyn Write) -> Result<(), CtlError> {
+        match command {
+            RouteCommand::Add { host, prefix, pool } => {
+                let req = v1::AddRouteRequest {
+                    route: Some(v1::Route {
+                        host,
+                        path_prefix: prefix,
+                        pool,
+                    }),
+                };
+                let reply = self.unary(self.client.clone().add_route(req)).await?;
+                let route = reply.route.clone().unwrap_or_default();
+                self.print(
+                    out,
+                    || {
+                        format!(
+                            "route {} {} -> pool/{} added (revision {})",
+                            output::route_host(&route.host),
+                            route.path_prefix,
+                            route.pool,
+                            reply.revision
+                        )
+                    },
+                    || output::RouteReplyJson {
+                        route: reply.route.as_ref().map(output::RouteJson::from),
+                        revision: reply.revision,
+                    },
+                )
+            }
+            RouteCommand::List => {
+                let reply = self
+                    .unary(self.client.clone().list_routes(v1::ListRoutesRequest {}))
+                    .await?;
+                self.print(
+                    out,
+                    || {
+                        if reply.routes.is_empty() {
+                            format!("no routes (revision {})", reply.revision)
+                        } else {
+                            output::routes_table(&reply.routes)
+                        }
+                    },
+                    || output::RoutesJson {
+                        routes: reply.routes.iter().map(output::RouteJson::from).collect(),
+                        revision: reply.revision,
+                    },
+                )
+            }
+            RouteCommand::Delete { host, prefix } => {
+                let what = format!("route {} {prefix} deleted", output::route_host(&host));
+                let req = v1::DeleteRouteRequest {
+                    host,
+                    path_prefix: prefix,
+                };
+                let reply = self.unary(self.client.clone().delete_route(req)).await?;
+                self.print_change(out, &reply, what)
+            }
+        }
+    }
+
+    // === status, snapshot, watch ===
+
+    async fn status(&self, out: &mut dyn Write) -> Result<(), CtlError> {
+        let reply = self
+            .unary(self.client.clone().get_status(v1::GetStatusRequest {}))
+            .await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        self.print(
+            out,
+            || output::status(&reply, now_ms),
+            || output::StatusJson::from(&reply),
+        )
+    }
+
+    async fn snapshot(&self, out: &mut dyn Write) -> Result<(), CtlError> {
+        let reply = self
+            .unary(self.client.clone().get_snapshot(v1::GetSnapshotRequest {}))
+            .await?;
+        self.print(
+            out,
+            || output::snapshot(&reply),
+            || output::SnapshotJson::from(&reply),
+        )
+    }
+
+    /// Prints each event as it arrives until Ctrl-C (exit 0) or the stream
+    /// ends (exit 6). The deadline covers opening the stream, not its life.
+    async fn watch(&self, args: WatchArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+        let req = v1::WatchRequest {
+            node_id: format!("tandemctl-{}", std::process::id()),
+            kind: v1::NodeKind::Cli.into(),
+            last_revision: args.from_revision,
+            zone: String::new(),
+        };
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let mut client = self.client.clone();
+        let mut stream = tokio::select! {
+            stream = self.unary(client.watch(req)) => stream?,
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        loop {
+            let event = tokio::select! {
+                event = stream.message() => event,
+                _ = &mut ctrl_c => return Ok(()),
+            };
+            let event = match event {
+                Ok(Some(event)) => event,
+                Ok(None) => return Err(CtlError::StreamEnded),
+                Err(status) => return Err(self.refused(status)),
+            };
+            let line = match self.output {
+                Output::Table => output::watch_line(&event),
+                Output::Json => output::to_json_line(&output::WatchEventJson::from(&event)),
+            };
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+    }
+}
+
+// === requests from flags ===
+
+/// Refuses commands that parsed but say nothing to do, before connecting.
+pub fn preflight(command: &Command) -> Result<(), CtlError> {
+    match command {
+        Command::Pool(PoolCommand::Update { name, settings, .. })
+            if pool_message(name, settings) == pool_message(name, &PoolSettings::default()) =>
+        {
+            Err(CtlError::Usage(
+                "nothing to update: pass at least one setting (see tandemctl pool update --help)"
+                    .into(),
+            ))
+        }
+        Command::Backend(BackendCommand::Update {
+            weight: None,
+            backup: false,
+            primary: false,
+            ..
+        }) => Err(CtlError::Usage(
+            "nothing to update: pass --weight, --primary or --backup".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn policy_to_proto(p: Policy) -> v1::LbPolicy {
+    match p {
+        Policy::RoundRobin => v1::LbPolicy::RoundRobin,
+        Policy::LeastConnections => v1::LbPolicy::LeastConnections,
+        Policy::IpHash => v1::LbPolicy::IpHash,
+        Policy::RandomTwoChoices => v1::LbPolicy::RandomTwoChoices,
+    }
+}
+
+fn health_kind_to_proto(k: HealthKind) -> v1::HealthCheckKind {
+    match k {
+        HealthKind::Http => v1::HealthCheckKind::Http,
+        HealthKind::Tcp => v1::HealthCheckKind::Tcp,
+    }
+}
+
+/// The pool message for create and update: exactly the flags given are set,
+/// so the control plane applies its defaults (create) or keeps the current
+/// values (update) for the rest. A sub-message none of whose flags were given
+/// is left out.
+pub fn pool_message(name: &str, s: &PoolSettings) -> v1::Pool {
+    fn some_if_set<T: Default + PartialEq>(m: T) -> Option<T> {
+        (m != T::default()).then_some(m)
+    }
+    let ms = |v: Option<Millis>| v.map(|v| v.get());
+    v1::Pool {
+        name: name.to_string(),
+        policy: s
+            .policy
+            .map(policy_to_proto)
+            .unwrap_or(v1::LbPolicy::Unspecified)
+            .into(),
+        health_check: some_if_set(v1::HealthCheck {
+            kind: s.health_kind.map(|k| health_kind_to_proto(k).into()),
+            path: s.health_path.clone(),
+            method: s.health_method.clone(),
+            host: s.health_host.clone(),
+            expected_status_min: s.health_status.map(|r| r.min),
+            expected_status_max: s.health_status.map(|r| r.max),
+            interval_ms: ms(s.health_interval),
+            timeout_ms: ms(s.health_timeout),
+            rise: s.health_rise,
+            fall: s.health_fall,
+        }),
+        connect_timeout_ms: ms(s.connect_timeout),
+        request_timeout_ms: ms(s.request_timeout),
+        retry: some_if_set(v1::RetryPolicy {
+            attempts: s.retries,
+            per_try_timeout_ms: ms(s.per_try_timeout),
+            budget_percent: s.retry_budget,
+        }),
+        outlier: some_if_set(v1::OutlierDetection {
+            consecutive_failures: s.outlier_failures,
+            base_ejection_ms: ms(s.outlier_ejection),
+            max_ejected_percent: s.outlier_max_ejected,
+        }),
+        panic_threshold_percent: s.panic_threshold,
+        backends: Vec::new(),
+        revision: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn settings(args: &[&str]) -> PoolSettings {
+        let argv = ["tandemctl", "pool", "create", "shop"]
+            .iter()
+            .chain(args)
+            .copied();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Pool(PoolCommand::Create { settings, .. }) => settings,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_given_flags_are_set() {
+        let p = pool_message(
+            "shop",
+            &settings(&["--health-interval", "1s", "--health-fall", "2"]),
+        );
+        assert_eq!(p.policy, v1::LbPolicy::Unspecified as i32);
+        let h = p.health_check.unwrap();
+        assert_eq!(h.interval_ms, Some(1_000));
+        assert_eq!(h.fall, Some(2));
+        assert_eq!(h.rise, None);
+        assert_eq!(h.path, None);
+        assert_eq!(p.retry, None, "untouched sub-messages are left out");
+        assert_eq!(p.outlier, None);
+        assert_eq!(p.connect_timeout_ms, None);
+    }
+
+    #[test]
+    fn every_setting_reaches_its_field() {
+        let p = pool_message(
+            "shop",
+            &settings(&[
+                "--policy",
+                "ip_hash",
+                "--health-kind",
+                "tcp",
+                "--health-path",
+                "/healthz",
+                "--health-method",
+                "HEAD",
+                "--health-host",
+                "shop.local",
+                "--health-status",
+                "200-299",
+                "--health-interval",
+                "2s",
+                "--health-timeout",
+                "500ms",
+                "--health-rise",
+                "3",
+                "--health-fall",
+                "4",
+                "--connect-timeout",
+                "1.5s",
+                "--request-timeout",
+                "1m",
+                "--retries",
+                "2",
+                "--per-try-timeout",
+                "5s",
+                "--retry-budget",
+                "25%",
+                "--outlier-failures",
+                "7",
+                "--outlier-ejection",
+                "30s",
+                "--outlier-max-ejected",
+                "40",
+                "--panic-threshold",
+                "60",
+            ]),
+        );
+        assert_eq!(
+            p,
+            v1::Pool {
+                name: "shop".into(),
+                policy: v1::LbPolicy::IpHash.into(),
+                health_check: Some(v1::HealthCheck {
+                    kind: Some(v1::HealthCheckKind::Tcp.into()),
+                    path: Some("/healthz".into()),
+                    method: Some("HEAD".into()),
+                    host: Some("shop.local".into()),
+                    expected_status_min: Some(200),
+                    expected_status_max: Some(299),
+                    interval_ms: Some(2_000),
+                    timeout_ms: Some(500),
+                    rise: Some(3),
+                    fall: Some(4),
+                }),
+                connect_timeout_ms: Some(1_500),
+                request_timeout_ms: Some(60_000),
+                retry: Some(v1::RetryPolicy {
+                    attempts: Some(2),
+                    per_try_timeout_ms: Some(5_000),
+                    budget_percent: Some(25),
+                }),
+                outlier: Some(v1::OutlierDetection {
+                    consecutive_failures: Some(7),
+                    base_ejection_ms: Some(30_000),
+                    max_ejected_percent: Some(40),
+                }),
+                panic_threshold_percent: Some(60),
+                backends: vec![],
+                revision: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn updates_without_a_setting_are_usage_errors() {
+        let command = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("tandemctl").chain(args.iter().copied()))
+                .unwrap()
+                .command
+        };
+        for args in [
+            &["pool", "update", "shop"][..],
+            &["pool", "update", "shop", "--force"],
+            &["backend", "update", "shop", "10.0.0.5:3000"],
+        ] {
+            let e = preflight(&command(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().starts_with("nothing to update"), "{e}");
+        }
+        for args in [
+            &["pool", "update", "shop", "--retries", "0"][..],
+            &["backend", "update", "shop", "10.0.0.5:3000", "--primary"],
+            &["pool", "list"],
+        ] {
+            preflight(&command(args)).unwrap();
+        }
+    }
+
+    #[test]
+    fn endpoint_lists() {
+        assert_eq!(
+            endpoints(" http://a:1, b:2 ,,").unwrap(),
+            ["http://a:1", "http://b:2"]
+        );
+        assert!(matches!(endpoints(" , "), Err(CtlError::Usage(_))));
+    }
+
+    #[test]
+    fn tokens_come_from_the_flag_or_a_file() {
+        let dir = std::env::temp_dir().join(format!("tandemctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let mut global = Cli::try_parse_from(["tandemctl", "status"]).unwrap().global;
+        global.token = None;
+        global.token_file = Some(file.clone());
+        assert_eq!(load_token(&global).unwrap().as_deref(), Some("s3cret"));
+        global.token_file = Some(dir.join("missing"));
+        let e = load_token(&global).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("cannot read the token file"), "{e}");
+        std::fs::write(&file, "  \n").unwrap();
+        global.token_file = Some(file);
+        assert!(
+            load_token(&global)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_bearer_header_is_added_to_every_call() {
+        let mut auth = BearerToken::new(Some("s3cret")).unwrap();
+        let req = auth.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            req.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        let mut none = BearerToken::new(None).unwrap();
+        let req = none.call(tonic::Request::new(())).unwrap();
+        assert!(req.metadata().get("authorization").is_none());
+        assert!(BearerToken::new(Some("bad\ntoken")).is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! `tandemctl`, the command-line client of the Tandem control API
+//! (`tandem.v1.ControlPlane`): pools, backends, routes, status, watch and
+//! snapshots, as tables for people or JSON for scripts.
+//!
+//! It talks to the control plane over gRPC only and must never reach
+//! Postgres or hold logic of its own: bounds and defaults are the control
+//! plane's, so its errors (naming the field) are shown as they come, and each
+//! gRPC code family maps to its own exit code (see [`error::exit`]).
+
+pub mod cli;
+pub mod commands;
+pub mod duration;
+pub mod error;
+pub mod output;
+
+use std::process::ExitCode;
+
+pub use cli::Cli;
+pub use error::CtlError;
+
+/// Runs one command against the control plane, writing its output to stdout.
+pub async fn run(cli: Cli) -> Result<(), CtlError> {
+    commands::preflight(&cli.command)?;
+    let session = commands::Session::connect(&cli.global).await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    session.run(cli.command, &mut out).await
+}
+
+/// The process's exit: one `error: ...` line on stderr and the code of its
+/// kind.
+pub fn exit(result: Result<(), CtlError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
