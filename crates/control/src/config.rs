@@ -1,5 +1,6 @@
 //! Command-line flags and their environment fallbacks.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -42,9 +43,30 @@ pub struct Config {
     #[arg(long, env = "TANDEM_NODE_TOKEN_FILE")]
     pub node_token_file: Option<PathBuf>,
 
-    /// This replica's id, stable across restarts.
+    /// This replica's raft id (a positive integer), stable across restarts.
     #[arg(long, env = "TANDEM_NODE_ID", default_value = "1")]
     pub node_id: String,
+
+    /// Where raft state (term, vote, log, snapshots) lives; must survive restarts.
+    #[arg(long, env = "TANDEM_STATE_DIR", default_value = "tandem-state/control")]
+    pub state_dir: PathBuf,
+
+    /// Raft members as `id=host:port,...` (their gRPC addresses), including
+    /// this replica. Empty: a cluster of one.
+    #[arg(long, env = "TANDEM_PEERS", default_value = "")]
+    pub peers: String,
+
+    /// Raft tick in milliseconds.
+    #[arg(long, env = "TANDEM_RAFT_TICK_MS", default_value_t = 100)]
+    pub raft_tick_ms: u64,
+
+    /// Ticks without hearing from a leader before an election (randomised up to twice that).
+    #[arg(long, env = "TANDEM_RAFT_ELECTION_TICKS", default_value_t = 10)]
+    pub raft_election_ticks: usize,
+
+    /// Ticks between leader heartbeats.
+    #[arg(long, env = "TANDEM_RAFT_HEARTBEAT_TICKS", default_value_t = 1)]
+    pub raft_heartbeat_ticks: usize,
 
     /// Seconds to wait for in-flight calls after SIGTERM.
     #[arg(long, env = "TANDEM_DRAIN_SECONDS", default_value_t = 10)]
@@ -55,6 +77,57 @@ pub struct Config {
 }
 
 impl Config {
+    /// This replica's raft id.
+    pub fn raft_id(&self) -> Result<u64, String> {
+        self.node_id
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| {
+                format!(
+                    "TANDEM_NODE_ID must be a positive integer (got {:?})",
+                    self.node_id
+                )
+            })
+    }
+
+    /// The raft members and their gRPC addresses (just this one when
+    /// TANDEM_PEERS is empty).
+    pub fn members(&self) -> Result<BTreeMap<u64, String>, String> {
+        let id = self.raft_id()?;
+        let mut members = BTreeMap::new();
+        for part in self
+            .peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (pid, addr) = part
+                .split_once('=')
+                .ok_or_else(|| format!("TANDEM_PEERS: {part:?} is not id=host:port"))?;
+            let pid: u64 = pid
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("TANDEM_PEERS: {pid:?} is not a positive integer id"))?;
+            let addr = addr.trim();
+            if !addr.contains(':') {
+                return Err(format!("TANDEM_PEERS: {addr:?} is not host:port"));
+            }
+            if members.insert(pid, addr.to_string()).is_some() {
+                return Err(format!("TANDEM_PEERS: id {pid} appears twice"));
+            }
+        }
+        if members.is_empty() {
+            members.insert(id, self.listen.to_string());
+        }
+        if !members.contains_key(&id) {
+            return Err(format!("TANDEM_PEERS does not list this replica's id {id}"));
+        }
+        Ok(members)
+    }
+
     /// Resolves the tokens from flags, env or files.
     pub fn tokens(&self) -> Result<crate::auth::Tokens, String> {
         let admin =

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use sqlx::postgres::PgListener;
-use tandem_core::{ConfigChange, Revision};
+use tandem_core::{ConfigChange, Revision, Snapshot};
 use tandem_proto::{convert, v1};
 use tokio::sync::{broadcast, watch};
 
@@ -48,6 +49,8 @@ pub struct Hub {
 
 struct Inner {
     changes: broadcast::Sender<Arc<Committed>>,
+    /// The declared configuration as of `latest` (for the health decider).
+    config: ArcSwap<Snapshot>,
     latest: watch::Sender<Revision>,
     listening: AtomicBool,
 }
@@ -63,6 +66,7 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 changes: broadcast::channel(4096).0,
+                config: ArcSwap::from_pointee(Snapshot::default()),
                 latest: watch::channel(Revision::ZERO).0,
                 listening: AtomicBool::new(false),
             }),
@@ -77,6 +81,11 @@ impl Hub {
     /// The newest revision this hub has broadcast.
     pub fn latest(&self) -> Revision {
         *self.inner.latest.borrow()
+    }
+
+    /// The declared configuration as of [`Hub::latest`].
+    pub fn config(&self) -> Arc<Snapshot> {
+        self.inner.config.load_full()
     }
 
     /// Whether the hub currently holds a live `LISTEN` connection.
@@ -138,7 +147,8 @@ impl Hub {
         }
     }
 
-    /// Broadcasts every logged change after `last`.
+    /// Broadcasts every logged change after `last`, keeping the
+    /// configuration copy current.
     async fn catch_up(
         &self,
         store: &Store,
@@ -146,14 +156,25 @@ impl Hub {
     ) -> Result<(), crate::Error> {
         let mut from = match *last {
             Some(r) => r,
-            // First start: followers get history through snapshots, not here.
-            None => store.current_revision().await?,
+            // First start: load the configuration; followers get history
+            // through snapshots, not from here.
+            None => {
+                let snapshot = store.snapshot().await?;
+                let rev = snapshot.revision;
+                self.inner.config.store(Arc::new(snapshot));
+                rev
+            }
         };
+        let mut config = (*self.inner.config.load_full()).clone();
+        let mut diverged = false;
         loop {
             let batch = store.changes_since(from, 1000).await?;
             let n = batch.len();
             for (revision, change) in batch {
                 from = revision;
+                if !diverged && config.apply(revision, &change).is_err() {
+                    diverged = true;
+                }
                 // No receivers is fine: nobody is watching this replica.
                 let _ = self
                     .inner
@@ -164,6 +185,11 @@ impl Hub {
                 break;
             }
         }
+        if diverged {
+            tracing::warn!("configuration copy diverged from the log; reloading it");
+            config = store.snapshot().await?;
+        }
+        self.inner.config.store(Arc::new(config));
         *last = Some(from);
         self.inner.latest.send_replace(from);
         Ok(())

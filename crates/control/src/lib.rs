@@ -8,7 +8,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod consensus;
 pub mod error;
+pub mod history;
 pub mod hub;
 pub mod server;
 pub mod service;

@@ -1,6 +1,7 @@
 //! `tandem-control`: parses flags, sets up telemetry, runs a replica.
 
 use clap::Parser;
+use tandem_control::consensus::RaftSettings;
 use tandem_control::{Config, server, store::Store};
 use tokio::net::TcpListener;
 
@@ -27,12 +28,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     tracing::info!(admin = %admin.local_addr()?, node_id = %config.node_id, "starting");
+    let id = config.raft_id().map_err(anyhow::Error::msg)?;
+    let members = config.members().map_err(anyhow::Error::msg)?;
+    let raft = RaftSettings {
+        id,
+        voters: members.keys().copied().collect(),
+        state_dir: config.state_dir.clone(),
+        tick: std::time::Duration::from_millis(config.raft_tick_ms),
+        election_ticks: config.raft_election_ticks,
+        heartbeat_ticks: config.raft_heartbeat_ticks,
+    };
     let settings = server::Settings {
         store,
         tokens,
         replica: format!("control-{}", config.node_id),
         prometheus: telemetry.prometheus(),
         drain: std::time::Duration::from_secs(config.drain_seconds),
+        raft,
+        members,
     };
     let result = server::run(grpc, admin, settings, tandem_telemetry::shutdown_signal()).await;
     telemetry.shutdown();

@@ -1,5 +1,6 @@
 //! Wires the store, the hub and the gRPC and admin servers together.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::auth::{Authenticate, Tokens};
+use crate::consensus::{Aggregator, Consensus, NoPeers, RaftSettings, Transport};
+use crate::history;
 use crate::hub::Hub;
 use crate::service::ControlService;
 use crate::store::Store;
@@ -25,6 +28,9 @@ pub struct Settings {
     pub prometheus: PrometheusHandle,
     /// How long in-flight calls may take after shutdown begins.
     pub drain: Duration,
+    pub raft: RaftSettings,
+    /// Raft members' gRPC addresses, by id.
+    pub members: BTreeMap<u64, String>,
 }
 
 /// Runs a control-plane replica until `shutdown` resolves, then drains.
@@ -43,6 +49,8 @@ pub async fn run(
         replica,
         prometheus,
         drain,
+        raft,
+        members,
     } = settings;
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Hub::new();
@@ -120,7 +128,29 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let service = ControlService::new(store, hub, &replica, stop_rx.clone());
+    let transport: Arc<dyn Transport> = if members.len() > 1 {
+        anyhow::bail!(
+            "multi-replica raft is not available yet (TANDEM_PEERS lists {} members)",
+            members.len()
+        );
+    } else {
+        Arc::new(NoPeers)
+    };
+    let consensus = Consensus::start(raft, transport, stop_rx.clone())?;
+    let aggregator = Aggregator::start(
+        consensus.clone(),
+        Arc::new({
+            let hub = hub.clone();
+            move || hub.config()
+        }),
+        stop_rx.clone(),
+    );
+    tokio::spawn(history::record(
+        store.clone(),
+        consensus.clone(),
+        stop_rx.clone(),
+    ));
+    let service = ControlService::new(store, hub, consensus, aggregator, &replica, stop_rx.clone());
     let control = ControlPlaneServer::with_interceptor(service, Authenticate(tokens));
 
     tracing::info!(grpc = %grpc.local_addr()?, %replica, "control plane serving");

@@ -12,7 +12,11 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use tandem_core::health::{BackendKey, Observation};
+
 use crate::auth::require_admin;
+use crate::consensus::aggregator::now_ms;
+use crate::consensus::{Aggregator, Consensus, HealthEvent};
 use crate::error::Error;
 use crate::hub::{Committed, Hub};
 use crate::store::{NodeReport, Store};
@@ -21,15 +25,26 @@ use crate::store::{NodeReport, Store};
 pub struct ControlService {
     store: Store,
     hub: Hub,
+    consensus: Consensus,
+    aggregator: Aggregator,
     replica: Arc<str>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl ControlService {
-    pub fn new(store: Store, hub: Hub, replica: &str, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        store: Store,
+        hub: Hub,
+        consensus: Consensus,
+        aggregator: Aggregator,
+        replica: &str,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             store,
             hub,
+            consensus,
+            aggregator,
             replica: replica.into(),
             shutdown,
         }
@@ -339,6 +354,7 @@ impl ControlPlane for ControlService {
         }
         // Subscribe before reading, so nothing committed in between is missed.
         let mut changes = self.hub.subscribe();
+        let mut health = self.consensus.subscribe();
         let r = async {
             let current = self.store.current_revision().await?;
             let first = if req.last_revision == current.0 {
@@ -370,12 +386,21 @@ impl ControlPlane for ControlService {
             // The channel is new and has room.
             let _ = tx.try_send(Ok(event));
         }
+        let table = self.consensus.table();
+        let health_at = table.index;
+        let _ = tx.try_send(Ok(health_event(at, table.full_update())));
         let store = self.store.clone();
+        let consensus = self.consensus.clone();
         let mut shutdown = self.shutdown.clone();
         let node = req.node_id.clone();
         tokio::spawn(async move {
             metrics::gauge!("tandem_control_watch_streams").increment(1.0);
-            let end = follow(&store, &mut changes, &tx, at, &mut shutdown).await;
+            let mut streams = Streams {
+                changes: &mut changes,
+                health: &mut health,
+                consensus: &consensus,
+            };
+            let end = follow(&store, &mut streams, &tx, at, health_at, &mut shutdown).await;
             metrics::gauge!("tandem_control_watch_streams").decrement(1.0);
             tracing::info!(%node, reason = %end, "watch ended");
         });
@@ -446,31 +471,111 @@ impl ControlPlane for ControlService {
 
     async fn report_health(
         &self,
-        _req: Request<v1::ReportHealthRequest>,
+        req: Request<v1::ReportHealthRequest>,
     ) -> Result<Response<v1::ReportHealthReply>, Status> {
-        self.health_unimplemented().await
+        let start = Instant::now();
+        let req = req.into_inner();
+        if req.agent_id.is_empty() {
+            return finish(
+                "ReportHealth",
+                start,
+                Err(ValidationError::new("agent_id", "must be set").into()),
+            );
+        }
+        let now = now_ms();
+        let mut batch = Vec::with_capacity(req.observations.len());
+        for (i, o) in req.observations.iter().enumerate() {
+            let field = format!("observations[{i}]");
+            let key = match (
+                convert::pool_name(&o.pool, &format!("{field}.pool")),
+                address(&o.address, &format!("{field}.address")),
+            ) {
+                (Ok(pool), Ok(address)) => BackendKey { pool, address },
+                (Err(e), _) => return finish("ReportHealth", start, Err(e.into())),
+                (_, Err(e)) => return finish("ReportHealth", start, Err(e)),
+            };
+            metrics::counter!("tandem_control_observations_total", "ok" => if o.ok { "true" } else { "false" })
+                .increment(1);
+            batch.push(Observation {
+                agent: req.agent_id.clone(),
+                zone: req.zone.clone(),
+                key,
+                ok: o.ok,
+                detail: o.detail.clone(),
+                // The decider's clock: this replica's, not the agent's.
+                at_ms: now,
+            });
+        }
+        if !self.aggregator.submit(batch) {
+            return Err(Status::resource_exhausted(
+                "the health decider is saturated; retry shortly",
+            ));
+        }
+        finish("ReportHealth", start, Ok(v1::ReportHealthReply {}))
     }
 
-    async fn get_health(&self, _req: Request<v1::GetHealthRequest>) -> Result<Response<v1::HealthReply>, Status> {
-        self.health_unimplemented().await
+    async fn get_health(
+        &self,
+        _req: Request<v1::GetHealthRequest>,
+    ) -> Result<Response<v1::HealthReply>, Status> {
+        let start = Instant::now();
+        let table = self.consensus.table();
+        let status = self.consensus.status();
+        let mut update = table.full_update();
+        let reply = v1::HealthReply {
+            index: update.index,
+            backends: std::mem::take(&mut update.backends),
+            leader: if status.leader == 0 {
+                String::new()
+            } else {
+                format!("control-{}", status.leader)
+            },
+            term: status.term,
+        };
+        finish("GetHealth", start, Ok(reply))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _req: Request<v1::GetClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        let start = Instant::now();
+        let s = self.consensus.status();
+        let reply = v1::ClusterStatus {
+            replica_id: s.id,
+            role: s.role.to_string(),
+            leader_id: s.leader,
+            term: s.term,
+            commit_index: s.commit,
+            applied_index: s.applied,
+            members: Vec::new(),
+        };
+        finish("GetClusterStatus", start, Ok(reply))
     }
 }
 
-// Health arrives with the raft state machine; until then it says so.
-impl ControlService {
-    async fn health_unimplemented<T>(&self) -> Result<Response<T>, Status> {
-        Err(Status::unimplemented("health reporting is being built"))
+struct Streams<'a> {
+    changes: &'a mut broadcast::Receiver<Arc<Committed>>,
+    health: &'a mut broadcast::Receiver<HealthEvent>,
+    consensus: &'a Consensus,
+}
+
+fn health_event(at: Revision, update: v1::HealthUpdate) -> v1::WatchEvent {
+    v1::WatchEvent {
+        revision: at.0,
+        event: Some(v1::watch_event::Event::Health(update)),
     }
 }
 
-/// Streams committed changes after `at` to one watcher, in order and
-/// without gaps, until the watcher leaves or the replica shuts down.
-/// Returns why it ended.
+/// Streams committed config changes after `at`, in order and without
+/// gaps, and health updates after `health_at`, until the watcher leaves or
+/// the replica shuts down. Returns why it ended.
 async fn follow(
     store: &Store,
-    changes: &mut broadcast::Receiver<Arc<Committed>>,
+    streams: &mut Streams<'_>,
     tx: &mpsc::Sender<Result<v1::WatchEvent, Status>>,
     mut at: Revision,
+    mut health_at: u64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> String {
     loop {
@@ -480,7 +585,20 @@ async fn follow(
                 let _ = tx.send(Err(Status::unavailable("control replica shutting down; reconnect to another"))).await;
                 return "replica shutting down".into();
             }
-            next = changes.recv() => next,
+            h = streams.health.recv() => {
+                let update = match h {
+                    Ok(u) if u.index <= health_at && !u.full => continue,
+                    Ok(u) => (*u).clone(),
+                    Err(broadcast::error::RecvError::Lagged(_)) => streams.consensus.table().full_update(),
+                    Err(broadcast::error::RecvError::Closed) => return "raft stopped".into(),
+                };
+                health_at = update.index;
+                if tx.send(Ok(health_event(at, update))).await.is_err() {
+                    return "watcher left".into();
+                }
+                continue;
+            }
+            next = streams.changes.recv() => next,
         };
         let gap = match next {
             Ok(c) if c.revision <= at => continue,

@@ -613,3 +613,63 @@ fn route_from_row(row: &sqlx::postgres::PgRow) -> Result<Route> {
         pool: PoolName::new(pool).map_err(corrupt)?,
     })
 }
+
+// === health history ===
+
+impl Store {
+    pub async fn last_recorded_health_index(&self) -> Result<u64> {
+        let max: Option<i64> = sqlx::query_scalar("SELECT max(raft_index) FROM health_history")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(max.unwrap_or(0) as u64)
+    }
+
+    /// Records transitions (idempotent per raft index and backend).
+    pub async fn record_health(
+        &self,
+        transitions: &[&(u64, tandem_core::health::Transition)],
+    ) -> Result<()> {
+        if transitions.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (index, t) in transitions {
+            sqlx::query(
+                "INSERT INTO health_history (raft_index, pool, address, from_state, to_state, reason, decided_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::double precision / 1000))
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(*index as i64)
+            .bind(t.key.pool.as_str())
+            .bind(t.key.address.as_str())
+            .bind(t.from.as_str())
+            .bind(t.to.as_str())
+            .bind(&t.reason)
+            .bind(t.at_ms as f64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Recorded transitions, oldest first.
+    pub async fn health_history(&self) -> Result<Vec<(u64, String, String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT raft_index, pool, address, from_state, to_state FROM health_history ORDER BY raft_index, pool, address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("raft_index")? as u64,
+                    r.try_get("pool")?,
+                    r.try_get("address")?,
+                    r.try_get("from_state")?,
+                    r.try_get("to_state")?,
+                ))
+            })
+            .collect()
+    }
+}

@@ -359,7 +359,7 @@ impl<'a> From<&'a v1::WatchEvent> for WatchEventJson<'a> {
         let (snapshot, change) = match &e.event {
             Some(Event::Snapshot(s)) => (Some(s.into()), None),
             Some(Event::Change(c)) => (None, Some(c.into())),
-            None => (None, None),
+            Some(Event::Health(_)) | None => (None, None),
         };
         Self {
             revision: e.revision,
@@ -681,6 +681,7 @@ pub fn snapshot(s: &v1::Snapshot) -> String {
 /// `revision=8 pool_upserted pool=shop policy=ip_hash`.
 pub fn watch_line(e: &v1::WatchEvent) -> String {
     let what = match &e.event {
+        Some(Event::Health(h)) => format!("health index={} backends={}", h.index, h.backends.len()),
         Some(Event::Snapshot(s)) => format!(
             "snapshot pools={} backends={} routes={}",
             s.pools.len(),

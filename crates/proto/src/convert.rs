@@ -416,7 +416,9 @@ pub fn backend_health_to_proto(key: &BackendKey, h: &BackendHealth) -> v1::Backe
     }
 }
 
-pub fn backend_health_from_proto(h: &v1::BackendHealth) -> Result<(BackendKey, BackendHealth), ConvertError> {
+pub fn backend_health_from_proto(
+    h: &v1::BackendHealth,
+) -> Result<(BackendKey, BackendHealth), ConvertError> {
     let key = BackendKey {
         pool: pool_name(&h.pool, "pool")?,
         address: BackendAddr::new(&h.address)?,

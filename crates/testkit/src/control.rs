@@ -30,6 +30,8 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     database_url: String,
     options: ControlPlaneOptions,
+    /// Raft state, kept across restarts of this replica.
+    state_dir: tempfile::TempDir,
 }
 
 pub type AuthedClient = ControlPlaneClient<InterceptedService<Channel, Bearer>>;
@@ -58,12 +60,16 @@ impl ControlPlane {
     ) -> anyhow::Result<ControlPlane> {
         let grpc = free_addr();
         let admin = free_addr();
+        let state_dir = tempfile::Builder::new()
+            .prefix("tandem-control-state-")
+            .tempdir()?;
         let mut cp = ControlPlane {
-            process: spawn(database_url, grpc, admin, &options)?,
+            process: spawn(database_url, grpc, admin, state_dir.path(), &options)?,
             grpc,
             admin,
             database_url: database_url.to_string(),
             options,
+            state_dir,
         };
         if !cp.options.skip_ready_wait {
             cp.wait_ready().await?;
@@ -112,7 +118,13 @@ impl ControlPlane {
     /// SIGKILL the process and start it again on the same ports.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.process.kill();
-        self.process = spawn(&self.database_url, self.grpc, self.admin, &self.options)?;
+        self.process = spawn(
+            &self.database_url,
+            self.grpc,
+            self.admin,
+            self.state_dir.path(),
+            &self.options,
+        )?;
         self.wait_ready().await
     }
 }
@@ -121,6 +133,7 @@ fn spawn(
     db: &str,
     grpc: SocketAddr,
     admin: SocketAddr,
+    state_dir: &std::path::Path,
     o: &ControlPlaneOptions,
 ) -> anyhow::Result<Process> {
     let node_id = o.node_id.clone().unwrap_or_else(|| "1".into());
@@ -131,6 +144,7 @@ fn spawn(
         ("TANDEM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ("TANDEM_NODE_TOKEN", NODE_TOKEN.to_string()),
         ("TANDEM_NODE_ID", node_id.clone()),
+        ("TANDEM_STATE_DIR", state_dir.to_string_lossy().into_owned()),
     ];
     env.extend(o.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     Process::spawn(&format!("control-{node_id}"), "tandem-control", &[], &env)

@@ -1,0 +1,121 @@
+//! The health decider: on the raft leader only, feeds agents' observations
+//! into `tandem_core::health::Decider` and proposes the transitions it
+//! decides. A replica that becomes leader starts from the committed table
+//! (so it never re-announces what is already decided) and fresh per-agent
+//! counts.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tandem_core::Snapshot;
+use tandem_core::health::{Decider, Observation};
+use tokio::sync::{mpsc, watch};
+
+use super::{Command, Consensus};
+
+/// How often the leader evaluates (bounds the decision delay).
+const EVALUATE_EVERY: Duration = Duration::from_millis(100);
+
+/// Gives the current declared configuration (pools' health specs).
+pub type ConfigView = Arc<dyn Fn() -> Arc<Snapshot> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Aggregator {
+    tx: mpsc::Sender<Vec<Observation>>,
+}
+
+impl Aggregator {
+    pub fn start(
+        consensus: Consensus,
+        config: ConfigView,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Aggregator {
+        let (tx, mut rx) = mpsc::channel::<Vec<Observation>>(1024);
+        tokio::spawn(async move {
+            let mut decider = Decider::new();
+            let mut led_term: Option<u64> = None;
+            let mut ticker = tokio::time::interval(EVALUATE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    batch = rx.recv() => {
+                        let Some(batch) = batch else { return };
+                        if !lead(&consensus, &mut decider, &mut led_term) {
+                            continue; // not deciding: followers forward before this point
+                        }
+                        let config = config();
+                        for obs in &batch {
+                            if let Some(pool) = config.pools.get(&obs.key.pool) {
+                                if pool.backend(&obs.key.address).is_some() {
+                                    decider.observe(obs, &pool.config.health_check);
+                                }
+                            }
+                        }
+                    }
+                    _ = ticker.tick() => {
+                        if !lead(&consensus, &mut decider, &mut led_term) {
+                            continue;
+                        }
+                        let config = config();
+                        decider.retain(|k| config.pools.get(&k.pool).is_some_and(|p| p.backend(&k.address).is_some()));
+                        let transitions = decider.evaluate(now_ms(), |k| {
+                            config.pools.get(&k.pool).map(|p| &p.config.health_check)
+                        });
+                        if transitions.is_empty() {
+                            continue;
+                        }
+                        for t in &transitions {
+                            tracing::info!(
+                                pool = %t.key.pool, backend = %t.key.address,
+                                from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason,
+                                "health transition decided"
+                            );
+                        }
+                        let keys: Vec<_> = transitions.iter().map(|t| t.key.clone()).collect();
+                        if let Err(e) = consensus.propose(&Command::Transitions { transitions }).await {
+                            tracing::warn!(error = %e, "health transitions not committed; will decide again");
+                            // Back to what is committed, so they are decided again.
+                            let table = consensus.table();
+                            for k in keys {
+                                decider.adopt(&k, table.backends.get(&k).map(|h| h.state).unwrap_or_default());
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Aggregator { tx }
+    }
+
+    /// Queues observations; false when the decider is saturated.
+    pub fn submit(&self, batch: Vec<Observation>) -> bool {
+        self.tx.try_send(batch).is_ok()
+    }
+}
+
+/// Whether this replica decides now; on becoming leader (in a new term),
+/// starts the decider afresh from the committed table.
+fn lead(consensus: &Consensus, decider: &mut Decider, led_term: &mut Option<u64>) -> bool {
+    let status = consensus.status();
+    // A new leader first applies everything committed before it decides.
+    if !status.is_leader() || status.applied < status.commit {
+        *led_term = None;
+        return false;
+    }
+    if *led_term != Some(status.term) {
+        *decider = Decider::new();
+        for (key, h) in &consensus.table().backends {
+            decider.adopt(key, h.state);
+        }
+        *led_term = Some(status.term);
+        tracing::info!(term = status.term, "deciding backend health as raft leader");
+    }
+    true
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

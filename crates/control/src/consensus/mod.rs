@@ -1,0 +1,11 @@
+//! Observed state (backend health) replicated through a raft group of the
+//! control replicas (the `raft` crate). A single replica is a group of one.
+
+pub mod aggregator;
+pub mod node;
+pub mod state;
+pub mod storage;
+
+pub use aggregator::Aggregator;
+pub use node::{Consensus, NoPeers, ProposeError, RaftSettings, RaftStatus, Transport};
+pub use state::{Command, HealthEvent, HealthTable};

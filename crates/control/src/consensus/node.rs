@@ -1,0 +1,408 @@
+//! The raft driver: one task owning the `RawNode`, ticking it, feeding it
+//! proposals and peers' messages, persisting what it must before it may be
+//! acted on, sending messages, and applying committed entries to the
+//! [`HealthTable`].
+//!
+//! The term is the fencing token: a deposed leader's proposals are never
+//! committed under its term, and a proposal only succeeds when the entry
+//! applied at its index carries the term it was proposed in.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use raft::prelude::{Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::state::{Command, HealthEvent, HealthTable};
+use super::storage::DiskStorage;
+
+/// Log entries applied between snapshots (log compaction).
+const SNAPSHOT_EVERY: u64 = 1_000;
+
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub id: u64,
+    /// Every member's id (including this one).
+    pub voters: Vec<u64>,
+    pub state_dir: PathBuf,
+    /// One raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before an election (randomised up to 2x).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+}
+
+/// Delivers raft messages to peers. Must not block: queue and drop.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, msgs: Vec<Message>);
+}
+
+/// A cluster of one has nobody to talk to.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            tracing::debug!(n = msgs.len(), "dropping raft messages: no peers");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub leader: u64,
+    pub term: u64,
+    pub role: &'static str,
+    pub commit: u64,
+    pub applied: u64,
+    /// Leader only: each member's matched index.
+    pub matched: BTreeMap<u64, u64>,
+}
+
+impl RaftStatus {
+    pub fn is_leader(&self) -> bool {
+        self.role == "leader"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this replica is not the leader (leader: {leader})")]
+    NotLeader { leader: u64 },
+    #[error("the proposal was not committed: leadership changed")]
+    Lost,
+    #[error("the raft driver has stopped")]
+    Stopped,
+    #[error("raft refused the proposal: {0}")]
+    Refused(String),
+}
+
+struct Proposal {
+    data: Vec<u8>,
+    done: oneshot::Sender<Result<u64, ProposeError>>,
+}
+
+/// A handle on the replica's raft group and its health state machine.
+#[derive(Clone)]
+pub struct Consensus {
+    proposals: mpsc::Sender<Proposal>,
+    inbound: mpsc::Sender<Message>,
+    status: watch::Receiver<RaftStatus>,
+    table: Arc<ArcSwap<HealthTable>>,
+    events: broadcast::Sender<HealthEvent>,
+}
+
+impl Consensus {
+    /// Opens the raft state under `settings.state_dir` and starts the driver.
+    pub fn start(
+        settings: RaftSettings,
+        transport: Arc<dyn Transport>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Consensus> {
+        let (storage, data) = DiskStorage::open(&settings.state_dir, &settings.voters)?;
+        let mut table = HealthTable::decode(&data)?;
+        table.index = storage.snapshot_index().max(table.index);
+        let hs = storage.hard_state();
+        let config = raft::Config {
+            id: settings.id,
+            election_tick: settings.election_ticks,
+            heartbeat_tick: settings.heartbeat_ticks,
+            applied: table.index,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = RawNode::new(&config, storage.clone(), &logger)?;
+        if settings.voters == [settings.id] {
+            // A cluster of one elects itself without waiting a timeout.
+            node.campaign()?;
+        }
+        tracing::info!(
+            id = settings.id,
+            voters = ?settings.voters,
+            term = hs.term,
+            vote = hs.vote,
+            commit = hs.commit,
+            applied = table.index,
+            dir = %settings.state_dir.display(),
+            "raft state opened"
+        );
+
+        let (ptx, mut prx) = mpsc::channel::<Proposal>(1024);
+        let (itx, mut irx) = mpsc::channel::<Message>(4096);
+        let (stx, srx) = watch::channel(RaftStatus::default());
+        let shared = Arc::new(ArcSwap::from_pointee(table.clone()));
+        let (events, _) = broadcast::channel(1024);
+        let consensus = Consensus {
+            proposals: ptx,
+            inbound: itx,
+            status: srx,
+            table: shared.clone(),
+            events: events.clone(),
+        };
+
+        let mut driver = Driver {
+            node,
+            storage,
+            transport,
+            table,
+            shared,
+            events,
+            pending: BTreeMap::new(),
+            status: stx,
+            applied_since_snapshot: 0,
+        };
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(settings.tick);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => { driver.node.tick(); }
+                    Some(p) = prx.recv() => driver.propose(p),
+                    Some(m) = irx.recv() => {
+                        if let Err(e) = driver.node.step(m) {
+                            tracing::debug!(error = %e, "raft ignored a message");
+                        }
+                    }
+                    _ = shutdown.changed() => break,
+                }
+                if let Err(e) = driver.on_ready() {
+                    // Without durable storage raft's promises break: stop.
+                    tracing::error!(error = %e, "raft storage failed; stopping the raft driver");
+                    break;
+                }
+                driver.publish_status();
+            }
+            for (_, (_, done)) in std::mem::take(&mut driver.pending) {
+                let _ = done.send(Err(ProposeError::Stopped));
+            }
+            tracing::info!("raft driver stopped");
+        });
+        Ok(consensus)
+    }
+
+    /// Proposes a command; resolves with its index once committed and
+    /// applied here, or an error if it cannot be.
+    pub async fn propose(&self, cmd: &Command) -> Result<u64, ProposeError> {
+        let (done, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal {
+                data: cmd.encode(),
+                done,
+            })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Hands a message from a peer to the driver (drops it when the driver
+    /// is saturated: raft retransmits).
+    pub fn step(&self, msg: Message) {
+        let _ = self.inbound.try_send(msg);
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+
+    /// The committed health table (cheap: an `Arc`).
+    pub fn table(&self) -> Arc<HealthTable> {
+        self.table.load_full()
+    }
+
+    /// Committed health changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<HealthEvent> {
+        self.events.subscribe()
+    }
+}
+
+struct Driver {
+    node: RawNode<DiskStorage>,
+    storage: DiskStorage,
+    transport: Arc<dyn Transport>,
+    table: HealthTable,
+    shared: Arc<ArcSwap<HealthTable>>,
+    events: broadcast::Sender<HealthEvent>,
+    /// Proposals awaiting their entry: index → (term, reply).
+    pending: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, ProposeError>>)>,
+    status: watch::Sender<RaftStatus>,
+    applied_since_snapshot: u64,
+}
+
+impl Driver {
+    fn propose(&mut self, p: Proposal) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = p.done.send(Err(ProposeError::NotLeader {
+                leader: self.node.raft.leader_id,
+            }));
+            return;
+        }
+        let before = self.node.raft.raft_log.last_index();
+        if let Err(e) = self.node.propose(Vec::new(), p.data) {
+            let _ = p.done.send(Err(ProposeError::Refused(e.to_string())));
+            return;
+        }
+        let index = self.node.raft.raft_log.last_index();
+        if index == before {
+            let _ = p.done.send(Err(ProposeError::Refused("dropped".into())));
+            return;
+        }
+        self.pending.insert(index, (self.node.raft.term, p.done));
+    }
+
+    fn on_ready(&mut self) -> anyhow::Result<()> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        self.transport.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snap: &Snapshot = ready.snapshot();
+            self.storage.apply_snapshot(snap)?;
+            self.table = HealthTable::decode(snap.get_data())?;
+            self.table.index = snap.get_metadata().index;
+            self.shared.store(Arc::new(self.table.clone()));
+            let _ = self.events.send(Arc::new(self.table.full_update()));
+            tracing::info!(
+                index = self.table.index,
+                "installed a snapshot from the leader"
+            );
+        }
+        self.apply(ready.take_committed_entries())?;
+        let mut wrote = false;
+        if !ready.entries().is_empty() {
+            self.storage.append(ready.entries())?;
+            wrote = true;
+        }
+        if let Some(hs) = ready.hs() {
+            self.storage.set_hard_state(hs)?;
+            wrote = true;
+        }
+        if wrote {
+            // Votes and entries must be durable before anyone hears of them.
+            self.storage.sync()?;
+        }
+        self.transport.send(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        if self.applied_since_snapshot >= SNAPSHOT_EVERY {
+            self.storage
+                .compact(self.table.index, self.table.encode())?;
+            self.applied_since_snapshot = 0;
+            tracing::debug!(index = self.table.index, "raft log compacted");
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut changed = Vec::new();
+        for e in entries {
+            self.table.index = e.index;
+            self.applied_since_snapshot += 1;
+            let result = if e.get_entry_type() == EntryType::EntryNormal && !e.get_data().is_empty()
+            {
+                match Command::decode(e.get_data()) {
+                    Ok(cmd) => {
+                        changed.extend(self.table.apply(e.index, &cmd));
+                        Ok(e.index)
+                    }
+                    Err(err) => {
+                        tracing::error!(index = e.index, error = %err, "undecodable raft entry skipped");
+                        Err(ProposeError::Refused(err.to_string()))
+                    }
+                }
+            } else {
+                Ok(e.index)
+            };
+            // Resolve proposals at or below this index.
+            while let Some((&idx, _)) = self.pending.first_key_value() {
+                if idx > e.index {
+                    break;
+                }
+                let (_, (term, done)) = self.pending.pop_first().expect("non-empty");
+                let r = if idx == e.index && term == e.term {
+                    result.as_ref().map(|i| *i).map_err(|_| ProposeError::Lost)
+                } else {
+                    Err(ProposeError::Lost)
+                };
+                let _ = done.send(r);
+            }
+        }
+        self.shared.store(Arc::new(self.table.clone()));
+        if !changed.is_empty() {
+            metrics::counter!("tandem_health_transitions_total").increment(changed.len() as u64);
+            let _ = self
+                .events
+                .send(Arc::new(self.table.partial_update(&changed)));
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.node.raft;
+        let role = match raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        let matched = if raft.state == StateRole::Leader {
+            raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+        } else {
+            BTreeMap::new()
+        };
+        let status = RaftStatus {
+            id: raft.id,
+            leader: raft.leader_id,
+            term: raft.term,
+            role,
+            commit: raft.raft_log.committed,
+            applied: self.table.index,
+            matched,
+        };
+        self.status.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                if s.term != status.term || s.leader != status.leader {
+                    tracing::info!(
+                        term = status.term,
+                        leader = status.leader,
+                        role,
+                        "raft leadership"
+                    );
+                    metrics::gauge!("tandem_raft_term").set(status.term as f64);
+                    metrics::gauge!("tandem_raft_leader").set(status.leader as f64);
+                    metrics::gauge!("tandem_raft_is_leader")
+                        .set(f64::from(u8::from(status.is_leader())));
+                }
+                metrics::gauge!("tandem_raft_commit_index").set(status.commit as f64);
+                metrics::gauge!("tandem_raft_applied_index").set(status.applied as f64);
+                *s = status;
+                true
+            }
+        });
+    }
+}

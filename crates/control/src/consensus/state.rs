@@ -1,0 +1,130 @@
+//! The replicated health state machine: every backend's committed health
+//! and the recent transitions (kept so the leader can write them to
+//! Postgres as history, catching up after an outage).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tandem_core::health::{BackendHealth, BackendKey, Transition};
+use tandem_proto::{convert, v1};
+
+/// Transitions kept for the history writer.
+const RECENT: usize = 10_000;
+
+/// What a raft log entry carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Decided by the leader from agents' reports.
+    Transitions { transitions: Vec<Transition> },
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("commands serialise")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Command, serde_json::Error> {
+        serde_json::from_slice(data)
+    }
+}
+
+/// The state machine. Cloned into an `Arc` after each apply so readers
+/// (watch streams, GetHealth) never wait for the raft driver.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HealthTable {
+    /// Index of the last applied raft entry.
+    pub index: u64,
+    #[serde(with = "as_pairs")]
+    pub backends: BTreeMap<BackendKey, BackendHealth>,
+    pub recent: VecDeque<(u64, Transition)>,
+}
+
+impl HealthTable {
+    /// Applies a committed command at `index`; returns the backends whose
+    /// state changed.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Vec<BackendKey> {
+        self.index = index;
+        match cmd {
+            Command::Transitions { transitions } => {
+                let mut changed = Vec::new();
+                for t in transitions {
+                    self.backends.insert(t.key.clone(), BackendHealth::from(t));
+                    self.recent.push_back((index, t.clone()));
+                    changed.push(t.key.clone());
+                }
+                while self.recent.len() > RECENT {
+                    self.recent.pop_front();
+                }
+                changed
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("the health table serialises")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<HealthTable, serde_json::Error> {
+        if data.is_empty() {
+            return Ok(HealthTable::default());
+        }
+        serde_json::from_slice(data)
+    }
+
+    /// The full table as a watch event.
+    pub fn full_update(&self) -> v1::HealthUpdate {
+        v1::HealthUpdate {
+            index: self.index,
+            full: true,
+            backends: self
+                .backends
+                .iter()
+                .map(|(k, h)| convert::backend_health_to_proto(k, h))
+                .collect(),
+        }
+    }
+
+    /// The given backends as a watch event.
+    pub fn partial_update(&self, keys: &[BackendKey]) -> v1::HealthUpdate {
+        v1::HealthUpdate {
+            index: self.index,
+            full: false,
+            backends: keys
+                .iter()
+                .filter_map(|k| {
+                    self.backends
+                        .get(k)
+                        .map(|h| convert::backend_health_to_proto(k, h))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A committed health change, in wire form once for all watchers.
+pub type HealthEvent = Arc<v1::HealthUpdate>;
+
+/// JSON maps need string keys: store the map as a list of pairs.
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tandem_core::health::{BackendHealth, BackendKey};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<BackendKey, BackendHealth>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<BackendKey, BackendHealth>, D::Error> {
+        Ok(Vec::<(BackendKey, BackendHealth)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
+}

@@ -1,0 +1,58 @@
+//! Health history in Postgres: the raft leader writes committed transitions
+//! as they come, and catches up from the state machine's recent list after
+//! a database outage. Observed state keeps flowing through raft regardless.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::consensus::Consensus;
+use crate::store::Store;
+
+const EVERY: Duration = Duration::from_millis(500);
+
+/// Runs until shutdown.
+pub async fn record(store: Store, consensus: Consensus, mut shutdown: watch::Receiver<bool>) {
+    // The highest raft index known to be in the table (None: ask).
+    let mut recorded: Option<u64> = None;
+    let mut ticker = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        if !consensus.status().is_leader() {
+            recorded = None;
+            continue;
+        }
+        let table = consensus.table();
+        if table
+            .recent
+            .back()
+            .is_none_or(|(i, _)| Some(*i) <= recorded)
+        {
+            continue;
+        }
+        let result = async {
+            let from = match recorded {
+                Some(r) => r,
+                None => store.last_recorded_health_index().await?,
+            };
+            let pending: Vec<_> = table.recent.iter().filter(|(i, _)| *i > from).collect();
+            let last = pending.last().map(|(i, _)| *i).unwrap_or(from);
+            store.record_health(&pending).await?;
+            if !pending.is_empty() {
+                tracing::debug!(n = pending.len(), up_to = last, "health history recorded");
+            }
+            Ok::<u64, crate::Error>(last)
+        }
+        .await;
+        match result {
+            Ok(last) => recorded = Some(last),
+            Err(e) => {
+                recorded = None;
+                tracing::warn!(error = %e, "cannot record health history yet; will catch up");
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! End to end: health observations reported to a real control plane are
+//! decided on the raft leader, committed, pushed to watchers, visible in
+//! GetHealth, and recorded in Postgres as history — which catches up after
+//! a database outage while health keeps flowing.
+
+use std::time::Duration;
+
+use tandem_proto::v1;
+use tandem_testkit::{ControlPlane, Postgres};
+use tokio_stream::StreamExt;
+
+const A: &str = "127.0.0.1:9101";
+const B: &str = "127.0.0.1:9102";
+
+async fn setup(cp: &ControlPlane) -> anyhow::Result<()> {
+    let mut c = cp.admin_client().await?;
+    c.create_pool(v1::CreatePoolRequest {
+        pool: Some(v1::Pool {
+            name: "shop".into(),
+            health_check: Some(v1::HealthCheck {
+                interval_ms: Some(200),
+                timeout_ms: Some(100),
+                rise: Some(2),
+                fall: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    })
+    .await?;
+    for addr in [A, B] {
+        c.add_backend(v1::AddBackendRequest {
+            pool: "shop".into(),
+            backend: Some(v1::Backend {
+                address: addr.into(),
+                ..Default::default()
+            }),
+            expected_revision: None,
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+fn obs(addr: &str, ok: bool) -> v1::Observation {
+    v1::Observation {
+        pool: "shop".into(),
+        address: addr.into(),
+        ok,
+        detail: if ok {
+            "HTTP 200".into()
+        } else {
+            "HTTP 503".into()
+        },
+        latency_ms: 1,
+    }
+}
+
+async fn report(cp: &ControlPlane, agent: &str, o: Vec<v1::Observation>) -> anyhow::Result<()> {
+    cp.node_client()
+        .await?
+        .report_health(v1::ReportHealthRequest {
+            agent_id: agent.into(),
+            zone: "z1".into(),
+            observations: o,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Waits for a health event on the stream in which `addr` has `state`.
+async fn await_state(
+    stream: &mut tonic::Streaming<v1::WatchEvent>,
+    addr: &str,
+    state: v1::HealthState,
+) -> anyhow::Result<v1::BackendHealth> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("{addr} never became {state:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+        if let Some(v1::watch_event::Event::Health(h)) = ev.event {
+            if let Some(b) = h
+                .backends
+                .iter()
+                .find(|b| b.address == addr && b.state == state as i32)
+            {
+                return Ok(b.clone());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    setup(&cp).await?;
+    let mut stream = cp
+        .node_client()
+        .await?
+        .watch(v1::WatchRequest {
+            node_id: "p1".into(),
+            kind: 1,
+            last_revision: 0,
+            zone: String::new(),
+        })
+        .await?
+        .into_inner();
+
+    // Two probes each (rise 2): both healthy.
+    for _ in 0..2 {
+        report(&cp, "agent-1", vec![obs(A, true), obs(B, true)]).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    await_state(&mut stream, A, v1::HealthState::Healthy).await?;
+
+    // B fails twice (fall 2): unhealthy, with the reason and the agent's view.
+    for _ in 0..2 {
+        report(&cp, "agent-1", vec![obs(A, true), obs(B, false)]).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = await_state(&mut stream, B, v1::HealthState::Unhealthy).await?;
+    assert_eq!(b.reason, "HTTP 503 from 1/1 agent");
+    assert_eq!(b.agents.len(), 1);
+    assert_eq!(b.agents[0].healthy, Some(false));
+
+    let health = cp
+        .node_client()
+        .await?
+        .get_health(v1::GetHealthRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(health.leader, "control-1");
+    assert!(health.term >= 1);
+    let state_of = |addr: &str| {
+        health
+            .backends
+            .iter()
+            .find(|b| b.address == addr)
+            .map(|b| b.state)
+    };
+    assert_eq!(state_of(A), Some(v1::HealthState::Healthy as i32));
+    assert_eq!(state_of(B), Some(v1::HealthState::Unhealthy as i32));
+
+    // Postgres goes away: health keeps flowing through raft.
+    pg.stop()?;
+    for _ in 0..2 {
+        report(&cp, "agent-1", vec![obs(A, true), obs(B, true)]).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    await_state(&mut stream, B, v1::HealthState::Healthy).await?;
+    pg.restart()?;
+
+    // History catches up: B healthy, B unhealthy, B healthy again (and A).
+    let store = tandem_control::store::Store::connect_lazy(&pg.url(), 2)?;
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = store.health_history().await.unwrap_or_default();
+        if rows.iter().filter(|r| r.2 == B).count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b_states: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.2 == B)
+        .map(|r| (r.3.as_str(), r.4.as_str()))
+        .collect();
+    assert_eq!(
+        b_states,
+        [
+            ("unknown", "healthy"),
+            ("healthy", "unhealthy"),
+            ("unhealthy", "healthy")
+        ],
+        "every transition recorded once, in order: {rows:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let mut cp = ControlPlane::start(&pg.url()).await?;
+    setup(&cp).await?;
+    for _ in 0..2 {
+        report(&cp, "agent-1", vec![obs(A, false)]).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut term_before = 0;
+    for _ in 0..100 {
+        let h = cp
+            .node_client()
+            .await?
+            .get_health(v1::GetHealthRequest {})
+            .await?
+            .into_inner();
+        term_before = h.term;
+        if h.backends
+            .iter()
+            .any(|b| b.address == A && b.state == v1::HealthState::Unhealthy as i32)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cp.restart().await?;
+    // Restored from the raft log on disk, without any new report.
+    let mut h = v1::HealthReply::default();
+    for _ in 0..100 {
+        h = match cp
+            .node_client()
+            .await?
+            .get_health(v1::GetHealthRequest {})
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(e) => panic!("{e}: {}", cp.process.logs()),
+        };
+        if !h.backends.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = h
+        .backends
+        .iter()
+        .find(|b| b.address == A)
+        .unwrap_or_else(|| panic!("A is not known: {}", cp.process.logs()));
+    assert_eq!(a.state, v1::HealthState::Unhealthy as i32);
+    assert!(
+        h.term >= term_before,
+        "the term never goes backwards ({} < {term_before})",
+        h.term
+    );
+    Ok(())
+}
