@@ -45,10 +45,10 @@ impl Aggregator {
                         }
                         let config = config();
                         for obs in &batch {
-                            if let Some(pool) = config.pools.get(&obs.key.pool) {
-                                if pool.backend(&obs.key.address).is_some() {
-                                    decider.observe(obs, &pool.config.health_check);
-                                }
+                            if let Some(pool) = config.pools.get(&obs.key.pool)
+                                && pool.backend(&obs.key.address).is_some()
+                            {
+                                decider.observe(obs, &pool.config.health_check);
                             }
                         }
                     }

@@ -77,9 +77,11 @@ impl DiskStorage {
             write_atomically(&snap_path, &bytes).map_err(io_err)?;
         }
         let conf_state = snapshot.get_metadata().get_conf_state().clone();
-        let mut hard_state = HardState::default();
-        hard_state.commit = snapshot.get_metadata().index;
-        hard_state.term = snapshot.get_metadata().term;
+        let mut hard_state = HardState {
+            commit: snapshot.get_metadata().index,
+            term: snapshot.get_metadata().term,
+            ..Default::default()
+        };
         let mut entries: Vec<Entry> = Vec::new();
 
         let wal_path = dir.join("wal");
@@ -415,9 +417,11 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
+        let mut e = Entry {
+            index,
+            term,
+            ..Default::default()
+        };
         e.set_data(data.to_vec().into());
         e
     }
@@ -432,10 +436,12 @@ mod tests {
                 .unwrap();
             // A new leader overwrites a conflicting suffix.
             s.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")]).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 3;
-            hs.commit = 3;
+            let hs = HardState {
+                term: 2,
+                vote: 3,
+                commit: 3,
+                ..Default::default()
+            };
             s.set_hard_state(&hs).unwrap();
             s.sync().unwrap();
         }
