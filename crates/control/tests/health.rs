@@ -80,14 +80,13 @@ async fn await_state(
             .await
             .map_err(|_| anyhow::anyhow!("{addr} never became {state:?}"))?
             .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
-        if let Some(v1::watch_event::Event::Health(h)) = ev.event {
-            if let Some(b) = h
+        if let Some(v1::watch_event::Event::Health(h)) = ev.event
+            && let Some(b) = h
                 .backends
                 .iter()
                 .find(|b| b.address == addr && b.state == state as i32)
-            {
-                return Ok(b.clone());
-            }
+        {
+            return Ok(b.clone());
         }
     }
 }
