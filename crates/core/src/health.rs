@@ -223,7 +223,12 @@ fn is_live(a: &AgentTrack, spec: &HealthCheckSpec, now_ms: u64) -> bool {
     now_ms.saturating_sub(a.last_seen_ms) <= SILENT_INTERVALS * u64::from(spec.interval_ms)
 }
 
-fn decide(key: &BackendKey, track: &mut BackendTrack, spec: &HealthCheckSpec, now_ms: u64) -> Option<Transition> {
+fn decide(
+    key: &BackendKey,
+    track: &mut BackendTrack,
+    spec: &HealthCheckSpec,
+    now_ms: u64,
+) -> Option<Transition> {
     let live: Vec<&AgentTrack> = track
         .agents
         .values()
@@ -255,7 +260,8 @@ fn decide(key: &BackendKey, track: &mut BackendTrack, spec: &HealthCheckSpec, no
             }
             track.held_until_ms = None;
         }
-        if track.state == HealthState::Unhealthy && track.transitions.len() + 1 >= FLAP_TRANSITIONS {
+        if track.state == HealthState::Unhealthy && track.transitions.len() + 1 >= FLAP_TRANSITIONS
+        {
             // Coming back would be one flip too many: hold it down.
             track.held_until_ms = Some(now_ms + window);
             return None;
@@ -324,14 +330,23 @@ mod tests {
             zone: "z".into(),
             key: key(),
             ok,
-            detail: if ok { "HTTP 200".into() } else { "HTTP 503".into() },
+            detail: if ok {
+                "HTTP 200".into()
+            } else {
+                "HTTP 503".into()
+            },
             at_ms,
         }
     }
 
     /// Feeds (agent, ok) results one interval apart and returns the state
     /// after each step.
-    fn run(d: &mut Decider, s: &HealthCheckSpec, steps: &[&[(&str, bool)]], start_ms: u64) -> Vec<HealthState> {
+    fn run(
+        d: &mut Decider,
+        s: &HealthCheckSpec,
+        steps: &[&[(&str, bool)]],
+        start_ms: u64,
+    ) -> Vec<HealthState> {
         let mut states = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             let now = start_ms + i as u64 * 1_000;
@@ -356,16 +371,47 @@ mod tests {
             states: &'static [HealthState],
         }
         let cases = [
-            Case { name: "rise 2", rise: 2, fall: 3, results: &[true, true], states: &[U, H] },
-            Case { name: "fall 3", rise: 1, fall: 3, results: &[true, false, false, false], states: &[H, H, H, D] },
-            Case { name: "a success resets the failure count", rise: 1, fall: 2, results: &[true, false, true, false, false], states: &[H, H, H, H, D] },
-            Case { name: "back up after rise", rise: 2, fall: 1, results: &[true, true, false, true, true], states: &[U, H, D, D, H] },
-            Case { name: "fall 1", rise: 1, fall: 1, results: &[false], states: &[D] },
+            Case {
+                name: "rise 2",
+                rise: 2,
+                fall: 3,
+                results: &[true, true],
+                states: &[U, H],
+            },
+            Case {
+                name: "fall 3",
+                rise: 1,
+                fall: 3,
+                results: &[true, false, false, false],
+                states: &[H, H, H, D],
+            },
+            Case {
+                name: "a success resets the failure count",
+                rise: 1,
+                fall: 2,
+                results: &[true, false, true, false, false],
+                states: &[H, H, H, H, D],
+            },
+            Case {
+                name: "back up after rise",
+                rise: 2,
+                fall: 1,
+                results: &[true, true, false, true, true],
+                states: &[U, H, D, D, H],
+            },
+            Case {
+                name: "fall 1",
+                rise: 1,
+                fall: 1,
+                results: &[false],
+                states: &[D],
+            },
         ];
         for c in cases {
             let s = spec(c.rise, c.fall);
             let mut d = Decider::new();
-            let steps: Vec<Vec<(&str, bool)>> = c.results.iter().map(|ok| vec![("a1", *ok)]).collect();
+            let steps: Vec<Vec<(&str, bool)>> =
+                c.results.iter().map(|ok| vec![("a1", *ok)]).collect();
             let steps: Vec<&[(&str, bool)]> = steps.iter().map(|v| v.as_slice()).collect();
             assert_eq!(run(&mut d, &s, &steps, 0), c.states, "{}", c.name);
         }
@@ -379,7 +425,12 @@ mod tests {
         let states = run(
             &mut d,
             &s,
-            &[&[("a1", true), ("a2", true)], &[("a1", true), ("a2", false)], &[("a1", true), ("a2", false)], &[("a1", true), ("a2", false)]],
+            &[
+                &[("a1", true), ("a2", true)],
+                &[("a1", true), ("a2", false)],
+                &[("a1", true), ("a2", false)],
+                &[("a1", true), ("a2", false)],
+            ],
             0,
         );
         assert_eq!(states, [H, H, H, H]);
@@ -431,7 +482,11 @@ mod tests {
         }
         d.observe(&obs("a1", false, 4000), &s);
         d.evaluate(4000, |_| Some(&s));
-        assert_eq!(d.state(&key()), D, "a2 silent for over 3 intervals: a1's verdict stands");
+        assert_eq!(
+            d.state(&key()),
+            D,
+            "a2 silent for over 3 intervals: a1's verdict stands"
+        );
         let views = d.views(&key(), &s, 4000);
         assert!(!views.iter().find(|v| v.agent == "a2").unwrap().live);
     }
