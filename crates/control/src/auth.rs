@@ -33,6 +33,11 @@ impl Tokens {
         }
     }
 
+    /// The token replicas present to each other (node role).
+    pub fn peer_token(&self) -> String {
+        String::from_utf8_lossy(self.node.as_ref().unwrap_or(&self.admin)).into_owned()
+    }
+
     pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
         // Check both so the time taken does not reveal which one matched.
         let admin = constant_time_eq(presented, &self.admin);

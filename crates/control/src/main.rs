@@ -40,12 +40,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let settings = server::Settings {
         store,
-        tokens,
+        tokens: tokens.clone(),
         replica: format!("control-{}", config.node_id),
         prometheus: telemetry.prometheus(),
         drain: std::time::Duration::from_secs(config.drain_seconds),
         raft,
         members,
+        peer_token: tokens.peer_token(),
     };
     let result = server::run(grpc, admin, settings, tandem_telemetry::shutdown_signal()).await;
     telemetry.shutdown();

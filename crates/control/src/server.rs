@@ -13,11 +13,12 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::auth::{Authenticate, Tokens};
-use crate::consensus::{Aggregator, Consensus, NoPeers, RaftSettings, Transport};
+use crate::consensus::{Aggregator, Consensus, NoPeers, Peers, RaftSettings, Transport};
 use crate::history;
 use crate::hub::Hub;
-use crate::service::ControlService;
+use crate::service::{ControlService, Parts, RaftService};
 use crate::store::Store;
+use tandem_proto::v1::raft_server::RaftServer;
 
 /// Everything a replica needs besides its listeners.
 pub struct Settings {
@@ -31,6 +32,8 @@ pub struct Settings {
     pub raft: RaftSettings,
     /// Raft members' gRPC addresses, by id.
     pub members: BTreeMap<u64, String>,
+    /// The token this replica presents to its peers.
+    pub peer_token: String,
 }
 
 /// Runs a control-plane replica until `shutdown` resolves, then drains.
@@ -51,6 +54,7 @@ pub async fn run(
         drain,
         raft,
         members,
+        peer_token,
     } = settings;
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Hub::new();
@@ -128,15 +132,20 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let transport: Arc<dyn Transport> = if members.len() > 1 {
-        anyhow::bail!(
-            "multi-replica raft is not available yet (TANDEM_PEERS lists {} members)",
-            members.len()
-        );
+    let peers = if members.len() > 1 {
+        let local_ip = Some(grpc.local_addr()?.ip()).filter(|ip| !ip.is_unspecified());
+        Some(Peers::new(raft.id, &members, &peer_token, local_ip)?)
     } else {
-        Arc::new(NoPeers)
+        None
+    };
+    let transport: Arc<dyn Transport> = match &peers {
+        Some(p) => Arc::new(p.clone()),
+        None => Arc::new(NoPeers),
     };
     let consensus = Consensus::start(raft, transport, stop_rx.clone())?;
+    if let Some(p) = &peers {
+        p.attach(consensus.clone());
+    }
     let aggregator = Aggregator::start(
         consensus.clone(),
         Arc::new({
@@ -150,7 +159,20 @@ pub async fn run(
         consensus.clone(),
         stop_rx.clone(),
     ));
-    let service = ControlService::new(store, hub, consensus, aggregator, &replica, stop_rx.clone());
+    let raft_service = RaftServer::with_interceptor(
+        RaftService::new(consensus.clone()),
+        Authenticate(tokens.clone()),
+    );
+    let service = ControlService::new(Parts {
+        store,
+        hub,
+        consensus,
+        aggregator,
+        peers,
+        members,
+        replica: replica.clone(),
+        shutdown: stop_rx.clone(),
+    });
     let control = ControlPlaneServer::with_interceptor(service, Authenticate(tokens));
 
     tracing::info!(grpc = %grpc.local_addr()?, %replica, "control plane serving");
@@ -162,6 +184,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(control)
+        .add_service(raft_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
             let _ = stop_signal.changed().await;
         });

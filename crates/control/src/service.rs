@@ -1,5 +1,6 @@
 //! The `tandem.v1.ControlPlane` gRPC service.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,8 @@ use tandem_core::health::{BackendKey, Observation};
 
 use crate::auth::require_admin;
 use crate::consensus::aggregator::now_ms;
-use crate::consensus::{Aggregator, Consensus, HealthEvent};
+use crate::consensus::peers::PeerClient;
+use crate::consensus::{Aggregator, Consensus, FORWARDED, HealthEvent, Peers};
 use crate::error::Error;
 use crate::hub::{Committed, Hub};
 use crate::store::{NodeReport, Store};
@@ -27,26 +29,60 @@ pub struct ControlService {
     hub: Hub,
     consensus: Consensus,
     aggregator: Aggregator,
+    /// The other replicas (none in a cluster of one).
+    peers: Option<Peers>,
+    /// Raft members' gRPC addresses.
+    members: Arc<BTreeMap<u64, String>>,
     replica: Arc<str>,
     shutdown: watch::Receiver<bool>,
 }
 
+/// What a replica needs to serve the API.
+pub struct Parts {
+    pub store: Store,
+    pub hub: Hub,
+    pub consensus: Consensus,
+    pub aggregator: Aggregator,
+    pub peers: Option<Peers>,
+    pub members: BTreeMap<u64, String>,
+    pub replica: String,
+    pub shutdown: watch::Receiver<bool>,
+}
+
 impl ControlService {
-    pub fn new(
-        store: Store,
-        hub: Hub,
-        consensus: Consensus,
-        aggregator: Aggregator,
-        replica: &str,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(p: Parts) -> Self {
         Self {
-            store,
-            hub,
-            consensus,
-            aggregator,
-            replica: replica.into(),
-            shutdown,
+            store: p.store,
+            hub: p.hub,
+            consensus: p.consensus,
+            aggregator: p.aggregator,
+            peers: p.peers,
+            members: Arc::new(p.members),
+            replica: p.replica.into(),
+            shutdown: p.shutdown,
+        }
+    }
+
+    /// A client for the raft leader, when this replica is not it.
+    /// `Err` when no leader is known or the call was already forwarded once.
+    fn leader_client<T>(&self, req: &Request<T>) -> Result<Option<PeerClient>, Status> {
+        let status = self.consensus.status();
+        if status.is_leader() {
+            return Ok(None);
+        }
+        if req.metadata().get(FORWARDED).is_some() {
+            return Err(Status::unavailable(format!(
+                "control-{} is not the raft leader (leader: {}); retry",
+                status.id, status.leader
+            )));
+        }
+        match (status.leader, &self.peers) {
+            (0, _) | (_, None) => Err(Status::unavailable(
+                "no raft leader (no quorum of control replicas): health decisions are paused",
+            )),
+            (leader, Some(peers)) => peers.client(leader).map(Some).ok_or_else(|| {
+                Status::unavailable(format!("raft leader {leader} is not a known member"))
+            }),
         }
     }
 }
@@ -474,6 +510,11 @@ impl ControlPlane for ControlService {
         req: Request<v1::ReportHealthRequest>,
     ) -> Result<Response<v1::ReportHealthReply>, Status> {
         let start = Instant::now();
+        if let Some(mut leader) = self.leader_client(&req)? {
+            // Followers forward: the leader decides.
+            metrics::counter!("tandem_control_health_reports_forwarded_total").increment(1);
+            return leader.report_health(req.into_inner()).await;
+        }
         let req = req.into_inner();
         if req.agent_id.is_empty() {
             return finish(
@@ -537,10 +578,39 @@ impl ControlPlane for ControlService {
 
     async fn get_cluster_status(
         &self,
-        _req: Request<v1::GetClusterStatusRequest>,
+        req: Request<v1::GetClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
         let start = Instant::now();
         let s = self.consensus.status();
+        // Member progress is the leader's knowledge: ask it when we can.
+        if let Ok(Some(mut leader)) = self.leader_client(&req) {
+            if let Ok(reply) = leader
+                .get_cluster_status(v1::GetClusterStatusRequest {})
+                .await
+            {
+                return Ok(reply);
+            }
+        }
+        let members = self
+            .members
+            .iter()
+            .map(|(&id, addr)| {
+                let matched = s.matched.get(&id).copied();
+                v1::ClusterMember {
+                    id,
+                    address: addr.clone(),
+                    role: if id == s.leader {
+                        "leader".into()
+                    } else if s.is_leader() {
+                        "follower".into()
+                    } else {
+                        "unknown".into()
+                    },
+                    matched_index: matched.unwrap_or(0),
+                    lag: matched.map(|m| s.last_index.saturating_sub(m)).unwrap_or(0),
+                }
+            })
+            .collect();
         let reply = v1::ClusterStatus {
             replica_id: s.id,
             role: s.role.to_string(),
@@ -548,7 +618,7 @@ impl ControlPlane for ControlService {
             term: s.term,
             commit_index: s.commit,
             applied_index: s.applied,
-            members: Vec::new(),
+            members,
         };
         finish("GetClusterStatus", start, Ok(reply))
     }
@@ -658,5 +728,32 @@ fn node_kind_from_name(name: &str) -> v1::NodeKind {
         "agent" => v1::NodeKind::Agent,
         "cli" => v1::NodeKind::Cli,
         _ => v1::NodeKind::Unspecified,
+    }
+}
+
+// === the internal raft transport ===
+
+/// Receives raft messages from the other replicas.
+pub struct RaftService {
+    consensus: Consensus,
+}
+
+impl RaftService {
+    pub fn new(consensus: Consensus) -> Self {
+        Self { consensus }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::raft_server::Raft for RaftService {
+    async fn step(&self, req: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
+        use protobuf::Message as _;
+        for bytes in &req.get_ref().messages {
+            let msg = raft::prelude::Message::parse_from_bytes(bytes).map_err(|e| {
+                Status::invalid_argument(format!("messages: not a raft message: {e}"))
+            })?;
+            self.consensus.step(msg);
+        }
+        Ok(Response::new(v1::RaftAck {}))
     }
 }

@@ -68,25 +68,32 @@ async fn report(cp: &ControlPlane, agent: &str, o: Vec<v1::Observation>) -> anyh
     Ok(())
 }
 
-/// Waits for a health event on the stream in which `addr` has `state`.
-async fn await_state(
+/// Reports `observations` every 100 ms, as an agent does, until a health
+/// event on the stream shows `addr` in `state`.
+async fn report_until(
+    cp: &ControlPlane,
     stream: &mut tonic::Streaming<v1::WatchEvent>,
+    observations: Vec<v1::Observation>,
     addr: &str,
     state: v1::HealthState,
 ) -> anyhow::Result<v1::BackendHealth> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let ev = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("{addr} never became {state:?}"))?
-            .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
-        if let Some(v1::watch_event::Event::Health(h)) = ev.event
-            && let Some(b) = h
-                .backends
-                .iter()
-                .find(|b| b.address == addr && b.state == state as i32)
-        {
-            return Ok(b.clone());
+        report(cp, "agent-1", observations.clone()).await?;
+        let tick = tokio::time::Instant::now() + Duration::from_millis(100);
+        while let Ok(ev) = tokio::time::timeout_at(tick, stream.next()).await {
+            let ev = ev.ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+            if let Some(v1::watch_event::Event::Health(h)) = ev.event
+                && let Some(b) = h
+                    .backends
+                    .iter()
+                    .find(|b| b.address == addr && b.state == state as i32)
+            {
+                return Ok(b.clone());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("{addr} never became {state:?}");
         }
     }
 }
@@ -109,18 +116,24 @@ async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::R
         .into_inner();
 
     // Two probes each (rise 2): both healthy.
-    for _ in 0..2 {
-        report(&cp, "agent-1", vec![obs(A, true), obs(B, true)]).await?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    await_state(&mut stream, A, v1::HealthState::Healthy).await?;
+    report_until(
+        &cp,
+        &mut stream,
+        vec![obs(A, true), obs(B, true)],
+        A,
+        v1::HealthState::Healthy,
+    )
+    .await?;
 
     // B fails twice (fall 2): unhealthy, with the reason and the agent's view.
-    for _ in 0..2 {
-        report(&cp, "agent-1", vec![obs(A, true), obs(B, false)]).await?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let b = await_state(&mut stream, B, v1::HealthState::Unhealthy).await?;
+    let b = report_until(
+        &cp,
+        &mut stream,
+        vec![obs(A, true), obs(B, false)],
+        B,
+        v1::HealthState::Unhealthy,
+    )
+    .await?;
     assert_eq!(b.reason, "HTTP 503 from 1/1 agent");
     assert_eq!(b.agents.len(), 1);
     assert_eq!(b.agents[0].healthy, Some(false));
@@ -145,11 +158,14 @@ async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::R
 
     // Postgres goes away: health keeps flowing through raft.
     pg.stop()?;
-    for _ in 0..2 {
-        report(&cp, "agent-1", vec![obs(A, true), obs(B, true)]).await?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    await_state(&mut stream, B, v1::HealthState::Healthy).await?;
+    report_until(
+        &cp,
+        &mut stream,
+        vec![obs(A, true), obs(B, true)],
+        B,
+        v1::HealthState::Healthy,
+    )
+    .await?;
     pg.restart()?;
 
     // History catches up: B healthy, B unhealthy, B healthy again (and A).
@@ -184,12 +200,11 @@ async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
     let pg = Postgres::start()?;
     let mut cp = ControlPlane::start(&pg.url()).await?;
     setup(&cp).await?;
-    for _ in 0..2 {
-        report(&cp, "agent-1", vec![obs(A, false)]).await?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Report the way an agent does, every interval, until it is decided.
     let mut term_before = 0;
+    let mut decided = false;
     for _ in 0..100 {
+        report(&cp, "agent-1", vec![obs(A, false)]).await?;
         let h = cp
             .node_client()
             .await?
@@ -201,10 +216,12 @@ async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
             .iter()
             .any(|b| b.address == A && b.state == v1::HealthState::Unhealthy as i32)
         {
+            decided = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(decided, "A was never decided unhealthy");
     cp.restart().await?;
     // Restored from the raft log on disk, without any new report.
     let mut h = v1::HealthReply::default();

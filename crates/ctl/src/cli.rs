@@ -24,8 +24,10 @@ Errors are one line on stderr: `error: CODE: message`.";
 
 /// tandemctl: the command-line client of the Tandem control plane.
 ///
-/// Manages pools, backends and routes, follows configuration changes and shows
-/// which proxies and agents run which revision.
+/// Manages pools, backends and routes, follows configuration changes and health
+/// transitions, and shows which proxies and agents run which revision, what
+/// the agents say of each backend, and the state of the control plane's raft
+/// group.
 #[derive(Debug, Parser)]
 #[command(name = "tandemctl", version, after_long_help = EXIT_CODES, after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 invalid argument, 5 conflict, 6 unavailable, 7 unauthenticated (see --help).")]
 pub struct Cli {
@@ -170,14 +172,25 @@ pub enum Command {
     /// Send requests for a host and path prefix to a pool.
     #[command(subcommand)]
     Route(RouteCommand),
-    /// Revision, answering replica, database reachability, and every proxy and
-    /// agent with the revision it runs.
+    /// Revision, answering replica, database reachability, every proxy and
+    /// agent with the revision it runs, and every backend's health.
     Status,
-    /// Follow configuration changes: a snapshot summary, then one line per
-    /// change with its revision, until Ctrl-C.
+    /// Every backend's health: state, since when, why, and each agent's view.
+    #[command(after_long_help = EXIT_CODES)]
+    Health(HealthArgs),
+    /// Follow configuration changes and health transitions, a line each,
+    /// until Ctrl-C.
+    ///
+    /// A snapshot summary and the full health state come first, then one
+    /// line per change with its revision, and one per backend whose health
+    /// changed, from the state last seen on the stream:
+    /// `health pool=shop backend=10.0.0.5:3000 healthy→unhealthy reason="HTTP 503 from 2/2 agents"`.
     Watch(WatchArgs),
     /// The whole declared configuration at one revision.
     Snapshot,
+    /// The control plane's raft group.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 // === pools ===
@@ -356,7 +369,7 @@ pub enum BackendCommand {
     Disable(BackendRef),
     /// Remove a backend from its pool.
     Remove(BackendRef),
-    /// List a pool's backends.
+    /// List a pool's backends, with their health.
     List { pool: String },
 }
 
@@ -404,6 +417,27 @@ pub enum RouteCommand {
         #[arg(long, default_value = "/")]
         prefix: String,
     },
+}
+
+// === health and cluster ===
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Only this pool's backends (exit code 3 if there is no such pool).
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The answering replica's view of the raft group: its role, the leader,
+    /// the term, the commit and applied indexes, and each member's progress
+    /// (known only by the leader: ask it with --endpoint).
+    ///
+    /// Exits 0 whenever the replica answers, even while no leader is known;
+    /// 6 when no endpoint answers.
+    #[command(after_long_help = EXIT_CODES)]
+    Status,
 }
 
 // === watch ===
@@ -569,5 +603,32 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn health_and_cluster_commands_parse() {
+        let cli = Cli::try_parse_from(["tandemctl", "health", "--pool", "shop"]).unwrap();
+        let Command::Health(args) = cli.command else {
+            panic!("not health");
+        };
+        assert_eq!(args.pool.as_deref(), Some("shop"));
+        let cli = Cli::try_parse_from(["tandemctl", "health", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Health(HealthArgs { pool: None })
+        ));
+        assert_eq!(cli.global.output, Output::Json);
+        let cli = Cli::try_parse_from(["tandemctl", "cluster", "status", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Status)
+        ));
+        let help = Cli::command()
+            .find_subcommand_mut("cluster")
+            .and_then(|c| c.find_subcommand_mut("status"))
+            .map(|c| c.render_long_help().to_string())
+            .unwrap();
+        assert!(help.contains("Exit codes:"), "{help}");
+        assert!(help.contains("--endpoint"), "{help}");
     }
 }

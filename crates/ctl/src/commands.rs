@@ -15,12 +15,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{
-    BackendCommand, BackendRef, Command, GlobalArgs, HealthKind, Output, Policy, PoolCommand,
-    PoolSettings, RouteCommand, WatchArgs,
+    BackendCommand, BackendRef, ClusterCommand, Command, GlobalArgs, HealthArgs, HealthKind,
+    Output, Policy, PoolCommand, PoolSettings, RouteCommand, WatchArgs,
 };
 use crate::duration::{Millis, format_duration};
 use crate::error::{CtlError, innermost_cause};
-use crate::output::{self, PoolJson};
+use crate::output::{self, Health, PoolJson};
 
 // === connecting ===
 
@@ -229,8 +229,10 @@ impl Session {
             Command::Backend(c) => self.backend(c, out).await,
             Command::Route(c) => self.route(c, out).await,
             Command::Status => self.status(out).await,
+            Command::Health(args) => self.health(args, out).await,
             Command::Watch(args) => self.watch(args, out).await,
             Command::Snapshot => self.snapshot(out).await,
+            Command::Cluster(ClusterCommand::Status) => self.cluster_status(out).await,
         }
     }
 
@@ -420,21 +422,13 @@ impl Session {
                 )
             }
             BackendCommand::List { pool } => {
-                let p = self.get_pool(&pool).await?;
+                let (p, health) = tokio::join!(self.get_pool(&pool), self.get_health());
+                let p = p?;
+                let health = health_section(health, Ok(vec![p.clone()]), Some(&pool))?;
                 self.print(
                     out,
-                    || {
-                        if p.backends.is_empty() {
-                            format!("pool/{} has no backends", p.name)
-                        } else {
-                            output::backends_table(&p.backends)
-                        }
-                    },
-                    || output::BackendsJson {
-                        pool: &p.name,
-                        backends: p.backends.iter().map(output::BackendJson::from).collect(),
-                        revision: p.revision,
-                    },
+                    || output::backend_list(&p, &health),
+                    || output::BackendsJson::new(&p, &health),
                 )
             }
         }
@@ -548,17 +542,80 @@ impl Session {
         }
     }
 
-    // === status, snapshot, watch ===
+    // === status, health, cluster, snapshot, watch ===
 
-    async fn status(&self, out: &mut dyn Write) -> Result<(), CtlError> {
+    async fn list_pools(&self) -> Result<Vec<v1::Pool>, CtlError> {
+        let mut client = self.client.clone();
         let reply = self
-            .unary(self.client.clone().get_status(v1::GetStatusRequest {}))
+            .unary(client.list_pools(v1::ListPoolsRequest {}))
             .await?;
+        Ok(reply.pools)
+    }
+
+    async fn get_health(&self) -> Result<v1::HealthReply, CtlError> {
+        let mut client = self.client.clone();
+        self.unary(client.get_health(v1::GetHealthRequest {})).await
+    }
+
+    /// GetStatus, GetHealth and ListPools side by side: the pools name the
+    /// backends no agent has reported on yet.
+    async fn status(&self, out: &mut dyn Write) -> Result<(), CtlError> {
+        let mut client = self.client.clone();
+        let (reply, health, pools) = tokio::join!(
+            self.unary(client.get_status(v1::GetStatusRequest {})),
+            self.get_health(),
+            self.list_pools(),
+        );
+        let reply = reply?;
+        let health = health_section(health, pools, None)?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         self.print(
             out,
-            || output::status(&reply, now_ms),
-            || output::StatusJson::from(&reply),
+            || output::status(&reply, &health, now_ms),
+            || output::StatusJson::new(&reply, &health),
+        )
+    }
+
+    /// The health table alone. Unlike `status`, a GetHealth failure is the
+    /// command's failure; the configuration only adds the backends nobody
+    /// has reported on, so without it (Postgres down) health still shows.
+    async fn health(&self, args: HealthArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+        let pools = async {
+            match &args.pool {
+                Some(name) => self.get_pool(name).await.map(|p| vec![p]),
+                None => self.list_pools().await,
+            }
+        };
+        let (health, pools) = tokio::join!(self.get_health(), pools);
+        let pools = match pools {
+            // A pool that does not exist is a mistake, not a gap.
+            Err(e) if e.exit_code() == crate::error::exit::NOT_FOUND => return Err(e),
+            pools => pools,
+        };
+        let (reply, note) = with_config(&health?, pools, args.pool.as_deref());
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        self.print(
+            out,
+            || {
+                let mut text = output::health_reply(&reply, now_ms);
+                if let Some(note) = note {
+                    text.push_str(&note);
+                }
+                text
+            },
+            || output::HealthJson::from(&reply),
+        )
+    }
+
+    async fn cluster_status(&self, out: &mut dyn Write) -> Result<(), CtlError> {
+        let mut client = self.client.clone();
+        let reply = self
+            .unary(client.get_cluster_status(v1::GetClusterStatusRequest {}))
+            .await?;
+        self.print(
+            out,
+            || output::cluster_status(&reply),
+            || output::ClusterStatusJson::from(&reply),
         )
     }
 
@@ -589,6 +646,7 @@ impl Session {
             stream = self.unary(client.watch(req)) => stream?,
             _ = &mut ctrl_c => return Ok(()),
         };
+        let mut text = output::WatchText::default();
         loop {
             let event = tokio::select! {
                 event = stream.message() => event,
@@ -599,13 +657,66 @@ impl Session {
                 Ok(None) => return Err(CtlError::StreamEnded),
                 Err(status) => return Err(self.refused(status)),
             };
-            let line = match self.output {
-                Output::Table => output::watch_line(&event),
-                Output::Json => output::to_json_line(&output::WatchEventJson::from(&event)),
+            let lines = match self.output {
+                Output::Table => text.lines(&event),
+                Output::Json => vec![output::to_json_line(&output::WatchEventJson::from(&event))],
             };
-            writeln!(out, "{line}")?;
+            for line in lines {
+                writeln!(out, "{line}")?;
+            }
             out.flush()?;
         }
+    }
+}
+
+// === health beside the configuration ===
+
+/// Failures of GetHealth that `status` and `backend list` show as a note
+/// instead of failing: a control plane without health (UNIMPLEMENTED) or a
+/// replica that cannot tell right now (UNAVAILABLE, no answer in time).
+fn health_can_wait(e: &CtlError) -> bool {
+    match e {
+        CtlError::Status { status, .. } => matches!(
+            status.code(),
+            tonic::Code::Unimplemented | tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        CtlError::Timeout(_) => true,
+        _ => false,
+    }
+}
+
+/// What to show of health from the replies of GetHealth and of the
+/// configuration read beside it: the reported backends plus the configured
+/// ones nobody has reported on (only pool `only`'s, when given). A failed
+/// configuration read leaves those out, with a note.
+pub fn health_section(
+    health: Result<v1::HealthReply, CtlError>,
+    pools: Result<Vec<v1::Pool>, CtlError>,
+    only: Option<&str>,
+) -> Result<Health, CtlError> {
+    match health {
+        Ok(reply) => {
+            let (reply, note) = with_config(&reply, pools, only);
+            Ok(Health::Known { reply, note })
+        }
+        Err(e) if health_can_wait(&e) => Ok(Health::Unavailable(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// The reply with the configured backends nobody has reported on, or
+/// without them and a note saying why.
+fn with_config(
+    reply: &v1::HealthReply,
+    pools: Result<Vec<v1::Pool>, CtlError>,
+    only: Option<&str>,
+) -> (v1::HealthReply, Option<String>) {
+    match pools {
+        Ok(pools) => (output::with_unreported(reply, &pools, only), None),
+        Err(e) => (
+            output::with_unreported(reply, &[], only),
+            Some(output::unreported_unknown_note(&e.to_string())),
+        ),
     }
 }
 
@@ -882,5 +993,97 @@ mod tests {
         let req = none.call(tonic::Request::new(())).unwrap();
         assert!(req.metadata().get("authorization").is_none());
         assert!(BearerToken::new(Some("bad\ntoken")).is_err());
+    }
+
+    fn refused(code: tonic::Code) -> CtlError {
+        CtlError::Status {
+            status: tonic::Status::new(code, "no"),
+            token_sent: true,
+        }
+    }
+
+    fn reported() -> v1::HealthReply {
+        v1::HealthReply {
+            index: 3,
+            backends: vec![v1::BackendHealth {
+                pool: "shop".into(),
+                address: "10.0.0.5:3000".into(),
+                state: v1::HealthState::Unhealthy.into(),
+                ..Default::default()
+            }],
+            leader: "control-1".into(),
+            term: 2,
+        }
+    }
+
+    fn configured() -> Vec<v1::Pool> {
+        let backend = |address: &str| v1::Backend {
+            address: address.into(),
+            ..Default::default()
+        };
+        vec![v1::Pool {
+            name: "shop".into(),
+            backends: vec![backend("10.0.0.5:3000"), backend("10.0.0.6:3000")],
+            ..Default::default()
+        }]
+    }
+
+    #[test]
+    fn status_goes_on_without_health_only_when_it_cannot_be_had_now() {
+        for e in [
+            refused(tonic::Code::Unimplemented),
+            refused(tonic::Code::Unavailable),
+            refused(tonic::Code::DeadlineExceeded),
+            CtlError::Timeout(Duration::from_secs(10)),
+        ] {
+            let why = e.to_string();
+            assert_eq!(
+                health_section(Err(e), Ok(configured()), None).unwrap(),
+                Health::Unavailable(why)
+            );
+        }
+        for code in [
+            tonic::Code::PermissionDenied,
+            tonic::Code::Internal,
+            tonic::Code::InvalidArgument,
+        ] {
+            let e = health_section(Err(refused(code)), Ok(configured()), None).unwrap_err();
+            assert_eq!(e.exit_code(), refused(code).exit_code());
+        }
+    }
+
+    #[test]
+    fn health_names_the_configured_backends_when_it_can_read_them() {
+        let Health::Known { reply, note } =
+            health_section(Ok(reported()), Ok(configured()), None).unwrap()
+        else {
+            panic!("health is known");
+        };
+        assert_eq!(note, None);
+        let states: Vec<(&str, i32)> = reply
+            .backends
+            .iter()
+            .map(|b| (b.address.as_str(), b.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("10.0.0.5:3000", v1::HealthState::Unhealthy as i32),
+                ("10.0.0.6:3000", v1::HealthState::Unknown as i32),
+            ]
+        );
+        // Postgres down: what the agents said, and a note for the rest.
+        let Health::Known { reply, note } =
+            health_section(Ok(reported()), Err(refused(tonic::Code::Unavailable)), None).unwrap()
+        else {
+            panic!("health is known");
+        };
+        assert_eq!(reply.backends.len(), 1);
+        let note = note.unwrap();
+        assert!(
+            note.starts_with("backends no agent has reported on are not listed: "),
+            "{note}"
+        );
+        assert!(note.ends_with("(UNAVAILABLE: no)"), "{note}");
     }
 }

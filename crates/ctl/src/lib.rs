@@ -1,6 +1,7 @@
 //! `tandemctl`, the command-line client of the Tandem control API
-//! (`tandem.v1.ControlPlane`): pools, backends, routes, status, watch and
-//! snapshots, as tables for people or JSON for scripts.
+//! (`tandem.v1.ControlPlane`): pools, backends, routes, status, backend
+//! health, the raft group, watch and snapshots, as tables for people or JSON
+//! for scripts.
 //!
 //! It talks to the control plane over gRPC only and must never reach
 //! Postgres or hold logic of its own: bounds and defaults are the control

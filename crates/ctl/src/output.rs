@@ -3,10 +3,13 @@
 //!
 //! The JSON shape is a contract: objects carry the field names of the
 //! `tandem.v1` messages, enums are lowercase strings (`round_robin`,
-//! `backup`, `draining`), unset optional fields are `null`. Watch events and
-//! config changes keep the proto's oneof names as keys (`{"revision": 7,
-//! "change": {"pool_deleted": "shop"}}`). Everything here is pure: replies in,
-//! text out.
+//! `backup`, `draining`, `unhealthy`), unset optional fields are `null`.
+//! Watch events and config changes keep the proto's oneof names as keys
+//! (`{"revision": 7, "change": {"pool_deleted": "shop"}}`, `{"revision": 7,
+//! "health": {...}}`). Everything here is pure: replies in, text out (the
+//! current time is passed in).
+
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 use tandem_proto::v1;
@@ -62,6 +65,17 @@ pub fn node_kind_name(v: i32) -> &'static str {
         Ok(v1::NodeKind::Proxy) => "proxy",
         Ok(v1::NodeKind::Agent) => "agent",
         Ok(v1::NodeKind::Cli) => "cli",
+        Err(_) => "unknown",
+    }
+}
+
+pub fn health_state_name(v: i32) -> &'static str {
+    match v1::HealthState::try_from(v) {
+        Ok(v1::HealthState::Unspecified) => "unspecified",
+        Ok(v1::HealthState::Unknown) => "unknown",
+        Ok(v1::HealthState::Healthy) => "healthy",
+        Ok(v1::HealthState::Unhealthy) => "unhealthy",
+        // A state this tandemctl does not know (a newer control plane).
         Err(_) => "unknown",
     }
 }
@@ -211,14 +225,6 @@ pub struct BackendReplyJson<'a> {
     pub revision: u64,
 }
 
-/// `backend list`: a pool's backends (the pool's own revision).
-#[derive(Debug, Serialize)]
-pub struct BackendsJson<'a> {
-    pub pool: &'a str,
-    pub backends: Vec<BackendJson<'a>>,
-    pub revision: u64,
-}
-
 #[derive(Debug, Serialize)]
 pub struct RouteReplyJson<'a> {
     pub route: Option<RouteJson<'a>>,
@@ -253,12 +259,18 @@ impl<'a> From<&'a v1::Snapshot> for SnapshotJson<'a> {
     }
 }
 
+/// `status -o json`: the `StatusReply`, plus `health` (the `HealthReply`,
+/// backends no agent has reported on included as `unknown`), `null` with
+/// `health_error` saying why when the replica could not tell.
 #[derive(Debug, Serialize)]
 pub struct StatusJson<'a> {
     pub revision: u64,
     pub replica: &'a str,
     pub database_reachable: bool,
     pub nodes: Vec<NodeJson<'a>>,
+    pub health: Option<HealthJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<&'a str>,
 }
 
 /// A `NodeStatus`, plus `lag` (revision - applied_revision) as in the table.
@@ -274,8 +286,12 @@ pub struct NodeJson<'a> {
     pub detail: &'a str,
 }
 
-impl<'a> From<&'a v1::StatusReply> for StatusJson<'a> {
-    fn from(s: &'a v1::StatusReply) -> Self {
+impl<'a> StatusJson<'a> {
+    pub fn new(s: &'a v1::StatusReply, health: &'a Health) -> Self {
+        let (health, health_error) = match health {
+            Health::Known { reply, .. } => (Some(HealthJson::from(reply)), None),
+            Health::Unavailable(why) => (None, Some(why.as_str())),
+        };
         Self {
             revision: s.revision,
             replica: &s.replica,
@@ -294,12 +310,171 @@ impl<'a> From<&'a v1::StatusReply> for StatusJson<'a> {
                     detail: &n.detail,
                 })
                 .collect(),
+            health,
+            health_error,
         }
     }
 }
 
-/// A `WatchEvent`: `{"revision": N, "snapshot": {...}}` or
-/// `{"revision": N, "change": {"<kind>": ...}}`.
+// === health and cluster JSON ===
+
+/// A `HealthReply`.
+#[derive(Debug, Serialize)]
+pub struct HealthJson<'a> {
+    pub index: u64,
+    pub backends: Vec<BackendHealthJson<'a>>,
+    pub leader: &'a str,
+    pub term: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendHealthJson<'a> {
+    pub pool: &'a str,
+    pub address: &'a str,
+    pub state: &'static str,
+    pub since_unix_ms: i64,
+    pub reason: &'a str,
+    pub agents: Vec<AgentViewJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AgentViewJson<'a> {
+    pub agent_id: &'a str,
+    pub zone: &'a str,
+    /// `null` until the agent has seen `rise` successes or `fall` failures.
+    pub healthy: Option<bool>,
+    pub last_detail: &'a str,
+    pub last_seen_unix_ms: i64,
+    pub live: bool,
+}
+
+/// A `HealthUpdate` (watch events).
+#[derive(Debug, Serialize)]
+pub struct HealthUpdateJson<'a> {
+    pub index: u64,
+    pub full: bool,
+    pub backends: Vec<BackendHealthJson<'a>>,
+}
+
+impl<'a> From<&'a v1::HealthReply> for HealthJson<'a> {
+    fn from(h: &'a v1::HealthReply) -> Self {
+        Self {
+            index: h.index,
+            backends: h.backends.iter().map(BackendHealthJson::from).collect(),
+            leader: &h.leader,
+            term: h.term,
+        }
+    }
+}
+
+impl<'a> From<&'a v1::BackendHealth> for BackendHealthJson<'a> {
+    fn from(b: &'a v1::BackendHealth) -> Self {
+        Self {
+            pool: &b.pool,
+            address: &b.address,
+            state: health_state_name(b.state),
+            since_unix_ms: b.since_unix_ms,
+            reason: &b.reason,
+            agents: b
+                .agents
+                .iter()
+                .map(|a| AgentViewJson {
+                    agent_id: &a.agent_id,
+                    zone: &a.zone,
+                    healthy: a.healthy,
+                    last_detail: &a.last_detail,
+                    last_seen_unix_ms: a.last_seen_unix_ms,
+                    live: a.live,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a v1::HealthUpdate> for HealthUpdateJson<'a> {
+    fn from(h: &'a v1::HealthUpdate) -> Self {
+        Self {
+            index: h.index,
+            full: h.full,
+            backends: h.backends.iter().map(BackendHealthJson::from).collect(),
+        }
+    }
+}
+
+/// `backend list -o json`: a pool's backends, and their health (`null` when
+/// the replica could not tell).
+#[derive(Debug, Serialize)]
+pub struct BackendsJson<'a> {
+    pub pool: &'a str,
+    pub backends: Vec<BackendJson<'a>>,
+    pub revision: u64,
+    pub health: Option<Vec<BackendHealthJson<'a>>>,
+}
+
+impl<'a> BackendsJson<'a> {
+    pub fn new(p: &'a v1::Pool, health: &'a Health) -> Self {
+        Self {
+            pool: &p.name,
+            backends: p.backends.iter().map(BackendJson::from).collect(),
+            revision: p.revision,
+            health: match health {
+                Health::Known { reply, .. } => {
+                    Some(reply.backends.iter().map(BackendHealthJson::from).collect())
+                }
+                Health::Unavailable(_) => None,
+            },
+        }
+    }
+}
+
+/// A `ClusterStatus`.
+#[derive(Debug, Serialize)]
+pub struct ClusterStatusJson<'a> {
+    pub replica_id: u64,
+    pub role: &'a str,
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<ClusterMemberJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterMemberJson<'a> {
+    pub id: u64,
+    pub address: &'a str,
+    pub role: &'a str,
+    pub matched_index: u64,
+    pub lag: u64,
+}
+
+impl<'a> From<&'a v1::ClusterStatus> for ClusterStatusJson<'a> {
+    fn from(c: &'a v1::ClusterStatus) -> Self {
+        Self {
+            replica_id: c.replica_id,
+            role: &c.role,
+            leader_id: c.leader_id,
+            term: c.term,
+            commit_index: c.commit_index,
+            applied_index: c.applied_index,
+            members: c
+                .members
+                .iter()
+                .map(|m| ClusterMemberJson {
+                    id: m.id,
+                    address: &m.address,
+                    role: &m.role,
+                    matched_index: m.matched_index,
+                    lag: m.lag,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A `WatchEvent`: `{"revision": N, "snapshot": {...}}`,
+/// `{"revision": N, "change": {"<kind>": ...}}` or `{"revision": N,
+/// "health": {"index": I, "full": false, "backends": [...]}}`.
 #[derive(Debug, Serialize)]
 pub struct WatchEventJson<'a> {
     pub revision: u64,
@@ -307,6 +482,8 @@ pub struct WatchEventJson<'a> {
     pub snapshot: Option<SnapshotJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change: Option<ChangeJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthUpdateJson<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -356,15 +533,17 @@ impl<'a> From<&'a v1::ConfigChange> for ChangeJson<'a> {
 
 impl<'a> From<&'a v1::WatchEvent> for WatchEventJson<'a> {
     fn from(e: &'a v1::WatchEvent) -> Self {
-        let (snapshot, change) = match &e.event {
-            Some(Event::Snapshot(s)) => (Some(s.into()), None),
-            Some(Event::Change(c)) => (None, Some(c.into())),
-            Some(Event::Health(_)) | None => (None, None),
+        let (snapshot, change, health) = match &e.event {
+            Some(Event::Snapshot(s)) => (Some(s.into()), None, None),
+            Some(Event::Change(c)) => (None, Some(c.into()), None),
+            Some(Event::Health(h)) => (None, None, Some(h.into())),
+            None => (None, None, None),
         };
         Self {
             revision: e.revision,
             snapshot,
             change,
+            health,
         }
     }
 }
@@ -498,14 +677,57 @@ pub fn health_summary(h: Option<&v1::HealthCheck>) -> String {
 }
 
 pub fn backends_table(backends: &[v1::Backend]) -> String {
-    let mut t = Table::new(&["address", "weight", "role", "state"]);
+    backends_rows(backends, None)
+}
+
+/// `backend list`: a pool's backends, with a HEALTH column when the replica
+/// could tell, then the note saying why it could not (or what is missing).
+pub fn backend_list(p: &v1::Pool, health: &Health) -> String {
+    if p.backends.is_empty() {
+        return format!("pool/{} has no backends\n", p.name);
+    }
+    let mut out = match health {
+        Health::Known { reply, .. } => {
+            let states: BTreeMap<&str, i32> = reply
+                .backends
+                .iter()
+                .filter(|b| b.pool == p.name)
+                .map(|b| (b.address.as_str(), b.state))
+                .collect();
+            backends_rows(&p.backends, Some(&states))
+        }
+        Health::Unavailable(_) => backends_table(&p.backends),
+    };
+    if let Some(note) = health.note() {
+        out.push_str(&note);
+        out.push('\n');
+    }
+    out
+}
+
+/// Backends as rows; with `health` (address to state), a HEALTH column in
+/// which a backend no agent has reported on is `unknown`.
+fn backends_rows(backends: &[v1::Backend], health: Option<&BTreeMap<&str, i32>>) -> String {
+    let mut headers = vec!["address", "weight", "role", "state"];
+    if health.is_some() {
+        headers.push("health");
+    }
+    let mut t = Table::new(&headers);
     for b in backends {
-        t.row(vec![
+        let mut row = vec![
             b.address.clone(),
             num(b.weight),
             role_name(b.role).into(),
             admin_state_name(b.admin_state).into(),
-        ]);
+        ];
+        if let Some(health) = health {
+            let state = health
+                .get(b.address.as_str())
+                .copied()
+                .unwrap_or(v1::HealthState::Unknown as i32);
+            row.push(health_state_name(state).into());
+        }
+        t.row(row);
     }
     t.render()
 }
@@ -598,7 +820,8 @@ pub fn ago(now_ms: i64, then_ms: i64) -> String {
     }
 }
 
-pub fn status(s: &v1::StatusReply, now_ms: i64) -> String {
+/// `status`: the replica and database, every proxy and agent, then health.
+pub fn status(s: &v1::StatusReply, health: &Health, now_ms: i64) -> String {
     let mut out = fields(&[
         ("revision", s.revision.to_string()),
         ("replica", s.replica.clone()),
@@ -612,9 +835,15 @@ pub fn status(s: &v1::StatusReply, now_ms: i64) -> String {
         ),
     ]);
     out.push('\n');
+    out.push_str(&nodes_table(s, now_ms));
+    out.push('\n');
+    out.push_str(&health_view(health, now_ms));
+    out
+}
+
+fn nodes_table(s: &v1::StatusReply, now_ms: i64) -> String {
     if s.nodes.is_empty() {
-        out.push_str("no proxies or agents have reported yet\n");
-        return out;
+        return "no proxies or agents have reported yet\n".into();
     }
     let mut t = Table::new(&[
         "node",
@@ -638,7 +867,261 @@ pub fn status(s: &v1::StatusReply, now_ms: i64) -> String {
             n.detail.clone(),
         ]);
     }
-    out.push_str(&t.render());
+    t.render()
+}
+
+// === health ===
+
+/// What a command could learn of backend health.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Health {
+    /// GetHealth answered: the backends to show (see [`with_unreported`]),
+    /// and a note saying what is missing, if anything.
+    Known {
+        reply: v1::HealthReply,
+        note: Option<String>,
+    },
+    /// GetHealth did not answer: why, as one line (`UNAVAILABLE: ...`).
+    Unavailable(String),
+}
+
+impl Health {
+    /// The one line printed after the data, if any.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            Self::Known { note, .. } => note.clone(),
+            Self::Unavailable(why) => Some(format!("health: unavailable ({why})")),
+        }
+    }
+}
+
+/// The reason shown for a configured backend no agent has reported on.
+pub const NOT_REPORTED: &str = "no agent has reported on it yet";
+
+/// The note when the configuration could not be read to find those.
+pub fn unreported_unknown_note(why: &str) -> String {
+    format!(
+        "backends no agent has reported on are not listed: cannot read the configuration ({why})"
+    )
+}
+
+/// `reply`'s backends (only pool `only`'s, when given) plus every backend of
+/// `pools` it does not mention, as `unknown`: such a backend takes traffic
+/// though nobody has checked it, which people should see. In pool, then
+/// address order.
+pub fn with_unreported(
+    reply: &v1::HealthReply,
+    pools: &[v1::Pool],
+    only: Option<&str>,
+) -> v1::HealthReply {
+    let wanted = |pool: &str| only.is_none_or(|only| only == pool);
+    let reported: HashSet<(&str, &str)> = reply
+        .backends
+        .iter()
+        .map(|b| (b.pool.as_str(), b.address.as_str()))
+        .collect();
+    let mut backends: Vec<v1::BackendHealth> = reply
+        .backends
+        .iter()
+        .filter(|b| wanted(&b.pool))
+        .cloned()
+        .collect();
+    for p in pools.iter().filter(|p| wanted(&p.name)) {
+        for b in &p.backends {
+            if !reported.contains(&(p.name.as_str(), b.address.as_str())) {
+                backends.push(v1::BackendHealth {
+                    pool: p.name.clone(),
+                    address: b.address.clone(),
+                    state: v1::HealthState::Unknown.into(),
+                    since_unix_ms: 0,
+                    reason: NOT_REPORTED.into(),
+                    agents: Vec::new(),
+                });
+            }
+        }
+    }
+    backends.sort_by(|a, b| (&a.pool, &a.address).cmp(&(&b.pool, &b.address)));
+    v1::HealthReply {
+        index: reply.index,
+        backends,
+        leader: reply.leader.clone(),
+        term: reply.term,
+    }
+}
+
+/// `health decided by control-1 (term 3)`.
+pub fn decided_by(h: &v1::HealthReply) -> String {
+    if h.leader.is_empty() {
+        format!(
+            "health decided by no replica right now: no raft leader is known (term {})",
+            h.term
+        )
+    } else {
+        format!("health decided by {} (term {})", h.leader, h.term)
+    }
+}
+
+/// The `health` command's text, and the health part of `status`: who
+/// decides, the table, then the note if any.
+pub fn health_view(health: &Health, now_ms: i64) -> String {
+    let mut out = match health {
+        Health::Known { reply, .. } => health_reply(reply, now_ms),
+        Health::Unavailable(_) => String::new(),
+    };
+    if let Some(note) = health.note() {
+        out.push_str(&note);
+        out.push('\n');
+    }
+    out
+}
+
+/// Who decides, then the table.
+pub fn health_reply(reply: &v1::HealthReply, now_ms: i64) -> String {
+    let mut out = decided_by(reply);
+    out.push('\n');
+    if reply.backends.is_empty() {
+        out.push_str("no backends\n");
+    } else {
+        out.push_str(&health_table(&reply.backends, now_ms));
+    }
+    out
+}
+
+pub fn health_table(backends: &[v1::BackendHealth], now_ms: i64) -> String {
+    let mut t = Table::new(&["pool", "backend", "state", "since", "reason", "agents"]);
+    for b in backends {
+        t.row(vec![
+            b.pool.clone(),
+            b.address.clone(),
+            health_state_name(b.state).into(),
+            if b.since_unix_ms > 0 {
+                ago(now_ms, b.since_unix_ms)
+            } else {
+                String::new()
+            },
+            b.reason.clone(),
+            agents_compact(&b.agents),
+        ]);
+    }
+    t.render()
+}
+
+/// Each agent's view in a few characters:
+/// `agent-1:down(HTTP 503) agent-2:up agent-3:pending(HTTP 200) agent-4:(silent)`.
+/// `pending`: not yet `rise` successes or `fall` failures in a row;
+/// `(silent)`: no report for three intervals, so it does not vote.
+pub fn agents_compact(agents: &[v1::AgentView]) -> String {
+    let view = |a: &v1::AgentView| {
+        let id = if a.agent_id.is_empty() {
+            "?"
+        } else {
+            &a.agent_id
+        };
+        let with_detail = |word: &str| {
+            let detail = a
+                .last_detail
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            if detail.is_empty() {
+                format!("{id}:{word}")
+            } else {
+                format!("{id}:{word}({detail})")
+            }
+        };
+        match (a.live, a.healthy) {
+            (false, _) => format!("{id}:(silent)"),
+            (true, Some(true)) => format!("{id}:up"),
+            (true, Some(false)) => with_detail("down"),
+            (true, None) => with_detail("pending"),
+        }
+    };
+    agents.iter().map(view).collect::<Vec<_>>().join(" ")
+}
+
+// === cluster ===
+
+/// Replicas are named after their raft id, as in `status` and `health`.
+pub fn replica_name(id: u64) -> String {
+    format!("control-{id}")
+}
+
+/// `cluster status`: the answering replica's view, then the members.
+pub fn cluster_status(c: &v1::ClusterStatus) -> String {
+    let leader_known = c.leader_id != 0;
+    let is_leader = c.role == "leader";
+    let mut out = fields(&[
+        ("replica", replica_name(c.replica_id)),
+        (
+            "role",
+            if c.role.is_empty() {
+                "unknown".into()
+            } else {
+                c.role.clone()
+            },
+        ),
+        (
+            "leader",
+            if leader_known {
+                replica_name(c.leader_id)
+            } else {
+                "none known (an election may be under way)".into()
+            },
+        ),
+        ("term", c.term.to_string()),
+        ("commit index", c.commit_index.to_string()),
+        ("applied index", c.applied_index.to_string()),
+    ]);
+    out.push('\n');
+    if !c.members.is_empty() {
+        let mut t = Table::new(&["id", "address", "role", "matched", "lag"]);
+        for m in &c.members {
+            // Only the leader tracks progress: zeros from anyone else mean
+            // "not known", not "nothing matched".
+            let known = m.role != "unknown" && !m.role.is_empty();
+            let progress = |v: u64| if known { v.to_string() } else { String::new() };
+            t.row(vec![
+                m.id.to_string(),
+                m.address.clone(),
+                if m.role.is_empty() {
+                    "unknown".into()
+                } else {
+                    m.role.clone()
+                },
+                progress(m.matched_index),
+                progress(m.lag),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+    let progress_unknown = c.members.is_empty()
+        || c.members
+            .iter()
+            .any(|m| m.role == "unknown" || m.role.is_empty());
+    if !is_leader && progress_unknown {
+        if leader_known {
+            let leader = replica_name(c.leader_id);
+            let address = c
+                .members
+                .iter()
+                .find(|m| m.id == c.leader_id && !m.address.is_empty())
+                .map(|m| &m.address);
+            match address {
+                Some(address) => out.push_str(&format!(
+                    "member progress is known by the leader ({leader}); ask it with --endpoint {address}\n"
+                )),
+                None => out.push_str(&format!(
+                    "member progress is known by the leader ({leader}); ask it with --endpoint\n"
+                )),
+            }
+        } else {
+            out.push_str(
+                "member progress is known by the leader, and none is known right now; try again shortly\n",
+            );
+        }
+    } else if c.members.is_empty() {
+        out.push_str("no members reported\n");
+    }
     out
 }
 
@@ -677,11 +1160,85 @@ pub fn snapshot(s: &v1::Snapshot) -> String {
     out
 }
 
+/// `watch` for people: lines for each event, remembering each backend's
+/// last health state on the stream so a transition reads
+/// `unknown→unhealthy`.
+#[derive(Debug, Default)]
+pub struct WatchText {
+    /// (pool, address) to the last state seen.
+    states: BTreeMap<(String, String), i32>,
+}
+
+impl WatchText {
+    pub fn lines(&mut self, e: &v1::WatchEvent) -> Vec<String> {
+        match &e.event {
+            Some(Event::Health(h)) => self.health(h),
+            Some(Event::Change(c)) => {
+                self.forget(c);
+                vec![watch_line(e)]
+            }
+            Some(Event::Snapshot(_)) | None => vec![watch_line(e)],
+        }
+    }
+
+    /// A full update: `health full index=12 backends=3`, replacing every
+    /// state remembered. A partial one: one line per backend,
+    /// `health pool=shop backend=10.0.0.5:3000 healthy→unhealthy reason="HTTP 503 from 2/2 agents"`.
+    fn health(&mut self, h: &v1::HealthUpdate) -> Vec<String> {
+        if h.full {
+            self.states = h
+                .backends
+                .iter()
+                .map(|b| ((b.pool.clone(), b.address.clone()), b.state))
+                .collect();
+            return vec![format!(
+                "health full index={} backends={}",
+                h.index,
+                h.backends.len()
+            )];
+        }
+        h.backends
+            .iter()
+            .map(|b| {
+                let key = (b.pool.clone(), b.address.clone());
+                // Never seen: no agent had an opinion, which is `unknown`.
+                let from = self
+                    .states
+                    .insert(key, b.state)
+                    .unwrap_or(v1::HealthState::Unknown as i32);
+                let to = health_state_name(b.state);
+                let states = if from == b.state {
+                    to.to_string()
+                } else {
+                    format!("{}→{to}", health_state_name(from))
+                };
+                format!(
+                    "health pool={} backend={} {states} reason={:?}",
+                    b.pool, b.address, b.reason
+                )
+            })
+            .collect()
+    }
+
+    /// A backend removed and added again starts over from `unknown`.
+    fn forget(&mut self, c: &v1::ConfigChange) {
+        match &c.change {
+            Some(Change::PoolDeleted(pool)) => self.states.retain(|(p, _), _| p != pool),
+            Some(Change::BackendRemoved(b)) => {
+                self.states.remove(&(b.pool.clone(), b.address.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
 /// One line per watch event, logfmt-like so it greps well:
-/// `revision=8 pool_upserted pool=shop policy=ip_hash`.
+/// `revision=8 pool_upserted pool=shop policy=ip_hash`. Health events are
+/// rendered by [`WatchText`], which knows the previous states; alone, a
+/// transition reads as coming from `unknown`.
 pub fn watch_line(e: &v1::WatchEvent) -> String {
     let what = match &e.event {
-        Some(Event::Health(h)) => format!("health index={} backends={}", h.index, h.backends.len()),
+        Some(Event::Health(_)) => return WatchText::default().lines(e).join("\n"),
         Some(Event::Snapshot(s)) => format!(
             "snapshot pools={} backends={} routes={}",
             s.pools.len(),
@@ -788,6 +1345,65 @@ mod tests {
 
     fn parse(s: &str) -> Value {
         serde_json::from_str(s).unwrap()
+    }
+
+    fn agent(id: &str, healthy: Option<bool>, detail: &str, live: bool) -> v1::AgentView {
+        v1::AgentView {
+            agent_id: id.into(),
+            zone: "z1".into(),
+            healthy,
+            last_detail: detail.into(),
+            last_seen_unix_ms: 990_000,
+            live,
+        }
+    }
+
+    /// 10.0.0.5:3000 down for 12 s at now = 1_003_400: two agents see 503,
+    /// the third has gone quiet.
+    fn failing() -> v1::BackendHealth {
+        v1::BackendHealth {
+            pool: "shop".into(),
+            address: "10.0.0.5:3000".into(),
+            state: v1::HealthState::Unhealthy.into(),
+            since_unix_ms: 991_400,
+            reason: "HTTP 503 from 2/2 agents".into(),
+            agents: vec![
+                agent("agent-1", Some(false), "HTTP 503", true),
+                agent("agent-2", Some(false), "HTTP 503", true),
+                agent("agent-3", Some(true), "HTTP 200", false),
+            ],
+        }
+    }
+
+    fn health_of(pool: &str, address: &str, state: v1::HealthState) -> v1::BackendHealth {
+        v1::BackendHealth {
+            pool: pool.into(),
+            address: address.into(),
+            state: state.into(),
+            since_unix_ms: 1_000_000,
+            reason: String::new(),
+            agents: vec![],
+        }
+    }
+
+    fn health_reply_of(backends: Vec<v1::BackendHealth>) -> v1::HealthReply {
+        v1::HealthReply {
+            index: 42,
+            backends,
+            leader: "control-1".into(),
+            term: 3,
+        }
+    }
+
+    fn health_event(full: bool, backends: Vec<v1::BackendHealth>) -> v1::WatchEvent {
+        v1::WatchEvent {
+            revision: 5,
+            event: Some(Event::Health(v1::HealthUpdate {
+                index: 42,
+                full,
+                backends,
+            })),
+        }
     }
 
     #[test]
@@ -977,7 +1593,11 @@ ADDRESS         WEIGHT   ROLE      STATE
                 detail: String::new(),
             }],
         };
-        let out = status(&s, 1_003_400);
+        let health = Health::Known {
+            reply: health_reply_of(vec![failing()]),
+            note: None,
+        };
+        let out = status(&s, &health, 1_003_400);
         assert_eq!(
             out,
             "\
@@ -987,12 +1607,46 @@ database:  reachable
 
 NODE      KIND    ZONE   APPLIED   LAG   LAST SEEN   REPLICA     DETAIL
 proxy-1   proxy   a      10        2     3s ago      control-1   -
+
+health decided by control-1 (term 3)
+POOL   BACKEND         STATE       SINCE     REASON                     AGENTS
+shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   agent-1:down(HTTP 503) agent-2:down(HTTP 503) agent-3:(silent)
 "
         );
-        let v = parse(&to_json(&StatusJson::from(&s)));
+        let v = parse(&to_json(&StatusJson::new(&s, &health)));
         assert_eq!(v["nodes"][0]["kind"], "proxy");
         assert_eq!(v["nodes"][0]["lag"], 2);
         assert_eq!(v["database_reachable"], true);
+        assert_eq!(v["health"]["leader"], "control-1");
+        assert_eq!(v["health"]["backends"][0]["state"], "unhealthy");
+        assert!(v.get("health_error").is_none(), "{v}");
+    }
+
+    #[test]
+    fn status_without_health_still_shows_the_rest_and_says_why() {
+        let s = v1::StatusReply {
+            revision: 3,
+            replica: "control-2".into(),
+            database_reachable: true,
+            nodes: vec![],
+        };
+        let health = Health::Unavailable("UNIMPLEMENTED: unknown method GetHealth".into());
+        assert_eq!(
+            status(&s, &health, 0),
+            "\
+revision:  3
+replica:   control-2
+database:  reachable
+
+no proxies or agents have reported yet
+
+health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
+"
+        );
+        let v = parse(&to_json(&StatusJson::new(&s, &health)));
+        assert_eq!(v["health"], Value::Null);
+        assert_eq!(v["health_error"], "UNIMPLEMENTED: unknown method GetHealth");
+        assert_eq!(v["revision"], 3);
     }
 
     #[test]
@@ -1020,5 +1674,470 @@ proxy-1   proxy   a      10        2     3s ago      control-1   -
             "revision 7: 1 pool, 2 backends, 1 route"
         );
         assert!(snapshot(&s).contains("HOST         PREFIX   POOL\nshop.local   /        shop\n"));
+    }
+
+    // === health ===
+
+    #[test]
+    fn agents_read_compactly() {
+        assert_eq!(
+            agents_compact(&[
+                agent("agent-1", Some(false), "HTTP 503", true),
+                agent("agent-2", Some(true), "HTTP 200", true),
+                agent("agent-3", None, "connect: connection\nrefused", true),
+                agent("agent-4", Some(false), "HTTP 503", false),
+                agent("agent-5", Some(false), "", true),
+            ]),
+            "agent-1:down(HTTP 503) agent-2:up agent-3:pending(connect: connection refused) \
+             agent-4:(silent) agent-5:down"
+        );
+        assert_eq!(agents_compact(&[]), "");
+    }
+
+    #[test]
+    fn health_renders_as_a_table_under_who_decides() {
+        let healthy = v1::BackendHealth {
+            address: "10.0.0.6:3000".into(),
+            state: v1::HealthState::Healthy.into(),
+            since_unix_ms: 1_003_400 - 125_000,
+            reason: "HTTP 200 from 2/2 agents".into(),
+            agents: vec![
+                agent("agent-1", Some(true), "HTTP 200", true),
+                agent("agent-2", Some(true), "HTTP 200", true),
+            ],
+            ..failing()
+        };
+        let reply = with_unreported(&health_reply_of(vec![healthy, failing()]), &[shop()], None);
+        let out = health_view(&Health::Known { reply, note: None }, 1_003_400);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "health decided by control-1 (term 3)");
+        assert_eq!(
+            lines[1],
+            "POOL   BACKEND         STATE       SINCE     REASON                     AGENTS"
+        );
+        assert_eq!(
+            lines[2],
+            "shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   \
+             agent-1:down(HTTP 503) agent-2:down(HTTP 503) agent-3:(silent)"
+        );
+        assert_eq!(
+            lines[3],
+            "shop   10.0.0.6:3000   healthy     2m ago    HTTP 200 from 2/2 agents   \
+             agent-1:up agent-2:up"
+        );
+        assert_eq!(lines.len(), 4, "{out}");
+
+        let empty = health_reply_of(vec![]);
+        assert_eq!(
+            health_reply(&empty, 0),
+            "health decided by control-1 (term 3)\nno backends\n"
+        );
+        let leaderless = v1::HealthReply {
+            leader: String::new(),
+            ..empty
+        };
+        assert_eq!(
+            decided_by(&leaderless),
+            "health decided by no replica right now: no raft leader is known (term 3)"
+        );
+    }
+
+    #[test]
+    fn configured_backends_nobody_reported_on_are_unknown() {
+        let mut web = shop();
+        web.name = "web".into();
+        web.backends.truncate(1);
+        let reported = health_reply_of(vec![
+            health_of("web", "10.0.0.9:80", v1::HealthState::Healthy),
+            failing(),
+        ]);
+        let all = with_unreported(&reported, &[web.clone(), shop()], None);
+        let rows: Vec<(&str, &str, &str, &str)> = all
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    b.pool.as_str(),
+                    b.address.as_str(),
+                    health_state_name(b.state),
+                    b.reason.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "shop",
+                    "10.0.0.5:3000",
+                    "unhealthy",
+                    "HTTP 503 from 2/2 agents"
+                ),
+                ("shop", "10.0.0.6:3000", "unknown", NOT_REPORTED),
+                ("web", "10.0.0.5:3000", "unknown", NOT_REPORTED),
+                // Reported though not configured (any more): still shown.
+                ("web", "10.0.0.9:80", "healthy", ""),
+            ]
+        );
+        assert_eq!(
+            (all.index, all.term, all.leader.as_str()),
+            (42, 3, "control-1")
+        );
+
+        let only_web = with_unreported(&reported, &[web, shop()], Some("web"));
+        assert!(only_web.backends.iter().all(|b| b.pool == "web"));
+        assert_eq!(only_web.backends.len(), 2);
+
+        let out = health_table(&all.backends, 1_003_400);
+        let unreported = out
+            .lines()
+            .find(|l| l.starts_with("shop   10.0.0.6:3000"))
+            .unwrap();
+        assert_eq!(
+            unreported,
+            "shop   10.0.0.6:3000   unknown     -         no agent has reported on it yet   -"
+        );
+    }
+
+    #[test]
+    fn health_json_uses_proto_field_names_and_lowercase_states() {
+        let mut pending = failing();
+        pending.agents = vec![agent("agent-1", None, "HTTP 503", true)];
+        let reply = health_reply_of(vec![pending]);
+        assert_eq!(
+            parse(&to_json(&HealthJson::from(&reply))),
+            json!({
+                "index": 42,
+                "backends": [{
+                    "pool": "shop",
+                    "address": "10.0.0.5:3000",
+                    "state": "unhealthy",
+                    "since_unix_ms": 991400,
+                    "reason": "HTTP 503 from 2/2 agents",
+                    "agents": [{
+                        "agent_id": "agent-1",
+                        "zone": "z1",
+                        "healthy": null,
+                        "last_detail": "HTTP 503",
+                        "last_seen_unix_ms": 990000,
+                        "live": true
+                    }]
+                }],
+                "leader": "control-1",
+                "term": 3
+            })
+        );
+        for (state, name) in [
+            (v1::HealthState::Unspecified, "unspecified"),
+            (v1::HealthState::Unknown, "unknown"),
+            (v1::HealthState::Healthy, "healthy"),
+            (v1::HealthState::Unhealthy, "unhealthy"),
+        ] {
+            assert_eq!(health_state_name(state.into()), name);
+        }
+        assert_eq!(health_state_name(99), "unknown");
+    }
+
+    #[test]
+    fn backend_list_gains_a_health_column() {
+        let p = shop();
+        let health = Health::Known {
+            reply: with_unreported(
+                &health_reply_of(vec![failing()]),
+                std::slice::from_ref(&p),
+                Some("shop"),
+            ),
+            note: None,
+        };
+        assert_eq!(
+            backend_list(&p, &health),
+            "\
+ADDRESS         WEIGHT   ROLE      STATE      HEALTH
+10.0.0.5:3000   2        backup    enabled    unhealthy
+10.0.0.6:3000   1        primary   draining   unknown
+"
+        );
+        let v = parse(&to_json(&BackendsJson::new(&p, &health)));
+        assert_eq!(v["pool"], "shop");
+        assert_eq!(v["backends"][1]["admin_state"], "draining");
+        assert_eq!(v["health"][0]["state"], "unhealthy");
+        assert_eq!(v["health"][1]["state"], "unknown");
+
+        let gone = Health::Unavailable("UNAVAILABLE: no raft".into());
+        assert_eq!(
+            backend_list(&p, &gone),
+            "\
+ADDRESS         WEIGHT   ROLE      STATE
+10.0.0.5:3000   2        backup    enabled
+10.0.0.6:3000   1        primary   draining
+health: unavailable (UNAVAILABLE: no raft)
+"
+        );
+        assert_eq!(
+            parse(&to_json(&BackendsJson::new(&p, &gone)))["health"],
+            Value::Null
+        );
+        let empty = v1::Pool {
+            name: "bare".into(),
+            ..Default::default()
+        };
+        assert_eq!(backend_list(&empty, &gone), "pool/bare has no backends\n");
+    }
+
+    #[test]
+    fn notes_follow_the_health_table() {
+        let health = Health::Known {
+            reply: health_reply_of(vec![]),
+            note: Some(unreported_unknown_note("UNAVAILABLE: database down")),
+        };
+        assert_eq!(
+            health_view(&health, 0),
+            "health decided by control-1 (term 3)\nno backends\n\
+             backends no agent has reported on are not listed: cannot read the configuration \
+             (UNAVAILABLE: database down)\n"
+        );
+    }
+
+    // === watch ===
+
+    #[test]
+    fn watch_tells_each_transition_from_the_state_seen_before() {
+        let mut text = WatchText::default();
+        let healthy = health_of("shop", "10.0.0.5:3000", v1::HealthState::Healthy);
+        let other = health_of("shop", "10.0.0.6:3000", v1::HealthState::Healthy);
+        assert_eq!(
+            text.lines(&health_event(true, vec![healthy, other])),
+            ["health full index=42 backends=2"]
+        );
+        let mut down = failing();
+        let mut never_seen = health_of("web", "10.0.0.7:80", v1::HealthState::Unhealthy);
+        never_seen.reason = "connect: connection refused from 1/1 agent".into();
+        assert_eq!(
+            text.lines(&health_event(false, vec![down.clone(), never_seen])),
+            [
+                "health pool=shop backend=10.0.0.5:3000 healthy→unhealthy reason=\"HTTP 503 from 2/2 agents\"",
+                "health pool=web backend=10.0.0.7:80 unknown→unhealthy reason=\"connect: connection refused from 1/1 agent\"",
+            ]
+        );
+        down.state = v1::HealthState::Healthy.into();
+        down.reason = "HTTP 200 from 2/2 agents".into();
+        assert_eq!(
+            text.lines(&health_event(false, vec![down.clone()])),
+            [
+                "health pool=shop backend=10.0.0.5:3000 unhealthy→healthy reason=\"HTTP 200 from 2/2 agents\""
+            ]
+        );
+        // The same state again (new agent views): no arrow.
+        assert_eq!(
+            text.lines(&health_event(false, vec![down.clone()])),
+            ["health pool=shop backend=10.0.0.5:3000 healthy reason=\"HTTP 200 from 2/2 agents\""]
+        );
+
+        // A full update replaces what was remembered.
+        text.lines(&health_event(
+            true,
+            vec![health_of(
+                "shop",
+                "10.0.0.5:3000",
+                v1::HealthState::Unhealthy,
+            )],
+        ));
+        let line = &text.lines(&health_event(false, vec![down.clone()]))[0];
+        assert!(line.contains(" unhealthy→healthy "), "{line}");
+        let line = &text.lines(&health_event(false, vec![failing()]))[0];
+        assert!(line.contains(" healthy→unhealthy "), "{line}");
+
+        // A removed backend starts over from unknown.
+        let removed = v1::WatchEvent {
+            revision: 6,
+            event: Some(Event::Change(v1::ConfigChange {
+                change: Some(Change::BackendRemoved(v1::BackendRemoved {
+                    pool: "shop".into(),
+                    address: "10.0.0.5:3000".into(),
+                })),
+            })),
+        };
+        assert_eq!(
+            text.lines(&removed),
+            ["revision=6 backend_removed pool=shop address=10.0.0.5:3000"]
+        );
+        let line = &text.lines(&health_event(false, vec![failing()]))[0];
+        assert!(line.contains(" unknown→unhealthy "), "{line}");
+        // So does every backend of a deleted pool.
+        let deleted = v1::WatchEvent {
+            revision: 7,
+            event: Some(Event::Change(v1::ConfigChange {
+                change: Some(Change::PoolDeleted("shop".into())),
+            })),
+        };
+        text.lines(&deleted);
+        let line = &text.lines(&health_event(false, vec![failing()]))[0];
+        assert!(line.contains(" unknown→unhealthy "), "{line}");
+
+        // Alone, without the stream's memory, a transition is from unknown.
+        assert_eq!(
+            watch_line(&health_event(false, vec![failing()])),
+            "health pool=shop backend=10.0.0.5:3000 unknown→unhealthy reason=\"HTTP 503 from 2/2 agents\""
+        );
+        // An update naming no backend prints nothing.
+        assert!(text.lines(&health_event(false, vec![])).is_empty());
+    }
+
+    #[test]
+    fn health_watch_events_keep_the_oneof_name_in_json() {
+        let e = health_event(false, vec![failing()]);
+        let line = to_json_line(&WatchEventJson::from(&e));
+        assert!(!line.contains('\n'));
+        let v = parse(&line);
+        assert_eq!(v["revision"], 5);
+        assert_eq!(v["health"]["index"], 42);
+        assert_eq!(v["health"]["full"], false);
+        assert_eq!(v["health"]["backends"][0]["address"], "10.0.0.5:3000");
+        assert_eq!(v["health"]["backends"][0]["state"], "unhealthy");
+        assert_eq!(
+            v["health"]["backends"][0]["reason"],
+            "HTTP 503 from 2/2 agents"
+        );
+        assert_eq!(v["health"]["backends"][0]["agents"][2]["live"], false);
+        assert!(v.get("snapshot").is_none() && v.get("change").is_none());
+        let full = parse(&to_json_line(&WatchEventJson::from(&health_event(
+            true,
+            vec![],
+        ))));
+        assert_eq!(
+            full,
+            json!({"revision": 5, "health": {"index": 42, "full": true, "backends": []}})
+        );
+    }
+
+    // === cluster ===
+
+    fn member(id: u64, role: &str, matched: u64, lag: u64) -> v1::ClusterMember {
+        v1::ClusterMember {
+            id,
+            address: format!("10.0.1.{id}:7400"),
+            role: role.into(),
+            matched_index: matched,
+            lag,
+        }
+    }
+
+    fn cluster(
+        replica: u64,
+        role: &str,
+        leader: u64,
+        members: Vec<v1::ClusterMember>,
+    ) -> v1::ClusterStatus {
+        v1::ClusterStatus {
+            replica_id: replica,
+            role: role.into(),
+            leader_id: leader,
+            term: 4,
+            commit_index: 120,
+            applied_index: 119,
+            members,
+        }
+    }
+
+    #[test]
+    fn the_leader_shows_every_members_progress() {
+        let c = cluster(
+            1,
+            "leader",
+            1,
+            vec![
+                member(1, "leader", 120, 0),
+                member(2, "follower", 118, 2),
+                member(3, "follower", 120, 0),
+            ],
+        );
+        assert_eq!(
+            cluster_status(&c),
+            "\
+replica:        control-1
+role:           leader
+leader:         control-1
+term:           4
+commit index:   120
+applied index:  119
+
+ID   ADDRESS         ROLE       MATCHED   LAG
+1    10.0.1.1:7400   leader     120       0
+2    10.0.1.2:7400   follower   118       2
+3    10.0.1.3:7400   follower   120       0
+"
+        );
+        assert_eq!(
+            parse(&to_json(&ClusterStatusJson::from(&c))),
+            json!({
+                "replica_id": 1, "role": "leader", "leader_id": 1, "term": 4,
+                "commit_index": 120, "applied_index": 119,
+                "members": [
+                    {"id": 1, "address": "10.0.1.1:7400", "role": "leader", "matched_index": 120, "lag": 0},
+                    {"id": 2, "address": "10.0.1.2:7400", "role": "follower", "matched_index": 118, "lag": 2},
+                    {"id": 3, "address": "10.0.1.3:7400", "role": "follower", "matched_index": 120, "lag": 0}
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn a_follower_points_at_the_leader_for_member_progress() {
+        let c = cluster(
+            2,
+            "follower",
+            1,
+            vec![member(1, "unknown", 0, 0), member(2, "unknown", 0, 0)],
+        );
+        let out = cluster_status(&c);
+        assert!(
+            out.contains(
+                "\
+ID   ADDRESS         ROLE      MATCHED   LAG
+1    10.0.1.1:7400   unknown   -         -
+2    10.0.1.2:7400   unknown   -         -
+member progress is known by the leader (control-1); ask it with --endpoint 10.0.1.1:7400
+"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.starts_with(
+                "replica:        control-2\nrole:           follower\nleader:         control-1\n"
+            ),
+            "{out}"
+        );
+
+        let out = cluster_status(&cluster(2, "follower", 1, vec![]));
+        assert!(
+            out.ends_with(
+                "\n\nmember progress is known by the leader (control-1); ask it with --endpoint\n"
+            ),
+            "{out}"
+        );
+        let out = cluster_status(&cluster(2, "candidate", 0, vec![]));
+        assert!(
+            out.contains("leader:         none known (an election may be under way)\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("member progress is known by the leader, and none is known right now; try again shortly\n"),
+            "{out}"
+        );
+        // A group of one whose leader lists no members.
+        let out = cluster_status(&cluster(1, "leader", 1, vec![]));
+        assert!(
+            out.ends_with("applied index:  119\n\nno members reported\n"),
+            "{out}"
+        );
+        assert_eq!(
+            parse(&to_json(&ClusterStatusJson::from(&cluster(
+                1,
+                "leader",
+                1,
+                vec![]
+            ))))["members"],
+            json!([])
+        );
     }
 }

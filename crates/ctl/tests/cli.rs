@@ -133,6 +133,33 @@ impl Watch {
             .expect("tandemctl watch printed a line in time")
     }
 
+    /// The next line about the configuration, past the full health state
+    /// every watch starts with.
+    fn next_config_line(&self) -> String {
+        loop {
+            let line = self.next_line();
+            if !line.starts_with("health full ") {
+                return line;
+            }
+        }
+    }
+
+    /// The first line (of the next 20) that `found` accepts.
+    fn find_line(&self, what: &str, found: impl Fn(&str) -> bool) -> String {
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let line = self.next_line();
+            if found(&line) {
+                return line;
+            }
+            seen.push(line);
+        }
+        panic!(
+            "tandemctl watch never printed {what}; it printed:\n{}",
+            seen.join("\n")
+        );
+    }
+
     /// SIGINT, as Ctrl-C sends it; returns the exit code.
     fn interrupt(mut self) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -223,13 +250,14 @@ async fn an_operator_sets_up_a_pool_and_scripts_read_it_back() -> anyhow::Result
         lines[1].contains("http GET /healthz (200-399) every 1s"),
         "{table}"
     );
+    // No agent runs here: nobody has checked either backend.
     let table = ctl.ok(&["backend", "list", "shop"]);
     assert_eq!(
         table,
         "\
-ADDRESS          WEIGHT   ROLE      STATE
-127.0.0.1:3001   2        primary   draining
-127.0.0.1:3002   1        backup    enabled
+ADDRESS          WEIGHT   ROLE      STATE      HEALTH
+127.0.0.1:3001   2        primary   draining   unknown
+127.0.0.1:3002   1        backup    enabled    unknown
 "
     );
     let table = ctl.ok(&["route", "list"]);
@@ -449,6 +477,15 @@ async fn watch_prints_each_change_with_its_revision() -> anyhow::Result<()> {
         text.next_line(),
         "revision=1 snapshot pools=1 backends=0 routes=0"
     );
+    // Then the whole health state, empty here.
+    let health: Value = serde_json::from_str(&json.next_line())?;
+    assert_eq!(health["health"]["full"], true);
+    assert_eq!(health["health"]["backends"], serde_json::json!([]));
+    let line = text.next_line();
+    assert!(
+        line.starts_with("health full index=") && line.ends_with(" backends=0"),
+        "{line}"
+    );
 
     let created = ctl.json(&["pool", "create", "web", "--policy", "ip_hash"]);
     let revision = created["revision"].as_u64().expect("a revision");
@@ -479,7 +516,7 @@ async fn watch_prints_each_change_with_its_revision() -> anyhow::Result<()> {
     // (Had the flag been lost, a snapshot at revision 3 would come first.)
     let resumed = Watch::start(&ctl, &["watch", "--from-revision", "3"]);
     ctl.ok(&["backend", "drain", "web", "127.0.0.1:3001"]);
-    let line = resumed.next_line();
+    let line = resumed.next_config_line();
     // If the drain committed before the watch was live, the control plane
     // sends a snapshot at 4 instead; either way nothing older is replayed.
     assert!(
@@ -490,5 +527,221 @@ async fn watch_prints_each_change_with_its_revision() -> anyhow::Result<()> {
 
     // Ctrl-C ends a watch cleanly.
     assert_eq!(text.interrupt(), Some(0));
+    Ok(())
+}
+
+/// Backends of the health story: one whose health check fails, one that
+/// passes, one no agent probes.
+const FAILING: &str = "127.0.0.1:9101";
+const PASSING: &str = "127.0.0.1:9102";
+const UNCHECKED: &str = "127.0.0.1:9103";
+
+fn observation(address: &str, ok: bool) -> v1::Observation {
+    v1::Observation {
+        pool: "shop".into(),
+        address: address.into(),
+        ok,
+        detail: if ok { "HTTP 200" } else { "HTTP 503" }.into(),
+        latency_ms: 2,
+    }
+}
+
+fn health_of<'a>(health: &'a Value, address: &str) -> &'a Value {
+    health["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["address"] == address))
+        .unwrap_or_else(|| panic!("no health for {address} in {health}"))
+}
+
+/// A table's rows as cells (columns are three or more spaces apart).
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_operator_sees_what_the_agents_decided() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let ctl = Ctl::new(&cp, ADMIN_TOKEN);
+    ctl.ok(&[
+        "pool",
+        "create",
+        "shop",
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "100ms",
+        "--health-fall",
+        "2",
+        "--health-rise",
+        "2",
+    ]);
+
+    // Two watchers, for people and for scripts: live once they printed the
+    // snapshot and the (empty) health state.
+    let json = Watch::start(&ctl, &["watch", "-o", "json"]);
+    let text = Watch::start(&ctl, &["watch"]);
+    let snapshot: Value = serde_json::from_str(&json.next_line())?;
+    assert_eq!(snapshot["snapshot"]["pools"][0]["name"], "shop");
+    let full: Value = serde_json::from_str(&json.next_line())?;
+    assert_eq!(full["health"]["full"], true);
+    assert!(text.next_line().starts_with("revision=1 snapshot "));
+    assert!(text.next_line().starts_with("health full index="));
+
+    // The backends arrive on the watch, so the control plane's deciding
+    // side knows them too before any agent reports.
+    for address in [FAILING, PASSING, UNCHECKED] {
+        ctl.ok(&["backend", "add", "shop", address]);
+        let line = text.next_line();
+        assert!(
+            line.contains(&format!("backend_upserted pool=shop address={address} ")),
+            "{line}"
+        );
+        let added: Value = serde_json::from_str(&json.next_line())?;
+        assert_eq!(
+            added["change"]["backend_upserted"]["backend"]["address"],
+            address
+        );
+    }
+
+    // Nobody has reported yet: every configured backend is unknown.
+    let health = ctl.json(&["health"]);
+    assert_eq!(health["leader"], "control-1");
+    for address in [FAILING, PASSING, UNCHECKED] {
+        let b = health_of(&health, address);
+        assert_eq!(b["state"], "unknown", "{b}");
+        assert_eq!(b["reason"], "no agent has reported on it yet", "{b}");
+    }
+
+    // An agent probes twice, an interval apart (fall 2, rise 2): FAILING
+    // answers 503, PASSING 200.
+    let mut agent = cp.node_client().await?;
+    for _ in 0..2 {
+        agent
+            .report_health(v1::ReportHealthRequest {
+                agent_id: "agent-1".into(),
+                zone: "z1".into(),
+                observations: vec![observation(FAILING, false), observation(PASSING, true)],
+            })
+            .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The watchers show the transition as it is committed.
+    let line = text.find_line("FAILING going down", |l| {
+        l.starts_with(&format!("health pool=shop backend={FAILING} "))
+    });
+    assert_eq!(
+        line,
+        format!(
+            "health pool=shop backend={FAILING} unknown→unhealthy reason=\"HTTP 503 from 1/1 agent\""
+        )
+    );
+    let event = json.find_line("FAILING unhealthy", |l| {
+        l.contains(&format!("\"address\":\"{FAILING}\"")) && l.contains("\"unhealthy\"")
+    });
+    let event: Value = serde_json::from_str(&event)?;
+    assert_eq!(event["health"]["full"], false);
+    let b = health_of(&event["health"], FAILING);
+    assert_eq!(b["reason"], "HTTP 503 from 1/1 agent");
+    assert_eq!(b["agents"][0]["agent_id"], "agent-1");
+    assert_eq!(b["agents"][0]["healthy"], false);
+
+    // `status -o json`: the decision, with its reason and the agent's view,
+    // beside the configured backend nobody checks.
+    let status = ctl.json(&["status"]);
+    let health = &status["health"];
+    assert_eq!(health["leader"], "control-1");
+    assert!(health["term"].as_u64() >= Some(1), "{health}");
+    let failing = health_of(health, FAILING);
+    assert_eq!(failing["state"], "unhealthy");
+    assert_eq!(failing["reason"], "HTTP 503 from 1/1 agent");
+    assert!(failing["since_unix_ms"].as_i64() > Some(0), "{failing}");
+    assert_eq!(failing["agents"][0]["last_detail"], "HTTP 503");
+    assert_eq!(health_of(health, PASSING)["state"], "healthy");
+    assert_eq!(health_of(health, UNCHECKED)["state"], "unknown");
+
+    // The table, in `status` and alone.
+    let status = ctl.ok(&["status"]);
+    assert!(
+        status.contains("\nhealth decided by control-1 (term "),
+        "{status}"
+    );
+    let table = ctl.ok(&["health"]);
+    let cells = rows(&table);
+    assert!(
+        cells[0][0].starts_with("health decided by control-1"),
+        "{table}"
+    );
+    assert_eq!(
+        cells[1],
+        ["POOL", "BACKEND", "STATE", "SINCE", "REASON", "AGENTS"],
+        "{table}"
+    );
+    let failing = cells
+        .iter()
+        .find(|r| r.get(1).map(String::as_str) == Some(FAILING))
+        .unwrap_or_else(|| panic!("no row for {FAILING}:\n{table}"));
+    assert_eq!(&failing[..3], ["shop", FAILING, "unhealthy"], "{table}");
+    assert!(failing[3].ends_with("s ago"), "{table}");
+    assert_eq!(
+        &failing[4..],
+        ["HTTP 503 from 1/1 agent", "agent-1:down(HTTP 503)"],
+        "{table}"
+    );
+    assert!(
+        cells.contains(&vec![
+            "shop".into(),
+            UNCHECKED.into(),
+            "unknown".into(),
+            "-".into(),
+            "no agent has reported on it yet".into(),
+            "-".into(),
+        ]),
+        "{table}"
+    );
+    assert!(
+        status.ends_with(&table),
+        "status ends with the same table:\n{status}"
+    );
+    let only = ctl.json(&["health", "--pool", "shop"]);
+    assert_eq!(only["backends"].as_array().map(Vec::len), Some(3));
+    let e = ctl.fails(NOT_FOUND, &["health", "--pool", "nope"]);
+    assert!(e.starts_with("error: NOT_FOUND"), "{e}");
+    let list = ctl.ok(&["backend", "list", "shop"]);
+    let health_column: Vec<String> = rows(&list)
+        .iter()
+        .filter_map(|r| r.get(4).cloned())
+        .collect();
+    assert_eq!(
+        health_column,
+        ["HEALTH", "unhealthy", "healthy", "unknown"],
+        "{list}"
+    );
+
+    // A single control replica is a raft group of one and leads itself.
+    let cluster = ctl.json(&["cluster", "status"]);
+    assert_eq!(cluster["role"], "leader", "{cluster}");
+    assert_eq!(cluster["leader_id"], cluster["replica_id"], "{cluster}");
+    assert!(cluster["term"].as_u64() >= Some(1), "{cluster}");
+    assert!(
+        cluster["applied_index"].as_u64() >= Some(1)
+            && cluster["commit_index"].as_u64() >= cluster["applied_index"].as_u64(),
+        "{cluster}"
+    );
+    let cluster = ctl.ok(&["cluster", "status"]);
+    assert!(
+        cluster.starts_with("replica:        control-1\nrole:           leader\nleader:         control-1\nterm:           "),
+        "{cluster}"
+    );
     Ok(())
 }

@@ -22,6 +22,9 @@ pub struct ControlPlaneOptions {
     pub env: Vec<(String, String)>,
     /// Wait for `/readyz` (the database reachable and migrated).
     pub skip_ready_wait: bool,
+    /// Fixed listeners (default: free ports on 127.0.0.1).
+    pub grpc: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 pub struct ControlPlane {
@@ -58,8 +61,8 @@ impl ControlPlane {
         database_url: &str,
         options: ControlPlaneOptions,
     ) -> anyhow::Result<ControlPlane> {
-        let grpc = free_addr();
-        let admin = free_addr();
+        let grpc = options.grpc.unwrap_or_else(free_addr);
+        let admin = options.admin.unwrap_or_else(free_addr);
         let state_dir = tempfile::Builder::new()
             .prefix("tandem-control-state-")
             .tempdir()?;
@@ -148,4 +151,150 @@ fn spawn(
     ];
     env.extend(o.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     Process::spawn(&format!("control-{node_id}"), "tandem-control", &[], &env)
+}
+
+// === several replicas ===
+
+/// A raft group of real `tandem-control` processes on one database.
+pub struct ControlCluster {
+    pub replicas: Vec<ControlPlane>,
+}
+
+/// A free port on `ip`.
+pub fn free_addr_on(ip: std::net::IpAddr) -> SocketAddr {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+}
+
+impl ControlCluster {
+    /// `n` replicas on 127.0.0.1, ids 1..=n.
+    pub async fn start(database_url: &str, n: usize) -> anyhow::Result<ControlCluster> {
+        let ips = vec![std::net::IpAddr::from([127, 0, 0, 1]); n];
+        Self::start_on(database_url, &ips, &[]).await
+    }
+
+    /// One replica per IP (ids 1..=n), each listening on and sending from
+    /// its own address, so traffic between two of them can be cut.
+    pub async fn start_on(
+        database_url: &str,
+        ips: &[std::net::IpAddr],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ControlCluster> {
+        let grpcs: Vec<SocketAddr> = ips.iter().map(|ip| free_addr_on(*ip)).collect();
+        let peers = grpcs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut starting = Vec::new();
+        for (i, grpc) in grpcs.iter().enumerate() {
+            let mut env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            env.push(("TANDEM_PEERS".into(), peers.clone()));
+            let options = ControlPlaneOptions {
+                node_id: Some((i + 1).to_string()),
+                env,
+                grpc: Some(*grpc),
+                ..Default::default()
+            };
+            starting.push(ControlPlane::start_with(database_url, options));
+        }
+        let mut replicas = Vec::new();
+        for r in futures_join_all(starting).await {
+            replicas.push(r?);
+        }
+        Ok(ControlCluster { replicas })
+    }
+
+    /// Replica `id` (1-based).
+    pub fn replica(&mut self, id: u64) -> &mut ControlPlane {
+        &mut self.replicas[(id - 1) as usize]
+    }
+
+    /// Every replica's endpoint, comma-separated (for TANDEM_CONTROL).
+    pub fn endpoints(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| r.endpoint())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until the running replicas other than `except` agree on one
+    /// leader; returns (leader id, term).
+    pub async fn leader(
+        &mut self,
+        except: &[u64],
+        timeout: Duration,
+    ) -> anyhow::Result<(u64, u64)> {
+        let start = std::time::Instant::now();
+        loop {
+            let mut seen = Vec::new();
+            for (i, r) in self.replicas.iter_mut().enumerate() {
+                let id = i as u64 + 1;
+                if except.contains(&id) || !r.process.is_running() {
+                    continue;
+                }
+                let status = match r.node_client().await {
+                    Ok(mut c) => c
+                        .get_cluster_status(tandem_proto::v1::GetClusterStatusRequest {})
+                        .await
+                        .ok(),
+                    Err(_) => None,
+                };
+                seen.push(
+                    status
+                        .map(|s| s.into_inner())
+                        .map(|s| (s.leader_id, s.term)),
+                );
+            }
+            if let Some(Some((leader, term))) = seen.first().cloned()
+                && leader != 0
+                && !except.contains(&leader)
+                && seen.iter().all(|s| s.map(|(l, _)| l) == Some(leader))
+            {
+                return Ok((leader, term));
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!("no agreed leader within {timeout:?}: {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Awaits futures concurrently, in order (avoids a `futures` dependency).
+async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut handles = Vec::new();
+    let mut outs = Vec::new();
+    for f in futs {
+        handles.push(Box::pin(f));
+    }
+    // Replicas need each other to become ready, so poll them together.
+    let mut results: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (h, r) in handles.iter_mut().zip(results.iter_mut()) {
+            if r.is_none() {
+                match h.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *r = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    for r in results {
+        outs.extend(r);
+    }
+    outs
 }

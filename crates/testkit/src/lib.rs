@@ -10,7 +10,9 @@ mod control;
 mod postgres;
 mod process;
 
-pub use control::{ADMIN_TOKEN, ControlPlane, ControlPlaneOptions, NODE_TOKEN};
+pub use control::{
+    ADMIN_TOKEN, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN, free_addr_on,
+};
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};
 

@@ -56,8 +56,11 @@ impl Process {
         let out = File::create(&log)?;
         let mut cmd = Command::new(&path);
         cmd.args(args)
-            .env_remove("RUST_LOG")
-            .env("RUST_LOG", "info")
+            // TANDEM_TEST_LOG sets the children's RUST_LOG when debugging.
+            .env(
+                "RUST_LOG",
+                std::env::var("TANDEM_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("TANDEM_LOG_FORMAT", "text")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -41,6 +41,7 @@ impl Aggregator {
                     batch = rx.recv() => {
                         let Some(batch) = batch else { return };
                         if !lead(&consensus, &mut decider, &mut led_term) {
+                            tracing::debug!(n = batch.len(), status = ?consensus.status(), "observations ignored: not deciding");
                             continue; // not deciding: followers forward before this point
                         }
                         let config = config();
@@ -49,6 +50,8 @@ impl Aggregator {
                                 && pool.backend(&obs.key.address).is_some()
                             {
                                 decider.observe(obs, &pool.config.health_check);
+                            } else {
+                                tracing::debug!(pool = %obs.key.pool, backend = %obs.key.address, "observation of a backend not in the configuration ignored");
                             }
                         }
                     }

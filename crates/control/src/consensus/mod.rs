@@ -3,9 +3,11 @@
 
 pub mod aggregator;
 pub mod node;
+pub mod peers;
 pub mod state;
 pub mod storage;
 
 pub use aggregator::Aggregator;
 pub use node::{Consensus, NoPeers, ProposeError, RaftSettings, RaftStatus, Transport};
+pub use peers::{FORWARDED, Peers};
 pub use state::{Command, HealthEvent, HealthTable};

@@ -61,6 +61,8 @@ pub struct RaftStatus {
     pub role: &'static str,
     pub commit: u64,
     pub applied: u64,
+    /// The last index in this replica's log.
+    pub last_index: u64,
     /// Leader only: each member's matched index.
     pub matched: BTreeMap<u64, u64>,
 }
@@ -83,6 +85,12 @@ pub enum ProposeError {
     Refused(String),
 }
 
+enum Inbound {
+    Message(Message),
+    Snapshot { to: u64, ok: bool },
+    Unreachable(u64),
+}
+
 struct Proposal {
     data: Vec<u8>,
     done: oneshot::Sender<Result<u64, ProposeError>>,
@@ -92,7 +100,7 @@ struct Proposal {
 #[derive(Clone)]
 pub struct Consensus {
     proposals: mpsc::Sender<Proposal>,
-    inbound: mpsc::Sender<Message>,
+    inbound: mpsc::Sender<Inbound>,
     status: watch::Receiver<RaftStatus>,
     table: Arc<ArcSwap<HealthTable>>,
     events: broadcast::Sender<HealthEvent>,
@@ -139,7 +147,7 @@ impl Consensus {
         );
 
         let (ptx, mut prx) = mpsc::channel::<Proposal>(1024);
-        let (itx, mut irx) = mpsc::channel::<Message>(4096);
+        let (itx, mut irx) = mpsc::channel::<Inbound>(4096);
         let (stx, srx) = watch::channel(RaftStatus::default());
         let shared = Arc::new(ArcSwap::from_pointee(table.clone()));
         let (events, _) = broadcast::channel(1024);
@@ -169,11 +177,18 @@ impl Consensus {
                 tokio::select! {
                     _ = ticker.tick() => { driver.node.tick(); }
                     Some(p) = prx.recv() => driver.propose(p),
-                    Some(m) = irx.recv() => {
-                        if let Err(e) = driver.node.step(m) {
-                            tracing::debug!(error = %e, "raft ignored a message");
+                    Some(i) = irx.recv() => match i {
+                        Inbound::Message(m) => {
+                            if let Err(e) = driver.node.step(m) {
+                                tracing::debug!(error = %e, "raft ignored a message");
+                            }
                         }
-                    }
+                        Inbound::Snapshot { to, ok } => {
+                            let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+                            driver.node.report_snapshot(to, status);
+                        }
+                        Inbound::Unreachable(to) => driver.node.report_unreachable(to),
+                    },
                     _ = shutdown.changed() => break,
                 }
                 if let Err(e) = driver.on_ready() {
@@ -208,7 +223,17 @@ impl Consensus {
     /// Hands a message from a peer to the driver (drops it when the driver
     /// is saturated: raft retransmits).
     pub fn step(&self, msg: Message) {
-        let _ = self.inbound.try_send(msg);
+        let _ = self.inbound.try_send(Inbound::Message(msg));
+    }
+
+    /// The transport's word on a snapshot it tried to send.
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.inbound.try_send(Inbound::Snapshot { to, ok });
+    }
+
+    /// The transport could not reach `to`.
+    pub fn report_unreachable(&self, to: u64) {
+        let _ = self.inbound.try_send(Inbound::Unreachable(to));
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -380,6 +405,7 @@ impl Driver {
             role,
             commit: raft.raft_log.committed,
             applied: self.table.index,
+            last_index: raft.raft_log.last_index(),
             matched,
         };
         self.status.send_if_modified(|s| {

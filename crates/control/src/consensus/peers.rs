@@ -1,0 +1,193 @@
+//! Connections to the other replicas: the raft transport (batches of raft
+//! messages over the internal `tandem.v1.Raft` service) and clients for
+//! forwarding calls to the leader. Every call presents the node token.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use tandem_proto::v1;
+use tandem_proto::v1::control_plane_client::ControlPlaneClient;
+use tandem_proto::v1::raft_client::RaftClient;
+use tokio::sync::mpsc;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use super::node::{Consensus, Transport};
+
+/// Set on calls one replica forwards to another, so they are never
+/// forwarded twice.
+pub const FORWARDED: &str = "x-tandem-forwarded";
+
+/// Messages queued per peer before new ones are dropped (raft resends).
+const QUEUE: usize = 4096;
+/// Messages sent in one call.
+const BATCH: usize = 256;
+
+#[derive(Clone)]
+pub struct Auth {
+    bearer: MetadataValue<Ascii>,
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert("authorization", self.bearer.clone());
+        req.metadata_mut()
+            .insert(FORWARDED, MetadataValue::from_static("1"));
+        Ok(req)
+    }
+}
+
+pub type PeerClient = ControlPlaneClient<InterceptedService<Channel, Auth>>;
+
+/// Every other replica, by raft id.
+#[derive(Clone)]
+pub struct Peers {
+    me: u64,
+    channels: Arc<BTreeMap<u64, (String, Channel)>>,
+    auth: Auth,
+    queues: Arc<BTreeMap<u64, mpsc::Sender<Message>>>,
+    consensus: Arc<OnceLock<Consensus>>,
+}
+
+impl Peers {
+    /// `members` maps ids to gRPC addresses (this replica's included);
+    /// `local_ip`, when set, is the source address of outgoing calls.
+    pub fn new(
+        me: u64,
+        members: &BTreeMap<u64, String>,
+        token: &str,
+        local_ip: Option<IpAddr>,
+    ) -> anyhow::Result<Peers> {
+        let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the node token must be printable ASCII"))?;
+        let mut channels = BTreeMap::new();
+        for (&id, addr) in members {
+            if id == me {
+                continue;
+            }
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .local_address(local_ip);
+            channels.insert(id, (addr.clone(), endpoint.connect_lazy()));
+        }
+        let consensus = Arc::new(OnceLock::new());
+        let auth = Auth { bearer };
+        let mut queues = BTreeMap::new();
+        for (&id, (addr, channel)) in &channels {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            queues.insert(id, tx);
+            let client = RaftClient::with_interceptor(channel.clone(), auth.clone());
+            tokio::spawn(send_loop(id, addr.clone(), client, rx, consensus.clone()));
+        }
+        Ok(Peers {
+            me,
+            channels: Arc::new(channels),
+            auth,
+            queues: Arc::new(queues),
+            consensus,
+        })
+    }
+
+    /// Lets the send loops report unreachable peers and snapshot results.
+    pub fn attach(&self, consensus: Consensus) {
+        let _ = self.consensus.set(consensus);
+    }
+
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
+    pub fn address(&self, id: u64) -> Option<&str> {
+        self.channels.get(&id).map(|(a, _)| a.as_str())
+    }
+
+    /// A control-API client for replica `id` (for forwarding to the leader).
+    pub fn client(&self, id: u64) -> Option<PeerClient> {
+        self.channels
+            .get(&id)
+            .map(|(_, ch)| ControlPlaneClient::with_interceptor(ch.clone(), self.auth.clone()))
+    }
+}
+
+impl Transport for Peers {
+    fn send(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            match self.queues.get(&m.to) {
+                Some(q) => {
+                    if q.try_send(m).is_err() {
+                        metrics::counter!("tandem_raft_messages_dropped_total").increment(1);
+                    }
+                }
+                None => tracing::debug!(to = m.to, "raft message for an unknown member dropped"),
+            }
+        }
+    }
+}
+
+async fn send_loop(
+    id: u64,
+    addr: String,
+    mut client: RaftClient<InterceptedService<Channel, Auth>>,
+    mut rx: mpsc::Receiver<Message>,
+    consensus: Arc<OnceLock<Consensus>>,
+) {
+    let mut failing = false;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let snapshots = batch
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .count();
+        let messages: Vec<Vec<u8>> = batch
+            .iter()
+            .filter_map(|m| m.write_to_bytes().ok())
+            .collect();
+        let n = messages.len();
+        let result = client.step(v1::RaftBatch { messages }).await;
+        let ok = result.is_ok();
+        if let Some(c) = consensus.get() {
+            if snapshots > 0 {
+                c.report_snapshot(id, ok);
+            }
+            if !ok {
+                c.report_unreachable(id);
+            }
+        }
+        match result {
+            Ok(_) => {
+                if failing {
+                    tracing::info!(peer = id, %addr, "raft peer reachable again");
+                    failing = false;
+                }
+                metrics::counter!("tandem_raft_messages_sent_total").increment(n as u64);
+            }
+            Err(status) => {
+                if !failing {
+                    tracing::warn!(peer = id, %addr, error = %status.message(), "raft peer unreachable");
+                    failing = true;
+                }
+                metrics::counter!("tandem_raft_send_failures_total").increment(1);
+                // Raft resends what matters; do not hammer a dead peer.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
