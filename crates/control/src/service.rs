@@ -583,13 +583,12 @@ impl ControlPlane for ControlService {
         let start = Instant::now();
         let s = self.consensus.status();
         // Member progress is the leader's knowledge: ask it when we can.
-        if let Ok(Some(mut leader)) = self.leader_client(&req) {
-            if let Ok(reply) = leader
+        if let Ok(Some(mut leader)) = self.leader_client(&req)
+            && let Ok(reply) = leader
                 .get_cluster_status(v1::GetClusterStatusRequest {})
                 .await
-            {
-                return Ok(reply);
-            }
+        {
+            return Ok(reply);
         }
         let members = self
             .members
