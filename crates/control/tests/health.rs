@@ -115,12 +115,14 @@ async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::R
         .await?
         .into_inner();
 
-    // Two probes each (rise 2): both healthy.
+    // Two probes each (rise 2): both healthy. (A probe that arrives before
+    // the control plane has B in its configuration does not count for B,
+    // so wait for B.)
     report_until(
         &cp,
         &mut stream,
         vec![obs(A, true), obs(B, true)],
-        A,
+        B,
         v1::HealthState::Healthy,
     )
     .await?;
