@@ -178,6 +178,7 @@ pub async fn run(
     tracing::info!(grpc = %grpc.local_addr()?, %replica, "control plane serving");
     let mut stop_signal = stop_rx.clone();
     let server = tonic::transport::Server::builder()
+        .trace_fn(|req| tandem_telemetry::request_span("POST", req.uri().path(), req.headers()))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(health_service)

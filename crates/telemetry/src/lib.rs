@@ -247,3 +247,28 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
     tracing::info!("shutdown signal received");
 }
+
+// === request spans ===
+
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// A server span for one incoming request, continuing the caller's trace
+/// when it sent a W3C `traceparent` header.
+pub fn request_span(method: &str, path: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!("request", otel.kind = "server", %method, %path);
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let _ = span.set_parent(parent);
+    span
+}
