@@ -41,3 +41,12 @@ ensure_postgres_server() {
   command -v psql >/dev/null || [ -x "$(pg_bin)/psql" ] || apt_install postgresql-client
   echo "postgres: $(pg_bin)"
 }
+
+# Headless Chromium and its WebDriver, for the widget shop's browser test.
+ensure_chromium() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "installing Chromium and chromedriver (Debian packages chromium, chromium-driver)"
+    apt_install chromium chromium-driver
+  fi
+  echo "chromium: $(command -v chromium), chromedriver: $(command -v chromedriver)"
+}

@@ -10,6 +10,7 @@ started=$SECONDS
 step "prerequisites"
 ensure_rust_components
 ensure_postgres_server
+ensure_chromium
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -10,6 +10,9 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod ids;
+pub mod lb;
+pub mod outlier;
+pub mod routing;
 pub mod snapshot;
 
 pub use config::{

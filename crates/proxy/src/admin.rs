@@ -1,0 +1,64 @@
+//! The admin port: `/metrics`, `/healthz`, `/readyz` (from
+//! `tandem-telemetry`) and `/config`, the live routing table with each
+//! backend's state.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::{Error, Runtime};
+
+pub async fn serve(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    prometheus: tandem_telemetry::PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let ready_rt = rt.clone();
+    let ready = tandem_telemetry::ready_check(move || {
+        let rt = ready_rt.clone();
+        async move {
+            let following = rt.following.load(std::sync::atomic::Ordering::Relaxed);
+            let link = match (rt.has_control_plane, following) {
+                (false, _) => "; no control plane configured",
+                (true, true) => "",
+                (true, false) => {
+                    "; control plane unreachable, serving the last known configuration"
+                }
+            };
+            match rt.proxy.table.load_full() {
+                Some(t) => Ok(format!(
+                    "configuration revision {} from {}{link}",
+                    t.revision,
+                    t.source.as_str()
+                )),
+                None => Err(
+                    "no configuration yet (control plane not reached, nothing saved on disk)"
+                        .into(),
+                ),
+            }
+        }
+    });
+    let router = tandem_telemetry::admin_router(prometheus, ready).route(
+        "/config",
+        get(move || {
+            let rt = rt.clone();
+            async move { config(&rt) }
+        }),
+    );
+    tandem_telemetry::serve_admin(listener, router, shutdown)
+        .await
+        .map_err(Error::Admin)
+}
+
+fn config(rt: &Runtime) -> Response {
+    match rt.proxy.table.load_full() {
+        Some(t) => Json(t.view()).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n").into_response(),
+    }
+}

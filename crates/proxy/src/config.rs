@@ -1,0 +1,207 @@
+//! The proxy's flags, each with an environment fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Error;
+
+/// Tandem's HTTP proxy: routes requests to pools of backends using the
+/// configuration it follows from the control plane, and keeps serving from
+/// its on-disk copy when no control plane answers.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tandem-proxy", version, about)]
+pub struct Args {
+    /// HTTP listener (host:port).
+    #[arg(long, env = "TANDEM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin listener for /metrics, /healthz, /readyz and /config (host:port).
+    #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    pub admin_listen: SocketAddr,
+
+    /// Control-plane endpoints, comma-separated (http://host:port,...). Empty:
+    /// serve only the on-disk copy.
+    #[arg(
+        long,
+        env = "TANDEM_CONTROL",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub control: Vec<String>,
+
+    /// Bearer token presented to the control plane (node role).
+    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the bearer token (used when TANDEM_TOKEN is unset).
+    #[arg(long, env = "TANDEM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// This proxy's id, stable across restarts (default: the host name).
+    #[arg(long, env = "TANDEM_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Directory for the last-known-good configuration (snapshot.json).
+    /// Unset: nothing is written and a restart needs the control plane.
+    #[arg(long, env = "TANDEM_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Locality label reported to the control plane.
+    #[arg(long, env = "TANDEM_ZONE", default_value = "")]
+    pub zone: String,
+
+    /// Worker threads (default: the number of cores).
+    #[arg(long, env = "TANDEM_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// On SIGTERM, how long in-flight requests may take to finish, in
+    /// milliseconds.
+    #[arg(long, env = "TANDEM_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Time a client has to send a complete request head, and the longest a
+    /// keep-alive connection may sit idle, in milliseconds (HTTP/1).
+    #[arg(long, env = "TANDEM_HEADER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub header_timeout_ms: u64,
+
+    /// A client that stops reading our answer, or stops sending a request
+    /// body it started, is disconnected after this many milliseconds.
+    #[arg(long, env = "TANDEM_CLIENT_STALL_TIMEOUT_MS", default_value_t = 60_000)]
+    pub stall_timeout_ms: u64,
+
+    /// Largest request head a client may send, in bytes (at least 8192).
+    #[arg(long, env = "TANDEM_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: usize,
+
+    /// Most header fields in one request.
+    #[arg(long, env = "TANDEM_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// Most simultaneous client connections; further ones wait in the
+    /// kernel's accept queue.
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Idle upstream keep-alive connections kept per backend.
+    #[arg(long, env = "TANDEM_UPSTREAM_MAX_IDLE", default_value_t = 128)]
+    pub upstream_max_idle: usize,
+
+    /// How long an idle upstream connection is kept, in milliseconds.
+    #[arg(
+        long,
+        env = "TANDEM_UPSTREAM_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub upstream_idle_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub telemetry: tandem_telemetry::TelemetryArgs,
+}
+
+/// Validated settings the library runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub control: Vec<String>,
+    pub token: Option<String>,
+    pub node_id: String,
+    pub state_dir: Option<PathBuf>,
+    pub zone: String,
+    pub drain_timeout: Duration,
+    pub header_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub upstream_max_idle: usize,
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Args {
+    /// Checks the flags and reads the token file.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let bad = |flag: &str, rule: String| Error::Config(format!("{flag}: {rule}"));
+        let control: Vec<String> = self
+            .control
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for c in &control {
+            if !(c.starts_with("http://") || c.starts_with("https://")) {
+                return Err(bad(
+                    "TANDEM_CONTROL",
+                    format!("endpoints must be http://host:port (got {c:?})"),
+                ));
+            }
+        }
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            (_, Some(path)) => {
+                let t = std::fs::read_to_string(path).map_err(|e| {
+                    bad(
+                        "TANDEM_TOKEN_FILE",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(t.trim().to_string()).filter(|t| !t.is_empty())
+            }
+            _ => None,
+        };
+        if self.max_header_bytes < 8_192 {
+            return Err(bad(
+                "TANDEM_MAX_HEADER_BYTES",
+                format!("must be at least 8192 (got {})", self.max_header_bytes),
+            ));
+        }
+        if self.max_headers == 0 || self.workers == Some(0) || self.upstream_max_idle == 0 {
+            return Err(bad(
+                "TANDEM_MAX_HEADERS/TANDEM_WORKERS/TANDEM_UPSTREAM_MAX_IDLE",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.header_timeout_ms == 0 {
+            return Err(bad("TANDEM_HEADER_TIMEOUT_MS", "must be at least 1".into()));
+        }
+        let node_id = self
+            .node_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(default_node_id);
+        Ok(Settings {
+            control,
+            token,
+            node_id,
+            state_dir: self.state_dir.clone(),
+            zone: self.zone.clone(),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            stall_timeout: Duration::from_millis(self.stall_timeout_ms.max(1)),
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            // Far beyond what one process can hold open; keeps the semaphore valid.
+            max_connections: self.max_connections.clamp(1, 1 << 24),
+            upstream_max_idle: self.upstream_max_idle,
+            upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
+        })
+    }
+
+    /// Worker threads to start.
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+fn default_node_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| format!("proxy-{h}"))
+        .unwrap_or_else(|| "proxy".into())
+}

@@ -1,0 +1,639 @@
+//! The request path: route, pick, forward, retry, answer.
+//!
+//! It reads the current [`Table`] once (an `ArcSwap` load, no lock) and
+//! keeps it to the end, so a reload never changes a request mid-way.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use metrics::Counter;
+use tandem_core::LbPolicy;
+use tandem_core::lb::{PickContext, client_hash};
+
+use crate::headers;
+use crate::table::{BackendState, PoolRt, PoolState, Table};
+use crate::upstream::{self, ReqBody, Sender};
+
+/// Everything the request path shares.
+pub struct Proxy {
+    pub table: ArcSwapOption<Table>,
+    pub upstream_idle_timeout: Duration,
+    pub no_route: Counter,
+    pub no_config: Counter,
+    pub bad_request: Counter,
+}
+
+impl Proxy {
+    pub fn new(upstream_idle_timeout: Duration) -> Self {
+        let reason = |r: &'static str| metrics::counter!("tandem_proxy_local_replies_total", "pool" => "", "reason" => r);
+        Self {
+            table: ArcSwapOption::empty(),
+            upstream_idle_timeout,
+            no_route: reason("no_route"),
+            no_config: reason("no_config"),
+            bad_request: reason("bad_request"),
+        }
+    }
+}
+
+/// Most tries of one request (the first plus at most five retries).
+const MAX_TRIES: usize = 6;
+
+/// Handles one client request. Never fails: every problem is an answer.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<RespBody>, Infallible> {
+    let Some(table) = proxy.table.load_full() else {
+        proxy.no_config.increment(1);
+        return Ok(local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration yet: the proxy has not reached a control plane\n",
+        ));
+    };
+    let host = request_host(&req);
+    if host.is_none() && req.version() == Version::HTTP_11 {
+        proxy.bad_request.increment(1);
+        let mut r = local(
+            StatusCode::BAD_REQUEST,
+            "bad request: missing Host header\n",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(r);
+    }
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let Some(&pool_index) = table.routes.lookup(host_str, req.uri().path()) else {
+        proxy.no_route.increment(1);
+        return Ok(local(
+            StatusCode::NOT_FOUND,
+            "no route for this host and path\n",
+        ));
+    };
+    let pool = &table.pools[pool_index];
+
+    let upgrade = if req.version() == Version::HTTP_11 {
+        headers::upgrade_request(req.headers())
+    } else {
+        None
+    };
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let request = RequestGuard::new(pool.state.clone());
+    Ok(forward(
+        &proxy,
+        pool,
+        parts,
+        body,
+        host.as_ref(),
+        peer,
+        upgrade,
+        client_upgrade,
+        request,
+    )
+    .await)
+}
+
+/// The host a client asked for: the URI's authority (HTTP/2, absolute form)
+/// or the Host header. A clone of the Host header shares its bytes.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(a) = req.uri().authority() {
+        return HeaderValue::from_str(a.as_str()).ok();
+    }
+    req.headers()
+        .get(header::HOST)
+        .filter(|h| !h.is_empty())
+        .cloned()
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Why a try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+async fn forward(
+    proxy: &Proxy,
+    pool: &PoolRt,
+    parts: http::request::Parts,
+    body: Incoming,
+    host: Option<&HeaderValue>,
+    peer: SocketAddr,
+    upgrade: Option<HeaderValue>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    request: RequestGuard,
+) -> Response<RespBody> {
+    let cfg = &pool.config;
+    let deadline = request.start + Duration::from_millis(cfg.request_timeout_ms.into());
+    let per_try = Duration::from_millis(cfg.retry.per_try_timeout_ms.into());
+    // Once the head is in, the body may not go silent for longer than the
+    // whole request may take.
+    let body_stall = Duration::from_millis(cfg.request_timeout_ms.into());
+    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms.into());
+    let method = parts.method;
+    let uri = origin_form(&parts.uri);
+    let mut headers = parts.headers;
+    let is_upgrade = upgrade.is_some();
+
+    // A request without a body can be sent again; one with a body only
+    // while the body has not left.
+    let replayable = body.is_end_stream();
+    let mut body = if replayable { None } else { Some(body) };
+    let resend_ok = idempotent(&method) && replayable;
+    let max_tries = (1 + cfg.retry.attempts as usize).min(MAX_TRIES);
+    let hash = client_hash(peer.ip());
+
+    let mut tried = [usize::MAX; MAX_TRIES];
+    let mut failure = None;
+    let mut prepared = false;
+    for attempt in 0..max_tries {
+        let mut _retrying = None;
+        if attempt > 0 {
+            if !retry_allowed(&pool.state, cfg.retry.budget_percent) {
+                pool.state.budget_exhausted.increment(1);
+                break;
+            }
+            pool.state.retries.increment(1);
+            _retrying = Some(CountGuard::new(&pool.state.retrying));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            failure = Some(Failure::Timeout);
+            break;
+        }
+        let cx = PickContext {
+            cursor: &pool.state.cursor,
+            hash,
+            exclude: &tried[..attempt],
+            random: if pool.config.policy == LbPolicy::RandomTwoChoices {
+                [rand::random(), rand::random()]
+            } else {
+                [0, 0]
+            },
+        };
+        let Some(picked) = pool.balancer.pick(&pool.backends, &cx) else {
+            if attempt == 0 {
+                pool.state.no_backend.increment(1);
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no usable backend for this route\n",
+                );
+            }
+            break;
+        };
+        tried[attempt] = picked.index;
+        let backend = &pool.backends[picked.index];
+        let state = &backend.state;
+        let in_flight = BackendGuard::new(state.clone());
+        if !prepared {
+            headers::prepare_request(
+                &mut headers,
+                host,
+                peer.ip(),
+                upgrade.clone(),
+                state.address.as_str(),
+            );
+            prepared = true;
+        }
+
+        // A pooled connection first; a fresh one when none is idle or the
+        // pooled one turns out to be closed (that is not the backend's fault).
+        let mut pooled = !is_upgrade;
+        let outcome = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut sender = match pooled
+                .then(|| state.conns.take(proxy.upstream_idle_timeout))
+                .flatten()
+            {
+                Some(s) => s,
+                None => {
+                    pooled = false;
+                    match upstream::connect(
+                        state.socket_addr,
+                        state.address.as_str(),
+                        connect_timeout.min(remaining),
+                        is_upgrade,
+                    )
+                    .await
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(backend = %state.address, error = %e, "upstream connect failed");
+                            break Err(Failure::Connect);
+                        }
+                    }
+                }
+            };
+            let req_body = match body.take() {
+                Some(b) => ReqBody::Incoming(b),
+                None => ReqBody::Empty,
+            };
+            let mut upstream_req = Request::new(req_body);
+            *upstream_req.method_mut() = method.clone();
+            *upstream_req.uri_mut() = uri.clone();
+            *upstream_req.version_mut() = Version::HTTP_11;
+            // Keep a copy only while another try could still use it.
+            *upstream_req.headers_mut() = if attempt + 1 < max_tries || pooled {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            let try_timeout = per_try.min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(try_timeout, sender.try_send_request(upstream_req)).await {
+                Err(_) => break Err(Failure::Timeout),
+                Ok(Ok(resp)) => break Ok((resp, sender)),
+                Ok(Err(mut e)) => {
+                    if let Some(unsent) = e.take_message() {
+                        // Nothing left: take the body back for the next try.
+                        if let ReqBody::Incoming(b) = unsent.into_body() {
+                            body = Some(b);
+                        }
+                        if pooled {
+                            continue;
+                        }
+                        break Err(Failure::Connect);
+                    }
+                    tracing::debug!(backend = %state.address, error = %e.error(), "upstream request failed");
+                    break Err(Failure::Reset);
+                }
+            }
+        };
+
+        match outcome {
+            Ok((mut resp, sender)) => {
+                let status = resp.status();
+                pool.record(picked.index, !status.is_server_error());
+                let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+                state.responses[class].increment(1);
+                let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+                headers::prepare_response(resp.headers_mut(), switching);
+                if switching && let Some(client) = client_upgrade {
+                    let upstream_io = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(tunnel(client, upstream_io, in_flight, request));
+                    return resp.map(|_| RespBody::empty());
+                }
+                let reuse = (!is_upgrade).then_some(sender);
+                return resp.map(|b| {
+                    RespBody::upstream(b, reuse, state.clone(), in_flight, request, body_stall)
+                });
+            }
+            Err(f) => {
+                pool.record(picked.index, false);
+                state.failures.increment(1);
+                failure = Some(f);
+                // Something was sent: only a request that may run twice and
+                // can be sent again is retried.
+                if !(f == Failure::Connect || resend_ok) {
+                    break;
+                }
+            }
+        }
+    }
+    match failure {
+        Some(Failure::Timeout) => {
+            pool.state.timeouts.increment(1);
+            local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+        }
+        Some(Failure::Connect) | Some(Failure::Reset) | None => {
+            pool.state.connect_failures.increment(1);
+            local(
+                StatusCode::BAD_GATEWAY,
+                "upstream unreachable or connection failed\n",
+            )
+        }
+    }
+}
+
+/// Retries may be at most `budget_percent` of the pool's active requests
+/// (with a floor of 3 concurrent retries, so a quiet pool still retries).
+fn retry_allowed(pool: &PoolState, budget_percent: u32) -> bool {
+    if budget_percent == 0 {
+        return false;
+    }
+    let active = pool.active.load(Ordering::Relaxed);
+    let allowed = (active * u64::from(budget_percent) / 100).max(3);
+    pool.retrying.load(Ordering::Relaxed) < allowed
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if uri.scheme().is_some() || uri.authority().is_some() => Uri::from(pq.clone()),
+        Some(_) => uri.clone(),
+        None => Uri::from_static("/"),
+    }
+}
+
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _in_flight: BackendGuard,
+    _request: RequestGuard,
+) {
+    match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        (c, u) => tracing::debug!(
+            client_ok = c.is_ok(),
+            upstream_ok = u.is_ok(),
+            "upgrade did not complete"
+        ),
+    }
+}
+
+/// A short plain-text answer made by the proxy itself.
+pub fn local(status: StatusCode, msg: &'static str) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(Bytes::from_static(msg.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+// === guards ===
+
+struct CountGuard<'a>(&'a AtomicU64);
+
+impl<'a> CountGuard<'a> {
+    fn new(c: &'a AtomicU64) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One request of a pool, from routing until its response body ends:
+/// counts it as active and records its duration.
+pub struct RequestGuard {
+    pool: Arc<PoolState>,
+    start: Instant,
+}
+
+impl RequestGuard {
+    fn new(pool: Arc<PoolState>) -> Self {
+        pool.active.fetch_add(1, Ordering::Relaxed);
+        Self {
+            pool,
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.pool.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool.latency.record(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// A request in flight on a backend (least-connections and two-choices
+/// read these).
+pub struct BackendGuard(Arc<BackendState>);
+
+impl BackendGuard {
+    fn new(b: Arc<BackendState>) -> Self {
+        b.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(b)
+    }
+}
+
+impl Drop for BackendGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === response body ===
+
+/// What the client receives: a backend's body streamed through, or a local
+/// answer. When a backend's body ends, its connection goes back to the pool
+/// and the request stops counting as in flight.
+pub struct RespBody {
+    kind: Kind,
+    done: Option<Done>,
+    stall: Option<Stall>,
+}
+
+/// A backend that sends its answer's head and then stops sending the body
+/// must not hold the client forever: a body silent for this long is cut.
+struct Stall {
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+struct Done {
+    reuse: Option<(Sender, Arc<BackendState>)>,
+    _in_flight: BackendGuard,
+    _request: RequestGuard,
+}
+
+impl RespBody {
+    pub fn full(b: Bytes) -> Self {
+        Self {
+            kind: Kind::Full(Some(b)),
+            done: None,
+            stall: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+            done: None,
+            stall: None,
+        }
+    }
+
+    fn upstream(
+        body: Incoming,
+        sender: Option<Sender>,
+        backend: Arc<BackendState>,
+        in_flight: BackendGuard,
+        request: RequestGuard,
+        stall_timeout: Duration,
+    ) -> Self {
+        let mut me = Self {
+            stall: Some(Stall {
+                timeout: stall_timeout,
+                timer: None,
+                armed: false,
+            }),
+            done: Some(Done {
+                reuse: sender.map(|s| (s, backend)),
+                _in_flight: in_flight,
+                _request: request,
+            }),
+            kind: Kind::Upstream(body),
+        };
+        // An empty body (HEAD, 204, 304) may never be polled.
+        if me.is_end_stream() {
+            me.finish();
+        }
+        me
+    }
+
+    /// The backend's body ended cleanly: its connection may serve again.
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take()
+            && let Some((sender, backend)) = done.reuse
+        {
+            if sender.is_ready() {
+                backend.conns.put(sender);
+            } else if !sender.is_closed() {
+                // The connection task has not yet seen the end of the
+                // response; hand it back once it has.
+                let mut sender = sender;
+                tokio::spawn(async move {
+                    let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
+                    if matches!(ready, Ok(Ok(()))) {
+                        backend.conns.put(sender);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let me = self.get_mut();
+        match &mut me.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(stall) = &mut me.stall {
+                    if polled.is_pending() {
+                        let timeout = stall.timeout;
+                        let timer = stall
+                            .timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        if !stall.armed {
+                            timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                            stall.armed = true;
+                        }
+                        if timer.as_mut().poll(cx).is_ready() {
+                            // Not reusable: the response is cut mid-way.
+                            me.done = None;
+                            me.stall = None;
+                            return Poll::Ready(Some(Err(
+                                "the backend stopped sending its response body".into(),
+                            )));
+                        }
+                        return Poll::Pending;
+                    }
+                    stall.armed = false;
+                }
+                let polled = polled.map(|f| f.map(|r| r.map_err(BodyError::from)));
+                match &polled {
+                    Poll::Ready(None) => me.finish(),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => me.finish(),
+                    Poll::Ready(Some(Err(_))) => {
+                        // A broken body: the connection is not reused.
+                        if let Some(done) = &mut me.done {
+                            done.reuse = None;
+                        }
+                        me.done = None;
+                    }
+                    _ => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::PoolName;
+
+    #[test]
+    fn the_retry_budget_is_a_share_of_active_requests_with_a_floor() {
+        let pool = PoolState::new_for_test(PoolName::new("p").unwrap());
+        // A quiet pool still retries, up to three at once.
+        for retrying in 0..3 {
+            pool.retrying.store(retrying, Ordering::Relaxed);
+            assert!(retry_allowed(&pool, 20));
+        }
+        pool.retrying.store(3, Ordering::Relaxed);
+        assert!(!retry_allowed(&pool, 20));
+        // Busy: 20% of 100 active requests.
+        pool.active.store(100, Ordering::Relaxed);
+        pool.retrying.store(19, Ordering::Relaxed);
+        assert!(retry_allowed(&pool, 20));
+        pool.retrying.store(20, Ordering::Relaxed);
+        assert!(!retry_allowed(&pool, 20), "a retry storm stops here");
+        pool.retrying.store(0, Ordering::Relaxed);
+        assert!(!retry_allowed(&pool, 0), "0 disables retries");
+    }
+
+    #[test]
+    fn upstream_requests_use_origin_form() {
+        let abs: Uri = "http://shop.test:8080/a/b?x=1".parse().unwrap();
+        assert_eq!(origin_form(&abs), "/a/b?x=1");
+        let origin: Uri = "/c?d".parse().unwrap();
+        assert_eq!(origin_form(&origin), "/c?d");
+        assert!(idempotent(&Method::PUT) && !idempotent(&Method::POST));
+    }
+}

@@ -1,0 +1,315 @@
+//! Header rewriting between the client and the backend: hop-by-hop
+//! stripping, `X-Forwarded-*`, `X-Request-Id` and W3C `traceparent`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1):
+/// never forwarded.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Fields the client named in Connection are hop-by-hop too.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            // Never let a client strip what the proxy itself sets.
+            if name != X_FORWARDED_FOR && name != X_REQUEST_ID && name != header::HOST {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Rewrites a client's request headers for the backend. `host` is the host
+/// the client asked for (Host header or URI authority); `upgrade` is the
+/// protocol of a WebSocket-style upgrade to pass through. Runs on every
+/// request, so it formats into stack buffers: one allocation per header it
+/// adds.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    host: Option<&HeaderValue>,
+    peer: IpAddr,
+    upgrade: Option<HeaderValue>,
+    backend_host: &str,
+) {
+    strip_hop_by_hop(headers);
+    if let Some(proto) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    match host {
+        Some(h) => {
+            if !headers.contains_key(header::HOST) {
+                // HTTP/2 clients send :authority, HTTP/1.1 backends need Host.
+                headers.insert(header::HOST, h.clone());
+            }
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        None => {
+            if let Ok(v) = HeaderValue::from_str(backend_host) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
+
+    // X-Forwarded-For: append the peer to what earlier proxies wrote.
+    let mut buf = [0u8; 64];
+    let ip = format_into(&mut buf, format_args!("{}", canonical_ip(peer)));
+    let xff = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip);
+            HeaderValue::from_bytes(&v)
+        }
+        _ => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    // This proxy terminates plain HTTP; a client cannot claim otherwise.
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+
+    let valid_trace = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()));
+    let trace_id = match valid_trace {
+        Some(id) => id,
+        None => {
+            // Start a trace (not sampled) so the backend's logs and ours
+            // share an id; a malformed one is replaced, as W3C asks.
+            let id: u128 = rand::random::<u128>() | 1;
+            let span: u64 = rand::random::<u64>() | 1;
+            let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+            hex_into(&mut tp[3..35], id);
+            hex_into(&mut tp[36..52], u128::from(span));
+            if let Ok(v) = HeaderValue::from_bytes(&tp) {
+                headers.insert(TRACEPARENT.clone(), v);
+            }
+            id
+        }
+    };
+    if !headers.contains_key(&X_REQUEST_ID) {
+        let mut rid = [0u8; 32];
+        hex_into(&mut rid, trace_id);
+        if let Ok(v) = HeaderValue::from_bytes(&rid) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+}
+
+/// Lowercase hex of the low `out.len() / 2` bytes of `v`, zero-padded.
+fn hex_into(out: &mut [u8], mut v: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+/// Formats into a stack buffer (truncating what does not fit).
+fn format_into<'a>(buf: &'a mut [u8; 64], args: std::fmt::Arguments<'_>) -> &'a [u8] {
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, args);
+    let n = cursor.position() as usize;
+    &buf[..n]
+}
+
+/// Strips hop-by-hop headers from a backend's response. For a 101 answer
+/// the upgrade headers stay: the client needs them.
+pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
+    if switching_protocols {
+        let upgrade = headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(headers);
+        if let Some(u) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, u);
+        }
+    } else {
+        strip_hop_by_hop(headers);
+    }
+}
+
+/// Does the client ask to switch protocols (WebSocket)? Returns the
+/// protocol it asks for.
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let upgrade = headers.get(header::UPGRADE)?;
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| upgrade.clone())
+}
+
+/// The trace id of a valid version-00 `traceparent`
+/// (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero).
+pub fn parse_traceparent(v: &[u8]) -> Option<u128> {
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+    if !(hex(version) && hex(trace) && hex(parent) && hex(flags)) || version == b"ff" {
+        return None;
+    }
+    // Version 00 has exactly this length; later versions may append fields.
+    if version == b"00" && v.len() != 55 {
+        return None;
+    }
+    let trace = u128::from_str_radix(std::str::from_utf8(trace).ok()?, 16).ok()?;
+    let parent = u64::from_str_radix(std::str::from_utf8(parent).ok()?, 16).ok()?;
+    (trace != 0 && parent != 0).then_some(trace)
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> IpAddr {
+        "10.1.2.3".parse().unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        prepare_request(
+            &mut h,
+            Some(&HeaderValue::from_static("shop.test")),
+            peer(),
+            None,
+            "10.0.0.1:80",
+        );
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h["host"], "shop.test");
+        assert_eq!(h["x-forwarded-host"], "shop.test");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+    }
+
+    #[test]
+    fn forwarded_for_appends_and_ids_are_generated_or_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", HeaderValue::from_static(tp));
+        prepare_request(&mut h, None, peer(), None, "10.0.0.1:80");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7, 10.1.2.3");
+        assert_eq!(h["x-request-id"], "abc");
+        assert_eq!(h["traceparent"], tp, "a valid traceparent passes unchanged");
+        assert_eq!(h["host"], "10.0.0.1:80");
+
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static("garbage"));
+        prepare_request(
+            &mut h,
+            Some(&HeaderValue::from_static("a")),
+            peer(),
+            None,
+            "b:1",
+        );
+        let tp = h["traceparent"].to_str().unwrap().to_string();
+        let id = parse_traceparent(tp.as_bytes()).expect("a fresh valid traceparent");
+        assert_eq!(h["x-request-id"].to_str().unwrap(), format!("{id:032x}"));
+    }
+
+    #[test]
+    fn traceparent_validation() {
+        let ok = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(parse_traceparent(ok).is_some());
+        let zero = b"00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        assert!(parse_traceparent(zero).is_none());
+        let upper = b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        assert!(parse_traceparent(upper).is_none());
+        assert!(
+            parse_traceparent(b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none()
+        );
+    }
+
+    #[test]
+    fn upgrades_are_recognised_and_kept_on_101() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let proto = upgrade_request(&h).unwrap();
+        prepare_request(
+            &mut h,
+            Some(&HeaderValue::from_static("a")),
+            peer(),
+            Some(proto),
+            "b:1",
+        );
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        let mut r = h.clone();
+        prepare_response(&mut r, true);
+        assert_eq!(r["upgrade"], "websocket");
+        prepare_response(&mut h, false);
+        assert!(!h.contains_key("upgrade"));
+    }
+}

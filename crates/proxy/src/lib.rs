@@ -1,0 +1,185 @@
+//! Tandem's data plane: the HTTP proxy.
+//!
+//! It owns the client listener, route matching, load balancing, passive
+//! health (outlier ejection), retries, the control-plane subscription and
+//! the on-disk last-known-good configuration. It must never block a request
+//! on the control plane: requests read an immutable [`table::Table`] through
+//! an `ArcSwap`, and the subscription only ever swaps in a new one.
+//!
+//! Pure decisions (routing, balancing, ejection) live in `tandem-core`; this
+//! crate is the I/O around them.
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod guard;
+pub mod headers;
+pub mod server;
+pub mod store;
+pub mod table;
+pub mod upstream;
+pub mod watch;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tandem_core::Snapshot;
+use tokio::net::TcpListener;
+use tokio::sync::watch as channel;
+
+pub use config::{Args, Settings};
+pub use error::Error;
+use forward::Proxy;
+use table::{Registry, Source};
+
+/// The proxy's moving parts, shared by the listener, the admin port and the
+/// subscription.
+pub struct Runtime {
+    pub proxy: Arc<Proxy>,
+    /// Is a watch stream to a control plane open right now?
+    pub following: std::sync::atomic::AtomicBool,
+    /// Were control-plane endpoints configured at all?
+    pub has_control_plane: bool,
+    pub(crate) registry: Registry,
+    persist: Option<channel::Sender<Option<Arc<Snapshot>>>>,
+    revision: metrics::Gauge,
+    from_disk: metrics::Gauge,
+    applies: metrics::Counter,
+}
+
+impl Runtime {
+    fn new(settings: &Settings) -> Self {
+        Self {
+            proxy: Arc::new(Proxy::new(settings.upstream_idle_timeout)),
+            following: std::sync::atomic::AtomicBool::new(false),
+            has_control_plane: !settings.control.is_empty(),
+            registry: Registry::new(settings.upstream_max_idle),
+            persist: settings.state_dir.clone().map(spawn_persister),
+            revision: metrics::gauge!("tandem_proxy_config_revision"),
+            from_disk: metrics::gauge!("tandem_proxy_config_from_disk"),
+            applies: metrics::counter!("tandem_proxy_config_applies_total"),
+        }
+    }
+
+    /// Where the configuration being served came from (None: none yet).
+    pub fn source(&self) -> Option<Source> {
+        self.proxy.table.load().as_ref().map(|t| t.source)
+    }
+
+    /// Builds the table for `snapshot` and swaps it in; requests already
+    /// running keep the table they started with.
+    pub fn install(&self, snapshot: Snapshot, source: Source) {
+        let table = self.registry.build(&snapshot, source);
+        self.proxy.table.store(Some(Arc::new(table)));
+        self.revision.set(snapshot.revision.0 as f64);
+        self.from_disk
+            .set(if source == Source::Disk { 1.0 } else { 0.0 });
+        self.applies.increment(1);
+        tracing::info!(
+            revision = snapshot.revision.0,
+            source = source.as_str(),
+            pools = snapshot.pools.len(),
+            routes = snapshot.routes.len(),
+            "configuration applied"
+        );
+        if source == Source::ControlPlane
+            && let Some(tx) = &self.persist
+        {
+            tx.send_replace(Some(Arc::new(snapshot)));
+        }
+    }
+}
+
+/// Writes the newest snapshot to disk, off the watch loop; a burst of
+/// revisions is written once.
+fn spawn_persister(dir: PathBuf) -> channel::Sender<Option<Arc<Snapshot>>> {
+    let (tx, mut rx) = channel::channel::<Option<Arc<Snapshot>>>(None);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(snapshot) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let dir = dir.clone();
+            let revision = snapshot.revision;
+            match tokio::task::spawn_blocking(move || store::save(&dir, &snapshot)).await {
+                Ok(Ok(())) => tracing::debug!(revision = revision.0, "configuration saved to disk"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot save the configuration; a restart without the control plane would serve an older one")
+                }
+                Err(e) => tracing::error!(error = %e, "saving the configuration panicked"),
+            }
+        }
+    });
+    tx
+}
+
+/// Runs the proxy until `shutdown` resolves, then drains.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    prometheus: tandem_telemetry::PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    clock::start();
+    let rt = Arc::new(Runtime::new(&settings));
+
+    // Static stability: serve the last-known-good copy at once.
+    let mut initial = None;
+    if let Some(dir) = &settings.state_dir {
+        match store::load(dir) {
+            Ok(Some(snapshot)) => {
+                tracing::info!(
+                    revision = snapshot.revision.0,
+                    path = %store::path(dir).display(),
+                    "serving the configuration saved on disk until the control plane answers"
+                );
+                rt.install(snapshot.clone(), Source::Disk);
+                initial = Some(snapshot);
+            }
+            Ok(None) => tracing::info!(dir = %dir.display(), "no saved configuration yet"),
+            Err(e) => tracing::error!(error = %e, "ignoring the saved configuration"),
+        }
+    } else {
+        tracing::warn!("TANDEM_STATE_DIR is unset: a restart will need the control plane");
+    }
+
+    if settings.control.is_empty() {
+        tracing::warn!("TANDEM_CONTROL is empty: serving only the saved configuration");
+    } else {
+        let me = watch::Identity {
+            node_id: settings.node_id.clone(),
+            zone: settings.zone.clone(),
+            token: settings.token.clone(),
+        };
+        tokio::spawn(watch::run(
+            rt.clone(),
+            settings.control.clone(),
+            me,
+            initial,
+        ));
+    }
+
+    let (stop_tx, stop_rx) = channel::channel(false);
+    let admin = tokio::spawn(admin::serve(admin_listener, rt.clone(), prometheus, {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }));
+    tracing::info!(
+        listen = %listener.local_addr().map_err(Error::Admin)?,
+        node_id = %settings.node_id,
+        "proxy listening"
+    );
+    server::serve(listener, rt.proxy.clone(), (&settings).into(), shutdown).await;
+    let _ = stop_tx.send(true);
+    match admin.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(Error::Admin(std::io::Error::other(e))),
+    }
+}

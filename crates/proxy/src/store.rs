@@ -1,0 +1,97 @@
+//! The last-known-good configuration on disk (`snapshot.json`), so a proxy
+//! restarted while no control plane answers still serves (static
+//! stability). Writes are atomic: temp file, fsync, rename, fsync of the
+//! directory; a crash leaves the old copy or the new one, never half of one.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tandem_core::Snapshot;
+
+use crate::Error;
+
+pub const FILE_NAME: &str = "snapshot.json";
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Writes `snapshot` to `dir/snapshot.json` atomically.
+pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
+    let target = path(dir);
+    let io = |source| Error::StateIo {
+        path: target.clone(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io)?;
+    let json = serde_json::to_vec_pretty(snapshot).map_err(|source| Error::StateFormat {
+        path: target.clone(),
+        source,
+    })?;
+    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &target)?;
+        // The rename itself must reach the disk.
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// Reads `dir/snapshot.json`; `Ok(None)` when there is none.
+pub fn load(dir: &Path) -> Result<Option<Snapshot>, Error> {
+    let target = path(dir);
+    let bytes = match fs::read(&target) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::StateIo {
+                path: target,
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| Error::StateFormat {
+            path: target,
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::{PoolConfig, PoolName, Revision};
+
+    #[test]
+    fn round_trips_and_replaces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        let mut s = Snapshot {
+            revision: Revision(7),
+            ..Default::default()
+        };
+        let name = PoolName::new("shop").unwrap();
+        s.apply(
+            Revision(8),
+            &tandem_core::ConfigChange::PoolUpserted(PoolConfig::new(name)),
+        )
+        .unwrap();
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(s.clone()));
+        s.revision = Revision(9);
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().revision, Revision(9));
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left behind");
+        fs::write(path(dir.path()), b"{not json").unwrap();
+        assert!(matches!(load(dir.path()), Err(Error::StateFormat { .. })));
+    }
+}

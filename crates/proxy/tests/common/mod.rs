@@ -1,0 +1,369 @@
+//! Shared pieces of the proxy's end-to-end tests: a real `tandem-proxy`
+//! process started from a saved snapshot (and an unreachable control plane,
+//! which is the static-stability story), snapshot builders and a load
+//! generator.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tandem_core::{
+    AdminState, Backend, BackendAddr, BackendRole, HostMatch, LbPolicy, PathPrefix, Pool,
+    PoolConfig, PoolName, Revision, Route, Snapshot, Weight,
+};
+use tandem_testkit::backend::FakeBackend;
+use tandem_testkit::{Process, free_addr, http_client, wait_http_ok};
+
+// === snapshots ===
+
+pub fn pool_config(name: &str, policy: LbPolicy) -> PoolConfig {
+    let mut c = PoolConfig::new(PoolName::new(name).expect("pool name"));
+    c.policy = policy;
+    c
+}
+
+pub fn backend(address: &str) -> Backend {
+    Backend::new(BackendAddr::new(address).expect("backend address"))
+}
+
+pub fn weighted(address: &str, weight: u32) -> Backend {
+    Backend {
+        weight: Weight::new(weight).expect("weight"),
+        ..backend(address)
+    }
+}
+
+pub fn with_role(b: Backend, role: BackendRole) -> Backend {
+    Backend { role, ..b }
+}
+
+pub fn with_state(b: Backend, admin_state: AdminState) -> Backend {
+    Backend { admin_state, ..b }
+}
+
+/// A snapshot at revision 1 being built.
+#[derive(Default)]
+pub struct SnapshotBuilder {
+    snapshot: Snapshot,
+}
+
+impl SnapshotBuilder {
+    pub fn new() -> Self {
+        Self {
+            snapshot: Snapshot {
+                revision: Revision(1),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn pool(mut self, config: PoolConfig, mut backends: Vec<Backend>) -> Self {
+        backends.sort_by(|a, b| a.address.cmp(&b.address));
+        self.snapshot.pools.insert(
+            config.name.clone(),
+            Pool {
+                config,
+                backends,
+                revision: Revision(1),
+            },
+        );
+        self
+    }
+
+    pub fn route(mut self, host: &str, prefix: &str, pool: &str) -> Self {
+        self.snapshot.routes.push(Route {
+            host: HostMatch::new(host).expect("host"),
+            path_prefix: PathPrefix::new(prefix).expect("prefix"),
+            pool: PoolName::new(pool).expect("pool"),
+        });
+        self.snapshot
+            .routes
+            .sort_by(|a, b| (&a.host, &a.path_prefix).cmp(&(&b.host, &b.path_prefix)));
+        self
+    }
+
+    pub fn build(self) -> Snapshot {
+        self.snapshot
+    }
+}
+
+/// One pool of `backends` behind a catch-all route.
+pub fn single_pool(config: PoolConfig, backends: Vec<Backend>) -> Snapshot {
+    let name = config.name.to_string();
+    SnapshotBuilder::new()
+        .pool(config, backends)
+        .route("*", "/", &name)
+        .build()
+}
+
+// === the proxy process ===
+
+pub struct ProxyProcess {
+    pub process: Process,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub state_dir: tempfile::TempDir,
+}
+
+/// Where nothing listens: the control plane is "down".
+pub const NO_CONTROL_PLANE: &str = "http://127.0.0.1:9";
+
+impl ProxyProcess {
+    /// A proxy serving `snapshot` from its state directory, with no
+    /// control plane reachable.
+    pub async fn with_snapshot(snapshot: &Snapshot) -> anyhow::Result<Self> {
+        Self::with_snapshot_env(snapshot, &[]).await
+    }
+
+    pub async fn with_snapshot_env(
+        snapshot: &Snapshot,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join("snapshot.json"),
+            serde_json::to_vec_pretty(snapshot)?,
+        )?;
+        let p = Self::start(dir, NO_CONTROL_PLANE, env)?;
+        p.wait_ready().await?;
+        Ok(p)
+    }
+
+    /// Starts a proxy on free ports without waiting.
+    pub fn start(
+        state_dir: tempfile::TempDir,
+        control: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let (addr, admin) = (free_addr(), free_addr());
+        let mut all: Vec<(&str, String)> = vec![
+            ("TANDEM_LISTEN", addr.to_string()),
+            ("TANDEM_ADMIN_LISTEN", admin.to_string()),
+            ("TANDEM_CONTROL", control.to_string()),
+            ("TANDEM_STATE_DIR", state_dir.path().display().to_string()),
+            ("TANDEM_NODE_ID", "proxy-test".to_string()),
+            ("TANDEM_WORKERS", "2".to_string()),
+        ];
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push((k, v.clone()));
+        }
+        let process = Process::spawn("proxy", "tandem-proxy", &[], &all)?;
+        Ok(Self {
+            process,
+            addr,
+            admin,
+            state_dir,
+        })
+    }
+
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        wait_http_ok(&self.admin_url("/readyz"), Duration::from_secs(20))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n--- proxy log ---\n{}", self.process.logs()))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let r = http_client().get(self.admin_url(path)).send().await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    }
+
+    pub async fn config(&self) -> anyhow::Result<serde_json::Value> {
+        let (_, body) = self.admin_get("/config").await?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The /config entry of one backend.
+    pub async fn backend_state(
+        &self,
+        pool: &str,
+        address: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let c = self.config().await?;
+        c["pools"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == pool))
+            .and_then(|p| p["backends"].as_array())
+            .and_then(|bs| bs.iter().find(|b| b["address"] == address))
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no backend {address} in pool {pool}: {c}"))
+    }
+}
+
+// === load ===
+
+/// What a batch of requests saw.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub by_backend: HashMap<String, usize>,
+    pub by_status: HashMap<u16, usize>,
+    /// Transport errors (no HTTP answer at all).
+    pub errors: usize,
+    pub error_samples: Vec<String>,
+    /// (time since start, backend) of every answer.
+    pub timeline: Vec<(Duration, String)>,
+}
+
+impl Tally {
+    pub fn total(&self) -> usize {
+        self.by_status.values().sum::<usize>() + self.errors
+    }
+
+    pub fn ok(&self) -> usize {
+        *self.by_status.get(&200).unwrap_or(&0)
+    }
+
+    pub fn failures(&self) -> usize {
+        self.total() - self.ok()
+    }
+
+    pub fn share(&self, backend: &str) -> f64 {
+        *self.by_backend.get(backend).unwrap_or(&0) as f64 / self.total().max(1) as f64
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (k, v) in other.by_backend {
+            *self.by_backend.entry(k).or_default() += v;
+        }
+        for (k, v) in other.by_status {
+            *self.by_status.entry(k).or_default() += v;
+        }
+        self.errors += other.errors;
+        self.error_samples
+            .extend(other.error_samples.into_iter().take(5));
+        self.timeline.extend(other.timeline);
+    }
+
+    async fn record(&mut self, resp: reqwest::Result<reqwest::Response>, start: Instant) {
+        match resp {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let by = r
+                    .headers()
+                    .get("x-served-by")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string();
+                match r.bytes().await {
+                    Ok(_) => {
+                        *self.by_status.entry(status).or_default() += 1;
+                        *self.by_backend.entry(by.clone()).or_default() += 1;
+                        self.timeline.push((start.elapsed(), by));
+                    }
+                    Err(e) => self.error(format!("body: {e}")),
+                }
+            }
+            Err(e) => self.error(format!("{e:?}")),
+        }
+    }
+
+    fn error(&mut self, e: String) {
+        self.errors += 1;
+        if self.error_samples.len() < 5 {
+            self.error_samples.push(e);
+        }
+    }
+}
+
+/// `n` requests one after another.
+pub async fn sequential(url: &str, n: usize) -> Tally {
+    let client = http_client();
+    let mut t = Tally::default();
+    let start = Instant::now();
+    for _ in 0..n {
+        t.record(client.get(url).send().await, start).await;
+    }
+    t
+}
+
+/// `n` requests from `concurrency` clients at once.
+pub async fn concurrent(url: &str, n: usize, concurrency: usize) -> Tally {
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for w in 0..concurrency {
+        let url = url.to_string();
+        let share = n / concurrency + usize::from(w < n % concurrency);
+        tasks.push(tokio::spawn(async move {
+            let client = http_client();
+            let mut t = Tally::default();
+            for _ in 0..share {
+                t.record(client.get(&url).send().await, start).await;
+            }
+            t
+        }));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        if let Ok(t) = task.await {
+            all.merge(t);
+        }
+    }
+    all
+}
+
+/// Steady load from `concurrency` clients until the returned flag is set.
+pub fn steady_load(
+    url: &str,
+    concurrency: usize,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Tally>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = url.to_string();
+    let flag = stop.clone();
+    let handle = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (url, stop) = (url.clone(), flag.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = http_client();
+                let mut t = Tally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    t.record(client.get(&url).send().await, start).await;
+                }
+                t
+            }));
+        }
+        let mut all = Tally::default();
+        for task in tasks {
+            if let Ok(t) = task.await {
+                all.merge(t);
+            }
+        }
+        all
+    });
+    (stop, handle)
+}
+
+/// A client whose connections come from `ip` (any 127.x.y.z works on
+/// loopback), so ip_hash sees distinct clients.
+pub fn client_from(ip: IpAddr) -> reqwest::Client {
+    tandem_testkit::init_crypto();
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a reqwest client")
+}
+
+pub async fn start_backends(prefix: &str, n: usize) -> Vec<FakeBackend> {
+    FakeBackend::start_many(prefix, n)
+        .await
+        .expect("backends start")
+}
+
+/// A loopback address where nothing listens (connect is refused).
+pub fn dead_address() -> String {
+    free_addr().to_string()
+}

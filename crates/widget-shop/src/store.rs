@@ -1,0 +1,540 @@
+//! The shop's Postgres store: its own database and migrations
+//! (`crates/widget-shop/migrations/`), never the control plane's.
+//!
+//! Carts live here too, keyed by the cookie's random id, so whichever shop
+//! instance serves a shopper's next request sees the same cart. A checkout is
+//! one transaction: lock the cart, take the stock with conditional updates
+//! (a widget's stock never goes negative), write the order, empty the cart.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::Error;
+use crate::model::{
+    Cart, CartId, CartLine, Cents, Customer, IdempotencyKey, Order, OrderCode, OrderLine, Quantity,
+    Widget,
+};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The constraint that makes a retried checkout place one order.
+const IDEMPOTENCY_CONSTRAINT: &str = "orders_idempotency_key_key";
+
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is told the
+    /// database is unavailable. Short, so a dead database means a fast 503.
+    pub acquire_timeout: Duration,
+    /// Postgres `statement_timeout`: no query runs longer than this.
+    pub statement_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// What a checkout did.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub order: Order,
+    /// True when the Idempotency-Key matched an order placed earlier: this
+    /// is that order, and nothing new was written.
+    pub replayed: bool,
+}
+
+// === rows (stay in this module) ===
+
+#[derive(sqlx::FromRow)]
+struct WidgetRow {
+    slug: String,
+    name: String,
+    tagline: String,
+    description: String,
+    price_cents: i32,
+    stock: i32,
+    color: String,
+    shape: String,
+}
+
+impl From<WidgetRow> for Widget {
+    fn from(r: WidgetRow) -> Widget {
+        Widget {
+            slug: r.slug,
+            name: r.name,
+            tagline: r.tagline,
+            description: r.description,
+            price_cents: Cents(i64::from(r.price_cents)),
+            stock: r.stock,
+            color: r.color,
+            shape: r.shape,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CartLineRow {
+    slug: String,
+    name: String,
+    color: String,
+    shape: String,
+    price_cents: i32,
+    quantity: i32,
+    stock: i32,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: i64,
+    code: String,
+    cart_id: String,
+    customer_name: String,
+    email: String,
+    total_cents: i64,
+    placed_by: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderLineRow {
+    slug: String,
+    name: String,
+    unit_price_cents: i32,
+    quantity: i32,
+}
+
+#[derive(sqlx::FromRow)]
+struct CheckoutLineRow {
+    widget_id: i64,
+    quantity: i32,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// A pool that connects on first use, so the shop starts (and says it is
+    /// not ready) while its database is down.
+    pub fn connect_lazy(url: &str, options: StoreOptions) -> Result<Store> {
+        let connect: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| Error::Invalid {
+            field: "DATABASE_URL",
+            message: e.to_string(),
+        })?;
+        let statement_timeout = format!("{}", options.statement_timeout.as_millis());
+        let connect = connect
+            .application_name("widget-shop")
+            .options([("statement_timeout", statement_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            // A connection to a database that died is found out at once
+            // rather than by the next shopper.
+            .test_before_acquire(true)
+            .connect_lazy_with(connect);
+        Ok(Store { pool })
+    }
+
+    pub fn pg(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations (schema and seed catalogue). Safe when
+    /// several instances start at once: sqlx holds an advisory lock.
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations")
+            .run(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
+                other => Error::Unavailable(other.to_string()),
+            })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // === catalogue ===
+
+    pub async fn widgets(&self) -> Result<Vec<Widget>> {
+        let rows: Vec<WidgetRow> = sqlx::query_as(
+            "SELECT slug, name, tagline, description, price_cents, stock, color, shape
+                   FROM widgets ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Widget::from).collect())
+    }
+
+    pub async fn widget(&self, slug: &str) -> Result<Widget> {
+        let row: Option<WidgetRow> = sqlx::query_as(
+            "SELECT slug, name, tagline, description, price_cents, stock, color, shape
+               FROM widgets WHERE slug = $1",
+        )
+        .bind(slug)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Widget::from).ok_or_else(|| Error::NotFound {
+            what: "widget",
+            key: slug.to_string(),
+        })
+    }
+
+    // === cart ===
+
+    /// The cart behind a cookie; empty when there is none yet.
+    pub async fn cart(&self, cart: Option<&CartId>) -> Result<Cart> {
+        let Some(cart) = cart else {
+            return Ok(Cart::default());
+        };
+        let rows: Vec<CartLineRow> = sqlx::query_as(
+            "SELECT w.slug, w.name, w.color, w.shape, w.price_cents, ci.quantity, w.stock
+               FROM cart_items ci JOIN widgets w ON w.id = ci.widget_id
+              WHERE ci.cart_id = $1
+              ORDER BY w.id",
+        )
+        .bind(cart.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Cart {
+            lines: rows
+                .into_iter()
+                .map(|r| CartLine {
+                    slug: r.slug,
+                    name: r.name,
+                    color: r.color,
+                    shape: r.shape,
+                    unit_price_cents: Cents(i64::from(r.price_cents)),
+                    quantity: r.quantity,
+                    stock: r.stock,
+                })
+                .collect(),
+        })
+    }
+
+    /// Adds `quantity` of a widget (capped at the per-line maximum). A sold
+    /// out widget cannot be added.
+    pub async fn add_to_cart(&self, cart: &CartId, slug: &str, quantity: Quantity) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let widget: Option<(i64, String, i32)> =
+            sqlx::query_as("SELECT id, name, stock FROM widgets WHERE slug = $1")
+                .bind(slug)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (widget_id, name, stock) = widget.ok_or_else(|| Error::NotFound {
+            what: "widget",
+            key: slug.to_string(),
+        })?;
+        if stock == 0 {
+            return Err(Error::OutOfStock {
+                name,
+                available: 0,
+                requested: quantity.get(),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO carts (id) VALUES ($1)
+             ON CONFLICT (id) DO UPDATE SET updated_at = now()",
+        )
+        .bind(cart.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO cart_items (cart_id, widget_id, quantity) VALUES ($1, $2, $3)
+             ON CONFLICT (cart_id, widget_id)
+             DO UPDATE SET quantity = LEAST(cart_items.quantity + EXCLUDED.quantity, $4)",
+        )
+        .bind(cart.as_str())
+        .bind(widget_id)
+        .bind(quantity.get())
+        .bind(Quantity::MAX)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets a line's quantity; the widget must be in the cart.
+    pub async fn set_quantity(&self, cart: &CartId, slug: &str, quantity: Quantity) -> Result<()> {
+        let updated = sqlx::query(
+            "UPDATE cart_items SET quantity = $3
+              WHERE cart_id = $1 AND widget_id = (SELECT id FROM widgets WHERE slug = $2)",
+        )
+        .bind(cart.as_str())
+        .bind(slug)
+        .bind(quantity.get())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(Error::NotFound {
+                what: "widget in your cart",
+                key: slug.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a line; removing what is not there is not an error.
+    pub async fn remove_from_cart(&self, cart: &CartId, slug: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM cart_items
+              WHERE cart_id = $1 AND widget_id = (SELECT id FROM widgets WHERE slug = $2)",
+        )
+        .bind(cart.as_str())
+        .bind(slug)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // === checkout and orders ===
+
+    /// Places the cart's order in one transaction, or returns the order an
+    /// earlier request with the same `key` placed.
+    pub async fn checkout(
+        &self,
+        cart: Option<&CartId>,
+        customer: &Customer,
+        key: Option<&IdempotencyKey>,
+        placed_by: &str,
+    ) -> Result<Placed> {
+        // Fast path for a retry whose first attempt committed.
+        if let Some(key) = key
+            && let Some(order) = self
+                .order_by_key(&mut *self.pool.acquire().await?, key)
+                .await?
+        {
+            return replay(order, cart);
+        }
+        let Some(cart) = cart else {
+            return Err(Error::EmptyCart);
+        };
+        match self.place(cart, customer, key, placed_by).await {
+            Err(Error::Database(sqlx::Error::Database(db)))
+                if db.constraint() == Some(IDEMPOTENCY_CONSTRAINT) =>
+            {
+                // Another request with this key committed while we worked;
+                // ours rolled back. Answer with theirs.
+                let key = key.ok_or(Error::IdempotencyKeyReused)?;
+                let mut conn = self.pool.acquire().await?;
+                match self.order_by_key(&mut conn, key).await? {
+                    Some(order) => replay(order, Some(cart)),
+                    None => Err(Error::IdempotencyKeyReused),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn place(
+        &self,
+        cart: &CartId,
+        customer: &Customer,
+        key: Option<&IdempotencyKey>,
+        placed_by: &str,
+    ) -> Result<Placed> {
+        let mut tx = self.pool.begin().await?;
+        // Serialises checkouts of one cart: a concurrent retry waits here,
+        // then finds the order below instead of an empty cart.
+        let locked: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM carts WHERE id = $1 FOR UPDATE")
+                .bind(cart.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(key) = key
+            && let Some(order) = self.order_by_key(&mut tx, key).await?
+        {
+            return replay(order, Some(cart));
+        }
+        if locked.is_none() {
+            return Err(Error::EmptyCart);
+        }
+        // Widget order, so concurrent checkouts lock stock rows in the same
+        // order and cannot deadlock.
+        let lines: Vec<CheckoutLineRow> = sqlx::query_as(
+            "SELECT widget_id, quantity FROM cart_items WHERE cart_id = $1 ORDER BY widget_id",
+        )
+        .bind(cart.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        if lines.is_empty() {
+            return Err(Error::EmptyCart);
+        }
+
+        let mut order_lines = Vec::with_capacity(lines.len());
+        let mut ids = Vec::with_capacity(lines.len());
+        let mut prices = Vec::with_capacity(lines.len());
+        for line in &lines {
+            // Takes the stock only if there is enough: the row lock makes
+            // concurrent buyers of the last widget queue here, and all but
+            // one find too little.
+            let taken: Option<(String, String, i32)> = sqlx::query_as(
+                "UPDATE widgets SET stock = stock - $2
+                  WHERE id = $1 AND stock >= $2
+              RETURNING slug, name, price_cents",
+            )
+            .bind(line.widget_id)
+            .bind(line.quantity)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((slug, name, price)) = taken else {
+                let (name, available): (String, i32) =
+                    sqlx::query_as("SELECT name, stock FROM widgets WHERE id = $1")
+                        .bind(line.widget_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                return Err(Error::OutOfStock {
+                    name,
+                    available,
+                    requested: line.quantity,
+                });
+            };
+            ids.push(line.widget_id);
+            prices.push(price);
+            order_lines.push(OrderLine {
+                slug,
+                name,
+                unit_price_cents: Cents(i64::from(price)),
+                quantity: line.quantity,
+            });
+        }
+        let total: Cents = order_lines.iter().map(OrderLine::subtotal).sum();
+
+        let code = OrderCode::random();
+        let (order_id, created_at): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+            "INSERT INTO orders (code, cart_id, idempotency_key, customer_name, email, total_cents, placed_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING id, created_at",
+        )
+        .bind(code.as_str())
+        .bind(cart.as_str())
+        .bind(key.map(IdempotencyKey::as_str))
+        .bind(&customer.name)
+        .bind(&customer.email)
+        .bind(total.0)
+        .bind(placed_by)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO order_items (order_id, widget_id, name, unit_price_cents, quantity)
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::int[], $5::int[])",
+        )
+        .bind(order_id)
+        .bind(&ids)
+        .bind(
+            order_lines
+                .iter()
+                .map(|l| l.name.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(&prices)
+        .bind(order_lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM cart_items WHERE cart_id = $1")
+            .bind(cart.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+
+        Ok(Placed {
+            order: Order {
+                code,
+                customer_name: customer.name.clone(),
+                email: customer.email.clone(),
+                total_cents: total,
+                placed_by: placed_by.to_string(),
+                created_at,
+                lines: order_lines,
+            },
+            replayed: false,
+        })
+    }
+
+    pub async fn order(&self, code: &OrderCode) -> Result<Order> {
+        let row: Option<OrderRow> = sqlx::query_as(
+            "SELECT id, code, cart_id, customer_name, email, total_cents, placed_by, created_at
+               FROM orders WHERE code = $1",
+        )
+        .bind(code.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or_else(|| Error::NotFound {
+            what: "order",
+            key: code.to_string(),
+        })?;
+        let mut conn = self.pool.acquire().await?;
+        Ok(with_lines(&mut conn, row).await?.0)
+    }
+
+    async fn order_by_key(
+        &self,
+        conn: &mut PgConnection,
+        key: &IdempotencyKey,
+    ) -> Result<Option<(Order, String)>> {
+        let row: Option<OrderRow> = sqlx::query_as(
+            "SELECT id, code, cart_id, customer_name, email, total_cents, placed_by, created_at
+               FROM orders WHERE idempotency_key = $1",
+        )
+        .bind(key.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(with_lines(conn, row).await?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The earlier order for a reused key, unless the key came with another
+/// cart (a client bug that must not hand out someone else's order).
+fn replay((order, order_cart): (Order, String), cart: Option<&CartId>) -> Result<Placed> {
+    if cart.is_some_and(|c| c.as_str() != order_cart) {
+        return Err(Error::IdempotencyKeyReused);
+    }
+    Ok(Placed {
+        order,
+        replayed: true,
+    })
+}
+
+async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<(Order, String)> {
+    let lines: Vec<OrderLineRow> = sqlx::query_as(
+        "SELECT w.slug, oi.name, oi.unit_price_cents, oi.quantity
+           FROM order_items oi JOIN widgets w ON w.id = oi.widget_id
+          WHERE oi.order_id = $1
+          ORDER BY oi.widget_id",
+    )
+    .bind(row.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let code = OrderCode::parse(&row.code).map_err(|_| {
+        Error::Database(sqlx::Error::Decode(
+            format!("stored order code {:?} is malformed", row.code).into(),
+        ))
+    })?;
+    Ok((
+        Order {
+            code,
+            customer_name: row.customer_name,
+            email: row.email,
+            total_cents: Cents(row.total_cents),
+            placed_by: row.placed_by,
+            created_at: row.created_at,
+            lines: lines
+                .into_iter()
+                .map(|l| OrderLine {
+                    slug: l.slug,
+                    name: l.name,
+                    unit_price_cents: Cents(i64::from(l.unit_price_cents)),
+                    quantity: l.quantity,
+                })
+                .collect(),
+        },
+        row.cart_id,
+    ))
+}

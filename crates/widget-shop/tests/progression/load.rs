@@ -1,0 +1,412 @@
+//! Steady simulated shoppers: each one browses, fills its cart and checks
+//! out at a fixed pace (one request every `pace`, whatever the answers), so
+//! a broken stage gets as many requests as a healthy one and availability
+//! is a fair share of requests.
+//!
+//! A checkout carries an Idempotency-Key and is retried with the same key
+//! until it is confirmed (as a careful client would): what the shopper saw
+//! confirmed is "placed"; what the database holds is "recorded".
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub shoppers: usize,
+    /// Each shopper sends one request per `pace`.
+    pub pace: Duration,
+    /// A request with no answer by then counts as failed.
+    pub request_timeout: Duration,
+    /// Idempotency keys start with it, so a stage's orders can be found.
+    pub key_prefix: String,
+}
+
+/// What the requests of one phase saw.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    pub requests: u64,
+    /// Transport errors, timeouts and 4xx/5xx answers.
+    pub failed: u64,
+    /// Answers by `X-Served-By` ("proxy" when the proxy answered itself).
+    pub served_by: BTreeMap<String, u64>,
+    /// Failures by kind ("503", "connection refused", "timeout", ...):
+    /// how many, and the longest one took to fail.
+    pub failures: BTreeMap<String, (u64, Duration)>,
+    /// The longest a failed request took to fail: a fast error, or a hang?
+    pub slowest_failure: Duration,
+    pub orders_confirmed: u64,
+}
+
+impl Tally {
+    pub fn availability(&self) -> f64 {
+        if self.requests == 0 {
+            return 0.0;
+        }
+        100.0 * (self.requests - self.failed) as f64 / self.requests as f64
+    }
+
+    fn failed(&mut self, kind: String, took: Duration) {
+        self.failed += 1;
+        let e = self.failures.entry(kind).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(took);
+        self.slowest_failure = self.slowest_failure.max(took);
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        self.requests += other.requests;
+        self.failed += other.failed;
+        for (k, v) in &other.served_by {
+            *self.served_by.entry(k.clone()).or_default() += v;
+        }
+        for (k, (n, slowest)) in &other.failures {
+            let e = self.failures.entry(k.clone()).or_default();
+            e.0 += n;
+            e.1 = e.1.max(*slowest);
+        }
+        self.slowest_failure = self.slowest_failure.max(other.slowest_failure);
+        self.orders_confirmed += other.orders_confirmed;
+    }
+}
+
+/// What all shoppers saw, by phase.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub phases: Vec<Tally>,
+    /// Order codes the shoppers saw confirmed.
+    pub placed: Vec<String>,
+}
+
+impl LoadReport {
+    pub fn total(&self) -> Tally {
+        let mut t = Tally::default();
+        for p in &self.phases {
+            t.merge(p);
+        }
+        t
+    }
+}
+
+/// Shoppers running until [`Load::stop`].
+pub struct Load {
+    phase: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    shoppers: Vec<JoinHandle<ShopperReport>>,
+}
+
+#[derive(Debug, Default)]
+struct ShopperReport {
+    phases: Vec<Tally>,
+    placed: Vec<String>,
+}
+
+impl Load {
+    /// Starts the shoppers against `targets` (base URLs: the shop itself or
+    /// proxies). Shopper `i` prefers `targets[i % n]` and moves to the next
+    /// one when a connection is refused, as a client that knows every
+    /// proxy address does.
+    pub async fn start(targets: Vec<String>, config: LoadConfig) -> anyhow::Result<Load> {
+        tandem_testkit::init_crypto();
+        let probe = client(config.request_timeout)?;
+        let list: Value = probe
+            .get(format!("{}/api/widgets", targets[0]))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let slugs: Vec<String> = list["widgets"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .filter_map(|w| w["slug"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        anyhow::ensure!(!slugs.is_empty(), "the shop lists no widgets: {list}");
+
+        let phase = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let targets = Arc::new(targets);
+        let slugs = Arc::new(slugs);
+        let mut shoppers = Vec::new();
+        for id in 0..config.shoppers {
+            let mut s = Shopper {
+                id,
+                client: client(config.request_timeout)?,
+                targets: targets.clone(),
+                preferred: id % targets.len(),
+                cart: None,
+                slugs: slugs.clone(),
+                phase: phase.clone(),
+                stop: stop.clone(),
+                config: config.clone(),
+                report: ShopperReport::default(),
+                ticker: tokio::time::interval(config.pace),
+            };
+            s.ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            shoppers.push(tokio::spawn(async move {
+                s.run().await;
+                s.report
+            }));
+        }
+        Ok(Load {
+            phase,
+            stop,
+            shoppers,
+        })
+    }
+
+    /// Requests from now on count in the next phase.
+    pub fn next_phase(&self) {
+        self.phase.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Stops the shoppers (requests in flight finish) and adds up.
+    pub async fn stop(self) -> anyhow::Result<LoadReport> {
+        self.stop.store(true, Ordering::SeqCst);
+        let phases = self.phase.load(Ordering::SeqCst) + 1;
+        let mut report = LoadReport {
+            phases: vec![Tally::default(); phases],
+            placed: Vec::new(),
+        };
+        for s in self.shoppers {
+            let r = s.await?;
+            for (i, t) in r.phases.iter().enumerate() {
+                if let Some(p) = report.phases.get_mut(i) {
+                    p.merge(t);
+                }
+            }
+            report.placed.extend(r.placed);
+        }
+        Ok(report)
+    }
+}
+
+fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(2))
+        .build()?)
+}
+
+struct Shopper {
+    id: usize,
+    client: reqwest::Client,
+    targets: Arc<Vec<String>>,
+    preferred: usize,
+    cart: Option<String>,
+    slugs: Arc<Vec<String>>,
+    phase: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    config: LoadConfig,
+    report: ShopperReport,
+    ticker: tokio::time::Interval,
+}
+
+/// One answered request.
+struct Answer {
+    status: StatusCode,
+    body: String,
+}
+
+impl Shopper {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    async fn run(&mut self) {
+        let mut visit = 0u64;
+        while !self.stopped() {
+            visit += 1;
+            self.visit(visit).await;
+        }
+    }
+
+    /// Catalogue, a widget, add it, the cart, checkout, the order page.
+    async fn visit(&mut self, visit: u64) {
+        let slug = {
+            let i = (self.id * 7 + visit as usize * 5) % self.slugs.len();
+            self.slugs[i].clone()
+        };
+        if self.send(Method::GET, "/", None, None).await.is_none() {
+            return;
+        }
+        if self
+            .send(Method::GET, &format!("/widgets/{slug}"), None, None)
+            .await
+            .is_none()
+        {
+            return;
+        }
+        let add = json!({"widget": slug, "quantity": 1});
+        if self
+            .send(Method::POST, "/api/cart/items", Some(add), None)
+            .await
+            .is_none()
+        {
+            return;
+        }
+        if self.send(Method::GET, "/cart", None, None).await.is_none() {
+            return;
+        }
+        let key = format!("{}-{}-{}", self.config.key_prefix, self.id, visit);
+        let customer =
+            json!({"name": format!("Shopper {}", self.id), "email": "shopper@example.com"});
+        // Retry with the same key until confirmed: the key makes it safe.
+        while !self.stopped() {
+            let answer = self
+                .send_raw(
+                    Method::POST,
+                    "/api/checkout",
+                    Some(customer.clone()),
+                    Some(&key),
+                )
+                .await;
+            match answer {
+                Some(a) if a.status.is_success() => {
+                    let order: Value = serde_json::from_str(&a.body).unwrap_or_default();
+                    if let Some(code) = order["code"].as_str() {
+                        self.confirmed(code.to_string());
+                        let _ = self
+                            .send(Method::GET, &format!("/orders/{code}"), None, None)
+                            .await;
+                    }
+                    return;
+                }
+                // The shop refused it for a reason a retry will not change.
+                Some(a) if a.status.is_client_error() => return,
+                _ => continue,
+            }
+        }
+    }
+
+    fn confirmed(&mut self, code: String) {
+        let phase = self.phase.load(Ordering::SeqCst);
+        self.tally_at(phase).orders_confirmed += 1;
+        self.report.placed.push(code);
+    }
+
+    fn tally_at(&mut self, phase: usize) -> &mut Tally {
+        if self.report.phases.len() <= phase {
+            self.report.phases.resize(phase + 1, Tally::default());
+        }
+        &mut self.report.phases[phase]
+    }
+
+    /// Sends and keeps the answer only if it is a success.
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Option<Answer> {
+        self.send_raw(method, path, body, key)
+            .await
+            .filter(|a| a.status.is_success())
+    }
+
+    /// One request at the shopper's pace, counted in the current phase.
+    async fn send_raw(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Option<Answer> {
+        self.ticker.tick().await;
+        let phase = self.phase.load(Ordering::SeqCst);
+        let start = Instant::now();
+        let n = self.targets.len();
+        let first = self.preferred;
+        let mut result = None;
+        for k in 0..n {
+            let target = &self.targets[(first + k) % n];
+            let mut req = self
+                .client
+                .request(method.clone(), format!("{target}{path}"));
+            if let Some(c) = &self.cart {
+                req = req.header("cookie", format!("cart={c}"));
+            }
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            if let Some(k) = key {
+                req = req.header("idempotency-key", k);
+            }
+            match req.send().await {
+                // Nothing was sent: the next proxy, and stay with it.
+                Err(e) if e.is_connect() && k + 1 < n => {
+                    self.preferred = (first + k + 1) % n;
+                }
+                r => {
+                    result = Some(r);
+                    break;
+                }
+            }
+        }
+        let outcome = match result {
+            Some(Ok(res)) => {
+                let status = res.status();
+                let by = res
+                    .headers()
+                    .get("x-served-by")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("proxy")
+                    .to_string();
+                if let Some(cart) = res
+                    .headers()
+                    .get_all("set-cookie")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .filter_map(|v| v.split(';').next())
+                    .find_map(|kv| kv.strip_prefix("cart="))
+                {
+                    self.cart = Some(cart.to_string());
+                }
+                match res.text().await {
+                    Ok(body) => Ok((status, by, body)),
+                    Err(e) => Err(classify(&e)),
+                }
+            }
+            Some(Err(e)) => Err(classify(&e)),
+            None => Err("no target".to_string()),
+        };
+        let took = start.elapsed();
+        let phase_tally = self.tally_at(phase);
+        phase_tally.requests += 1;
+        match outcome {
+            Ok((status, by, body)) => {
+                *phase_tally.served_by.entry(by).or_default() += 1;
+                if status.is_client_error() || status.is_server_error() {
+                    phase_tally.failed(status.as_u16().to_string(), took);
+                }
+                Some(Answer { status, body })
+            }
+            Err(kind) => {
+                phase_tally.failed(kind, took);
+                None
+            }
+        }
+    }
+}
+
+fn classify(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connection refused".into()
+    } else {
+        "connection reset".into()
+    }
+}

@@ -1,0 +1,141 @@
+//! The one-server → highly available progression, measured: each stage is
+//! brought up from real processes (widget-shop, tandem-control,
+//! tandem-proxy, Postgres), loaded by steady simulated shoppers, broken on
+//! purpose, and counted.
+//!
+//! `stage_3_...` runs with the other tests. `progression` is the full demo
+//! (`scripts/progression.sh` runs it and prints the tables):
+//!
+//! ```text
+//! cargo build --bins -p widget-shop -p tandem-proxy -p tandem-control
+//! cargo test -p widget-shop --test progression -- --ignored --nocapture progression
+//! ```
+//!
+//! Knobs (environment): `PROGRESSION_PHASE_SECS` (8), `PROGRESSION_SHOPPERS`
+//! (6), `PROGRESSION_PACE_MS` (50: each shopper's time between requests),
+//! `PROGRESSION_STAGES` (`1,2,3`), `PROGRESSION_REPORT` (also write the
+//! tables to this file).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod load;
+mod report;
+mod stages;
+
+use std::time::Duration;
+
+use stages::{RunConfig, StageResult};
+
+fn env_u64(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}: expected a whole number, got {v:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn print_tables(results: &[StageResult]) -> String {
+    let text = format!("{}\n{}", report::summary(results), report::phases(results));
+    println!("\n{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_3_a_shop_server_killed_under_load_loses_no_orders() -> anyhow::Result<()> {
+    let run = RunConfig {
+        phase: Duration::from_secs(4),
+        shoppers: 4,
+        pace: Duration::from_millis(50),
+    };
+    let r = stages::stage_3(&run).await?;
+    print_tables(std::slice::from_ref(&r));
+
+    assert!(!r.load.placed.is_empty(), "shoppers placed orders");
+    assert!(
+        r.lost().is_empty(),
+        "orders confirmed but not recorded: {:?}",
+        r.lost()
+    );
+    assert_eq!(r.duplicated(), 0, "an order confirmed twice");
+    assert!(
+        r.stock_consistent,
+        "stock taken differs from the orders recorded"
+    );
+    // The shop kept working through each failure: orders kept being placed
+    // and nearly every request succeeded (a request in flight on the killed
+    // server may fail; the bound is generous on purpose).
+    for (label, t) in r.phases.iter().zip(&r.load.phases) {
+        assert!(
+            t.orders_confirmed > 0,
+            "no order placed during {label:?}: {t:?}"
+        );
+        assert!(
+            t.availability() >= 95.0,
+            "availability {:.2} % during {label:?}: {t:?}",
+            t.availability()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the full demo (about two minutes): scripts/progression.sh runs it"]
+async fn progression() -> anyhow::Result<()> {
+    let run = RunConfig {
+        phase: Duration::from_secs(env_u64("PROGRESSION_PHASE_SECS", 8)?),
+        shoppers: env_u64("PROGRESSION_SHOPPERS", 6)? as usize,
+        pace: Duration::from_millis(env_u64("PROGRESSION_PACE_MS", 50)?),
+    };
+    let wanted = std::env::var("PROGRESSION_STAGES").unwrap_or_else(|_| "1,2,3".into());
+    println!(
+        "\nprogression: {} shoppers, one request each every {} ms, {} s per phase",
+        run.shoppers,
+        run.pace.as_millis(),
+        run.phase.as_secs()
+    );
+    let mut results = Vec::new();
+    for stage in wanted.split(',').map(str::trim) {
+        println!("stage {stage}: starting");
+        let r = match stage {
+            "1" => stages::stage_1(&run).await?,
+            "2" => stages::stage_2(&run).await?,
+            "3" => stages::stage_3(&run).await?,
+            other => anyhow::bail!("PROGRESSION_STAGES: no stage {other:?} (1, 2 or 3)"),
+        };
+        let t = r.load.total();
+        println!(
+            "stage {stage}: {} requests, {} failed, {} orders placed, {} recorded",
+            t.requests,
+            t.failed,
+            r.load.placed.len(),
+            r.recorded.len()
+        );
+        results.push(r);
+    }
+    let text = print_tables(&results);
+    if let Ok(path) = std::env::var("PROGRESSION_REPORT") {
+        std::fs::write(&path, &text)?;
+        println!("tables written to {path}");
+    }
+    for r in &results {
+        assert!(
+            r.lost().is_empty(),
+            "stage {}: orders lost: {:?}",
+            r.name,
+            r.lost()
+        );
+        assert_eq!(
+            r.duplicated(),
+            0,
+            "stage {}: an order confirmed twice",
+            r.name
+        );
+        assert!(
+            r.stock_consistent,
+            "stage {}: stock does not match orders",
+            r.name
+        );
+    }
+    Ok(())
+}

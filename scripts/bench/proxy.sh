@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# tandem-proxy side by side with nginx and HAProxy (Debian's packages), in
+# front of the same backend, with the same load generator.
+#
+# Method (also in docs/benchmarks.md):
+# - backend: one nginx worker answering `200 ok` from memory, on core 1;
+# - each proxy: one worker, pinned to core 0, upstream keep-alive on;
+# - load: wrk, one thread, $CONNS connections for $DURATION, on core 1;
+# - first a direct run against the backend, the baseline for "latency added";
+# - CPU per request from the proxy's utime+stime (/proc), memory as RSS after
+#   the run (all of the proxy's processes).
+# It prints a table and the ratios tandem/nginx and tandem/haproxy.
+#
+# Usage: scripts/bench/proxy.sh            (DURATION=10s CONNS=50 by default)
+#        DURATION=30s CONNS=100 scripts/bench/proxy.sh
+# Not a test: numbers depend on the machine; nothing here asserts.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+BACKEND_PORT=${BACKEND_PORT:-18100}
+TANDEM_PORT=${TANDEM_PORT:-18101}
+TANDEM_ADMIN_PORT=${TANDEM_ADMIN_PORT:-18102}
+NGINX_PORT=${NGINX_PORT:-18103}
+HAPROXY_PORT=${HAPROXY_PORT:-18104}
+
+# === prerequisites (idempotent) ===
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get install -y "${need[@]}" >/dev/null 2>&1 ||
+    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${need[@]}" >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+CORES=$(nproc)
+if [ "$CORES" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
+
+echo "building tandem-proxy (release)"
+cargo build --release -q -p tandem-proxy
+TANDEM=target/release/tandem-proxy
+
+WORK=$(mktemp -d -t tandem-bench-XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+# === the backend: nginx, one worker, on the load core ===
+mkdir -p "$WORK/backend"
+cat >"$WORK/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT reuseport;
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+taskset -c "$LOAD_CORE" "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+PIDS+=($!)
+wait_port "$BACKEND_PORT"
+
+# === the proxies ===
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {
+    server 127.0.0.1:$BACKEND_PORT;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+taskset -c "$PROXY_CORE" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
+
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend be
+backend be
+  server b1 127.0.0.1:$BACKEND_PORT
+EOF
+taskset -c "$PROXY_CORE" "$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
+
+mkdir -p "$WORK/tandem"
+cat >"$WORK/tandem/snapshot.json" <<EOF
+{"revision": 1,
+ "pools": {"bench": {
+   "config": {"name": "bench", "policy": "round_robin",
+     "health_check": {"kind": "http", "path": "/", "method": "GET", "host": "",
+       "expected_status_min": 200, "expected_status_max": 399,
+       "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
+     "connect_timeout_ms": 1000, "request_timeout_ms": 30000,
+     "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
+     "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
+     "panic_threshold_percent": 50},
+   "backends": [{"address": "127.0.0.1:$BACKEND_PORT", "weight": 1, "role": "primary", "admin_state": "enabled"}],
+   "revision": 1}},
+ "routes": [{"host": "*", "path_prefix": "/", "pool": "bench"}]}
+EOF
+TANDEM_LISTEN=127.0.0.1:$TANDEM_PORT TANDEM_ADMIN_LISTEN=127.0.0.1:$TANDEM_ADMIN_PORT \
+  TANDEM_STATE_DIR=$WORK/tandem TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
+  taskset -c "$PROXY_CORE" "$TANDEM" >"$WORK/tandem.log" 2>&1 &
+TANDEM_PID=$!
+PIDS+=($TANDEM_PID)
+
+for p in $NGINX_PORT $HAPROXY_PORT $TANDEM_PORT; do wait_port "$p"; done
+for p in $BACKEND_PORT $NGINX_PORT $HAPROXY_PORT $TANDEM_PORT; do
+  body=$(curl -fsS "http://127.0.0.1:$p/" || true)
+  [ "$body" = "ok" ] || { echo "port $p answers ${body:-nothing}" >&2; cat "$WORK/tandem.log" >&2; exit 1; }
+done
+
+# === measuring ===
+# All pids of a process tree (nginx master + worker).
+tree_pids() { echo "$1"; pgrep -P "$1" || true; }
+cpu_ticks() { # utime + stime of a process tree, in clock ticks
+  local t=0
+  for p in $(tree_pids "$1"); do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+rss_kb() {
+  local t=0
+  for p in $(tree_pids "$1"); do
+    [ -r "/proc/$p/status" ] || continue
+    t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$t"
+}
+to_ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") in ms
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n = n * 1000
+    printf "%.3f", n }'
+}
+TICK=$(getconf CLK_TCK)
+
+declare -A RPS P50 P99 CPU RSS ERR
+run() { # name port [pid]
+  local name=$1 port=$2 pid=${3:-}
+  # Warm up connections and caches.
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null
+  local before=0
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  local out
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/")
+  local requests
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  RPS[$name]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+  P50[$name]=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+  P99[$name]=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  ERR[$name]=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  if [ -n "$pid" ]; then
+    local after
+    after=$(cpu_ticks "$pid")
+    CPU[$name]=$(awk -v a="$after" -v b="$before" -v n="$requests" -v t="$TICK" \
+      'BEGIN { printf "%.2f", (a - b) / t / n * 1e6 }')
+    RSS[$name]=$(( $(rss_kb "$pid") / 1024 ))
+  else
+    CPU[$name]="-"
+    RSS[$name]="-"
+  fi
+}
+
+echo "load: wrk -t1 -c$CONNS -d$DURATION; proxies on core $PROXY_CORE, backend and wrk on core $LOAD_CORE"
+run direct "$BACKEND_PORT"
+run nginx "$NGINX_PORT" "$NGINX_PID"
+run haproxy "$HAPROXY_PORT" "$HAPROXY_PID"
+run tandem "$TANDEM_PORT" "$TANDEM_PID"
+
+added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+printf "\n%-8s %10s %9s %9s %12s %12s %13s %8s\n" \
+  target req/s p50_ms p99_ms p50_added_ms p99_added_ms cpu_us_per_req rss_MiB
+for n in direct nginx haproxy tandem; do
+  if [ "$n" = direct ]; then a50="-"; a99="-"; else
+    a50=$(added "${P50[$n]}" "${P50[direct]}"); a99=$(added "${P99[$n]}" "${P99[direct]}"); fi
+  printf "%-8s %10s %9s %9s %12s %12s %13s %8s  %s\n" "$n" "${RPS[$n]}" "${P50[$n]}" "${P99[$n]}" \
+    "$a50" "$a99" "${CPU[$n]}" "${RSS[$n]}" "${ERR[$n]}"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+echo
+echo "tandem/nginx:   throughput $(ratio "${RPS[tandem]}" "${RPS[nginx]}")x," \
+  "p99 $(ratio "${P99[tandem]}" "${P99[nginx]}")x, cpu/req $(ratio "${CPU[tandem]}" "${CPU[nginx]}")x"
+echo "tandem/haproxy: throughput $(ratio "${RPS[tandem]}" "${RPS[haproxy]}")x," \
+  "p99 $(ratio "${P99[tandem]}" "${P99[haproxy]}")x, cpu/req $(ratio "${CPU[tandem]}" "${CPU[haproxy]}")x"
