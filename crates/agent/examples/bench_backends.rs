@@ -1,0 +1,129 @@
+//! The target set of `scripts/bench/agent.sh`: one process serving
+//! `GET /healthz` (200) on many loopback ports, each declared as a backend
+//! of one pool on the control plane, probed every `--interval-ms`.
+//!
+//! One process with many listeners rather than many `tandem-fake-backend`
+//! processes: a thousand processes would cost more memory and scheduler
+//! noise than the agent being measured. It prints `ready <n>` once every
+//! backend is declared, then serves until killed.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tandem_proto::v1::{self, control_plane_client::ControlPlaneClient};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Listeners (and backends) to create.
+    #[arg(long, default_value_t = 1_000)]
+    listeners: usize,
+    /// A control-plane endpoint (http://host:port).
+    #[arg(long, env = "TANDEM_CONTROL")]
+    control: String,
+    /// Admin token of the control plane.
+    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Pool to create.
+    #[arg(long, default_value = "bench")]
+    pool: String,
+    /// Probe interval of the pool, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    interval_ms: u32,
+    /// Check kind: `http` (GET /healthz) or `tcp` (connect only).
+    #[arg(long, default_value = "http")]
+    kind: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut addrs = Vec::with_capacity(args.listeners);
+    for _ in 0..args.listeners {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        addrs.push(l.local_addr()?);
+        tokio::spawn(serve(l));
+    }
+
+    let channel = tonic::transport::Channel::from_shared(args.control.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.control))?;
+    let mut client = ControlPlaneClient::new(channel);
+    let bearer: Bearer = format!("Bearer {}", args.token).parse()?;
+    client
+        .create_pool(authed(
+            &bearer,
+            v1::CreatePoolRequest {
+                pool: Some(v1::Pool {
+                    name: args.pool.clone(),
+                    health_check: Some(v1::HealthCheck {
+                        kind: Some(match args.kind.as_str() {
+                            "tcp" => v1::HealthCheckKind::Tcp.into(),
+                            _ => v1::HealthCheckKind::Http.into(),
+                        }),
+                        path: Some("/healthz".into()),
+                        interval_ms: Some(args.interval_ms),
+                        timeout_ms: Some(args.interval_ms.min(1_000)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await?;
+    for a in &addrs {
+        client
+            .add_backend(authed(
+                &bearer,
+                v1::AddBackendRequest {
+                    pool: args.pool.clone(),
+                    backend: Some(v1::Backend {
+                        address: a.to_string(),
+                        ..Default::default()
+                    }),
+                    expected_revision: None,
+                },
+            ))
+            .await?;
+    }
+    println!("ready {}", addrs.len());
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+fn authed<T>(bearer: &Bearer, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", bearer.clone());
+    req
+}
+
+async fn serve(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = service_fn(|_req| async {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,149 @@
+//! Tandem's health-probe agent.
+//!
+//! It owns active probing: it follows the pools and backends declared on the
+//! control plane (`Watch`, kind AGENT), probes every backend by HTTP or TCP
+//! on its pool's interval with jitter, and reports each result to the
+//! control plane (`ReportHealth`), which aggregates the reports of every
+//! agent and decides. It must never decide a backend's state by itself:
+//! it reports what it sees, raw, and the quorum of agents decides, so one
+//! agent that lost its own path to a backend cannot take it down.
+//!
+//! The pieces: [`watch`] (configuration in), [`target`] (what to probe),
+//! [`schedule`] (when: one jittered task per target), [`probe`] (how: one
+//! TCP connect or HTTP request on a fresh connection), [`report`] (results
+//! out, batched, never blocking a probe).
+
+pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod probe;
+pub mod report;
+pub mod schedule;
+pub mod target;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tandem_core::Snapshot;
+use tokio::net::TcpListener;
+use tokio::sync::watch as channel;
+
+pub use config::{Args, Settings};
+
+use crate::control::Identity;
+use crate::report::{ReportQueue, Reporter};
+use crate::schedule::{Context, Prober};
+
+/// The agent's errors (all at start-up: once running, it retries forever).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin server: {0}")]
+    Admin(std::io::Error),
+}
+
+/// Runs the agent until `shutdown` resolves: stops probing, sends the
+/// observations still queued, and returns.
+pub async fn run(
+    settings: Settings,
+    admin_listener: TcpListener,
+    prometheus: tandem_telemetry::PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let me = Identity {
+        node_id: settings.node_id.clone(),
+        zone: settings.zone.clone(),
+        token: settings.token.clone(),
+    };
+    let queue = Arc::new(ReportQueue::new(settings.report_queue));
+    let reporter = Reporter::new(
+        &settings.control,
+        me.clone(),
+        settings.report_batch,
+        settings.report_timeout,
+    )?;
+    let (config_tx, mut config_rx) = channel::channel::<Option<Arc<Snapshot>>>(None);
+    let (stop_tx, stop_rx) = channel::channel(false);
+
+    // Admin port: ready once the control plane gave us a configuration.
+    let ready_rx = config_rx.clone();
+    let ready = tandem_telemetry::ready_check(move || {
+        let revision = ready_rx.borrow().as_ref().map(|s| s.revision);
+        async move {
+            match revision {
+                Some(r) => Ok(format!("configuration at revision {r}")),
+                None => Err("no configuration from the control plane yet".to_string()),
+            }
+        }
+    });
+    let router = tandem_telemetry::admin_router(prometheus, ready);
+    let admin = tokio::spawn(tandem_telemetry::serve_admin(admin_listener, router, {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }));
+
+    let reporting = tokio::spawn(reporter.run(queue.clone(), stop_rx.clone()));
+    let watching = tokio::spawn(watch::run(settings.control.clone(), me, config_tx));
+    let mut prober = Prober::new(Arc::new(Context {
+        origin: tokio::time::Instant::now(),
+        source_ip: settings.probe_source_ip,
+        queue,
+        metrics: metrics::ProbeMetrics::new(),
+    }));
+    tracing::info!(
+        node_id = %settings.node_id,
+        zone = %settings.zone,
+        control = %settings.control.join(","),
+        probe_source_ip = ?settings.probe_source_ip,
+        "agent started"
+    );
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = config_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = config_rx.borrow_and_update().clone();
+                if let Some(s) = snapshot {
+                    let stats = prober.sync(target::targets(&s));
+                    if stats.added + stats.removed + stats.restarted > 0 {
+                        tracing::info!(
+                            revision = s.revision.0,
+                            targets = stats.total,
+                            added = stats.added,
+                            removed = stats.removed,
+                            restarted = stats.restarted,
+                            "probe targets updated"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    tracing::info!("stopping: no new probes; sending the observations still queued");
+    watching.abort();
+    drop(prober);
+    let _ = stop_tx.send(true);
+    let flush = settings.report_timeout * (settings.control.len() as u32 + 1);
+    if tokio::time::timeout(flush, reporting).await.is_err() {
+        tracing::warn!("gave up sending the last observations");
+    }
+    match admin.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Admin(e)),
+        Err(e) => Err(Error::Admin(std::io::Error::other(e))),
+    }
+}

@@ -1,0 +1,84 @@
+//! The agent's Prometheus metrics. Handles are registered once and cloned
+//! into the probe tasks, so recording a probe is a few atomic adds.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use tandem_core::HealthCheckKind;
+
+use crate::probe::Class;
+
+const KINDS: [HealthCheckKind; 2] = [HealthCheckKind::Http, HealthCheckKind::Tcp];
+
+fn kind_str(k: HealthCheckKind) -> &'static str {
+    match k {
+        HealthCheckKind::Http => "http",
+        HealthCheckKind::Tcp => "tcp",
+    }
+}
+
+/// Probe counters and latencies, by check kind and result.
+pub struct ProbeMetrics {
+    /// `tandem_agent_probes_total{kind, result}`, indexed [kind][class].
+    probes: [[Counter; Class::ALL.len()]; KINDS.len()],
+    /// `tandem_agent_probe_duration_seconds{kind}`.
+    latency: [Histogram; KINDS.len()],
+    /// `tandem_agent_targets`: backends being probed.
+    pub targets: Gauge,
+}
+
+impl ProbeMetrics {
+    pub fn new() -> ProbeMetrics {
+        ProbeMetrics {
+            probes: KINDS.map(|k| {
+                Class::ALL.map(|c| {
+                    counter!("tandem_agent_probes_total", "kind" => kind_str(k), "result" => c.as_str())
+                })
+            }),
+            latency: KINDS.map(|k| {
+                histogram!("tandem_agent_probe_duration_seconds", "kind" => kind_str(k))
+            }),
+            targets: gauge!("tandem_agent_targets"),
+        }
+    }
+
+    pub fn record(&self, kind: HealthCheckKind, class: Class, took: Duration) {
+        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(0);
+        let c = Class::ALL.iter().position(|x| *x == class).unwrap_or(0);
+        self.probes[k][c].increment(1);
+        self.latency[k].record(took.as_secs_f64());
+    }
+}
+
+impl Default for ProbeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reporting: `tandem_agent_reports_total{result="sent"|"failed"}` (one per
+/// attempt on one endpoint) and
+/// `tandem_agent_observations_dropped_total{reason="queue_full"|"report_failed"}`.
+pub struct ReportMetrics {
+    pub sent: Counter,
+    pub failed: Counter,
+    pub dropped_queue_full: Counter,
+    pub dropped_report_failed: Counter,
+}
+
+impl ReportMetrics {
+    pub fn new() -> ReportMetrics {
+        ReportMetrics {
+            sent: counter!("tandem_agent_reports_total", "result" => "sent"),
+            failed: counter!("tandem_agent_reports_total", "result" => "failed"),
+            dropped_queue_full: counter!("tandem_agent_observations_dropped_total", "reason" => "queue_full"),
+            dropped_report_failed: counter!("tandem_agent_observations_dropped_total", "reason" => "report_failed"),
+        }
+    }
+}
+
+impl Default for ReportMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,305 @@
+//! Reporting observations: probes push into a bounded queue that never
+//! blocks them (the oldest observation makes room, counted); one task sends
+//! what gathered over a short window as one `ReportHealth`, failing over to
+//! the next control-plane endpoint when one does not answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use tandem_core::health::BackendKey;
+use tandem_proto::v1::{self, control_plane_client::ControlPlaneClient};
+use tokio::sync::{Notify, watch};
+use tonic::transport::Channel;
+
+use crate::Error;
+use crate::control::{Identity, lazy_channel};
+use crate::metrics::ReportMetrics;
+
+/// At most this many observations in one request (a few hundred KB).
+const MAX_PER_REPORT: usize = 4_096;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One probe result, as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub key: BackendKey,
+    pub ok: bool,
+    pub detail: String,
+    pub latency_ms: u32,
+}
+
+fn to_proto(o: Observation) -> v1::Observation {
+    v1::Observation {
+        pool: o.key.pool.to_string(),
+        address: o.key.address.to_string(),
+        ok: o.ok,
+        detail: o.detail,
+        latency_ms: o.latency_ms,
+    }
+}
+
+// === ReportQueue ===
+
+/// A bounded, lock-free queue of observations. Pushing never waits: when it
+/// is full, the oldest observation is dropped, since the newest says more
+/// about a backend than an old one.
+pub struct ReportQueue {
+    queue: ArrayQueue<Observation>,
+    ready: Notify,
+    dropped: AtomicU64,
+    dropped_metric: metrics::Counter,
+}
+
+impl ReportQueue {
+    pub fn new(capacity: usize) -> ReportQueue {
+        ReportQueue {
+            queue: ArrayQueue::new(capacity.max(1)),
+            ready: Notify::new(),
+            dropped: AtomicU64::new(0),
+            dropped_metric: ReportMetrics::new().dropped_queue_full,
+        }
+    }
+
+    pub fn push(&self, o: Observation) {
+        if self.queue.force_push(o).is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_metric.increment(1);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Everything queued, oldest first.
+    pub fn drain(&self) -> Vec<Observation> {
+        let mut out = Vec::with_capacity(self.queue.len());
+        while let Some(o) = self.queue.pop() {
+            out.push(o);
+        }
+        out
+    }
+
+    /// Observations dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once something was pushed since the last call.
+    async fn wait(&self) {
+        self.ready.notified().await;
+    }
+}
+
+// === impl Reporter ===
+
+/// Sends batches of observations to the control plane.
+pub struct Reporter {
+    endpoints: Vec<(String, ControlPlaneClient<Channel>)>,
+    me: Identity,
+    batch: Duration,
+    timeout: Duration,
+    /// The endpoint that answered last: tried first.
+    current: usize,
+    /// Whether the last batch failed everywhere (to log changes only).
+    failing: bool,
+    metrics: ReportMetrics,
+}
+
+impl Reporter {
+    pub fn new(
+        urls: &[String],
+        me: Identity,
+        batch: Duration,
+        timeout: Duration,
+    ) -> Result<Reporter, Error> {
+        let endpoints = urls
+            .iter()
+            .map(|u| {
+                Ok((
+                    u.clone(),
+                    ControlPlaneClient::new(lazy_channel(u, timeout)?),
+                ))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Reporter {
+            endpoints,
+            me,
+            batch,
+            timeout,
+            current: 0,
+            failing: false,
+            metrics: ReportMetrics::new(),
+        })
+    }
+
+    /// Sends what the probes queue until `stop` turns true, then sends what
+    /// is left once.
+    pub async fn run(mut self, queue: Arc<ReportQueue>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            tokio::select! {
+                _ = queue.wait() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            // Gather a window's worth: one report instead of one per probe,
+            // and still far under any probe interval.
+            tokio::time::sleep(self.batch).await;
+            let batch = queue.drain();
+            if batch.is_empty() {
+                continue;
+            }
+            if self.send(batch).await {
+                backoff = BACKOFF_MIN;
+            } else {
+                // Nobody answers: wait a little (the queue keeps the newest
+                // observations meanwhile) rather than spin over endpoints.
+                let pause = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        let rest = queue.drain();
+        if !rest.is_empty() {
+            tracing::debug!(observations = rest.len(), "sending the last observations");
+            self.send(rest).await;
+        }
+    }
+
+    /// Sends a batch; false when no endpoint took it (it is dropped).
+    async fn send(&mut self, batch: Vec<Observation>) -> bool {
+        let total = batch.len();
+        let observations: Vec<v1::Observation> = batch.into_iter().map(to_proto).collect();
+        let mut done = 0;
+        for chunk in observations.chunks(MAX_PER_REPORT) {
+            if !self.send_chunk(chunk).await {
+                self.metrics
+                    .dropped_report_failed
+                    .increment((total - done) as u64);
+                return false;
+            }
+            done += chunk.len();
+        }
+        true
+    }
+
+    /// Tries every endpoint once, starting with the one that answered last.
+    async fn send_chunk(&mut self, observations: &[v1::Observation]) -> bool {
+        let n = self.endpoints.len();
+        for attempt in 0..n {
+            let i = (self.current + attempt) % n;
+            let mut req = tonic::Request::new(v1::ReportHealthRequest {
+                agent_id: self.me.node_id.clone(),
+                zone: self.me.zone.clone(),
+                observations: observations.to_vec(),
+            });
+            if let Err(e) = self.me.authorize(&mut req) {
+                tracing::error!(error = %e, "cannot report");
+                return false;
+            }
+            let (url, client) = &mut self.endpoints[i];
+            let result = tokio::time::timeout(self.timeout, client.report_health(req)).await;
+            let error = match result {
+                Ok(Ok(_)) => {
+                    self.metrics.sent.increment(1);
+                    if self.failing {
+                        tracing::info!(endpoint = %url, "observations reach the control plane again");
+                        self.failing = false;
+                    }
+                    self.current = i;
+                    return true;
+                }
+                Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
+            };
+            self.metrics.failed.increment(1);
+            tracing::debug!(endpoint = %url, %error, "ReportHealth failed; trying the next endpoint");
+            if !self.failing && attempt + 1 == n {
+                tracing::warn!(endpoint = %url, %error, "no control-plane endpoint takes health reports; dropping observations until one does");
+            }
+        }
+        self.failing = true;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_core::{BackendAddr, PoolName};
+
+    use super::*;
+
+    fn obs(i: u32) -> Observation {
+        Observation {
+            key: BackendKey {
+                pool: PoolName::new("shop").unwrap(),
+                address: BackendAddr::new("10.0.0.1:80").unwrap(),
+            },
+            ok: true,
+            detail: "HTTP 200".into(),
+            latency_ms: i,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_it() {
+        let q = ReportQueue::new(3);
+        for i in 0..5 {
+            q.push(obs(i));
+        }
+        assert_eq!(q.dropped(), 2);
+        let kept: Vec<u32> = q.drain().iter().map(|o| o.latency_ms).collect();
+        assert_eq!(kept, [2, 3, 4], "the newest are kept, oldest first");
+        assert!(q.drain().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pushing_wakes_the_reporter() {
+        let q = Arc::new(ReportQueue::new(8));
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.wait().await }
+        });
+        q.push(obs(1));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_control_plane_reports_fail_over_every_endpoint_and_stop_cleanly() {
+        // Two endpoints where nothing listens.
+        let urls = [
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".to_string(),
+        ];
+        let me = Identity {
+            node_id: "a1".into(),
+            zone: String::new(),
+            token: Some("t".into()),
+        };
+        let mut r = Reporter::new(
+            &urls,
+            me,
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        assert!(!r.send(vec![obs(1)]).await);
+        assert!(r.failing);
+        let q = Arc::new(ReportQueue::new(8));
+        q.push(obs(2));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(r.run(q.clone(), stop_rx));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("stops")
+            .unwrap();
+    }
+}

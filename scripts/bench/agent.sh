@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): the probe cost of tandem-agent, as a share of one
+# core, for TARGETS backends probed by HTTP every INTERVAL_MS (issue 4's
+# goal: at most 2% for 1,000 targets at 1 s). KIND=tcp measures TCP
+# connect checks instead.
+#
+# A throwaway Postgres and a tandem-control on loopback; one process serving
+# TARGETS listeners (the `bench_backends` example of crates/agent, declared
+# as one pool); a release tandem-agent following them. After a warm-up, the
+# agent's CPU time (utime + stime from /proc/<pid>/stat, all threads) is
+# read over WINDOW seconds of wall time.
+#
+#   scripts/bench/agent.sh
+#   TARGETS=2000 WINDOW=60 scripts/bench/agent.sh
+#   AGENT_BIN=/tmp/tandem-agent-before scripts/bench/agent.sh   # compare builds
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/lib.sh
+
+TARGETS=${TARGETS:-1000}
+INTERVAL_MS=${INTERVAL_MS:-1000}
+KIND=${KIND:-http}
+WARMUP=${WARMUP:-5}
+WINDOW=${WINDOW:-30}
+GOAL_PERCENT=${GOAL_PERCENT:-2}
+# The control plane only feeds the agent; its profile does not change the
+# agent's figure. Release by default would cost minutes of build.
+CONTROL_PROFILE=${CONTROL_PROFILE:-dev}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+AGENT_BIN=${AGENT_BIN:-$TARGET_DIR/release/tandem-agent}
+CONTROL_BIN="$TARGET_DIR/$([ "$CONTROL_PROFILE" = dev ] && echo debug || echo "$CONTROL_PROFILE")/tandem-control"
+ADMIN_TOKEN=bench-admin-token-0123456789
+NODE_TOKEN=bench-node-token-0123456789
+
+ensure_postgres_server
+command -v curl >/dev/null || apt_install curl
+step "building tandem-agent (release) and the benchmark backends"
+cargo build --release -p tandem-agent --bin tandem-agent --example bench_backends
+cargo build --profile "$CONTROL_PROFILE" -p tandem-control --bin tandem-control
+
+WORK=$(mktemp -d -t tandem-bench-agent-XXXXXX)
+chmod 755 "$WORK" # the postgres user must reach its data directory
+PIDS=()
+cleanup() {
+  trap - INT TERM EXIT
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pg_ctl_run -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup INT TERM EXIT
+
+free_port() {
+  local p
+  for _ in $(seq 1 100); do
+    p=$((20000 + RANDOM % 10000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+  die "no free port found"
+}
+pg_ctl_run() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi
+}
+wait_http() {
+  for _ in $(seq 1 150); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "$1 did not answer"
+}
+scrape() { curl -fsS "http://$AGENT_ADMIN/metrics" >"$WORK/metrics"; }
+metric_sum() { # sum of the last scrape's samples whose name (and labels) start with $1
+  awk -v m="$1" '$1 == m || index($1, m "{") == 1 || (index(m, "{") && index($1, m) == 1) { s += $2 } END { printf "%d\n", s }' "$WORK/metrics"
+}
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+now() { date +%s.%N; }
+
+step "starting Postgres, tandem-control and $TARGETS backends"
+PG_PORT=$(free_port)
+mkdir -p "$WORK/pg"
+[ "$(id -u)" -eq 0 ] && chown postgres:postgres "$WORK/pg"
+run_pg=(); [ "$(id -u)" -eq 0 ] && run_pg=(runuser -u postgres --)
+"${run_pg[@]}" "$(pg_bin)/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+pg_ctl_run -D "$WORK/pg/data" -l "$WORK/pg/pg.log" -w -t 30 \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK/pg -c fsync=off" start >/dev/null
+
+CONTROL_PORT=$(free_port); CONTROL_ADMIN_PORT=$(free_port)
+DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
+TANDEM_LISTEN="127.0.0.1:$CONTROL_PORT" TANDEM_ADMIN_LISTEN="127.0.0.1:$CONTROL_ADMIN_PORT" \
+TANDEM_ADMIN_TOKEN=$ADMIN_TOKEN TANDEM_NODE_TOKEN=$NODE_TOKEN TANDEM_NODE_ID=1 \
+TANDEM_STATE_DIR="$WORK/control-state" RUST_LOG=warn \
+  "$CONTROL_BIN" >"$WORK/control.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$CONTROL_ADMIN_PORT/readyz"
+
+"$TARGET_DIR/release/examples/bench_backends" --listeners "$TARGETS" --interval-ms "$INTERVAL_MS" --kind "$KIND" \
+  --control "http://127.0.0.1:$CONTROL_PORT" --token "$ADMIN_TOKEN" >"$WORK/backends.log" 2>&1 &
+BACKENDS_PID=$!
+PIDS+=($BACKENDS_PID)
+for _ in $(seq 1 600); do grep -q '^ready' "$WORK/backends.log" && break; sleep 0.2; done
+grep -q '^ready' "$WORK/backends.log" || { cat "$WORK/backends.log"; die "the backends were not declared"; }
+
+step "starting tandem-agent (release)"
+AGENT_ADMIN="127.0.0.1:$(free_port)"
+TANDEM_CONTROL="http://127.0.0.1:$CONTROL_PORT" TANDEM_TOKEN=$NODE_TOKEN TANDEM_NODE_ID=bench-agent \
+TANDEM_ADMIN_LISTEN=$AGENT_ADMIN RUST_LOG=warn \
+  "$AGENT_BIN" >"$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+PIDS+=($AGENT_PID)
+wait_http "http://$AGENT_ADMIN/readyz"
+for _ in $(seq 1 150); do scrape; [ "$(metric_sum tandem_agent_targets)" -ge "$TARGETS" ] && break; sleep 0.2; done
+[ "$(metric_sum tandem_agent_targets)" -ge "$TARGETS" ] || { cat "$WORK/agent.log"; die "the agent did not pick up $TARGETS targets"; }
+echo "agent probing $(metric_sum tandem_agent_targets) targets; warming up for ${WARMUP}s"
+sleep "$WARMUP"
+
+step "measuring for ${WINDOW}s"
+clk=$(getconf CLK_TCK)
+scrape; p0=$(metric_sum tandem_agent_probes_total); ok0=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
+r0=$(metric_sum tandem_agent_reports_total)
+a0=$(cpu_ticks "$AGENT_PID"); b0=$(cpu_ticks "$BACKENDS_PID"); t0=$(now)
+sleep "$WINDOW"
+a1=$(cpu_ticks "$AGENT_PID"); b1=$(cpu_ticks "$BACKENDS_PID"); t1=$(now)
+scrape; p1=$(metric_sum tandem_agent_probes_total); ok1=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
+r1=$(metric_sum tandem_agent_reports_total)
+rss=$(awk '/VmRSS/ { print $2 }' "/proc/$AGENT_PID/status")
+
+awk -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
+    -v probes=$((p1 - p0)) -v ok=$((ok1 - ok0)) -v reports=$((r1 - r0)) -v targets="$TARGETS" -v kind="$KIND" \
+    -v interval="$INTERVAL_MS" -v goal="$GOAL_PERCENT" -v rss="$rss" -v cores="$(nproc)" 'BEGIN {
+  wall = t1 - t0
+  share = 100 * a / clk / wall
+  printf "\n%d %s targets every %d ms, %.1f s window, %s cores\n", targets, toupper(kind), interval, wall, cores
+  printf "  probes:          %d (%.0f/s, %d ok), %d reports (%.1f/s)\n", probes, probes / wall, ok, reports, reports / wall
+  printf "  agent CPU:       %.2f%% of one core (%.1f us per probe), RSS %.1f MiB\n", share, (probes ? 1e6 * a / clk / probes : 0), rss / 1024
+  printf "  backends CPU:    %.2f%% of one core (for reference)\n", 100 * b / clk / wall
+  printf "  goal:            <= %s%% of one core -> %.2fx the goal (%s)\n", goal, share / goal, (share <= goal ? "met" : "not met")
+}'
