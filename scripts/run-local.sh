@@ -103,11 +103,18 @@ start_postgres control-db "$PG_PORT"
 start_postgres shop-db "$SHOP_PG_PORT"
 psql_run -p "$SHOP_PG_PORT" -d postgres -c "CREATE DATABASE shop"
 
-step "starting tandem-control on 127.0.0.1:$CONTROL_PORT"
-start control-1 env DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
-  TANDEM_LISTEN="127.0.0.1:$CONTROL_PORT" TANDEM_ADMIN_LISTEN="127.0.0.1:$CONTROL_ADMIN_PORT" \
-  TANDEM_NODE_ID=1 TANDEM_STATE_DIR="$WORK/control-1" "$BIN/tandem-control"
-wait_ok "http://127.0.0.1:$CONTROL_ADMIN_PORT/readyz" "the control plane"
+CONTROL_PORTS=("$CONTROL_PORT" $((CONTROL_PORT + 10)) $((CONTROL_PORT + 20)))
+CONTROL_ADMIN_PORTS=("$CONTROL_ADMIN_PORT" $((CONTROL_ADMIN_PORT + 10)) $((CONTROL_ADMIN_PORT + 20)))
+PEERS="1=127.0.0.1:${CONTROL_PORTS[0]},2=127.0.0.1:${CONTROL_PORTS[1]},3=127.0.0.1:${CONTROL_PORTS[2]}"
+CONTROL_ENDPOINTS="http://127.0.0.1:${CONTROL_PORTS[0]},http://127.0.0.1:${CONTROL_PORTS[1]},http://127.0.0.1:${CONTROL_PORTS[2]}"
+step "starting three tandem-control replicas (one raft group) on :${CONTROL_PORTS[*]}"
+for i in 1 2 3; do
+  start "control-$i" env DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
+    TANDEM_LISTEN="127.0.0.1:${CONTROL_PORTS[$((i - 1))]}" \
+    TANDEM_ADMIN_LISTEN="127.0.0.1:${CONTROL_ADMIN_PORTS[$((i - 1))]}" \
+    TANDEM_NODE_ID=$i TANDEM_PEERS="$PEERS" TANDEM_STATE_DIR="$WORK/control-$i" "$BIN/tandem-control"
+done
+for port in "${CONTROL_ADMIN_PORTS[@]}"; do wait_ok "http://127.0.0.1:$port/readyz" "the control replica on :$port"; done
 
 step "starting three widget-shop instances on :${SHOP_PORTS[*]}"
 for i in 1 2 3; do
@@ -119,7 +126,7 @@ for port in "${SHOP_PORTS[@]}"; do wait_ok "http://127.0.0.1:$port/readyz" "the 
 step "configuring the shop's pool and route through the control API (tandemctl)"
 ctl() {
   echo "  tandemctl $*"
-  TANDEM_ENDPOINT="http://127.0.0.1:$CONTROL_PORT" TANDEM_TOKEN="$TANDEM_ADMIN_TOKEN" \
+  TANDEM_ENDPOINT="$CONTROL_ENDPOINTS" TANDEM_TOKEN="$TANDEM_ADMIN_TOKEN" \
     "$BIN/tandemctl" "$@" >/dev/null || die "tandemctl $* failed"
 }
 # Probe /healthz every second (two failures out, two successes back in);
@@ -137,7 +144,7 @@ step "starting two proxies on :${PROXY_PORTS[*]}"
 for i in 1 2; do
   start "proxy-$i" env TANDEM_LISTEN="127.0.0.1:${PROXY_PORTS[$((i - 1))]}" \
     TANDEM_ADMIN_LISTEN="127.0.0.1:${PROXY_ADMIN_PORTS[$((i - 1))]}" \
-    TANDEM_CONTROL="http://127.0.0.1:$CONTROL_PORT" TANDEM_TOKEN="$TANDEM_NODE_TOKEN" \
+    TANDEM_CONTROL="$CONTROL_ENDPOINTS" TANDEM_TOKEN="$TANDEM_NODE_TOKEN" \
     TANDEM_NODE_ID="proxy-$i" TANDEM_STATE_DIR="$WORK/proxy-$i" TANDEM_WORKERS=1 "$BIN/tandem-proxy"
 done
 for i in 0 1; do
@@ -149,7 +156,7 @@ AGENTS="not built (tandem-agent is not in this tree yet)"
 if [ -x "$BIN/tandem-agent" ]; then
   step "starting two health agents"
   for i in 1 2; do
-    start "agent-$i" env TANDEM_CONTROL="http://127.0.0.1:$CONTROL_PORT" TANDEM_TOKEN="$TANDEM_NODE_TOKEN" \
+    start "agent-$i" env TANDEM_CONTROL="$CONTROL_ENDPOINTS" TANDEM_TOKEN="$TANDEM_NODE_TOKEN" \
       TANDEM_NODE_ID="agent-$i" TANDEM_ZONE="zone-$i" \
       TANDEM_ADMIN_LISTEN="127.0.0.1:${AGENT_ADMIN_PORTS[$((i - 1))]}" "$BIN/tandem-agent"
   done
@@ -163,8 +170,8 @@ Tandem is running (Ctrl-C stops everything):
   the shop            http://127.0.0.1:${PROXY_PORTS[0]}/   (through proxy-1; proxy-2: http://127.0.0.1:${PROXY_PORTS[1]}/)
   shop servers        http://127.0.0.1:${SHOP_PORTS[0]}/  :${SHOP_PORTS[1]}  :${SHOP_PORTS[2]}   (direct; /healthz /readyz /metrics)
   proxy admin         http://127.0.0.1:${PROXY_ADMIN_PORTS[0]}/config  http://127.0.0.1:${PROXY_ADMIN_PORTS[1]}/config   (/metrics /readyz)
-  control API (gRPC)  http://127.0.0.1:$CONTROL_PORT
-  control admin       http://127.0.0.1:$CONTROL_ADMIN_PORT/metrics  /healthz  /readyz
+  control API (gRPC)  $CONTROL_ENDPOINTS   (three replicas, one raft group)
+  control admin       http://127.0.0.1:${CONTROL_ADMIN_PORTS[0]}/metrics  :${CONTROL_ADMIN_PORTS[1]}  :${CONTROL_ADMIN_PORTS[2]}   (/healthz /readyz)
   health agents       $AGENTS
   databases           control-db postgres://postgres@127.0.0.1:$PG_PORT/postgres
                       shop-db    postgres://postgres@127.0.0.1:$SHOP_PG_PORT/shop
@@ -177,10 +184,11 @@ Break a shop server on purpose, then heal it:
   curl -X DELETE -H "authorization: Bearer $SHOP_ADMIN_TOKEN" http://127.0.0.1:${SHOP_PORTS[1]}/admin/fault
 
 Operate Tandem:
-  export TANDEM_ENDPOINT=http://127.0.0.1:$CONTROL_PORT TANDEM_TOKEN=$TANDEM_ADMIN_TOKEN
+  export TANDEM_ENDPOINT=$CONTROL_ENDPOINTS TANDEM_TOKEN=$TANDEM_ADMIN_TOKEN
   $BIN/tandemctl pool get shop
   $BIN/tandemctl backend drain shop 127.0.0.1:${SHOP_PORTS[0]}
-  $BIN/tandemctl status
+  $BIN/tandemctl status            # proxies, agents and backend health
+  $BIN/tandemctl cluster status    # the raft group: leader, term, each member's lag
 MSG
 set +e
 wait -n "${PIDS[@]}"
