@@ -30,4 +30,11 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+step "compose check (the full topology in containers)"
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  bash scripts/compose-check.sh
+else
+  echo "skipped: no Docker engine answers (docker info)"
+fi
+
 step "all checks passed in $((SECONDS - started)) s"

@@ -1,0 +1,66 @@
+#!/bin/sh
+# The compose topology's one-shot `init` service: configures the widget
+# shop's pool, backends and route through tandemctl, then exits 0.
+# Idempotent: what exists already (tandemctl exit code 5, conflict) is left
+# as it is, so `docker compose up` may run it again.
+#
+# Environment:
+#   TANDEM_ENDPOINT, TANDEM_TOKEN   control replicas and the admin token
+#   SHOP_POOL (shop)                pool name
+#   SHOP_BACKENDS                   space-separated host:port list
+#   SHOP_HOST (*)                   the route's host: * (any), exact or *.wildcard
+#   SHOP_POLICY (round_robin)       load-balancing policy
+set -eu
+
+: "${TANDEM_ENDPOINT:?set TANDEM_ENDPOINT}"
+: "${TANDEM_TOKEN:?set TANDEM_TOKEN}"
+POOL=${SHOP_POOL:-shop}
+BACKENDS=${SHOP_BACKENDS:-shop-1:3000 shop-2:3000 shop-3:3000}
+HOST=${SHOP_HOST:-*}
+POLICY=${SHOP_POLICY:-round_robin}
+export TANDEM_ENDPOINT TANDEM_TOKEN
+
+# ensure ARGS...: runs `tandemctl ARGS`; 0 = done, 5 = already there; 6
+# (control plane unavailable) is retried for up to a minute; anything else
+# fails the service.
+ensure() {
+  tries=0
+  while :; do
+    if out=$(tandemctl "$@" 2>&1); then
+      echo "ok:      tandemctl $*"
+      return 0
+    else
+      rc=$?
+    fi
+    case $rc in
+      5) echo "exists:  tandemctl $* ($out)"; return 0 ;;
+      6) tries=$((tries + 1))
+         if [ "$tries" -ge 30 ]; then
+           echo "error: the control plane stayed unavailable: $out" >&2
+           exit 1
+         fi
+         echo "waiting: control plane unavailable ($out)"
+         sleep 2 ;;
+      *) echo "failed:  tandemctl $* -> exit $rc: $out" >&2; exit "$rc" ;;
+    esac
+  done
+}
+
+echo "configuring pool '$POOL' ($POLICY) with backends: $BACKENDS"
+# Health: probe /healthz every second; two failures take a backend out, two
+# successes bring it back. Outlier detection: three consecutive connect
+# failures or 5xx eject a backend locally for 5 s (growing on repeats).
+ensure pool create "$POOL" --policy "$POLICY" \
+  --health-path /healthz --health-interval 1s --health-timeout 500ms \
+  --health-rise 2 --health-fall 2 \
+  --connect-timeout 1s --per-try-timeout 5s --retries 1 \
+  --outlier-failures 3 --outlier-ejection 5s
+for b in $BACKENDS; do
+  ensure backend add "$POOL" "$b"
+done
+ensure route add --host "$HOST" --prefix / --pool "$POOL"
+
+echo
+tandemctl pool get "$POOL" || true
+tandemctl route list || true
+echo "init: done"
