@@ -149,6 +149,24 @@ async fn a_new_leader_takes_over_when_the_leader_is_killed() -> anyhow::Result<(
         status.members.iter().all(|m| m.matched_index > 0),
         "{status:?}"
     );
+    // /metrics on the leader says the same.
+    let metrics = tandem_testkit::http_client()
+        .get(cluster.replicas[(leader - 1) as usize].admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for name in [
+        "tandem_raft_term",
+        "tandem_raft_is_leader 1",
+        "tandem_raft_commit_index",
+        "tandem_raft_member_lag{member=",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
 
     // Kill -9 the leader: the others elect a new one within 3 s.
     cluster.replica(leader).process.kill();

@@ -426,6 +426,14 @@ impl Driver {
                 }
                 metrics::gauge!("tandem_raft_commit_index").set(status.commit as f64);
                 metrics::gauge!("tandem_raft_applied_index").set(status.applied as f64);
+                // The leader's view of each member (followers export none).
+                for (id, matched) in &status.matched {
+                    let member = id.to_string();
+                    metrics::gauge!("tandem_raft_member_matched_index", "member" => member.clone())
+                        .set(*matched as f64);
+                    metrics::gauge!("tandem_raft_member_lag", "member" => member)
+                        .set(status.last_index.saturating_sub(*matched) as f64);
+                }
                 *s = status;
                 true
             }
