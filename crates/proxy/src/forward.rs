@@ -171,7 +171,11 @@ async fn forward(
     for attempt in 0..max_tries {
         let mut _retrying = None;
         if attempt > 0 {
-            if !retry_allowed(&pool.state, cfg.retry.budget_percent) {
+            // A try whose connect failed never reached a backend: trying
+            // another cannot amplify load, so only retries of requests that
+            // were sent count against the budget.
+            let sent = failure != Some(Failure::Connect);
+            if sent && !retry_allowed(&pool.state, cfg.retry.budget_percent) {
                 pool.state.budget_exhausted.increment(1);
                 break;
             }
