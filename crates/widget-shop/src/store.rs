@@ -128,6 +128,10 @@ impl Store {
             .options([("statement_timeout", statement_timeout.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
+            // Warm connections, so the first burst of shoppers after a
+            // start does not wait on connection set-up past the acquire
+            // timeout (seen under load in the compose check).
+            .min_connections(options.max_connections.min(4))
             .acquire_timeout(options.acquire_timeout)
             // A connection to a database that died is found out at once
             // rather than by the next shopper.
