@@ -10,7 +10,7 @@ use tandem_proto::v1::control_plane_server::ControlPlaneServer;
 use tandem_telemetry::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{Authenticate, Tokens};
 use crate::consensus::{Aggregator, Consensus, NoPeers, Peers, RaftSettings, Transport};
@@ -186,9 +186,14 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(control)
         .add_service(raft_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-            let _ = stop_signal.changed().await;
-        });
+        // No Nagle: small raft and watch writes must not wait for a
+        // delayed ACK (it cost ~40 ms per election step and watch burst).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            async move {
+                let _ = stop_signal.changed().await;
+            },
+        );
     let mut server = tokio::spawn(server);
 
     tokio::select! {

@@ -1,0 +1,144 @@
+//! Helpers shared by the control-plane benchmarks: percentiles, formatting,
+//! a monotonic clock in nanoseconds, and the file of child pids the shell
+//! entry points clean up after an interrupted run.
+
+#![allow(dead_code)] // each benchmark uses a subset
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tandem_proto::v1::control_plane_client::ControlPlaneClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// `cargo test --all-targets` runs bench targets without `--bench`: a
+/// benchmark must not start clusters then. True when it should run.
+pub fn invoked_as_benchmark() -> bool {
+    if std::env::args().any(|a| a == "--bench") {
+        return true;
+    }
+    eprintln!("benchmark skipped (not run by `cargo bench`; see scripts/bench/)");
+    false
+}
+
+/// Parses `KEY=VALUE` (clap value parser).
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// Nanoseconds since the start of the run, comparable across tasks.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// Summary of one set of samples, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub n: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// Nearest-rank percentiles (p99 of 20 samples is the largest).
+pub fn summarize(samples: &[f64]) -> Option<Summary> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let rank = |p: f64| {
+        let r = (p / 100.0 * s.len() as f64).ceil() as usize;
+        s[r.clamp(1, s.len()) - 1]
+    };
+    Some(Summary {
+        n: s.len(),
+        p50: rank(50.0),
+        p99: rank(99.0),
+        min: s[0],
+        max: s[s.len() - 1],
+        mean: s.iter().sum::<f64>() / s.len() as f64,
+    })
+}
+
+/// `a / b` as "3.2x", or "n/a" when `b` is not positive.
+pub fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Appends child pids to the file the shell entry point kills on exit, so
+/// an interrupted run (Ctrl-C skips destructors) leaves nothing behind.
+#[derive(Clone)]
+pub struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    pub fn new(path: Option<PathBuf>) -> PidFile {
+        PidFile(path)
+    }
+
+    pub fn record(&self, pid: Option<u32>) {
+        let (Some(path), Some(pid)) = (&self.0, pid) else {
+            return;
+        };
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{pid}"));
+        if let Err(e) = written {
+            eprintln!(
+                "warning: cannot record pid {pid} in {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A control-API client on its own connection, presenting `token`.
+pub type Client = ControlPlaneClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// Connects a new client (one TCP connection) to `endpoint` (`http://…`).
+pub async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(endpoint.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    Ok(ControlPlaneClient::with_interceptor(channel, bearer))
+}
