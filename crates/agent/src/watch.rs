@@ -21,6 +21,9 @@ use tonic::transport::Channel;
 
 use crate::control::{Identity, endpoint};
 
+/// How often the applied revision is reported again while it stays the same.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -161,9 +164,17 @@ pub(crate) fn apply(
 /// Reports the latest applied revision, coalescing bursts: the watch loop
 /// only overwrites the value, this task sends the newest.
 async fn report_applied(mut rx: watch::Receiver<Option<(Channel, Revision)>>, me: Identity) {
-    while rx.changed().await.is_ok() {
-        let latest = rx.borrow_and_update().clone();
-        let Some((channel, revision)) = latest else {
+    // Report each new revision at once, and the current one again every
+    // REPORT_EVERY: the control plane's "last seen" stays fresh and a
+    // failed report is retried.
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        let Some((channel, revision)) = rx.borrow_and_update().clone() else {
             continue;
         };
         let mut req = tonic::Request::new(ReportAppliedRequest {
@@ -181,7 +192,7 @@ async fn report_applied(mut rx: watch::Receiver<Option<(Channel, Revision)>>, me
         match tokio::time::timeout(Duration::from_secs(5), client.report_applied(req)).await {
             Ok(Ok(_)) => tracing::debug!(revision = revision.0, "reported applied revision"),
             Ok(Err(e)) => {
-                tracing::debug!(revision = revision.0, error = %e, "ReportApplied failed; will report the next revision")
+                tracing::debug!(revision = revision.0, error = %e, "ReportApplied failed; will report again")
             }
             Err(_) => tracing::debug!(revision = revision.0, "ReportApplied timed out"),
         }

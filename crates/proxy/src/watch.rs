@@ -34,6 +34,9 @@ pub struct Identity {
     pub token: Option<String>,
 }
 
+/// How often the applied revision is reported again while it stays the same.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A stream that sends nothing this long after opening means we are
@@ -249,7 +252,16 @@ fn authorize<T>(req: &mut tonic::Request<T>, me: &Identity) -> Result<(), tonic:
 /// Reports the latest applied revision, coalescing bursts: the watch loop
 /// only overwrites the value, this task sends what is newest.
 async fn report_applied(mut rx: watch::Receiver<Option<(Channel, Revision)>>, me: Identity) {
-    while rx.changed().await.is_ok() {
+    // Report each new revision at once, and the current one again every
+    // REPORT_EVERY: the control plane's "last seen" stays fresh and a
+    // failed report is retried.
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
         let Some((channel, revision)) = rx.borrow_and_update().clone() else {
             continue;
         };
@@ -267,7 +279,7 @@ async fn report_applied(mut rx: watch::Receiver<Option<(Channel, Revision)>>, me
         match ControlPlaneClient::new(channel).report_applied(req).await {
             Ok(_) => tracing::debug!(revision = revision.0, "reported applied revision"),
             Err(e) => {
-                tracing::debug!(revision = revision.0, error = %e, "ReportApplied failed; will report the next revision")
+                tracing::debug!(revision = revision.0, error = %e, "ReportApplied failed; will report again")
             }
         }
     }
