@@ -50,3 +50,10 @@ ensure_chromium() {
   fi
   echo "chromium: $(command -v chromium), chromedriver: $(command -v chromedriver)"
 }
+
+# Packet filters the partition tests cut traffic with (they run as root).
+ensure_packet_filters() {
+  command -v iptables >/dev/null || apt_install iptables
+  command -v nft >/dev/null || apt_install nftables
+  echo "iptables: $(command -v iptables), nft: $(command -v nft)"
+}

@@ -11,6 +11,7 @@ step "prerequisites"
 ensure_rust_components
 ensure_postgres_server
 ensure_chromium
+ensure_packet_filters
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
