@@ -204,7 +204,8 @@ impl ControlCluster {
             starting.push(ControlPlane::start_with(database_url, options));
         }
         let mut replicas = Vec::new();
-        for r in futures_join_all(starting).await {
+        // Replicas need each other to become ready: start them together.
+        for r in futures::future::join_all(starting).await {
             replicas.push(r?);
         }
         Ok(ControlCluster { replicas })
@@ -265,36 +266,4 @@ impl ControlCluster {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-}
-
-/// Awaits futures concurrently, in order (avoids a `futures` dependency).
-async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut handles = Vec::new();
-    let mut outs = Vec::new();
-    for f in futs {
-        handles.push(Box::pin(f));
-    }
-    // Replicas need each other to become ready, so poll them together.
-    let mut results: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (h, r) in handles.iter_mut().zip(results.iter_mut()) {
-            if r.is_none() {
-                match h.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *r = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    for r in results {
-        outs.extend(r);
-    }
-    outs
 }
