@@ -2,6 +2,9 @@
 //! losing the leader, losing quorum, restarting everything, and a leader
 //! cut off from the others by the kernel's packet filter.
 
+mod common;
+
+use common::obs;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -14,47 +17,7 @@ const B2: &str = "127.0.0.1:9202";
 const B3: &str = "127.0.0.1:9203";
 
 async fn configure(cp: &ControlPlane) -> anyhow::Result<()> {
-    let mut c = cp.admin_client().await?;
-    c.create_pool(v1::CreatePoolRequest {
-        pool: Some(v1::Pool {
-            name: "shop".into(),
-            health_check: Some(v1::HealthCheck {
-                interval_ms: Some(200),
-                timeout_ms: Some(100),
-                rise: Some(1),
-                fall: Some(1),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    })
-    .await?;
-    for addr in [B1, B2, B3] {
-        c.add_backend(v1::AddBackendRequest {
-            pool: "shop".into(),
-            backend: Some(v1::Backend {
-                address: addr.into(),
-                ..Default::default()
-            }),
-            expected_revision: None,
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-fn obs(addr: &str, ok: bool) -> v1::Observation {
-    v1::Observation {
-        pool: "shop".into(),
-        address: addr.into(),
-        ok,
-        detail: if ok {
-            "HTTP 200".into()
-        } else {
-            "HTTP 503".into()
-        },
-        latency_ms: 1,
-    }
+    common::shop_pool(cp, 1, 1, &[B1, B2, B3]).await
 }
 
 async fn report(cp: &ControlPlane, addr: &str, ok: bool) -> Result<(), tonic::Status> {

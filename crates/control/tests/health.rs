@@ -3,6 +3,9 @@
 //! GetHealth, and recorded in Postgres as history — which catches up after
 //! a database outage while health keeps flowing.
 
+mod common;
+
+use common::obs;
 use std::time::Duration;
 
 use tandem_proto::v1;
@@ -13,47 +16,7 @@ const A: &str = "127.0.0.1:9101";
 const B: &str = "127.0.0.1:9102";
 
 async fn setup(cp: &ControlPlane) -> anyhow::Result<()> {
-    let mut c = cp.admin_client().await?;
-    c.create_pool(v1::CreatePoolRequest {
-        pool: Some(v1::Pool {
-            name: "shop".into(),
-            health_check: Some(v1::HealthCheck {
-                interval_ms: Some(200),
-                timeout_ms: Some(100),
-                rise: Some(2),
-                fall: Some(2),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    })
-    .await?;
-    for addr in [A, B] {
-        c.add_backend(v1::AddBackendRequest {
-            pool: "shop".into(),
-            backend: Some(v1::Backend {
-                address: addr.into(),
-                ..Default::default()
-            }),
-            expected_revision: None,
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-fn obs(addr: &str, ok: bool) -> v1::Observation {
-    v1::Observation {
-        pool: "shop".into(),
-        address: addr.into(),
-        ok,
-        detail: if ok {
-            "HTTP 200".into()
-        } else {
-            "HTTP 503".into()
-        },
-        latency_ms: 1,
-    }
+    common::shop_pool(cp, 2, 2, &[A, B]).await
 }
 
 async fn report(cp: &ControlPlane, agent: &str, o: Vec<v1::Observation>) -> anyhow::Result<()> {
