@@ -57,3 +57,33 @@ ensure_packet_filters() {
   command -v nft >/dev/null || apt_install nftables
   echo "iptables: $(command -v iptables), nft: $(command -v nft)"
 }
+
+# pg_ctl as the user that owns the cluster (initdb and the server refuse root).
+pg_ctl_run() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi
+}
+
+# start_postgres DIR PORT: a throwaway cluster in DIR/data on 127.0.0.1:PORT
+# (trust auth, sockets in DIR, fsync off). Stop it with
+# `pg_ctl_run -D DIR/data -m immediate -w stop`.
+start_postgres() {
+  local dir=$1 port=$2 run=()
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres:postgres "$dir"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$(pg_bin)/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  pg_ctl_run -D "$dir/data" -l "$dir/pg.log" -w -t 30 \
+    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c fsync=off" start >/dev/null
+}
+
+# free_port: a loopback port nothing listens on right now.
+free_port() {
+  local p
+  for _ in $(seq 1 100); do
+    p=$((20000 + RANDOM % 10000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+  die "no free port found"
+}

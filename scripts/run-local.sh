@@ -65,19 +65,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-pg_ctl_run() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi
-}
-# start_postgres NAME PORT: a throwaway cluster in $WORK/NAME.
-start_postgres() {
-  local dir="$WORK/$1"
-  mkdir -p "$dir"
-  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir"
-  local run=(); [ "$(id -u)" -eq 0 ] && run=(runuser -u postgres --)
-  "${run[@]}" "$(pg_bin)/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-  pg_ctl_run -D "$dir/data" -l "$dir/pg.log" -w -t 30 \
-    -o "-p $2 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir" start >/dev/null
-}
 psql_run() {
   local psql; psql=$(command -v psql || echo "$(pg_bin)/psql")
   "$psql" -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q "$@"
@@ -99,8 +86,8 @@ wait_ok() {
 }
 
 step "starting throwaway Postgres clusters: control-db on :$PG_PORT, shop-db on :$SHOP_PG_PORT"
-start_postgres control-db "$PG_PORT"
-start_postgres shop-db "$SHOP_PG_PORT"
+start_postgres "$WORK/control-db" "$PG_PORT"
+start_postgres "$WORK/shop-db" "$SHOP_PG_PORT"
 psql_run -p "$SHOP_PG_PORT" -d postgres -c "CREATE DATABASE shop"
 
 CONTROL_PORTS=("$CONTROL_PORT" $((CONTROL_PORT + 10)) $((CONTROL_PORT + 20)))

@@ -50,17 +50,6 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-free_port() {
-  local p
-  for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 10000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port found"
-}
-pg_ctl_run() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi
-}
 wait_http() {
   for _ in $(seq 1 150); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
   die "$1 did not answer"
@@ -74,12 +63,7 @@ now() { date +%s.%N; }
 
 step "starting Postgres, tandem-control and $TARGETS backends"
 PG_PORT=$(free_port)
-mkdir -p "$WORK/pg"
-[ "$(id -u)" -eq 0 ] && chown postgres:postgres "$WORK/pg"
-run_pg=(); [ "$(id -u)" -eq 0 ] && run_pg=(runuser -u postgres --)
-"${run_pg[@]}" "$(pg_bin)/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-pg_ctl_run -D "$WORK/pg/data" -l "$WORK/pg/pg.log" -w -t 30 \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK/pg -c fsync=off" start >/dev/null
+start_postgres "$WORK/pg" "$PG_PORT"
 
 CONTROL_PORT=$(free_port); CONTROL_ADMIN_PORT=$(free_port)
 DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \

@@ -63,9 +63,6 @@ echo "tandem binaries: $BIN"
 WORK=$(mktemp -d -t tandem-bench-detection-XXXXXX)
 chmod 755 "$WORK" # the postgres user must reach its data directory
 PIDS=()
-pg_ctl_run() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi
-}
 cleanup() {
   trap - INT TERM EXIT
   set +e
@@ -78,14 +75,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-  local p
-  for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 10000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port found"
-}
 wait_http() {
   for _ in $(seq 1 150); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done
   die "$1 did not answer ($2)"
@@ -132,12 +121,7 @@ start haproxy "$HAPROXY" -f "$WORK/haproxy.cfg" -db
 
 step "starting Postgres, tandem-control, tandem-agent, tandem-proxy"
 PG_PORT=$(free_port)
-mkdir -p "$WORK/pg"
-[ "$(id -u)" -eq 0 ] && chown postgres:postgres "$WORK/pg"
-run_pg=(); [ "$(id -u)" -eq 0 ] && run_pg=(runuser -u postgres --)
-"${run_pg[@]}" "$(pg_bin)/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-pg_ctl_run -D "$WORK/pg/data" -l "$WORK/pg/pg.log" -w -t 30 \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK/pg -c fsync=off" start >/dev/null
+start_postgres "$WORK/pg" "$PG_PORT"
 
 CONTROL_PORT=$(free_port); CONTROL_ADMIN_PORT=$(free_port)
 CONTROL=http://127.0.0.1:$CONTROL_PORT

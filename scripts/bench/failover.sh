@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib.sh
+source scripts/bench/control-bench.sh
 
 ensure_postgres_server
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
@@ -29,51 +30,4 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
 fi
 echo "etcd: $(etcd --version | head -1)"
 
-step "building tandem-control and the benchmark (release; reuses target/)"
-# Only what runs: the release tandem-control binary, and the bench target
-# (bench profile = release settings, same target/release directory; it pulls
-# in tandem-testkit's library).
-cargo build --release -p tandem-control --bin tandem-control
-# The bench executable is run directly (below), so an interrupt can stop it.
-BENCH_BIN=$(cargo bench -p tandem-control --bench failover --no-run --message-format=json-render-diagnostics |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
-[ -x "$BENCH_BIN" ] || die "cargo did not report the failover bench executable"
-
-# Everything the run creates (Postgres, raft state, etcd data, logs) lives here.
-WORK=$(mktemp -d -t tandem-bench-failover-XXXXXX)
-chmod 755 "$WORK" # the throwaway Postgres runs as `postgres` below it
-PIDFILE=$WORK/pids
-pg_ctl_run() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi
-}
-BENCH_PID=
-cleanup() {
-  trap - INT TERM EXIT
-  if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
-    kill "$BENCH_PID" 2>/dev/null || true
-    wait "$BENCH_PID" 2>/dev/null || true
-  fi
-  # The benchmark stops its children itself; after an interrupt it cannot,
-  # so kill the pids it recorded (only if they are still ours).
-  if [ -f "$PIDFILE" ]; then
-    while read -r pid; do
-      if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE 'tandem-control|etcd'; then
-        kill -9 "$pid" 2>/dev/null || true
-      fi
-    done <"$PIDFILE"
-  fi
-  for pid in "$WORK"/*/data/postmaster.pid; do
-    if [ -f "$pid" ]; then
-      pg_ctl_run -D "$(dirname "$pid")" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
-  done
-  rm -rf "$WORK"
-}
-trap cleanup INT TERM EXIT
-
-step "leader failover: tandem vs etcd (about 3 minutes for 20 runs)"
-# In the background so a signal runs the trap at once (bash defers traps
-# while a foreground command runs); `cargo bench` would pass --bench too.
-TMPDIR=$WORK "$BENCH_BIN" --bench --pid-file "$PIDFILE" "$@" &
-BENCH_PID=$!
-wait "$BENCH_PID"
+run_control_bench failover 'tandem-control|etcd' "leader failover: tandem vs etcd (about 3 minutes for 20 runs)" "$@"
