@@ -1,7 +1,8 @@
 //! A real browser: Debian's headless Chromium, driven over WebDriver by
 //! `chromedriver`, buys a widget the way a person would, through a real
 //! Tandem proxy in front of two shop servers, and leaves screenshots in
-//! `docs/screenshots/` for people to look at.
+//! `target/screenshots/` for people to look at (`SHOP_SCREENSHOT_DIR=docs/screenshots`
+//! refreshes the ones in the docs).
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver`
 //! (`scripts/test.sh` installs them). Without them this test fails, saying
@@ -113,11 +114,13 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `docs/screenshots/<name>` at the workspace root.
+/// Where a screenshot goes: `target/screenshots/<name>`, so a test run
+/// leaves the checkout clean; with `SHOP_SCREENSHOT_DIR=docs/screenshots`
+/// (relative to the workspace root) it refreshes the ones the docs show.
 fn screenshot_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../docs/screenshots")
-        .join(name)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::var("SHOP_SCREENSHOT_DIR").unwrap_or_else(|_| "target/screenshots".into());
+    root.join(dir).join(name)
 }
 
 async fn save_screenshot(browser: &Client, name: &str) -> anyhow::Result<()> {
