@@ -87,6 +87,16 @@ impl ControlService {
     }
 }
 
+/// Runs a call's work, timing it, and hands the outcome to [`finish`].
+async fn call<T>(
+    method: &'static str,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<Response<T>, Status> {
+    let start = Instant::now();
+    let r = work.await;
+    finish(method, start, r)
+}
+
 /// Records a call's outcome in metrics and turns errors into a `Status`
 /// (the one place errors are converted and logged).
 fn finish<T>(
@@ -135,8 +145,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::CreatePoolRequest>,
     ) -> Result<Response<v1::PoolReply>, Status> {
         require_admin(&req)?;
-        let start = Instant::now();
-        let r = async {
+        call("CreatePool", async {
             let msg = required(&req.get_ref().pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
             let config = convert::pool_config_from_proto(PoolConfig::new(name), msg)?;
@@ -152,39 +161,34 @@ impl ControlPlane for ControlService {
                 pool: Some(convert::pool_to_proto(&pool)),
                 revision: rev.0,
             })
-        }
-        .await;
-        finish("CreatePool", start, r)
+        })
+        .await
     }
 
     async fn get_pool(
         &self,
         req: Request<v1::GetPoolRequest>,
     ) -> Result<Response<v1::Pool>, Status> {
-        let start = Instant::now();
-        let r = async {
+        call("GetPool", async {
             let name = convert::pool_name(&req.get_ref().name, "name")?;
             let pool = self.store.pool(&name).await?;
             Ok(convert::pool_to_proto(&pool))
-        }
-        .await;
-        finish("GetPool", start, r)
+        })
+        .await
     }
 
     async fn list_pools(
         &self,
         _req: Request<v1::ListPoolsRequest>,
     ) -> Result<Response<v1::ListPoolsReply>, Status> {
-        let start = Instant::now();
-        let r = async {
+        call("ListPools", async {
             let (pools, rev) = self.store.pools().await?;
             Ok(v1::ListPoolsReply {
                 pools: pools.iter().map(convert::pool_to_proto).collect(),
                 revision: rev.0,
             })
-        }
-        .await;
-        finish("ListPools", start, r)
+        })
+        .await
     }
 
     async fn update_pool(
@@ -192,8 +196,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::UpdatePoolRequest>,
     ) -> Result<Response<v1::PoolReply>, Status> {
         require_admin(&req)?;
-        let start = Instant::now();
-        let r = async {
+        call("UpdatePool", async {
             let req = req.get_ref();
             let msg = required(&req.pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
@@ -207,9 +210,8 @@ impl ControlPlane for ControlService {
                 pool: Some(convert::pool_to_proto(&pool)),
                 revision: rev.0,
             })
-        }
-        .await;
-        finish("UpdatePool", start, r)
+        })
+        .await
     }
 
     async fn delete_pool(
@@ -217,8 +219,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::DeletePoolRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
         require_admin(&req)?;
-        let start = Instant::now();
-        let r = async {
+        call("DeletePool", async {
             let req = req.get_ref();
             let name = convert::pool_name(&req.name, "name")?;
             let rev = self
@@ -226,9 +227,8 @@ impl ControlPlane for ControlService {
                 .delete_pool(&name, expected(req.expected_revision))
                 .await?;
             Ok(v1::ChangeReply { revision: rev.0 })
-        }
-        .await;
-        finish("DeletePool", start, r)
+        })
+        .await
     }
 
     async fn add_backend(
@@ -236,8 +236,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::AddBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
         require_admin(&req)?;
-        let start = Instant::now();
-        let r = async {
+        call("AddBackend", async {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let backend =
@@ -250,9 +249,8 @@ impl ControlPlane for ControlService {
                 backend: Some(convert::backend_to_proto(&backend)),
                 revision: rev.0,
             })
-        }
-        .await;
-        finish("AddBackend", start, r)
+        })
+        .await
     }
 
     async fn update_backend(
@@ -260,8 +258,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::UpdateBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
         require_admin(&req)?;
-        let start = Instant::now();
-        let r = async {
+        call("UpdateBackend", async {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
@@ -287,9 +284,8 @@ impl ControlPlane for ControlService {
                 backend: Some(convert::backend_to_proto(&backend)),
                 revision: rev.0,
             })
-        }
-        .await;
-        finish("UpdateBackend", start, r)
+        })
+        .await
     }
 
     async fn remove_backend(
@@ -297,8 +293,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::RemoveBackendRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
         require_admin(&req)?;
-        let start = Instant::now();
-        let r = async {
+        call("RemoveBackend", async {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
@@ -307,9 +302,8 @@ impl ControlPlane for ControlService {
                 .remove_backend(&pool, &addr, expected(req.expected_revision))
                 .await?;
             Ok(v1::ChangeReply { revision: rev.0 })
-        }
-        .await;
-        finish("RemoveBackend", start, r)
+        })
+        .await
     }
 
     async fn add_route(
@@ -317,8 +311,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::AddRouteRequest>,
     ) -> Result<Response<v1::RouteReply>, Status> {
         require_admin(&req)?;
-        let start = Instant::now();
-        let r = async {
+        call("AddRoute", async {
             let route =
                 convert::route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
             let rev = self.store.add_route(route.clone()).await?;
@@ -326,25 +319,22 @@ impl ControlPlane for ControlService {
                 route: Some(convert::route_to_proto(&route)),
                 revision: rev.0,
             })
-        }
-        .await;
-        finish("AddRoute", start, r)
+        })
+        .await
     }
 
     async fn list_routes(
         &self,
         _req: Request<v1::ListRoutesRequest>,
     ) -> Result<Response<v1::ListRoutesReply>, Status> {
-        let start = Instant::now();
-        let r = async {
+        call("ListRoutes", async {
             let (routes, rev) = self.store.routes().await?;
             Ok(v1::ListRoutesReply {
                 routes: routes.iter().map(convert::route_to_proto).collect(),
                 revision: rev.0,
             })
-        }
-        .await;
-        finish("ListRoutes", start, r)
+        })
+        .await
     }
 
     async fn delete_route(
@@ -352,16 +342,14 @@ impl ControlPlane for ControlService {
         req: Request<v1::DeleteRouteRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
         require_admin(&req)?;
-        let start = Instant::now();
-        let r = async {
+        call("DeleteRoute", async {
             let req = req.get_ref();
             let host = HostMatch::new(&req.host)?;
             let prefix = PathPrefix::new(&req.path_prefix)?;
             let rev = self.store.delete_route(&host, &prefix).await?;
             Ok(v1::ChangeReply { revision: rev.0 })
-        }
-        .await;
-        finish("DeleteRoute", start, r)
+        })
+        .await
     }
 
     async fn get_snapshot(
@@ -451,8 +439,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ReportAppliedRequest>,
     ) -> Result<Response<v1::ReportAppliedReply>, Status> {
-        let start = Instant::now();
-        let r = async {
+        call("ReportApplied", async {
             let req = req.into_inner();
             if req.node_id.is_empty() {
                 return Err(ValidationError::new("node_id", "must be set").into());
@@ -468,9 +455,8 @@ impl ControlPlane for ControlService {
                 })
                 .await?;
             Ok(v1::ReportAppliedReply {})
-        }
-        .await;
-        finish("ReportApplied", start, r)
+        })
+        .await
     }
 
     async fn get_status(
