@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tandem_proto::v1;
 use tandem_testkit::backend::FakeBackend;
+use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::{
     ControlCluster, NODE_TOKEN, Postgres, Process, free_addr, http_client, wait_http_ok,
 };
@@ -72,26 +73,16 @@ async fn killing_the_raft_leader_under_load_fails_no_request() -> anyhow::Result
             ("TANDEM_ADMIN_LISTEN", agent_admin.to_string()),
         ],
     )?;
-    let state = tempfile::tempdir()?;
-    let (listen, proxy_admin) = (free_addr(), free_addr());
-    let _proxy = Process::spawn(
-        "proxy-1",
-        "tandem-proxy",
-        &[],
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &endpoints,
         &[
-            ("TANDEM_LISTEN", listen.to_string()),
-            ("TANDEM_ADMIN_LISTEN", proxy_admin.to_string()),
-            ("TANDEM_CONTROL", endpoints),
             ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-            (
-                "TANDEM_STATE_DIR",
-                state.path().to_string_lossy().into_owned(),
-            ),
             ("TANDEM_WORKERS", "1".into()),
         ],
     )?;
-    let url = format!("http://{listen}/");
+    proxy.wait_ready().await?;
+    let url = proxy.url("/");
     wait_http_ok(&url, Duration::from_secs(20)).await?;
 
     // Every backend healthy as decided through raft before the chaos.

@@ -10,6 +10,7 @@ use common::*;
 use tandem_core::LbPolicy;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::http_client;
+use tandem_testkit::proxy::NO_CONTROL_PLANE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

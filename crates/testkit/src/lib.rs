@@ -9,6 +9,7 @@ pub mod backend;
 mod control;
 mod postgres;
 mod process;
+pub mod proxy;
 
 pub use control::{
     ADMIN_TOKEN, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN, free_addr_on,

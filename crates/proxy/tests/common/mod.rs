@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use tandem_core::{
     PoolConfig, PoolName, Revision, Route, Snapshot, Weight,
 };
 use tandem_testkit::backend::FakeBackend;
-use tandem_testkit::{Process, free_addr, http_client, wait_http_ok};
+use tandem_testkit::{free_addr, http_client};
 
 // === snapshots ===
 
@@ -101,105 +101,7 @@ pub fn single_pool(config: PoolConfig, backends: Vec<Backend>) -> Snapshot {
 
 // === the proxy process ===
 
-pub struct ProxyProcess {
-    pub process: Process,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    pub state_dir: tempfile::TempDir,
-}
-
-/// Where nothing listens: the control plane is "down".
-pub const NO_CONTROL_PLANE: &str = "http://127.0.0.1:9";
-
-impl ProxyProcess {
-    /// A proxy serving `snapshot` from its state directory, with no
-    /// control plane reachable.
-    pub async fn with_snapshot(snapshot: &Snapshot) -> anyhow::Result<Self> {
-        Self::with_snapshot_env(snapshot, &[]).await
-    }
-
-    pub async fn with_snapshot_env(
-        snapshot: &Snapshot,
-        env: &[(&str, String)],
-    ) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        std::fs::write(
-            dir.path().join("snapshot.json"),
-            serde_json::to_vec_pretty(snapshot)?,
-        )?;
-        let p = Self::start(dir, NO_CONTROL_PLANE, env)?;
-        p.wait_ready().await?;
-        Ok(p)
-    }
-
-    /// Starts a proxy on free ports without waiting.
-    pub fn start(
-        state_dir: tempfile::TempDir,
-        control: &str,
-        env: &[(&str, String)],
-    ) -> anyhow::Result<Self> {
-        let (addr, admin) = (free_addr(), free_addr());
-        let mut all: Vec<(&str, String)> = vec![
-            ("TANDEM_LISTEN", addr.to_string()),
-            ("TANDEM_ADMIN_LISTEN", admin.to_string()),
-            ("TANDEM_CONTROL", control.to_string()),
-            ("TANDEM_STATE_DIR", state_dir.path().display().to_string()),
-            ("TANDEM_NODE_ID", "proxy-test".to_string()),
-            ("TANDEM_WORKERS", "2".to_string()),
-        ];
-        for (k, v) in env {
-            all.retain(|(key, _)| key != k);
-            all.push((k, v.clone()));
-        }
-        let process = Process::spawn("proxy", "tandem-proxy", &[], &all)?;
-        Ok(Self {
-            process,
-            addr,
-            admin,
-            state_dir,
-        })
-    }
-
-    pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        wait_http_ok(&self.admin_url("/readyz"), Duration::from_secs(20))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}\n--- proxy log ---\n{}", self.process.logs()))
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.admin, path)
-    }
-
-    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let r = http_client().get(self.admin_url(path)).send().await?;
-        Ok((r.status().as_u16(), r.text().await?))
-    }
-
-    pub async fn config(&self) -> anyhow::Result<serde_json::Value> {
-        let (_, body) = self.admin_get("/config").await?;
-        Ok(serde_json::from_str(&body)?)
-    }
-
-    /// The /config entry of one backend.
-    pub async fn backend_state(
-        &self,
-        pool: &str,
-        address: &str,
-    ) -> anyhow::Result<serde_json::Value> {
-        let c = self.config().await?;
-        c["pools"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == pool))
-            .and_then(|p| p["backends"].as_array())
-            .and_then(|bs| bs.iter().find(|b| b["address"] == address))
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("no backend {address} in pool {pool}: {c}"))
-    }
-}
+pub use tandem_testkit::proxy::ProxyProcess;
 
 // === load ===
 
