@@ -98,6 +98,20 @@ impl OutlierState {
         )
     }
 
+    /// The agents saw the backend recover (unhealthy → healthy): a local
+    /// ejection running since it failed ends now, as Envoy's
+    /// `successful_active_health_check_uneject_host` does. The count of
+    /// ejections in a row stays, so a backend that keeps failing again is
+    /// still ejected for longer each time.
+    pub fn on_active_recovery(self, now_ms: u64) -> Self {
+        let mut s = self;
+        s.consecutive_failures = 0;
+        if s.is_ejected(now_ms) {
+            s.ejected_until_ms = now_ms;
+        }
+        s
+    }
+
     pub fn to_bits(self) -> u64 {
         (u64::from(self.consecutive_failures) << 48)
             | (u64::from(self.ejections) << TIME_BITS)
@@ -157,6 +171,33 @@ mod tests {
         assert!(!s.is_ejected(1_012), "back by itself");
         // Failures while ejected (requests already in flight) change nothing.
         assert_eq!(fail(s, 600), (s, Transition::None));
+    }
+
+    #[test]
+    fn an_active_recovery_ends_the_ejection_but_remembers_it() {
+        let mut s = OutlierState::default();
+        for now in 0..3 {
+            s = fail(s, now).0;
+        }
+        assert!(s.is_ejected(100));
+        let back = s.on_active_recovery(100);
+        assert!(!back.is_ejected(100), "the agents' verdict lifts it");
+        assert_eq!(back.ejections, 1, "the count stays");
+        // Failing again at once ejects for twice as long.
+        let mut again = back;
+        let mut t = Transition::None;
+        for now in 101..104 {
+            (again, t) = fail(again, now);
+        }
+        assert_eq!(
+            t,
+            Transition::Ejected {
+                until_ms: 103 + 2_000
+            }
+        );
+        // Not ejected: nothing changes but the failure count.
+        let healthy = OutlierState::default();
+        assert_eq!(healthy.on_active_recovery(5), healthy);
     }
 
     #[test]

@@ -111,6 +111,23 @@ impl BackendState {
         self.outlier_state().is_ejected(now_ms)
     }
 
+    /// The agents saw this backend recover: a local ejection ends now
+    /// (see [`OutlierState::on_active_recovery`]).
+    fn lift_ejection(&self, now_ms: u64) {
+        let before = self
+            .outlier
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |bits| {
+                let s = OutlierState::from_bits(bits);
+                let next = s.on_active_recovery(now_ms);
+                (next != s).then(|| next.to_bits())
+            });
+        if let Ok(bits) = before
+            && OutlierState::from_bits(bits).is_ejected(now_ms)
+        {
+            tracing::info!(pool = %self.pool, backend = %self.address, "agents say healthy again: local ejection lifted");
+        }
+    }
+
     pub fn health(&self) -> HealthState {
         health_from_u8(self.health.load(Ordering::Relaxed))
     }
@@ -245,19 +262,30 @@ impl Registry {
     pub fn apply_health(&self, full: bool, states: Vec<(PoolName, BackendAddr, HealthState)>) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        // What the agents said before, to see recoveries in a full update too.
+        let previous = if full {
+            std::mem::take(&mut *health)
+        } else {
+            HashMap::new()
+        };
         if full {
-            health.clear();
             for b in backends.values() {
                 b.health
                     .store(health_to_u8(HealthState::Unknown), Ordering::Relaxed);
             }
         }
+        let now = clock::now_ms();
         for (pool, address, state) in states {
             let key = (pool, address);
+            let was = health
+                .insert(key.clone(), state)
+                .or_else(|| previous.get(&key).copied());
             if let Some(b) = backends.get(&key) {
                 b.health.store(health_to_u8(state), Ordering::Relaxed);
+                if was == Some(HealthState::Unhealthy) && state == HealthState::Healthy {
+                    b.lift_ejection(now);
+                }
             }
-            health.insert(key, state);
         }
     }
 
@@ -589,5 +617,43 @@ mod tests {
         pool.record(1, false);
         pool.record(1, false);
         assert!(pool.backends[1].healthy());
+    }
+
+    #[test]
+    fn a_recovery_seen_by_the_agents_lifts_a_local_ejection() {
+        let registry = Registry::new(4);
+        let mut s = snapshot(1, &["10.0.0.1:80", "10.0.0.2:80"]);
+        let shop = PoolName::new("shop").unwrap();
+        if let Some(p) = s.pools.get_mut(&shop) {
+            p.config.outlier.consecutive_failures = 2;
+            p.config.outlier.base_ejection_ms = 60_000;
+        }
+        let t = registry.build(&s, Source::Disk);
+        let a = BackendAddr::new("10.0.0.1:80").unwrap();
+        let eject = || {
+            t.pools[0].record(0, false);
+            t.pools[0].record(0, false);
+            assert!(!t.pools[0].backends[0].healthy(), "ejected for a minute");
+        };
+        let say = |full: bool, h: HealthState| {
+            registry.apply_health(full, vec![(shop.clone(), a.clone(), h)]);
+        };
+        // Healthy all along: the agents saw no recovery, the ejection stands.
+        say(false, HealthState::Healthy);
+        eject();
+        say(false, HealthState::Healthy);
+        assert!(!t.pools[0].backends[0].healthy());
+        // Down, then back up: the ejection is lifted.
+        say(false, HealthState::Unhealthy);
+        say(false, HealthState::Healthy);
+        assert!(
+            t.pools[0].backends[0].healthy(),
+            "back with the agents' verdict"
+        );
+        // The same through a full update.
+        eject();
+        say(true, HealthState::Unhealthy);
+        say(true, HealthState::Healthy);
+        assert!(t.pools[0].backends[0].healthy());
     }
 }
