@@ -31,6 +31,31 @@ async fn report(cp: &ControlPlane, agent: &str, o: Vec<v1::Observation>) -> anyh
     Ok(())
 }
 
+/// A Watch stream as a proxy opens it, from revision 0.
+async fn watch_as_proxy(cp: &ControlPlane) -> anyhow::Result<tonic::Streaming<v1::WatchEvent>> {
+    let stream = cp
+        .node_client()
+        .await?
+        .watch(v1::WatchRequest {
+            node_id: "p1".into(),
+            kind: v1::NodeKind::Proxy.into(),
+            last_revision: 0,
+            zone: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(stream)
+}
+
+async fn get_health(cp: &ControlPlane) -> anyhow::Result<v1::HealthReply> {
+    Ok(cp
+        .node_client()
+        .await?
+        .get_health(v1::GetHealthRequest {})
+        .await?
+        .into_inner())
+}
+
 /// Reports `observations` every 100 ms, as an agent does, until a health
 /// event on the stream shows `addr` in `state`.
 async fn report_until(
@@ -66,17 +91,7 @@ async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::R
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
     setup(&cp).await?;
-    let mut stream = cp
-        .node_client()
-        .await?
-        .watch(v1::WatchRequest {
-            node_id: "p1".into(),
-            kind: 1,
-            last_revision: 0,
-            zone: String::new(),
-        })
-        .await?
-        .into_inner();
+    let mut stream = watch_as_proxy(&cp).await?;
 
     // Two probes each (rise 2): both healthy. (A probe that arrives before
     // the control plane has B in its configuration does not count for B,
@@ -103,12 +118,7 @@ async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::R
     assert_eq!(b.agents.len(), 1);
     assert_eq!(b.agents[0].healthy, Some(false));
 
-    let health = cp
-        .node_client()
-        .await?
-        .get_health(v1::GetHealthRequest {})
-        .await?
-        .into_inner();
+    let health = get_health(&cp).await?;
     assert_eq!(health.leader, "control-1");
     assert!(health.term >= 1);
     let state_of = |addr: &str| {
@@ -170,12 +180,7 @@ async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
     let mut decided = false;
     for _ in 0..100 {
         report(&cp, "agent-1", vec![obs(A, false)]).await?;
-        let h = cp
-            .node_client()
-            .await?
-            .get_health(v1::GetHealthRequest {})
-            .await?
-            .into_inner();
+        let h = get_health(&cp).await?;
         term_before = h.term;
         if h.backends
             .iter()
@@ -216,5 +221,65 @@ async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
         "the term never goes backwards ({} < {term_before})",
         h.term
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_removed_from_the_configuration_has_its_health_forgotten() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    setup(&cp).await?;
+    let mut stream = watch_as_proxy(&cp).await?;
+    report_until(
+        &cp,
+        &mut stream,
+        vec![obs(A, true), obs(B, false)],
+        B,
+        v1::HealthState::Unhealthy,
+    )
+    .await?;
+    // Both have a verdict before B goes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = get_health(&cp).await?;
+        if h.backends.len() == 2 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no verdict for both: {h:?}"
+        );
+        report(&cp, "agent-1", vec![obs(A, true), obs(B, false)]).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    cp.admin_client()
+        .await?
+        .remove_backend(v1::RemoveBackendRequest {
+            pool: "shop".into(),
+            address: B.into(),
+            expected_revision: None,
+        })
+        .await?;
+
+    // Watchers get a full update without B (so proxies drop its verdict),
+    // still with A.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let full = loop {
+        let ev = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no full health update without {B}"))?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+        if let Some(v1::watch_event::Event::Health(h)) = ev.event
+            && h.full
+            && h.backends.iter().all(|b| b.address != B)
+        {
+            break h;
+        }
+    };
+    assert!(full.backends.iter().any(|b| b.address == A), "{full:?}");
+    let health = get_health(&cp).await?;
+    let addresses: Vec<&str> = health.backends.iter().map(|b| b.address.as_str()).collect();
+    assert_eq!(addresses, [A], "only declared backends keep a verdict");
     Ok(())
 }

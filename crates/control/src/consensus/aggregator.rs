@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tandem_core::Snapshot;
-use tandem_core::health::{Decider, Observation};
+use tandem_core::health::{BackendKey, Decider, Observation};
+use tandem_core::{Revision, Snapshot};
 use tokio::sync::{mpsc, watch};
 
 use super::{Command, Consensus};
@@ -60,7 +60,20 @@ impl Aggregator {
                             continue;
                         }
                         let config = config();
-                        decider.retain(|k| config.pools.get(&k.pool).is_some_and(|p| p.backend(&k.address).is_some()));
+                        let declared = |k: &BackendKey| config.pools.get(&k.pool).is_some_and(|p| p.backend(&k.address).is_some());
+                        decider.retain(declared);
+                        // Committed health of backends no longer declared is
+                        // dropped, once the configuration has been read at
+                        // all (revision 0: not yet, or nothing ever declared).
+                        if config.revision > Revision::ZERO {
+                            let stale: Vec<BackendKey> = consensus.table().backends.keys().filter(|k| !declared(k)).cloned().collect();
+                            if !stale.is_empty() {
+                                tracing::info!(backends = stale.len(), "forgetting the health of backends removed from the configuration");
+                                if let Err(e) = consensus.propose(&Command::Forget { keys: stale }).await {
+                                    tracing::warn!(error = %e, "forgetting removed backends not committed; will try again");
+                                }
+                            }
+                        }
                         let transitions = decider.evaluate(now_ms(), |k| {
                             config.pools.get(&k.pool).map(|p| &p.config.health_check)
                         });

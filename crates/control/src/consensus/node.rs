@@ -377,10 +377,20 @@ impl Driver {
         }
         self.shared.store(Arc::new(self.table.clone()));
         if !changed.is_empty() {
-            metrics::counter!("tandem_health_transitions_total").increment(changed.len() as u64);
-            let _ = self
-                .events
-                .send(Arc::new(self.table.partial_update(&changed)));
+            let forgotten = changed
+                .iter()
+                .filter(|k| !self.table.backends.contains_key(k))
+                .count();
+            metrics::counter!("tandem_health_transitions_total")
+                .increment((changed.len() - forgotten) as u64);
+            // A forgotten backend has nothing to send in a partial update:
+            // a full one tells every watcher to drop what is not in it.
+            let update = if forgotten > 0 {
+                self.table.full_update()
+            } else {
+                self.table.partial_update(&changed)
+            };
+            let _ = self.events.send(Arc::new(update));
         }
         Ok(())
     }

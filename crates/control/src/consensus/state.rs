@@ -18,6 +18,10 @@ const RECENT: usize = 10_000;
 pub enum Command {
     /// Decided by the leader from agents' reports.
     Transitions { transitions: Vec<Transition> },
+    /// Backends removed from the configuration: their health is dropped,
+    /// so a backend declared again later starts unknown, not with the
+    /// verdict it had before.
+    Forget { keys: Vec<BackendKey> },
 }
 
 impl Command {
@@ -43,7 +47,8 @@ pub struct HealthTable {
 
 impl HealthTable {
     /// Applies a committed command at `index`; returns the backends whose
-    /// state changed.
+    /// state changed (forgotten ones included: they are no longer in the
+    /// table).
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Vec<BackendKey> {
         self.index = index;
         match cmd {
@@ -59,6 +64,11 @@ impl HealthTable {
                 }
                 changed
             }
+            Command::Forget { keys } => keys
+                .iter()
+                .filter(|k| self.backends.remove(k).is_some())
+                .cloned()
+                .collect(),
         }
     }
 
@@ -126,5 +136,56 @@ mod as_pairs {
         Ok(Vec::<(BackendKey, BackendHealth)>::deserialize(d)?
             .into_iter()
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_core::health::HealthState;
+    use tandem_core::{BackendAddr, PoolName};
+
+    use super::*;
+
+    fn key(addr: &str) -> BackendKey {
+        BackendKey {
+            pool: PoolName::new("shop").unwrap(),
+            address: BackendAddr::new(addr).unwrap(),
+        }
+    }
+
+    fn down(addr: &str) -> Transition {
+        Transition {
+            key: key(addr),
+            from: HealthState::Healthy,
+            to: HealthState::Unhealthy,
+            reason: "HTTP 503 from 1/1 agent".into(),
+            at_ms: 1,
+            views: vec![],
+        }
+    }
+
+    #[test]
+    fn forgetting_drops_only_known_backends_and_survives_the_log() {
+        let mut t = HealthTable::default();
+        let cmd = Command::Transitions {
+            transitions: vec![down("10.0.0.1:80"), down("10.0.0.2:80")],
+        };
+        assert_eq!(t.apply(1, &cmd).len(), 2);
+        let forget = Command::Forget {
+            keys: vec![key("10.0.0.2:80"), key("10.0.0.9:80")],
+        };
+        // Through the log's encoding, as a follower applies it.
+        let forget = Command::decode(&forget.encode()).unwrap();
+        assert_eq!(
+            t.apply(2, &forget),
+            [key("10.0.0.2:80")],
+            "only what was there"
+        );
+        assert_eq!(
+            t.backends.keys().cloned().collect::<Vec<_>>(),
+            [key("10.0.0.1:80")]
+        );
+        assert_eq!(t.index, 2);
+        assert_eq!(t.recent.len(), 2, "history is not rewritten");
     }
 }
