@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tandem_proto::v1::{self, control_plane_client::ControlPlaneClient};
 use tandem_testkit::backend::FakeBackend;
-use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, Process, free_addr, wait_http_ok};
+use tandem_testkit::{
+    ControlPlane, NODE_TOKEN, Postgres, Process, declare_pool, free_addr, wait_http_ok,
+};
 use tonic::transport::Channel;
 
 /// The pool check every test uses: the issue's "interval 1 s, fall 2".
@@ -174,47 +176,24 @@ impl Health {
 
 async fn setup_pool(cp: &ControlPlane, backends: &[&FakeBackend]) -> anyhow::Result<()> {
     let mut admin = cp.admin_client().await?;
-    admin
-        .create_pool(v1::CreatePoolRequest {
-            pool: Some(v1::Pool {
-                name: "web".into(),
-                health_check: Some(v1::HealthCheck {
-                    kind: Some(v1::HealthCheckKind::Http.into()),
-                    path: Some("/healthz".into()),
-                    interval_ms: Some(INTERVAL.as_millis() as u32),
-                    timeout_ms: Some(TIMEOUT_MS),
-                    rise: Some(RISE),
-                    fall: Some(FALL),
-                    ..Default::default()
-                }),
-                // Two backends, one of them down, is exactly the case
-                // panic mode exists for: keep it out of this story.
-                panic_threshold_percent: Some(0),
-                ..Default::default()
-            }),
-        })
-        .await?;
-    for b in backends {
-        admin
-            .add_backend(v1::AddBackendRequest {
-                pool: "web".into(),
-                backend: Some(v1::Backend {
-                    address: b.address(),
-                    ..Default::default()
-                }),
-                expected_revision: None,
-            })
-            .await?;
-    }
-    admin
-        .add_route(v1::AddRouteRequest {
-            route: Some(v1::Route {
-                host: "*".into(),
-                path_prefix: "/".into(),
-                pool: "web".into(),
-            }),
-        })
-        .await?;
+    let pool = v1::Pool {
+        name: "web".into(),
+        health_check: Some(v1::HealthCheck {
+            kind: Some(v1::HealthCheckKind::Http.into()),
+            path: Some("/healthz".into()),
+            interval_ms: Some(INTERVAL.as_millis() as u32),
+            timeout_ms: Some(TIMEOUT_MS),
+            rise: Some(RISE),
+            fall: Some(FALL),
+            ..Default::default()
+        }),
+        // Two backends, one of them down, is exactly the case
+        // panic mode exists for: keep it out of this story.
+        panic_threshold_percent: Some(0),
+        ..Default::default()
+    };
+    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
+    declare_pool(&mut admin, pool, &addresses).await?;
     Ok(())
 }
 
@@ -518,6 +497,16 @@ async fn the_agent_follows_configuration_changes() -> anyhow::Result<()> {
         r#"tandem_agent_probes_total{kind="http",result="ok"}"#,
     )
     .await?;
+    // They shared a kept-alive connection (a fresh one every 10 probes).
+    let connections = metric(
+        &agent,
+        r#"tandem_agent_probe_connections_total{kind="http"}"#,
+    )
+    .await?;
+    assert!(
+        connections >= 1.0 && connections < probes,
+        "{connections} connections for {probes} probes"
+    );
     tokio::time::sleep(INTERVAL * 2).await;
     assert_eq!(
         metric(

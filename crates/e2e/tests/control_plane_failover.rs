@@ -11,7 +11,8 @@ use tandem_proto::v1;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::{
-    ControlCluster, NODE_TOKEN, Postgres, Process, free_addr, http_client, wait_http_ok,
+    ControlCluster, NODE_TOKEN, Postgres, Process, declare_pool, free_addr, http_client,
+    wait_http_ok,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,43 +23,20 @@ async fn killing_the_raft_leader_under_load_fails_no_request() -> anyhow::Result
 
     let backends = FakeBackend::start_many("web", 3).await?;
     let mut admin = cluster.replicas[0].admin_client().await?;
-    admin
-        .create_pool(v1::CreatePoolRequest {
-            pool: Some(v1::Pool {
-                name: "web".into(),
-                health_check: Some(v1::HealthCheck {
-                    path: Some("/healthz".into()),
-                    interval_ms: Some(500),
-                    timeout_ms: Some(250),
-                    rise: Some(2),
-                    fall: Some(2),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        })
-        .await?;
-    for b in &backends {
-        admin
-            .add_backend(v1::AddBackendRequest {
-                pool: "web".into(),
-                backend: Some(v1::Backend {
-                    address: b.address(),
-                    ..Default::default()
-                }),
-                expected_revision: None,
-            })
-            .await?;
-    }
-    admin
-        .add_route(v1::AddRouteRequest {
-            route: Some(v1::Route {
-                host: "*".into(),
-                path_prefix: "/".into(),
-                pool: "web".into(),
-            }),
-        })
-        .await?;
+    let pool = v1::Pool {
+        name: "web".into(),
+        health_check: Some(v1::HealthCheck {
+            path: Some("/healthz".into()),
+            interval_ms: Some(500),
+            timeout_ms: Some(250),
+            rise: Some(2),
+            fall: Some(2),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
+    declare_pool(&mut admin, pool, &addresses).await?;
 
     let endpoints = cluster.endpoints();
     let agent_admin = free_addr();

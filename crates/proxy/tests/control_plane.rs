@@ -11,70 +11,21 @@ use common::*;
 use tandem_proto::v1;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::{
-    ADMIN_TOKEN, ControlPlane, ControlPlaneOptions, NODE_TOKEN, Postgres, free_addr, wait_until,
+    ADMIN_TOKEN, AuthedClient, ControlPlane, ControlPlaneOptions, NODE_TOKEN, Postgres, client_at,
+    declare_pool, free_addr, wait_until,
 };
 
-type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-type Client = v1::control_plane_client::ControlPlaneClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Interceptor>,
->;
-
-fn with_admin_token(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    let v = format!("Bearer {ADMIN_TOKEN}")
-        .parse()
-        .map_err(|_| tonic::Status::internal("token"))?;
-    req.metadata_mut().insert("authorization", v);
-    Ok(req)
+async fn seed(c: &mut AuthedClient, backends: &[&FakeBackend]) -> anyhow::Result<()> {
+    let pool = v1::Pool {
+        name: "shop".into(),
+        policy: v1::LbPolicy::RoundRobin.into(),
+        ..Default::default()
+    };
+    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
+    declare_pool(c, pool, &addresses).await
 }
 
-async fn admin_client(cp: &ControlPlane) -> anyhow::Result<Client> {
-    admin_client_at(&cp.endpoint()).await
-}
-
-async fn admin_client_at(endpoint: &str) -> anyhow::Result<Client> {
-    let channel = tonic::transport::Channel::from_shared(endpoint.to_string())?
-        .connect()
-        .await?;
-    Ok(
-        v1::control_plane_client::ControlPlaneClient::with_interceptor(
-            channel,
-            with_admin_token as Interceptor,
-        ),
-    )
-}
-
-async fn seed(c: &mut Client, backends: &[&FakeBackend]) -> anyhow::Result<()> {
-    c.create_pool(v1::CreatePoolRequest {
-        pool: Some(v1::Pool {
-            name: "shop".into(),
-            policy: v1::LbPolicy::RoundRobin.into(),
-            ..Default::default()
-        }),
-    })
-    .await?;
-    for b in backends {
-        c.add_backend(v1::AddBackendRequest {
-            pool: "shop".into(),
-            backend: Some(v1::Backend {
-                address: b.address(),
-                ..Default::default()
-            }),
-            expected_revision: None,
-        })
-        .await?;
-    }
-    c.add_route(v1::AddRouteRequest {
-        route: Some(v1::Route {
-            host: "*".into(),
-            path_prefix: "/".into(),
-            pool: "shop".into(),
-        }),
-    })
-    .await?;
-    Ok(())
-}
-
-async fn latest_revision(c: &mut Client) -> anyhow::Result<u64> {
+async fn latest_revision(c: &mut AuthedClient) -> anyhow::Result<u64> {
     Ok(c.get_status(v1::GetStatusRequest {})
         .await?
         .into_inner()
@@ -116,7 +67,7 @@ fn start_following(cp: &ControlPlane, dir: tempfile::TempDir) -> ProxyProcess {
 async fn ten_config_changes_a_second_under_load_fail_no_request() -> anyhow::Result<()> {
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
-    let mut c = admin_client(&cp).await?;
+    let mut c = cp.admin_client().await?;
     let b = start_backends("live", 4).await;
     seed(&mut c, &[&b[0], &b[1], &b[2]]).await?;
     let proxy = start_following(&cp, tempfile::tempdir()?);
@@ -244,7 +195,7 @@ async fn with_the_control_plane_gone_a_restarted_proxy_serves_from_its_disk_copy
 -> anyhow::Result<()> {
     let pg = Postgres::start()?;
     let mut cp = ControlPlane::start(&pg.url()).await?;
-    let mut c = admin_client(&cp).await?;
+    let mut c = cp.admin_client().await?;
     let b = start_backends("stable", 2).await;
     seed(&mut c, &[&b[0], &b[1]]).await?;
     let rev = latest_revision(&mut c).await?;
@@ -300,7 +251,7 @@ async fn with_the_control_plane_gone_a_restarted_proxy_serves_from_its_disk_copy
         },
     )
     .await?;
-    let mut c2 = admin_client_at(&format!("http://{spare}")).await?;
+    let mut c2 = client_at(&format!("http://{spare}"), Some(ADMIN_TOKEN)).await?;
     let back = wait_until(Duration::from_secs(20), "the proxy to reconnect", || async {
         matches!(restarted.admin_get("/readyz").await, Ok((200, body)) if body.contains("control plane"))
     })

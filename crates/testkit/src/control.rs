@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tandem_proto::v1;
 use tandem_proto::v1::control_plane_client::ControlPlaneClient;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -38,6 +39,52 @@ pub struct ControlPlane {
 }
 
 pub type AuthedClient = ControlPlaneClient<InterceptedService<Channel, Bearer>>;
+
+/// A client of the control plane at `endpoint`, presenting `token` (None:
+/// no token at all).
+pub async fn client_at(endpoint: &str, token: Option<&str>) -> anyhow::Result<AuthedClient> {
+    let channel = Channel::from_shared(endpoint.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse()).transpose()?);
+    Ok(ControlPlaneClient::with_interceptor(channel, bearer))
+}
+
+/// Declares `pool` with `addresses` as its backends and a catch-all route
+/// to it, as an operator would with tandemctl.
+pub async fn declare_pool(
+    admin: &mut AuthedClient,
+    pool: v1::Pool,
+    addresses: &[String],
+) -> anyhow::Result<()> {
+    let name = pool.name.clone();
+    admin
+        .create_pool(v1::CreatePoolRequest { pool: Some(pool) })
+        .await?;
+    for address in addresses {
+        admin
+            .add_backend(v1::AddBackendRequest {
+                pool: name.clone(),
+                backend: Some(v1::Backend {
+                    address: address.clone(),
+                    ..Default::default()
+                }),
+                expected_revision: None,
+            })
+            .await?;
+    }
+    admin
+        .add_route(v1::AddRouteRequest {
+            route: Some(v1::Route {
+                host: "*".into(),
+                path_prefix: "/".into(),
+                pool: name,
+            }),
+        })
+        .await?;
+    Ok(())
+}
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -100,12 +147,7 @@ impl ControlPlane {
 
     /// A client presenting `token` (None: no token at all).
     pub async fn client_with(&self, token: Option<&str>) -> anyhow::Result<AuthedClient> {
-        let channel = Channel::from_shared(self.endpoint())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
-        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse()).transpose()?);
-        Ok(ControlPlaneClient::with_interceptor(channel, bearer))
+        client_at(&self.endpoint(), token).await
     }
 
     /// A client with the admin token.

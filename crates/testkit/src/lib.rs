@@ -12,7 +12,8 @@ mod process;
 pub mod proxy;
 
 pub use control::{
-    ADMIN_TOKEN, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN, free_addr_on,
+    ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
+    client_at, declare_pool, free_addr_on,
 };
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};

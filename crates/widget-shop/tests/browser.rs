@@ -150,7 +150,7 @@ async fn a_person_buys_a_widget_in_a_real_browser() -> anyhow::Result<()> {
     let db = db(&url).await?;
 
     let browser = driver.browser().await?;
-    let result = shop_in(&browser, &proxy.base()).await;
+    let result = shop_in(&browser, &proxy.url("")).await;
     let _ = browser.close().await;
     let code = result?;
 

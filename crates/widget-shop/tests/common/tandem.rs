@@ -2,12 +2,12 @@
 //! Postgres), the shop's pool and route created through the gRPC API, and
 //! real `tandem-proxy` processes following the control plane.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::bail;
 use tandem_proto::v1;
-use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, Process, free_addr, wait_http_ok};
+use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, declare_pool, wait_http_ok};
 
 use super::Shop;
 
@@ -47,108 +47,53 @@ impl Tandem {
     /// three consecutive failures eject a backend for 5 s (passive health,
     /// so a killed server stops getting traffic with no agent running).
     pub async fn configure_shop_pool(&self, shops: &[&Shop]) -> anyhow::Result<()> {
-        let mut c = self.control.admin_client().await?;
-        c.create_pool(v1::CreatePoolRequest {
-            pool: Some(v1::Pool {
-                name: SHOP_POOL.into(),
-                policy: v1::LbPolicy::RoundRobin.into(),
-                health_check: Some(v1::HealthCheck {
-                    path: Some("/healthz".into()),
-                    interval_ms: Some(1_000),
-                    timeout_ms: Some(500),
-                    rise: Some(2),
-                    fall: Some(2),
-                    ..Default::default()
-                }),
-                connect_timeout_ms: Some(1_000),
-                request_timeout_ms: Some(10_000),
-                retry: Some(v1::RetryPolicy {
-                    attempts: Some(1),
-                    per_try_timeout_ms: Some(5_000),
-                    budget_percent: Some(20),
-                }),
-                outlier: Some(v1::OutlierDetection {
-                    consecutive_failures: Some(3),
-                    base_ejection_ms: Some(5_000),
-                    max_ejected_percent: Some(50),
-                }),
+        let pool = v1::Pool {
+            name: SHOP_POOL.into(),
+            policy: v1::LbPolicy::RoundRobin.into(),
+            health_check: Some(v1::HealthCheck {
+                path: Some("/healthz".into()),
+                interval_ms: Some(1_000),
+                timeout_ms: Some(500),
+                rise: Some(2),
+                fall: Some(2),
                 ..Default::default()
             }),
-        })
-        .await?;
-        for shop in shops {
-            c.add_backend(v1::AddBackendRequest {
-                pool: SHOP_POOL.into(),
-                backend: Some(v1::Backend {
-                    address: shop.addr.to_string(),
-                    ..Default::default()
-                }),
-                expected_revision: None,
-            })
-            .await?;
-        }
-        c.add_route(v1::AddRouteRequest {
-            route: Some(v1::Route {
-                host: "*".into(),
-                path_prefix: "/".into(),
-                pool: SHOP_POOL.into(),
+            connect_timeout_ms: Some(1_000),
+            request_timeout_ms: Some(10_000),
+            retry: Some(v1::RetryPolicy {
+                attempts: Some(1),
+                per_try_timeout_ms: Some(5_000),
+                budget_percent: Some(20),
             }),
-        })
-        .await?;
-        Ok(())
+            outlier: Some(v1::OutlierDetection {
+                consecutive_failures: Some(3),
+                base_ejection_ms: Some(5_000),
+                max_ejected_percent: Some(50),
+            }),
+            ..Default::default()
+        };
+        let addresses: Vec<String> = shops.iter().map(|s| s.addr.to_string()).collect();
+        declare_pool(&mut self.control.admin_client().await?, pool, &addresses).await
     }
 
     /// Starts proxy `name` following this control plane and waits until it
     /// serves the shop.
-    pub async fn proxy(&self, name: &str) -> anyhow::Result<Proxy> {
-        let addr = free_addr();
-        let admin = free_addr();
+    pub async fn proxy(&self, name: &str) -> anyhow::Result<ProxyProcess> {
         let state = tempfile::Builder::new()
             .prefix("tandem-proxy-state-")
             .tempdir()?;
         let env: Vec<(&str, String)> = vec![
-            ("TANDEM_LISTEN", addr.to_string()),
-            ("TANDEM_ADMIN_LISTEN", admin.to_string()),
-            ("TANDEM_CONTROL", self.control.endpoint()),
             ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
             ("TANDEM_NODE_ID", name.to_string()),
-            ("TANDEM_STATE_DIR", state.path().display().to_string()),
             ("TANDEM_WORKERS", "1".to_string()),
         ];
-        let process = Process::spawn(name, "tandem-proxy", &[], &env)?;
-        let proxy = Proxy {
-            process,
-            addr,
-            admin,
-            _state: state,
-        };
+        let proxy = ProxyProcess::start(state, &self.control.endpoint(), &env)?;
         // Ready means it has a configuration; then the shop must answer
         // through it.
-        let ready = async {
-            wait_http_ok(&format!("http://{admin}/readyz"), Duration::from_secs(30)).await?;
-            wait_http_ok(&proxy.url("/healthz"), Duration::from_secs(30)).await
-        };
-        if let Err(e) = ready.await {
+        proxy.wait_ready().await?;
+        if let Err(e) = wait_http_ok(&proxy.url("/healthz"), Duration::from_secs(30)).await {
             bail!("{e}\n--- {name} log ---\n{}", proxy.process.logs());
         }
         Ok(proxy)
-    }
-}
-
-/// A running `tandem-proxy`.
-pub struct Proxy {
-    pub process: Process,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    _state: tempfile::TempDir,
-}
-
-impl Proxy {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
     }
 }

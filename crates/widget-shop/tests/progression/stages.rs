@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tandem_testkit::Postgres;
+use tandem_testkit::proxy::ProxyProcess;
 
 use super::common::Shop;
-use super::common::tandem::{Proxy, Tandem};
+use super::common::tandem::Tandem;
 use super::load::{Load, LoadConfig, LoadReport};
 
 /// The stock every widget gets before a load run, so shoppers never find
@@ -241,7 +242,7 @@ pub async fn stage_2(run: &RunConfig) -> anyhow::Result<StageResult> {
     tandem.configure_shop_pool(&[&shop_1, &shop_2]).await?;
     let proxy = tandem.proxy("proxy-1").await?;
 
-    let load = Load::start(vec![proxy.base()], load_config(run, prefix)).await?;
+    let load = Load::start(vec![proxy.url("")], load_config(run, prefix)).await?;
     let mut phases = vec!["steady".to_string()];
     tokio::time::sleep(run.phase).await;
 
@@ -294,12 +295,12 @@ pub async fn stage_3(run: &RunConfig) -> anyhow::Result<StageResult> {
     tandem
         .configure_shop_pool(&[&shop_1, &shop_2, &shop_3])
         .await?;
-    let mut proxies: Vec<Proxy> = vec![
+    let mut proxies: Vec<ProxyProcess> = vec![
         tandem.proxy("proxy-1").await?,
         tandem.proxy("proxy-2").await?,
     ];
 
-    let targets = proxies.iter().map(Proxy::base).collect();
+    let targets = proxies.iter().map(|p| p.url("")).collect();
     let load = Load::start(targets, load_config(run, prefix)).await?;
     let mut phases = vec!["steady".to_string()];
     tokio::time::sleep(run.phase).await;
