@@ -2,7 +2,6 @@
 //! settings the library runs with.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Error;
@@ -13,32 +12,8 @@ use crate::Error;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "tandem-agent", version, about)]
 pub struct Args {
-    /// Control-plane endpoints, comma-separated (http://host:port,...).
-    /// Required.
-    #[arg(
-        long,
-        env = "TANDEM_CONTROL",
-        value_delimiter = ',',
-        default_value = ""
-    )]
-    pub control: Vec<String>,
-
-    /// Bearer token presented to the control plane (node role).
-    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-
-    /// File holding the bearer token (used when TANDEM_TOKEN is unset).
-    #[arg(long, env = "TANDEM_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-
-    /// This agent's id, stable across restarts: the control plane counts
-    /// one vote per id (default: "agent-" and the host name).
-    #[arg(long, env = "TANDEM_NODE_ID")]
-    pub node_id: Option<String>,
-
-    /// Locality label reported with every observation.
-    #[arg(long, env = "TANDEM_ZONE", default_value = "")]
-    pub zone: String,
+    #[command(flatten)]
+    pub control: tandem_client::ControlArgs,
 
     /// Admin listener for /metrics, /healthz and /readyz (host:port).
     #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "0.0.0.0:7501")]
@@ -49,6 +24,18 @@ pub struct Args {
     /// control plane are not affected.
     #[arg(long, env = "TANDEM_PROBE_SOURCE_IP")]
     pub probe_source_ip: Option<IpAddr>,
+
+    /// HTTP probes keep their connection to a backend open between probes
+    /// and open a fresh one at least every this many probes (and after
+    /// every failed probe), so a backend that stops accepting connections
+    /// is noticed within this many intervals; in probes. 1: a new
+    /// connection for every probe. TCP probes always connect afresh.
+    #[arg(
+        long,
+        env = "TANDEM_PROBE_FRESH_CONNECTION_EVERY",
+        default_value_t = 10
+    )]
+    pub probe_fresh_connection_every: u32,
 
     /// How long observations are gathered before they are sent in one
     /// report, in milliseconds (keep it well under the probe intervals).
@@ -77,10 +64,9 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub control: Vec<String>,
-    pub token: Option<String>,
-    pub node_id: String,
-    pub zone: String,
+    pub identity: tandem_client::Identity,
     pub probe_source_ip: Option<IpAddr>,
+    pub probe_fresh_connection_every: u32,
     pub report_batch: Duration,
     pub report_timeout: Duration,
     pub report_queue: usize,
@@ -90,45 +76,14 @@ impl Args {
     /// Checks the flags and reads the token file.
     pub fn settings(&self) -> Result<Settings, Error> {
         let bad = |flag: &str, rule: String| Error::Config(format!("{flag}: {rule}"));
-        let control: Vec<String> = self
+        let (control, identity) = self
             .control
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+            .resolve("agent")
+            .map_err(|e| Error::Config(e.to_string()))?;
         if control.is_empty() {
             return Err(bad(
                 "TANDEM_CONTROL",
                 "at least one control-plane endpoint is required (http://host:port)".into(),
-            ));
-        }
-        for c in &control {
-            if !(c.starts_with("http://") || c.starts_with("https://")) {
-                return Err(bad(
-                    "TANDEM_CONTROL",
-                    format!("endpoints must be http://host:port (got {c:?})"),
-                ));
-            }
-        }
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            (_, Some(path)) => {
-                let t = std::fs::read_to_string(path).map_err(|e| {
-                    bad(
-                        "TANDEM_TOKEN_FILE",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                Some(t.trim().to_string()).filter(|t| !t.is_empty())
-            }
-            _ => None,
-        };
-        if let Some(t) = &token
-            && http::HeaderValue::from_str(&format!("Bearer {t}")).is_err()
-        {
-            return Err(bad(
-                "TANDEM_TOKEN",
-                "must be printable ASCII without line breaks".into(),
             ));
         }
         if !(1..=10_000).contains(&self.report_batch_ms) {
@@ -146,39 +101,28 @@ impl Args {
                 ),
             ));
         }
+        if self.probe_fresh_connection_every == 0 {
+            return Err(bad(
+                "TANDEM_PROBE_FRESH_CONNECTION_EVERY",
+                "must be at least 1 (1: a new connection for every probe)".into(),
+            ));
+        }
         if self.report_queue == 0 {
             return Err(bad("TANDEM_REPORT_QUEUE", "must be at least 1".into()));
         }
         if self.workers == 0 {
             return Err(bad("TANDEM_WORKERS", "must be at least 1".into()));
         }
-        let node_id = self
-            .node_id
-            .clone()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(default_node_id);
         Ok(Settings {
             control,
-            token,
-            node_id,
-            zone: self.zone.clone(),
+            identity,
             probe_source_ip: self.probe_source_ip,
+            probe_fresh_connection_every: self.probe_fresh_connection_every,
             report_batch: Duration::from_millis(self.report_batch_ms),
             report_timeout: Duration::from_millis(self.report_timeout_ms),
             report_queue: self.report_queue,
         })
     }
-}
-
-fn default_node_id() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| format!("agent-{h}"))
-        .unwrap_or_else(|| "agent".into())
 }
 
 #[cfg(test)]
@@ -211,9 +155,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.control, ["http://a:1", "http://b:2"]);
-        assert_eq!(s.node_id, "agent-1");
-        assert_eq!(s.token.as_deref(), Some("t0k"));
+        assert_eq!(s.identity.node_id, "agent-1");
+        assert_eq!(s.identity.token.as_deref(), Some("t0k"));
         assert_eq!(s.report_batch, Duration::from_millis(50));
+        assert_eq!(s.probe_fresh_connection_every, 10);
     }
 
     #[test]
@@ -222,6 +167,11 @@ mod tests {
             ("--report-batch-ms", "0", "TANDEM_REPORT_BATCH_MS"),
             ("--report-queue", "0", "TANDEM_REPORT_QUEUE"),
             ("--workers", "0", "TANDEM_WORKERS"),
+            (
+                "--probe-fresh-connection-every",
+                "0",
+                "TANDEM_PROBE_FRESH_CONNECTION_EVERY",
+            ),
         ] {
             let e = parse(&["--control", "http://a:1", flag, value]).unwrap_err();
             assert!(e.to_string().contains(var), "{e}");

@@ -10,8 +10,9 @@
 //!
 //! The pieces: [`watch`] (configuration in), [`target`] (what to probe),
 //! [`schedule`] (when: one jittered task per target), [`probe`] (how: one
-//! TCP connect or HTTP request on a fresh connection), [`report`] (results
-//! out, batched, never blocking a probe).
+//! TCP connect, or one HTTP request on a kept-alive connection replaced
+//! every few probes and after any failure), [`report`] (results out,
+//! batched, never blocking a probe).
 
 pub mod config;
 pub mod control;
@@ -31,7 +32,6 @@ use tokio::sync::watch as channel;
 
 pub use config::{Args, Settings};
 
-use crate::control::Identity;
 use crate::report::{ReportQueue, Reporter};
 use crate::schedule::{Context, Prober};
 
@@ -57,11 +57,7 @@ pub async fn run(
     prometheus: tandem_telemetry::PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let me = Identity {
-        node_id: settings.node_id.clone(),
-        zone: settings.zone.clone(),
-        token: settings.token.clone(),
-    };
+    let me = settings.identity.clone();
     let queue = Arc::new(ReportQueue::new(settings.report_queue));
     let reporter = Reporter::new(
         &settings.control,
@@ -96,14 +92,16 @@ pub async fn run(
     let mut prober = Prober::new(Arc::new(Context {
         origin: tokio::time::Instant::now(),
         source_ip: settings.probe_source_ip,
+        fresh_connection_every: settings.probe_fresh_connection_every,
         queue,
         metrics: metrics::ProbeMetrics::new(),
     }));
     tracing::info!(
-        node_id = %settings.node_id,
-        zone = %settings.zone,
+        node_id = %settings.identity.node_id,
+        zone = %settings.identity.zone,
         control = %settings.control.join(","),
         probe_source_ip = ?settings.probe_source_ip,
+        probe_fresh_connection_every = settings.probe_fresh_connection_every,
         "agent started"
     );
 

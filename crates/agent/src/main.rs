@@ -3,6 +3,13 @@
 use clap::Parser;
 use tandem_agent::{Args, Error};
 
+// Every probe allocates a few small objects (its request, the answer's
+// header map, the observation it reports); glibc's malloc and free showed
+// up at ~10% of the agent's CPU, mimalloc's per-thread free lists are
+// several times cheaper (as in the proxy).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let settings = match args.settings() {
@@ -14,32 +21,8 @@ fn main() -> std::process::ExitCode {
     };
     // Probes are I/O-bound: one thread by default is both enough and the
     // cheapest (no cross-thread wake-ups).
-    let runtime = if args.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.workers)
-            .thread_name("tandem-agent")
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tandem-agent: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(start(args, settings)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "tandem-agent stopped");
-            eprintln!("tandem-agent: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let workers = args.workers;
+    tandem_telemetry::run_node("tandem-agent", workers, start(args, settings))
 }
 
 async fn start(args: Args, settings: tandem_agent::Settings) -> Result<(), Error> {

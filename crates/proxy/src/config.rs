@@ -20,36 +20,13 @@ pub struct Args {
     #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
     pub admin_listen: SocketAddr,
 
-    /// Control-plane endpoints, comma-separated (http://host:port,...). Empty:
-    /// serve only the on-disk copy.
-    #[arg(
-        long,
-        env = "TANDEM_CONTROL",
-        value_delimiter = ',',
-        default_value = ""
-    )]
-    pub control: Vec<String>,
-
-    /// Bearer token presented to the control plane (node role).
-    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-
-    /// File holding the bearer token (used when TANDEM_TOKEN is unset).
-    #[arg(long, env = "TANDEM_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-
-    /// This proxy's id, stable across restarts (default: the host name).
-    #[arg(long, env = "TANDEM_NODE_ID")]
-    pub node_id: Option<String>,
+    #[command(flatten)]
+    pub control: tandem_client::ControlArgs,
 
     /// Directory for the last-known-good configuration (snapshot.json).
     /// Unset: nothing is written and a restart needs the control plane.
     #[arg(long, env = "TANDEM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-
-    /// Locality label reported to the control plane.
-    #[arg(long, env = "TANDEM_ZONE", default_value = "")]
-    pub zone: String,
 
     /// Worker threads (default: the number of cores).
     #[arg(long, env = "TANDEM_WORKERS")]
@@ -103,10 +80,8 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub control: Vec<String>,
-    pub token: Option<String>,
-    pub node_id: String,
+    pub identity: tandem_client::Identity,
     pub state_dir: Option<PathBuf>,
-    pub zone: String,
     pub drain_timeout: Duration,
     pub header_timeout: Duration,
     pub stall_timeout: Duration,
@@ -121,33 +96,10 @@ impl Args {
     /// Checks the flags and reads the token file.
     pub fn settings(&self) -> Result<Settings, Error> {
         let bad = |flag: &str, rule: String| Error::Config(format!("{flag}: {rule}"));
-        let control: Vec<String> = self
+        let (control, identity) = self
             .control
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        for c in &control {
-            if !(c.starts_with("http://") || c.starts_with("https://")) {
-                return Err(bad(
-                    "TANDEM_CONTROL",
-                    format!("endpoints must be http://host:port (got {c:?})"),
-                ));
-            }
-        }
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            (_, Some(path)) => {
-                let t = std::fs::read_to_string(path).map_err(|e| {
-                    bad(
-                        "TANDEM_TOKEN_FILE",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                Some(t.trim().to_string()).filter(|t| !t.is_empty())
-            }
-            _ => None,
-        };
+            .resolve("proxy")
+            .map_err(|e| Error::Config(e.to_string()))?;
         if self.max_header_bytes < 8_192 {
             return Err(bad(
                 "TANDEM_MAX_HEADER_BYTES",
@@ -163,17 +115,10 @@ impl Args {
         if self.header_timeout_ms == 0 {
             return Err(bad("TANDEM_HEADER_TIMEOUT_MS", "must be at least 1".into()));
         }
-        let node_id = self
-            .node_id
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(default_node_id);
         Ok(Settings {
             control,
-            token,
-            node_id,
+            identity,
             state_dir: self.state_dir.clone(),
-            zone: self.zone.clone(),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             stall_timeout: Duration::from_millis(self.stall_timeout_ms.max(1)),
@@ -194,14 +139,4 @@ impl Args {
                 .unwrap_or(1)
         })
     }
-}
-
-fn default_node_id() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| format!("proxy-{h}"))
-        .unwrap_or_else(|| "proxy".into())
 }

@@ -150,15 +150,10 @@ pub async fn run(
     if settings.control.is_empty() {
         tracing::warn!("TANDEM_CONTROL is empty: serving only the saved configuration");
     } else {
-        let me = watch::Identity {
-            node_id: settings.node_id.clone(),
-            zone: settings.zone.clone(),
-            token: settings.token.clone(),
-        };
         tokio::spawn(watch::run(
             rt.clone(),
             settings.control.clone(),
-            me,
+            settings.identity.clone(),
             initial,
         ));
     }
@@ -172,7 +167,7 @@ pub async fn run(
     }));
     tracing::info!(
         listen = %listener.local_addr().map_err(Error::Admin)?,
-        node_id = %settings.node_id,
+        node_id = %settings.identity.node_id,
         "proxy listening"
     );
     server::serve(listener, rt.proxy.clone(), (&settings).into(), shutdown).await;

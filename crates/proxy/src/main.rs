@@ -18,35 +18,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // One worker: a single-threaded runtime, like one nginx worker, without
-    // the work-stealing scheduler's cross-thread bookkeeping.
+    // One worker: a single-threaded runtime, like one nginx worker.
     let workers = args.worker_threads();
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("tandem-proxy")
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tandem-proxy: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(start(args, settings)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "tandem-proxy stopped");
-            eprintln!("tandem-proxy: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tandem_telemetry::run_node("tandem-proxy", workers, start(args, settings))
 }
 
 async fn start(args: Args, settings: tandem_proxy::Settings) -> Result<(), Error> {

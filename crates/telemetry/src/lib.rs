@@ -224,6 +224,43 @@ pub async fn serve_admin(
         .await
 }
 
+/// Runs a node's `main` future on a runtime with `workers` threads, one
+/// meaning a single-threaded runtime (no work-stealing bookkeeping, no
+/// cross-thread wake-ups), and turns its outcome into the exit code: 0, or
+/// 1 with the error logged and printed as `<name>: <error>`.
+pub fn run_node<E: std::fmt::Display>(
+    name: &'static str,
+    workers: usize,
+    main: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    let runtime = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name(name)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{name} stopped");
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -1,0 +1,561 @@
+//! Following the control plane, the part every node shares: the flags that
+//! say where it is and who we are ([`ControlArgs`]), our identity and bearer
+//! token ([`Identity`]), the settings of every control-plane
+//! connection ([`endpoint`]), jittered back-off between attempts
+//! ([`Backoff`]), applying `Watch` events to a [`Snapshot`] ([`apply_event`])
+//! and reporting the applied revision ([`report_applied`]).
+//!
+//! The proxy and the agent each keep their own watch loop around these
+//! (the proxy swaps routing tables and batches bursts, the agent re-plans
+//! its probes); what they must agree on lives here once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tandem_core::{Revision, Snapshot};
+use tandem_proto::convert::{change_from_proto, snapshot_from_proto};
+use tandem_proto::v1::{
+    self, NodeKind, ReportAppliedRequest, control_plane_client::ControlPlaneClient,
+    watch_event::Event,
+};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+/// The flags of every node that follows the control plane (flatten them
+/// into a binary's `Args`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(
+        long,
+        env = "TANDEM_CONTROL",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub control: Vec<String>,
+
+    /// Bearer token presented to the control plane (node role).
+    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the bearer token (used when TANDEM_TOKEN is unset).
+    #[arg(long, env = "TANDEM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// This node's id, stable across restarts: the control plane keys what
+    /// a node reports by it (default: the role, "-" and the host name).
+    #[arg(long, env = "TANDEM_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Locality label reported to the control plane.
+    #[arg(long, env = "TANDEM_ZONE", default_value = "")]
+    pub zone: String,
+}
+
+/// A flag with a value that cannot be used, named by its variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.variable, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ControlArgs {
+    /// The endpoints (trimmed, empty ones dropped, each checked to be an
+    /// http(s) URL) and our identity: the token from `TANDEM_TOKEN` or read
+    /// from `TANDEM_TOKEN_FILE`, checked to fit a header; the node id, or
+    /// `<role>-<host name>`.
+    pub fn resolve(&self, role: &str) -> Result<(Vec<String>, Identity), ConfigError> {
+        let bad = |variable, problem| ConfigError { variable, problem };
+        let control: Vec<String> = self
+            .control
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(c) = control
+            .iter()
+            .find(|c| !(c.starts_with("http://") || c.starts_with("https://")))
+        {
+            return Err(bad(
+                "TANDEM_CONTROL",
+                format!("endpoints must be http://host:port (got {c:?})"),
+            ));
+        }
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            (_, Some(path)) => {
+                let t = std::fs::read_to_string(path).map_err(|e| {
+                    bad(
+                        "TANDEM_TOKEN_FILE",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(t.trim().to_string()).filter(|t| !t.is_empty())
+            }
+            _ => None,
+        };
+        if let Some(t) = &token
+            && http::HeaderValue::from_str(&format!("Bearer {t}")).is_err()
+        {
+            return Err(bad(
+                "TANDEM_TOKEN",
+                "must be printable ASCII without line breaks".into(),
+            ));
+        }
+        let node_id = self
+            .node_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map_or_else(|| default_node_id(role), str::to_string);
+        let me = Identity {
+            node_id,
+            zone: self.zone.clone(),
+            token,
+        };
+        Ok((control, me))
+    }
+}
+
+/// `<role>-<host name>`, or the role alone when the host has no name.
+fn default_node_id(role: &str) -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map_or_else(|| role.to_string(), |h| format!("{role}-{h}"))
+}
+
+/// Who we are to the control plane.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node_id: String,
+    pub zone: String,
+    pub token: Option<String>,
+}
+
+impl Identity {
+    /// Adds `authorization: Bearer <token>` when we have a token.
+    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) -> Result<(), tonic::Status> {
+        if let Some(token) = &self.token {
+            let v = format!("Bearer {token}").parse().map_err(|_| {
+                tonic::Status::invalid_argument("TANDEM_TOKEN is not a valid header value")
+            })?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint with the settings every control-plane connection uses: a
+/// short connect timeout and HTTP/2 keep-alives, so a control plane that
+/// vanished without closing its connections is noticed within seconds.
+/// The error names `TANDEM_CONTROL` and the URL.
+pub fn endpoint(url: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("TANDEM_CONTROL: {url:?} is not a valid URL: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+/// Exponential back-off with full jitter between reconnects, so nodes that
+/// lost the same replica do not come back in step.
+#[derive(Debug)]
+pub struct Backoff {
+    current: Duration,
+}
+
+impl Backoff {
+    pub const MIN: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Self {
+        Self { current: Self::MIN }
+    }
+
+    /// Progress was made: the next wait starts small again.
+    pub fn reset(&mut self) {
+        self.current = Self::MIN;
+    }
+
+    /// The next wait: a random time up to the current back-off (at least
+    /// half the minimum), which then doubles up to [`Backoff::MAX`].
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self
+            .current
+            .mul_f64(rand::random::<f64>())
+            .max(Self::MIN / 2);
+        self.current = (self.current * 2).min(Self::MAX);
+        wait
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How one `Watch` stream ended, when it ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// At least one event was applied.
+    Applied,
+    /// A change did not fit: ask for a fresh snapshot next time.
+    Diverged,
+    /// Nothing was applied.
+    Nothing,
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The reconnect loop around `Watch` streams: which endpoint to try next
+/// (rotating), from which revision (0 after a divergence, for a fresh
+/// snapshot), and how long to wait after each attempt.
+#[derive(Debug)]
+pub struct Reconnect {
+    endpoints: Vec<String>,
+    next: usize,
+    force_full: bool,
+    backoff: Backoff,
+    failures: u64,
+}
+
+impl Reconnect {
+    /// `endpoints` must not be empty.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        assert!(!endpoints.is_empty(), "no control-plane endpoint to follow");
+        Self {
+            endpoints,
+            next: 0,
+            force_full: false,
+            backoff: Backoff::new(),
+            failures: 0,
+        }
+    }
+
+    /// The endpoint to try now and the revision to ask from, given what we
+    /// hold.
+    pub fn attempt(&mut self, current: Option<&Snapshot>) -> (String, Revision) {
+        let url = self.endpoints[self.next % self.endpoints.len()].clone();
+        self.next += 1;
+        let from = match current {
+            Some(s) if !self.force_full => s.revision,
+            _ => Revision::ZERO,
+        };
+        (url, from)
+    }
+
+    /// Records how the attempt at `url` ended, logs a failure (loud on the
+    /// first, then every tenth: a long outage must not flood the logs;
+    /// `meanwhile` says what the node does in the meantime), then waits.
+    pub async fn ended(&mut self, url: &str, outcome: Result<Progress, BoxError>, meanwhile: &str) {
+        match outcome {
+            Ok(Progress::Applied) => {
+                self.force_full = false;
+                self.backoff.reset();
+                self.failures = 0;
+            }
+            Ok(Progress::Diverged) => {
+                self.force_full = true;
+                self.backoff.reset();
+            }
+            Ok(Progress::Nothing) => {}
+            Err(e) => {
+                self.failures += 1;
+                if self.failures == 1 || self.failures.is_multiple_of(10) {
+                    tracing::warn!(endpoint = %url, error = %error_chain(&*e), attempts = self.failures, "control plane unavailable; {meanwhile}");
+                } else {
+                    tracing::debug!(endpoint = %url, error = %error_chain(&*e), "control plane unavailable");
+                }
+            }
+        }
+        tokio::time::sleep(self.backoff.next_wait()).await;
+    }
+}
+
+/// Applies one `Watch` event to the configuration; `Ok(true)` when it moved.
+/// A snapshot replaces it; a change must be the next revision and applies
+/// to a copy, so one that fails leaves nothing half-done. Health events do
+/// not move the configuration.
+pub fn apply_event(current: &mut Option<Snapshot>, event: &v1::WatchEvent) -> Result<bool, String> {
+    match &event.event {
+        Some(Event::Snapshot(s)) => {
+            let mut snapshot = snapshot_from_proto(s).map_err(|e| e.to_string())?;
+            snapshot.revision = Revision(event.revision);
+            *current = Some(snapshot);
+            Ok(true)
+        }
+        Some(Event::Change(c)) => {
+            let change = change_from_proto(c).map_err(|e| e.to_string())?;
+            let s = current
+                .as_mut()
+                .ok_or_else(|| "a change arrived before any snapshot".to_string())?;
+            let mut next = s.clone();
+            next.apply(Revision(event.revision), &change)
+                .map_err(|e| e.to_string())?;
+            *s = next;
+            Ok(true)
+        }
+        Some(Event::Health(_)) => Ok(false),
+        None => Err("an empty watch event".into()),
+    }
+}
+
+/// How often the applied revision is reported again while it stays the same.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Reports the latest applied revision with `ReportApplied`, coalescing
+/// bursts: the watch loop only overwrites the value in `rx`, this task
+/// sends the newest. Each new revision goes at once, and the current one
+/// again every [`REPORT_EVERY`], so the control plane's "last seen" stays
+/// fresh and a failed report is retried. Ends when the sender is dropped.
+pub async fn report_applied(
+    mut rx: watch::Receiver<Option<(Channel, Revision)>>,
+    me: Identity,
+    kind: NodeKind,
+    detail: &'static str,
+) {
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        let Some((channel, revision)) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let mut req = tonic::Request::new(ReportAppliedRequest {
+            node_id: me.node_id.clone(),
+            kind: kind.into(),
+            revision: revision.0,
+            zone: me.zone.clone(),
+            detail: detail.into(),
+        });
+        req.set_timeout(Duration::from_secs(5));
+        if me.authorize(&mut req).is_err() {
+            continue;
+        }
+        let mut client = ControlPlaneClient::new(channel);
+        match tokio::time::timeout(Duration::from_secs(5), client.report_applied(req)).await {
+            Ok(Ok(_)) => tracing::debug!(revision = revision.0, "reported applied revision"),
+            Ok(Err(e)) => {
+                tracing::debug!(revision = revision.0, error = %e, "ReportApplied failed; will report again")
+            }
+            Err(_) => tracing::debug!(revision = revision.0, "ReportApplied timed out"),
+        }
+    }
+}
+
+/// An error with its causes: "transport error: connection refused".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_proto::v1::config_change::Change;
+
+    use super::*;
+
+    fn change(revision: u64, c: Change) -> v1::WatchEvent {
+        v1::WatchEvent {
+            revision,
+            event: Some(Event::Change(v1::ConfigChange { change: Some(c) })),
+        }
+    }
+
+    #[test]
+    fn snapshot_then_changes_in_order_and_a_gap_is_refused() {
+        let mut cur = None;
+        let snap = v1::WatchEvent {
+            revision: 1,
+            event: Some(Event::Snapshot(v1::Snapshot {
+                revision: 1,
+                pools: vec![v1::Pool {
+                    name: "shop".into(),
+                    ..Default::default()
+                }],
+                routes: vec![],
+            })),
+        };
+        assert_eq!(apply_event(&mut cur, &snap), Ok(true));
+        let add = change(
+            2,
+            Change::BackendUpserted(v1::BackendUpserted {
+                pool: "shop".into(),
+                backend: Some(v1::Backend {
+                    address: "10.0.0.1:80".into(),
+                    ..Default::default()
+                }),
+            }),
+        );
+        assert_eq!(apply_event(&mut cur, &add), Ok(true));
+        assert_eq!(cur.as_ref().map(|s| s.revision), Some(Revision(2)));
+
+        // Health events do not move the configuration.
+        let health = v1::WatchEvent {
+            revision: 2,
+            event: Some(Event::Health(v1::HealthUpdate::default())),
+        };
+        assert_eq!(apply_event(&mut cur, &health), Ok(false));
+
+        // Revision 4 after 2, or a backend of an unknown pool: refused, and
+        // nothing changed.
+        let gap = change(4, Change::PoolDeleted("shop".into()));
+        assert!(apply_event(&mut cur, &gap).is_err());
+        let unknown = change(
+            3,
+            Change::BackendRemoved(v1::BackendRemoved {
+                pool: "ghost".into(),
+                address: "10.0.0.1:80".into(),
+            }),
+        );
+        assert!(apply_event(&mut cur, &unknown).is_err());
+        let s = cur.unwrap();
+        assert_eq!(s.revision, Revision(2));
+        assert_eq!(s.pools.values().next().map(|p| p.backends.len()), Some(1));
+
+        let mut empty = None;
+        assert!(
+            apply_event(&mut empty, &add).is_err(),
+            "a change before any snapshot"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnects_rotate_endpoints_and_ask_for_a_snapshot_after_a_divergence() {
+        let mut r = Reconnect::new(vec!["http://a:1".into(), "http://b:2".into()]);
+        let held = Snapshot {
+            revision: Revision(7),
+            ..Default::default()
+        };
+        assert_eq!(r.attempt(None), ("http://a:1".into(), Revision::ZERO));
+        r.ended("http://a:1", Err("refused".into()), "waiting")
+            .await;
+        assert_eq!(r.attempt(Some(&held)), ("http://b:2".into(), Revision(7)));
+        r.ended("http://b:2", Ok(Progress::Diverged), "waiting")
+            .await;
+        assert_eq!(r.attempt(Some(&held)).1, Revision::ZERO, "a fresh snapshot");
+        r.ended("http://a:1", Ok(Progress::Applied), "waiting")
+            .await;
+        assert_eq!(r.attempt(Some(&held)), ("http://b:2".into(), Revision(7)));
+        assert_eq!(r.failures, 0);
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let mut ceiling = Backoff::MIN;
+        for _ in 0..12 {
+            let w = b.next_wait();
+            assert!(
+                w >= Backoff::MIN / 2 && w <= ceiling,
+                "{w:?} under {ceiling:?}"
+            );
+            ceiling = (ceiling * 2).min(Backoff::MAX);
+        }
+        assert_eq!(b.current, Backoff::MAX, "capped");
+        b.reset();
+        assert!(b.next_wait() <= Backoff::MIN);
+    }
+
+    fn control_args(args: &[&str]) -> ControlArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            control: ControlArgs,
+        }
+        let mut argv = vec!["node"];
+        argv.extend_from_slice(args);
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().control
+    }
+
+    #[test]
+    fn flags_resolve_to_endpoints_and_an_identity() {
+        let (control, me) = control_args(&[
+            "--control",
+            " http://a:1 ,,https://b:2",
+            "--token",
+            " t0k ",
+            "--node-id",
+            "edge-1",
+            "--zone",
+            "z1",
+        ])
+        .resolve("proxy")
+        .unwrap();
+        assert_eq!(control, ["http://a:1", "https://b:2"]);
+        assert_eq!(
+            (me.node_id.as_str(), me.zone.as_str(), me.token.as_deref()),
+            ("edge-1", "z1", Some("t0k"))
+        );
+
+        // The token file is read when no token is given; the node id
+        // defaults to the role and the host.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let (control, me) = control_args(&["--token-file", file.to_str().unwrap()])
+            .resolve("agent")
+            .unwrap();
+        assert!(control.is_empty());
+        assert_eq!(me.token.as_deref(), Some("from-file"));
+        assert!(me.node_id.starts_with("agent"), "{}", me.node_id);
+    }
+
+    #[test]
+    fn bad_flags_name_their_variable() {
+        let variable = |args: &[&str]| control_args(args).resolve("proxy").unwrap_err().variable;
+        assert_eq!(variable(&["--control", "127.0.0.1:7400"]), "TANDEM_CONTROL");
+        assert_eq!(
+            variable(&["--token-file", "/nonexistent/token"]),
+            "TANDEM_TOKEN_FILE"
+        );
+        assert_eq!(variable(&["--token", "two\nlines"]), "TANDEM_TOKEN");
+    }
+
+    #[test]
+    fn tokens_become_bearer_headers_and_bad_urls_name_the_variable() {
+        let me = Identity {
+            node_id: "n".into(),
+            zone: "z".into(),
+            token: Some("s3cret".into()),
+        };
+        let mut req = tonic::Request::new(());
+        me.authorize(&mut req).unwrap();
+        assert_eq!(
+            req.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        let e = endpoint("not a url").unwrap_err();
+        assert!(
+            e.contains("TANDEM_CONTROL") && e.contains("not a url"),
+            "{e}"
+        );
+        assert!(endpoint("http://127.0.0.1:7400").is_ok());
+    }
+}
