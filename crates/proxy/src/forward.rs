@@ -20,10 +20,11 @@ use hyper_util::rt::TokioIo;
 use metrics::Counter;
 use tandem_core::LbPolicy;
 use tandem_core::lb::{PickContext, client_hash};
+use tokio::io::AsyncWriteExt;
 
 use crate::headers;
 use crate::table::{BackendState, PoolRt, PoolState, Table};
-use crate::upstream::{self, ReqBody, Sender};
+use crate::upstream::{self, ExchangeError, ReqBody, RequestHead, UpstreamBody};
 
 /// Everything the request path shares.
 pub struct Proxy {
@@ -128,9 +129,14 @@ fn idempotent(m: &Method) -> bool {
 /// Why a try failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
+    /// Nothing reached the backend: the connect failed, or the request
+    /// head could not be written.
     Connect,
+    /// The request left and no valid answer came back.
     Reset,
     Timeout,
+    /// The client's own body broke off: nobody else is to blame.
+    ClientBody,
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -155,13 +161,12 @@ async fn forward(
     let method = parts.method;
     let uri = origin_form(&parts.uri);
     let mut headers = parts.headers;
-    let is_upgrade = upgrade.is_some();
 
-    // A request without a body can be sent again; one with a body only
-    // while the body has not left.
-    let replayable = body.is_end_stream();
-    let mut body = if replayable { None } else { Some(body) };
-    let resend_ok = idempotent(&method) && replayable;
+    // What is read of the body is kept (up to a limit) while it is sent, so
+    // an idempotent request can go to another backend even after its body
+    // left.
+    let mut body = ReqBody::new(body, headers.contains_key(header::CONTENT_LENGTH));
+    let may_repeat = idempotent(&method);
     let max_tries = (1 + cfg.retry.attempts as usize).min(MAX_TRIES);
     let hash = client_hash(peer.ip());
 
@@ -222,27 +227,26 @@ async fn forward(
             prepared = true;
         }
 
-        // A pooled connection first; a fresh one when none is idle or the
-        // pooled one turns out to be closed (that is not the backend's fault).
-        let mut pooled = !is_upgrade;
+        // A pooled connection first; a fresh one when none is idle, or once
+        // when the pooled one turns out to have been closed by the backend
+        // (that is not the backend's fault).
+        let mut pooled = true;
         let outcome = loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut sender = match pooled
+            let remaining = deadline.saturating_duration_since(now);
+            let (mut conn, reused) = match pooled
                 .then(|| state.conns.take(proxy.upstream_idle_timeout))
                 .flatten()
             {
-                Some(s) => s,
+                Some(c) => (c, true),
                 None => {
-                    pooled = false;
                     match upstream::connect(
                         state.socket_addr,
                         state.address.as_str(),
                         connect_timeout.min(remaining),
-                        is_upgrade,
                     )
                     .await
                     {
-                        Ok(s) => s,
+                        Ok(c) => (c, false),
                         Err(e) => {
                             tracing::debug!(backend = %state.address, error = %e, "upstream connect failed");
                             break Err(Failure::Connect);
@@ -250,58 +254,75 @@ async fn forward(
                     }
                 }
             };
-            let req_body = match body.take() {
-                Some(b) => ReqBody::Incoming(b),
-                None => ReqBody::Empty,
+            let head = RequestHead {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
             };
-            let mut upstream_req = Request::new(req_body);
-            *upstream_req.method_mut() = method.clone();
-            *upstream_req.uri_mut() = uri.clone();
-            *upstream_req.version_mut() = Version::HTTP_11;
-            // Keep a copy only while another try could still use it.
-            *upstream_req.headers_mut() = if attempt + 1 < max_tries || pooled {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
-            let try_timeout = per_try.min(deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(try_timeout, sender.try_send_request(upstream_req)).await {
+            // A pooled connection took no time to get; after a connect the
+            // clock is read again.
+            let sent_at = if reused { now } else { Instant::now() };
+            let try_timeout = per_try.min(deadline.saturating_duration_since(sent_at));
+            match tokio::time::timeout(try_timeout, conn.exchange(&head, &mut body)).await {
                 Err(_) => break Err(Failure::Timeout),
-                Ok(Ok(resp)) => break Ok((resp, sender)),
-                Ok(Err(mut e)) => {
-                    if let Some(unsent) = e.take_message() {
-                        // Nothing left: take the body back for the next try.
-                        if let ReqBody::Incoming(b) = unsent.into_body() {
-                            body = Some(b);
-                        }
-                        if pooled {
-                            continue;
-                        }
-                        break Err(Failure::Connect);
+                Ok(Ok(resp)) => break Ok((resp, conn)),
+                Ok(Err(ExchangeError::ClientBody(e))) => {
+                    tracing::debug!(error = %e, "client request body broke off");
+                    break Err(Failure::ClientBody);
+                }
+                Ok(Err(e)) => {
+                    let unsent = matches!(e, ExchangeError::Unsent(_));
+                    let no_answer = unsent || matches!(e, ExchangeError::Reset(_));
+                    // A kept-alive connection the backend closed while it
+                    // sat idle: the request goes again on a new one.
+                    if reused && no_answer && body.replayable() && (unsent || may_repeat) {
+                        pooled = false;
+                        continue;
                     }
-                    tracing::debug!(backend = %state.address, error = %e.error(), "upstream request failed");
-                    break Err(Failure::Reset);
+                    tracing::debug!(backend = %state.address, error = %e, "upstream request failed");
+                    break Err(if unsent {
+                        Failure::Connect
+                    } else {
+                        Failure::Reset
+                    });
                 }
             }
         };
 
         match outcome {
-            Ok((mut resp, sender)) => {
-                let status = resp.status();
+            Ok((mut resp, conn)) => {
+                let status = resp.status;
                 pool.record(picked.index, !status.is_server_error());
                 let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
                 state.responses[class].increment(1);
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-                headers::prepare_response(resp.headers_mut(), switching);
-                if switching && let Some(client) = client_upgrade {
-                    let upstream_io = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client, upstream_io, in_flight, request));
-                    return resp.map(|_| RespBody::empty());
+                headers::prepare_response(&mut resp.headers, switching);
+                let mut response = Response::new(RespBody::empty());
+                *response.status_mut() = status;
+                if switching {
+                    let Some(client) = client_upgrade else {
+                        // A switch nobody asked for cannot be passed on.
+                        return local(
+                            StatusCode::BAD_GATEWAY,
+                            "the backend switched protocols unasked\n",
+                        );
+                    };
+                    *response.headers_mut() = resp.headers;
+                    tokio::spawn(tunnel(client, conn, in_flight, request));
+                    return response;
                 }
-                let reuse = (!is_upgrade).then_some(sender);
-                return resp.map(|b| {
-                    RespBody::upstream(b, reuse, state.clone(), in_flight, request, body_stall)
-                });
+                let body = conn.into_body(&resp);
+                *response.headers_mut() = resp.headers;
+                *response.body_mut() =
+                    RespBody::upstream(body, state.clone(), in_flight, request, body_stall);
+                return response;
+            }
+            Err(Failure::ClientBody) => {
+                proxy.bad_request.increment(1);
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    "bad request: the request body could not be read\n",
+                );
             }
             Err(f) => {
                 pool.record(picked.index, false);
@@ -309,7 +330,7 @@ async fn forward(
                 failure = Some(f);
                 // Something was sent: only a request that may run twice and
                 // can be sent again is retried.
-                if !(f == Failure::Connect || resend_ok) {
+                if !(f == Failure::Connect || (may_repeat && body.replayable())) {
                     break;
                 }
             }
@@ -320,7 +341,7 @@ async fn forward(
             pool.state.timeouts.increment(1);
             local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
         }
-        Some(Failure::Connect) | Some(Failure::Reset) | None => {
+        Some(Failure::Connect | Failure::Reset | Failure::ClientBody) | None => {
             pool.state.connect_failures.increment(1);
             local(
                 StatusCode::BAD_GATEWAY,
@@ -349,24 +370,32 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
+/// Joins the client and the backend after a 101 answer: bytes flow both
+/// ways until either side closes.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: upstream::Conn,
     _in_flight: BackendGuard,
     _request: RequestGuard,
 ) {
-    match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => {
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended");
-            }
+    let (mut backend, early) = upstream.into_parts();
+    let client = match client.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "client upgrade did not complete");
+            return;
         }
-        (c, u) => tracing::debug!(
-            client_ok = c.is_ok(),
-            upstream_ok = u.is_ok(),
-            "upgrade did not complete"
-        ),
+    };
+    let mut client = TokioIo::new(client);
+    // What the backend sent right behind its 101 goes first.
+    if !early.is_empty()
+        && let Err(e) = client.write_all(&early).await
+    {
+        tracing::debug!(error = %e, "upgraded connection ended");
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
     }
 }
 
@@ -462,11 +491,11 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 struct Done {
-    reuse: Option<(Sender, Arc<BackendState>)>,
+    backend: Arc<BackendState>,
     _in_flight: BackendGuard,
     _request: RequestGuard,
 }
@@ -489,8 +518,7 @@ impl RespBody {
     }
 
     fn upstream(
-        body: Incoming,
-        sender: Option<Sender>,
+        body: UpstreamBody,
         backend: Arc<BackendState>,
         in_flight: BackendGuard,
         request: RequestGuard,
@@ -503,7 +531,7 @@ impl RespBody {
                 armed: false,
             }),
             done: Some(Done {
-                reuse: sender.map(|s| (s, backend)),
+                backend,
                 _in_flight: in_flight,
                 _request: request,
             }),
@@ -516,24 +544,14 @@ impl RespBody {
         me
     }
 
-    /// The backend's body ended cleanly: its connection may serve again.
+    /// The backend's body ended cleanly: its connection may serve again,
+    /// and the request stops counting as in flight.
     fn finish(&mut self) {
         if let Some(done) = self.done.take()
-            && let Some((sender, backend)) = done.reuse
+            && let Kind::Upstream(body) = &mut self.kind
+            && let Some(conn) = body.take_reusable()
         {
-            if sender.is_ready() {
-                backend.conns.put(sender);
-            } else if !sender.is_closed() {
-                // The connection task has not yet seen the end of the
-                // response; hand it back once it has.
-                let mut sender = sender;
-                tokio::spawn(async move {
-                    let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
-                    if matches!(ready, Ok(Ok(()))) {
-                        backend.conns.put(sender);
-                    }
-                });
-            }
+            done.backend.conns.put(conn);
         }
     }
 }
@@ -550,7 +568,7 @@ impl Body for RespBody {
         match &mut me.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let polled = body.poll_data(cx);
                 if let Some(stall) = &mut me.stall {
                     if polled.is_pending() {
                         let timeout = stall.timeout;
@@ -573,20 +591,24 @@ impl Body for RespBody {
                     }
                     stall.armed = false;
                 }
-                let polled = polled.map(|f| f.map(|r| r.map_err(BodyError::from)));
-                match &polled {
-                    Poll::Ready(None) => me.finish(),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => me.finish(),
-                    Poll::Ready(Some(Err(_))) => {
-                        // A broken body: the connection is not reused.
-                        if let Some(done) = &mut me.done {
-                            done.reuse = None;
-                        }
-                        me.done = None;
+                match polled {
+                    Poll::Ready(None) => {
+                        me.finish();
+                        Poll::Ready(None)
                     }
-                    _ => {}
+                    Poll::Ready(Some(Ok(data))) => {
+                        if body.is_end() {
+                            me.finish();
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        // A broken body: the connection is not reused.
+                        me.done = None;
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                polled
             }
         }
     }
@@ -594,7 +616,7 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Upstream(b) => b.is_end(),
         }
     }
 
@@ -602,7 +624,9 @@ impl Body for RespBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Upstream(b) => b
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

@@ -267,9 +267,12 @@ enum Verdict {
 }
 
 fn check_head(head: &[u8]) -> Verdict {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    // Left uninitialised (8 KiB less to clear per request): httparse
+    // writes only the slots it fills.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut slots) {
         Ok(httparse::Status::Complete(_)) => {}
         // Malformed or too many headers: hyper answers that itself.
         _ => return Verdict::Next(State::Off),

@@ -82,7 +82,10 @@ pub fn prepare_request(
 
     // X-Forwarded-For: append the peer to what earlier proxies wrote.
     let mut buf = [0u8; 64];
-    let ip = format_into(&mut buf, format_args!("{}", canonical_ip(peer)));
+    let ip = match canonical_ip(peer) {
+        IpAddr::V4(v4) => format_ipv4(&mut buf, v4.octets()),
+        v6 => format_into(&mut buf, format_args!("{v6}")),
+    };
     let xff = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
         Some(prev) if !prev.trim_ascii().is_empty() => {
             let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
@@ -134,6 +137,29 @@ fn hex_into(out: &mut [u8], mut v: u128) {
         *b = HEX[(v & 0xf) as usize];
         v >>= 4;
     }
+}
+
+/// Dotted decimal, without the formatting machinery (every request
+/// formats its client's address).
+fn format_ipv4(buf: &mut [u8; 64], octets: [u8; 4]) -> &[u8] {
+    let mut n = 0;
+    for (i, o) in octets.into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + (o / 10) % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    &buf[..n]
 }
 
 /// Formats into a stack buffer (truncating what does not fit).
@@ -273,6 +299,21 @@ mod tests {
         let tp = h["traceparent"].to_str().unwrap().to_string();
         let id = parse_traceparent(tp.as_bytes()).expect("a fresh valid traceparent");
         assert_eq!(h["x-request-id"].to_str().unwrap(), format!("{id:032x}"));
+    }
+
+    #[test]
+    fn ipv4_addresses_format_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "127.0.0.1",
+            "192.168.100.255",
+            "9.99.100.250",
+        ] {
+            let v4: std::net::Ipv4Addr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(format_ipv4(&mut buf, v4.octets()), ip.as_bytes());
+        }
     }
 
     #[test]
