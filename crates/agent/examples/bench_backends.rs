@@ -99,6 +99,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ))
             .await?;
     }
+    // The addresses too, for a side-by-side checker (HAProxy) to probe.
+    for a in &addrs {
+        println!("backend {a}");
+    }
     println!("ready {}", addrs.len());
     std::future::pending::<()>().await;
     Ok(())

@@ -23,6 +23,11 @@ pub struct ProbeMetrics {
     probes: [[Counter; Class::ALL.len()]; KINDS.len()],
     /// `tandem_agent_probe_duration_seconds{kind}`.
     latency: [Histogram; KINDS.len()],
+    /// `tandem_agent_probe_connections_total{kind}`: connections the probes
+    /// established (refused or timed-out connects are not counted): one per
+    /// passing TCP probe, none for an HTTP probe on its kept-alive
+    /// connection.
+    connections: [Counter; KINDS.len()],
     /// `tandem_agent_targets`: backends being probed.
     pub targets: Gauge,
 }
@@ -38,15 +43,23 @@ impl ProbeMetrics {
             latency: KINDS.map(|k| {
                 histogram!("tandem_agent_probe_duration_seconds", "kind" => kind_str(k))
             }),
+            connections: KINDS.map(|k| {
+                counter!("tandem_agent_probe_connections_total", "kind" => kind_str(k))
+            }),
             targets: gauge!("tandem_agent_targets"),
         }
     }
 
-    pub fn record(&self, kind: HealthCheckKind, class: Class, took: Duration) {
+    /// One probe: its result, how long it took and the connections it
+    /// opened.
+    pub fn record(&self, kind: HealthCheckKind, class: Class, took: Duration, opened: u64) {
         let k = KINDS.iter().position(|x| *x == kind).unwrap_or(0);
         let c = Class::ALL.iter().position(|x| *x == class).unwrap_or(0);
         self.probes[k][c].increment(1);
         self.latency[k].record(took.as_secs_f64());
+        if opened > 0 {
+            self.connections[k].increment(opened);
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::metrics::ProbeMetrics;
-use crate::probe::Check;
+use crate::probe::{Check, Conn};
 use crate::report::{Observation, ReportQueue};
 
 /// Each interval is stretched or shrunk by up to this fraction.
@@ -105,6 +105,9 @@ pub struct Context {
     /// The origin of the probes' start-time grid.
     pub origin: Instant,
     pub source_ip: Option<IpAddr>,
+    /// An HTTP probe opens a fresh connection at least every this many
+    /// probes (1: for every probe).
+    pub fresh_connection_every: u32,
     pub queue: Arc<ReportQueue>,
     pub metrics: ProbeMetrics,
 }
@@ -191,16 +194,21 @@ impl Drop for Prober {
     }
 }
 
-/// Probes one target forever, recording and queueing each result.
+/// Probes one target forever, recording and queueing each result. The
+/// target's kept connection lives here, with its task: a changed check
+/// restarts the task, and so starts on a new connection.
 async fn probe_target(check: Check, ctx: Arc<Context>) {
+    let mut conn = Conn::new(ctx.fresh_connection_every);
     let mut last_ok: Option<bool> = None;
     let mut cadence = Cadence::new(check.interval(), rand::random(), ctx.origin);
     loop {
         cadence.tick().await;
         let started = Instant::now();
-        let outcome = check.run(ctx.source_ip).await;
+        let opened = conn.opened();
+        let outcome = check.run(&mut conn, ctx.source_ip).await;
         let took = started.elapsed();
-        ctx.metrics.record(check.kind(), outcome.class, took);
+        ctx.metrics
+            .record(check.kind(), outcome.class, took, conn.opened() - opened);
         let ok = outcome.ok();
         if last_ok != Some(ok) {
             if ok {
@@ -338,6 +346,7 @@ mod tests {
         let ctx = Arc::new(Context {
             origin: Instant::now(),
             source_ip: None,
+            fresh_connection_every: 10,
             queue: Arc::new(ReportQueue::new(16)),
             metrics: ProbeMetrics::new(),
         });
@@ -385,6 +394,7 @@ mod tests {
         let ctx = Arc::new(Context {
             origin: Instant::now(),
             source_ip: None,
+            fresh_connection_every: 10,
             queue: queue.clone(),
             metrics: ProbeMetrics::new(),
         });
