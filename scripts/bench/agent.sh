@@ -8,10 +8,13 @@
 # TARGETS listeners (the `bench_backends` example of crates/agent, declared
 # as one pool); a release tandem-agent following them. After a warm-up, the
 # agent's CPU time (utime + stime from /proc/<pid>/stat, all threads) is
-# read over WINDOW seconds of wall time.
+# read over WINDOW seconds of wall time, split into user and kernel time,
+# with the connections the probes opened (HTTP probes keep theirs and open a
+# fresh one every TANDEM_PROBE_FRESH_CONNECTION_EVERY probes, default 10).
 #
 #   scripts/bench/agent.sh
 #   TARGETS=2000 WINDOW=60 scripts/bench/agent.sh
+#   TANDEM_PROBE_FRESH_CONNECTION_EVERY=1 scripts/bench/agent.sh   # a new connection per probe
 #   AGENT_BIN=/tmp/tandem-agent-before scripts/bench/agent.sh   # compare builds
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,6 +26,10 @@ KIND=${KIND:-http}
 WARMUP=${WARMUP:-5}
 WINDOW=${WINDOW:-30}
 GOAL_PERCENT=${GOAL_PERCENT:-2}
+# After the agent, HAProxy (Debian's package) checks the same backends the
+# way it would in front of them (`check inter <interval>`, HTTP or TCP), over
+# the same window, for a baseline measured in the same run. 0 skips it.
+COMPARE_HAPROXY=${COMPARE_HAPROXY:-1}
 # The control plane only feeds the agent; its profile does not change the
 # agent's figure. Release by default would cost minutes of build.
 CONTROL_PROFILE=${CONTROL_PROFILE:-dev}
@@ -34,6 +41,10 @@ NODE_TOKEN=bench-node-token-0123456789
 
 ensure_postgres_server
 command -v curl >/dev/null || apt_install curl
+if [ "$COMPARE_HAPROXY" = 1 ]; then
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_install haproxy
+  HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+fi
 step "building tandem-agent (release) and the benchmark backends"
 cargo build --release -p tandem-agent --bin tandem-agent --example bench_backends
 cargo build --profile "$CONTROL_PROFILE" -p tandem-control --bin tandem-control
@@ -59,6 +70,7 @@ metric_sum() { # sum of the last scrape's samples whose name (and labels) start 
   awk -v m="$1" '$1 == m || index($1, m "{") == 1 || (index(m, "{") && index($1, m) == 1) { s += $2 } END { printf "%d\n", s }' "$WORK/metrics"
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+sys_ticks() { awk '{ print $15 }' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 
 step "starting Postgres, tandem-control and $TARGETS backends"
@@ -97,22 +109,68 @@ sleep "$WARMUP"
 step "measuring for ${WINDOW}s"
 clk=$(getconf CLK_TCK)
 scrape; p0=$(metric_sum tandem_agent_probes_total); ok0=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
-r0=$(metric_sum tandem_agent_reports_total)
-a0=$(cpu_ticks "$AGENT_PID"); b0=$(cpu_ticks "$BACKENDS_PID"); t0=$(now)
+r0=$(metric_sum tandem_agent_reports_total); c0=$(metric_sum tandem_agent_probe_connections_total)
+a0=$(cpu_ticks "$AGENT_PID"); s0=$(sys_ticks "$AGENT_PID"); b0=$(cpu_ticks "$BACKENDS_PID"); t0=$(now)
 sleep "$WINDOW"
-a1=$(cpu_ticks "$AGENT_PID"); b1=$(cpu_ticks "$BACKENDS_PID"); t1=$(now)
+a1=$(cpu_ticks "$AGENT_PID"); s1=$(sys_ticks "$AGENT_PID"); b1=$(cpu_ticks "$BACKENDS_PID"); t1=$(now)
 scrape; p1=$(metric_sum tandem_agent_probes_total); ok1=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
-r1=$(metric_sum tandem_agent_reports_total)
+r1=$(metric_sum tandem_agent_reports_total); c1=$(metric_sum tandem_agent_probe_connections_total)
 rss=$(awk '/VmRSS/ { print $2 }' "/proc/$AGENT_PID/status")
 
-awk -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
+AGENT_SHARE=$(awk -v a=$((a1 - a0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.4f", 100 * a / clk / (t1 - t0) }')
+awk -v a=$((a1 - a0)) -v sys=$((s1 - s0)) -v conns=$((c1 - c0)) -v every="${TANDEM_PROBE_FRESH_CONNECTION_EVERY:-default}" -v b=$((b1 - b0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
     -v probes=$((p1 - p0)) -v ok=$((ok1 - ok0)) -v reports=$((r1 - r0)) -v targets="$TARGETS" -v kind="$KIND" \
     -v interval="$INTERVAL_MS" -v goal="$GOAL_PERCENT" -v rss="$rss" -v cores="$(nproc)" 'BEGIN {
   wall = t1 - t0
   share = 100 * a / clk / wall
   printf "\n%d %s targets every %d ms, %.1f s window, %s cores\n", targets, toupper(kind), interval, wall, cores
   printf "  probes:          %d (%.0f/s, %d ok), %d reports (%.1f/s)\n", probes, probes / wall, ok, reports, reports / wall
+  printf "  connections:     %d opened (%.0f/s; fresh connection every: %s; 0 from a build without the metric)\n", conns, conns / wall, every
   printf "  agent CPU:       %.2f%% of one core (%.1f us per probe), RSS %.1f MiB\n", share, (probes ? 1e6 * a / clk / probes : 0), rss / 1024
+  printf "    user / kernel: %.2f%% / %.2f%%\n", 100 * (a - sys) / clk / wall, 100 * sys / clk / wall
   printf "  backends CPU:    %.2f%% of one core (for reference)\n", 100 * b / clk / wall
   printf "  goal:            <= %s%% of one core -> %.2fx the goal (%s)\n", goal, share / goal, (share <= goal ? "met" : "not met")
+}'
+
+[ "$COMPARE_HAPROXY" = 1 ] || exit 0
+step "the same checks by HAProxy, for comparison"
+kill -TERM "$AGENT_PID" 2>/dev/null || true
+wait "$AGENT_PID" 2>/dev/null || true
+{
+  echo "global"
+  echo "  nbthread 1"
+  echo "  maxconn 4000"
+  echo "defaults"
+  echo "  mode $([ "$KIND" = http ] && echo http || echo tcp)"
+  echo "  timeout connect 1s"
+  echo "  timeout client 30s"
+  echo "  timeout server 30s"
+  echo "  timeout check 1s"
+  # A listener HAProxy insists on; nothing connects to it.
+  echo "frontend fe"
+  echo "  bind 127.0.0.1:$(free_port)"
+  echo "  default_backend be"
+  echo "backend be"
+  [ "$KIND" = http ] && echo "  option httpchk GET /healthz" && echo "  http-check expect status 200"
+  echo "  default-server check inter ${INTERVAL_MS}ms fall 2 rise 2"
+  awk '$1 == "backend" { printf "  server s%d %s\n", NR, $2 }' "$WORK/backends.log"
+} >"$WORK/haproxy.cfg"
+"$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
+sleep "$(awk -v i="$INTERVAL_MS" -v w="$WARMUP" 'BEGIN { print w + 2 * i / 1000 }')"
+kill -0 "$HAPROXY_PID" 2>/dev/null || { cat "$WORK/haproxy.log"; die "HAProxy did not start"; }
+h0=$(cpu_ticks "$HAPROXY_PID"); hs0=$(sys_ticks "$HAPROXY_PID"); t0=$(now)
+sleep "$WINDOW"
+h1=$(cpu_ticks "$HAPROXY_PID"); hs1=$(sys_ticks "$HAPROXY_PID"); t1=$(now)
+awk -v h=$((h1 - h0)) -v sys=$((hs1 - hs0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
+    -v targets="$TARGETS" -v interval="$INTERVAL_MS" 'BEGIN {
+  wall = t1 - t0
+  share = 100 * h / clk / wall
+  printf "\n  HAProxy CPU:     %.2f%% of one core (%.1f us per check, at %d checks/s expected)\n", share, 1e6 * h / clk / (targets * 1000 / interval * wall), targets * 1000 / interval
+  printf "    user / kernel: %.2f%% / %.2f%%\n", 100 * (h - sys) / clk / wall, 100 * sys / clk / wall
+}'
+awk -v a="$AGENT_SHARE" -v h=$((h1 - h0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" 'BEGIN {
+  share = 100 * h / clk / (t1 - t0)
+  if (share > 0) printf "  tandem-agent / HAProxy CPU: %.2fx\n", a / share
 }'

@@ -9,16 +9,27 @@
 # - first a direct run against the backend, the baseline for "latency added";
 # - CPU per request from the proxy's utime+stime (/proc), memory as RSS after
 #   the run (all of the proxy's processes).
-# It prints a table and the ratios tandem/nginx and tandem/haproxy.
+# - ROUNDS runs every target that many times, interleaved (so a burst of
+#   noise on the shared machine hits all of them alike); the table shows
+#   each figure's median over the rounds.
+# - BASELINE_BIN=<path> adds a second tandem-proxy build (say, the one
+#   before a change) as the row "baseline", measured in the same rounds.
+# It prints a table and the ratios tandem/nginx, tandem/haproxy (and
+# tandem/baseline).
 #
-# Usage: scripts/bench/proxy.sh            (DURATION=10s CONNS=50 by default)
-#        DURATION=30s CONNS=100 scripts/bench/proxy.sh
+# Usage: scripts/bench/proxy.sh            (DURATION=10s CONNS=50 ROUNDS=1)
+#        DURATION=30s CONNS=100 ROUNDS=3 scripts/bench/proxy.sh
+#        BASELINE_BIN=/tmp/tandem-proxy-before ROUNDS=3 scripts/bench/proxy.sh
 # Not a test: numbers depend on the machine; nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-1}
+BASELINE_BIN=${BASELINE_BIN:-}
+BASELINE_PORT=${BASELINE_PORT:-18105}
+BASELINE_ADMIN_PORT=${BASELINE_ADMIN_PORT:-18106}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BACKEND_PORT=${BACKEND_PORT:-18100}
@@ -157,14 +168,30 @@ cat >"$WORK/tandem/snapshot.json" <<EOF
    "revision": 1}},
  "routes": [{"host": "*", "path_prefix": "/", "pool": "bench"}]}
 EOF
-TANDEM_LISTEN=127.0.0.1:$TANDEM_PORT TANDEM_ADMIN_LISTEN=127.0.0.1:$TANDEM_ADMIN_PORT \
-  TANDEM_STATE_DIR=$WORK/tandem TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
-  taskset -c "$PROXY_CORE" "$TANDEM" >"$WORK/tandem.log" 2>&1 &
+start_tandem() { # binary port admin_port state_dir log
+  if [ "$4" != "$WORK/tandem" ]; then
+    mkdir -p "$4"
+    cp "$WORK/tandem/snapshot.json" "$4/"
+  fi
+  TANDEM_LISTEN=127.0.0.1:$2 TANDEM_ADMIN_LISTEN=127.0.0.1:$3 \
+    TANDEM_STATE_DIR=$4 TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
+    taskset -c "$PROXY_CORE" "$1" >"$5" 2>&1 &
+}
+start_tandem "$TANDEM" "$TANDEM_PORT" "$TANDEM_ADMIN_PORT" "$WORK/tandem" "$WORK/tandem.log"
 TANDEM_PID=$!
 PIDS+=($TANDEM_PID)
+TARGETS="direct nginx haproxy tandem"
+PORTS="$NGINX_PORT $HAPROXY_PORT $TANDEM_PORT"
+if [ -n "$BASELINE_BIN" ]; then
+  start_tandem "$BASELINE_BIN" "$BASELINE_PORT" "$BASELINE_ADMIN_PORT" "$WORK/baseline" "$WORK/baseline.log"
+  BASELINE_PID=$!
+  PIDS+=($BASELINE_PID)
+  TARGETS="$TARGETS baseline"
+  PORTS="$PORTS $BASELINE_PORT"
+fi
 
-for p in $NGINX_PORT $HAPROXY_PORT $TANDEM_PORT; do wait_port "$p"; done
-for p in $BACKEND_PORT $NGINX_PORT $HAPROXY_PORT $TANDEM_PORT; do
+for p in $PORTS; do wait_port "$p"; done
+for p in $BACKEND_PORT $PORTS; do
   body=$(curl -fsS "http://127.0.0.1:$p/" || true)
   [ "$body" = "ok" ] || { echo "port $p answers ${body:-nothing}" >&2; cat "$WORK/tandem.log" >&2; exit 1; }
 done
@@ -197,8 +224,8 @@ to_ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") in ms
 TICK=$(getconf CLK_TCK)
 
 declare -A RPS P50 P99 CPU RSS ERR
-run() { # name port [pid]
-  local name=$1 port=$2 pid=${3:-}
+run() { # name round port [pid]; figures are kept per round as "name.round"
+  local name=$1.$2 port=$3 pid=${4:-}
   # Warm up connections and caches.
   taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null
   local before=0
@@ -223,16 +250,47 @@ run() { # name port [pid]
   fi
 }
 
-echo "load: wrk -t1 -c$CONNS -d$DURATION; proxies on core $PROXY_CORE, backend and wrk on core $LOAD_CORE"
-run direct "$BACKEND_PORT"
-run nginx "$NGINX_PORT" "$NGINX_PID"
-run haproxy "$HAPROXY_PORT" "$HAPROXY_PID"
-run tandem "$TANDEM_PORT" "$TANDEM_PID"
+echo "load: wrk -t1 -c$CONNS -d$DURATION, $ROUNDS round(s); proxies on core $PROXY_CORE, backend and wrk on core $LOAD_CORE"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r/$ROUNDS: $TARGETS"
+  run direct "$r" "$BACKEND_PORT"
+  run nginx "$r" "$NGINX_PORT" "$NGINX_PID"
+  run haproxy "$r" "$HAPROXY_PORT" "$HAPROXY_PID"
+  run tandem "$r" "$TANDEM_PORT" "$TANDEM_PID"
+  [ -n "$BASELINE_BIN" ] && run baseline "$r" "$BASELINE_PORT" "$BASELINE_PID"
+done
+
+# The median of one figure over the rounds ("-" stays "-").
+median() { # array-name target
+  local -n arr=$1
+  local r vals=()
+  for r in $(seq 1 "$ROUNDS"); do vals+=("${arr[$2.$r]}"); done
+  printf '%s\n' "${vals[@]}" | sort -g | awk '{ v[NR] = $1 } END {
+    if (v[1] == "-") { print "-"; exit }
+    if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+for n in $TARGETS; do
+  for m in RPS P50 P99 CPU RSS; do
+    declare -n ref=$m
+    ref[$n]=$(median "$m" "$n")
+    unset -n ref
+  done
+  ERR[$n]=$(for r in $(seq 1 "$ROUNDS"); do echo -n "${ERR[$n.$r]}"; done)
+done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo
+  echo "per round (req/s, cpu us/req):"
+  for n in $TARGETS; do
+    printf "  %-8s" "$n"
+    for r in $(seq 1 "$ROUNDS"); do printf " %8s/%-6s" "${RPS[$n.$r]}" "${CPU[$n.$r]}"; done
+    echo
+  done
+fi
 
 added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 printf "\n%-8s %10s %9s %9s %12s %12s %13s %8s\n" \
   target req/s p50_ms p99_ms p50_added_ms p99_added_ms cpu_us_per_req rss_MiB
-for n in direct nginx haproxy tandem; do
+for n in $TARGETS; do
   if [ "$n" = direct ]; then a50="-"; a99="-"; else
     a50=$(added "${P50[$n]}" "${P50[direct]}"); a99=$(added "${P99[$n]}" "${P99[direct]}"); fi
   printf "%-8s %10s %9s %9s %12s %12s %13s %8s  %s\n" "$n" "${RPS[$n]}" "${P50[$n]}" "${P99[$n]}" \
@@ -244,3 +302,7 @@ echo "tandem/nginx:   throughput $(ratio "${RPS[tandem]}" "${RPS[nginx]}")x," \
   "p99 $(ratio "${P99[tandem]}" "${P99[nginx]}")x, cpu/req $(ratio "${CPU[tandem]}" "${CPU[nginx]}")x"
 echo "tandem/haproxy: throughput $(ratio "${RPS[tandem]}" "${RPS[haproxy]}")x," \
   "p99 $(ratio "${P99[tandem]}" "${P99[haproxy]}")x, cpu/req $(ratio "${CPU[tandem]}" "${CPU[haproxy]}")x"
+if [ -n "$BASELINE_BIN" ]; then
+  echo "tandem/baseline: throughput $(ratio "${RPS[tandem]}" "${RPS[baseline]}")x," \
+    "p99 $(ratio "${P99[tandem]}" "${P99[baseline]}")x, cpu/req $(ratio "${CPU[tandem]}" "${CPU[baseline]}")x"
+fi
