@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -176,21 +177,66 @@ where
     Arc::new(move || Box::pin(f()))
 }
 
+/// Set once a service has finished starting. Until then `/healthz` answers
+/// 503, so a load balancer's health check keeps a starting instance out of
+/// rotation (what a Kubernetes startup probe is for); afterwards `/healthz`
+/// only says the process answers.
+#[derive(Clone, Debug, Default)]
+pub struct Started(Arc<AtomicBool>);
+
+impl Started {
+    /// A service with nothing to do before it can serve.
+    pub fn already() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 #[derive(Clone)]
 struct AdminState {
     prometheus: PrometheusHandle,
     ready: ReadyCheck,
+    started: Started,
 }
 
 /// `/metrics` (Prometheus text), `/healthz` (the process answers) and
 /// `/readyz` (the service can do its job). Merge service-specific routes
 /// into the returned router.
 pub fn admin_router(prometheus: PrometheusHandle, ready: ReadyCheck) -> Router {
+    admin_router_starting(prometheus, ready, Started::already())
+}
+
+/// [`admin_router`] for a service that must finish starting before it can
+/// serve: `/healthz` answers 503 until `started` is set.
+pub fn admin_router_starting(
+    prometheus: PrometheusHandle,
+    ready: ReadyCheck,
+    started: Started,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
-        .with_state(AdminState { prometheus, ready })
+        .with_state(AdminState {
+            prometheus,
+            ready,
+            started,
+        })
+}
+
+async fn health_handler(State(s): State<AdminState>) -> (StatusCode, &'static str) {
+    if s.started.is_set() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl axum::response::IntoResponse {

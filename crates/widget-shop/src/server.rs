@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tandem_telemetry::PrometheusHandle;
+use tandem_telemetry::{PrometheusHandle, Started};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -51,10 +51,12 @@ pub async fn run(
         drain_timeout,
     } = settings;
     let migrated = Arc::new(AtomicBool::new(false));
+    let started = Started::default();
 
     let migrations = tokio::spawn({
         let store = store.clone();
         let migrated = migrated.clone();
+        let started = started.clone();
         async move {
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -69,6 +71,16 @@ pub async fn run(
             }
             migrated.store(true, Ordering::Release);
             tracing::info!("shop database migrated");
+            // Health checks see the shop only once its pool is warm: a
+            // restarted shop put into rotation with an empty pool made
+            // its first shoppers queue behind a burst of logins.
+            while let Err(e) = store.warm().await {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the warm database connections yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            started.set();
+            tracing::info!("database pool warm: /healthz answers ok");
         }
     });
 
@@ -93,7 +105,7 @@ pub async fn run(
             }
         }
     });
-    let admin = tandem_telemetry::admin_router(prometheus, ready);
+    let admin = tandem_telemetry::admin_router_starting(prometheus, ready, started);
     let state = AppState::new(store, &instance, migrated);
     let app = web::router(state, faults, request_timeout, admin);
 

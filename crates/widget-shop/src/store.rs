@@ -156,6 +156,18 @@ impl Store {
             })
     }
 
+    /// Opens the pool's warm connections now, one after another, so the
+    /// first shoppers after a start do not each wait on a login (SCRAM
+    /// costs real CPU) past the acquire timeout.
+    pub async fn warm(&self) -> Result<()> {
+        let want = self.pool.options().get_min_connections() as usize;
+        let mut held = Vec::with_capacity(want);
+        while held.len() < want {
+            held.push(self.pool.acquire().await?);
+        }
+        Ok(())
+    }
+
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -362,7 +362,16 @@ async fn a_shop_started_before_its_database_waits_then_serves() -> anyhow::Resul
     let (pg, url) = shop_database()?;
     pg.stop()?;
     let mut shop = Shop::spawn("shop-early", &url, &[])?;
-    tandem_testkit::wait_http_ok(&shop.url("/healthz"), Duration::from_secs(15)).await?;
+    // It answers at once, but its health check keeps it out of a load
+    // balancer's rotation until it has its database.
+    let healthz = shop.url("/healthz");
+    tandem_testkit::wait_until(Duration::from_secs(15), &healthz, || async {
+        client().get(&healthz).send().await.is_ok()
+    })
+    .await?;
+    let res = client().get(&healthz).send().await?;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.text().await?, "starting\n");
 
     let res = client().get(shop.url("/readyz")).send().await?;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -373,6 +382,7 @@ async fn a_shop_started_before_its_database_waits_then_serves() -> anyhow::Resul
 
     pg.restart()?;
     shop.wait_ready().await?;
+    tandem_testkit::wait_http_ok(&healthz, Duration::from_secs(15)).await?;
     let html = Shopper::new(&shop.base()).page("/").await?;
     assert!(html.contains("Sprocket"));
     Ok(())
