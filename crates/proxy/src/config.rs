@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, env = "TANDEM_MAX_HEADER_BYTES", default_value_t = 65_536)]
     pub max_header_bytes: usize,
 
-    /// Most header fields in one request.
+    /// Most header fields in one request (at most 256).
     #[arg(long, env = "TANDEM_MAX_HEADERS", default_value_t = 100)]
     pub max_headers: usize,
 

@@ -16,15 +16,13 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use metrics::Counter;
 use tandem_core::LbPolicy;
 use tandem_core::lb::{PickContext, client_hash};
-use tokio::io::AsyncWriteExt;
 
 use crate::headers;
 use crate::table::{BackendState, PoolRt, PoolState, Table};
-use crate::upstream::{self, ExchangeError, ReqBody, RequestHead, UpstreamBody};
+use crate::upstream::{self, ExchangeError, ReqBody, RequestHead, Source, UpstreamBody};
 
 /// Everything the request path shares.
 pub struct Proxy {
@@ -51,21 +49,57 @@ impl Proxy {
 /// Most tries of one request (the first plus at most five retries).
 const MAX_TRIES: usize = 6;
 
-/// Handles one client request. Never fails: every problem is an answer.
+/// What forwarding one request produced.
+pub enum Answer {
+    Response(Response<RespBody>),
+    /// The backend agreed to the client's protocol switch (WebSocket):
+    /// the 101 goes to the client, then the two connections are joined.
+    /// Only a request that asked for an upgrade gets this.
+    Switch(Response<RespBody>, Tunnel),
+}
+
+/// The backend's side of a switched connection, and the guards that keep
+/// the request counted while the tunnel lasts.
+pub struct Tunnel {
+    pub upstream: upstream::Conn,
+    _in_flight: BackendGuard,
+    _request: RequestGuard,
+}
+
+/// Handles one HTTP/2 request (hyper's server). Never fails: every problem
+/// is an answer.
 pub async fn handle(
     proxy: Arc<Proxy>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<RespBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    Ok(match serve(&proxy, parts, Source::H2(body), peer).await {
+        Answer::Response(r) => r,
+        // HTTP/2 requests never ask for an upgrade.
+        Answer::Switch(..) => local(
+            StatusCode::BAD_GATEWAY,
+            "the backend switched protocols unasked\n",
+        ),
+    })
+}
+
+/// Routes one request and forwards it: the path both servers share.
+pub async fn serve(
+    proxy: &Proxy,
+    parts: http::request::Parts,
+    body: Source<'_>,
+    peer: SocketAddr,
+) -> Answer {
     let Some(table) = proxy.table.load_full() else {
         proxy.no_config.increment(1);
-        return Ok(local(
+        return Answer::Response(local(
             StatusCode::SERVICE_UNAVAILABLE,
             "no configuration yet: the proxy has not reached a control plane\n",
         ));
     };
-    let host = request_host(&req);
-    if host.is_none() && req.version() == Version::HTTP_11 {
+    let host = request_host(&parts.uri, &parts.headers);
+    if host.is_none() && parts.version == Version::HTTP_11 {
         proxy.bad_request.increment(1);
         let mut r = local(
             StatusCode::BAD_REQUEST,
@@ -73,50 +107,44 @@ pub async fn handle(
         );
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(r);
+        return Answer::Response(r);
     }
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-    let Some(&pool_index) = table.routes.lookup(host_str, req.uri().path()) else {
+    let Some(&pool_index) = table.routes.lookup(host_str, parts.uri.path()) else {
         proxy.no_route.increment(1);
-        return Ok(local(
+        return Answer::Response(local(
             StatusCode::NOT_FOUND,
             "no route for this host and path\n",
         ));
     };
     let pool = &table.pools[pool_index];
 
-    let upgrade = if req.version() == Version::HTTP_11 {
-        headers::upgrade_request(req.headers())
+    let upgrade = if parts.version == Version::HTTP_11 {
+        headers::upgrade_request(&parts.headers)
     } else {
         None
     };
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
     let request = RequestGuard::new(pool.state.clone());
-    Ok(forward(
-        &proxy,
+    forward(
+        proxy,
         pool,
         parts,
         body,
         host.as_ref(),
         peer,
         upgrade,
-        client_upgrade,
         request,
     )
-    .await)
+    .await
 }
 
 /// The host a client asked for: the URI's authority (HTTP/2, absolute form)
 /// or the Host header. A clone of the Host header shares its bytes.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if let Some(a) = req.uri().authority() {
+fn request_host(uri: &Uri, headers: &http::HeaderMap) -> Option<HeaderValue> {
+    if let Some(a) = uri.authority() {
         return HeaderValue::from_str(a.as_str()).ok();
     }
-    req.headers()
-        .get(header::HOST)
-        .filter(|h| !h.is_empty())
-        .cloned()
+    headers.get(header::HOST).filter(|h| !h.is_empty()).cloned()
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -144,13 +172,12 @@ async fn forward(
     proxy: &Proxy,
     pool: &PoolRt,
     parts: http::request::Parts,
-    body: Incoming,
+    body: Source<'_>,
     host: Option<&HeaderValue>,
     peer: SocketAddr,
     upgrade: Option<HeaderValue>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     request: RequestGuard,
-) -> Response<RespBody> {
+) -> Answer {
     let cfg = &pool.config;
     let deadline = request.start + Duration::from_millis(cfg.request_timeout_ms.into());
     let per_try = Duration::from_millis(cfg.retry.per_try_timeout_ms.into());
@@ -161,6 +188,7 @@ async fn forward(
     let method = parts.method;
     let uri = origin_form(&parts.uri);
     let mut headers = parts.headers;
+    let asked_upgrade = upgrade.is_some();
 
     // What is read of the body is kept (up to a limit) while it is sent, so
     // an idempotent request can go to another backend even after its body
@@ -205,10 +233,10 @@ async fn forward(
         let Some(picked) = pool.balancer.pick(&pool.backends, &cx) else {
             if attempt == 0 {
                 pool.state.no_backend.increment(1);
-                return local(
+                return Answer::Response(local(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no usable backend for this route\n",
-                );
+                ));
             }
             break;
         };
@@ -262,15 +290,18 @@ async fn forward(
             // A pooled connection took no time to get; after a connect the
             // clock is read again.
             let sent_at = if reused { now } else { Instant::now() };
-            let try_timeout = per_try.min(deadline.saturating_duration_since(sent_at));
-            match tokio::time::timeout(try_timeout, conn.exchange(&head, &mut body)).await {
-                Err(_) => break Err(Failure::Timeout),
-                Ok(Ok(resp)) => break Ok((resp, conn)),
-                Ok(Err(ExchangeError::ClientBody(e))) => {
+            let try_deadline = (sent_at + per_try).min(deadline);
+            match conn
+                .exchange_by(try_deadline.into(), &head, &mut body)
+                .await
+            {
+                None => break Err(Failure::Timeout),
+                Some(Ok(resp)) => break Ok((resp, conn)),
+                Some(Err(ExchangeError::ClientBody(e))) => {
                     tracing::debug!(error = %e, "client request body broke off");
                     break Err(Failure::ClientBody);
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     let unsent = matches!(e, ExchangeError::Unsent(_));
                     let no_answer = unsent || matches!(e, ExchangeError::Reset(_));
                     // A kept-alive connection the backend closed while it
@@ -300,29 +331,33 @@ async fn forward(
                 let mut response = Response::new(RespBody::empty());
                 *response.status_mut() = status;
                 if switching {
-                    let Some(client) = client_upgrade else {
+                    if !asked_upgrade {
                         // A switch nobody asked for cannot be passed on.
-                        return local(
+                        return Answer::Response(local(
                             StatusCode::BAD_GATEWAY,
                             "the backend switched protocols unasked\n",
-                        );
-                    };
+                        ));
+                    }
                     *response.headers_mut() = resp.headers;
-                    tokio::spawn(tunnel(client, conn, in_flight, request));
-                    return response;
+                    let tunnel = Tunnel {
+                        upstream: conn,
+                        _in_flight: in_flight,
+                        _request: request,
+                    };
+                    return Answer::Switch(response, tunnel);
                 }
                 let body = conn.into_body(&resp);
                 *response.headers_mut() = resp.headers;
                 *response.body_mut() =
                     RespBody::upstream(body, state.clone(), in_flight, request, body_stall);
-                return response;
+                return Answer::Response(response);
             }
             Err(Failure::ClientBody) => {
                 proxy.bad_request.increment(1);
-                return local(
+                return Answer::Response(local(
                     StatusCode::BAD_REQUEST,
                     "bad request: the request body could not be read\n",
-                );
+                ));
             }
             Err(f) => {
                 pool.record(picked.index, false);
@@ -336,7 +371,7 @@ async fn forward(
             }
         }
     }
-    match failure {
+    Answer::Response(match failure {
         Some(Failure::Timeout) => {
             pool.state.timeouts.increment(1);
             local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
@@ -348,7 +383,7 @@ async fn forward(
                 "upstream unreachable or connection failed\n",
             )
         }
-    }
+    })
 }
 
 /// Retries may be at most `budget_percent` of the pool's active requests
@@ -367,35 +402,6 @@ fn origin_form(uri: &Uri) -> Uri {
         Some(pq) if uri.scheme().is_some() || uri.authority().is_some() => Uri::from(pq.clone()),
         Some(_) => uri.clone(),
         None => Uri::from_static("/"),
-    }
-}
-
-/// Joins the client and the backend after a 101 answer: bytes flow both
-/// ways until either side closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: upstream::Conn,
-    _in_flight: BackendGuard,
-    _request: RequestGuard,
-) {
-    let (mut backend, early) = upstream.into_parts();
-    let client = match client.await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(error = %e, "client upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    // What the backend sent right behind its 101 goes first.
-    if !early.is_empty()
-        && let Err(e) = client.write_all(&early).await
-    {
-        tracing::debug!(error = %e, "upgraded connection ended");
-        return;
-    }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
     }
 }
 
@@ -487,7 +493,7 @@ struct Stall {
     armed: bool,
 }
 
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::upstream::BodyError;
 
 enum Kind {
     Full(Option<Bytes>),

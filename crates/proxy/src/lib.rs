@@ -14,7 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod forward;
-pub mod guard;
+pub mod h1;
 pub mod headers;
 pub mod server;
 pub mod store;

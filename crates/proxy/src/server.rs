@@ -1,20 +1,26 @@
-//! The client-facing listener: HTTP/1.1 and HTTP/2 (prior knowledge) on
-//! one port, limits on heads and connections, graceful drain.
+//! The client-facing listener: HTTP/1.1 (the proxy's own server, [`h1`])
+//! and HTTP/2 with prior knowledge (hyper's) on one port, limits on heads
+//! and connections, graceful drain.
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::forward::{self, Proxy};
-use crate::guard::GuardedIo;
+use crate::h1;
 
 /// Limits on what one client may do.
 #[derive(Debug, Clone)]
@@ -42,29 +48,24 @@ impl From<&Settings> for Limits {
 
 /// Serves clients on `listener` until `shutdown` resolves, then stops
 /// accepting and lets requests in flight finish for up to the drain timeout.
+///
+/// HTTP/1.x connections are served by the proxy's own server ([`h1`]);
+/// those that open with the HTTP/2 preface are handed to hyper's.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let h2 = Arc::new(h2);
+    let limits = Arc::new(limits);
+    let (drain_signal, drain) = h1::drain();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let active = metrics::gauge!("tandem_proxy_active_connections");
     let accepted = metrics::counter!("tandem_proxy_connections_total");
@@ -93,30 +94,115 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         accepted.increment(1);
-        let proxy = proxy.clone();
-        let svc = service_fn(move |req| forward::handle(proxy.clone(), req, peer));
-        let io = TokioIo::new(GuardedIo::new(stream, limits.stall_timeout));
-        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-        let conn = graceful.watch(conn);
+        let (proxy, limits, h2) = (proxy.clone(), limits.clone(), h2.clone());
+        let drain = drain.clone();
         let active = active.clone();
         active.increment(1.0);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            match h1::serve(stream, peer, &proxy, &limits, drain.clone()).await {
+                h1::End::Closed => {}
+                h1::End::Http2(stream, read) => {
+                    serve_h2(&h2, Prefixed::new(read, stream), proxy, peer, drain).await;
+                }
             }
             active.decrement(1.0);
             drop(permit);
         });
     }
     drop(listener);
-    let open = graceful.count();
+    let open = limits.max_connections - connections.available_permits();
     tracing::info!(
         open_connections = open,
         drain_timeout_ms = limits.drain_timeout.as_millis() as u64,
         "stopped accepting; draining"
     );
-    match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("drained"),
+    drain_signal.start();
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(limits.drain_timeout, connections.acquire_many(all)).await {
+        Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!("drain deadline passed; closing the remaining connections"),
+    }
+}
+
+/// One HTTP/2 connection, until it ends; on drain it is asked to finish
+/// (GOAWAY) and its streams in flight complete.
+async fn serve_h2(
+    h2: &http2::Builder<TokioExecutor>,
+    io: Prefixed,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    mut drain: h1::Drain,
+) {
+    let svc = service_fn(move |req| forward::handle(proxy.clone(), req, peer));
+    let conn = h2.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.started() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// A connection whose first bytes were already read (while telling HTTP/1
+/// from HTTP/2): reads give those back first.
+struct Prefixed {
+    read: BytesMut,
+    io: TcpStream,
+}
+
+impl Prefixed {
+    fn new(read: BytesMut, io: TcpStream) -> Self {
+        Self { read, io }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if !me.read.is_empty() {
+            let n = me.read.len().min(buf.remaining());
+            buf.put_slice(&me.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

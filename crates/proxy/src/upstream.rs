@@ -58,6 +58,9 @@ pub struct Conn {
     rbuf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
     wbuf: Vec<u8>,
+    /// The per-try timeout, kept with the connection and moved only when
+    /// it fires early or must fire earlier (see [`Conn::exchange_by`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -66,7 +69,48 @@ impl Conn {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(1024),
+            timer: None,
         }
+    }
+
+    /// [`Conn::exchange`], given up at `deadline` (`None`). The timer is
+    /// this connection's own: a kept-alive connection's deadlines only move
+    /// forward, so it is re-armed when it fires early (about once per
+    /// timeout) rather than set and cleared for every request, which cost
+    /// a timer-wheel insert and removal each time.
+    pub async fn exchange_by(
+        &mut self,
+        deadline: tokio::time::Instant,
+        req: &RequestHead<'_>,
+        body: &mut ReqBody<'_>,
+    ) -> Option<Result<ResponseHead, ExchangeError>> {
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                if t.deadline() > deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let outcome = {
+            let exchange = self.exchange(req, body);
+            tokio::pin!(exchange);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut exchange => break Some(r),
+                    () = timer.as_mut() => {
+                        if tokio::time::Instant::now() >= deadline {
+                            break None;
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            }
+        };
+        self.timer = Some(timer);
+        outcome
     }
 
     /// An idle connection can carry another request when the backend has
@@ -85,7 +129,7 @@ impl Conn {
     pub async fn exchange(
         &mut self,
         req: &RequestHead<'_>,
-        body: &mut ReqBody,
+        body: &mut ReqBody<'_>,
     ) -> Result<ResponseHead, ExchangeError> {
         let chunked = body.chunked();
         encode_head(&mut self.wbuf, req, chunked);
@@ -202,7 +246,7 @@ pub enum ExchangeError {
     /// The client's own body could not be read (it went away, or broke its
     /// framing): not the backend's fault.
     #[error("reading the client's request body failed: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(BodyError),
     /// The request (or part of it) left, and the connection failed before
     /// any byte of an answer.
     #[error("connection failed before the response: {0}")]
@@ -214,26 +258,62 @@ pub enum ExchangeError {
 
 // === request bodies ===
 
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a client's request body comes from: hyper's HTTP/2 stream, or the
+/// proxy's own HTTP/1.1 connection ([`crate::h1`]).
+pub enum Source<'a> {
+    H2(Incoming),
+    H1(crate::h1::RequestBody<'a>),
+}
+
+impl Source<'_> {
+    fn is_end(&self) -> bool {
+        match self {
+            Source::H2(incoming) => incoming.is_end_stream(),
+            Source::H1(body) => body.is_end(),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end. Trailers of a
+    /// chunked upload are not forwarded.
+    async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
+        match self {
+            Source::H2(incoming) => loop {
+                let frame = poll_fn(|cx| Pin::new(&mut *incoming).poll_frame(cx)).await?;
+                match frame {
+                    Err(e) => return Some(Err(e.into())),
+                    Ok(frame) => match frame.into_data() {
+                        Ok(d) if !d.is_empty() => return Some(Ok(d)),
+                        _ => continue,
+                    },
+                }
+            },
+            Source::H1(body) => body.next().await,
+        }
+    }
+}
+
 /// The client's request body as the exchanges send it. Up to
 /// [`REPLAY_LIMIT`] bytes of what was read are kept, so a request whose
 /// body already left can be sent again on another backend.
-pub struct ReqBody {
+pub struct ReqBody<'a> {
     /// What was read from the client so far, while `complete` holds.
     kept: Vec<Bytes>,
     kept_len: usize,
     /// `kept` holds every byte read from the client so far.
     complete: bool,
     /// What the client has not sent yet.
-    rest: Option<Incoming>,
+    rest: Option<Source<'a>>,
     /// Sent as is, framed by the client's `Content-Length`.
     length_framed: bool,
 }
 
-impl ReqBody {
+impl<'a> ReqBody<'a> {
     /// `content_length`: the forwarded headers carry a `Content-Length`
     /// (otherwise a body is sent chunked).
-    pub fn new(incoming: Incoming, content_length: bool) -> Self {
-        let rest = (!incoming.is_end_stream()).then_some(incoming);
+    pub fn new(source: Source<'a>, content_length: bool) -> Self {
+        let rest = (!source.is_end()).then_some(source);
         Self {
             kept: Vec::new(),
             kept_len: 0,
@@ -270,18 +350,13 @@ impl ReqBody {
             conn.write_data(data, chunked).await.map_err(reset)?;
         }
         while let Some(rest) = &mut self.rest {
-            let frame = poll_fn(|cx| Pin::new(&mut *rest).poll_frame(cx)).await;
-            let data = match frame {
+            let data = match rest.next().await {
                 None => {
                     self.rest = None;
                     break;
                 }
                 Some(Err(e)) => return Err(ExchangeError::ClientBody(e)),
-                // Trailers of a chunked upload are not forwarded.
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(d) if !d.is_empty() => d,
-                    _ => continue,
-                },
+                Some(Ok(data)) => data,
             };
             if self.complete && self.kept_len + data.len() <= REPLAY_LIMIT {
                 self.kept_len += data.len();
@@ -315,7 +390,7 @@ enum Framing {
 
 /// Where a chunked body's decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     Size,
     Data(u64),
     DataEnd,
@@ -451,7 +526,7 @@ fn parse_head(
 }
 
 /// A Content-Length value: digits only, and no overflow.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -549,7 +624,7 @@ fn bad_chunk(what: &'static str) -> io::Error {
 
 /// Advances a chunked body's decoder over `buf`: the next piece of data,
 /// or `None` when it needs more bytes (or is done).
-fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+pub(crate) fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
     loop {
         match *state {
             Chunk::Done => return Ok(None),

@@ -198,6 +198,153 @@ async fn hostile_http_gets_400_class_answers_and_the_proxy_stays_up() {
     assert_eq!(code, 200);
 }
 
+/// Reads from `s` until `want` answers have fully arrived (their bodies by
+/// Content-Length) or `wait` passes.
+async fn read_answers(s: &mut TcpStream, want: usize, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        while complete_answers(&out) < want {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn complete_answers(bytes: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(bytes);
+    let mut rest: &str = &text;
+    let mut n = 0;
+    while let Some(end) = rest.find("\r\n\r\n") {
+        let head = &rest[..end];
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        let body_start = end + 4;
+        if head.starts_with("HTTP/1.1 100") {
+            rest = &rest[body_start..];
+            continue;
+        }
+        if rest.len() < body_start + len {
+            break;
+        }
+        rest = &rest[body_start + len..];
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test]
+async fn http1_keep_alive_pipelining_continue_and_chunked_uploads() {
+    let (proxy, b) = proxy_with_one_backend("h1", &[]).await;
+
+    // Three pipelined requests in one write: three answers, in order, on
+    // the same connection.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /status/201 HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+          GET /status/202 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answers = read_answers(&mut s, 3, Duration::from_secs(5)).await;
+    let statuses: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answers[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["201", "200", "202"], "{answers}");
+    assert!(answers.contains("\r\n\r\nhello"), "{answers}");
+
+    // A chunked upload, with Expect: 100-continue: the proxy says
+    // continue, the backend gets the whole body, the connection stays.
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut interim))
+        .await
+        .expect("no 100 Continue")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"6\r\nchunky\r\n7\r\n-upload\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answers(&mut s, 1, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nchunky-upload"), "{answer}");
+
+    // HTTP/1.0: closed after the answer unless the client asks to keep it.
+    let once = raw(
+        proxy.addr,
+        b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(once.starts_with("HTTP/1.1 200"), "{once}");
+    assert!(once.contains("connection: close"), "{once}");
+    let mut kept = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..2 {
+        kept.write_all(b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answers(&mut kept, 1, Duration::from_secs(5)).await;
+        assert!(answer.contains("connection: keep-alive"), "{answer}");
+    }
+
+    // CONNECT is refused by name; nothing above reached the backend twice.
+    let connect = raw(
+        proxy.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&connect), 405, "{connect}");
+    assert_eq!(b.requests().await.unwrap(), 7);
+}
+
+/// An answer that comes before the end of an upload reaches the client,
+/// who is still sending: the proxy does not reset the connection under it.
+#[tokio::test]
+async fn an_answer_before_the_end_of_an_upload_reaches_the_client() {
+    let (proxy, _b) = proxy_with_one_backend("early", &[]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    // The proxy answers 400 (no Host) without reading the body; the
+    // client keeps sending, and must still read the answer.
+    // The rest of the upload is swallowed, not met with a reset.
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    let writer = async {
+        for _ in 0..15 {
+            if s.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    assert_eq!(sent, 15, "the upload was cut off after {sent} pieces");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&text), 400, "{text}");
+}
+
 #[tokio::test]
 async fn websocket_upgrades_pass_through() {
     let (proxy, _b) = proxy_with_one_backend("ws", &[]).await;
