@@ -20,7 +20,7 @@ use metrics::Counter;
 use tandem_core::LbPolicy;
 use tandem_core::lb::{PickContext, client_hash};
 
-use crate::headers;
+use crate::headers::{self, RawFields};
 use crate::table::{BackendState, PoolRt, PoolState, Table};
 use crate::upstream::{self, ExchangeError, ReqBody, RequestHead, Source, UpstreamBody};
 
@@ -74,20 +74,26 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<RespBody>, Infallible> {
     let (parts, body) = req.into_parts();
-    Ok(match serve(&proxy, parts, Source::H2(body), peer).await {
-        Answer::Response(r) => r,
-        // HTTP/2 requests never ask for an upgrade.
-        Answer::Switch(..) => local(
-            StatusCode::BAD_GATEWAY,
-            "the backend switched protocols unasked\n",
-        ),
-    })
+    Ok(
+        match serve(&proxy, parts, None, Source::H2(body), peer).await {
+            Answer::Response(r) => r,
+            // HTTP/2 requests never ask for an upgrade.
+            Answer::Switch(..) => local(
+                StatusCode::BAD_GATEWAY,
+                "the backend switched protocols unasked\n",
+            ),
+        },
+    )
 }
 
-/// Routes one request and forwards it: the path both servers share.
+/// Routes one request and forwards it: the path both servers share. The
+/// HTTP/1 server passes the head's fields as received (`raw`, and
+/// `parts.headers` is empty): they are copied to the backend without
+/// building a header map.
 pub async fn serve(
     proxy: &Proxy,
     parts: http::request::Parts,
+    raw: Option<RawFields<'_>>,
     body: Source<'_>,
     peer: SocketAddr,
 ) -> Answer {
@@ -98,7 +104,10 @@ pub async fn serve(
             "no configuration yet: the proxy has not reached a control plane\n",
         ));
     };
-    let host = request_host(&parts.uri, &parts.headers);
+    let host = match raw {
+        Some(raw) => request_host_raw(&parts.uri, raw),
+        None => request_host(&parts.uri, &parts.headers),
+    };
     if host.is_none() && parts.version == Version::HTTP_11 {
         proxy.bad_request.increment(1);
         let mut r = local(
@@ -119,16 +128,17 @@ pub async fn serve(
     };
     let pool = &table.pools[pool_index];
 
-    let upgrade = if parts.version == Version::HTTP_11 {
-        headers::upgrade_request(&parts.headers)
-    } else {
-        None
+    let upgrade = match raw {
+        _ if parts.version != Version::HTTP_11 => None,
+        Some(raw) => raw.upgrade().and_then(|u| HeaderValue::from_bytes(u).ok()),
+        None => headers::upgrade_request(&parts.headers),
     };
     let request = RequestGuard::new(pool.state.clone());
     forward(
         proxy,
         pool,
         parts,
+        raw,
         body,
         host.as_ref(),
         peer,
@@ -145,6 +155,15 @@ fn request_host(uri: &Uri, headers: &http::HeaderMap) -> Option<HeaderValue> {
         return HeaderValue::from_str(a.as_str()).ok();
     }
     headers.get(header::HOST).filter(|h| !h.is_empty()).cloned()
+}
+
+fn request_host_raw(uri: &Uri, raw: RawFields<'_>) -> Option<HeaderValue> {
+    if let Some(a) = uri.authority() {
+        return HeaderValue::from_str(a.as_str()).ok();
+    }
+    raw.value(b"host")
+        .filter(|h| !h.is_empty())
+        .and_then(|h| HeaderValue::from_maybe_shared(h).ok())
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -172,6 +191,7 @@ async fn forward(
     proxy: &Proxy,
     pool: &PoolRt,
     parts: http::request::Parts,
+    raw: Option<RawFields<'_>>,
     body: Source<'_>,
     host: Option<&HeaderValue>,
     peer: SocketAddr,
@@ -193,14 +213,19 @@ async fn forward(
     // What is read of the body is kept (up to a limit) while it is sent, so
     // an idempotent request can go to another backend even after its body
     // left.
-    let mut body = ReqBody::new(body, headers.contains_key(header::CONTENT_LENGTH));
+    let content_length = match raw {
+        Some(raw) => raw.values(b"content-length").next().is_some(),
+        None => headers.contains_key(header::CONTENT_LENGTH),
+    };
+    let mut body = ReqBody::new(body, content_length);
     let may_repeat = idempotent(&method);
     let max_tries = (1 + cfg.retry.attempts as usize).min(MAX_TRIES);
     let hash = client_hash(peer.ip());
 
     let mut tried = [usize::MAX; MAX_TRIES];
     let mut failure = None;
-    let mut prepared = false;
+    // The request line and fields for the backends, made at the first pick.
+    let mut lines = Vec::new();
     for attempt in 0..max_tries {
         let mut _retrying = None;
         if attempt > 0 {
@@ -244,15 +269,31 @@ async fn forward(
         let backend = &pool.backends[picked.index];
         let state = &backend.state;
         let in_flight = BackendGuard::new(state.clone());
-        if !prepared {
-            headers::prepare_request(
-                &mut headers,
-                host,
-                peer.ip(),
-                upgrade.clone(),
-                state.address.as_str(),
-            );
-            prepared = true;
+        if lines.is_empty() {
+            match raw {
+                Some(raw) => headers::encode_raw_request(
+                    &mut lines,
+                    method.as_str().as_bytes(),
+                    uri.path_and_query()
+                        .map_or("/", |pq| pq.as_str())
+                        .as_bytes(),
+                    raw,
+                    host,
+                    peer.ip(),
+                    upgrade.as_ref().map(HeaderValue::as_bytes),
+                    state.address.as_str(),
+                ),
+                None => {
+                    headers::prepare_request(
+                        &mut headers,
+                        host,
+                        peer.ip(),
+                        upgrade.clone(),
+                        state.address.as_str(),
+                    );
+                    upstream::encode_lines(&mut lines, &method, &uri, &headers);
+                }
+            }
         }
 
         // A pooled connection first; a fresh one when none is idle, or once
@@ -284,8 +325,7 @@ async fn forward(
             };
             let head = RequestHead {
                 method: &method,
-                uri: &uri,
-                headers: &headers,
+                lines: &lines,
             };
             // A pooled connection took no time to get; after a connect the
             // clock is read again.

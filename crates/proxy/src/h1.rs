@@ -37,7 +37,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +45,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::forward::{self, Answer, Proxy, RespBody};
+use crate::headers::RawFields;
 use crate::server::Limits;
 use crate::upstream::{self, BodyError, Chunk, Source};
 
@@ -111,6 +112,7 @@ pub async fn serve(
         first = false;
         let Parsed {
             parts,
+            head,
             framing,
             keep_alive,
             expect_continue,
@@ -120,9 +122,14 @@ pub async fn serve(
         client.io.body = framing;
         client.io.expect_continue = expect_continue;
 
+        let raw = RawFields {
+            head: &head,
+            fields: &client.fields,
+        };
         let answer = forward::serve(
             proxy,
             parts,
+            Some(raw),
             Source::H1(RequestBody {
                 client: &mut client.io,
             }),
@@ -228,7 +235,10 @@ struct Client {
 
 /// A request head, ready for the forwarding path.
 struct Parsed {
+    /// Method, target and version (no headers: see `head`).
     parts: http::request::Parts,
+    /// The head as received; the client's `fields` point into it.
+    head: Bytes,
     framing: BodyState,
     keep_alive: bool,
     expect_continue: bool,
@@ -366,39 +376,38 @@ impl Client {
         }
         let uri = Uri::from_maybe_shared(head.slice(target))
             .map_err(|_| HeadError::Reject(StatusCode::BAD_REQUEST, "invalid request target"))?;
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
-        for (name, value) in &self.fields {
-            let name = HeaderName::from_bytes(&head[name.clone()])
-                .map_err(|_| HeadError::Reject(StatusCode::BAD_REQUEST, "invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
-                .map_err(|_| HeadError::Reject(StatusCode::BAD_REQUEST, "invalid header value"))?;
-            headers.append(name, value);
-        }
-        let framing = request_framing(&headers, version)
+        // No header map is built: httparse has checked the names and
+        // values, and the forwarding path copies them as they are.
+        let raw = RawFields {
+            head: &head,
+            fields: &self.fields,
+        };
+        let framing = request_framing(raw, version)
             .map_err(|why| HeadError::Reject(StatusCode::BAD_REQUEST, why))?;
-        if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        if raw.values(b"host").nth(1).is_some() {
             return Err(HeadError::Reject(
                 StatusCode::BAD_REQUEST,
                 "more than one Host header",
             ));
         }
         let keep_alive = match version {
-            Version::HTTP_10 => has_token(&headers, header::CONNECTION, "keep-alive"),
-            _ => !has_token(&headers, header::CONNECTION, "close"),
+            Version::HTTP_10 => raw.has_token(b"connection", b"keep-alive"),
+            _ => !raw.has_token(b"connection", b"close"),
         };
         let expect_continue = version == Version::HTTP_11
             && framing != BodyState::Done
-            && headers
-                .get(header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            && raw
+                .values(b"expect")
+                .next()
+                .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
 
         let mut parts = http::Request::new(()).into_parts().0;
         parts.method = method;
         parts.uri = uri;
         parts.version = version;
-        parts.headers = headers;
         Ok(Some(Parsed {
             parts,
+            head,
             framing,
             keep_alive,
             expect_continue,
@@ -710,17 +719,17 @@ async fn write_all(io: &mut TcpStream, mut data: &[u8], stall: Duration) -> io::
 /// proxy must not guess at: both `Transfer-Encoding` and `Content-Length`
 /// (the classic smuggling vector), `Content-Length`s that disagree or are
 /// not numbers, and transfer codings that do not end in chunked.
-fn request_framing(headers: &HeaderMap, version: Version) -> Result<BodyState, &'static str> {
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+fn request_framing(raw: RawFields<'_>, version: Version) -> Result<BodyState, &'static str> {
+    let mut te = raw.values(b"transfer-encoding").peekable();
     if te.peek().is_some() {
         if version == Version::HTTP_10 {
             return Err("Transfer-Encoding in an HTTP/1.0 request");
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if raw.values(b"content-length").next().is_some() {
             return Err("both Content-Length and Transfer-Encoding");
         }
         let last = te
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .flat_map(|v| v.split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .filter(|t| !t.is_empty())
             .last();
@@ -730,8 +739,8 @@ fn request_framing(headers: &HeaderMap, version: Version) -> Result<BodyState, &
         };
     }
     let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
+    for v in raw.values(b"content-length") {
+        for part in v.split(|&b| b == b',') {
             let n = upstream::parse_length(part).ok_or("invalid Content-Length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length values");
@@ -743,14 +752,6 @@ fn request_framing(headers: &HeaderMap, version: Version) -> Result<BodyState, &
         None | Some(0) => BodyState::Done,
         Some(n) => BodyState::Length(n),
     })
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 fn reason(e: httparse::Error) -> &'static str {
@@ -813,15 +814,21 @@ fn chunk_size_line(buf: &mut Vec<u8>, len: usize) {
 mod tests {
     use super::*;
 
-    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    type Fields = Vec<(Range<usize>, Range<usize>)>;
+
+    /// A head holding `fields`, and where each lies in it.
+    fn head(fields: &[(&str, &str)]) -> (Bytes, Fields) {
+        let (mut head, mut ranges) = (Vec::new(), Vec::new());
         for (n, v) in fields {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            let name = head.len()..head.len() + n.len();
+            head.extend_from_slice(n.as_bytes());
+            head.extend_from_slice(b": ");
+            let value = head.len()..head.len() + v.len();
+            head.extend_from_slice(v.as_bytes());
+            head.extend_from_slice(b"\r\n");
+            ranges.push((name, value));
         }
-        h
+        (Bytes::from(head), ranges)
     }
 
     #[test]
@@ -894,10 +901,16 @@ mod tests {
             ),
         ];
         for (fields, version, want) in cases {
+            let (head, fields) = head(fields);
+            let raw = RawFields {
+                head: &head,
+                fields: &fields,
+            };
             assert_eq!(
-                request_framing(&headers(fields), *version),
+                request_framing(raw, *version),
                 *want,
-                "{fields:?} {version:?}"
+                "{:?} {version:?}",
+                String::from_utf8_lossy(&head)
             );
         }
     }
@@ -925,11 +938,24 @@ mod tests {
 
     #[test]
     fn connection_tokens_are_matched_whole_and_case_blind() {
-        let h = headers(&[("connection", "Keep-Alive, Upgrade")]);
-        assert!(has_token(&h, header::CONNECTION, "keep-alive"));
-        assert!(has_token(&h, header::CONNECTION, "upgrade"));
-        assert!(!has_token(&h, header::CONNECTION, "close"));
-        let h = headers(&[("connection", "closed")]);
-        assert!(!has_token(&h, header::CONNECTION, "close"));
+        let (h, f) = head(&[
+            ("Connection", "Keep-Alive, Upgrade"),
+            ("Upgrade", "websocket"),
+        ]);
+        let raw = RawFields {
+            head: &h,
+            fields: &f,
+        };
+        assert!(raw.has_token(b"connection", b"keep-alive"));
+        assert!(raw.has_token(b"connection", b"upgrade"));
+        assert!(!raw.has_token(b"connection", b"close"));
+        assert_eq!(raw.upgrade(), Some(&b"websocket"[..]));
+        let (h, f) = head(&[("connection", "closed")]);
+        let raw = RawFields {
+            head: &h,
+            fields: &f,
+        };
+        assert!(!raw.has_token(b"connection", b"close"));
+        assert_eq!(raw.upgrade(), None);
     }
 }

@@ -2,7 +2,9 @@
 //! stripping, `X-Forwarded-*`, `X-Request-Id` and W3C `traceparent`.
 
 use std::net::IpAddr;
+use std::ops::Range;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -110,11 +112,7 @@ pub fn prepare_request(
         None => {
             // Start a trace (not sampled) so the backend's logs and ours
             // share an id; a malformed one is replaced, as W3C asks.
-            let id: u128 = rand::random::<u128>() | 1;
-            let span: u64 = rand::random::<u64>() | 1;
-            let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
-            hex_into(&mut tp[3..35], id);
-            hex_into(&mut tp[36..52], u128::from(span));
+            let (id, tp) = new_traceparent();
             if let Ok(v) = HeaderValue::from_bytes(&tp) {
                 headers.insert(TRACEPARENT.clone(), v);
             }
@@ -128,6 +126,191 @@ pub fn prepare_request(
             headers.insert(X_REQUEST_ID.clone(), v);
         }
     }
+}
+
+/// An HTTP/1 request head as received: the whole head and where each
+/// field's name and value lie in it.
+#[derive(Clone, Copy)]
+pub struct RawFields<'a> {
+    pub head: &'a Bytes,
+    pub fields: &'a [(Range<usize>, Range<usize>)],
+}
+
+impl<'a> RawFields<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let head: &'a [u8] = self.head;
+        self.fields
+            .iter()
+            .map(move |(n, v)| (&head[n.clone()], &head[v.clone()]))
+    }
+
+    /// The values of the fields called `name` (lowercase).
+    pub fn values(&self, name: &'static [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first field called `name` (lowercase), sharing the head's bytes.
+    pub fn value(&self, name: &'static [u8]) -> Option<Bytes> {
+        let head = self.head;
+        self.fields
+            .iter()
+            .find(|(n, _)| head[n.clone()].eq_ignore_ascii_case(name))
+            .map(|(_, v)| head.slice(v.clone()))
+    }
+
+    /// Does a comma-separated field `name` carry `token`?
+    pub fn has_token(&self, name: &'static [u8], token: &[u8]) -> bool {
+        self.values(name)
+            .flat_map(|v| v.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    }
+
+    /// [`upgrade_request`] on a raw head: the protocol a WebSocket-style
+    /// upgrade asks for.
+    pub fn upgrade(&self) -> Option<&'a [u8]> {
+        let upgrade = self.values(b"upgrade").next()?;
+        self.has_token(b"connection", b"upgrade").then_some(upgrade)
+    }
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1), lowercase.
+const HOP_BY_HOP: [&[u8]; 8] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authorization",
+];
+
+/// What [`prepare_request`] does to a header map, done while copying an
+/// HTTP/1 head as received: the request line (`target` in origin form) and
+/// the fields for the backend, each line ending in CRLF, without the blank
+/// line that ends the head. Fields keep the client's spelling and order;
+/// the ones the proxy sets come last.
+#[allow(clippy::too_many_arguments)] // the same inputs as prepare_request, plus the line
+pub fn encode_raw_request(
+    out: &mut Vec<u8>,
+    method: &[u8],
+    target: &[u8],
+    raw: RawFields<'_>,
+    host: Option<&HeaderValue>,
+    peer: IpAddr,
+    upgrade: Option<&[u8]>,
+    backend_host: &str,
+) {
+    out.clear();
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    // Fields the client named in Connection are hop-by-hop too; rare, so
+    // only then is anything collected.
+    let named: Vec<&[u8]> = if raw.values(b"connection").next().is_some() {
+        raw.values(b"connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| {
+                // Never let a client strip what the proxy itself sets.
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"x-forwarded-for")
+                    && !t.eq_ignore_ascii_case(b"x-request-id")
+                    && !t.eq_ignore_ascii_case(b"host")
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut prior_xff: Option<&[u8]> = None;
+    let mut has_host = false;
+    let mut has_request_id = false;
+    let mut trace_id = None;
+    for (name, value) in raw.iter() {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if HOP_BY_HOP.iter().any(|h| is(h)) || named.iter().any(|n| is(n)) {
+            continue;
+        }
+        if is(b"x-forwarded-proto") || is(b"x-forwarded-host") {
+            continue;
+        }
+        if is(b"x-forwarded-for") {
+            prior_xff.get_or_insert(value);
+            continue;
+        }
+        if is(b"traceparent") {
+            // The first valid one passes unchanged; others are dropped.
+            match parse_traceparent(value) {
+                Some(id) if trace_id.is_none() => trace_id = Some(id),
+                _ => continue,
+            }
+        }
+        has_host |= is(b"host");
+        has_request_id |= is(b"x-request-id");
+        line(out, name, value);
+    }
+    if let Some(proto) = upgrade {
+        line(out, b"connection", b"upgrade");
+        line(out, b"upgrade", proto);
+    }
+    match host {
+        Some(h) => {
+            if !has_host {
+                // Absolute-form targets name the host; backends want Host.
+                line(out, b"host", h.as_bytes());
+            }
+            line(out, b"x-forwarded-host", h.as_bytes());
+        }
+        None if !has_host => line(out, b"host", backend_host.as_bytes()),
+        None => {}
+    }
+    let mut buf = [0u8; 64];
+    let ip = match canonical_ip(peer) {
+        IpAddr::V4(v4) => format_ipv4(&mut buf, v4.octets()),
+        v6 => format_into(&mut buf, format_args!("{v6}")),
+    };
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = prior_xff.map(<[u8]>::trim_ascii).filter(|p| !p.is_empty()) {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip);
+    out.extend_from_slice(b"\r\n");
+    line(out, b"x-forwarded-proto", b"http");
+    let trace_id = match trace_id {
+        Some(id) => id,
+        None => {
+            let (id, tp) = new_traceparent();
+            line(out, b"traceparent", &tp);
+            id
+        }
+    };
+    if !has_request_id {
+        let mut rid = [0u8; 32];
+        hex_into(&mut rid, trace_id);
+        line(out, b"x-request-id", &rid);
+    }
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A fresh (not sampled) W3C trace context: its trace id and the header.
+fn new_traceparent() -> (u128, [u8; 55]) {
+    let id: u128 = rand::random::<u128>() | 1;
+    let span: u64 = rand::random::<u64>() | 1;
+    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&mut tp[3..35], id);
+    hex_into(&mut tp[36..52], u128::from(span));
+    (id, tp)
 }
 
 /// Lowercase hex of the low `out.len() / 2` bytes of `v`, zero-padded.
@@ -234,6 +417,136 @@ mod tests {
 
     fn peer() -> IpAddr {
         "10.1.2.3".parse().unwrap()
+    }
+
+    /// The fields of `lines` (request line dropped), lowercased and sorted.
+    fn fields_of(lines: &[u8]) -> Vec<(String, String)> {
+        let text = String::from_utf8(lines.to_vec()).unwrap();
+        let mut out: Vec<(String, String)> = text
+            .split("\r\n")
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(": ").unwrap();
+                (n.to_ascii_lowercase(), v.to_string())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_raw_http1_path_forwards_what_the_header_map_path_does() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // (fields, the host asked for, the upgrade asked for)
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                &[
+                    ("Host", "shop.test"),
+                    ("Connection", "keep-alive, X-Secret"),
+                    ("X-Secret", "1"),
+                    ("Keep-Alive", "timeout=5"),
+                    ("TE", "trailers"),
+                    ("Proxy-Authorization", "Basic x"),
+                    ("Transfer-Encoding", "chunked"),
+                    ("X-Kept", "yes"),
+                    ("X-Forwarded-For", "192.0.2.7"),
+                    ("X-Forwarded-Proto", "https"),
+                    ("X-Forwarded-Host", "evil.test"),
+                    ("traceparent", tp),
+                    ("X-Request-Id", "abc"),
+                ],
+                Some("shop.test"),
+                None,
+            ),
+            // No Host at all (HTTP/1.0): the backend's address.
+            (&[("traceparent", tp), ("x-request-id", "r")], None, None),
+            // Absolute form: the target's host, given separately.
+            (
+                &[("traceparent", tp), ("x-request-id", "r")],
+                Some("abs.test"),
+                None,
+            ),
+            // A client may not strip what the proxy sets.
+            (
+                &[
+                    ("host", "a"),
+                    ("connection", "Upgrade, host, x-forwarded-for"),
+                    ("upgrade", "websocket"),
+                    ("traceparent", tp),
+                    ("x-request-id", "r"),
+                ],
+                Some("a"),
+                Some("websocket"),
+            ),
+        ];
+        for (fields, host, upgrade) in cases {
+            let host = host.map(HeaderValue::from_static);
+            let mut map = HeaderMap::new();
+            let (mut head, mut ranges) = (Vec::new(), Vec::new());
+            for (n, v) in *fields {
+                map.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+                let name = head.len()..head.len() + n.len();
+                head.extend_from_slice(n.as_bytes());
+                head.extend_from_slice(b": ");
+                let value = head.len()..head.len() + v.len();
+                head.extend_from_slice(v.as_bytes());
+                head.extend_from_slice(b"\r\n");
+                ranges.push((name, value));
+            }
+            let head = Bytes::from(head);
+            let raw = RawFields {
+                head: &head,
+                fields: &ranges,
+            };
+            let up = upgrade.map(HeaderValue::from_static);
+            prepare_request(&mut map, host.as_ref(), peer(), up.clone(), "10.0.0.1:80");
+            let mut from_map = Vec::new();
+            crate::upstream::encode_lines(
+                &mut from_map,
+                &http::Method::GET,
+                &"/x".parse().unwrap(),
+                &map,
+            );
+            let mut from_raw = Vec::new();
+            encode_raw_request(
+                &mut from_raw,
+                b"GET",
+                b"/x",
+                raw,
+                host.as_ref(),
+                peer(),
+                upgrade.map(str::as_bytes),
+                "10.0.0.1:80",
+            );
+            assert!(from_raw.starts_with(b"GET /x HTTP/1.1\r\n"));
+            assert_eq!(fields_of(&from_raw), fields_of(&from_map), "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn the_raw_http1_path_starts_a_trace_when_the_client_sent_none_valid() {
+        let head = Bytes::from_static(b"traceparent: garbage\r\n");
+        let raw = RawFields {
+            head: &head,
+            fields: &[(0..11, 13..20)],
+        };
+        let mut out = Vec::new();
+        encode_raw_request(&mut out, b"GET", b"/", raw, None, peer(), None, "b:1");
+        let fields = fields_of(&out);
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        assert_eq!(fields.iter().filter(|(k, _)| k == "traceparent").count(), 1);
+        let id = parse_traceparent(get("traceparent").unwrap().as_bytes()).expect("valid");
+        assert_eq!(get("x-request-id").unwrap(), format!("{id:032x}"));
+        assert_eq!(get("host").unwrap(), "b:1");
     }
 
     #[test]

@@ -210,27 +210,34 @@ impl Conn {
     }
 }
 
-/// What an exchange sends: the request line and the headers to forward
-/// (already rewritten for the backend).
+/// What an exchange sends: the request line and the fields to forward
+/// (already rewritten for the backend), each line ending in CRLF, without
+/// the blank line that ends the head.
 pub struct RequestHead<'a> {
     pub method: &'a Method,
-    pub uri: &'a Uri,
-    pub headers: &'a HeaderMap,
+    pub lines: &'a [u8],
 }
 
-fn encode_head(buf: &mut Vec<u8>, req: &RequestHead<'_>, chunked: bool) {
+/// The request line (`uri` in origin form) and `headers` as
+/// [`RequestHead::lines`].
+pub fn encode_lines(buf: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &HeaderMap) {
     buf.clear();
-    buf.extend_from_slice(req.method.as_str().as_bytes());
+    buf.extend_from_slice(method.as_str().as_bytes());
     buf.push(b' ');
-    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     buf.extend_from_slice(target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers {
+    for (name, value) in headers {
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
         buf.extend_from_slice(b"\r\n");
     }
+}
+
+fn encode_head(buf: &mut Vec<u8>, req: &RequestHead<'_>, chunked: bool) {
+    buf.clear();
+    buf.extend_from_slice(req.lines);
     if chunked {
         buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -948,10 +955,11 @@ mod tests {
         headers.insert(header::HOST, HeaderValue::from_static("shop.test"));
         headers.append("x-a", HeaderValue::from_static("1"));
         let uri: Uri = "/cart?id=7".parse().unwrap();
+        let mut lines = Vec::new();
+        encode_lines(&mut lines, &Method::POST, &uri, &headers);
         let head = RequestHead {
             method: &Method::POST,
-            uri: &uri,
-            headers: &headers,
+            lines: &lines,
         };
         let mut buf = Vec::new();
         encode_head(&mut buf, &head, true);
