@@ -70,6 +70,9 @@ metric_sum() { # sum of the last scrape's samples whose name (and labels) start 
   awk -v m="$1" '$1 == m || index($1, m "{") == 1 || (index(m, "{") && index($1, m) == 1) { s += $2 } END { printf "%d\n", s }' "$WORK/metrics"
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Times the agent went to sleep (voluntary context switches, all threads):
+# each wake-up costs more than the probes it starts, so it is worth watching.
+sleeps() { awk '/^voluntary_ctxt_switches/ { s += $2 } END { print s }' /proc/$1/task/*/status; }
 sys_ticks() { awk '{ print $15 }' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 
@@ -110,15 +113,15 @@ step "measuring for ${WINDOW}s"
 clk=$(getconf CLK_TCK)
 scrape; p0=$(metric_sum tandem_agent_probes_total); ok0=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
 r0=$(metric_sum tandem_agent_reports_total); c0=$(metric_sum tandem_agent_probe_connections_total)
-a0=$(cpu_ticks "$AGENT_PID"); s0=$(sys_ticks "$AGENT_PID"); b0=$(cpu_ticks "$BACKENDS_PID"); t0=$(now)
+a0=$(cpu_ticks "$AGENT_PID"); s0=$(sys_ticks "$AGENT_PID"); w0=$(sleeps "$AGENT_PID"); b0=$(cpu_ticks "$BACKENDS_PID"); t0=$(now)
 sleep "$WINDOW"
-a1=$(cpu_ticks "$AGENT_PID"); s1=$(sys_ticks "$AGENT_PID"); b1=$(cpu_ticks "$BACKENDS_PID"); t1=$(now)
+a1=$(cpu_ticks "$AGENT_PID"); s1=$(sys_ticks "$AGENT_PID"); w1=$(sleeps "$AGENT_PID"); b1=$(cpu_ticks "$BACKENDS_PID"); t1=$(now)
 scrape; p1=$(metric_sum tandem_agent_probes_total); ok1=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
 r1=$(metric_sum tandem_agent_reports_total); c1=$(metric_sum tandem_agent_probe_connections_total)
 rss=$(awk '/VmRSS/ { print $2 }' "/proc/$AGENT_PID/status")
 
 AGENT_SHARE=$(awk -v a=$((a1 - a0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.4f", 100 * a / clk / (t1 - t0) }')
-awk -v a=$((a1 - a0)) -v sys=$((s1 - s0)) -v conns=$((c1 - c0)) -v every="${TANDEM_PROBE_FRESH_CONNECTION_EVERY:-default}" -v b=$((b1 - b0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
+awk -v a=$((a1 - a0)) -v sys=$((s1 - s0)) -v wakes=$((w1 - w0)) -v conns=$((c1 - c0)) -v every="${TANDEM_PROBE_FRESH_CONNECTION_EVERY:-default}" -v b=$((b1 - b0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
     -v probes=$((p1 - p0)) -v ok=$((ok1 - ok0)) -v reports=$((r1 - r0)) -v targets="$TARGETS" -v kind="$KIND" \
     -v interval="$INTERVAL_MS" -v goal="$GOAL_PERCENT" -v rss="$rss" -v cores="$(nproc)" 'BEGIN {
   wall = t1 - t0
@@ -128,6 +131,7 @@ awk -v a=$((a1 - a0)) -v sys=$((s1 - s0)) -v conns=$((c1 - c0)) -v every="${TAND
   printf "  connections:     %d opened (%.0f/s; fresh connection every: %s; 0 from a build without the metric)\n", conns, conns / wall, every
   printf "  agent CPU:       %.2f%% of one core (%.1f us per probe), RSS %.1f MiB\n", share, (probes ? 1e6 * a / clk / probes : 0), rss / 1024
   printf "    user / kernel: %.2f%% / %.2f%%\n", 100 * (a - sys) / clk / wall, 100 * sys / clk / wall
+  printf "    wake-ups:      %.0f/s (voluntary context switches)\n", wakes / wall
   printf "  backends CPU:    %.2f%% of one core (for reference)\n", 100 * b / clk / wall
   printf "  goal:            <= %s%% of one core -> %.2fx the goal (%s)\n", goal, share / goal, (share <= goal ? "met" : "not met")
 }'

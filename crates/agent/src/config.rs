@@ -39,6 +39,8 @@ pub struct Args {
 
     /// How long observations are gathered before they are sent in one
     /// report, in milliseconds (keep it well under the probe intervals).
+    /// The window then ends on the probes' start grid, which makes it up
+    /// to twice as long.
     #[arg(long, env = "TANDEM_REPORT_BATCH_MS", default_value_t = 50)]
     pub report_batch_ms: u64,
 

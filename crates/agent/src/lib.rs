@@ -87,10 +87,12 @@ pub async fn run(
         }
     }));
 
-    let reporting = tokio::spawn(reporter.run(queue.clone(), stop_rx.clone()));
+    // The probes' start grid, which the reports follow too.
+    let origin = tokio::time::Instant::now();
+    let reporting = tokio::spawn(reporter.run(queue.clone(), stop_rx.clone(), origin));
     let watching = tokio::spawn(watch::run(settings.control.clone(), me, config_tx));
     let mut prober = Prober::new(Arc::new(Context {
-        origin: tokio::time::Instant::now(),
+        origin,
         source_ip: settings.probe_source_ip,
         fresh_connection_every: settings.probe_fresh_connection_every,
         queue,

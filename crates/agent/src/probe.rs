@@ -19,33 +19,31 @@
 //! broken before any byte of the answer, and asks once more on a fresh
 //! connection within the same timeout.
 //!
-//! Why hyper's connection-level client over reqwest: owning the socket lets
-//! us bind the probe source address, decide when a connection is replaced
-//! (a pool decides by itself), tell a refused connect from a timeout or a
-//! bad answer in the detail the operator reads, and close with a reset
-//! (`SO_LINGER` 0, as HAProxy does for checks) so replaced connections leave
-//! no `TIME_WAIT` sockets behind on the agent. TCP checks are unchanged: the
-//! connect is the check, on a new connection every time.
+//! The HTTP/1.1 exchange is done here, on the socket, rather than by hyper.
+//! A probe is the simplest exchange there is: one request, always the same
+//! bytes, built once per target; one answer, of which only the status line
+//! and the three headers that say how the body ends and whether the
+//! connection stays open matter. With hyper's client, the per-probe work
+//! around those two system calls (a `Request` and a `HeaderMap` each way,
+//! the request passed to the connection over a channel, an 8 KiB read
+//! buffer per connection, polled as a separate future) was most of the
+//! agent's user time, and its buffers most of its memory. Owning the socket
+//! also lets us bind the probe source address, decide when a connection is
+//! replaced, tell a refused connect from a timeout or a bad answer in the
+//! detail the operator reads, and close with a reset (`SO_LINGER` 0, as
+//! HAProxy does for checks) so replaced connections leave no `TIME_WAIT`
+//! sockets behind on the agent. TCP checks are unchanged: the connect is
+//! the check, on a new connection every time.
 
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{CONNECTION, HOST, HeaderMap, USER_AGENT};
-use http::{HeaderValue, Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{HeaderValue, Method, Uri};
 use tandem_core::health::BackendKey;
 use tandem_core::{HealthCheckKind, HealthCheckSpec};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout_at};
 
@@ -142,19 +140,12 @@ impl Outcome {
         }
     }
 
-    fn http_error(e: &hyper::Error) -> Outcome {
-        let mut detail = format!("http: {e}");
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            match s.downcast_ref::<io::Error>() {
-                Some(io) => detail.push_str(&format!(": {}", io_text(io))),
-                None => detail.push_str(&format!(": {s}")),
-            }
-            source = s.source();
-        }
+    /// The HTTP exchange failed after the connect: "http: connection
+    /// reset", "http: not an HTTP/1 status line".
+    fn http(what: &str) -> Outcome {
         Outcome {
             class: Class::Error,
-            detail,
+            detail: format!("http: {what}"),
         }
     }
 
@@ -208,9 +199,10 @@ pub struct Check {
     pub key: BackendKey,
     pub spec: HealthCheckSpec,
     dest: Dest,
-    method: Method,
-    uri: Uri,
-    host: HeaderValue,
+    /// The HTTP request, the same bytes for every probe.
+    request: Box<[u8]>,
+    /// A `HEAD` request: its answer has no body, whatever its headers say.
+    head_request: bool,
     timeout: Duration,
 }
 
@@ -235,14 +227,14 @@ impl Check {
         };
         let host =
             HeaderValue::from_str(host).unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let request = request_bytes(&method, &uri, &host);
         let timeout = Duration::from_millis(spec.timeout_ms.max(1).into());
         Check {
             key,
             spec,
             dest,
-            method,
-            uri,
-            host,
+            request,
+            head_request: method == Method::HEAD,
             timeout,
         }
     }
@@ -271,32 +263,40 @@ impl Check {
                 Err(_) => timed_out(),
             };
         }
-        let (mut http, response) = match timeout_at(deadline, self.ask(conn, source)).await {
+        let mut buf = std::mem::take(&mut conn.buf);
+        let (mut http, head) = match timeout_at(deadline, self.ask(conn, source, &mut buf)).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(outcome)) => return outcome,
-            Err(_) => return timed_out(),
+            Ok(Err(outcome)) => {
+                conn.put_back(buf);
+                return outcome;
+            }
+            Err(_) => {
+                conn.put_back(buf);
+                return timed_out();
+            }
         };
-        let outcome = Outcome::from_status(response.status().as_u16(), &self.spec);
+        let outcome = Outcome::from_status(head.status, &self.spec);
         // The outcome is decided. Reading the rest of the answer only serves
         // the next probe; a connection that cannot be kept (or takes too
         // long to finish) is dropped, which resets it.
-        let keep = outcome.ok()
-            && http.uses < conn.fresh_every
-            && response.version() == Version::HTTP_11
-            && !says_close(response.headers());
-        if keep && let Ok(true) = timeout_at(deadline, http.drain(response.into_body())).await {
+        let keep = outcome.ok() && http.uses < conn.fresh_every && head.keep_alive;
+        if keep
+            && let Ok(true) = timeout_at(deadline, http.drain(head.body, &mut buf, head.len)).await
+        {
             conn.kept = Some(http);
         }
+        conn.put_back(buf);
         outcome
     }
 
-    /// Sends the request on the kept connection, or a fresh one, and waits
-    /// for the answer's head. The connection comes back with it.
+    /// Sends the request on the kept connection, or a fresh one, and reads
+    /// the answer's head into `buf`. The connection comes back with it.
     async fn ask(
         &self,
         conn: &mut Conn,
         source: Option<IpAddr>,
-    ) -> Result<(Http, Response<Incoming>), Outcome> {
+        buf: &mut Vec<u8>,
+    ) -> Result<(Http, Head), Outcome> {
         let mut kept = conn.take_kept().await;
         loop {
             let reused = kept.is_some();
@@ -305,36 +305,22 @@ impl Check {
                 None => {
                     let stream = self.connect(source).await?;
                     conn.opened += 1;
-                    Http::handshake(stream)
-                        .await
-                        .map_err(|e| Outcome::http_error(&e))?
+                    Http { stream, uses: 0 }
                 }
             };
             http.uses += 1;
-            match http.send(self.request()).await {
-                Ok(response) => return Ok((http, response)),
+            match http.exchange(&self.request, self.head_request, buf).await {
+                Ok(head) => return Ok((http, head)),
                 // The backend closed the kept connection before it could
                 // carry this request (a keep-alive race): nothing was
                 // answered, so nothing failed yet. Once more on a fresh one;
                 // `reused` is false then, so never twice.
-                Err(_) if reused && !http.heard() => continue,
-                Err(e) => return Err(Outcome::http_error(&e)),
+                Err(Failed::Unanswered(_)) if reused => continue,
+                Err(Failed::Unanswered(what) | Failed::Broken(what)) => {
+                    return Err(Outcome::http(&what));
+                }
             }
         }
-    }
-
-    /// The probe request. No `Connection: close`, even on a connection's
-    /// last probe: the agent resets the connection it replaces, which
-    /// spares the backend a close handshake, and leaves the rule of when to
-    /// replace it in one place ([`Check::run`]).
-    fn request(&self) -> Request<Empty<Bytes>> {
-        let mut req = Request::new(Empty::new());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        let headers = req.headers_mut();
-        headers.insert(HOST, self.host.clone());
-        headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
-        req
     }
 
     /// A new connection; a DNS name is resolved again for each.
@@ -357,14 +343,21 @@ impl Check {
     }
 }
 
-/// Whether a `Connection` header asks to close after this message.
-fn says_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("close"))
+/// The probe request. No `Connection: close`, even on a connection's last
+/// probe: the agent resets the connection it replaces, which spares the
+/// backend a close handshake, and leaves the rule of when to replace it in
+/// one place ([`Check::run`]). A `POST` says its body is empty, as a user
+/// agent should for a method whose body means something.
+fn request_bytes(method: &Method, uri: &Uri, host: &HeaderValue) -> Box<[u8]> {
+    let mut r = Vec::with_capacity(128);
+    r.extend_from_slice(format!("{method} {uri} HTTP/1.1\r\nhost: ").as_bytes());
+    r.extend_from_slice(host.as_bytes());
+    r.extend_from_slice(format!("\r\nuser-agent: {AGENT}\r\n").as_bytes());
+    if method == Method::POST {
+        r.extend_from_slice(b"content-length: 0\r\n");
+    }
+    r.extend_from_slice(b"\r\n");
+    r.into_boxed_slice()
 }
 
 /// A new connection to `addr`, from `source` when set. Closing it sends a
@@ -400,7 +393,14 @@ pub struct Conn {
     kept: Option<Http>,
     /// Connections opened so far.
     opened: u64,
+    /// The buffer answers are read into, kept from probe to probe (and
+    /// across connections) so that a probe allocates nothing for it.
+    buf: Vec<u8>,
 }
+
+/// Answers are read this much at a time; a probe's answer usually fits in
+/// one read.
+const READ_SIZE: usize = 1024;
 
 impl Conn {
     /// Opens a fresh connection at least every `fresh_every` probes; 1 opens
@@ -410,6 +410,7 @@ impl Conn {
             fresh_every: fresh_every.max(1),
             kept: None,
             opened: 0,
+            buf: Vec::new(),
         }
     }
 
@@ -418,183 +419,348 @@ impl Conn {
         self.opened
     }
 
+    /// Keeps the read buffer for the next probe, unless a large answer
+    /// grew it: a thousand targets would otherwise each hold their
+    /// largest answer ever.
+    fn put_back(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        if buf.capacity() <= 4 * READ_SIZE {
+            self.buf = buf;
+        }
+    }
+
     /// The kept connection, unless the backend closed it while it was idle.
     /// (One that carried its last probe was not kept.)
     async fn take_kept(&mut self) -> Option<Http> {
-        let mut http = self.kept.take()?;
+        let http = self.kept.take()?;
         std::future::poll_fn(|cx| Poll::Ready(http.still_open(cx)))
             .await
             .then_some(http)
     }
 }
 
+// === Http ===
+
 /// The most of an answer's body read so that its connection can be kept;
 /// past it the connection is dropped instead.
 const MAX_DRAIN: usize = 64 * 1024;
 
-type H1 = Connection<TokioIo<Socket>, Empty<Bytes>>;
+/// The most of an answer's head (status line and headers, after any 1xx
+/// answers) read before giving up on it.
+const MAX_HEAD: usize = 16 * 1024;
 
-/// An HTTP/1.1 connection: hyper's request handle and the connection
-/// itself, which the probe task drives only while a probe uses it.
+/// An HTTP/1.1 probe connection.
 struct Http {
-    sender: SendRequest<Empty<Bytes>>,
-    /// `None` once it has ended.
-    conn: Option<H1>,
-    /// Whether the backend sent anything since the last request began.
-    heard: Arc<AtomicBool>,
+    stream: TcpStream,
     /// Probes this connection carried.
     uses: u32,
 }
 
+/// Why an exchange failed.
+enum Failed {
+    /// Before any byte of the answer: on a kept connection, the backend
+    /// had closed it (a keep-alive race), which is not the backend failing.
+    Unanswered(String),
+    /// The answer broke off or was not HTTP.
+    Broken(String),
+}
+
 impl Http {
-    async fn handshake(stream: TcpStream) -> Result<Http, hyper::Error> {
-        let heard = Arc::new(AtomicBool::new(false));
-        let socket = Socket {
-            stream,
-            heard: heard.clone(),
-        };
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(socket)).await?;
-        Ok(Http {
-            sender,
-            conn: Some(conn),
-            heard,
-            uses: 0,
-        })
-    }
-
-    fn heard(&self) -> bool {
-        self.heard.load(Ordering::Relaxed)
-    }
-
-    /// Whether the idle connection is still open, without waiting: one look
-    /// sees the backend's close, or bytes it had no reason to send.
-    fn still_open(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(conn) = self.conn.as_mut() else {
-            return false;
-        };
-        if Pin::new(conn).poll(cx).is_pending() {
-            return true;
+    /// Whether the idle connection is still open, without waiting. It has
+    /// nothing to say between probes: readable means the backend closed it,
+    /// or sent bytes it had no reason to send; either way it is not used
+    /// again. Readiness is tokio's, so in the usual case (nothing happened)
+    /// this costs no system call.
+    fn still_open(&self, cx: &mut std::task::Context<'_>) -> bool {
+        match self.stream.poll_read_ready(cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be stale (the last read filled its buffer
+            // exactly): only a read that would block says "still open".
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
         }
-        self.conn = None;
-        false
     }
 
-    /// Sends `req` and waits for the answer's head.
-    async fn send(
+    /// Sends `request` and reads the answer's head into `buf` (which it
+    /// clears first), skipping interim (1xx) answers.
+    async fn exchange(
         &mut self,
-        req: Request<Empty<Bytes>>,
-    ) -> Result<Response<Incoming>, hyper::Error> {
-        self.heard.store(false, Ordering::Relaxed);
-        let sender = &mut self.sender;
-        let exchange = async move {
-            sender.ready().await?;
-            sender.send_request(req).await
-        };
-        drive(&mut self.conn, exchange).await
+        request: &[u8],
+        head_request: bool,
+        buf: &mut Vec<u8>,
+    ) -> Result<Head, Failed> {
+        buf.clear();
+        if let Err(e) = self.stream.write_all(request).await {
+            return Err(Failed::Unanswered(io_text(&e)));
+        }
+        loop {
+            match parse_head(buf, head_request) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(why) => return Err(Failed::Broken(why.to_string())),
+            }
+            let heard = !buf.is_empty();
+            let failed = match self.read(buf).await {
+                Ok(0) => "connection closed before the answer's head ended".to_string(),
+                Ok(_) => continue,
+                Err(e) => io_text(&e),
+            };
+            return Err(if heard {
+                Failed::Broken(failed)
+            } else {
+                Failed::Unanswered(failed)
+            });
+        }
     }
 
-    /// Reads the answer's body to its end, so that the connection can carry
-    /// the next request; false when it is too long or broke off.
-    async fn drain(&mut self, mut body: Incoming) -> bool {
-        if body.size_hint().lower() > MAX_DRAIN as u64 {
-            return false;
+    /// Reads what arrived after `buf`'s content; 0 at the end of the stream.
+    async fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        buf.reserve(READ_SIZE);
+        // `read_buf` reads into the spare capacity; a read that does not
+        // fill it tells tokio the socket is drained, so the next read waits
+        // for epoll instead of trying (and failing) first.
+        self.stream.read_buf(buf).await
+    }
+
+    /// Reads the rest of the answer, whose head is `buf[..head_len]`, so
+    /// that the connection can carry the next request; false when it is too
+    /// long, broke off, or more than the answer came.
+    async fn drain(&mut self, body: Body, buf: &mut Vec<u8>, head_len: usize) -> bool {
+        loop {
+            let read = buf.len() - head_len;
+            let end = match body {
+                Body::Empty => Ok(Some(0)),
+                Body::Length(n) if n > MAX_DRAIN as u64 => Err(()),
+                Body::Length(n) => Ok((read as u64 >= n).then_some(n as usize)),
+                Body::Chunked => chunked_end(&buf[head_len..]),
+                Body::UntilClose => Err(()),
+            };
+            match end {
+                Ok(Some(end)) => return end == read,
+                Ok(None) => {}
+                Err(()) => return false,
+            }
+            if !matches!(self.read(buf).await, Ok(n) if n > 0) {
+                return false;
+            }
         }
-        let read = async move {
-            let mut read = 0;
-            while let Some(frame) = body.frame().await {
-                read += frame?.data_ref().map_or(0, Bytes::len);
-                if read > MAX_DRAIN {
-                    return Ok(false);
+    }
+}
+
+// === Parsing answers ===
+
+/// How an answer's body ends (RFC 9112, section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// No body: a `HEAD` request's answer, 204, 304, 101.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Neither length nor chunked: the body ends when the connection does,
+    /// which rules out keeping it.
+    UntilClose,
+}
+
+/// The parts of an answer's head a probe uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    status: u16,
+    body: Body,
+    /// HTTP/1.1, no `Connection: close`, a body whose end is known.
+    keep_alive: bool,
+    /// Bytes of the head (and of the interim answers before it).
+    len: usize,
+}
+
+/// Parses the answer at the start of `buf`, skipping interim (1xx)
+/// answers: `Ok(None)` until the final answer's head is complete, an error
+/// as soon as the bytes cannot be an HTTP/1 answer. Lines may end in CRLF
+/// or a bare LF, as RFC 9112 lets a recipient accept.
+fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, &'static str> {
+    let mut at = 0;
+    loop {
+        let mut lines = Lines { buf, at };
+        let Some(status_line) = lines.next() else {
+            // Say early when this is not HTTP, rather than at the timeout.
+            let start = &buf[at..];
+            let n = start.len().min(5);
+            if start[..n] != b"HTTP/"[..n] {
+                return Err("not an HTTP/1 answer");
+            }
+            return too_long(buf.len() - at);
+        };
+        let (version_11, status) = status_line_parts(status_line)?;
+        let mut length: Option<u64> = None;
+        let mut transfer_encoding: Option<bool> = None;
+        let mut close = false;
+        loop {
+            let Some(line) = lines.next() else {
+                return too_long(buf.len() - at);
+            };
+            if line.is_empty() {
+                break;
+            }
+            let colon = line
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or("invalid header line")?;
+            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+            if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
+                return Err("invalid header name");
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("invalid content-length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting content-length");
+                }
+                length = Some(n);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                // Chunked only when it is the last coding applied.
+                let last = value.rsplit(|&b| b == b',').next().map(trim);
+                transfer_encoding = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                close |= value
+                    .split(|&b| b == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(b"close"));
+            }
+        }
+        if (100..200).contains(&status) && status != 101 {
+            at = lines.at;
+            continue;
+        }
+        let body = if head_request || status == 101 || status == 204 || status == 304 {
+            Body::Empty
+        } else if let Some(chunked) = transfer_encoding {
+            if chunked {
+                Body::Chunked
+            } else {
+                Body::UntilClose
+            }
+        } else if let Some(n) = length {
+            Body::Length(n)
+        } else {
+            Body::UntilClose
+        };
+        return Ok(Some(Head {
+            status,
+            body,
+            keep_alive: version_11 && !close && status != 101 && body != Body::UntilClose,
+            len: lines.at,
+        }));
+    }
+}
+
+/// An incomplete head: wait for more, up to [`MAX_HEAD`].
+fn too_long(read: usize) -> Result<Option<Head>, &'static str> {
+    if read > MAX_HEAD {
+        Err("answer head too long")
+    } else {
+        Ok(None)
+    }
+}
+
+/// "HTTP/1.1 200 OK": whether it is HTTP/1.1, and the status.
+fn status_line_parts(line: &[u8]) -> Result<(bool, u16), &'static str> {
+    let bad = "not an HTTP/1 status line";
+    let version_11 = match line.get(..8) {
+        Some(b"HTTP/1.1") => true,
+        Some(b"HTTP/1.0") => false,
+        _ => return Err(bad),
+    };
+    let code = match line.get(8..12) {
+        Some([b' ', a, b, c]) if [a, b, c].iter().all(|d| d.is_ascii_digit()) => [a, b, c]
+            .iter()
+            .fold(0u16, |n, d| n * 10 + u16::from(**d - b'0')),
+        _ => return Err(bad),
+    };
+    if !matches!(line.get(12), None | Some(b' ')) || code < 100 {
+        return Err(bad);
+    }
+    Ok((version_11, code))
+}
+
+/// Where a chunked body that starts at `body[0]` ends: `Ok(None)` until
+/// it is complete, an error when it is malformed or its data is longer than
+/// [`MAX_DRAIN`] (then the connection is not kept; the outcome stands).
+fn chunked_end(body: &[u8]) -> Result<Option<usize>, ()> {
+    let mut lines = Lines { buf: body, at: 0 };
+    let mut data = 0usize;
+    loop {
+        let Some(line) = lines.next() else {
+            return Ok(None);
+        };
+        // "1a;name=value": the size, in hex, then extensions we ignore.
+        let size = trim(line.split(|&b| b == b';').next().unwrap_or_default());
+        let size = std::str::from_utf8(size)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|s| usize::from_str_radix(s, 16).ok())
+            .ok_or(())?;
+        if size == 0 {
+            // Trailer fields, up to an empty line.
+            loop {
+                match lines.next() {
+                    None => return Ok(None),
+                    Some([]) => return Ok(Some(lines.at)),
+                    Some(_) => {}
                 }
             }
-            Ok(true)
-        };
-        matches!(drive(&mut self.conn, read).await, Ok(true)) && self.conn.is_some()
-    }
-}
-
-/// Runs `work` while driving the connection, which does the socket I/O
-/// for it. A connection that ends first is dropped, which settles whatever
-/// `work` still waits on; when that is a failure, the error the connection
-/// ended with (if it had one) says more.
-async fn drive<T>(
-    conn: &mut Option<H1>,
-    work: impl Future<Output = Result<T, hyper::Error>>,
-) -> Result<T, hyper::Error> {
-    let Some(c) = conn.as_mut() else {
-        return work.await;
-    };
-    tokio::pin!(work);
-    let ended = tokio::select! {
-        biased;
-        done = &mut work => return done,
-        ended = c => ended,
-    };
-    *conn = None;
-    match (work.await, ended) {
-        (Err(_), Err(e)) => Err(e),
-        (done, _) => done,
-    }
-}
-
-/// The probe's socket, noting when the backend sends anything: a kept
-/// connection that broke before any byte of the answer was a stale one.
-struct Socket {
-    stream: TcpStream,
-    heard: Arc<AtomicBool>,
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
         }
-        poll
+        data = data.saturating_add(size);
+        if data > MAX_DRAIN {
+            return Err(());
+        }
+        let after = lines.at + size;
+        match body.get(after..) {
+            None | Some([]) | Some([b'\r']) => return Ok(None),
+            Some([b'\n', ..]) => lines.at = after + 1,
+            Some([b'\r', b'\n', ..]) => lines.at = after + 2,
+            Some(_) => return Err(()),
+        }
     }
 }
 
-impl AsyncWrite for Socket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
+/// The complete lines of `buf` from `at`, without their CRLF or LF.
+struct Lines<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
 
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = &self.buf[self.at..];
+        let lf = rest.iter().position(|&b| b == b'\n')?;
+        self.at += lf + 1;
+        Some(rest[..lf].strip_suffix(b"\r").unwrap_or(&rest[..lf]))
     }
+}
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+/// Without leading and trailing spaces and tabs.
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
     }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
     }
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
     use std::net::Ipv4Addr;
-    use std::sync::Mutex;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use tandem_core::{BackendAddr, PoolName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -783,6 +949,9 @@ mod tests {
         Close,
         /// Sends half a status line, then closes.
         Partial,
+        /// Answers a `HEAD` request: the length of the body a `GET` would
+        /// get, and no body.
+        Head,
     }
 
     /// A keep-alive HTTP/1.1 backend on raw sockets. It answers requests,
@@ -866,8 +1035,8 @@ mod tests {
                     format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nok"),
                     None,
                 ),
-                // A body that arrives later than its head: hyper drops a
-                // connection whose unread body is not all buffered yet.
+                // A body that arrives later than its head: the probe must
+                // wait for its end to keep the connection.
                 Reply::Chunked => (format!("{CHUNKED}2\r\nok\r\n"), Some("0\r\n\r\n")),
                 Reply::Large => (
                     format!("HTTP/1.1 200 OK\r\ncontent-length: 102400\r\n\r\n{large}"),
@@ -880,6 +1049,10 @@ mod tests {
                 ),
                 Reply::Close => return,
                 Reply::Partial => ("HTTP/1.1 20".into(), None),
+                Reply::Head => (
+                    "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".into(),
+                    None,
+                ),
             };
             if s.write_all(answer.as_bytes()).await.is_err() {
                 return;
@@ -1048,5 +1221,131 @@ mod tests {
             "{addr}"
         );
         assert_eq!(conn.opened(), 1);
+    }
+    #[tokio::test]
+    async fn a_post_says_its_body_is_empty_and_a_head_answer_has_no_body() {
+        let (addr, head) = answer_once("200 OK").await;
+        let s = HealthCheckSpec {
+            method: "POST".into(),
+            ..spec()
+        };
+        let o = check(addr, s).run(&mut Conn::new(10), None).await;
+        assert_eq!(o.class, Pass, "{o:?}");
+        let head = head.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /healthz http/1.1\r\n"), "{head}");
+        assert!(head.contains("content-length: 0\r\n"), "{head}");
+
+        // The answer to HEAD announces a length but carries no body: the
+        // connection is still good for the next probe.
+        let b = Backend::start(&[Reply::Head, Reply::Head, Reply::Head]).await;
+        let s = HealthCheckSpec {
+            method: "HEAD".into(),
+            ..spec()
+        };
+        let c = check(b.addr, s);
+        let mut conn = Conn::new(10);
+        assert_eq!(
+            probes(&c, &mut conn, &b, 3).await,
+            [(Pass, 1), (Pass, 1), (Pass, 1)]
+        );
+    }
+
+    // === Parsing answers ===
+
+    fn parsed(answer: &str) -> Result<Option<Head>, &'static str> {
+        parse_head(answer.as_bytes(), false)
+    }
+
+    #[test]
+    fn an_answer_head_gives_its_status_body_and_whether_to_keep_the_connection() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let head = parsed(ok).unwrap().unwrap();
+        assert_eq!(
+            (head.status, head.body, head.keep_alive),
+            (200, Body::Length(2), true)
+        );
+        assert_eq!(&ok[head.len..], "ok");
+        // Every prefix is incomplete, not wrong.
+        for n in 0..ok.len() - 2 {
+            assert_eq!(parsed(&ok[..n]), Ok(None), "{:?}", &ok[..n]);
+        }
+        // Bare LF line ends; a reason phrase is optional.
+        let h = parsed("HTTP/1.1 503\ncontent-length: 0\n\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.status, h.body, h.keep_alive),
+            (503, Body::Length(0), true)
+        );
+        // Interim answers are skipped.
+        let h = parsed("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.status, h.body, h.keep_alive), (204, Body::Empty, true));
+        // How the body ends.
+        let body = |headers: &str| {
+            let h = parsed(&format!("HTTP/1.1 200 OK\r\n{headers}\r\n"))
+                .unwrap()
+                .unwrap();
+            (h.body, h.keep_alive)
+        };
+        assert_eq!(
+            body("transfer-encoding: gzip, Chunked\r\n"),
+            (Body::Chunked, true)
+        );
+        assert_eq!(
+            body("transfer-encoding: chunked\r\ncontent-length: 9\r\n"),
+            (Body::Chunked, true)
+        );
+        assert_eq!(
+            body("transfer-encoding: chunked, gzip\r\n"),
+            (Body::UntilClose, false)
+        );
+        assert_eq!(body(""), (Body::UntilClose, false));
+        assert_eq!(
+            body("content-length: 2\r\nconnection: keep-alive, Close\r\n"),
+            (Body::Length(2), false)
+        );
+        let h = parsed("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.status, h.keep_alive), (200, false));
+        // A HEAD request's answer has no body, whatever it announces.
+        let h = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.body, h.keep_alive), (Body::Empty, true));
+    }
+
+    #[test]
+    fn what_is_not_an_http_1_answer_is_an_error_as_soon_as_it_shows() {
+        for bad in [
+            "SSH",
+            "SSH-2.0-OpenSSH_9.6\r\n",
+            "HTTP/2 200\r\n",
+            "HTTP/1.1 20\r\n",
+            "HTTP/1.1 2000 OK\r\n",
+            "HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        ] {
+            assert!(parsed(bad).is_err(), "{bad:?}");
+        }
+        let endless = format!("HTTP/1.1 200 OK\r\nx: {}", "y".repeat(MAX_HEAD));
+        assert!(parsed(&endless).is_err());
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
+        let body = "2;ext=1\r\nok\r\n10\r\n0123456789abcdef\r\n0\r\ntrailer: x\r\n\r\n";
+        assert_eq!(chunked_end(body.as_bytes()), Ok(Some(body.len())));
+        for n in 0..body.len() {
+            assert_eq!(chunked_end(&body.as_bytes()[..n]), Ok(None), "{n}");
+        }
+        assert_eq!(chunked_end(b"0\n\n"), Ok(Some(3)));
+        assert_eq!(chunked_end(b"zz\r\n"), Err(()));
+        assert_eq!(chunked_end(b"2\r\nokX\r\n"), Err(()));
+        let big = format!("{:x}\r\n", MAX_DRAIN + 1);
+        assert_eq!(chunked_end(big.as_bytes()), Err(()));
     }
 }

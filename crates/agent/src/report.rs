@@ -11,11 +11,13 @@ use crossbeam_queue::ArrayQueue;
 use tandem_core::health::BackendKey;
 use tandem_proto::v1::{self, control_plane_client::ControlPlaneClient};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::Error;
 use crate::control::{Identity, lazy_channel};
 use crate::metrics::ReportMetrics;
+use crate::schedule;
 
 /// At most this many observations in one request (a few hundred KB).
 const MAX_PER_REPORT: usize = 4_096;
@@ -80,6 +82,11 @@ impl ReportQueue {
         out
     }
 
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Observations dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -134,8 +141,19 @@ impl Reporter {
     }
 
     /// Sends what the probes queue until `stop` turns true, then sends what
-    /// is left once.
-    pub async fn run(mut self, queue: Arc<ReportQueue>, mut stop: watch::Receiver<bool>) {
+    /// is left once. `grid` is the origin of the probes' start grid.
+    pub async fn run(
+        mut self,
+        queue: Arc<ReportQueue>,
+        mut stop: watch::Receiver<bool>,
+        grid: Instant,
+    ) {
+        // The window ends on the probes' start grid, at the coarsest step
+        // that fits in it (so at most twice as late): the wake-up that sends
+        // a report is then one the probes pay for anyway. An agent wakes up
+        // a few dozen times a second, and each wake-up costs more than the
+        // work it does.
+        let step = schedule::grid_step(self.batch);
         let mut backoff = BACKOFF_MIN;
         loop {
             tokio::select! {
@@ -144,7 +162,8 @@ impl Reporter {
             }
             // Gather a window's worth: one report instead of one per probe,
             // and still far under any probe interval.
-            tokio::time::sleep(self.batch).await;
+            let end = schedule::on_grid(grid, Instant::now() + self.batch, step);
+            tokio::time::sleep_until(end).await;
             let batch = queue.drain();
             if batch.is_empty() {
                 continue;
@@ -271,6 +290,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_report_window_ends_on_the_probes_grid() {
+        let ms = Duration::from_millis;
+        let me = Identity {
+            node_id: "a1".into(),
+            zone: String::new(),
+            token: Some("t".into()),
+        };
+        let urls = ["http://127.0.0.1:1".to_string()];
+        let r = Reporter::new(&urls, me, ms(50), ms(200)).unwrap();
+        let q = Arc::new(ReportQueue::new(8));
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let origin = Instant::now();
+        tokio::spawn(r.run(q.clone(), stop_rx, origin));
+        tokio::time::sleep_until(origin + ms(7)).await;
+        q.push(obs(1));
+        // 50 ms later is off the grid of 50 ms: still gathering...
+        tokio::time::sleep_until(origin + ms(90)).await;
+        assert_eq!(q.queued(), 1);
+        // ...until the probes' wake-up at 100 ms.
+        tokio::time::sleep_until(origin + ms(101)).await;
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn with_no_control_plane_reports_fail_over_every_endpoint_and_stop_cleanly() {
         // Two endpoints where nothing listens.
         let urls = [
@@ -294,7 +337,7 @@ mod tests {
         let q = Arc::new(ReportQueue::new(8));
         q.push(obs(2));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(r.run(q.clone(), stop_rx));
+        let task = tokio::spawn(r.run(q.clone(), stop_rx, Instant::now()));
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop_tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(10), task)
