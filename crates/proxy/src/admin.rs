@@ -44,7 +44,16 @@ pub async fn serve(
             }
         }
     });
-    let router = tandem_telemetry::admin_router(prometheus, ready).route(
+    let histograms_rt = rt.clone();
+    let histograms: tandem_telemetry::MetricsExtra =
+        Arc::new(move |out: &mut String| render_histograms(&histograms_rt, out));
+    let router = tandem_telemetry::admin_router_with(
+        prometheus,
+        ready,
+        tandem_telemetry::Started::already(),
+        Some(histograms),
+    )
+    .route(
         "/config",
         get(move || {
             let rt = rt.clone();
@@ -54,6 +63,21 @@ pub async fn serve(
     tandem_telemetry::serve_admin(listener, router, shutdown)
         .await
         .map_err(Error::Admin)
+}
+
+/// Each routed pool's request-duration histogram (see
+/// [`crate::histogram`]).
+fn render_histograms(rt: &Runtime, out: &mut String) {
+    const NAME: &str = "tandem_proxy_request_duration_seconds";
+    let Some(table) = rt.proxy.table.load_full() else {
+        return;
+    };
+    out.push_str("# HELP tandem_proxy_request_duration_seconds From routing to the end of the response body, per pool.\n");
+    out.push_str("# TYPE tandem_proxy_request_duration_seconds histogram\n");
+    for pool in &table.pools {
+        let labels = format!("pool=\"{}\"", pool.state.name);
+        pool.state.latency.render(out, NAME, &labels);
+    }
 }
 
 fn config(rt: &Runtime) -> Response {

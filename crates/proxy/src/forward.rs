@@ -493,7 +493,7 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.pool.active.fetch_sub(1, Ordering::Relaxed);
-        self.pool.latency.record(self.start.elapsed().as_secs_f64());
+        self.pool.latency.record(self.start.elapsed());
     }
 }
 

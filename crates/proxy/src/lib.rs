@@ -16,6 +16,7 @@ pub mod error;
 pub mod forward;
 pub mod h1;
 pub mod headers;
+pub mod histogram;
 pub mod server;
 pub mod store;
 pub mod table;

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use metrics::{Counter, Histogram};
+use metrics::Counter;
+
+use crate::histogram::LatencyHistogram;
 use serde::Serialize;
 use tandem_core::health::HealthState;
 use tandem_core::lb::{Balancer, Endpoint, select_tier};
@@ -76,7 +78,8 @@ pub struct PoolState {
     pub active: AtomicU64,
     /// Retries being attempted right now.
     pub retrying: AtomicU64,
-    pub latency: Histogram,
+    /// Request durations (see [`crate::histogram`]).
+    pub latency: LatencyHistogram,
     pub retries: Counter,
     pub budget_exhausted: Counter,
     pub no_backend: Counter,
@@ -370,7 +373,7 @@ impl PoolState {
             cursor: AtomicU64::new(rand::random::<u32>().into()),
             active: AtomicU64::new(0),
             retrying: AtomicU64::new(0),
-            latency: metrics::histogram!("tandem_proxy_request_duration_seconds", "pool" => pool.clone()),
+            latency: LatencyHistogram::default(),
             retries: metrics::counter!("tandem_proxy_retries_total", "pool" => pool.clone()),
             budget_exhausted: metrics::counter!("tandem_proxy_retry_budget_exhausted_total", "pool" => pool.clone()),
             no_backend: metrics::counter!("tandem_proxy_local_replies_total", "pool" => pool.clone(), "reason" => "no_backend"),

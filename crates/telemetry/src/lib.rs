@@ -199,11 +199,15 @@ impl Started {
     }
 }
 
+/// Appends series a service keeps itself to the `/metrics` text.
+pub type MetricsExtra = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 #[derive(Clone)]
 struct AdminState {
     prometheus: PrometheusHandle,
     ready: ReadyCheck,
     started: Started,
+    extra: Option<MetricsExtra>,
 }
 
 /// `/metrics` (Prometheus text), `/healthz` (the process answers) and
@@ -220,6 +224,17 @@ pub fn admin_router_starting(
     ready: ReadyCheck,
     started: Started,
 ) -> Router {
+    admin_router_with(prometheus, ready, started, None)
+}
+
+/// [`admin_router_starting`], with series the service renders itself
+/// appended to `/metrics` (e.g. histograms too hot for the exporter).
+pub fn admin_router_with(
+    prometheus: PrometheusHandle,
+    ready: ReadyCheck,
+    started: Started,
+    extra: Option<MetricsExtra>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(health_handler))
@@ -228,6 +243,7 @@ pub fn admin_router_starting(
             prometheus,
             ready,
             started,
+            extra,
         })
 }
 
@@ -245,7 +261,13 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl axum::response::In
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.prometheus.render(),
+        {
+            let mut text = s.prometheus.render();
+            if let Some(extra) = &s.extra {
+                extra(&mut text);
+            }
+            text
+        },
     )
 }
 
