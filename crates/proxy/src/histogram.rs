@@ -13,27 +13,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds of the buckets, in seconds (the same as the exporter's
-/// for the other services' histograms).
-pub const BOUNDS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-const BOUNDS_NS: [u64; 14] = [
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-];
+/// Upper bounds of the buckets, in seconds: the ones every service's
+/// histograms use.
+pub const BOUNDS: [f64; 14] = tandem_telemetry::LATENCY_BUCKETS;
 
 /// Counts per bucket (not cumulative; the last is above every bound) and
 /// the sum of all values.
@@ -46,9 +28,10 @@ pub struct LatencyHistogram {
 impl LatencyHistogram {
     pub fn record(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let i = BOUNDS_NS
+        let secs = d.as_secs_f64();
+        let i = BOUNDS
             .iter()
-            .position(|&b| ns <= b)
+            .position(|&b| secs <= b)
             .unwrap_or(BOUNDS.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);

@@ -115,9 +115,7 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Er
         .map_err(|e| Error::Subscriber(e.to_string()))?;
 
     let prometheus = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ])
+        .set_buckets(&LATENCY_BUCKETS)
         .map_err(|e| Error::Prometheus(e.to_string()))?
         .install_recorder()
         .map_err(|e| Error::Prometheus(e.to_string()))?;
@@ -160,6 +158,11 @@ impl Telemetry {
         }
     }
 }
+
+/// Upper bounds, in seconds, of every latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 // === admin endpoints ===
 
@@ -214,21 +217,13 @@ struct AdminState {
 /// `/readyz` (the service can do its job). Merge service-specific routes
 /// into the returned router.
 pub fn admin_router(prometheus: PrometheusHandle, ready: ReadyCheck) -> Router {
-    admin_router_starting(prometheus, ready, Started::already())
+    admin_router_with(prometheus, ready, Started::already(), None)
 }
 
 /// [`admin_router`] for a service that must finish starting before it can
-/// serve: `/healthz` answers 503 until `started` is set.
-pub fn admin_router_starting(
-    prometheus: PrometheusHandle,
-    ready: ReadyCheck,
-    started: Started,
-) -> Router {
-    admin_router_with(prometheus, ready, started, None)
-}
-
-/// [`admin_router_starting`], with series the service renders itself
-/// appended to `/metrics` (e.g. histograms too hot for the exporter).
+/// serve (`/healthz` answers 503 until `started` is set), and with series
+/// it renders itself appended to `/metrics` (e.g. histograms too hot for
+/// the exporter).
 pub fn admin_router_with(
     prometheus: PrometheusHandle,
     ready: ReadyCheck,

@@ -105,7 +105,7 @@ pub async fn run(
             }
         }
     });
-    let admin = tandem_telemetry::admin_router_starting(prometheus, ready, started);
+    let admin = tandem_telemetry::admin_router_with(prometheus, ready, started, None);
     let state = AppState::new(store, &instance, migrated);
     let app = web::router(state, faults, request_timeout, admin);
 
