@@ -29,14 +29,13 @@ use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header;
 use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -44,8 +43,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::clock::Deadline;
 use crate::forward::{self, Answer, Proxy, RespBody};
-use crate::headers::RawFields;
+use crate::headers::{Field, RawFields};
 use crate::server::Limits;
 use crate::upstream::{self, BodyError, Chunk, Source};
 
@@ -86,7 +86,7 @@ pub async fn serve(
             expect_continue: false,
         },
         wbuf: Vec::with_capacity(1024),
-        head_timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+        head_timer: Deadline::new(),
         fields: Vec::with_capacity(limits.max_headers.min(64)),
     };
     let mut first = true;
@@ -225,12 +225,10 @@ pub struct ClientIo {
 struct Client {
     io: ClientIo,
     wbuf: Vec<u8>,
-    /// The header timeout. Kept armed across requests and moved only when
-    /// it fires early: re-arming it per request cost a timer-wheel insert
-    /// and removal each time.
-    head_timer: Pin<Box<tokio::time::Sleep>>,
+    /// The header timeout, kept armed across requests.
+    head_timer: Deadline,
     /// Where each header field of the head being parsed lies in it.
-    fields: Vec<(Range<usize>, Range<usize>)>,
+    fields: Vec<Field>,
 }
 
 /// A request head, ready for the forwarding path.
@@ -296,13 +294,7 @@ impl Client {
             let read = tokio::select! {
                 biased;
                 r = self.io.io.read_buf(&mut self.io.rbuf) => r,
-                () = self.head_timer.as_mut() => {
-                    if tokio::time::Instant::now() < deadline {
-                        // Set for an earlier head: moved on now, rather
-                        // than on every request.
-                        self.head_timer.as_mut().reset(deadline);
-                        continue;
-                    }
+                () = self.head_timer.until(deadline) => {
                     if idle {
                         return Ok(None);
                     }
@@ -512,7 +504,7 @@ impl Client {
             self.flush().await?;
         }
         if chunked {
-            chunk_size_line(&mut self.wbuf, data.len());
+            upstream::chunk_size_line(&mut self.wbuf, data.len());
         }
         if data.len() > GATHER {
             self.flush().await?;
@@ -614,28 +606,47 @@ impl ClientIo {
     /// Skips what is left of the request body if it is already in the
     /// buffer. Returns whether the body is behind us.
     fn skip_buffered_body(&mut self) -> bool {
-        match &mut self.body {
-            BodyState::Done => true,
-            BodyState::Length(n) => {
-                if (self.rbuf.len() as u64) < *n {
-                    return false;
-                }
-                self.rbuf.advance(*n as usize);
-                self.body = BodyState::Done;
-                true
+        loop {
+            match self.buffered_body() {
+                Piece::Data(_) => {}
+                Piece::End => return true,
+                Piece::NeedMore | Piece::Broken(_) => return false,
             }
-            BodyState::Chunked(state) => loop {
-                match upstream::decode_chunk(state, &mut self.rbuf) {
-                    Ok(Some(_)) => {}
-                    Ok(None) if *state == Chunk::Done => {
-                        self.body = BodyState::Done;
-                        return true;
-                    }
-                    Ok(None) | Err(_) => return false,
+        }
+    }
+
+    /// The next piece of the request body that is already in the buffer.
+    fn buffered_body(&mut self) -> Piece {
+        match &mut self.body {
+            BodyState::Done => Piece::End,
+            BodyState::Length(_) if self.rbuf.is_empty() => Piece::NeedMore,
+            BodyState::Length(left) => {
+                let n = (*left).min(self.rbuf.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    self.body = BodyState::Done;
                 }
+                Piece::Data(self.rbuf.split_to(n).freeze())
+            }
+            BodyState::Chunked(state) => match upstream::decode_chunk(state, &mut self.rbuf) {
+                Ok(Some(data)) => Piece::Data(data),
+                Ok(None) if *state == Chunk::Done => {
+                    self.body = BodyState::Done;
+                    Piece::End
+                }
+                Ok(None) => Piece::NeedMore,
+                Err(e) => Piece::Broken(e),
             },
         }
     }
+}
+
+enum Piece {
+    Data(Bytes),
+    End,
+    /// Nothing more is in the buffer yet.
+    NeedMore,
+    Broken(io::Error),
 }
 
 /// A request body read from the client's connection by the forwarding
@@ -659,27 +670,11 @@ impl RequestBody<'_> {
             }
         }
         loop {
-            match &mut c.body {
-                BodyState::Done => return None,
-                BodyState::Length(left) => {
-                    if !c.rbuf.is_empty() {
-                        let n = (*left).min(c.rbuf.len() as u64) as usize;
-                        *left -= n as u64;
-                        if *left == 0 {
-                            c.body = BodyState::Done;
-                        }
-                        return Some(Ok(c.rbuf.split_to(n).freeze()));
-                    }
-                }
-                BodyState::Chunked(state) => match upstream::decode_chunk(state, &mut c.rbuf) {
-                    Ok(Some(data)) => return Some(Ok(data)),
-                    Ok(None) if *state == Chunk::Done => {
-                        c.body = BodyState::Done;
-                        return None;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Some(Err(e.into())),
-                },
+            match c.buffered_body() {
+                Piece::Data(data) => return Some(Ok(data)),
+                Piece::End => return None,
+                Piece::Broken(e) => return Some(Err(e.into())),
+                Piece::NeedMore => {}
             }
             c.rbuf.reserve(READ_CHUNK);
             match tokio::time::timeout(c.stall, c.io.read_buf(&mut c.rbuf)).await {
@@ -793,43 +788,11 @@ fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     }
 }
 
-fn chunk_size_line(buf: &mut Vec<u8>, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-    buf.extend_from_slice(b"\r\n");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    type Fields = Vec<(Range<usize>, Range<usize>)>;
-
-    /// A head holding `fields`, and where each lies in it.
-    fn head(fields: &[(&str, &str)]) -> (Bytes, Fields) {
-        let (mut head, mut ranges) = (Vec::new(), Vec::new());
-        for (n, v) in fields {
-            let name = head.len()..head.len() + n.len();
-            head.extend_from_slice(n.as_bytes());
-            head.extend_from_slice(b": ");
-            let value = head.len()..head.len() + v.len();
-            head.extend_from_slice(v.as_bytes());
-            head.extend_from_slice(b"\r\n");
-            ranges.push((name, value));
-        }
-        (Bytes::from(head), ranges)
-    }
+    use crate::headers::test_head as head;
 
     #[test]
     fn request_framing_refuses_what_a_proxy_must_not_guess_at() {
@@ -919,20 +882,6 @@ mod tests {
     fn lengths_are_written_in_decimal() {
         for n in [0, 7, 10, 1234567890, u64::MAX] {
             assert_eq!(decimal(&mut [0; 20], n), n.to_string().as_bytes());
-        }
-    }
-
-    #[test]
-    fn chunk_size_lines_are_lowercase_hex() {
-        for (len, want) in [
-            (0, "0\r\n"),
-            (9, "9\r\n"),
-            (255, "ff\r\n"),
-            (4096, "1000\r\n"),
-        ] {
-            let mut buf = Vec::new();
-            chunk_size_line(&mut buf, len);
-            assert_eq!(buf, want.as_bytes());
         }
     }
 

@@ -130,10 +130,13 @@ pub fn prepare_request(
 
 /// An HTTP/1 request head as received: the whole head and where each
 /// field's name and value lie in it.
+/// Where one field's name and value lie in its head.
+pub type Field = (Range<usize>, Range<usize>);
+
 #[derive(Clone, Copy)]
 pub struct RawFields<'a> {
     pub head: &'a Bytes,
-    pub fields: &'a [(Range<usize>, Range<usize>)],
+    pub fields: &'a [Field],
 }
 
 impl<'a> RawFields<'a> {
@@ -173,6 +176,23 @@ impl<'a> RawFields<'a> {
         let upgrade = self.values(b"upgrade").next()?;
         self.has_token(b"connection", b"upgrade").then_some(upgrade)
     }
+}
+
+/// A head holding `fields` as `name: value` lines, and where each lies in
+/// it (for tests of what reads [`RawFields`]).
+#[cfg(test)]
+pub(crate) fn test_head(fields: &[(&str, &str)]) -> (Bytes, Vec<Field>) {
+    let (mut head, mut ranges) = (Vec::new(), Vec::new());
+    for (n, v) in fields {
+        let name = head.len()..head.len() + n.len();
+        head.extend_from_slice(n.as_bytes());
+        head.extend_from_slice(b": ");
+        let value = head.len()..head.len() + v.len();
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+        ranges.push((name, value));
+    }
+    (Bytes::from(head), ranges)
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1), lowercase.
@@ -488,21 +508,13 @@ mod tests {
         for (fields, host, upgrade) in cases {
             let host = host.map(HeaderValue::from_static);
             let mut map = HeaderMap::new();
-            let (mut head, mut ranges) = (Vec::new(), Vec::new());
             for (n, v) in *fields {
                 map.append(
                     HeaderName::from_bytes(n.as_bytes()).unwrap(),
                     HeaderValue::from_str(v).unwrap(),
                 );
-                let name = head.len()..head.len() + n.len();
-                head.extend_from_slice(n.as_bytes());
-                head.extend_from_slice(b": ");
-                let value = head.len()..head.len() + v.len();
-                head.extend_from_slice(v.as_bytes());
-                head.extend_from_slice(b"\r\n");
-                ranges.push((name, value));
             }
-            let head = Bytes::from(head);
+            let (head, ranges) = test_head(fields);
             let raw = RawFields {
                 head: &head,
                 fields: &ranges,

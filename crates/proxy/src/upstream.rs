@@ -19,7 +19,7 @@
 //! WebSocket tunnel; keep-alive unless either side said `close`.
 
 use std::future::poll_fn;
-use std::io::{self, Write as _};
+use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::clock;
+use crate::clock::{self, Deadline};
 
 /// The largest response head a backend may send.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -58,9 +58,9 @@ pub struct Conn {
     rbuf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
     wbuf: Vec<u8>,
-    /// The per-try timeout, kept with the connection and moved only when
-    /// it fires early or must fire earlier (see [`Conn::exchange_by`]).
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The per-try timeout, kept with the connection (taken out while an
+    /// exchange runs).
+    timer: Option<Deadline>,
 }
 
 impl Conn {
@@ -73,41 +73,19 @@ impl Conn {
         }
     }
 
-    /// [`Conn::exchange`], given up at `deadline` (`None`). The timer is
-    /// this connection's own: a kept-alive connection's deadlines only move
-    /// forward, so it is re-armed when it fires early (about once per
-    /// timeout) rather than set and cleared for every request, which cost
-    /// a timer-wheel insert and removal each time.
+    /// [`Conn::exchange`], given up at `deadline` (`None`), on this
+    /// connection's own timer.
     pub async fn exchange_by(
         &mut self,
         deadline: tokio::time::Instant,
         req: &RequestHead<'_>,
         body: &mut ReqBody<'_>,
     ) -> Option<Result<ResponseHead, ExchangeError>> {
-        let mut timer = match self.timer.take() {
-            Some(mut t) => {
-                if t.deadline() > deadline {
-                    t.as_mut().reset(deadline);
-                }
-                t
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
-        let outcome = {
-            let exchange = self.exchange(req, body);
-            tokio::pin!(exchange);
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut exchange => break Some(r),
-                    () = timer.as_mut() => {
-                        if tokio::time::Instant::now() >= deadline {
-                            break None;
-                        }
-                        timer.as_mut().reset(deadline);
-                    }
-                }
-            }
+        let mut timer = self.timer.take().unwrap_or_default();
+        let outcome = tokio::select! {
+            biased;
+            r = self.exchange(req, body) => Some(r),
+            () = timer.until(deadline) => None,
         };
         self.timer = Some(timer);
         outcome
@@ -177,7 +155,7 @@ impl Conn {
             return self.io.write_all(data).await;
         }
         self.wbuf.clear();
-        let _ = write!(self.wbuf, "{:x}\r\n", data.len());
+        chunk_size_line(&mut self.wbuf, data.len());
         if data.len() <= READ_CHUNK {
             // One write for the chunk: size line, data and CRLF.
             self.wbuf.extend_from_slice(data);
@@ -618,6 +596,24 @@ impl UpstreamBody {
     }
 }
 
+/// A chunk's size line: its length in lowercase hex, then CRLF.
+pub(crate) fn chunk_size_line(buf: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+    buf.extend_from_slice(b"\r\n");
+}
+
 fn closed_mid_body() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
@@ -787,6 +783,20 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for (len, want) in [
+            (0, "0\r\n"),
+            (9, "9\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let mut buf = Vec::new();
+            chunk_size_line(&mut buf, len);
+            assert_eq!(buf, want.as_bytes());
+        }
+    }
 
     fn parse(raw: &[u8], head_request: bool) -> Result<Option<ResponseHead>, ExchangeError> {
         let mut buf = BytesMut::from(raw);
