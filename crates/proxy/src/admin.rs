@@ -66,7 +66,7 @@ pub async fn serve(
 }
 
 /// Each routed pool's request-duration histogram (see
-/// [`crate::histogram`]).
+/// [`tandem_telemetry::histogram`]).
 fn render_histograms(rt: &Runtime, out: &mut String) {
     const NAME: &str = "tandem_proxy_request_duration_seconds";
     let Some(table) = rt.proxy.table.load_full() else {

@@ -16,7 +16,6 @@ pub mod error;
 pub mod forward;
 pub mod h1;
 pub mod headers;
-pub mod histogram;
 pub mod server;
 pub mod store;
 pub mod table;

@@ -13,8 +13,6 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use metrics::Counter;
-
-use crate::histogram::LatencyHistogram;
 use serde::Serialize;
 use tandem_core::health::HealthState;
 use tandem_core::lb::{Balancer, Endpoint, select_tier};
@@ -23,6 +21,7 @@ use tandem_core::routing::RouteTable;
 use tandem_core::{
     AdminState, Backend, BackendAddr, BackendRole, PoolConfig, PoolName, Revision, Snapshot,
 };
+use tandem_telemetry::LatencyHistogram;
 
 use crate::clock;
 use crate::upstream::ConnPool;
@@ -78,7 +77,7 @@ pub struct PoolState {
     pub active: AtomicU64,
     /// Retries being attempted right now.
     pub retrying: AtomicU64,
-    /// Request durations (see [`crate::histogram`]).
+    /// Request durations (see [`tandem_telemetry::histogram`]).
     pub latency: LatencyHistogram,
     pub retries: Counter,
     pub budget_exhausted: Counter,

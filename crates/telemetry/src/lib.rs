@@ -2,7 +2,8 @@
 //! JSON), OpenTelemetry traces over OTLP when the standard
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, a Prometheus recorder for the
 //! `metrics` facade, the admin HTTP endpoints (`/metrics`, `/healthz`,
-//! `/readyz`), and the shutdown signal.
+//! `/readyz`), a lock-free latency histogram for hot paths
+//! ([`LatencyHistogram`]), and the shutdown signal.
 //!
 //! It holds no business logic.
 
@@ -23,6 +24,9 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+pub mod histogram;
+pub use histogram::LatencyHistogram;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
