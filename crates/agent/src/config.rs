@@ -28,12 +28,14 @@ pub struct Args {
     /// HTTP probes keep their connection to a backend open between probes
     /// and open a fresh one at least every this many probes (and after
     /// every failed probe), so a backend that stops accepting connections
-    /// is noticed within this many intervals; in probes. 1: a new
-    /// connection for every probe. TCP probes always connect afresh.
+    /// while it still answers on the kept one is noticed within this many
+    /// intervals (proxies notice at once: their connects fail); in probes.
+    /// 1: a new connection for every probe. TCP probes always connect
+    /// afresh.
     #[arg(
         long,
         env = "TANDEM_PROBE_FRESH_CONNECTION_EVERY",
-        default_value_t = 10
+        default_value_t = 60
     )]
     pub probe_fresh_connection_every: u32,
 
@@ -160,7 +162,7 @@ mod tests {
         assert_eq!(s.identity.node_id, "agent-1");
         assert_eq!(s.identity.token.as_deref(), Some("t0k"));
         assert_eq!(s.report_batch, Duration::from_millis(50));
-        assert_eq!(s.probe_fresh_connection_every, 10);
+        assert_eq!(s.probe_fresh_connection_every, 60);
     }
 
     #[test]

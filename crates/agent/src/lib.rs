@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod control;
+pub mod engine;
 pub mod metrics;
 pub mod probe;
 pub mod report;
@@ -47,6 +48,8 @@ pub enum Error {
     },
     #[error("admin server: {0}")]
     Admin(std::io::Error),
+    #[error("cannot start the probe engine: {0}")]
+    Engine(std::io::Error),
 }
 
 /// Runs the agent until `shutdown` resolves: stops probing, sends the
@@ -79,7 +82,13 @@ pub async fn run(
             }
         }
     });
-    let router = tandem_telemetry::admin_router(prometheus, ready);
+    let probe_metrics = metrics::ProbeMetrics::new();
+    let router = tandem_telemetry::admin_router_with(
+        prometheus,
+        ready,
+        tandem_telemetry::Started::already(),
+        Some(probe_metrics.render_latency()),
+    );
     let admin = tokio::spawn(tandem_telemetry::serve_admin(admin_listener, router, {
         let mut rx = stop_rx.clone();
         async move {
@@ -88,16 +97,21 @@ pub async fn run(
     }));
 
     // The probes' start grid, which the reports follow too.
-    let origin = tokio::time::Instant::now();
-    let reporting = tokio::spawn(reporter.run(queue.clone(), stop_rx.clone(), origin));
+    let origin = std::time::Instant::now();
+    let reporting = tokio::spawn(reporter.run(
+        queue.clone(),
+        stop_rx.clone(),
+        tokio::time::Instant::from_std(origin),
+    ));
     let watching = tokio::spawn(watch::run(settings.control.clone(), me, config_tx));
-    let mut prober = Prober::new(Arc::new(Context {
+    let mut prober = Prober::start(Arc::new(Context {
         origin,
         source_ip: settings.probe_source_ip,
         fresh_connection_every: settings.probe_fresh_connection_every,
         queue,
-        metrics: metrics::ProbeMetrics::new(),
-    }));
+        metrics: probe_metrics,
+    }))
+    .map_err(Error::Engine)?;
     tracing::info!(
         node_id = %settings.identity.node_id,
         zone = %settings.identity.zone,

@@ -1,10 +1,13 @@
-//! The agent's Prometheus metrics. Handles are registered once and cloned
-//! into the probe tasks, so recording a probe is a few atomic adds.
+//! The agent's Prometheus metrics. Handles are registered once and shared
+//! with the probe engine, so recording a probe is a few atomic adds.
 
+use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, counter, gauge};
 use tandem_core::HealthCheckKind;
+use tandem_telemetry::{LatencyHistogram, MetricsExtra};
 
 use crate::probe::Class;
 
@@ -21,8 +24,11 @@ fn kind_str(k: HealthCheckKind) -> &'static str {
 pub struct ProbeMetrics {
     /// `tandem_agent_probes_total{kind, result}`, indexed [kind][class].
     probes: [[Counter; Class::ALL.len()]; KINDS.len()],
-    /// `tandem_agent_probe_duration_seconds{kind}`.
-    latency: [Histogram; KINDS.len()],
+    /// `tandem_agent_probe_duration_seconds{kind}`, rendered by
+    /// [`ProbeMetrics::render_latency`]: recorded a thousand times a second
+    /// and more, too often for the exporter's histogram, which keeps every
+    /// sample until its upkeep.
+    latency: Arc<[LatencyHistogram; KINDS.len()]>,
     /// `tandem_agent_probe_connections_total{kind}`: connections the probes
     /// established (refused or timed-out connects are not counted): one per
     /// passing TCP probe, none for an HTTP probe on its kept-alive
@@ -40,9 +46,7 @@ impl ProbeMetrics {
                     counter!("tandem_agent_probes_total", "kind" => kind_str(k), "result" => c.as_str())
                 })
             }),
-            latency: KINDS.map(|k| {
-                histogram!("tandem_agent_probe_duration_seconds", "kind" => kind_str(k))
-            }),
+            latency: Arc::new(Default::default()),
             connections: KINDS.map(|k| {
                 counter!("tandem_agent_probe_connections_total", "kind" => kind_str(k))
             }),
@@ -56,10 +60,25 @@ impl ProbeMetrics {
         let k = KINDS.iter().position(|x| *x == kind).unwrap_or(0);
         let c = Class::ALL.iter().position(|x| *x == class).unwrap_or(0);
         self.probes[k][c].increment(1);
-        self.latency[k].record(took.as_secs_f64());
+        self.latency[k].record(took);
         if opened > 0 {
             self.connections[k].increment(opened);
         }
+    }
+}
+
+impl ProbeMetrics {
+    /// Appends the probe-duration histograms to `/metrics`.
+    pub fn render_latency(&self) -> MetricsExtra {
+        const NAME: &str = "tandem_agent_probe_duration_seconds";
+        let latency = self.latency.clone();
+        Arc::new(move |out: &mut String| {
+            let _ = writeln!(out, "# HELP {NAME} How long a probe took, by check kind.");
+            let _ = writeln!(out, "# TYPE {NAME} histogram");
+            for (k, h) in KINDS.iter().zip(latency.iter()) {
+                h.render(out, NAME, &format!("kind=\"{}\"", kind_str(*k)));
+            }
+        })
     }
 }
 

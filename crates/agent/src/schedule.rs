@@ -1,42 +1,38 @@
-//! When to probe: one task per target, each on its pool's interval with
-//! jitter so that probes never synchronise.
+//! When to probe: every target on its pool's interval with jitter so that
+//! probes never synchronise, and the set of targets kept in step with the
+//! configuration.
 //!
-//! A task per target is what stays cheap at scale here: tokio's timer is a
-//! hierarchical wheel, so a thousand sleeping tasks cost a thousand wheel
-//! slots and one wake-up each per interval, and adding, removing or
-//! re-specifying a target touches only its own task. The first probe lands
-//! at a random point of the first interval; each later one a jittered
-//! interval (±10%) after the previous one was due, so the cadence does not
-//! drift with probe latency and two targets that happen to line up drift
-//! apart again.
+//! The first probe lands at a random point of the first interval; each
+//! later one a jittered interval (±10%) after the previous one was due, so
+//! the cadence does not drift with probe latency and two targets that
+//! happen to line up drift apart again.
 //!
 //! Probe start times are rounded up to a grid shared by every target: the
-//! agent then wakes up once to start many probes rather than once per
-//! probe, and their I/O completions are gathered by the same `epoll_wait`
-//! calls. Each wake-up is what costs (on the benchmark,
-//! `scripts/bench/agent.sh`, ~0.1 ms of CPU time each, mostly the kernel
-//! putting the thread to sleep and waking it), not the probes it starts.
-//! The grid's step grows with the interval ([`grid_step`]): about a
-//! twentieth of it, 50 ms at 1 s, so the ±10% jitter window still spans
-//! four slots, and probes start at most one step late. At 1,000 HTTP
-//! targets every second, a 10 ms grid took a third off the agent's CPU
-//! time against none, and 50 ms another quarter against 10 ms. Every step
-//! (10, 20, 50 or 100 ms) divides 100 ms and all share one origin, so
-//! targets of pools with different intervals still share wake-ups.
+//! engine ([`crate::engine`]) then wakes up once to start many probes rather
+//! than once per probe, and their answers are gathered by the same
+//! `epoll_wait` calls. Each wake-up is what costs (on the benchmark,
+//! `scripts/bench/agent.sh`, tens of microseconds of CPU time each, mostly
+//! the kernel putting the thread to sleep and waking it), not the probes it
+//! starts. The grid's step grows with the interval ([`grid_step`]): about a
+//! tenth of it, 100 ms at 1 s, so the ±10% jitter window still spans two
+//! slots, and probes start at most one step late. At 1,000 HTTP targets
+//! every second, a 10 ms grid took a third off the agent's CPU time against
+//! none, 50 ms another quarter against 10 ms, and with the event loop 100 ms
+//! another tenth against 50 ms (`docs/benchmarks.md`). Every step (10, 20,
+//! 50 or 100 ms) divides 100 ms and all share one origin, so targets of
+//! pools with different intervals still share wake-ups.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tandem_core::HealthCheckSpec;
 use tandem_core::health::BackendKey;
-use tokio::task::AbortHandle;
-use tokio::time::Instant;
 
+use crate::engine::Engine;
 use crate::metrics::ProbeMetrics;
-use crate::probe::{Check, Conn};
-use crate::report::{Observation, ReportQueue};
+use crate::report::ReportQueue;
 
 /// Each interval is stretched or shrunk by up to this fraction.
 pub const JITTER: f64 = 0.10;
@@ -58,7 +54,7 @@ const STEPS: [Duration; 4] = [
 ];
 
 /// A target's grid has at least this many slots per interval.
-pub const SLOTS_PER_INTERVAL: u32 = 20;
+pub const SLOTS_PER_INTERVAL: u32 = 10;
 
 /// The coarsest grid step not longer than `span` ([`TICK`] at least).
 pub fn grid_step(span: Duration) -> Duration {
@@ -103,30 +99,32 @@ pub struct Cadence {
 }
 
 impl Cadence {
-    /// The first probe is due at `r` (uniform in `[0, 1)`) of an interval.
-    pub fn new(interval: Duration, r: f64, origin: Instant) -> Cadence {
+    /// The first probe is due at `r` (uniform in `[0, 1)`) of an interval
+    /// from `now`.
+    pub fn new(interval: Duration, r: f64, origin: Instant, now: Instant) -> Cadence {
         Cadence {
             interval,
-            due: Instant::now() + first_delay(interval, r),
+            due: now + first_delay(interval, r),
             origin,
             step: grid_step(interval / SLOTS_PER_INTERVAL),
         }
     }
 
-    /// Waits until the next probe is due, on the grid.
-    pub async fn tick(&self) {
-        tokio::time::sleep_until(on_grid(self.origin, self.due, self.step)).await;
+    /// When the next probe starts: when it is due, on the grid.
+    pub fn next_start(&self) -> Instant {
+        on_grid(self.origin, self.due, self.step)
     }
 
-    /// After a probe finished: the next is due a jittered interval later.
-    pub fn advance(&mut self, r: f64) {
-        self.due = next_deadline(self.due, Instant::now(), self.interval, r);
+    /// After a probe finished at `now`: the next is due a jittered interval
+    /// later.
+    pub fn advance(&mut self, r: f64, now: Instant) {
+        self.due = next_deadline(self.due, now, self.interval, r);
     }
 }
 
-// === impl Prober ===
+// === Prober ===
 
-/// What every probe task shares.
+/// What the probe engine shares with its handles.
 pub struct Context {
     /// The origin of the probes' start-time grid.
     pub origin: Instant,
@@ -138,16 +136,12 @@ pub struct Context {
     pub metrics: ProbeMetrics,
 }
 
-struct Running {
-    spec: HealthCheckSpec,
-    task: AbortHandle,
-}
-
-/// The running probe tasks, one per target, kept in step with the
-/// configuration by [`Prober::sync`]. Dropping it stops every probe.
+/// The probe engine, told what to probe: [`Prober::sync`] keeps its targets
+/// in step with the configuration. Dropping it stops every probe.
 pub struct Prober {
     ctx: Arc<Context>,
-    running: BTreeMap<BackendKey, Running>,
+    engine: Engine,
+    running: BTreeMap<BackendKey, HealthCheckSpec>,
 }
 
 /// What a [`Prober::sync`] did.
@@ -160,38 +154,40 @@ pub struct SyncStats {
 }
 
 impl Prober {
-    pub fn new(ctx: Arc<Context>) -> Prober {
-        Prober {
+    /// Starts the engine (see [`Engine::start`]).
+    pub fn start(ctx: Arc<Context>) -> std::io::Result<Prober> {
+        Ok(Prober {
+            engine: Engine::start(ctx.clone())?,
             ctx,
             running: BTreeMap::new(),
-        }
+        })
     }
 
     /// Starts probes for new targets, stops those of removed ones and
-    /// restarts those whose check changed; every other probe keeps running
-    /// untouched.
+    /// restarts those whose check changed (on a new connection); every
+    /// other probe keeps running untouched.
     pub fn sync(&mut self, wanted: BTreeMap<BackendKey, HealthCheckSpec>) -> SyncStats {
         let mut stats = SyncStats::default();
-        self.running.retain(|key, r| {
+        let engine = &self.engine;
+        self.running.retain(|key, _| {
             let keep = wanted.contains_key(key);
             if !keep {
-                r.task.abort();
+                engine.remove(key.clone());
                 stats.removed += 1;
             }
             keep
         });
         for (key, spec) in wanted {
             match self.running.get_mut(&key) {
-                Some(r) if r.spec == spec => {}
-                Some(r) => {
-                    r.task.abort();
-                    r.task = spawn(&self.ctx, key, spec.clone());
-                    r.spec = spec;
+                Some(running) if *running == spec => {}
+                Some(running) => {
+                    *running = spec.clone();
+                    self.engine.add(key, spec);
                     stats.restarted += 1;
                 }
                 None => {
-                    let task = spawn(&self.ctx, key.clone(), spec.clone());
-                    self.running.insert(key, Running { spec, task });
+                    self.running.insert(key.clone(), spec.clone());
+                    self.engine.add(key, spec);
                     stats.added += 1;
                 }
             }
@@ -200,64 +196,10 @@ impl Prober {
         self.ctx.metrics.targets.set(stats.total as f64);
         stats
     }
-
-    #[cfg(test)]
-    fn task_id(&self, key: &BackendKey) -> Option<tokio::task::Id> {
-        self.running.get(key).map(|r| r.task.id())
-    }
-}
-
-fn spawn(ctx: &Arc<Context>, key: BackendKey, spec: HealthCheckSpec) -> AbortHandle {
-    let check = Check::new(key, spec);
-    tokio::spawn(probe_target(check, ctx.clone())).abort_handle()
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        for r in self.running.values() {
-            r.task.abort();
-        }
-    }
-}
-
-/// Probes one target forever, recording and queueing each result. The
-/// target's kept connection lives here, with its task: a changed check
-/// restarts the task, and so starts on a new connection.
-async fn probe_target(check: Check, ctx: Arc<Context>) {
-    let mut conn = Conn::new(ctx.fresh_connection_every);
-    let mut last_ok: Option<bool> = None;
-    let mut cadence = Cadence::new(check.interval(), rand::random(), ctx.origin);
-    loop {
-        cadence.tick().await;
-        let started = Instant::now();
-        let opened = conn.opened();
-        let outcome = check.run(&mut conn, ctx.source_ip).await;
-        let took = started.elapsed();
-        ctx.metrics
-            .record(check.kind(), outcome.class, took, conn.opened() - opened);
-        let ok = outcome.ok();
-        if last_ok != Some(ok) {
-            if ok {
-                tracing::info!(pool = %check.key.pool, backend = %check.key.address, detail = %outcome.detail, "probe passes");
-            } else {
-                tracing::warn!(pool = %check.key.pool, backend = %check.key.address, detail = %outcome.detail, "probe fails");
-            }
-            last_ok = Some(ok);
-        }
-        ctx.queue.push(Observation {
-            key: check.key.clone(),
-            ok,
-            detail: outcome.detail,
-            latency_ms: u32::try_from(took.as_millis()).unwrap_or(u32::MAX),
-        });
-        cadence.advance(rand::random());
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use tandem_core::{BackendAddr, PoolName};
 
     use super::*;
@@ -314,15 +256,16 @@ mod tests {
     }
 
     #[test]
-    fn the_grid_step_is_a_twentieth_of_the_interval_from_a_few_that_nest() {
+    fn the_grid_step_is_a_tenth_of_the_interval_from_a_few_that_nest() {
         let ms = Duration::from_millis;
         for (interval, step) in [
             (100, 10),
-            (399, 10),
-            (400, 20),
-            (999, 20),
-            (1_000, 50),
-            (2_000, 100),
+            (199, 10),
+            (200, 20),
+            (499, 20),
+            (500, 50),
+            (999, 50),
+            (1_000, 100),
             (3_600_000, 100),
         ] {
             assert_eq!(
@@ -338,49 +281,45 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn probes_come_once_per_jittered_interval_and_never_in_step() {
-        // Two targets with the same interval, sixty virtual seconds.
-        let times: Arc<std::sync::Mutex<Vec<Vec<Instant>>>> = Default::default();
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..2 {
-            times.lock().unwrap().push(Vec::new());
-            let times = times.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut cadence = Cadence::new(SECOND, rand::random(), start);
-                loop {
-                    cadence.tick().await;
-                    times.lock().unwrap()[i].push(Instant::now());
-                    cadence.advance(rand::random());
+    #[test]
+    fn probes_come_once_per_jittered_interval_and_never_in_step() {
+        // Two targets with the same interval, sixty seconds of probes that
+        // each take 3 ms.
+        let origin = Instant::now();
+        let step = Duration::from_millis(100);
+        let mut times: Vec<Vec<Instant>> = Vec::new();
+        for _ in 0..2 {
+            let mut cadence = Cadence::new(SECOND, rand::random(), origin, origin);
+            let mut probes = Vec::new();
+            loop {
+                let start = cadence.next_start();
+                if start - origin > Duration::from_secs(60) {
+                    break;
                 }
-            }));
+                probes.push(start);
+                cadence.advance(rand::random(), start + Duration::from_millis(3));
+            }
+            times.push(probes);
         }
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        for t in &tasks {
-            t.abort();
-        }
-        let times = times.lock().unwrap();
-        for probes in times.iter() {
+        for probes in &times {
             assert!(
                 (55..=67).contains(&probes.len()),
                 "{} probes in 60 s",
                 probes.len()
             );
             assert!(
-                probes[0] - start <= SECOND,
+                probes[0] - origin <= SECOND,
                 "the first lands in the first interval"
             );
-            // A 1 s interval: a 50 ms grid.
-            let step = Duration::from_millis(50);
+            // A 1 s interval: a 100 ms grid.
             for t in probes {
-                assert_eq!((*t - start).as_nanos() % step.as_nanos(), 0, "on the grid");
+                assert_eq!((*t - origin).as_nanos() % step.as_nanos(), 0, "on the grid");
             }
             for w in probes.windows(2) {
                 let gap = w[1] - w[0];
                 // ±10%, give or take one step of the grid.
                 assert!(
-                    gap >= Duration::from_millis(850) && gap <= Duration::from_millis(1_150),
+                    gap >= Duration::from_millis(800) && gap <= Duration::from_millis(1_200),
                     "{gap:?}"
                 );
             }
@@ -401,16 +340,19 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn sync_touches_only_the_targets_that_changed() {
-        let ctx = Arc::new(Context {
+    fn context(queue: Arc<ReportQueue>) -> Arc<Context> {
+        Arc::new(Context {
             origin: Instant::now(),
             source_ip: None,
             fresh_connection_every: 10,
-            queue: Arc::new(ReportQueue::new(16)),
+            queue,
             metrics: ProbeMetrics::new(),
-        });
-        let mut p = Prober::new(ctx);
+        })
+    }
+
+    #[tokio::test]
+    async fn sync_touches_only_the_targets_that_changed() {
+        let mut p = Prober::start(context(Arc::new(ReportQueue::new(16)))).unwrap();
         // Addresses nothing listens on: probes fail fast, which is fine here.
         let spec = HealthCheckSpec::default();
         let (a, b, c) = (
@@ -425,11 +367,10 @@ mod tests {
         ]);
         let s = p.sync(wanted.clone());
         assert_eq!((s.added, s.removed, s.restarted, s.total), (3, 0, 0, 3));
-        let (id_a, id_b) = (p.task_id(&a).unwrap(), p.task_id(&b).unwrap());
 
         // The same configuration again: nothing restarts.
-        assert_eq!(p.sync(wanted).added, 0);
-        assert_eq!(p.task_id(&a), Some(id_a));
+        let s = p.sync(wanted);
+        assert_eq!((s.added, s.removed, s.restarted, s.total), (0, 0, 0, 3));
 
         // c removed, b's pool check changed, a untouched.
         let faster = HealthCheckSpec {
@@ -437,50 +378,36 @@ mod tests {
             timeout_ms: 200,
             ..spec.clone()
         };
-        let s = p.sync(BTreeMap::from([(a.clone(), spec), (b.clone(), faster)]));
+        let s = p.sync(BTreeMap::from([(a, spec), (b, faster)]));
         assert_eq!((s.added, s.removed, s.restarted, s.total), (0, 1, 1, 2));
-        assert_eq!(p.task_id(&a), Some(id_a), "a's probe kept running");
-        assert_ne!(
-            p.task_id(&b),
-            Some(id_b),
-            "b's probe restarted with the new check"
-        );
-        assert!(p.task_id(&c).is_none());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn every_probe_result_is_queued_for_reporting() {
         let queue = Arc::new(ReportQueue::new(1_000));
-        let ctx = Arc::new(Context {
-            origin: Instant::now(),
-            source_ip: None,
-            fresh_connection_every: 10,
-            queue: queue.clone(),
-            metrics: ProbeMetrics::new(),
-        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut p = Prober::new(ctx);
+        let mut p = Prober::start(context(queue.clone())).unwrap();
         let spec = HealthCheckSpec {
             kind: tandem_core::HealthCheckKind::Tcp,
-            interval_ms: 1_000,
-            timeout_ms: 500,
+            interval_ms: 100,
+            timeout_ms: 50,
             ..Default::default()
         };
         let k = key("shop", &addr.to_string());
         p.sync(BTreeMap::from([(k.clone(), spec)]));
-        let count = AtomicUsize::new(0);
-        // Real connects need the runtime to poll I/O, so step time gently.
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            for o in queue.drain() {
-                assert_eq!(o.key, k);
-                assert!(o.ok, "{o:?}");
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let n = count.load(Ordering::Relaxed);
-        assert!((8..=11).contains(&n), "{n} probes in 10 s");
+        tokio::time::sleep(Duration::from_secs(2)).await;
         drop(p);
+        let seen = queue.drain();
+        for o in &seen {
+            assert_eq!(*o.key, k);
+            assert!(o.ok(), "{o:?}");
+        }
+        // One a tenth of a second, the first within the first tenth.
+        assert!(
+            (15..=21).contains(&seen.len()),
+            "{} probes in 2 s",
+            seen.len()
+        );
     }
 }

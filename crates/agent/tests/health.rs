@@ -497,7 +497,8 @@ async fn the_agent_follows_configuration_changes() -> anyhow::Result<()> {
         r#"tandem_agent_probes_total{kind="http",result="ok"}"#,
     )
     .await?;
-    // They shared a kept-alive connection (a fresh one every 10 probes).
+    // They shared a kept-alive connection (a fresh one every 60 probes by
+    // default; the first carries 2 to 60).
     let connections = metric(
         &agent,
         r#"tandem_agent_probe_connections_total{kind="http"}"#,
