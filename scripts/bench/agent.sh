@@ -10,7 +10,7 @@
 # agent's CPU time (utime + stime from /proc/<pid>/stat, all threads) is
 # read over WINDOW seconds of wall time, split into user and kernel time,
 # with the connections the probes opened (HTTP probes keep theirs and open a
-# fresh one every TANDEM_PROBE_FRESH_CONNECTION_EVERY probes, default 10).
+# fresh one every TANDEM_PROBE_FRESH_CONNECTION_EVERY probes, default 60).
 #
 #   scripts/bench/agent.sh
 #   TARGETS=2000 WINDOW=60 scripts/bench/agent.sh
@@ -74,6 +74,15 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # each wake-up costs more than the probes it starts, so it is worth watching.
 sleeps() { awk '/^voluntary_ctxt_switches/ { s += $2 } END { print s }' /proc/$1/task/*/status; }
 sys_ticks() { awk '{ print $15 }' "/proc/$1/stat"; }
+# CPU ticks of the probe engine's thread (tandem-probes); the rest of the
+# agent is its runtime: watch, reports, admin port.
+engine_ticks() {
+  local t s=0
+  for t in /proc/$1/task/*; do
+    [ "$(cat "$t/comm" 2>/dev/null)" = tandem-probes ] && s=$((s + $(awk '{ print $14 + $15 }' "$t/stat")))
+  done
+  echo "$s"
+}
 now() { date +%s.%N; }
 
 step "starting Postgres, tandem-control and $TARGETS backends"
@@ -113,15 +122,15 @@ step "measuring for ${WINDOW}s"
 clk=$(getconf CLK_TCK)
 scrape; p0=$(metric_sum tandem_agent_probes_total); ok0=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
 r0=$(metric_sum tandem_agent_reports_total); c0=$(metric_sum tandem_agent_probe_connections_total)
-a0=$(cpu_ticks "$AGENT_PID"); s0=$(sys_ticks "$AGENT_PID"); w0=$(sleeps "$AGENT_PID"); b0=$(cpu_ticks "$BACKENDS_PID"); t0=$(now)
+a0=$(cpu_ticks "$AGENT_PID"); s0=$(sys_ticks "$AGENT_PID"); e0=$(engine_ticks "$AGENT_PID"); w0=$(sleeps "$AGENT_PID"); b0=$(cpu_ticks "$BACKENDS_PID"); t0=$(now)
 sleep "$WINDOW"
-a1=$(cpu_ticks "$AGENT_PID"); s1=$(sys_ticks "$AGENT_PID"); w1=$(sleeps "$AGENT_PID"); b1=$(cpu_ticks "$BACKENDS_PID"); t1=$(now)
+a1=$(cpu_ticks "$AGENT_PID"); s1=$(sys_ticks "$AGENT_PID"); e1=$(engine_ticks "$AGENT_PID"); w1=$(sleeps "$AGENT_PID"); b1=$(cpu_ticks "$BACKENDS_PID"); t1=$(now)
 scrape; p1=$(metric_sum tandem_agent_probes_total); ok1=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
 r1=$(metric_sum tandem_agent_reports_total); c1=$(metric_sum tandem_agent_probe_connections_total)
 rss=$(awk '/VmRSS/ { print $2 }' "/proc/$AGENT_PID/status")
 
 AGENT_SHARE=$(awk -v a=$((a1 - a0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.4f", 100 * a / clk / (t1 - t0) }')
-awk -v a=$((a1 - a0)) -v sys=$((s1 - s0)) -v wakes=$((w1 - w0)) -v conns=$((c1 - c0)) -v every="${TANDEM_PROBE_FRESH_CONNECTION_EVERY:-default}" -v b=$((b1 - b0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
+awk -v a=$((a1 - a0)) -v sys=$((s1 - s0)) -v engine=$((e1 - e0)) -v wakes=$((w1 - w0)) -v conns=$((c1 - c0)) -v every="${TANDEM_PROBE_FRESH_CONNECTION_EVERY:-default}" -v b=$((b1 - b0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
     -v probes=$((p1 - p0)) -v ok=$((ok1 - ok0)) -v reports=$((r1 - r0)) -v targets="$TARGETS" -v kind="$KIND" \
     -v interval="$INTERVAL_MS" -v goal="$GOAL_PERCENT" -v rss="$rss" -v cores="$(nproc)" 'BEGIN {
   wall = t1 - t0
@@ -131,6 +140,7 @@ awk -v a=$((a1 - a0)) -v sys=$((s1 - s0)) -v wakes=$((w1 - w0)) -v conns=$((c1 -
   printf "  connections:     %d opened (%.0f/s; fresh connection every: %s; 0 from a build without the metric)\n", conns, conns / wall, every
   printf "  agent CPU:       %.2f%% of one core (%.1f us per probe), RSS %.1f MiB\n", share, (probes ? 1e6 * a / clk / probes : 0), rss / 1024
   printf "    user / kernel: %.2f%% / %.2f%%\n", 100 * (a - sys) / clk / wall, 100 * sys / clk / wall
+  printf "    probe engine / the rest: %.2f%% / %.2f%% (0 / all from a build without the engine thread)\n", 100 * engine / clk / wall, 100 * (a - engine) / clk / wall
   printf "    wake-ups:      %.0f/s (voluntary context switches)\n", wakes / wall
   printf "  backends CPU:    %.2f%% of one core (for reference)\n", 100 * b / clk / wall
   printf "  goal:            <= %s%% of one core -> %.2fx the goal (%s)\n", goal, share / goal, (share <= goal ? "met" : "not met")

@@ -9,10 +9,12 @@
 //! agent that lost its own path to a backend cannot take it down.
 //!
 //! The pieces: [`watch`] (configuration in), [`target`] (what to probe),
-//! [`schedule`] (when: one jittered task per target), [`probe`] (how: one
-//! TCP connect, or one HTTP request on a kept-alive connection replaced
-//! every few probes and after any failure), [`report`] (results out,
-//! batched, never blocking a probe).
+//! [`schedule`] (when: each target jittered, start times on a shared grid),
+//! [`engine`] (one event loop on a thread of its own running every probe),
+//! [`probe`] (what a probe is: one TCP connect, or one HTTP request on a
+//! kept-alive connection replaced every few dozen probes and after any
+//! failure), [`report`] (results out, batched, never blocking a probe;
+//! settled passes wait longer than anything that can move a verdict).
 
 pub mod config;
 pub mod control;

@@ -1,29 +1,29 @@
-//! One probe of one backend, bounded by the check's timeout, and what it
-//! means: a TCP connect, or an HTTP/1.1 request.
+//! What a probe is: its check prepared once per target ([`Check`]: the
+//! destination, the request bytes, the timeout), what it saw ([`Outcome`]),
+//! and the parsing of an HTTP/1 answer. The [`crate::engine`] runs probes.
 //!
 //! HTTP probes reuse one kept-alive connection per backend, as Envoy's
 //! health checker does by default (`reuse_connection`). A new connection per
 //! probe, HAProxy's way, was most of what probing cost: three quarters of
 //! the agent's CPU time went to the kernel, mostly for connect, accept and
-//! the reset on close. Reuse at the default halves the agent's CPU time on
-//! the benchmark (`docs/benchmarks.md`, agent probe cost). What reuse
-//! gives up is noticing a backend that stops *accepting* connections (a
-//! closed listener, a full backlog) while it still answers on the one we
-//! hold. So reuse is bounded, by [`Conn`]: a fresh connection at least every
-//! N probes (`--probe-fresh-connection-every`, default 10; 1 is HAProxy's
-//! behaviour), and for every probe after a failed one until one passes.
-//! Such a backend is caught within N intervals, and then fails `fall`
-//! probes in a row exactly as before, each on a fresh connection. A kept
-//! connection the backend closed while it was idle (its keep-alive timeout,
-//! a restart) is not a failure: the probe sees it closed before sending, or
-//! broken before any byte of the answer, and asks once more on a fresh
-//! connection within the same timeout.
+//! the reset on close. What reuse gives up is noticing a backend that stops
+//! *accepting* connections (a closed listener, a full backlog) while it
+//! still answers on the one we hold; proxies notice that at once, since
+//! their own connects fail, but the agent should too. So reuse is bounded: a
+//! fresh connection at least every N probes (`--probe-fresh-connection-every`,
+//! default 60; 1 is HAProxy's behaviour), and for every probe after a failed
+//! one until one passes. Such a backend is caught within N intervals, and
+//! then fails `fall` probes in a row exactly as before, each on a fresh
+//! connection. A kept connection the backend closed while it was idle (its
+//! keep-alive timeout, a restart) is not a failure: the engine sees it
+//! closed before the next probe, or broken before any byte of the answer,
+//! and asks once more on a fresh connection within the same timeout.
 //!
-//! The HTTP/1.1 exchange is done here, on the socket, rather than by hyper.
-//! A probe is the simplest exchange there is: one request, always the same
-//! bytes, built once per target; one answer, of which only the status line
-//! and the three headers that say how the body ends and whether the
-//! connection stays open matter. With hyper's client, the per-probe work
+//! The HTTP/1.1 exchange is done by the agent, on the socket, rather than
+//! by hyper. A probe is the simplest exchange there is: one request, always
+//! the same bytes, built once per target; one answer, of which only the
+//! status line and the three headers that say how the body ends and whether
+//! the connection stays open matter. With hyper's client, the per-probe work
 //! around those two system calls (a `Request` and a `HeaderMap` each way,
 //! the request passed to the connection over a channel, an 8 KiB read
 //! buffer per connection, polled as a separate future) was most of the
@@ -32,8 +32,8 @@
 //! replaced, tell a refused connect from a timeout or a bad answer in the
 //! detail the operator reads, and close with a reset (`SO_LINGER` 0, as
 //! HAProxy does for checks) so replaced connections leave no `TIME_WAIT`
-//! sockets behind on the agent. TCP checks are unchanged: the connect is
-//! the check, on a new connection every time.
+//! sockets behind on the agent. TCP checks connect afresh every time: the
+//! connect is the check.
 
 use std::borrow::Cow;
 use std::io;
@@ -263,7 +263,7 @@ impl Check {
 /// The probe request. No `Connection: close`, even on a connection's last
 /// probe: the agent resets the connection it replaces, which spares the
 /// backend a close handshake, and leaves the rule of when to replace it in
-/// one place ([`Check::run`]). A `POST` says its body is empty, as a user
+/// one place (the engine). A `POST` says its body is empty, as a user
 /// agent should for a method whose body means something.
 fn request_bytes(method: &Method, uri: &Uri, host: &HeaderValue) -> Box<[u8]> {
     let mut r = Vec::with_capacity(128);
