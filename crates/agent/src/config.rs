@@ -39,10 +39,12 @@ pub struct Args {
     )]
     pub probe_fresh_connection_every: u32,
 
-    /// How long observations are gathered before they are sent in one
-    /// report, in milliseconds (keep it well under the probe intervals).
-    /// The window then ends on the probes' start grid, which makes it up
-    /// to twice as long.
+    /// How long observations that can move a verdict (failures, changes,
+    /// the first passes after a failure) are gathered before they are sent
+    /// in one report, in milliseconds (keep it well under the probe
+    /// intervals). The window ends on a grid of its own length, which makes
+    /// it up to twice as long. Passes that only repeat a settled verdict
+    /// may wait up to half their interval (at most 1 s).
     #[arg(long, env = "TANDEM_REPORT_BATCH_MS", default_value_t = 50)]
     pub report_batch_ms: u64,
 
@@ -55,8 +57,9 @@ pub struct Args {
     #[arg(long, env = "TANDEM_REPORT_QUEUE", default_value_t = 16_384)]
     pub report_queue: usize,
 
-    /// Worker threads (default: 1; probes are I/O-bound and a single thread
-    /// keeps them cheap).
+    /// Worker threads of the runtime that follows the control plane,
+    /// reports and serves the admin port (default: 1). Probes run on an
+    /// event loop of their own, one thread whatever this says.
     #[arg(long, env = "TANDEM_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
