@@ -63,13 +63,14 @@ const EVENTS: usize = 1024;
 
 enum Command {
     /// Probe this backend with this check. `scheduled`: on its interval;
-    /// otherwise only when asked ([`Engine::probe_now`]).
+    /// otherwise (tests) only when asked.
     Add {
         key: BackendKey,
         spec: HealthCheckSpec,
         scheduled: bool,
     },
     Remove(BackendKey),
+    #[cfg(test)]
     ProbeNow(BackendKey),
     /// A DNS name resolved for the probe `probe` of the target in `slot`.
     Resolved {
@@ -152,8 +153,9 @@ impl Engine {
     }
 
     /// Adds `key` without a schedule: it is probed only by
-    /// [`Engine::probe_now`].
-    pub fn add_unscheduled(&self, key: BackendKey, spec: HealthCheckSpec) {
+    /// [`Engine::probe_now`]. For tests, which probe one at a time.
+    #[cfg(test)]
+    pub(crate) fn add_unscheduled(&self, key: BackendKey, spec: HealthCheckSpec) {
         self.shared.send(Command::Add {
             key,
             spec,
@@ -167,7 +169,8 @@ impl Engine {
     }
 
     /// Starts a probe of `key` now, unless one is running.
-    pub fn probe_now(&self, key: BackendKey) {
+    #[cfg(test)]
+    pub(crate) fn probe_now(&self, key: BackendKey) {
         self.shared.send(Command::ProbeNow(key));
     }
 }
@@ -184,13 +187,12 @@ impl Drop for Engine {
 
 // === The loop ===
 
-/// A probe connection between and during probes.
+/// A probe connection. Between probes only a kept one exists: connected,
+/// HTTP, and with an answer read to its end.
 struct Conn {
     stream: TcpStream,
     /// Probes this connection carried.
     uses: u32,
-    /// Connected (false while the connect is under way).
-    established: bool,
 }
 
 /// Where a running probe is.
@@ -204,8 +206,9 @@ enum Stage {
     Writing(usize),
     /// Reading the answer's head.
     Head,
-    /// The outcome is decided; reading the rest of the answer so that the
-    /// connection can carry the next probe.
+    /// The outcome is decided (a pass, from the head's status); reading
+    /// the rest of the answer so that the connection can carry the next
+    /// probe.
     Body(Head),
 }
 
@@ -222,8 +225,6 @@ struct Probe {
     addrs: Vec<SocketAddr>,
     /// Why the last address failed.
     failed: Option<Outcome>,
-    /// Decided once the head is read; the body is read after it.
-    decided: Option<Outcome>,
 }
 
 struct Target {
@@ -376,6 +377,7 @@ impl Loop {
                         self.free.push(slot);
                     }
                 }
+                #[cfg(test)]
                 Command::ProbeNow(key) => {
                     if let Some(&slot) = self.slots.get(&key)
                         && self.target(slot).is_some_and(|t| t.probe.is_none())
@@ -460,16 +462,12 @@ impl Loop {
             opened: 0,
             addrs: Vec::new(),
             failed: None,
-            decided: None,
         };
         t.buf.clear();
-        match &mut t.conn {
-            Some(c) if c.established && t.check.kind() == HealthCheckKind::Http => {
-                c.uses += 1;
-                probe.reused = true;
-                probe.stage = Stage::Writing(0);
-            }
-            _ => t.conn = None,
+        if let Some(c) = &mut t.conn {
+            c.uses += 1;
+            probe.reused = true;
+            probe.stage = Stage::Writing(0);
         }
         t.probe = Some(probe);
         self.running.push(slot);
@@ -554,11 +552,7 @@ impl Loop {
             match opened {
                 Ok(stream) => {
                     p.stage = Stage::Connecting;
-                    t.conn = Some(Conn {
-                        stream,
-                        uses: 0,
-                        established: false,
-                    });
+                    t.conn = Some(Conn { stream, uses: 0 });
                     // Readiness comes as an event, even when the connect
                     // already completed.
                     return;
@@ -625,7 +619,6 @@ impl Loop {
                             return;
                         }
                     }
-                    c.established = true;
                     p.opened += 1;
                     if t.check.kind() == HealthCheckKind::Tcp {
                         // The connect was the check; closing resets it.
@@ -660,21 +653,14 @@ impl Loop {
                 Stage::Head => {
                     let heard = !t.buf.is_empty();
                     match read(&mut c.stream, &mut self.scratch, &mut t.buf) {
-                        Ok(0) => {
-                            let what = "connection closed before the answer's head ended";
-                            let failed = if heard {
-                                Failed::Broken(what.into())
-                            } else {
-                                Failed::Unanswered(what.into())
-                            };
-                            self.failed(slot, failed);
-                            return;
-                        }
-                        Ok(_) => {}
+                        Ok(n) if n > 0 => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            let what = io_text(&e);
+                        ended => {
+                            let what = match ended {
+                                Err(e) => io_text(&e),
+                                Ok(_) => "connection closed before the answer's head ended".into(),
+                            };
                             let failed = if heard {
                                 Failed::Broken(what)
                             } else {
@@ -695,7 +681,6 @@ impl Loop {
                             // The outcome is decided. Reading the rest of
                             // the answer only serves the next probe.
                             if outcome.ok() && c.uses < fresh_every && head.keep_alive {
-                                p.decided = Some(outcome);
                                 p.stage = Stage::Body(head);
                             } else {
                                 self.finish(slot, outcome, false);
@@ -706,27 +691,21 @@ impl Loop {
                 }
                 Stage::Body(head) => {
                     let read_so_far = t.buf.len() - head.len;
-                    let end = body_end(head.body, &t.buf[head.len..]);
-                    let keep = match end {
-                        Ok(Some(end)) => Some(end == read_so_far),
-                        Ok(None) => None,
-                        Err(()) => Some(false),
+                    let keep = match body_end(head.body, &t.buf[head.len..]) {
+                        Ok(Some(end)) => end == read_so_far,
+                        Err(()) => false,
+                        Ok(None) => match read(&mut c.stream, &mut self.scratch, &mut t.buf) {
+                            Ok(n) if n > 0 => continue,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            // Broken off: the outcome stands, the
+                            // connection goes.
+                            _ => false,
+                        },
                     };
-                    if let Some(keep) = keep {
-                        let o = p.decided.take().unwrap_or_else(Outcome::tcp_connected);
-                        self.finish(slot, o, keep);
-                        return;
-                    }
-                    match read(&mut c.stream, &mut self.scratch, &mut t.buf) {
-                        Ok(n) if n > 0 => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        _ => {
-                            let o = p.decided.take().unwrap_or_else(Outcome::tcp_connected);
-                            self.finish(slot, o, false);
-                            return;
-                        }
-                    }
+                    let o = Outcome::from_status(head.status, &t.check.spec);
+                    self.finish(slot, o, keep);
+                    return;
                 }
             }
         }
@@ -754,12 +733,12 @@ impl Loop {
     fn timed_out(&mut self, slot: usize) {
         let Some(t) = self.target(slot) else { return };
         let Some(p) = t.probe.as_mut() else { return };
-        // The answer's end did not come in time: the outcome stands, the
-        // connection goes.
-        let o = p
-            .decided
-            .take()
-            .unwrap_or_else(|| Outcome::timeout(t.check.spec.timeout_ms));
+        let o = match p.stage {
+            // The answer's end did not come in time: the outcome stands,
+            // the connection goes.
+            Stage::Body(head) => Outcome::from_status(head.status, &t.check.spec),
+            _ => Outcome::timeout(t.check.spec.timeout_ms),
+        };
         self.finish(slot, o, false);
     }
 

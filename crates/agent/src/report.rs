@@ -308,6 +308,26 @@ mod tests {
 
     use super::*;
 
+    fn identity() -> Identity {
+        Identity {
+            node_id: "a1".into(),
+            zone: String::new(),
+            token: Some("t".into()),
+        }
+    }
+
+    /// A reporter with a 50 ms window, sending to where nothing listens,
+    /// running from now on: the grid's origin, and its stop switch.
+    fn spawn_reporter(q: &Arc<ReportQueue>) -> (Instant, watch::Sender<bool>) {
+        let ms = Duration::from_millis;
+        let urls = ["http://127.0.0.1:1".to_string()];
+        let r = Reporter::new(&urls, identity(), ms(50), ms(200)).unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let origin = Instant::now();
+        tokio::spawn(r.run(q.clone(), stop_rx, origin));
+        (origin, stop_tx)
+    }
+
     fn obs(i: u32) -> Observation {
         Observation {
             key: Arc::new(BackendKey {
@@ -349,17 +369,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_report_window_ends_on_the_probes_grid() {
         let ms = Duration::from_millis;
-        let me = Identity {
-            node_id: "a1".into(),
-            zone: String::new(),
-            token: Some("t".into()),
-        };
-        let urls = ["http://127.0.0.1:1".to_string()];
-        let r = Reporter::new(&urls, me, ms(50), ms(200)).unwrap();
         let q = Arc::new(ReportQueue::new(8));
-        let (_stop_tx, stop_rx) = watch::channel(false);
-        let origin = Instant::now();
-        tokio::spawn(r.run(q.clone(), stop_rx, origin));
+        let (origin, _stop) = spawn_reporter(&q);
         tokio::time::sleep_until(origin + ms(7)).await;
         q.push(obs(1), Duration::ZERO);
         // 50 ms later is off the grid of 50 ms: still gathering...
@@ -373,26 +384,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn settled_passes_wait_longer_and_an_urgent_observation_brings_the_report_forward() {
         let ms = Duration::from_millis;
-        let start = |q: &Arc<ReportQueue>| {
-            let me = Identity {
-                node_id: "a1".into(),
-                zone: String::new(),
-                token: Some("t".into()),
-            };
-            let urls = ["http://127.0.0.1:1".to_string()];
-            let r = Reporter::new(&urls, me, ms(50), ms(200)).unwrap();
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let origin = Instant::now();
-            tokio::spawn(r.run(q.clone(), stop_rx, origin));
-            (origin, stop_tx)
-        };
-
         // A settled pass of a 1 s interval may wait 500 ms: sent at the
         // grid point after 7 + 500 ms, not after 7 + 50.
         assert_eq!(settled_hold(ms(1_000)), ms(500));
         assert_eq!(settled_hold(ms(60_000)), ms(1_000));
         let q = Arc::new(ReportQueue::new(8));
-        let (origin, _stop) = start(&q);
+        let (origin, _stop) = spawn_reporter(&q);
         tokio::time::sleep_until(origin + ms(7)).await;
         q.push(obs(1), settled_hold(ms(1_000)));
         tokio::time::sleep_until(origin + ms(490)).await;
@@ -403,7 +400,7 @@ mod tests {
         // A failure pushed behind it goes with the next grid point after
         // the batch window, and takes the pass along.
         let q = Arc::new(ReportQueue::new(8));
-        let (origin, _stop) = start(&q);
+        let (origin, _stop) = spawn_reporter(&q);
         tokio::time::sleep_until(origin + ms(7)).await;
         q.push(obs(1), ms(1_000));
         tokio::time::sleep_until(origin + ms(60)).await;
@@ -427,14 +424,9 @@ mod tests {
             "http://127.0.0.1:1".to_string(),
             "http://127.0.0.1:2".to_string(),
         ];
-        let me = Identity {
-            node_id: "a1".into(),
-            zone: String::new(),
-            token: Some("t".into()),
-        };
         let mut r = Reporter::new(
             &urls,
-            me,
+            identity(),
             Duration::from_millis(50),
             Duration::from_millis(200),
         )
