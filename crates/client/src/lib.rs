@@ -293,6 +293,18 @@ impl Reconnect {
 pub fn apply_event(current: &mut Option<Snapshot>, event: &v1::WatchEvent) -> Result<bool, String> {
     match &event.event {
         Some(Event::Snapshot(s)) => {
+            if let Some(stale) = &s.stale {
+                // Still the whole configuration as of its revision: apply
+                // it, and say where it came from.
+                tracing::warn!(
+                    revision = event.revision,
+                    replica = %stale.replica,
+                    database = %stale.database,
+                    cause = %stale.cause,
+                    copied_from = %stale.copied_from,
+                    "configuration from a control replica's copy in memory: its database is unreachable, so changes made since may be missing"
+                );
+            }
             let mut snapshot = snapshot_from_proto(s).map_err(|e| e.to_string())?;
             snapshot.revision = Revision(event.revision);
             *current = Some(snapshot);
@@ -400,6 +412,7 @@ mod tests {
                     ..Default::default()
                 }],
                 routes: vec![],
+                stale: None,
             })),
         };
         assert_eq!(apply_event(&mut cur, &snap), Ok(true));

@@ -2,13 +2,26 @@
 
 use tonic::{Code, Status};
 
+use crate::database::Outage;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Domain(#[from] tandem_core::Error),
-    /// The database cannot be reached (down, restarting, network cut).
+    /// A query found the database unreachable (down, restarting, network
+    /// cut). The API names the database before answering
+    /// ([`Error::naming`]).
     #[error("the control-plane database is unavailable: {0}")]
     Unavailable(String),
+    /// The database is unreachable: a write not even tried, or a query
+    /// that failed, with the database named.
+    #[error("the control-plane database {} is {}", .0.database, .0.how_long())]
+    DatabaseDown(Outage),
+    /// A read this replica cannot answer: its database is unreachable and
+    /// it holds no copy of the configuration (it has not reached the
+    /// database since it started and no other replica gave it one).
+    #[error("{replica} has no copy of the configuration: its database {} is {}", .outage.database, .outage.how_long())]
+    NoCopy { replica: String, outage: Outage },
     /// Anything else from the database: a bug or a schema problem.
     #[error("database error: {0}")]
     Database(sqlx::Error),
@@ -25,10 +38,30 @@ impl From<tandem_core::ValidationError> for Error {
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         if is_unavailable(&e) {
-            Error::Unavailable(e.to_string())
+            Error::Unavailable(innermost_cause(&e))
         } else {
             Error::Database(e)
         }
+    }
+}
+
+/// The innermost cause of an error as a person reads it: "connection
+/// refused", "pool timed out while waiting for an open connection".
+pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = e;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    let text = innermost.to_string();
+    // "Connection refused (os error 111)" -> "connection refused"
+    let text = match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => text.as_str(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => e.to_string(),
     }
 }
 
@@ -52,6 +85,15 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
 }
 
 impl Error {
+    /// Names the database in an [`Error::Unavailable`] (the store's
+    /// queries do not know which database they talk to).
+    pub fn naming(self, availability: &crate::database::Availability) -> Error {
+        match self {
+            Error::Unavailable(cause) => Error::DatabaseDown(availability.outage(Some(cause))),
+            e => e,
+        }
+    }
+
     pub fn code(&self) -> Code {
         use tandem_core::Error as D;
         match self {
@@ -65,7 +107,9 @@ impl Error {
                 }
                 D::PoolInUse { .. } | D::StaleRevision { .. } => Code::FailedPrecondition,
             },
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::DatabaseDown(_) | Error::NoCopy { .. } => {
+                Code::Unavailable
+            }
             Error::Database(_) | Error::Corrupt(_) => Code::Internal,
         }
     }
@@ -84,6 +128,13 @@ impl From<Error> for Status {
                     "the control-plane database is unavailable; the change was not made, retry later",
                 )
             }
+            Error::DatabaseDown(outage) => {
+                tracing::debug!(database = %outage.database, cause = %outage.cause, "refused: database unavailable");
+                Status::unavailable(format!("{e}; nothing was changed, retry when it is back"))
+            }
+            Error::NoCopy { .. } => Status::unavailable(format!(
+                "{e}; ask another replica, or retry when the database is back"
+            )),
             Error::Database(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error in the control plane (see its log)")

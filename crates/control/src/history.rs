@@ -21,7 +21,9 @@ pub async fn record(store: Store, consensus: Consensus, mut shutdown: watch::Rec
             _ = shutdown.changed() => return,
             _ = ticker.tick() => {}
         }
-        if !consensus.status().is_leader() {
+        // Not while the database is known to be away: the hub says when it
+        // is back, and the table's recent list covers the gap.
+        if !consensus.status().is_leader() || !store.availability().is_up() {
             recorded = None;
             continue;
         }

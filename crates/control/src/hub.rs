@@ -1,10 +1,24 @@
-//! Watch fan-out: one Postgres `LISTEN` per replica, every committed change
-//! read once from the change log, converted to its wire form once, and
+//! Watch fan-out and the replica's copy of the configuration: one Postgres
+//! `LISTEN` per replica, every committed change read once from the change
+//! log, converted to its wire form once, applied to the copy in memory and
 //! broadcast to every Watch stream on this replica.
 //!
 //! Notifications carry only the revision; the hub always reads the log from
 //! the last revision it broadcast, so a lost notification or a dropped
-//! connection (after which `LISTEN` is re-established) loses nothing.
+//! connection (after which `LISTEN` is re-established) loses nothing. A ping
+//! every second notices a database that vanished without closing the
+//! connection, and any revision a lost notification did not announce. A
+//! change this replica commits itself is applied at once, before its caller
+//! hears of it, so the replica's own answers include it even if the
+//! database goes away before the notification comes back.
+//!
+//! The hub keeps the replica's [`Availability`] current: down from the
+//! first failure until it listens and has caught up again. While the
+//! database is away the API answers reads and new Watch streams from the
+//! copy, marked stale. A replica that has not reached its database since it
+//! started has no copy of its own: it asks the other replicas for theirs
+//! (GetSnapshot), keeps the newest, and reads its own from the database as
+//! soon as it can.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +28,22 @@ use arc_swap::ArcSwap;
 use sqlx::postgres::PgListener;
 use tandem_core::{ConfigChange, Revision, Snapshot};
 use tandem_proto::{convert, v1};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Mutex, broadcast, watch};
 
+use crate::consensus::Peers;
+use crate::database::Availability;
+use crate::error::Error;
 use crate::store::{NOTIFY_CHANNEL, Store};
+
+/// How often the hub checks that the database still answers.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// A ping without an answer this long means the database is away.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long another replica gets to hand over its copy.
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reconnect back-off: short, since writes fail until the hub is back.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A committed change, with its wire form computed once for all watchers.
 #[derive(Debug)]
@@ -42,50 +69,100 @@ impl Committed {
     }
 }
 
+/// What Watch streams hear from the hub.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// The next committed change.
+    Change(Arc<Committed>),
+    /// The copy was replaced whole (read from the database after a copy
+    /// from another replica, or a newer copy from one): a watcher behind it
+    /// gets this snapshot event.
+    Reloaded {
+        revision: Revision,
+        event: Arc<v1::WatchEvent>,
+    },
+}
+
+/// Where the replica's copy of the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Nowhere yet: nothing to answer from.
+    None,
+    /// Its own database.
+    Database,
+    /// Another replica (named), while its own database was out of reach.
+    Peer(String),
+}
+
+/// The replica's copy of the declared configuration.
+#[derive(Debug)]
+pub struct ConfigCopy {
+    pub snapshot: Arc<Snapshot>,
+    pub source: Source,
+}
+
+impl ConfigCopy {
+    pub fn is_loaded(&self) -> bool {
+        self.source != Source::None
+    }
+}
+
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    changes: broadcast::Sender<Arc<Committed>>,
-    /// The declared configuration as of `latest` (for the health decider).
-    config: ArcSwap<Snapshot>,
+    /// This replica's name, as stale answers give it.
+    replica: String,
+    availability: Availability,
+    changes: broadcast::Sender<HubEvent>,
+    copy: ArcSwap<ConfigCopy>,
     latest: watch::Sender<Revision>,
     listening: AtomicBool,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The last revision read from the database (None: the copy, if any,
+    /// did not come from it). Held while the copy moves, so changes are
+    /// applied and broadcast once each, in order.
+    followed: Mutex<Option<Revision>>,
 }
 
 impl Hub {
-    pub fn new() -> Hub {
+    pub fn new(replica: &str, availability: Availability) -> Hub {
         Hub {
             inner: Arc::new(Inner {
+                replica: replica.to_string(),
+                availability,
                 changes: broadcast::channel(4096).0,
-                config: ArcSwap::from_pointee(Snapshot::default()),
+                copy: ArcSwap::from_pointee(ConfigCopy {
+                    snapshot: Arc::new(Snapshot::default()),
+                    source: Source::None,
+                }),
                 latest: watch::channel(Revision::ZERO).0,
                 listening: AtomicBool::new(false),
+                followed: Mutex::new(None),
             }),
         }
     }
 
     /// Changes broadcast from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
         self.inner.changes.subscribe()
     }
 
-    /// The newest revision this hub has broadcast.
+    /// The newest revision this hub holds.
     pub fn latest(&self) -> Revision {
         *self.inner.latest.borrow()
     }
 
-    /// The declared configuration as of [`Hub::latest`].
+    /// The declared configuration as of [`Hub::latest`] (empty, at revision
+    /// 0, until loaded).
     pub fn config(&self) -> Arc<Snapshot> {
-        self.inner.config.load_full()
+        self.inner.copy.load().snapshot.clone()
+    }
+
+    /// The copy and where it came from.
+    pub fn copy(&self) -> Arc<ConfigCopy> {
+        self.inner.copy.load_full()
     }
 
     /// Whether the hub currently holds a live `LISTEN` connection.
@@ -93,53 +170,207 @@ impl Hub {
         self.inner.listening.load(Ordering::Relaxed)
     }
 
+    /// The mark on an answer served from `copy` because the database is
+    /// away; `cause`, when given, is the failure of the query just tried.
+    pub fn stale_read(&self, copy: &ConfigCopy, cause: Option<String>) -> v1::StaleRead {
+        let outage = self.inner.availability.outage(cause);
+        v1::StaleRead {
+            replica: self.inner.replica.clone(),
+            database: outage.database,
+            cause: outage.cause,
+            since_unix_ms: outage.since_unix_ms,
+            copied_from: match &copy.source {
+                Source::Peer(name) => name.clone(),
+                Source::None | Source::Database => String::new(),
+            },
+        }
+    }
+
+    /// Installs `snapshot` as the copy; tells watchers when it replaces one
+    /// they may have followed.
+    fn install(&self, snapshot: Arc<Snapshot>, source: Source) {
+        let had_copy = self.copy().is_loaded();
+        let revision = snapshot.revision;
+        let copy = ConfigCopy { snapshot, source };
+        let event = had_copy.then(|| {
+            let mut message = convert::snapshot_to_proto(&copy.snapshot);
+            if copy.source != Source::Database {
+                message.stale = Some(self.stale_read(&copy, None));
+            }
+            v1::WatchEvent {
+                revision: revision.0,
+                event: Some(v1::watch_event::Event::Snapshot(message)),
+            }
+        });
+        self.inner.copy.store(Arc::new(copy));
+        self.inner.latest.send_replace(revision);
+        if let Some(event) = event {
+            // No receivers is fine: nobody is watching this replica.
+            let _ = self.inner.changes.send(HubEvent::Reloaded {
+                revision,
+                event: Arc::new(event),
+            });
+        }
+    }
+
+    /// A change this replica just committed: applied and broadcast now if
+    /// it is the next one, else left to the log (the hub is catching up,
+    /// or another replica's change came between).
+    pub fn committed(&self, revision: Revision, change: &ConfigChange) {
+        let Ok(mut followed) = self.inner.followed.try_lock() else {
+            return;
+        };
+        if followed.map(Revision::next) != Some(revision) {
+            return;
+        }
+        let mut config = (*self.config()).clone();
+        if config.apply(revision, change).is_err() {
+            return;
+        }
+        let _ = self
+            .inner
+            .changes
+            .send(HubEvent::Change(Arc::new(Committed::new(
+                revision,
+                change.clone(),
+            ))));
+        self.inner.copy.store(Arc::new(ConfigCopy {
+            snapshot: Arc::new(config),
+            source: Source::Database,
+        }));
+        *followed = Some(revision);
+        self.inner.latest.send_replace(revision);
+    }
+
+    /// Asks every other replica for its configuration and keeps the newest
+    /// answer, unless this replica's copy came from its own database (that
+    /// one stays until the database says otherwise). For a replica that
+    /// has not reached its database since it started.
+    pub async fn copy_from_peers(&self, peers: &Peers) {
+        let held = self.copy();
+        if held.source == Source::Database {
+            return;
+        }
+        let asks = peers.ids().map(|id| async move {
+            let name = format!("control-{id}");
+            let mut client = peers.client(id)?;
+            let answer = tokio::time::timeout(
+                PEER_TIMEOUT,
+                client.get_snapshot(v1::GetSnapshotRequest {}),
+            )
+            .await;
+            match answer {
+                Ok(Ok(reply)) => Some((name, reply.into_inner())),
+                Ok(Err(status)) => {
+                    tracing::debug!(peer = %name, error = %status.message(), "no configuration from this replica");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %name, "no configuration from this replica in time");
+                    None
+                }
+            }
+        });
+        let best = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .max_by_key(|(_, s)| s.revision);
+        let Some((name, message)) = best else {
+            return;
+        };
+        if held.is_loaded() && message.revision <= held.snapshot.revision.0 {
+            return;
+        }
+        match convert::snapshot_from_proto(&message) {
+            Ok(snapshot) => {
+                tracing::info!(peer = %name, revision = snapshot.revision.0, "copied the configuration from another replica while the database is away");
+                self.install(Arc::new(snapshot), Source::Peer(name));
+            }
+            Err(e) => {
+                tracing::warn!(peer = %name, error = %e, "another replica's configuration does not convert; ignored")
+            }
+        }
+    }
+
     /// Listens until `shutdown` flips to true, reconnecting with back-off
-    /// while the database is away.
-    pub async fn run(self, store: Store, mut shutdown: watch::Receiver<bool>) {
-        let mut last: Option<Revision> = None;
-        let mut backoff = Duration::from_millis(100);
+    /// while the database is away (and, while this replica has no copy of
+    /// its own, asking `peers` for theirs).
+    pub async fn run(
+        self,
+        store: Store,
+        peers: Option<Peers>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut backoff = BACKOFF_MIN;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            match self.listen(&store, &mut last, &mut shutdown).await {
+            match self.listen(&store, &mut shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.inner.listening.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "config listener lost the database");
+                    if self.inner.availability.is_up() {
+                        // An outage starts: reconnect quickly.
+                        backoff = BACKOFF_MIN;
+                    }
+                    self.inner.availability.down(cause_of(&e));
+                    tracing::debug!(error = %e, retry_in = ?backoff, "config listener lost the database");
                 }
+            }
+            if let Some(peers) = &peers {
+                self.copy_from_peers(peers).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
     async fn listen(
         &self,
         store: &Store,
-        last: &mut Option<Revision>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), crate::Error> {
+    ) -> Result<(), Error> {
         let mut listener = PgListener::connect_with(store.pg()).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
+        self.catch_up(store).await?;
         self.inner.listening.store(true, Ordering::Relaxed);
-        tracing::info!(channel = NOTIFY_CHANNEL, "listening for config changes");
-        self.catch_up(store, last).await?;
+        self.inner.availability.up();
+        tracing::info!(
+            channel = NOTIFY_CHANNEL,
+            revision = self.latest().0,
+            "listening for config changes"
+        );
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
+                _ = ping.tick() => {
+                    // Notices a database that vanished without closing the
+                    // connection (a dead host, a cut network), and catches
+                    // up on a change whose notification was lost.
+                    let revision = tokio::time::timeout(PING_TIMEOUT, store.current_revision())
+                        .await
+                        .map_err(|_| Error::Unavailable(format!("no answer to a ping within {PING_TIMEOUT:?}")))??;
+                    if revision != self.latest() {
+                        self.catch_up(store).await?;
+                    }
+                }
                 n = listener.try_recv() => match n? {
-                    Some(_) => self.catch_up(store, last).await?,
-                    // The connection dropped and will be re-established by
-                    // the next call; notifications sent meanwhile are lost,
-                    // so read the log again.
+                    Some(_) => self.catch_up(store).await?,
+                    // The connection dropped and was re-established;
+                    // notifications sent meanwhile are lost, so read the
+                    // log again.
                     None => {
                         self.inner.listening.store(false, Ordering::Relaxed);
                         tracing::warn!("config listener reconnecting");
-                        self.catch_up(store, last).await?;
+                        self.catch_up(store).await?;
                         self.inner.listening.store(true, Ordering::Relaxed);
                     }
                 },
@@ -147,25 +378,24 @@ impl Hub {
         }
     }
 
-    /// Broadcasts every logged change after `last`, keeping the
-    /// configuration copy current.
-    async fn catch_up(
-        &self,
-        store: &Store,
-        last: &mut Option<Revision>,
-    ) -> Result<(), crate::Error> {
+    /// Broadcasts every logged change after the last one followed,
+    /// keeping the copy current. With none followed yet, first reads the
+    /// whole configuration.
+    async fn catch_up(&self, store: &Store) -> Result<(), Error> {
+        let mut last = self.inner.followed.lock().await;
         let mut from = match *last {
             Some(r) => r,
-            // First start: load the configuration; followers get history
-            // through snapshots, not from here.
+            // First read from this database: the whole configuration;
+            // followers get history through snapshots, not from here.
             None => {
                 let snapshot = store.snapshot().await?;
-                let rev = snapshot.revision;
-                self.inner.config.store(Arc::new(snapshot));
-                rev
+                let revision = snapshot.revision;
+                self.install(Arc::new(snapshot), Source::Database);
+                *last = Some(revision);
+                revision
             }
         };
-        let mut config = (*self.inner.config.load_full()).clone();
+        let mut config = (*self.config()).clone();
         let mut diverged = false;
         loop {
             let batch = store.changes_since(from, 1000).await?;
@@ -179,7 +409,7 @@ impl Hub {
                 let _ = self
                     .inner
                     .changes
-                    .send(Arc::new(Committed::new(revision, change)));
+                    .send(HubEvent::Change(Arc::new(Committed::new(revision, change))));
             }
             if n < 1000 {
                 break;
@@ -189,9 +419,118 @@ impl Hub {
             tracing::warn!("configuration copy diverged from the log; reloading it");
             config = store.snapshot().await?;
         }
-        self.inner.config.store(Arc::new(config));
+        self.inner.copy.store(Arc::new(ConfigCopy {
+            snapshot: Arc::new(config),
+            source: Source::Database,
+        }));
         *last = Some(from);
         self.inner.latest.send_replace(from);
         Ok(())
+    }
+}
+
+/// Why the database is away, as a person reads it.
+fn cause_of(e: &Error) -> String {
+    match e {
+        Error::Unavailable(cause) => cause.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replaced_copy_is_announced_and_marked_with_where_it_came_from() {
+        let availability = Availability::new("127.0.0.1:5432/tandem");
+        availability.down("connection refused");
+        let hub = Hub::new("control-2", availability);
+        assert!(!hub.copy().is_loaded(), "nothing to answer from yet");
+        let mut events = hub.subscribe();
+
+        // The first copy replaces nothing anyone followed: no event.
+        let first = Snapshot {
+            revision: Revision(4),
+            ..Default::default()
+        };
+        hub.install(Arc::new(first), Source::Peer("control-1".into()));
+        assert!(events.try_recv().is_err());
+        assert_eq!(hub.latest(), Revision(4));
+        let copy = hub.copy();
+        let stale = hub.stale_read(&copy, None);
+        assert_eq!(stale.replica, "control-2");
+        assert_eq!(stale.copied_from, "control-1");
+        assert_eq!(stale.database, "127.0.0.1:5432/tandem");
+        assert_eq!(stale.cause, "connection refused");
+
+        // A newer one is announced as a snapshot, still marked stale.
+        let newer = Snapshot {
+            revision: Revision(6),
+            ..Default::default()
+        };
+        hub.install(Arc::new(newer), Source::Peer("control-3".into()));
+        let Ok(HubEvent::Reloaded { revision, event }) = events.try_recv() else {
+            panic!("a reload event");
+        };
+        assert_eq!(revision, Revision(6));
+        let Some(v1::watch_event::Event::Snapshot(s)) = &event.event else {
+            panic!("a snapshot event");
+        };
+        assert_eq!(
+            s.stale.as_ref().map(|s| s.copied_from.as_str()),
+            Some("control-3")
+        );
+
+        // Read from the database: announced, and not marked.
+        let own = Snapshot {
+            revision: Revision(7),
+            ..Default::default()
+        };
+        hub.install(Arc::new(own), Source::Database);
+        let Ok(HubEvent::Reloaded { event, .. }) = events.try_recv() else {
+            panic!("a reload event");
+        };
+        let Some(v1::watch_event::Event::Snapshot(s)) = &event.event else {
+            panic!("a snapshot event");
+        };
+        assert!(s.stale.is_none());
+    }
+
+    #[tokio::test]
+    async fn its_own_commits_move_the_copy_in_order_and_only_then() {
+        let hub = Hub::new("control-1", Availability::new("db"));
+        let snapshot = Snapshot {
+            revision: Revision(3),
+            ..Default::default()
+        };
+        hub.install(Arc::new(snapshot), Source::Database);
+        *hub.inner.followed.lock().await = Some(Revision(3));
+        let mut events = hub.subscribe();
+        let pool = |name: &str| {
+            ConfigChange::PoolUpserted(tandem_core::PoolConfig::new(
+                tandem_core::PoolName::new(name).expect("a valid name"),
+            ))
+        };
+
+        // Not the next revision (another replica's change came between):
+        // left to the log.
+        hub.committed(Revision(5), &pool("web"));
+        assert_eq!(hub.latest(), Revision(3));
+        assert!(events.try_recv().is_err());
+
+        // The next one: applied and broadcast once.
+        hub.committed(Revision(4), &pool("shop"));
+        assert_eq!(hub.latest(), Revision(4));
+        assert_eq!(hub.config().pools.len(), 1);
+        assert!(matches!(events.try_recv(), Ok(HubEvent::Change(c)) if c.revision == Revision(4)));
+        hub.committed(Revision(4), &pool("shop"));
+        assert!(events.try_recv().is_err(), "not twice");
+
+        // While the hub reads the log, it is left to the log.
+        let held = hub.inner.followed.lock().await;
+        hub.committed(Revision(5), &pool("web"));
+        drop(held);
+        assert_eq!(hub.latest(), Revision(4));
     }
 }

@@ -4,11 +4,14 @@
 //! It owns validation at the API edge (through `tandem-core`), one
 //! transaction and one revision per change, and the conversion of errors to
 //! gRPC codes. It must never sit on the request path: proxies keep serving
-//! from what they last received when every replica is gone.
+//! from what they last received when every replica is gone, and while the
+//! database is away it answers reads and Watch from its copy in memory,
+//! marked stale, and refuses writes at once.
 
 pub mod auth;
 pub mod config;
 pub mod consensus;
+pub mod database;
 pub mod error;
 pub mod history;
 pub mod hub;

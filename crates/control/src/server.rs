@@ -39,7 +39,9 @@ pub struct Settings {
 /// Runs a control-plane replica until `shutdown` resolves, then drains.
 ///
 /// Migrations run in the background and are retried while the database is
-/// away, so the replica starts (not ready) without it and recovers by itself.
+/// away, so the replica starts (not ready) without it and recovers by itself;
+/// meanwhile it copies the configuration from another replica if one holds
+/// it, to answer reads and Watch from.
 pub async fn run(
     grpc: TcpListener,
     admin: TcpListener,
@@ -57,29 +59,52 @@ pub async fn run(
         peer_token,
     } = settings;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let hub = Hub::new();
+    let hub = Hub::new(&replica, store.availability().clone());
+    store.on_commit(Box::new({
+        let hub = hub.clone();
+        move |revision, change| hub.committed(revision, change)
+    }));
     let migrated = Arc::new(AtomicBool::new(false));
+
+    let peers = if members.len() > 1 {
+        let local_ip = Some(grpc.local_addr()?.ip()).filter(|ip| !ip.is_unspecified());
+        Some(Peers::new(raft.id, &members, &peer_token, local_ip)?)
+    } else {
+        None
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_not_serving::<ControlPlaneServer<ControlService>>()
         .await;
 
-    // Migrate (retrying), then start listening for changes.
+    // Migrate (retrying, and copying the configuration from another
+    // replica meanwhile), then start listening for changes.
     tokio::spawn({
         let store = store.clone();
         let hub = hub.clone();
+        let peers = peers.clone();
         let migrated = migrated.clone();
-        let stop = stop_rx.clone();
+        let mut stop = stop_rx.clone();
         async move {
             let mut backoff = Duration::from_millis(200);
             loop {
                 match store.migrate().await {
                     Ok(()) => break,
                     Err(e) => {
+                        store.availability().down(match &e {
+                            crate::Error::Unavailable(cause) => cause.clone(),
+                            other => other.to_string(),
+                        });
                         tracing::warn!(error = %e, retry_in = ?backoff, "cannot migrate the database yet");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if let Some(peers) = &peers {
+                            hub.copy_from_peers(peers).await;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
@@ -88,7 +113,7 @@ pub async fn run(
             health_reporter
                 .set_serving::<ControlPlaneServer<ControlService>>()
                 .await;
-            hub.run(store, stop).await;
+            hub.run(store, peers, stop).await;
         }
     });
 
@@ -97,22 +122,8 @@ pub async fn run(
         let migrated = migrated.clone();
         let hub = hub.clone();
         move || {
-            let store = store.clone();
-            let migrated = migrated.load(Ordering::Relaxed);
-            let listening = hub.is_listening();
-            async move {
-                if !migrated {
-                    return Err("database not migrated yet (is it reachable?)".to_string());
-                }
-                store
-                    .ping()
-                    .await
-                    .map_err(|e| format!("database unreachable: {e}"))?;
-                if !listening {
-                    return Err("not listening for config changes yet".to_string());
-                }
-                Ok("database reachable".to_string())
-            }
+            let ready = readiness(&store, &hub, migrated.load(Ordering::Relaxed));
+            async move { ready }
         }
     });
     let admin_router = tandem_telemetry::admin_router(prometheus, ready);
@@ -132,12 +143,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let peers = if members.len() > 1 {
-        let local_ip = Some(grpc.local_addr()?.ip()).filter(|ip| !ip.is_unspecified());
-        Some(Peers::new(raft.id, &members, &peer_token, local_ip)?)
-    } else {
-        None
-    };
     let transport: Arc<dyn Transport> = match &peers {
         Some(p) => Arc::new(p.clone()),
         None => Arc::new(NoPeers),
@@ -212,4 +217,34 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `/readyz`: ready while the database is reachable and the hub follows
+/// it. Otherwise not ready (a write would fail), saying what the replica
+/// still serves.
+fn readiness(store: &Store, hub: &Hub, migrated: bool) -> Result<String, String> {
+    let availability = store.availability();
+    if availability.is_up() && hub.is_listening() {
+        return Ok("database reachable".to_string());
+    }
+    let copy = hub.copy();
+    let serving = if copy.is_loaded() {
+        format!(
+            "serving reads and Watch from memory at revision {}",
+            copy.snapshot.revision.0
+        )
+    } else {
+        "no copy of the configuration to serve reads from".to_string()
+    };
+    let database = if availability.is_up() {
+        "database reachable, but not listening for config changes yet".to_string()
+    } else {
+        format!(
+            "database {} {}",
+            availability.name(),
+            availability.outage(None).how_long()
+        )
+    };
+    let migrated = if migrated { "" } else { ", not migrated yet" };
+    Err(format!("{database}{migrated}: {serving}; writes fail"))
 }

@@ -1,4 +1,8 @@
 //! The `tandem.v1.ControlPlane` gRPC service.
+//!
+//! Reads and new Watch streams come from the database while it is
+//! reachable, and from the hub's copy in memory, marked with a `stale`
+//! field, while it is not; writes are then refused at once by the store.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -6,7 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
-use tandem_core::{BackendAddr, HostMatch, PathPrefix, PoolConfig, Revision, ValidationError};
+use tandem_core::{
+    BackendAddr, Error as Domain, HostMatch, PathPrefix, PoolConfig, Revision, Snapshot,
+    ValidationError,
+};
 use tandem_proto::convert;
 use tandem_proto::v1::{self, control_plane_server::ControlPlane};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -20,7 +27,7 @@ use crate::consensus::aggregator::now_ms;
 use crate::consensus::peers::PeerClient;
 use crate::consensus::{Aggregator, Consensus, FORWARDED, HealthEvent, Peers};
 use crate::error::Error;
-use crate::hub::{Committed, Hub};
+use crate::hub::{Committed, Hub, HubEvent};
 use crate::store::{NodeReport, Store};
 
 #[derive(Clone)]
@@ -87,14 +94,104 @@ impl ControlService {
     }
 }
 
-/// Runs a call's work, timing it, and hands the outcome to [`finish`].
-async fn call<T>(
-    method: &'static str,
-    work: impl std::future::Future<Output = Result<T, Error>>,
-) -> Result<Response<T>, Status> {
-    let start = Instant::now();
-    let r = work.await;
-    finish(method, start, r)
+/// An answer, and the mark saying it came from memory (None: from the
+/// database).
+type Read<T> = (T, Option<v1::StaleRead>);
+
+/// The revision a Watch stream starts at, and the snapshot it sends first.
+type WatchStart = (Revision, Option<v1::Snapshot>);
+
+// === impl ControlService: calls and reads ===
+
+impl ControlService {
+    /// Where a new Watch stream starts for a caller at `last`: the
+    /// revision, and the snapshot to send first (none when the caller is
+    /// already there). From the copy in memory, a caller ahead of it is
+    /// never moved back: it stays at its revision and hears the next one
+    /// once the database is back.
+    async fn watch_start(&self, last: Revision) -> Result<Read<WatchStart>, Error> {
+        let from_db = async {
+            let current = self.store.current_revision().await?;
+            if last == current {
+                return Ok((current, None));
+            }
+            let snapshot = self.store.snapshot().await?;
+            Ok((
+                snapshot.revision,
+                Some(convert::snapshot_to_proto(&snapshot)),
+            ))
+        };
+        self.read(from_db, |copy| {
+            Ok(if last == copy.revision {
+                (last, None)
+            } else if last > copy.revision {
+                tracing::info!(
+                    from = last.0,
+                    copy = copy.revision.0,
+                    "a watcher is ahead of this replica's copy; it stays where it is"
+                );
+                (last, None)
+            } else {
+                (copy.revision, Some(convert::snapshot_to_proto(copy)))
+            })
+        })
+        .await
+    }
+
+    /// Runs a call's work, timing it, and hands the outcome to [`finish`].
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let r = work.await;
+        self.finish(method, start, r)
+    }
+
+    /// [`finish`], with the database named in an UNAVAILABLE answer.
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        start: Instant,
+        r: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        finish(
+            method,
+            start,
+            r.map_err(|e| e.naming(self.store.availability())),
+        )
+    }
+
+    /// A read: from the database while it is reachable (`from_db`), else
+    /// from the hub's copy (`from_copy`), marked stale. A read the database
+    /// fails for being away is answered from the copy too. With no copy at
+    /// all, UNAVAILABLE saying so.
+    async fn read<T>(
+        &self,
+        from_db: impl std::future::Future<Output = Result<T, Error>>,
+        from_copy: impl FnOnce(&Snapshot) -> Result<T, Error>,
+    ) -> Result<Read<T>, Error> {
+        let availability = self.store.availability();
+        let mut cause = None;
+        if availability.is_up() {
+            match from_db.await {
+                Ok(v) => return Ok((v, None)),
+                Err(Error::Unavailable(c)) => cause = Some(c),
+                Err(e) => return Err(e),
+            }
+        }
+        let copy = self.hub.copy();
+        if !copy.is_loaded() {
+            return Err(Error::NoCopy {
+                replica: self.replica.to_string(),
+                outage: availability.outage(cause),
+            });
+        }
+        metrics::counter!("tandem_control_stale_reads_total").increment(1);
+        let v = from_copy(&copy.snapshot)?;
+        Ok((v, Some(self.hub.stale_read(&copy, cause))))
+    }
 }
 
 /// Records a call's outcome in metrics and turns errors into a `Status`
@@ -145,7 +242,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::CreatePoolRequest>,
     ) -> Result<Response<v1::PoolReply>, Status> {
         require_admin(&req)?;
-        call("CreatePool", async {
+        self.call("CreatePool", async {
             let msg = required(&req.get_ref().pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
             let config = convert::pool_config_from_proto(PoolConfig::new(name), msg)?;
@@ -169,10 +266,21 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::GetPoolRequest>,
     ) -> Result<Response<v1::Pool>, Status> {
-        call("GetPool", async {
+        self.call("GetPool", async {
             let name = convert::pool_name(&req.get_ref().name, "name")?;
-            let pool = self.store.pool(&name).await?;
-            Ok(convert::pool_to_proto(&pool))
+            let (pool, stale) = self
+                .read(self.store.pool(&name), |s| {
+                    s.pools.get(&name).cloned().ok_or_else(|| {
+                        Domain::UnknownPool {
+                            name: name.to_string(),
+                        }
+                        .into()
+                    })
+                })
+                .await?;
+            let mut pool = convert::pool_to_proto(&pool);
+            pool.stale = stale;
+            Ok(pool)
         })
         .await
     }
@@ -181,11 +289,16 @@ impl ControlPlane for ControlService {
         &self,
         _req: Request<v1::ListPoolsRequest>,
     ) -> Result<Response<v1::ListPoolsReply>, Status> {
-        call("ListPools", async {
-            let (pools, rev) = self.store.pools().await?;
+        self.call("ListPools", async {
+            let ((pools, rev), stale) = self
+                .read(self.store.pools(), |s| {
+                    Ok((s.pools.values().cloned().collect(), s.revision))
+                })
+                .await?;
             Ok(v1::ListPoolsReply {
                 pools: pools.iter().map(convert::pool_to_proto).collect(),
                 revision: rev.0,
+                stale,
             })
         })
         .await
@@ -196,7 +309,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::UpdatePoolRequest>,
     ) -> Result<Response<v1::PoolReply>, Status> {
         require_admin(&req)?;
-        call("UpdatePool", async {
+        self.call("UpdatePool", async {
             let req = req.get_ref();
             let msg = required(&req.pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
@@ -219,7 +332,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::DeletePoolRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
         require_admin(&req)?;
-        call("DeletePool", async {
+        self.call("DeletePool", async {
             let req = req.get_ref();
             let name = convert::pool_name(&req.name, "name")?;
             let rev = self
@@ -236,7 +349,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::AddBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
         require_admin(&req)?;
-        call("AddBackend", async {
+        self.call("AddBackend", async {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let backend =
@@ -258,7 +371,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::UpdateBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
         require_admin(&req)?;
-        call("UpdateBackend", async {
+        self.call("UpdateBackend", async {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
@@ -293,7 +406,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::RemoveBackendRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
         require_admin(&req)?;
-        call("RemoveBackend", async {
+        self.call("RemoveBackend", async {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
@@ -311,7 +424,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::AddRouteRequest>,
     ) -> Result<Response<v1::RouteReply>, Status> {
         require_admin(&req)?;
-        call("AddRoute", async {
+        self.call("AddRoute", async {
             let route =
                 convert::route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
             let rev = self.store.add_route(route.clone()).await?;
@@ -327,11 +440,14 @@ impl ControlPlane for ControlService {
         &self,
         _req: Request<v1::ListRoutesRequest>,
     ) -> Result<Response<v1::ListRoutesReply>, Status> {
-        call("ListRoutes", async {
-            let (routes, rev) = self.store.routes().await?;
+        self.call("ListRoutes", async {
+            let ((routes, rev), stale) = self
+                .read(self.store.routes(), |s| Ok((s.routes.clone(), s.revision)))
+                .await?;
             Ok(v1::ListRoutesReply {
                 routes: routes.iter().map(convert::route_to_proto).collect(),
                 revision: rev.0,
+                stale,
             })
         })
         .await
@@ -342,7 +458,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::DeleteRouteRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
         require_admin(&req)?;
-        call("DeleteRoute", async {
+        self.call("DeleteRoute", async {
             let req = req.get_ref();
             let host = HostMatch::new(&req.host)?;
             let prefix = PathPrefix::new(&req.path_prefix)?;
@@ -356,9 +472,13 @@ impl ControlPlane for ControlService {
         &self,
         _req: Request<v1::GetSnapshotRequest>,
     ) -> Result<Response<v1::Snapshot>, Status> {
-        let start = Instant::now();
-        let r = async { Ok(convert::snapshot_to_proto(&self.store.snapshot().await?)) }.await;
-        finish("GetSnapshot", start, r)
+        self.call("GetSnapshot", async {
+            let (snapshot, stale) = self.read(self.store.snapshot(), |s| Ok(s.clone())).await?;
+            let mut message = convert::snapshot_to_proto(&snapshot);
+            message.stale = stale;
+            Ok(message)
+        })
+        .await
     }
 
     type WatchStream = WatchStream;
@@ -370,7 +490,7 @@ impl ControlPlane for ControlService {
         let start = Instant::now();
         let req = req.into_inner();
         if req.node_id.is_empty() {
-            return finish(
+            return self.finish(
                 "Watch",
                 start,
                 Err(ValidationError::new("node_id", "must be set").into()),
@@ -379,33 +499,18 @@ impl ControlPlane for ControlService {
         // Subscribe before reading, so nothing committed in between is missed.
         let mut changes = self.hub.subscribe();
         let mut health = self.consensus.subscribe();
-        let r = async {
-            let current = self.store.current_revision().await?;
-            let first = if req.last_revision == current.0 {
-                None
-            } else {
-                Some(self.store.snapshot().await?)
-            };
-            Ok(first)
-        }
-        .await;
-        let first = match r {
-            Ok(f) => f,
-            Err(e) => return finish("Watch", start, Err(e)),
+        let ((at, first), stale) = match self.watch_start(Revision(req.last_revision)).await {
+            Ok(start) => start,
+            Err(e) => return self.finish("Watch", start, Err(e)),
         };
         let (tx, rx) = mpsc::channel(64);
-        let at = match &first {
-            Some(s) => s.revision,
-            None => Revision(req.last_revision),
-        };
         let kind = node_kind_name(req.kind);
-        tracing::info!(node = %req.node_id, kind, from = req.last_revision, at = at.0, "watch started");
-        if let Some(s) = first {
+        tracing::info!(node = %req.node_id, kind, from = req.last_revision, at = at.0, stale = stale.is_some(), "watch started");
+        if let Some(mut snapshot) = first {
+            snapshot.stale = stale;
             let event = v1::WatchEvent {
-                revision: s.revision.0,
-                event: Some(v1::watch_event::Event::Snapshot(
-                    convert::snapshot_to_proto(&s),
-                )),
+                revision: at.0,
+                event: Some(v1::watch_event::Event::Snapshot(snapshot)),
             };
             // The channel is new and has room.
             let _ = tx.try_send(Ok(event));
@@ -428,7 +533,7 @@ impl ControlPlane for ControlService {
             metrics::gauge!("tandem_control_watch_streams").decrement(1.0);
             tracing::info!(%node, reason = %end, "watch ended");
         });
-        finish(
+        self.finish(
             "Watch",
             start,
             Ok(Box::pin(ReceiverStream::new(rx)) as WatchStream),
@@ -439,7 +544,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ReportAppliedRequest>,
     ) -> Result<Response<v1::ReportAppliedReply>, Status> {
-        call("ReportApplied", async {
+        self.call("ReportApplied", async {
             let req = req.into_inner();
             if req.node_id.is_empty() {
                 return Err(ValidationError::new("node_id", "must be set").into());
@@ -464,31 +569,34 @@ impl ControlPlane for ControlService {
         _req: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let start = Instant::now();
-        let (revision, nodes, reachable) = match (
-            self.store.current_revision().await,
-            self.store.nodes().await,
-        ) {
-            (Ok(rev), Ok(nodes)) => (rev, nodes, true),
-            _ => (self.hub.latest(), Vec::new(), false),
-        };
-        let reply = v1::StatusReply {
-            revision: revision.0,
-            replica: self.replica.to_string(),
-            database_reachable: reachable,
-            nodes: nodes
-                .into_iter()
-                .map(|n| v1::NodeStatus {
-                    node_id: n.report.node_id,
-                    kind: node_kind_from_name(&n.report.kind).into(),
-                    applied_revision: n.report.applied_revision.0,
-                    zone: n.report.zone,
-                    last_seen_unix_ms: n.last_seen_unix_ms,
-                    replica: n.report.replica,
-                    detail: n.report.detail,
-                })
-                .collect(),
-        };
-        finish("GetStatus", start, Ok(reply))
+        // Answers at once while the database is known to be away: clients
+        // (tandemctl) ask this first to learn whether the replica is alive.
+        let mut cause = None;
+        if self.store.availability().is_up() {
+            let read = async {
+                let revision = self.store.current_revision().await?;
+                Ok::<_, Error>((revision, self.store.nodes().await?))
+            };
+            match read.await {
+                Ok(found) => {
+                    return self.finish(
+                        "GetStatus",
+                        start,
+                        Ok(status_reply(&self.replica, found, None)),
+                    );
+                }
+                Err(Error::Unavailable(c)) => cause = Some(c),
+                Err(e) => cause = Some(e.to_string()),
+            }
+        }
+        let copy = self.hub.copy();
+        let stale = self.hub.stale_read(&copy, cause);
+        let reply = status_reply(
+            &self.replica,
+            (copy.snapshot.revision, Vec::new()),
+            Some(stale),
+        );
+        self.finish("GetStatus", start, Ok(reply))
     }
 
     async fn report_health(
@@ -503,7 +611,7 @@ impl ControlPlane for ControlService {
         }
         let req = req.into_inner();
         if req.agent_id.is_empty() {
-            return finish(
+            return self.finish(
                 "ReportHealth",
                 start,
                 Err(ValidationError::new("agent_id", "must be set").into()),
@@ -518,8 +626,8 @@ impl ControlPlane for ControlService {
                 address(&o.address, &format!("{field}.address")),
             ) {
                 (Ok(pool), Ok(address)) => BackendKey { pool, address },
-                (Err(e), _) => return finish("ReportHealth", start, Err(e.into())),
-                (_, Err(e)) => return finish("ReportHealth", start, Err(e)),
+                (Err(e), _) => return self.finish("ReportHealth", start, Err(e.into())),
+                (_, Err(e)) => return self.finish("ReportHealth", start, Err(e)),
             };
             metrics::counter!("tandem_control_observations_total", "ok" => if o.ok { "true" } else { "false" })
                 .increment(1);
@@ -538,7 +646,7 @@ impl ControlPlane for ControlService {
                 "the health decider is saturated; retry shortly",
             ));
         }
-        finish("ReportHealth", start, Ok(v1::ReportHealthReply {}))
+        self.finish("ReportHealth", start, Ok(v1::ReportHealthReply {}))
     }
 
     async fn get_health(
@@ -559,7 +667,7 @@ impl ControlPlane for ControlService {
             },
             term: status.term,
         };
-        finish("GetHealth", start, Ok(reply))
+        self.finish("GetHealth", start, Ok(reply))
     }
 
     async fn get_cluster_status(
@@ -605,12 +713,12 @@ impl ControlPlane for ControlService {
             applied_index: s.applied,
             members,
         };
-        finish("GetClusterStatus", start, Ok(reply))
+        self.finish("GetClusterStatus", start, Ok(reply))
     }
 }
 
 struct Streams<'a> {
-    changes: &'a mut broadcast::Receiver<Arc<Committed>>,
+    changes: &'a mut broadcast::Receiver<HubEvent>,
     health: &'a mut broadcast::Receiver<HealthEvent>,
     consensus: &'a Consensus,
 }
@@ -656,8 +764,20 @@ async fn follow(
             next = streams.changes.recv() => next,
         };
         let gap = match next {
-            Ok(c) if c.revision <= at => continue,
-            Ok(c) if c.revision == at.next() => {
+            Ok(HubEvent::Reloaded { revision, event }) => {
+                // The replica's copy was replaced whole (read from the
+                // database after a copy from another replica): a watcher
+                // behind it starts again from it.
+                if revision > at {
+                    if tx.send(Ok((*event).clone())).await.is_err() {
+                        return "watcher left".into();
+                    }
+                    at = revision;
+                }
+                continue;
+            }
+            Ok(HubEvent::Change(c)) if c.revision <= at => continue,
+            Ok(HubEvent::Change(c)) if c.revision == at.next() => {
                 if tx.send(Ok(c.event.clone())).await.is_err() {
                     return "watcher left".into();
                 }
@@ -690,11 +810,39 @@ async fn follow(
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(Status::from(e))).await;
+                    let _ = tx
+                        .send(Err(Status::from(e.naming(store.availability()))))
+                        .await;
                     return "database unavailable while catching up".into();
                 }
             }
         }
+    }
+}
+
+/// A `StatusReply` from a revision and the nodes' reports.
+fn status_reply(
+    replica: &str,
+    (revision, nodes): (Revision, Vec<crate::store::NodeRow>),
+    stale: Option<v1::StaleRead>,
+) -> v1::StatusReply {
+    v1::StatusReply {
+        revision: revision.0,
+        replica: replica.to_string(),
+        database_reachable: stale.is_none(),
+        nodes: nodes
+            .into_iter()
+            .map(|n| v1::NodeStatus {
+                node_id: n.report.node_id,
+                kind: node_kind_from_name(&n.report.kind).into(),
+                applied_revision: n.report.applied_revision.0,
+                zone: n.report.zone,
+                last_seen_unix_ms: n.last_seen_unix_ms,
+                replica: n.report.replica,
+                detail: n.report.detail,
+            })
+            .collect(),
+        stale,
     }
 }
 

@@ -4,7 +4,12 @@
 //! serialises writers, so revisions commit in order with no gaps), check and
 //! write, append the change to `change_log`, bump the revision and
 //! `pg_notify` the new revision to every replica's hub.
+//!
+//! While the replica knows its database is unreachable ([`Availability`],
+//! kept by the hub), a change is refused at once with
+//! [`Error::DatabaseDown`] instead of waiting out a connection timeout.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -15,6 +20,7 @@ use tandem_core::{
     PathPrefix, Pool, PoolConfig, PoolName, Revision, Route, Snapshot, ValidationError, Weight,
 };
 
+use crate::database::{self, Availability};
 use crate::error::Error;
 
 /// The channel each committed revision is announced on.
@@ -25,7 +31,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    availability: Availability,
+    on_commit: Arc<OnceLock<OnCommit>>,
 }
+
+/// Told of each change this replica commits, right after the commit.
+pub type OnCommit = Box<dyn Fn(Revision, &ConfigChange) + Send + Sync>;
 
 /// What a proxy or agent last said about itself.
 #[derive(Debug, Clone)]
@@ -51,15 +62,53 @@ impl Store {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| ValidationError::new("DATABASE_URL", e.to_string()))?;
+        let availability = Availability::new(database::describe(&options));
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options.application_name("tandem-control"));
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            availability,
+            on_commit: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Tells `f` of each change this replica commits, right after the
+    /// commit and before the caller hears of it (the hub applies it to its
+    /// copy, so this replica's own answers include it even if the database
+    /// goes away before the notification comes back). Set once.
+    pub fn on_commit(&self, f: OnCommit) {
+        let _ = self.on_commit.set(f);
     }
 
     pub fn pg(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Whether the database is reachable, as the hub last saw it.
+    pub fn availability(&self) -> &Availability {
+        &self.availability
+    }
+
+    /// Refuses a write at once while the database is known to be away.
+    fn writable(&self) -> Result<()> {
+        if self.availability.is_up() {
+            Ok(())
+        } else {
+            Err(Error::DatabaseDown(self.availability.outage(None)))
+        }
+    }
+
+    /// Opens a change: locks the revision row and returns the revision this
+    /// change will commit as.
+    async fn begin_change(&self) -> Result<(Transaction<'static, Postgres>, Revision)> {
+        self.writable()?;
+        let mut tx = self.pool.begin().await?;
+        let current: i64 = sqlx::query_scalar("SELECT revision FROM config_revision FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok((tx, Revision(current as u64).next()))
     }
 
     /// Applies pending migrations. Safe when several replicas start at once:
@@ -177,7 +226,7 @@ impl Store {
     // === writes ===
 
     pub async fn create_pool(&self, config: PoolConfig) -> Result<(Pool, Revision)> {
-        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let (mut tx, rev) = self.begin_change().await?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pools WHERE name = $1)")
                 .bind(config.name.as_str())
@@ -200,7 +249,8 @@ impl Store {
             backends: Vec::new(),
             revision: rev,
         };
-        finish_change(tx, rev, &ConfigChange::PoolUpserted(config)).await?;
+        self.finish_change(tx, rev, &ConfigChange::PoolUpserted(config))
+            .await?;
         Ok((pool, rev))
     }
 
@@ -211,7 +261,7 @@ impl Store {
         expected: Option<Revision>,
         update: impl FnOnce(PoolConfig) -> Result<PoolConfig, ValidationError>,
     ) -> Result<(Pool, Revision)> {
-        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let (mut tx, rev) = self.begin_change().await?;
         let mut pool = load_pool(&mut tx, name).await?;
         check_expected(name, &pool, expected)?;
         let config = update(pool.config.clone())?;
@@ -223,7 +273,8 @@ impl Store {
             .await?;
         pool.config = config.clone();
         pool.revision = rev;
-        finish_change(tx, rev, &ConfigChange::PoolUpserted(config)).await?;
+        self.finish_change(tx, rev, &ConfigChange::PoolUpserted(config))
+            .await?;
         Ok((pool, rev))
     }
 
@@ -232,7 +283,7 @@ impl Store {
         name: &PoolName,
         expected: Option<Revision>,
     ) -> Result<Revision> {
-        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let (mut tx, rev) = self.begin_change().await?;
         let pool = load_pool(&mut tx, name).await?;
         check_expected(name, &pool, expected)?;
         let routes: i64 = sqlx::query_scalar("SELECT count(*) FROM routes WHERE pool = $1")
@@ -250,7 +301,8 @@ impl Store {
             .bind(name.as_str())
             .execute(&mut *tx)
             .await?;
-        finish_change(tx, rev, &ConfigChange::PoolDeleted { name: name.clone() }).await?;
+        self.finish_change(tx, rev, &ConfigChange::PoolDeleted { name: name.clone() })
+            .await?;
         Ok(rev)
     }
 
@@ -260,7 +312,7 @@ impl Store {
         backend: Backend,
         expected: Option<Revision>,
     ) -> Result<(Backend, Revision)> {
-        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let (mut tx, rev) = self.begin_change().await?;
         let pool = load_pool(&mut tx, pool_name).await?;
         check_expected(pool_name, &pool, expected)?;
         if pool.backend(&backend.address).is_some() {
@@ -275,7 +327,7 @@ impl Store {
             pool: pool_name.clone(),
             backend: backend.clone(),
         };
-        finish_change(tx, rev, &change).await?;
+        self.finish_change(tx, rev, &change).await?;
         Ok((backend, rev))
     }
 
@@ -286,7 +338,7 @@ impl Store {
         expected: Option<Revision>,
         update: impl FnOnce(Backend) -> Backend,
     ) -> Result<(Backend, Revision)> {
-        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let (mut tx, rev) = self.begin_change().await?;
         let pool = load_pool(&mut tx, pool_name).await?;
         check_expected(pool_name, &pool, expected)?;
         let current = pool
@@ -302,7 +354,7 @@ impl Store {
             pool: pool_name.clone(),
             backend: backend.clone(),
         };
-        finish_change(tx, rev, &change).await?;
+        self.finish_change(tx, rev, &change).await?;
         Ok((backend, rev))
     }
 
@@ -312,7 +364,7 @@ impl Store {
         address: &BackendAddr,
         expected: Option<Revision>,
     ) -> Result<Revision> {
-        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let (mut tx, rev) = self.begin_change().await?;
         let pool = load_pool(&mut tx, pool_name).await?;
         check_expected(pool_name, &pool, expected)?;
         if pool.backend(address).is_none() {
@@ -332,14 +384,14 @@ impl Store {
             pool: pool_name.clone(),
             address: address.clone(),
         };
-        finish_change(tx, rev, &change).await?;
+        self.finish_change(tx, rev, &change).await?;
         Ok(rev)
     }
 
     /// Adds a route. A route with the same host and prefix is a conflict:
     /// two pools for one request would be ambiguous.
     pub async fn add_route(&self, route: Route) -> Result<Revision> {
-        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let (mut tx, rev) = self.begin_change().await?;
         load_pool(&mut tx, &route.pool).await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT pool FROM routes WHERE host = $1 AND path_prefix = $2")
@@ -364,7 +416,8 @@ impl Store {
         .bind(rev.0 as i64)
         .execute(&mut *tx)
         .await?;
-        finish_change(tx, rev, &ConfigChange::RouteUpserted(route)).await?;
+        self.finish_change(tx, rev, &ConfigChange::RouteUpserted(route))
+            .await?;
         Ok(rev)
     }
 
@@ -373,7 +426,7 @@ impl Store {
         host: &HostMatch,
         path_prefix: &PathPrefix,
     ) -> Result<Revision> {
-        let (mut tx, rev) = begin_change(&self.pool).await?;
+        let (mut tx, rev) = self.begin_change().await?;
         let deleted = sqlx::query("DELETE FROM routes WHERE host = $1 AND path_prefix = $2")
             .bind(host.to_string())
             .bind(path_prefix.as_str())
@@ -391,13 +444,14 @@ impl Store {
             host: host.clone(),
             path_prefix: path_prefix.clone(),
         };
-        finish_change(tx, rev, &change).await?;
+        self.finish_change(tx, rev, &change).await?;
         Ok(rev)
     }
 
     // === nodes ===
 
     pub async fn report_node(&self, r: &NodeReport) -> Result<()> {
+        self.writable()?;
         sqlx::query(
             "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, last_seen)
              VALUES ($1, $2, $3, $4, $5, $6, now())
@@ -443,17 +497,22 @@ impl Store {
 
 // === transaction helpers ===
 
-/// Opens a change: locks the revision row and returns the revision this
-/// change will commit as.
-async fn begin_change(pool: &PgPool) -> Result<(Transaction<'static, Postgres>, Revision)> {
-    let mut tx = pool.begin().await?;
-    let current: i64 = sqlx::query_scalar("SELECT revision FROM config_revision FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?;
-    Ok((tx, Revision(current as u64).next()))
+impl Store {
+    async fn finish_change(
+        &self,
+        tx: Transaction<'static, Postgres>,
+        rev: Revision,
+        change: &ConfigChange,
+    ) -> Result<()> {
+        commit_change(tx, rev, change).await?;
+        if let Some(f) = self.on_commit.get() {
+            f(rev, change);
+        }
+        Ok(())
+    }
 }
 
-async fn finish_change(
+async fn commit_change(
     mut tx: Transaction<'static, Postgres>,
     rev: Revision,
     change: &ConfigChange,

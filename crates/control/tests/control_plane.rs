@@ -612,9 +612,11 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
 }
 
 #[tokio::test]
-async fn a_database_outage_fails_calls_cleanly_and_loses_nothing() -> anyhow::Result<()> {
+async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_nothing()
+-> anyhow::Result<()> {
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
+    let database = format!("127.0.0.1:{}/postgres", pg.port());
     let mut c = cp.admin_client().await?;
     c.create_pool(v1::CreatePoolRequest {
         pool: Some(pool("shop")),
@@ -633,6 +635,33 @@ async fn a_database_outage_fails_calls_cleanly_and_loses_nothing() -> anyhow::Re
         .into_inner();
 
     pg.stop()?;
+    // The replica notices at once (the server closes its connections) or
+    // within a ping; /readyz says so and what it still serves.
+    let ready = tandem_testkit::http_client();
+    tandem_testkit::wait_until(
+        Duration::from_secs(5),
+        "/readyz to say the database is away",
+        || {
+            let req = ready.get(cp.admin_url("/readyz")).send();
+            async move { matches!(req.await, Ok(r) if r.status() == 503) }
+        },
+    )
+    .await?;
+    let why = ready
+        .get(cp.admin_url("/readyz"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        why.contains(&database)
+            && why.contains("serving reads and Watch from memory at revision 1"),
+        "{why}"
+    );
+    let health = ready.get(cp.admin_url("/healthz")).send().await?;
+    assert_eq!(health.status(), 200, "the process itself is alive");
+
+    // A write fails at once, naming the database.
     let started = std::time::Instant::now();
     let err = c
         .create_pool(v1::CreatePoolRequest {
@@ -640,31 +669,93 @@ async fn a_database_outage_fails_calls_cleanly_and_loses_nothing() -> anyhow::Re
         })
         .await
         .unwrap_err();
+    let took = started.elapsed();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&database), "{}", err.message());
     assert!(
-        err.message().contains("database is unavailable"),
+        err.message().contains("nothing was changed"),
         "{}",
         err.message()
     );
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "fails fast rather than hanging"
+        took < Duration::from_millis(500),
+        "fails fast, took {took:?}"
     );
-    let err = c.list_pools(v1::ListPoolsRequest {}).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
-    let ready = tandem_testkit::http_client()
-        .get(cp.admin_url("/readyz"))
-        .send()
-        .await?;
-    assert_eq!(ready.status(), 503);
-    let health = tandem_testkit::http_client()
-        .get(cp.admin_url("/healthz"))
-        .send()
-        .await?;
-    assert_eq!(health.status(), 200, "the process itself is alive");
+
+    // Reads answer from memory, marked stale.
+    let pools = c.list_pools(v1::ListPoolsRequest {}).await?.into_inner();
+    assert_eq!(pools.revision, 1);
+    assert_eq!(pools.pools.len(), 1);
+    let stale = pools.stale.expect("marked stale");
+    assert_eq!(stale.replica, "control-1");
+    assert_eq!(stale.database, database);
+    assert!(stale.copied_from.is_empty(), "its own copy: {stale:?}");
+    assert!(stale.since_unix_ms > 0);
+    let got = c
+        .get_pool(v1::GetPoolRequest {
+            name: "shop".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(got.revision, 1);
+    assert!(got.stale.is_some());
+    let err = c
+        .get_pool(v1::GetPoolRequest { name: "web".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "the copy says what is not there"
+    );
+    let routes = c.list_routes(v1::ListRoutesRequest {}).await?.into_inner();
+    assert!(routes.stale.is_some() && routes.revision == 1);
+    let snapshot = c
+        .get_snapshot(v1::GetSnapshotRequest {})
+        .await?
+        .into_inner();
+    assert!(snapshot.stale.is_some() && snapshot.revision == 1);
+    let status = c.get_status(v1::GetStatusRequest {}).await?.into_inner();
+    assert!(!status.database_reachable);
+    assert_eq!(status.revision, 1);
+    assert_eq!(status.stale.map(|s| s.database), Some(database.clone()));
+
+    // A new watcher gets the copy as a snapshot, marked stale; one already
+    // there gets nothing; one ahead of the copy is not moved back.
+    let watch_from = |last_revision| {
+        let cp = &cp;
+        async move {
+            let stream = cp
+                .node_client()
+                .await?
+                .watch(v1::WatchRequest {
+                    node_id: format!("w-{last_revision}"),
+                    kind: 1,
+                    last_revision,
+                    zone: String::new(),
+                })
+                .await?
+                .into_inner();
+            anyhow::Ok(stream)
+        }
+    };
+    let mut fresh = watch_from(0).await?;
+    let first = next_event(&mut fresh).await?;
+    let Some(v1::watch_event::Event::Snapshot(s)) = first.event else {
+        panic!("a snapshot first: {first:?}");
+    };
+    assert_eq!((first.revision, s.pools.len()), (1, 1));
+    assert_eq!(s.stale.map(|s| s.replica), Some("control-1".into()));
+    let mut ahead = watch_from(5).await?;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), next_event(&mut ahead))
+            .await
+            .is_err(),
+        "nothing for a watcher ahead of the copy"
+    );
 
     pg.restart()?;
-    // The service recovers by itself.
+    // Writes resume by themselves once the hub is back.
     let mut recovered = false;
     for _ in 0..100 {
         if c.create_pool(v1::CreatePoolRequest {
@@ -683,8 +774,12 @@ async fn a_database_outage_fails_calls_cleanly_and_loses_nothing() -> anyhow::Re
     let names: Vec<_> = pools.pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["shop", "web"], "nothing committed before was lost");
     assert_eq!(pools.revision, 2);
+    assert!(pools.stale.is_none(), "read from the database again");
     tandem_testkit::wait_http_ok(&cp.admin_url("/readyz"), Duration::from_secs(15)).await?;
 
+    // The watchers opened during the outage carry on: revision 2 arrives.
+    let ev = next_event(&mut fresh).await?;
+    assert_eq!(ev.revision, 2);
     // The existing watch stream either delivers revision 2 or ends so the
     // watcher can reconnect; it must not deliver anything else.
     match next_event(&mut watch).await {
@@ -694,6 +789,82 @@ async fn a_database_outage_fails_calls_cleanly_and_loses_nothing() -> anyhow::Re
             None => assert!(e.to_string().contains("stream ended"), "{e}"),
         },
     }
+    Ok(())
+}
+
+/// An admin client of a replica that is still starting.
+async fn connect_when_listening(cp: &ControlPlane) -> anyhow::Result<tandem_testkit::AuthedClient> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match cp.admin_client().await {
+            Ok(c) => return Ok(c),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_never_reached_its_database_says_so_clearly() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    pg.stop()?;
+    let database = format!("127.0.0.1:{}/postgres", pg.port());
+    let mut cp = ControlPlane::start_with(
+        &pg.url(),
+        ControlPlaneOptions {
+            skip_ready_wait: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    // It answers (GetStatus at once), but has nothing to read from.
+    let mut c = connect_when_listening(&cp).await?;
+    let started = std::time::Instant::now();
+    let status = c.get_status(v1::GetStatusRequest {}).await?.into_inner();
+    assert!(!status.database_reachable);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let err = c.list_pools(v1::ListPoolsRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message()
+            .contains("control-1 has no copy of the configuration")
+            && err.message().contains(&database)
+            && err
+                .message()
+                .contains("not reached since this replica started"),
+        "{}",
+        err.message()
+    );
+    let err = cp
+        .node_client()
+        .await?
+        .watch(v1::WatchRequest {
+            node_id: "w".into(),
+            kind: 1,
+            last_revision: 0,
+            zone: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let err = c
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(pool("shop")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains(&database), "{}", err.message());
+
+    // Once the database comes, it migrates and serves without a restart.
+    pg.restart()?;
+    cp.wait_ready().await?;
+    c.create_pool(v1::CreatePoolRequest {
+        pool: Some(pool("shop")),
+    })
+    .await?;
+    let pools = c.list_pools(v1::ListPoolsRequest {}).await?.into_inner();
+    assert!(pools.stale.is_none() && pools.pools.len() == 1);
     Ok(())
 }
 

@@ -804,6 +804,7 @@ pub fn pool_message(name: &str, s: &PoolSettings) -> v1::Pool {
         panic_threshold_percent: s.panic_threshold,
         backends: Vec::new(),
         revision: 0,
+        stale: None,
     }
 }
 
@@ -918,6 +919,7 @@ mod tests {
                 panic_threshold_percent: Some(60),
                 backends: vec![],
                 revision: 0,
+                stale: None,
             }
         );
     }

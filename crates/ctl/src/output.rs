@@ -1340,6 +1340,7 @@ mod tests {
                 },
             ],
             revision: 7,
+            stale: None,
         }
     }
 
@@ -1565,6 +1566,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                 revision: 4,
                 pools: vec![shop()],
                 routes: vec![],
+                stale: None,
             })),
         };
         let v = parse(&to_json_line(&WatchEventJson::from(&snap)));
@@ -1592,6 +1594,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                 replica: "control-1".into(),
                 detail: String::new(),
             }],
+            stale: None,
         };
         let health = Health::Known {
             reply: health_reply_of(vec![failing()]),
@@ -1629,6 +1632,7 @@ shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   agent-1:
             replica: "control-2".into(),
             database_reachable: true,
             nodes: vec![],
+            stale: None,
         };
         let health = Health::Unavailable("UNIMPLEMENTED: unknown method GetHealth".into());
         assert_eq!(
@@ -1668,6 +1672,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
                 path_prefix: "/".into(),
                 pool: "shop".into(),
             }],
+            stale: None,
         };
         assert_eq!(
             snapshot_summary(&s),

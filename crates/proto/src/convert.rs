@@ -128,6 +128,7 @@ pub fn pool_config_to_proto(c: &PoolConfig) -> v1::Pool {
         panic_threshold_percent: Some(c.panic_threshold_percent),
         backends: Vec::new(),
         revision: 0,
+        stale: None,
     }
 }
 
@@ -266,6 +267,7 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
         revision: s.revision.0,
         pools: s.pools.values().map(pool_to_proto).collect(),
         routes: s.routes.iter().map(route_to_proto).collect(),
+        stale: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Connections to the other replicas: the raft transport (batches of raft
 //! messages over the internal `tandem.v1.Raft` service) and clients for
-//! forwarding calls to the leader. Every call presents the node token.
+//! forwarding calls to the leader and for copying the configuration from a
+//! replica that holds it (see `hub`). Every call presents the node token.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -107,6 +108,11 @@ impl Peers {
 
     pub fn me(&self) -> u64 {
         self.me
+    }
+
+    /// The other replicas' ids.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.channels.keys().copied()
     }
 
     pub fn address(&self, id: u64) -> Option<&str> {
