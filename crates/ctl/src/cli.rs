@@ -17,10 +17,15 @@ Exit codes:
   3  not found (NOT_FOUND)
   4  invalid argument (INVALID_ARGUMENT, OUT_OF_RANGE)
   5  conflict (ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED), e.g. a stale --expected-revision
-  6  the control plane is unreachable or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED)
+  6  a replica answered UNAVAILABLE or DEADLINE_EXCEEDED: it is up but cannot do it now, e.g. its
+     database is unreachable (nothing was changed; the message names the database and the replica)
   7  refused credentials (UNAUTHENTICATED, PERMISSION_DENIED)
+  8  no replica answered: connections refused, no answer within --timeout, or a connection that
+     broke mid-call
 
-Errors are one line on stderr: `error: CODE: message`.";
+Errors are one line on stderr: `error: CODE: message`. While a replica cannot reach its
+database, reads still answer from its copy in memory, with one `warning:` line on stderr
+(and a `stale` object in -o json) saying so.";
 
 /// tandemctl: the command-line client of the Tandem control plane.
 ///
@@ -29,7 +34,7 @@ Errors are one line on stderr: `error: CODE: message`.";
 /// the agents say of each backend, and the state of the control plane's raft
 /// group.
 #[derive(Debug, Parser)]
-#[command(name = "tandemctl", version, after_long_help = EXIT_CODES, after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 invalid argument, 5 conflict, 6 unavailable, 7 unauthenticated (see --help).")]
+#[command(name = "tandemctl", version, after_long_help = EXIT_CODES, after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 invalid argument, 5 conflict, 6 unavailable, 7 unauthenticated, 8 no answer (see --help).")]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -435,7 +440,7 @@ pub enum ClusterCommand {
     /// (known only by the leader: ask it with --endpoint).
     ///
     /// Exits 0 whenever the replica answers, even while no leader is known;
-    /// 6 when no endpoint answers.
+    /// 8 when no endpoint answers.
     #[command(after_long_help = EXIT_CODES)]
     Status,
 }

@@ -19,7 +19,7 @@ use crate::cli::{
     Output, Policy, PoolCommand, PoolSettings, RouteCommand, WatchArgs,
 };
 use crate::duration::{Millis, format_duration};
-use crate::error::{CtlError, innermost_cause};
+use crate::error::{CtlError, innermost_cause, made_locally};
 use crate::output::{self, Health, PoolJson};
 
 // === connecting ===
@@ -115,9 +115,19 @@ fn read_token_file(path: &Path) -> Result<String, CtlError> {
 /// credentials and deadline.
 pub struct Session {
     client: Client,
+    /// The endpoint it talks to, named in UNAVAILABLE errors.
+    endpoint: String,
     timeout: Duration,
     output: Output,
     token_sent: bool,
+}
+
+/// Why an endpoint was passed over.
+enum Skipped {
+    /// It answered UNAVAILABLE (alive, but cannot take calls now).
+    Answered(String),
+    /// Nothing answered.
+    NoAnswer(String),
 }
 
 impl Session {
@@ -125,6 +135,7 @@ impl Session {
         let token = load_token(global)?;
         let auth = BearerToken::new(token.as_deref())?;
         let mut failures = Vec::new();
+        let mut answered = false;
         let endpoints = endpoints(&global.endpoint)?;
         let several = endpoints.len() > 1;
         for url in endpoints {
@@ -138,6 +149,7 @@ impl Session {
                 Ok(Ok(channel)) => {
                     let session = Self {
                         client: ControlPlaneClient::with_interceptor(channel, auth.clone()),
+                        endpoint: url.clone(),
                         timeout: global.timeout,
                         output: global.output,
                         token_sent: token.is_some(),
@@ -147,7 +159,11 @@ impl Session {
                     }
                     match session.probe().await {
                         Ok(()) => return Ok(session),
-                        Err(why) => failures.push((url, why)),
+                        Err(Skipped::Answered(why)) => {
+                            answered = true;
+                            failures.push((url, why));
+                        }
+                        Err(Skipped::NoAnswer(why)) => failures.push((url, why)),
                     }
                 }
                 Ok(Err(e)) => failures.push((url, innermost_cause(&e))),
@@ -157,28 +173,38 @@ impl Session {
                 )),
             }
         }
-        Err(CtlError::Unreachable(failures))
+        Err(CtlError::Unreachable { failures, answered })
     }
 
     /// Does the replica answer? Connecting only proves the kernel accepted
     /// the connection: a paused or wedged replica accepts too, and must not
     /// stop the failover to the next endpoint. Any answer, even a refusal of
-    /// the token, shows it is alive. Only asked when there is a next
-    /// endpoint, and before the real call, so no write is ever sent twice.
-    async fn probe(&self) -> Result<(), String> {
+    /// the token, shows it is alive; UNAVAILABLE (shutting down) passes to
+    /// the next one too. Only asked when there is a next endpoint, and
+    /// before the real call, so no write is ever sent twice. (A replica
+    /// whose database is down answers this at once, from memory.)
+    async fn probe(&self) -> Result<(), Skipped> {
         let deadline = self.timeout.min(PROBE_TIMEOUT);
         let mut client = self.client.clone();
         let call = client.get_status(v1::GetStatusRequest {});
         match tokio::time::timeout(deadline, call).await {
-            Err(_) => Err(format!("no answer within {}", format_duration(deadline))),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(format!(
-                "UNAVAILABLE: {}",
-                status
-                    .message()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )),
+            Err(_) => Err(Skipped::NoAnswer(format!(
+                "no answer within {}",
+                format_duration(deadline)
+            ))),
+            Ok(Err(status)) if made_locally(&status) => {
+                Err(Skipped::NoAnswer(innermost_cause(&status)))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                Err(Skipped::Answered(format!(
+                    "UNAVAILABLE: {}",
+                    status
+                        .message()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )))
+            }
             Ok(_) => Ok(()),
         }
     }
@@ -195,10 +221,28 @@ impl Session {
         }
     }
 
+    /// A failed call: the replica's answer, or no answer when tonic made
+    /// the status from a broken connection.
     fn refused(&self, status: tonic::Status) -> CtlError {
+        if made_locally(&status) {
+            return CtlError::Lost {
+                endpoint: self.endpoint.clone(),
+                cause: innermost_cause(&status),
+            };
+        }
         CtlError::Status {
             status,
             token_sent: self.token_sent,
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// One line on stderr when the answer came from a replica's copy in
+    /// memory (its database is unreachable): stdout stays the data.
+    fn warn_if_stale(&self, stale: Option<&v1::StaleRead>, revision: u64) {
+        if let Some(stale) = stale {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            eprintln!("{}", output::stale_warning(stale, revision, now_ms));
         }
     }
 
@@ -254,12 +298,14 @@ impl Session {
             }
             PoolCommand::Get { name } => {
                 let pool = self.get_pool(&name).await?;
+                self.warn_if_stale(pool.stale.as_ref(), pool.revision);
                 self.print(out, || output::pool_detail(&pool), || PoolJson::from(&pool))
             }
             PoolCommand::List => {
                 let reply = self
                     .unary(self.client.clone().list_pools(v1::ListPoolsRequest {}))
                     .await?;
+                self.warn_if_stale(reply.stale.as_ref(), reply.revision);
                 self.print(
                     out,
                     || {
@@ -272,6 +318,7 @@ impl Session {
                     || output::PoolsJson {
                         pools: reply.pools.iter().map(PoolJson::from).collect(),
                         revision: reply.revision,
+                        stale: reply.stale.as_ref().map(output::StaleJson::from),
                     },
                 )
             }
@@ -424,6 +471,7 @@ impl Session {
             BackendCommand::List { pool } => {
                 let (p, health) = tokio::join!(self.get_pool(&pool), self.get_health());
                 let p = p?;
+                self.warn_if_stale(p.stale.as_ref(), p.revision);
                 let health = health_section(health, Ok(vec![p.clone()]), Some(&pool))?;
                 self.print(
                     out,
@@ -515,6 +563,7 @@ impl Session {
                 let reply = self
                     .unary(self.client.clone().list_routes(v1::ListRoutesRequest {}))
                     .await?;
+                self.warn_if_stale(reply.stale.as_ref(), reply.revision);
                 self.print(
                     out,
                     || {
@@ -527,6 +576,7 @@ impl Session {
                     || output::RoutesJson {
                         routes: reply.routes.iter().map(output::RouteJson::from).collect(),
                         revision: reply.revision,
+                        stale: reply.stale.as_ref().map(output::StaleJson::from),
                     },
                 )
             }
@@ -567,6 +617,7 @@ impl Session {
             self.list_pools(),
         );
         let reply = reply?;
+        self.warn_if_stale(reply.stale.as_ref(), reply.revision);
         let health = health_section(health, pools, None)?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         self.print(
@@ -623,6 +674,7 @@ impl Session {
         let reply = self
             .unary(self.client.clone().get_snapshot(v1::GetSnapshotRequest {}))
             .await?;
+        self.warn_if_stale(reply.stale.as_ref(), reply.revision);
         self.print(
             out,
             || output::snapshot(&reply),
@@ -631,7 +683,8 @@ impl Session {
     }
 
     /// Prints each event as it arrives until Ctrl-C (exit 0) or the stream
-    /// ends (exit 6). The deadline covers opening the stream, not its life.
+    /// ends (6 when the replica ends it, 8 when the connection breaks). The
+    /// deadline covers opening the stream, not its life.
     async fn watch(&self, args: WatchArgs, out: &mut dyn Write) -> Result<(), CtlError> {
         let req = v1::WatchRequest {
             node_id: format!("tandemctl-{}", std::process::id()),
@@ -680,7 +733,7 @@ fn health_can_wait(e: &CtlError) -> bool {
             status.code(),
             tonic::Code::Unimplemented | tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
         ),
-        CtlError::Timeout(_) => true,
+        CtlError::Timeout(_) | CtlError::Lost { .. } => true,
         _ => false,
     }
 }
@@ -1001,6 +1054,7 @@ mod tests {
         CtlError::Status {
             status: tonic::Status::new(code, "no"),
             token_sent: true,
+            endpoint: String::new(),
         }
     }
 

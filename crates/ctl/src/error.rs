@@ -8,6 +8,12 @@ use tonic::Code;
 use crate::duration::format_duration;
 
 /// Exit codes. 2 is also what clap uses for bad flags.
+///
+/// 6 and 8 tell apart the two ways a call can find no control plane to do
+/// it: a replica answered UNAVAILABLE (it is alive, but cannot do it now:
+/// its database is away, it is shutting down), or no replica answered at
+/// all (refused connections, no answer within the timeout, a connection
+/// that broke mid-call).
 pub mod exit {
     pub const OK: u8 = 0;
     pub const GENERIC: u8 = 1;
@@ -17,6 +23,7 @@ pub mod exit {
     pub const CONFLICT: u8 = 5;
     pub const UNAVAILABLE: u8 = 6;
     pub const AUTH: u8 = 7;
+    pub const NO_ANSWER: u8 = 8;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,15 +31,23 @@ pub enum CtlError {
     /// A flag or argument that parsed but cannot be used.
     #[error("{0}")]
     Usage(String),
-    /// No endpoint accepted a connection; each with why.
-    #[error("cannot reach the control plane at {}", describe_failures(.0))]
-    Unreachable(Vec<(String, String)>),
-    /// The call was made and the control plane refused it.
-    #[error("{}", describe_status(.status, *.token_sent))]
+    /// No endpoint took the call; each with why. `answered`: at least one
+    /// replica answered (UNAVAILABLE), rather than none.
+    #[error("{}", describe_unreachable(.failures, *.answered))]
+    Unreachable {
+        failures: Vec<(String, String)>,
+        answered: bool,
+    },
+    /// The call was made and the replica at `endpoint` refused it.
+    #[error("{}", describe_status(.status, *.token_sent, .endpoint))]
     Status {
         status: tonic::Status,
         token_sent: bool,
+        endpoint: String,
     },
+    /// The connection broke during the call: no answer came.
+    #[error("no answer from the control plane at {endpoint}: {cause}")]
+    Lost { endpoint: String, cause: String },
     #[error("the control plane did not answer within {}", format_duration(*.0))]
     Timeout(Duration),
     #[error("the control plane closed the watch stream")]
@@ -45,7 +60,12 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => exit::USAGE,
-            Self::Unreachable(_) | Self::Timeout(_) | Self::StreamEnded => exit::UNAVAILABLE,
+            Self::Unreachable { answered: true, .. } | Self::StreamEnded => exit::UNAVAILABLE,
+            Self::Unreachable {
+                answered: false, ..
+            }
+            | Self::Lost { .. }
+            | Self::Timeout(_) => exit::NO_ANSWER,
             Self::Status { status, .. } => code_exit(status.code()),
             Self::Output(_) => exit::GENERIC,
         }
@@ -97,8 +117,18 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// `INVALID_ARGUMENT: pool.health_check.interval_ms: must be ...`, on one line.
-fn describe_status(status: &tonic::Status, token_sent: bool) -> String {
+/// Whether a status was made on this side from a transport error (a
+/// refused or broken connection, an HTTP/2 failure) rather than sent by a
+/// replica: tonic keeps the transport error as its source, while a status
+/// read from a replica's answer has none.
+pub fn made_locally(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// `INVALID_ARGUMENT: pool.health_check.interval_ms: must be ...`, on one
+/// line. An UNAVAILABLE answer names the replica that gave it, so it reads
+/// apart from "nothing answered".
+fn describe_status(status: &tonic::Status, token_sent: bool, endpoint: &str) -> String {
     let message = one_line(status.message());
     let mut s = code_name(status.code()).to_string();
     if !message.is_empty() {
@@ -108,17 +138,25 @@ fn describe_status(status: &tonic::Status, token_sent: bool) -> String {
     if status.code() == Code::Unauthenticated && !token_sent {
         s.push_str(" (no token was sent: pass --token, --token-file or set TANDEM_TOKEN)");
     }
+    if status.code() == Code::Unavailable && !endpoint.is_empty() {
+        s.push_str(&format!(" (answered by {endpoint})"));
+    }
     s
 }
 
-fn describe_failures(failures: &[(String, String)]) -> String {
-    match failures {
+fn describe_unreachable(failures: &[(String, String)], answered: bool) -> String {
+    let list = match failures {
         [(endpoint, why)] => format!("{endpoint}: {why}"),
         _ => failures
             .iter()
             .map(|(endpoint, why)| format!("{endpoint} ({why})"))
             .collect::<Vec<_>>()
             .join(", "),
+    };
+    if answered {
+        format!("no control replica could take the call: {list}")
+    } else {
+        format!("cannot reach the control plane at {list}")
     }
 }
 
@@ -159,6 +197,7 @@ mod tests {
         CtlError::Status {
             status: tonic::Status::new(code, message),
             token_sent: true,
+            endpoint: "http://127.0.0.1:7400".into(),
         }
     }
 
@@ -186,11 +225,50 @@ mod tests {
             assert_eq!(status(c, "").exit_code(), 5);
         }
         assert_eq!(status(Code::Unavailable, "").exit_code(), 6);
+        assert_eq!(status(Code::DeadlineExceeded, "").exit_code(), 6);
         assert_eq!(status(Code::Unauthenticated, "").exit_code(), 7);
         assert_eq!(status(Code::PermissionDenied, "").exit_code(), 7);
         assert_eq!(status(Code::Internal, "").exit_code(), 1);
         assert_eq!(CtlError::Usage("x".into()).exit_code(), 2);
-        assert_eq!(CtlError::Timeout(Duration::from_secs(10)).exit_code(), 6);
+        assert_eq!(CtlError::Timeout(Duration::from_secs(10)).exit_code(), 8);
+        let lost = CtlError::Lost {
+            endpoint: "http://127.0.0.1:7400".into(),
+            cause: "connection reset by peer".into(),
+        };
+        assert_eq!(lost.exit_code(), 8);
+        let unreachable = |answered| CtlError::Unreachable {
+            failures: vec![("http://a:1".into(), "connection refused".into())],
+            answered,
+        };
+        assert_eq!(unreachable(false).exit_code(), 8);
+        assert_eq!(unreachable(true).exit_code(), 6);
+    }
+
+    #[test]
+    fn an_unavailable_answer_names_who_answered() {
+        let e = status(
+            Code::Unavailable,
+            "the control-plane database 127.0.0.1:5432/postgres is unavailable",
+        );
+        assert_eq!(
+            e.to_string(),
+            "UNAVAILABLE: the control-plane database 127.0.0.1:5432/postgres is unavailable \
+             (answered by http://127.0.0.1:7400)"
+        );
+        // Other refusals do not need it.
+        assert_eq!(
+            status(Code::NotFound, "no pool").to_string(),
+            "NOT_FOUND: no pool"
+        );
+    }
+
+    #[test]
+    fn statuses_made_from_transport_errors_are_told_from_answers() {
+        let answered = tonic::Status::unavailable("shutting down");
+        assert!(!made_locally(&answered));
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let local = tonic::Status::from_error(Box::new(io));
+        assert!(made_locally(&local), "{local:?}");
     }
 
     #[test]
@@ -198,27 +276,42 @@ mod tests {
         let e = CtlError::Status {
             status: tonic::Status::unauthenticated("missing bearer token"),
             token_sent: false,
+            endpoint: String::new(),
         };
         assert!(e.to_string().contains("pass --token"), "{e}");
     }
 
     #[test]
     fn unreachable_endpoints_are_listed() {
-        let one = CtlError::Unreachable(vec![(
-            "http://127.0.0.1:7400".into(),
-            "connection refused".into(),
-        )]);
+        let one = CtlError::Unreachable {
+            failures: vec![("http://127.0.0.1:7400".into(), "connection refused".into())],
+            answered: false,
+        };
         assert_eq!(
             one.to_string(),
             "cannot reach the control plane at http://127.0.0.1:7400: connection refused"
         );
-        let two = CtlError::Unreachable(vec![
-            ("http://a:1".into(), "connection refused".into()),
-            ("http://b:2".into(), "timed out after 10s".into()),
-        ]);
+        let two = CtlError::Unreachable {
+            failures: vec![
+                ("http://a:1".into(), "connection refused".into()),
+                ("http://b:2".into(), "timed out after 10s".into()),
+            ],
+            answered: false,
+        };
         assert_eq!(
             two.to_string(),
             "cannot reach the control plane at http://a:1 (connection refused), http://b:2 (timed out after 10s)"
+        );
+        let mixed = CtlError::Unreachable {
+            failures: vec![
+                ("http://a:1".into(), "UNAVAILABLE: shutting down".into()),
+                ("http://b:2".into(), "connection refused".into()),
+            ],
+            answered: true,
+        };
+        assert_eq!(
+            mixed.to_string(),
+            "no control replica could take the call: http://a:1 (UNAVAILABLE: shutting down), http://b:2 (connection refused)"
         );
         assert_eq!(
             CtlError::Timeout(Duration::from_millis(1_500)).to_string(),

@@ -104,6 +104,56 @@ pub struct PoolJson<'a> {
     pub panic_threshold_percent: Option<u32>,
     pub backends: Vec<BackendJson<'a>>,
     pub revision: u64,
+    /// Set when the answer came from a replica's copy in memory (boxed:
+    /// rare, and `PoolJson` is a variant of `ChangeJson`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<Box<StaleJson<'a>>>,
+}
+
+/// A `StaleRead`: the answer came from a replica's copy of the
+/// configuration in memory because it cannot reach its database.
+#[derive(Debug, Serialize)]
+pub struct StaleJson<'a> {
+    pub replica: &'a str,
+    pub database: &'a str,
+    pub cause: &'a str,
+    pub since_unix_ms: i64,
+    pub copied_from: &'a str,
+}
+
+impl<'a> From<&'a v1::StaleRead> for StaleJson<'a> {
+    fn from(s: &'a v1::StaleRead) -> Self {
+        Self {
+            replica: &s.replica,
+            database: &s.database,
+            cause: &s.cause,
+            since_unix_ms: s.since_unix_ms,
+            copied_from: &s.copied_from,
+        }
+    }
+}
+
+/// The one-line warning printed (on stderr) with an answer from memory:
+/// `warning: control-2 answered from its copy in memory (revision 7): it
+/// cannot reach its database 127.0.0.1:5432/tandem since 35s ago
+/// (connection refused); changes made since may be missing`.
+pub fn stale_warning(s: &v1::StaleRead, revision: u64, now_ms: i64) -> String {
+    let copied = if s.copied_from.is_empty() {
+        String::new()
+    } else {
+        format!(", copied from {}", s.copied_from)
+    };
+    let cause = if s.cause.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", s.cause)
+    };
+    format!(
+        "warning: {} answered from its copy in memory (revision {revision}{copied}): it cannot reach its database {} since {}{cause}; changes made since may be missing",
+        s.replica,
+        s.database,
+        ago(now_ms, s.since_unix_ms),
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -181,6 +231,7 @@ impl<'a> From<&'a v1::Pool> for PoolJson<'a> {
             panic_threshold_percent: p.panic_threshold_percent,
             backends: p.backends.iter().map(BackendJson::from).collect(),
             revision: p.revision,
+            stale: p.stale.as_ref().map(|s| Box::new(StaleJson::from(s))),
         }
     }
 }
@@ -217,6 +268,8 @@ pub struct PoolReplyJson<'a> {
 pub struct PoolsJson<'a> {
     pub pools: Vec<PoolJson<'a>>,
     pub revision: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<StaleJson<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -235,6 +288,8 @@ pub struct RouteReplyJson<'a> {
 pub struct RoutesJson<'a> {
     pub routes: Vec<RouteJson<'a>>,
     pub revision: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<StaleJson<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -247,6 +302,8 @@ pub struct SnapshotJson<'a> {
     pub revision: u64,
     pub pools: Vec<PoolJson<'a>>,
     pub routes: Vec<RouteJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<StaleJson<'a>>,
 }
 
 impl<'a> From<&'a v1::Snapshot> for SnapshotJson<'a> {
@@ -255,6 +312,7 @@ impl<'a> From<&'a v1::Snapshot> for SnapshotJson<'a> {
             revision: s.revision,
             pools: s.pools.iter().map(PoolJson::from).collect(),
             routes: s.routes.iter().map(RouteJson::from).collect(),
+            stale: s.stale.as_ref().map(StaleJson::from),
         }
     }
 }
@@ -271,6 +329,8 @@ pub struct StatusJson<'a> {
     pub health: Option<HealthJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<StaleJson<'a>>,
 }
 
 /// A `NodeStatus`, plus `lag` (revision - applied_revision) as in the table.
@@ -312,6 +372,7 @@ impl<'a> StatusJson<'a> {
                 .collect(),
             health,
             health_error,
+            stale: s.stale.as_ref().map(StaleJson::from),
         }
     }
 }
@@ -830,7 +891,7 @@ pub fn status(s: &v1::StatusReply, health: &Health, now_ms: i64) -> String {
             if s.database_reachable {
                 "reachable".into()
             } else {
-                "UNREACHABLE (config writes fail; health keeps flowing)".into()
+                "UNREACHABLE (config writes fail; reads and watch are served from memory; health keeps flowing)".into()
             },
         ),
     ]);
@@ -842,6 +903,9 @@ pub fn status(s: &v1::StatusReply, health: &Health, now_ms: i64) -> String {
 }
 
 fn nodes_table(s: &v1::StatusReply, now_ms: i64) -> String {
+    if s.nodes.is_empty() && !s.database_reachable {
+        return "proxies and agents: unknown while the database is unreachable (their reports live there)\n".into();
+    }
     if s.nodes.is_empty() {
         return "no proxies or agents have reported yet\n".into();
     }
@@ -1651,6 +1715,71 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
         assert_eq!(v["health"], Value::Null);
         assert_eq!(v["health_error"], "UNIMPLEMENTED: unknown method GetHealth");
         assert_eq!(v["revision"], 3);
+    }
+
+    #[test]
+    fn answers_from_memory_say_so_in_one_line_and_in_json() {
+        let stale = v1::StaleRead {
+            replica: "control-2".into(),
+            database: "127.0.0.1:5432/tandem".into(),
+            cause: "connection refused".into(),
+            since_unix_ms: 1_000_000,
+            copied_from: String::new(),
+        };
+        let line = stale_warning(&stale, 7, 1_035_000);
+        assert_eq!(
+            line,
+            "warning: control-2 answered from its copy in memory (revision 7): it cannot reach \
+             its database 127.0.0.1:5432/tandem since 35s ago (connection refused); changes made \
+             since may be missing"
+        );
+        let copied = v1::StaleRead {
+            copied_from: "control-1".into(),
+            ..stale.clone()
+        };
+        assert!(
+            stale_warning(&copied, 7, 1_035_000).contains("(revision 7, copied from control-1)")
+        );
+
+        let s = v1::StatusReply {
+            revision: 7,
+            replica: "control-2".into(),
+            database_reachable: false,
+            nodes: vec![],
+            stale: Some(stale.clone()),
+        };
+        let health = Health::Known {
+            reply: health_reply_of(vec![]),
+            note: None,
+        };
+        let text = status(&s, &health, 1_035_000);
+        assert!(
+            text.contains(
+                "database:  UNREACHABLE (config writes fail; reads and watch are served from memory"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("unknown while the database is unreachable"),
+            "{text}"
+        );
+        let v = parse(&to_json(&StatusJson::new(&s, &health)));
+        assert_eq!(v["stale"]["database"], "127.0.0.1:5432/tandem");
+
+        // A fresh answer has no `stale` key at all.
+        let fresh = v1::Snapshot {
+            revision: 7,
+            ..Default::default()
+        };
+        let v = parse(&to_json(&SnapshotJson::from(&fresh)));
+        assert!(v.get("stale").is_none(), "{v}");
+        let from_memory = v1::Snapshot {
+            stale: Some(stale),
+            ..fresh
+        };
+        let v = parse(&to_json(&SnapshotJson::from(&from_memory)));
+        assert_eq!(v["stale"]["replica"], "control-2");
+        assert_eq!(v["stale"]["since_unix_ms"], 1_000_000);
     }
 
     #[test]

@@ -21,6 +21,7 @@ const INVALID_ARGUMENT: i32 = 4;
 const CONFLICT: i32 = 5;
 const UNAVAILABLE: i32 = 6;
 const AUTH: i32 = 7;
+const NO_ANSWER: i32 = 8;
 
 /// `tandemctl` pointed at one control plane with one token.
 struct Ctl {
@@ -438,7 +439,7 @@ ADDRESS          WEIGHT   ROLE      STATE      HEALTH
 
     // A control plane that is not there, then one endpoint of two that is.
     let nowhere = format!("http://{}", free_addr());
-    let e = ctl.fails(UNAVAILABLE, &["status", "--endpoint", &nowhere]);
+    let e = ctl.fails(NO_ANSWER, &["status", "--endpoint", &nowhere]);
     assert_eq!(
         e,
         format!("error: cannot reach the control plane at {nowhere}: connection refused")
@@ -450,7 +451,7 @@ ADDRESS          WEIGHT   ROLE      STATE      HEALTH
     let wedged = std::net::TcpListener::bind("127.0.0.1:0")?;
     let wedged = format!("http://{}", wedged.local_addr()?);
     let e = ctl.fails(
-        UNAVAILABLE,
+        NO_ANSWER,
         &["pool", "list", "--endpoint", &wedged, "--timeout", "1s"],
     );
     assert_eq!(e, "error: the control plane did not answer within 1s");
@@ -743,5 +744,95 @@ async fn an_operator_sees_what_the_agents_decided() -> anyhow::Result<()> {
         cluster.starts_with("replica:        control-1\nrole:           leader\nleader:         control-1\nterm:           "),
         "{cluster}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_the_database_down_reads_warn_and_writes_exit_6_naming_it() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let database = format!("127.0.0.1:{}/postgres", pg.port());
+    let ctl = Ctl::new(&cp, ADMIN_TOKEN);
+    ctl.ok(&["pool", "create", "shop"]);
+    ctl.ok(&[
+        "route",
+        "add",
+        "--host",
+        "shop.local",
+        "--prefix",
+        "/",
+        "--pool",
+        "shop",
+    ]);
+
+    pg.stop()?;
+    let readyz = tandem_testkit::http_client();
+    tandem_testkit::wait_until(Duration::from_secs(5), "the replica to notice", || {
+        let req = readyz.get(cp.admin_url("/readyz")).send();
+        async move { matches!(req.await, Ok(r) if r.status() == 503) }
+    })
+    .await?;
+
+    // Reads answer from memory: the data on stdout, one warning on stderr.
+    let r = ctl.run(&["pool", "list"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("shop"), "{}", r.stdout);
+    let warning = r.stderr.strip_suffix('\n').unwrap_or(&r.stderr);
+    assert!(
+        warning.starts_with("warning: control-1 answered from its copy in memory (revision 2): it cannot reach its database ")
+            && warning.contains(&database)
+            && warning.ends_with("changes made since may be missing")
+            && !warning.contains('\n'),
+        "{:?}",
+        r.stderr
+    );
+    let r = ctl.run(&["pool", "list", "-o", "json"]);
+    let json: Value = serde_json::from_str(&r.stdout)?;
+    assert_eq!(json["revision"], 2);
+    assert_eq!(json["stale"]["database"], database.as_str());
+    assert_eq!(json["stale"]["replica"], "control-1");
+    assert!(r.stderr.starts_with("warning: "), "{}", r.stderr);
+    for read in [
+        &["route", "list"][..],
+        &["snapshot"],
+        &["pool", "get", "shop"],
+    ] {
+        let r = ctl.run(read);
+        assert_eq!(r.code, 0, "{read:?}: {}", r.stderr);
+        assert!(
+            r.stderr
+                .starts_with("warning: control-1 answered from its copy"),
+            "{read:?}: {}",
+            r.stderr
+        );
+    }
+    let r = ctl.run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("database:  UNREACHABLE"), "{}", r.stdout);
+
+    // A write: exit 6 at once, naming the database and who answered.
+    let started = std::time::Instant::now();
+    let e = ctl.fails(UNAVAILABLE, &["pool", "create", "web"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.starts_with("error: UNAVAILABLE: the control-plane database ")
+            && e.contains(&database)
+            && e.ends_with(&format!("(answered by {})", cp.endpoint())),
+        "{e}"
+    );
+
+    // The database back: the same command works, reads carry no warning.
+    pg.restart()?;
+    tandem_testkit::wait_until(Duration::from_secs(15), "writes to work again", || {
+        let ok = ctl.run(&["pool", "create", "web"]).code == 0;
+        async move { ok }
+    })
+    .await?;
+    let out = ctl.ok(&["pool", "list"]);
+    assert!(out.contains("web"), "{out}");
     Ok(())
 }
