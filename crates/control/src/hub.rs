@@ -165,6 +165,13 @@ impl Hub {
         self.inner.copy.load_full()
     }
 
+    /// The copy is now at `revision` (also in /metrics, so an operator
+    /// can see what each replica holds).
+    fn advance(&self, revision: Revision) {
+        self.inner.latest.send_replace(revision);
+        metrics::gauge!("tandem_control_copy_revision").set(revision.0 as f64);
+    }
+
     /// Whether the hub currently holds a live `LISTEN` connection.
     pub fn is_listening(&self) -> bool {
         self.inner.listening.load(Ordering::Relaxed)
@@ -203,7 +210,7 @@ impl Hub {
             }
         });
         self.inner.copy.store(Arc::new(copy));
-        self.inner.latest.send_replace(revision);
+        self.advance(revision);
         if let Some(event) = event {
             // No receivers is fine: nobody is watching this replica.
             let _ = self.inner.changes.send(HubEvent::Reloaded {
@@ -239,7 +246,7 @@ impl Hub {
             source: Source::Database,
         }));
         *followed = Some(revision);
-        self.inner.latest.send_replace(revision);
+        self.advance(revision);
     }
 
     /// Asks every other replica for its configuration and keeps the newest
@@ -307,7 +314,18 @@ impl Hub {
             if *shutdown.borrow() {
                 return;
             }
-            match self.listen(&store, &mut shutdown).await {
+            // While the database is away, a direct connection says why
+            // at once; the pool would only time out.
+            let probed = if self.inner.availability.is_up() {
+                Ok(())
+            } else {
+                store.probe().await
+            };
+            let attempt = match probed {
+                Ok(()) => self.listen(&store, &mut shutdown).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
                 Ok(()) => return,
                 Err(e) => {
                     self.inner.listening.store(false, Ordering::Relaxed);
@@ -336,6 +354,11 @@ impl Hub {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let mut listener = PgListener::connect_with(store.pg()).await?;
+        // A lost connection ends this listen (the replica then counts the
+        // database as away until it listens again) rather than being
+        // re-established inside `try_recv`, which waits out the pool's
+        // acquire timeout while the database is down.
+        listener.eager_reconnect(false);
         listener.listen(NOTIFY_CHANNEL).await?;
         self.catch_up(store).await?;
         self.inner.listening.store(true, Ordering::Relaxed);
@@ -349,31 +372,33 @@ impl Hub {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         loop {
-            tokio::select! {
+            let notified = tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
-                _ = ping.tick() => {
-                    // Notices a database that vanished without closing the
-                    // connection (a dead host, a cut network), and catches
-                    // up on a change whose notification was lost.
-                    let revision = tokio::time::timeout(PING_TIMEOUT, store.current_revision())
-                        .await
-                        .map_err(|_| Error::Unavailable(format!("no answer to a ping within {PING_TIMEOUT:?}")))??;
-                    if revision != self.latest() {
-                        self.catch_up(store).await?;
-                    }
-                }
+                _ = ping.tick() => false,
                 n = listener.try_recv() => match n? {
-                    Some(_) => self.catch_up(store).await?,
-                    // The connection dropped and was re-established;
-                    // notifications sent meanwhile are lost, so read the
-                    // log again.
-                    None => {
-                        self.inner.listening.store(false, Ordering::Relaxed);
-                        tracing::warn!("config listener reconnecting");
-                        self.catch_up(store).await?;
-                        self.inner.listening.store(true, Ordering::Relaxed);
-                    }
+                    Some(_) => true,
+                    None => return Err(Error::Unavailable("the connection to the database was lost".into())),
                 },
+            };
+            if notified {
+                self.catch_up(store).await?;
+                continue;
+            }
+            // On the listening connection itself: notices a database that
+            // vanished without closing it (a dead host, a cut network), and
+            // catches up on a change whose notification was lost.
+            let ping = sqlx::query_scalar::<_, i64>("SELECT revision FROM config_revision")
+                .fetch_one(&mut listener);
+            let revision = tokio::time::timeout(PING_TIMEOUT, ping)
+                .await
+                .map_err(|_| {
+                    Error::Unavailable(format!(
+                        "no answer to a ping within {}",
+                        crate::database::format_duration(PING_TIMEOUT)
+                    ))
+                })??;
+            if revision as u64 != self.latest().0 {
+                self.catch_up(store).await?;
             }
         }
     }
@@ -424,7 +449,7 @@ impl Hub {
             source: Source::Database,
         }));
         *last = Some(from);
-        self.inner.latest.send_replace(from);
+        self.advance(from);
         Ok(())
     }
 }

@@ -89,7 +89,13 @@ pub async fn run(
         async move {
             let mut backoff = Duration::from_millis(200);
             loop {
-                match store.migrate().await {
+                // The probe names the cause at once while the database is
+                // away (the pool would wait out its acquire timeout).
+                let migrated = match store.probe().await {
+                    Ok(()) => store.migrate().await,
+                    Err(e) => Err(e),
+                };
+                match migrated {
                     Ok(()) => break,
                     Err(e) => {
                         store.availability().down(match &e {

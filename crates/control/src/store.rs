@@ -123,6 +123,26 @@ impl Store {
             })
     }
 
+    /// Opens and closes one connection outside the pool, within 2 s: while
+    /// the database is away this fails at once with the real cause
+    /// ("connection refused"), where the pool would retry until its acquire
+    /// timeout and then only say it timed out.
+    pub async fn probe(&self) -> Result<()> {
+        use sqlx::Connection as _;
+        const WITHIN: Duration = Duration::from_secs(2);
+        let options = self.pool.connect_options();
+        let conn = tokio::time::timeout(WITHIN, sqlx::PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "no answer within {}",
+                    database::format_duration(WITHIN)
+                ))
+            })??;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

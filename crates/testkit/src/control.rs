@@ -162,6 +162,13 @@ impl ControlPlane {
 
     /// SIGKILL the process and start it again on the same ports.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.respawn()?;
+        self.wait_ready().await
+    }
+
+    /// SIGKILL the process and start it again on the same ports, without
+    /// waiting for it to be ready (its database may be down).
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
         self.process.kill();
         self.process = spawn(
             &self.database_url,
@@ -170,7 +177,7 @@ impl ControlPlane {
             self.state_dir.path(),
             &self.options,
         )?;
-        self.wait_ready().await
+        Ok(())
     }
 }
 
