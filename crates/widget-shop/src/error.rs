@@ -21,8 +21,9 @@ pub enum Error {
     },
     #[error("the cart is empty")]
     EmptyCart,
-    #[error("this Idempotency-Key was used for another cart's order")]
-    IdempotencyKeyReused,
+    /// The cart already placed an order with this key, for other details.
+    #[error("Idempotency-Key {key:?} is in use for another checkout of this cart")]
+    IdempotencyKeyReused { key: String },
     /// The database cannot be reached (down, restarting, network cut, or no
     /// connection free within the acquire timeout).
     #[error("the shop database is unavailable: {0}")]
@@ -128,12 +129,14 @@ impl Error {
                 "Your cart is empty",
                 "Add a widget to your cart before checking out.".into(),
             ),
-            Error::IdempotencyKeyReused => p(
+            Error::IdempotencyKeyReused { key } => p(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
                 "Idempotency-Key already used",
-                "This Idempotency-Key belongs to another cart's order; use a new key for a new order."
-                    .into(),
+                format!(
+                    "The Idempotency-Key {key:?} is in use: your cart already placed an order \
+                     with it, with another name or email. Use a new key for a new order."
+                ),
             ),
             Error::Unavailable(cause) => {
                 tracing::warn!(%cause, "shop database unavailable");

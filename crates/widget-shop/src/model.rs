@@ -71,7 +71,8 @@ impl CartId {
 }
 
 /// The public reference of an order (`W-7KQ2M9XD4P`), also its page's URL.
-/// Random, so one shopper cannot walk through another's orders.
+/// A reference, not a credential: the order is shown only to the cart that
+/// placed it (and the code is random besides).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct OrderCode(String);
@@ -112,8 +113,8 @@ impl fmt::Display for OrderCode {
     }
 }
 
-/// The client's `Idempotency-Key`: a retried checkout carrying the same key
-/// places one order.
+/// The client's `Idempotency-Key`: a retried checkout of one cart carrying
+/// the same key places one order. It counts within that cart only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 

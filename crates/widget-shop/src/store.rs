@@ -5,6 +5,10 @@
 //! instance serves a shopper's next request sees the same cart. A checkout is
 //! one transaction: lock the cart, take the stock with conditional updates
 //! (a widget's stock never goes negative), write the order, empty the cart.
+//!
+//! The cart's id is the only credential: an order is found by its code *and*
+//! the cart that placed it, and an Idempotency-Key replays an order only for
+//! the cart that placed it (keys are unique per cart).
 
 use std::time::Duration;
 
@@ -19,8 +23,9 @@ use crate::model::{
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The constraint that makes a retried checkout place one order.
-const IDEMPOTENCY_CONSTRAINT: &str = "orders_idempotency_key_key";
+/// The constraint that makes a retried checkout place one order (one per
+/// cart and key).
+const IDEMPOTENCY_CONSTRAINT: &str = "orders_cart_idempotency_key";
 
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
@@ -90,7 +95,6 @@ struct CartLineRow {
 struct OrderRow {
     id: i64,
     code: String,
-    cart_id: String,
     customer_name: String,
     email: String,
     total_cents: i64,
@@ -310,7 +314,9 @@ impl Store {
     // === checkout and orders ===
 
     /// Places the cart's order in one transaction, or returns the order an
-    /// earlier request with the same `key` placed.
+    /// earlier request of the same cart with the same `key` placed. Without
+    /// a cart there is nothing to check out, and nothing to replay: a key
+    /// alone names no order.
     pub async fn checkout(
         &self,
         cart: Option<&CartId>,
@@ -318,28 +324,30 @@ impl Store {
         key: Option<&IdempotencyKey>,
         placed_by: &str,
     ) -> Result<Placed> {
-        // Fast path for a retry whose first attempt committed.
-        if let Some(key) = key
-            && let Some(order) = self
-                .order_by_key(&mut *self.pool.acquire().await?, key)
-                .await?
-        {
-            return replay(order, cart);
-        }
         let Some(cart) = cart else {
             return Err(Error::EmptyCart);
         };
+        // Fast path for a retry whose first attempt committed.
+        if let Some(key) = key
+            && let Some(order) = self
+                .order_by_key(&mut *self.pool.acquire().await?, cart, key)
+                .await?
+        {
+            return replay(order, customer, key);
+        }
         match self.place(cart, customer, key, placed_by).await {
             Err(Error::Database(sqlx::Error::Database(db)))
                 if db.constraint() == Some(IDEMPOTENCY_CONSTRAINT) =>
             {
-                // Another request with this key committed while we worked;
-                // ours rolled back. Answer with theirs.
-                let key = key.ok_or(Error::IdempotencyKeyReused)?;
+                // Another request of this cart with this key committed
+                // while we worked; ours rolled back. Answer with theirs.
+                let Some(key) = key else {
+                    return Err(Error::Database(sqlx::Error::Database(db)));
+                };
                 let mut conn = self.pool.acquire().await?;
-                match self.order_by_key(&mut conn, key).await? {
-                    Some(order) => replay(order, Some(cart)),
-                    None => Err(Error::IdempotencyKeyReused),
+                match self.order_by_key(&mut conn, cart, key).await? {
+                    Some(order) => replay(order, customer, key),
+                    None => Err(Error::Database(sqlx::Error::Database(db))),
                 }
             }
             other => other,
@@ -362,9 +370,9 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         if let Some(key) = key
-            && let Some(order) = self.order_by_key(&mut tx, key).await?
+            && let Some(order) = self.order_by_key(&mut tx, cart, key).await?
         {
-            return replay(order, Some(cart));
+            return replay(order, customer, key);
         }
         if locked.is_none() {
             return Err(Error::EmptyCart);
@@ -471,31 +479,41 @@ impl Store {
         })
     }
 
-    pub async fn order(&self, code: &OrderCode) -> Result<Order> {
-        let row: Option<OrderRow> = sqlx::query_as(
-            "SELECT id, code, cart_id, customer_name, email, total_cents, placed_by, created_at
-               FROM orders WHERE code = $1",
-        )
-        .bind(code.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let row = row.ok_or_else(|| Error::NotFound {
+    /// The order with this code placed by this cart. Anyone else (another
+    /// cart, no cart) is told it does not exist, as for a code never
+    /// issued: the code is a reference, not a credential.
+    pub async fn order(&self, code: &OrderCode, cart: Option<&CartId>) -> Result<Order> {
+        let not_found = || Error::NotFound {
             what: "order",
             key: code.to_string(),
-        })?;
+        };
+        let Some(cart) = cart else {
+            return Err(not_found());
+        };
+        let row: Option<OrderRow> = sqlx::query_as(
+            "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
+               FROM orders WHERE code = $1 AND cart_id = $2",
+        )
+        .bind(code.as_str())
+        .bind(cart.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or_else(not_found)?;
         let mut conn = self.pool.acquire().await?;
-        Ok(with_lines(&mut conn, row).await?.0)
+        with_lines(&mut conn, row).await
     }
 
     async fn order_by_key(
         &self,
         conn: &mut PgConnection,
+        cart: &CartId,
         key: &IdempotencyKey,
-    ) -> Result<Option<(Order, String)>> {
+    ) -> Result<Option<Order>> {
         let row: Option<OrderRow> = sqlx::query_as(
-            "SELECT id, code, cart_id, customer_name, email, total_cents, placed_by, created_at
-               FROM orders WHERE idempotency_key = $1",
+            "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
+               FROM orders WHERE cart_id = $1 AND idempotency_key = $2",
         )
+        .bind(cart.as_str())
         .bind(key.as_str())
         .fetch_optional(&mut *conn)
         .await?;
@@ -506,11 +524,14 @@ impl Store {
     }
 }
 
-/// The earlier order for a reused key, unless the key came with another
-/// cart (a client bug that must not hand out someone else's order).
-fn replay((order, order_cart): (Order, String), cart: Option<&CartId>) -> Result<Placed> {
-    if cart.is_some_and(|c| c.as_str() != order_cart) {
-        return Err(Error::IdempotencyKeyReused);
+/// The cart's earlier order for a reused key, unless the request asks for
+/// something else (another name or email): a key names one checkout, so
+/// that is a client bug, answered 422 rather than with the old order.
+fn replay(order: Order, customer: &Customer, key: &IdempotencyKey) -> Result<Placed> {
+    if order.customer_name != customer.name || order.email != customer.email {
+        return Err(Error::IdempotencyKeyReused {
+            key: key.as_str().to_string(),
+        });
     }
     Ok(Placed {
         order,
@@ -518,7 +539,7 @@ fn replay((order, order_cart): (Order, String), cart: Option<&CartId>) -> Result
     })
 }
 
-async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<(Order, String)> {
+async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<Order> {
     let lines: Vec<OrderLineRow> = sqlx::query_as(
         "SELECT w.slug, oi.name, oi.unit_price_cents, oi.quantity
            FROM order_items oi JOIN widgets w ON w.id = oi.widget_id
@@ -533,24 +554,21 @@ async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<(Order, St
             format!("stored order code {:?} is malformed", row.code).into(),
         ))
     })?;
-    Ok((
-        Order {
-            code,
-            customer_name: row.customer_name,
-            email: row.email,
-            total_cents: Cents(row.total_cents),
-            placed_by: row.placed_by,
-            created_at: row.created_at,
-            lines: lines
-                .into_iter()
-                .map(|l| OrderLine {
-                    slug: l.slug,
-                    name: l.name,
-                    unit_price_cents: Cents(i64::from(l.unit_price_cents)),
-                    quantity: l.quantity,
-                })
-                .collect(),
-        },
-        row.cart_id,
-    ))
+    Ok(Order {
+        code,
+        customer_name: row.customer_name,
+        email: row.email,
+        total_cents: Cents(row.total_cents),
+        placed_by: row.placed_by,
+        created_at: row.created_at,
+        lines: lines
+            .into_iter()
+            .map(|l| OrderLine {
+                slug: l.slug,
+                name: l.name,
+                unit_price_cents: Cents(i64::from(l.unit_price_cents)),
+                quantity: l.quantity,
+            })
+            .collect(),
+    })
 }

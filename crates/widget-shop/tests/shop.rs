@@ -289,14 +289,32 @@ async fn a_retried_checkout_with_the_same_idempotency_key_places_one_order() -> 
     assert_eq!(count_orders(&db).await?, 2);
     assert_eq!(stock_of(&db, "gizmo").await?, 58, "stock taken once");
 
-    // The same key from another cart is a client bug, not someone's order.
+    // The same key from another cart is that cart's own checkout, never
+    // someone else's order (see tests/isolation.rs for more).
     let mut eve = Shopper::new(&shops[0].base());
     eve.add("doodad", 1).await?;
     let res = eve.checkout(Some("retry-me")).await?;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let eves: Value = res.json().await?;
+    assert_ne!(eves["code"], first["code"]);
+    assert_eq!(eves["total_cents"], 499);
+    assert_eq!(count_orders(&db).await?, 3);
+
+    // The same key from the same cart with other details is a client bug:
+    // 422 naming the key, nothing placed.
+    let res = ada
+        .checkout_as(Some("retry-me"), "Ada Byron", "ada@example.com")
+        .await?;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let err: Value = res.json().await?;
     assert_eq!(err["error"]["code"], "idempotency_key_reused");
-    assert_eq!(count_orders(&db).await?, 2);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"retry-me\"")),
+        "{err}"
+    );
+    assert_eq!(count_orders(&db).await?, 3);
     Ok(())
 }
 

@@ -9,9 +9,16 @@
 //! DELETE /api/cart/items/{slug}
 //! POST   /api/checkout                {"name": "...", "email": "..."} + Idempotency-Key
 //!                                     201 and the order; 200 and `Idempotent-Replayed: true`
-//!                                     when the key already placed it
-//! GET    /api/orders/{code}           an order
+//!                                     when this cart already placed it with that key
+//! GET    /api/orders/{code}           an order this cart placed
 //! ```
+//! The `cart` cookie is the shopper's only credential. An Idempotency-Key
+//! counts within the cart that sent it: the same key from another cart (or
+//! with no cart) is another checkout, never a replay of someone else's
+//! order; from the same cart with another name or email it is a 422. An
+//! order is shown only to the cart that placed it; anyone else gets the same
+//! 404 as for a code never issued. Nothing the shop answers may be stored
+//! by a shared cache (`Cache-Control: private, no-store`).
 //! Errors: `{"error": {"code": "out_of_stock", "title": "...", "message": "..."}}`.
 
 use axum::Json;
@@ -163,7 +170,12 @@ pub async fn checkout(
     Ok(res)
 }
 
-pub async fn order(State(s): State<AppState>, Path(code): Path<String>) -> ApiResult<Json<Order>> {
+pub async fn order(
+    State(s): State<AppState>,
+    Path(code): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Order>> {
     let code = OrderCode::parse(&code)?;
-    Ok(Json(s.store()?.order(&code).await?))
+    let cart = cart_from(&headers);
+    Ok(Json(s.store()?.order(&code, cart.as_ref()).await?))
 }

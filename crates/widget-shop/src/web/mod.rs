@@ -151,6 +151,7 @@ pub fn router(state: AppState, faults: Faults, request_timeout: Duration, extra:
         .layer(middleware::from_fn_with_state(state, finish_error_pages))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(served_by, add_served_by))
+        .layer(middleware::from_fn(private))
 }
 
 async fn not_found(req: Request) -> Response {
@@ -225,6 +226,16 @@ pub fn error_response(e: Error, api: bool) -> Response {
 }
 
 // === middleware ===
+
+/// Pages and answers carry a shopper's cart, name and email: no shared
+/// cache (a CDN, a caching proxy) may keep them for the next visitor.
+async fn private(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    res.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("private, no-store"));
+    res
+}
 
 async fn add_served_by(State(name): State<HeaderValue>, req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;

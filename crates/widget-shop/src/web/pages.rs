@@ -164,7 +164,9 @@ pub async fn order(
     let code = OrderCode::parse(&code)?;
     let store = s.store()?;
     let cart = cart_from(&headers);
-    let (order, cart) = tokio::try_join!(store.order(&code), store.cart(cart.as_ref()))?;
+    // Only the cart that placed it sees it.
+    let (order, cart) =
+        tokio::try_join!(store.order(&code, cart.as_ref()), store.cart(cart.as_ref()))?;
     Ok(s.render(
         &format!("Order {}", order.code),
         Some(cart.item_count()),

@@ -255,13 +255,26 @@ impl Shopper {
 
     /// POST /api/checkout, with an Idempotency-Key when given.
     pub async fn checkout(&mut self, key: Option<&str>) -> anyhow::Result<reqwest::Response> {
+        self.checkout_as(key, "Ada Lovelace", "ada@example.com")
+            .await
+    }
+
+    /// POST /api/checkout for `name` and `email`.
+    pub async fn checkout_as(
+        &mut self,
+        key: Option<&str>,
+        name: &str,
+        email: &str,
+    ) -> anyhow::Result<reqwest::Response> {
         let mut req = self
             .request(reqwest::Method::POST, "/api/checkout")
-            .json(&json!({"name": "Ada Lovelace", "email": "ada@example.com"}));
+            .json(&json!({"name": name, "email": email}));
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);
         }
-        Ok(req.send().await?)
+        let res = req.send().await?;
+        self.remember_cookie(&res);
+        Ok(res)
     }
 }
 
