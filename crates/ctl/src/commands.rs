@@ -710,6 +710,9 @@ impl Session {
                 Ok(None) => return Err(CtlError::StreamEnded),
                 Err(status) => return Err(self.refused(status)),
             };
+            if let Some(v1::watch_event::Event::Snapshot(s)) = &event.event {
+                self.warn_if_stale(s.stale.as_ref(), event.revision);
+            }
             let lines = match self.output {
                 Output::Table => text.lines(&event),
                 Output::Json => vec![output::to_json_line(&output::WatchEventJson::from(&event))],

@@ -809,6 +809,27 @@ async fn with_the_database_down_reads_warn_and_writes_exit_6_naming_it() -> anyh
     let r = ctl.run(&["status"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("database:  UNREACHABLE"), "{}", r.stdout);
+    // A watch starts from the copy: its snapshot says so, in the JSON and
+    // on stderr.
+    let mut watch = ctl
+        .command(&["watch", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().expect("piped")).read_line(&mut first)?;
+    let _ = watch.kill();
+    let out = watch.wait_with_output()?;
+    let first: Value = serde_json::from_str(&first)?;
+    assert_eq!(
+        first["snapshot"]["stale"]["replica"], "control-1",
+        "{first}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("warning: control-1 answered from its copy in memory (revision 2)"),
+        "{stderr}"
+    );
 
     // A write: exit 6 at once, naming the database and who answered.
     let started = std::time::Instant::now();
