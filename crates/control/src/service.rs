@@ -471,6 +471,9 @@ impl ControlPlane for ControlService {
             (Ok(rev), Ok(nodes)) => (rev, nodes, true),
             _ => (self.hub.latest(), Vec::new(), false),
         };
+        // Judged by this replica's clock against the database's `now()` at
+        // the report: the bound (15 s) is far above the skew of synced clocks.
+        let stale_before = now_ms() as i64 - tandem_proto::NODE_STALE_AFTER.as_millis() as i64;
         let reply = v1::StatusReply {
             revision: revision.0,
             replica: self.replica.to_string(),
@@ -485,6 +488,7 @@ impl ControlPlane for ControlService {
                     last_seen_unix_ms: n.last_seen_unix_ms,
                     replica: n.report.replica,
                     detail: n.report.detail,
+                    stale: n.last_seen_unix_ms < stale_before,
                 })
                 .collect(),
         };
@@ -580,7 +584,9 @@ impl ControlPlane for ControlService {
             .members
             .iter()
             .map(|(&id, addr)| {
-                let matched = s.matched.get(&id).copied();
+                let progress = s.progress.get(&id);
+                let matched = progress.map(|p| p.matched);
+                let contact = self.consensus.contact(id);
                 v1::ClusterMember {
                     id,
                     address: addr.clone(),
@@ -593,6 +599,9 @@ impl ControlPlane for ControlService {
                     },
                     matched_index: matched.unwrap_or(0),
                     lag: matched.map(|m| s.last_index.saturating_sub(m)).unwrap_or(0),
+                    reachable: Some(contact.reachable),
+                    last_heard_ms: contact.last_heard.map(|d| d.as_millis() as u64),
+                    progress: progress.map(|p| p.state.to_string()).unwrap_or_default(),
                 }
             })
             .collect();
