@@ -586,7 +586,10 @@ impl ControlPlane for ControlService {
             .map(|(&id, addr)| {
                 let progress = s.progress.get(&id);
                 let matched = progress.map(|p| p.matched);
-                let contact = self.consensus.contact(id);
+                // A follower hears only from the leader: what it could say
+                // of the other followers would read as "unreachable".
+                let known = s.is_leader() || id == s.id || (id == s.leader && s.leader != 0);
+                let contact = known.then(|| self.consensus.contact(id));
                 v1::ClusterMember {
                     id,
                     address: addr.clone(),
@@ -599,8 +602,10 @@ impl ControlPlane for ControlService {
                     },
                     matched_index: matched.unwrap_or(0),
                     lag: matched.map(|m| s.last_index.saturating_sub(m)).unwrap_or(0),
-                    reachable: Some(contact.reachable),
-                    last_heard_ms: contact.last_heard.map(|d| d.as_millis() as u64),
+                    reachable: contact.map(|c| c.reachable),
+                    last_heard_ms: contact
+                        .and_then(|c| c.last_heard)
+                        .map(|d| d.as_millis() as u64),
                     progress: progress.map(|p| p.state.to_string()).unwrap_or_default(),
                 }
             })

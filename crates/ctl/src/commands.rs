@@ -165,10 +165,12 @@ impl Session {
     /// stop the failover to the next endpoint. Any answer, even a refusal of
     /// the token, shows it is alive. Only asked when there is a next
     /// endpoint, and before the real call, so no write is ever sent twice.
+    /// Asked with GetHealth, which a replica answers from memory: a
+    /// replica whose database is down is alive and can say so.
     async fn probe(&self) -> Result<(), String> {
         let deadline = self.timeout.min(PROBE_TIMEOUT);
         let mut client = self.client.clone();
-        let call = client.get_status(v1::GetStatusRequest {});
+        let call = client.get_health(v1::GetHealthRequest {});
         match tokio::time::timeout(deadline, call).await {
             Err(_) => Err(format!("no answer within {}", format_duration(deadline))),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(format!(
