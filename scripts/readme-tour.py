@@ -18,6 +18,7 @@ behind.
 Run by the tandem-e2e test `tour` (so by scripts/test.sh). Exit 0: passed.
 """
 
+import glob
 import json
 import os
 import random
@@ -34,7 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # run-local's default ports (scripts/run-local.py; checked against `ps` below).
-DEFAULT_PORTS = [55432, 55433, 7400, 7401, 7410, 7411, 7420, 7421, 3001, 3002, 3003,
+DEFAULT_PORTS = [15432, 15433, 7400, 7401, 7410, 7411, 7420, 7421, 3001, 3002, 3003,
                  8080, 8081, 8082, 8083, 7501, 7502]
 
 # (a piece of the README line, regexes its output must match, seconds to
@@ -127,6 +128,7 @@ def ports_free(offset):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", p + offset))
+            s.listen(1)
         except OSError:
             return False
         finally:
@@ -135,10 +137,11 @@ def ports_free(offset):
 
 
 def pick_offset():
-    # Ports 8601-18083 and 61032-65435: below and above Linux's ephemeral
-    # range (32768-60999), so no test's outgoing connection holds one.
+    # Ports 13001-32432: above every other run-local's defaults and below
+    # Linux's ephemeral range (32768-60999), where any outgoing connection
+    # (other tests', Docker's published ports) may take a port at any time.
     for _ in range(200):
-        offset = random.randrange(5600, 10000)
+        offset = random.randrange(10000, 17000)
         if ports_free(offset):
             return offset
     raise Failed("no port offset with all run-local ports free")
@@ -408,12 +411,29 @@ def main():
         rows = wait_all_ready(rl, 30)
         log("== a process killed from outside was reported and started again by name")
 
+        # A graceful restart by name: a new process, ready again.
+        before = next(r["pid"] for r in rows if r["name"] == "shop-1")
+        said = rl.cmd("restart", "shop-1")
+        after = next(r for r in rl.ps() if r["name"] == "shop-1")
+        if not re.search(r"shop-1: exited .*\n(.*\n)*shop-1: ready after", said) \
+                or after["state"] != "ready" or after["pid"] == before:
+            raise Failed(f"restart shop-1 (was pid {before}): {after}\n{said}")
+
+        # A second run on the same ports is refused, and leaves this one be.
+        second = subprocess.run(["bash", "scripts/run-local.sh", "up", "--no-build"], cwd=ROOT, env=rl.env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, timeout=60)
+        if second.returncode != 3 or "already running" not in second.stdout:
+            raise Failed(f"a second run-local on the same ports: exit {second.returncode}\n{second.stdout}")
+        rows = wait_all_ready(rl, 10)
+        log("== restart by name works; a second run-local on the same ports is refused")
+
         # Ctrl-C: everything stops, nothing is left.
         pids = [r["pid"] for r in rows]
         run_dir = os.path.join(tempfile.gettempdir(), f"tandem-local-{os.getuid()}-{rl.offset}")
         code = rl.stop(signal.SIGINT)
         left = [p for p in pids if alive(p)]
-        if code != 130 or left or os.path.exists(run_dir) or not ports_free(rl.offset) \
+        if code != 130 or left or glob.glob(glob.escape(run_dir) + "*") or not ports_free(rl.offset) \
                 or "stopped; nothing left running" not in rl.log():
             raise Failed(f"after Ctrl-C: exit {code}, still running {left}, run dir left: "
                          f"{os.path.exists(run_dir)}, ports free: {ports_free(rl.offset)}\n{rl.log_tail(15)}")

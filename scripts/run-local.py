@@ -26,6 +26,7 @@ component's whole process group (Postgres and its backends) at once.
 """
 
 import ctypes
+import glob
 import json
 import os
 import pwd
@@ -156,6 +157,7 @@ def port_in_use(p):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(("127.0.0.1", p))
+        s.listen(1)
         return False
     except OSError:
         return True
@@ -196,13 +198,13 @@ class Component:
         return self.proc is not None and self.proc.poll() is None
 
     def state(self):
+        if self.proc is None:
+            return "not started"
         if self.alive():
             if self.stop_deadline is not None:
                 return "stopping"
             return "ready" if self.ready_at else "starting"
-        if self.exit_desc is not None:
-            return "exited"
-        return "not started"
+        return "exited"
 
 
 def describe_exit(code):
@@ -220,7 +222,7 @@ def topology(bin_dir, work):
     admin = os.environ["TANDEM_ADMIN_TOKEN"]
     node = os.environ["TANDEM_NODE_TOKEN"]
     comps = []
-    for name, default in (("control-db", 55432), ("shop-db", 55433)):
+    for name, default in (("control-db", 15432), ("shop-db", 15433)):
         p = port(default)
         d = os.path.join(work, name)
         comps.append(Component(
@@ -231,8 +233,8 @@ def topology(bin_dir, work):
             # SIGTERM is a "smart" shutdown that waits for every client.
             stop_signal=signal.SIGINT,
         ))
-    control_db = f"postgres://postgres@127.0.0.1:{port(55432)}/postgres"
-    shop_db = f"postgres://postgres@127.0.0.1:{port(55433)}/shop"
+    control_db = f"postgres://postgres@127.0.0.1:{port(15432)}/postgres"
+    shop_db = f"postgres://postgres@127.0.0.1:{port(15433)}/shop"
     peers = ",".join(f"{i}=127.0.0.1:{port(7400 + 10 * (i - 1))}" for i in (1, 2, 3))
     for i in (1, 2, 3):
         grpc, adm = port(7400 + 10 * (i - 1)), port(7401 + 10 * (i - 1))
@@ -330,8 +332,15 @@ class Supervisor:
                 raise PortInUse(f"a run-local with port offset {OFFSET} is already running "
                                 f"(see: {offset_prefix()}scripts/run-local.sh ps); "
                                 "pick other ports with TANDEM_LOCAL_PORT_OFFSET=N")
+            owner = supervisor_of(self.work)
+            if owner is not None:
+                raise PortInUse(f"the run-local with port offset {OFFSET} (pid {owner}) is still stopping; "
+                                "try again in a moment")
             # Left by a run that was killed outright; its children died with it.
             shutil.rmtree(self.work, ignore_errors=True)
+        for trash in glob.glob(glob.escape(self.work) + ".stopped-*"):
+            if supervisor_of(trash) is None:
+                shutil.rmtree(trash, ignore_errors=True)
         comps = topology(self.bin_dir, self.work)
         for c in comps:
             for p in c.ports:
@@ -423,12 +432,20 @@ class Supervisor:
             c.exit_desc = desc
             c.exited_at = time.monotonic()
             c.stop_deadline = None
-            if self.stopping:
-                continue
-            if not self.booted:
-                raise Abort(f"{name} {desc} while starting; its log ends with:\n{log_tail(c.log_path, 15)}")
+            if self.stopping or not self.booted:
+                continue  # start-up fails in check_boot
             say(f"{name} (pid {c.proc.pid}) {desc} after {human(ran)}; everything else keeps running. "
                 f"Start it again: {offset_prefix()}scripts/run-local.sh start {name}")
+
+    def check_boot(self):
+        """During start-up a component that exits is fatal."""
+        self.reap()
+        for c in self.comps.values():
+            if c.exit_desc is not None:
+                tail = log_tail(c.log_path, 15)
+                # Taken between the check and the bind: say so the same way.
+                kind = PortInUse if "Address already in use" in tail else Abort
+                raise kind(f"{c.name} {c.exit_desc} while starting; its log ends with:\n{tail}")
 
     def settle(self, c, wait=0.0):
         """Forgets the process group of a component that has exited once
@@ -508,6 +525,7 @@ class Supervisor:
             if self.stopping:
                 raise Interrupted()
             self.tick(0.1)
+            self.check_boot()
             if all(self.comps[n].ready_at for n in names):
                 return
             if time.monotonic() > deadline:
@@ -521,6 +539,7 @@ class Supervisor:
             if self.stopping:
                 raise Interrupted()
             self.tick(0.1)
+            self.check_boot()
             ok, note = http_probe(url)
             if ok:
                 return
@@ -529,13 +548,13 @@ class Supervisor:
 
     def boot(self):
         dbs = ["control-db", "shop-db"]
-        step(f"starting throwaway Postgres clusters: control-db on :{port(55432)}, shop-db on :{port(55433)}")
+        step(f"starting throwaway Postgres clusters: control-db on :{port(15432)}, shop-db on :{port(15433)}")
         for n in dbs:
             self.initdb(self.comps[n])
             self.spawn(self.comps[n])
         self.wait_ready(dbs)
         r = subprocess.run(
-            [tool("psql"), "-h", "127.0.0.1", "-p", str(port(55433)), "-U", "postgres", "-d", "postgres",
+            [tool("psql"), "-h", "127.0.0.1", "-p", str(port(15433)), "-U", "postgres", "-d", "postgres",
              "-v", "ON_ERROR_STOP=1", "-q", "-c", "CREATE DATABASE shop"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:
@@ -595,6 +614,7 @@ class Supervisor:
             if "UNAVAILABLE" not in r.stdout or self.stopping:
                 break
             self.tick(0.5)
+            self.check_boot()
         raise Abort(f"tandemctl {' '.join(args)} failed: {r.stdout.strip()}")
 
     def banner(self):
@@ -608,8 +628,8 @@ Tandem is running (Ctrl-C stops everything):
   control API (gRPC)  {control_endpoints()}   (three replicas, one raft group)
   control admin       http://127.0.0.1:{port(7401)}/metrics  :{port(7411)}  :{port(7421)}   (/healthz /readyz)
   health agents       agent-1 (zone-a) http://127.0.0.1:{port(7501)}/metrics, agent-2 (zone-b) http://127.0.0.1:{port(7502)}/metrics
-  databases           control-db postgres://postgres@127.0.0.1:{port(55432)}/postgres
-                      shop-db    postgres://postgres@127.0.0.1:{port(55433)}/shop
+  databases           control-db postgres://postgres@127.0.0.1:{port(15432)}/postgres
+                      shop-db    postgres://postgres@127.0.0.1:{port(15433)}/shop
   logs                {self.work}/logs/
 
 Break it from another terminal; everything else keeps running:
@@ -650,6 +670,9 @@ Operate Tandem:
                 self.tick(0.2)
         except Interrupted:
             pass
+        except PortInUse as e:
+            out(f"\nrun-local: error: {e}\n")
+            code = 3
         except Abort as e:
             out(f"\nrun-local: error: {e}\n")
             code = 1
@@ -696,7 +719,14 @@ Operate Tandem:
                 if c.pgid is not None:
                     left.append(f"{c.name} (process group {c.pgid})")
         self.tail_all()
-        shutil.rmtree(self.work, ignore_errors=True)
+        # Renamed first, so that the name is free at once for the next run
+        # while this one deletes the files (slow on some disks).
+        trash = f"{self.work}.stopped-{os.getpid()}"
+        try:
+            os.rename(self.work, trash)
+        except OSError:
+            trash = self.work
+        shutil.rmtree(trash, ignore_errors=True)
         if left:
             out(f"run-local: could not stop: {', '.join(left)}\n")
         else:
@@ -736,6 +766,7 @@ Operate Tandem:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "ps":
+            self.reap()  # every exit known before it is shown
             # Probed side by side: a replica whose database is gone may
             # take its whole timeout to say it is not ready.
             alive = [c for c in self.comps.values() if c.alive() and c.stop_deadline is None]
@@ -800,7 +831,7 @@ Operate Tandem:
             if ok and not c.ready_at:
                 c.ready_at = now
             state = "ready" if ok else ("starting" if not c.ready_at else "not ready")
-        elif state == "exited":
+        elif state == "exited" and c.exit_desc is not None:
             note = f"{c.exit_desc} {human(now - c.exited_at)} ago"
         return {
             "name": c.name, "kind": c.kind, "state": state,
@@ -826,6 +857,18 @@ def signal_leader(c, sig):
         os.kill(c.proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def supervisor_of(work):
+    """The pid of the live supervisor that owns `work`, if any."""
+    try:
+        with open(os.path.join(work, "supervisor.pid")) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return None
+    return pid if b"run-local.py" in cmdline else None
 
 
 def kill_group(pgid, sig):
@@ -1005,9 +1048,10 @@ def client(cmd, args):
 def main(argv):
     global OFFSET
     OFFSET = env_int("TANDEM_LOCAL_PORT_OFFSET", 0)
-    if not -3000 <= OFFSET <= 10000:
-        die(f"TANDEM_LOCAL_PORT_OFFSET must be between -3000 and 10000 (got {OFFSET}): "
-            "every port is its default plus the offset", 2)
+    # Every port is its default (3001 to 15433) plus the offset.
+    if not -1900 <= OFFSET <= 50000:
+        die(f"TANDEM_LOCAL_PORT_OFFSET must be between -1900 and 50000 (got {OFFSET}): "
+            "every port is its default (3001 to 15433) plus the offset", 2)
     cmd = argv[1] if len(argv) > 1 else "up"
     if cmd in ("-h", "--help", "help"):
         print(__doc__)

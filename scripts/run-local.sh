@@ -4,12 +4,12 @@
 # for the widget shop. Zones as in docker-compose.yml.
 #
 #   browser ─► proxy-1 :8080 (zone-a) ─┐          ┌─► shop-1 :3001 ─┐
-#          └─► proxy-2 :8082 (zone-b) ─┴─ HTTP ───┼─► shop-2 :3002 ─┼─► shop-db (Postgres :55433)
+#          └─► proxy-2 :8082 (zone-b) ─┴─ HTTP ───┼─► shop-2 :3002 ─┼─► shop-db (Postgres :15433)
 #                 │ watch (gRPC)                   └─► shop-3 :3003 ─┘
 #                 ▼                                        ▲ HTTP probes
 #   control-1 :7400 ◄─raft─► control-2 :7410 ◄─raft─► control-3 :7420 ◄── reports ── agent-1 (zone-a), agent-2 (zone-b)
 #         └───────────────────────┴─────────────────────────┘
-#                      control-db (Postgres :55432)
+#                      control-db (Postgres :15432)
 #
 # The shop's pool, backends and route are configured through the control
 # API with tandemctl, as an operator would. Any component may die or be
