@@ -61,6 +61,7 @@ EXPECT = [
      [r"(?m)^role:\s+leader$", r"(?m)^\d\s+\S+\s+follower\s+NO\s", r"unreachable: control-[123] \(the leader"], 15),
     ("scripts/run-local.sh start control-1 control-2 control-3   # starts whichever",
      [r"already running", r"ready after"], 0),
+    ("scripts/run-local.sh restart proxy-2", [r"proxy-2: ready after .*from disk; control plane unreachable"], 0),
     ("tandemctl status                      # database: UNREACHABLE", [r"database:\s+UNREACHABLE"], 10),
     ("sleep 16; tandemctl status", [r"(?m)^agent-2\s.*STALE", r"(?m)^agent-1\s+agent\s+zone-a\s(?!.*STALE)"], 0),
     ("http://127.0.0.1:8082/", [r"^200 shop-[123]$"], 5),
