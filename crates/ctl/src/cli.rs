@@ -432,13 +432,14 @@ pub struct HealthArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// The raft group as the leader sees it (a follower forwards the
-    /// question; it answers itself only when no leader answers): the role,
-    /// the leader, the term, the commit and applied indexes, and each
-    /// member's reachability (heard from within an election timeout), time
-    /// since last heard, matched index, lag and replication state
-    /// (replicate, probe, snapshot). Unreachable members are named below
-    /// the table.
+    /// The raft group as the leader sees it: the role, the leader, the term,
+    /// the commit and applied indexes, and each member's reachability (heard
+    /// from within an election timeout), time since last heard, matched
+    /// index, lag and replication state (replicate, probe, snapshot);
+    /// unreachable members are named below the table. A follower forwards
+    /// the question to the leader; when no leader answers it gives its own
+    /// view, which knows only of itself and the leader (ask another replica
+    /// with --endpoint).
     ///
     /// Exits 0 whenever the replica answers, even while no leader is known;
     /// 6 when no endpoint answers.
