@@ -310,7 +310,10 @@ def run_tour(rl, commands):
     outdir = os.path.join(rl.workdir, "out")
     os.makedirs(outdir)
     used = set()
-    session = Session(rl.env(), outdir)
+    # The tour's own temporary files (the cookie jar) go with the run.
+    tmp = os.path.join(rl.workdir, "tmp")
+    os.makedirs(tmp)
+    session = Session(dict(rl.env(), TMPDIR=tmp), outdir)
     try:
         for original in commands:
             command = shift_ports(original, rl.offset)
@@ -431,7 +434,7 @@ def main():
 
         # Ctrl-C: everything stops, nothing is left.
         pids = [r["pid"] for r in rows]
-        run_dir = os.path.join(tempfile.gettempdir(), f"tandem-local-{os.getuid()}-{rl.offset}")
+        run_dir = f"/tmp/tandem-local-{os.getuid()}-{rl.offset}"
         code = rl.stop(signal.SIGINT)
         left = [p for p in pids if alive(p)]
         if code != 130 or left or glob.glob(glob.escape(run_dir) + "*") or not ports_free(rl.offset) \

@@ -66,7 +66,9 @@ def port(default):
 
 
 def run_dir():
-    return os.path.join(tempfile.gettempdir(), f"tandem-local-{os.getuid()}-{OFFSET}")
+    # Not $TMPDIR: every terminal must find the same run.
+    base = "/tmp" if os.access("/tmp", os.W_OK) else tempfile.gettempdir()
+    return os.path.join(base, f"tandem-local-{os.getuid()}-{OFFSET}")
 
 
 def sock_path():
