@@ -42,7 +42,7 @@ DEFAULT_PORTS = [15432, 15433, 7400, 7401, 7410, 7411, 7420, 7421, 3001, 3002, 3
 # retry a read-only command while they do not). A piece that matches no
 # line fails the run: the README changed and so must this list.
 EXPECT = [
-    ("scripts/run-local.sh ps       # every process", [r"(?m)^agent-2\s+ready"], 0),
+    ("scripts/run-local.sh ps       # every process", [r"(?m)^agent-2\s+ready"], 10),
     ("tandemctl status              # revision;",
      [r"(?m)^proxy-1\s+proxy\s+zone-a\s", r"(?m)^proxy-2\s+proxy\s+zone-b\s",
       r"(?m)^agent-1\s+agent\s+zone-a\s", r"(?m)^agent-2\s+agent\s+zone-b\s", r"healthy"], 20),
@@ -52,7 +52,7 @@ EXPECT = [
     ("scripts/run-local.sh ps               # shop-2",
      [r"(?m)^shop-2\s+exited\s.*killed by SIGKILL"] +
      [rf"(?m)^{n}\s+ready\s" for n in ("control-db", "shop-db", "control-1", "control-2", "control-3",
-                                        "shop-1", "shop-3", "proxy-1", "proxy-2", "agent-1", "agent-2")], 0),
+                                        "shop-1", "shop-3", "proxy-1", "proxy-2", "agent-1", "agent-2")], 10),
     ("tandemctl status                      # its backend",
      [r"(?m)^shop\s+127\.0\.0\.1:\d+\s+unhealthy\s.*connect"], 15),
     ("scripts/run-local.sh start shop-2", [r"shop-2: ready after"], 0),
