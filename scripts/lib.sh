@@ -42,6 +42,16 @@ ensure_postgres_server() {
   echo "postgres: $(pg_bin)"
 }
 
+# Python 3.9+ for scripts/run-local.py (the native run's supervisor).
+ensure_python3() {
+  if ! command -v python3 >/dev/null; then
+    echo "installing Python 3 (Debian package python3)"
+    apt_install python3
+  fi
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' \
+    || die "python3 is $(python3 --version 2>&1); scripts/run-local.py needs 3.9 or later"
+}
+
 # Headless Chromium and its WebDriver, for the widget shop's browser test.
 ensure_chromium() {
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

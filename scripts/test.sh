@@ -12,6 +12,7 @@ ensure_rust_components
 ensure_postgres_server
 ensure_chromium
 ensure_packet_filters
+ensure_python3
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -326,8 +326,9 @@ pub fn apply_event(current: &mut Option<Snapshot>, event: &v1::WatchEvent) -> Re
     }
 }
 
-/// How often the applied revision is reported again while it stays the same.
-pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// How often the applied revision is reported again while it stays the
+/// same; the control plane marks a node stale after three missed reports.
+pub const REPORT_EVERY: Duration = tandem_proto::REPORT_APPLIED_EVERY;
 
 /// Reports the latest applied revision with `ReportApplied`, coalescing
 /// bursts: the watch loop only overwrites the value in `rx`, this task

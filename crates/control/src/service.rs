@@ -688,7 +688,12 @@ impl ControlPlane for ControlService {
             .members
             .iter()
             .map(|(&id, addr)| {
-                let matched = s.matched.get(&id).copied();
+                let progress = s.progress.get(&id);
+                let matched = progress.map(|p| p.matched);
+                // A follower hears only from the leader: what it could say
+                // of the other followers would read as "unreachable".
+                let known = s.is_leader() || id == s.id || (id == s.leader && s.leader != 0);
+                let contact = known.then(|| self.consensus.contact(id));
                 v1::ClusterMember {
                     id,
                     address: addr.clone(),
@@ -701,6 +706,11 @@ impl ControlPlane for ControlService {
                     },
                     matched_index: matched.unwrap_or(0),
                     lag: matched.map(|m| s.last_index.saturating_sub(m)).unwrap_or(0),
+                    reachable: contact.map(|c| c.reachable),
+                    last_heard_ms: contact
+                        .and_then(|c| c.last_heard)
+                        .map(|d| d.as_millis() as u64),
+                    progress: progress.map(|p| p.state.to_string()).unwrap_or_default(),
                 }
             })
             .collect();
@@ -826,6 +836,9 @@ fn status_reply(
     (revision, nodes): (Revision, Vec<crate::store::NodeRow>),
     stale: Option<v1::StaleRead>,
 ) -> v1::StatusReply {
+    // Judged by this replica's clock against the database's `now()` at the
+    // report: the bound (15 s) is far above the skew of synced clocks.
+    let stale_before = now_ms() as i64 - tandem_proto::NODE_STALE_AFTER.as_millis() as i64;
     v1::StatusReply {
         revision: revision.0,
         replica: replica.to_string(),
@@ -840,6 +853,7 @@ fn status_reply(
                 last_seen_unix_ms: n.last_seen_unix_ms,
                 replica: n.report.replica,
                 detail: n.report.detail,
+                stale: n.last_seen_unix_ms < stale_before,
             })
             .collect(),
         stale,

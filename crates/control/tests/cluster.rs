@@ -47,6 +47,15 @@ async fn state_on(cp: &ControlPlane, addr: &str) -> anyhow::Result<Option<i32>> 
         .map(|b| b.state))
 }
 
+async fn cluster_status(cp: &ControlPlane) -> anyhow::Result<v1::ClusterStatus> {
+    Ok(cp
+        .node_client()
+        .await?
+        .get_cluster_status(v1::GetClusterStatusRequest {})
+        .await?
+        .into_inner())
+}
+
 /// Reports `addr` as `ok` through `via` until every replica in `on`
 /// shows the resulting state.
 async fn drive(
@@ -112,6 +121,14 @@ async fn a_new_leader_takes_over_when_the_leader_is_killed() -> anyhow::Result<(
         status.members.iter().all(|m| m.matched_index > 0),
         "{status:?}"
     );
+    // The leader hears from every member (heartbeat responses).
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| m.reachable == Some(true) && m.last_heard_ms.is_some_and(|ms| ms < 1_000)),
+        "{status:?}"
+    );
     // /metrics on the leader says the same.
     let metrics = tandem_testkit::http_client()
         .get(cluster.replicas[(leader - 1) as usize].admin_url("/metrics"))
@@ -140,6 +157,43 @@ async fn a_new_leader_takes_over_when_the_leader_is_killed() -> anyhow::Result<(
     assert!(new_term > term);
     assert!(took < Duration::from_secs(3), "failover took {took:?}");
 
+    // The new leader does not pass the dead member off as healthy: it has
+    // not heard from it since before the kill.
+    let dead_unreachable = |s: &v1::ClusterStatus| {
+        s.members
+            .iter()
+            .any(|m| m.id == leader && m.reachable == Some(false))
+    };
+    tandem_testkit::wait_until(
+        Duration::from_secs(3),
+        "the new leader to mark the killed member unreachable",
+        || async {
+            cluster_status(&cluster.replicas[(new_leader - 1) as usize])
+                .await
+                .is_ok_and(|s| dead_unreachable(&s))
+        },
+    )
+    .await?;
+    let status = cluster_status(&cluster.replicas[(new_leader - 1) as usize]).await?;
+    let dead = status
+        .members
+        .iter()
+        .find(|m| m.id == leader)
+        .expect("the killed member is still listed");
+    assert_eq!(dead.reachable, Some(false), "{status:?}");
+    assert!(
+        dead.last_heard_ms.is_none_or(|ms| ms >= 1_000),
+        "the killed member was heard from {:?} ms ago: {status:?}",
+        dead.last_heard_ms
+    );
+    assert_eq!(dead.progress, "probe", "{status:?}");
+    let alive = status
+        .members
+        .iter()
+        .filter(|m| m.id != leader)
+        .all(|m| m.reachable == Some(true));
+    assert!(alive, "{status:?}");
+
     // A backend that fails right after is still taken out.
     let survivors: Vec<usize> = (0..3).filter(|i| *i as u64 + 1 != leader).collect();
     drive(&cluster, survivors[0], &survivors, B2, false).await?;
@@ -148,6 +202,16 @@ async fn a_new_leader_takes_over_when_the_leader_is_killed() -> anyhow::Result<(
     cluster.replica(leader).restart().await?;
     let old = (leader - 1) as usize;
     drive(&cluster, survivors[0], &[0, 1, 2], B3, false).await?;
+    tandem_testkit::wait_until(
+        Duration::from_secs(5),
+        "the restarted member to be reachable again",
+        || async {
+            cluster_status(&cluster.replicas[(new_leader - 1) as usize])
+                .await
+                .is_ok_and(|s| s.members.iter().all(|m| m.reachable == Some(true)))
+        },
+    )
+    .await?;
     assert_eq!(
         state_on(&cluster.replicas[old], B2).await?,
         Some(v1::HealthState::Unhealthy as i32)

@@ -608,6 +608,24 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
         .expect("node listed");
     assert_eq!(node.applied_revision, 23);
     assert_eq!(node.replica, "control-2");
+    assert!(!node.stale, "{node:?}");
+
+    // A node whose last report is older than three report intervals is
+    // marked stale (it reports every 5 s while alive).
+    pg.execute(
+        "postgres",
+        "UPDATE nodes SET last_seen = now() - interval '16 seconds' WHERE node_id = 'proxy-test'",
+    )?;
+    let status = writer
+        .get_status(v1::GetStatusRequest {})
+        .await?
+        .into_inner();
+    let node = status
+        .nodes
+        .iter()
+        .find(|n| n.node_id == "proxy-test")
+        .expect("node listed");
+    assert!(node.stale, "{node:?}");
     Ok(())
 }
 

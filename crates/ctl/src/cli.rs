@@ -178,7 +178,9 @@ pub enum Command {
     #[command(subcommand)]
     Route(RouteCommand),
     /// Revision, answering replica, database reachability, every proxy and
-    /// agent with the revision it runs, and every backend's health.
+    /// agent with the revision it runs and when it last reported (STALE
+    /// after 15 s without a report; nodes report every 5 s), and every
+    /// backend's health.
     Status,
     /// Every backend's health: state, since when, why, and each agent's view.
     #[command(after_long_help = EXIT_CODES)]
@@ -435,9 +437,14 @@ pub struct HealthArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// The answering replica's view of the raft group: its role, the leader,
-    /// the term, the commit and applied indexes, and each member's progress
-    /// (known only by the leader: ask it with --endpoint).
+    /// The raft group as the leader sees it: the role, the leader, the term,
+    /// the commit and applied indexes, and each member's reachability (heard
+    /// from within an election timeout), time since last heard, matched
+    /// index, lag and replication state (replicate, probe, snapshot);
+    /// unreachable members are named below the table. A follower forwards
+    /// the question to the leader; when no leader answers it gives its own
+    /// view, which knows only of itself and the leader (ask another replica
+    /// with --endpoint).
     ///
     /// Exits 0 whenever the replica answers, even while no leader is known;
     /// 8 when no endpoint answers.

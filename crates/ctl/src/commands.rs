@@ -182,11 +182,11 @@ impl Session {
     /// the token, shows it is alive; UNAVAILABLE (shutting down) passes to
     /// the next one too. Only asked when there is a next endpoint, and
     /// before the real call, so no write is ever sent twice. (A replica
-    /// whose database is down answers this at once, from memory.)
+    /// whose database is down answers this at once, from memory: it is asked with GetHealth.)
     async fn probe(&self) -> Result<(), Skipped> {
         let deadline = self.timeout.min(PROBE_TIMEOUT);
         let mut client = self.client.clone();
-        let call = client.get_status(v1::GetStatusRequest {});
+        let call = client.get_health(v1::GetHealthRequest {});
         match tokio::time::timeout(deadline, call).await {
             Err(_) => Err(Skipped::NoAnswer(format!(
                 "no answer within {}",

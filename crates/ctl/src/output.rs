@@ -344,6 +344,8 @@ pub struct NodeJson<'a> {
     pub last_seen_unix_ms: i64,
     pub replica: &'a str,
     pub detail: &'a str,
+    /// No report for longer than the control plane's bound.
+    pub stale: bool,
 }
 
 impl<'a> StatusJson<'a> {
@@ -368,6 +370,7 @@ impl<'a> StatusJson<'a> {
                     last_seen_unix_ms: n.last_seen_unix_ms,
                     replica: &n.replica,
                     detail: &n.detail,
+                    stale: n.stale,
                 })
                 .collect(),
             health,
@@ -507,6 +510,9 @@ pub struct ClusterMemberJson<'a> {
     pub role: &'a str,
     pub matched_index: u64,
     pub lag: u64,
+    pub reachable: Option<bool>,
+    pub last_heard_ms: Option<u64>,
+    pub progress: &'a str,
 }
 
 impl<'a> From<&'a v1::ClusterStatus> for ClusterStatusJson<'a> {
@@ -527,6 +533,9 @@ impl<'a> From<&'a v1::ClusterStatus> for ClusterStatusJson<'a> {
                     role: &m.role,
                     matched_index: m.matched_index,
                     lag: m.lag,
+                    reachable: m.reachable,
+                    last_heard_ms: m.last_heard_ms,
+                    progress: &m.progress,
                 })
                 .collect(),
         }
@@ -920,18 +929,37 @@ fn nodes_table(s: &v1::StatusReply, now_ms: i64) -> String {
         "detail",
     ]);
     for n in &s.nodes {
+        let mut seen = ago(now_ms, n.last_seen_unix_ms);
+        if n.stale {
+            seen.push_str(" STALE");
+        }
         t.row(vec![
             n.node_id.clone(),
             node_kind_name(n.kind).into(),
             n.zone.clone(),
             n.applied_revision.to_string(),
             s.revision.saturating_sub(n.applied_revision).to_string(),
-            ago(now_ms, n.last_seen_unix_ms),
+            seen,
             n.replica.clone(),
             n.detail.clone(),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    let stale: Vec<&str> = s
+        .nodes
+        .iter()
+        .filter(|n| n.stale)
+        .map(|n| n.node_id.as_str())
+        .collect();
+    if !stale.is_empty() {
+        out.push_str(&format!(
+            "STALE: {} sent no report for over {} s (nodes report every {} s): down, or cut off from the control plane\n",
+            stale.join(", "),
+            tandem_proto::NODE_STALE_AFTER.as_secs(),
+            tandem_proto::REPORT_APPLIED_EVERY.as_secs(),
+        ));
+    }
+    out
 }
 
 // === health ===
@@ -1105,6 +1133,17 @@ pub fn agents_compact(agents: &[v1::AgentView]) -> String {
 
 // === cluster ===
 
+/// `0.1s ago` below ten seconds (heartbeats come every 100 ms), then as
+/// [`ago`].
+fn heard_ago(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{:.1}s ago", ms as f64 / 1_000.0)
+    } else {
+        // `ago` takes two instants; 1 ms stands for "then".
+        ago(ms as i64 + 1, 1)
+    }
+}
+
 /// Replicas are named after their raft id, as in `status` and `health`.
 pub fn replica_name(id: u64) -> String {
     format!("control-{id}")
@@ -1138,12 +1177,22 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
     ]);
     out.push('\n');
     if !c.members.is_empty() {
-        let mut t = Table::new(&["id", "address", "role", "matched", "lag"]);
+        let mut t = Table::new(&[
+            "id",
+            "address",
+            "role",
+            "reachable",
+            "last heard",
+            "matched",
+            "lag",
+            "progress",
+        ]);
         for m in &c.members {
             // Only the leader tracks progress: zeros from anyone else mean
             // "not known", not "nothing matched".
             let known = m.role != "unknown" && !m.role.is_empty();
             let progress = |v: u64| if known { v.to_string() } else { String::new() };
+            let answering = m.id == c.replica_id;
             t.row(vec![
                 m.id.to_string(),
                 m.address.clone(),
@@ -1152,11 +1201,47 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
                 } else {
                     m.role.clone()
                 },
+                match m.reachable {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => String::new(),
+                },
+                match (answering, m.last_heard_ms) {
+                    (true, _) => "(answering)".into(),
+                    (false, Some(ms)) => heard_ago(ms),
+                    (false, None) if m.reachable.is_some() => "never".into(),
+                    (false, None) => String::new(),
+                },
                 progress(m.matched_index),
                 progress(m.lag),
+                if known {
+                    m.progress.clone()
+                } else {
+                    String::new()
+                },
             ]);
         }
         out.push_str(&t.render());
+        let unreachable: Vec<String> = c
+            .members
+            .iter()
+            .filter(|m| m.reachable == Some(false))
+            .map(|m| replica_name(m.id))
+            .collect();
+        if !unreachable.is_empty() {
+            let whose = if is_leader {
+                "the leader has"
+            } else {
+                "this replica has"
+            };
+            out.push_str(&format!(
+                "unreachable: {} ({whose} not heard from {} within an election timeout); the group decides while a majority ({} of {}) is reachable\n",
+                unreachable.join(", "),
+                if unreachable.len() == 1 { "it" } else { "them" },
+                c.members.len() / 2 + 1,
+                c.members.len(),
+            ));
+        }
     }
     let progress_unknown = c.members.is_empty()
         || c.members
@@ -1649,15 +1734,28 @@ ADDRESS         WEIGHT   ROLE      STATE
             revision: 12,
             replica: "control-1".into(),
             database_reachable: true,
-            nodes: vec![v1::NodeStatus {
-                node_id: "proxy-1".into(),
-                kind: v1::NodeKind::Proxy.into(),
-                applied_revision: 10,
-                zone: "a".into(),
-                last_seen_unix_ms: 1_000_000,
-                replica: "control-1".into(),
-                detail: String::new(),
-            }],
+            nodes: vec![
+                v1::NodeStatus {
+                    node_id: "proxy-1".into(),
+                    kind: v1::NodeKind::Proxy.into(),
+                    applied_revision: 10,
+                    zone: "a".into(),
+                    last_seen_unix_ms: 1_000_000,
+                    replica: "control-1".into(),
+                    detail: String::new(),
+                    stale: false,
+                },
+                v1::NodeStatus {
+                    node_id: "agent-2".into(),
+                    kind: v1::NodeKind::Agent.into(),
+                    applied_revision: 12,
+                    zone: "b".into(),
+                    last_seen_unix_ms: 980_000,
+                    replica: "control-2".into(),
+                    detail: String::new(),
+                    stale: true,
+                },
+            ],
             stale: None,
         };
         let health = Health::Known {
@@ -1672,8 +1770,10 @@ revision:  12
 replica:   control-1
 database:  reachable
 
-NODE      KIND    ZONE   APPLIED   LAG   LAST SEEN   REPLICA     DETAIL
-proxy-1   proxy   a      10        2     3s ago      control-1   -
+NODE      KIND    ZONE   APPLIED   LAG   LAST SEEN       REPLICA     DETAIL
+proxy-1   proxy   a      10        2     3s ago          control-1   -
+agent-2   agent   b      12        0     23s ago STALE   control-2   -
+STALE: agent-2 sent no report for over 15 s (nodes report every 5 s): down, or cut off from the control plane
 
 health decided by control-1 (term 3)
 POOL   BACKEND         STATE       SINCE     REASON                     AGENTS
@@ -1683,6 +1783,8 @@ shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   agent-1:
         let v = parse(&to_json(&StatusJson::new(&s, &health)));
         assert_eq!(v["nodes"][0]["kind"], "proxy");
         assert_eq!(v["nodes"][0]["lag"], 2);
+        assert_eq!(v["nodes"][0]["stale"], false);
+        assert_eq!(v["nodes"][1]["stale"], true);
         assert_eq!(v["database_reachable"], true);
         assert_eq!(v["health"]["leader"], "control-1");
         assert_eq!(v["health"]["backends"][0]["state"], "unhealthy");
@@ -2153,6 +2255,13 @@ health: unavailable (UNAVAILABLE: no raft)
             role: role.into(),
             matched_index: matched,
             lag,
+            reachable: Some(true),
+            last_heard_ms: Some(if id == 1 { 0 } else { 40 + id }),
+            progress: if role == "unknown" {
+                String::new()
+            } else {
+                "replicate".into()
+            },
         }
     }
 
@@ -2195,10 +2304,10 @@ term:           4
 commit index:   120
 applied index:  119
 
-ID   ADDRESS         ROLE       MATCHED   LAG
-1    10.0.1.1:7400   leader     120       0
-2    10.0.1.2:7400   follower   118       2
-3    10.0.1.3:7400   follower   120       0
+ID   ADDRESS         ROLE       REACHABLE   LAST HEARD    MATCHED   LAG   PROGRESS
+1    10.0.1.1:7400   leader     yes         (answering)   120       0     replicate
+2    10.0.1.2:7400   follower   yes         0.0s ago      118       2     replicate
+3    10.0.1.3:7400   follower   yes         0.0s ago      120       0     replicate
 "
         );
         assert_eq!(
@@ -2207,12 +2316,52 @@ ID   ADDRESS         ROLE       MATCHED   LAG
                 "replica_id": 1, "role": "leader", "leader_id": 1, "term": 4,
                 "commit_index": 120, "applied_index": 119,
                 "members": [
-                    {"id": 1, "address": "10.0.1.1:7400", "role": "leader", "matched_index": 120, "lag": 0},
-                    {"id": 2, "address": "10.0.1.2:7400", "role": "follower", "matched_index": 118, "lag": 2},
-                    {"id": 3, "address": "10.0.1.3:7400", "role": "follower", "matched_index": 120, "lag": 0}
+                    {"id": 1, "address": "10.0.1.1:7400", "role": "leader", "matched_index": 120, "lag": 0,
+                     "reachable": true, "last_heard_ms": 0, "progress": "replicate"},
+                    {"id": 2, "address": "10.0.1.2:7400", "role": "follower", "matched_index": 118, "lag": 2,
+                     "reachable": true, "last_heard_ms": 42, "progress": "replicate"},
+                    {"id": 3, "address": "10.0.1.3:7400", "role": "follower", "matched_index": 120, "lag": 0,
+                     "reachable": true, "last_heard_ms": 43, "progress": "replicate"}
                 ]
             })
         );
+    }
+
+    #[test]
+    fn a_member_the_leader_has_not_heard_from_is_marked_unreachable() {
+        let mut dead = member(2, "follower", 118, 2);
+        dead.reachable = Some(false);
+        dead.last_heard_ms = Some(14_200);
+        dead.progress = "probe".into();
+        let mut never = member(3, "follower", 0, 120);
+        never.reachable = Some(false);
+        never.last_heard_ms = None;
+        never.progress = "probe".into();
+        let c = cluster(
+            1,
+            "leader",
+            1,
+            vec![member(1, "leader", 120, 0), dead, never],
+        );
+        let out = cluster_status(&c);
+        assert!(
+            out.ends_with(
+                "\
+ID   ADDRESS         ROLE       REACHABLE   LAST HEARD    MATCHED   LAG   PROGRESS
+1    10.0.1.1:7400   leader     yes         (answering)   120       0     replicate
+2    10.0.1.2:7400   follower   NO          14s ago       118       2     probe
+3    10.0.1.3:7400   follower   NO          never         0         120   probe
+unreachable: control-2, control-3 (the leader has not heard from them within an election timeout); the group decides while a majority (2 of 3) is reachable
+"
+            ),
+            "{out}"
+        );
+        let v = parse(&to_json(&ClusterStatusJson::from(&c)));
+        assert_eq!(v["members"][1]["reachable"], false);
+        assert_eq!(v["members"][1]["last_heard_ms"], 14_200);
+        assert_eq!(v["members"][2]["last_heard_ms"], serde_json::Value::Null);
+        assert_eq!(heard_ago(3_450), "3.5s ago");
+        assert_eq!(heard_ago(125_000), "2m ago");
     }
 
     #[test]
@@ -2227,9 +2376,9 @@ ID   ADDRESS         ROLE       MATCHED   LAG
         assert!(
             out.contains(
                 "\
-ID   ADDRESS         ROLE      MATCHED   LAG
-1    10.0.1.1:7400   unknown   -         -
-2    10.0.1.2:7400   unknown   -         -
+ID   ADDRESS         ROLE      REACHABLE   LAST HEARD    MATCHED   LAG   PROGRESS
+1    10.0.1.1:7400   unknown   yes         0.0s ago      -         -     -
+2    10.0.1.2:7400   unknown   yes         (answering)   -         -     -
 member progress is known by the leader (control-1); ask it with --endpoint 10.0.1.1:7400
 "
             ),

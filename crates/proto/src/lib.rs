@@ -16,3 +16,15 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tandem_descriptor");
 
 pub use convert::ConvertError;
+
+use std::time::Duration;
+
+/// How often a proxy or agent reports its applied revision
+/// (`ReportApplied`) while it stays the same: part of the contract, since
+/// the control plane judges a node by it.
+pub const REPORT_APPLIED_EVERY: Duration = Duration::from_secs(5);
+
+/// A node that has not reported for this long is shown as stale
+/// (`NodeStatus.stale`): three missed reports, so one slow or lost report
+/// is not enough.
+pub const NODE_STALE_AFTER: Duration = Duration::from_secs(3 * REPORT_APPLIED_EVERY.as_secs());

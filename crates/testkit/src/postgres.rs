@@ -84,6 +84,28 @@ impl Postgres {
         Ok(self.url_for(name))
     }
 
+    /// Runs SQL in `database` with psql, failing on the first error.
+    pub fn execute(&self, database: &str, sql: &str) -> anyhow::Result<()> {
+        self.run(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                sql,
+            ],
+        )
+    }
+
     /// Stops the server (fast shutdown), keeping its data.
     pub fn stop(&self) -> anyhow::Result<()> {
         self.run(

@@ -8,6 +8,8 @@ pub mod state;
 pub mod storage;
 
 pub use aggregator::Aggregator;
-pub use node::{Consensus, NoPeers, ProposeError, RaftSettings, RaftStatus, Transport};
+pub use node::{
+    Consensus, Contact, MemberProgress, NoPeers, ProposeError, RaftSettings, RaftStatus, Transport,
+};
 pub use peers::{FORWARDED, Peers};
 pub use state::{Command, HealthEvent, HealthTable};

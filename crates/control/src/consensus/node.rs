@@ -10,11 +10,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use raft::prelude::{Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, StateRole};
+use raft::{ProgressState, RawNode, StateRole};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::state::{Command, HealthEvent, HealthTable};
@@ -63,8 +64,58 @@ pub struct RaftStatus {
     pub applied: u64,
     /// The last index in this replica's log.
     pub last_index: u64,
-    /// Leader only: each member's matched index.
-    pub matched: BTreeMap<u64, u64>,
+    /// Leader only: each member's replication progress.
+    pub progress: BTreeMap<u64, MemberProgress>,
+}
+
+/// The leader's knowledge of one member's log (raft's `Progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberProgress {
+    /// The highest index known to be in the member's log.
+    pub matched: u64,
+    /// `replicate`, `probe` or `snapshot` (raft's `ProgressState`).
+    pub state: &'static str,
+}
+
+/// When this replica last heard from each member: a raft message from it
+/// (heartbeat responses, appends, votes). Written by the driver, read by
+/// status calls, without a lock.
+struct Contacts {
+    start: Instant,
+    /// Milliseconds after `start`, plus one (0: never).
+    heard: BTreeMap<u64, AtomicU64>,
+}
+
+impl Contacts {
+    fn new(voters: &[u64]) -> Contacts {
+        Contacts {
+            start: Instant::now(),
+            heard: voters.iter().map(|&id| (id, AtomicU64::new(0))).collect(),
+        }
+    }
+
+    fn heard_from(&self, id: u64) {
+        if let Some(at) = self.heard.get(&id) {
+            let ms = self.start.elapsed().as_millis() as u64;
+            at.store(ms + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn since(&self, id: u64) -> Option<Duration> {
+        let at = self.heard.get(&id)?.load(Ordering::Relaxed);
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        (at > 0).then(|| Duration::from_millis(now.saturating_sub(at)))
+    }
+}
+
+/// What this replica knows of how recently a member spoke to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contact {
+    /// Heard from within an election timeout (this replica itself: always).
+    pub reachable: bool,
+    /// Time since it was last heard from (itself: zero); `None` if never
+    /// since this replica started.
+    pub last_heard: Option<Duration>,
 }
 
 impl RaftStatus {
@@ -104,6 +155,11 @@ pub struct Consensus {
     status: watch::Receiver<RaftStatus>,
     table: Arc<ArcSwap<HealthTable>>,
     events: broadcast::Sender<HealthEvent>,
+    contacts: Arc<Contacts>,
+    id: u64,
+    /// A member not heard from for this long counts as unreachable: what
+    /// a follower waits before it calls an election.
+    election_timeout: Duration,
 }
 
 impl Consensus {
@@ -151,12 +207,16 @@ impl Consensus {
         let (stx, srx) = watch::channel(RaftStatus::default());
         let shared = Arc::new(ArcSwap::from_pointee(table.clone()));
         let (events, _) = broadcast::channel(1024);
+        let contacts = Arc::new(Contacts::new(&settings.voters));
         let consensus = Consensus {
             proposals: ptx,
             inbound: itx,
             status: srx,
             table: shared.clone(),
             events: events.clone(),
+            contacts: contacts.clone(),
+            id: settings.id,
+            election_timeout: settings.tick * settings.election_ticks as u32,
         };
 
         let mut driver = Driver {
@@ -179,6 +239,7 @@ impl Consensus {
                     Some(p) = prx.recv() => driver.propose(p),
                     Some(i) = irx.recv() => match i {
                         Inbound::Message(m) => {
+                            contacts.heard_from(m.from);
                             if let Err(e) = driver.node.step(m) {
                                 tracing::debug!(error = %e, "raft ignored a message");
                             }
@@ -242,6 +303,21 @@ impl Consensus {
 
     pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()
+    }
+
+    /// How recently `member` spoke to this replica.
+    pub fn contact(&self, member: u64) -> Contact {
+        if member == self.id {
+            return Contact {
+                reachable: true,
+                last_heard: Some(Duration::ZERO),
+            };
+        }
+        let last_heard = self.contacts.since(member);
+        Contact {
+            reachable: last_heard.is_some_and(|d| d <= self.election_timeout),
+            last_heard,
+        }
     }
 
     /// The committed health table (cheap: an `Arc`).
@@ -403,8 +479,24 @@ impl Driver {
             StateRole::Candidate => "candidate",
             StateRole::PreCandidate => "pre-candidate",
         };
-        let matched = if raft.state == StateRole::Leader {
-            raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+        let progress = if raft.state == StateRole::Leader {
+            raft.prs()
+                .iter()
+                .map(|(id, p)| {
+                    let state = match p.state {
+                        ProgressState::Probe => "probe",
+                        ProgressState::Replicate => "replicate",
+                        ProgressState::Snapshot => "snapshot",
+                    };
+                    (
+                        *id,
+                        MemberProgress {
+                            matched: p.matched,
+                            state,
+                        },
+                    )
+                })
+                .collect()
         } else {
             BTreeMap::new()
         };
@@ -416,7 +508,7 @@ impl Driver {
             commit: raft.raft_log.committed,
             applied: self.table.index,
             last_index: raft.raft_log.last_index(),
-            matched,
+            progress,
         };
         self.status.send_if_modified(|s| {
             if *s == status {
@@ -437,12 +529,12 @@ impl Driver {
                 metrics::gauge!("tandem_raft_commit_index").set(status.commit as f64);
                 metrics::gauge!("tandem_raft_applied_index").set(status.applied as f64);
                 // The leader's view of each member (followers export none).
-                for (id, matched) in &status.matched {
+                for (id, p) in &status.progress {
                     let member = id.to_string();
                     metrics::gauge!("tandem_raft_member_matched_index", "member" => member.clone())
-                        .set(*matched as f64);
+                        .set(p.matched as f64);
                     metrics::gauge!("tandem_raft_member_lag", "member" => member)
-                        .set(status.last_index.saturating_sub(*matched) as f64);
+                        .set(status.last_index.saturating_sub(p.matched) as f64);
                 }
                 *s = status;
                 true

@@ -1,0 +1,1072 @@
+#!/usr/bin/env python3
+"""The supervisor behind scripts/run-local.sh: Tandem's whole topology as
+local processes, any of which may die (or be killed on purpose) while the
+rest keep running.
+
+    run-local.py up                  start everything and supervise it; Ctrl-C stops all
+    run-local.py ps [--json]         every component: state, pid, ports, readiness
+    run-local.py kill NAME...        SIGKILL a component (its whole process group): a crash
+    run-local.py stop NAME...        stop it gracefully (SIGTERM; Postgres: fast shutdown)
+    run-local.py start NAME...       start it again and wait until it is ready
+    run-local.py restart NAME...     stop, then start
+    run-local.py logs NAME [-f]      its log (-f: follow)
+    run-local.py down                stop everything, as Ctrl-C in the first terminal does
+
+`up` is what scripts/run-local.sh runs after building; the other commands
+talk to the running `up` over a Unix socket in its run directory, found
+from TANDEM_LOCAL_PORT_OFFSET (every port is its default plus this offset,
+so several runs can share a machine).
+
+One thread does everything (start, reap, probe, answer, print logs): no
+locks, and every child is started from the same thread, which matters for
+PR_SET_PDEATHSIG (the kernel ties it to the thread that forked). Each child
+runs in its own session, so Ctrl-C in the terminal reaches only this
+supervisor, which then stops the children in order, and a `kill` takes a
+component's whole process group (Postgres and its backends) at once.
+"""
+
+import ctypes
+import glob
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# === settings ===
+
+
+def env_int(name, default):
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        die(f"{name} must be an integer (got {raw!r})", 2)
+
+
+OFFSET = None  # set in main
+
+
+def port(default):
+    """A default port moved by TANDEM_LOCAL_PORT_OFFSET."""
+    return default + OFFSET
+
+
+def run_dir():
+    # Not $TMPDIR: every terminal must find the same run.
+    base = "/tmp" if os.access("/tmp", os.W_OK) else tempfile.gettempdir()
+    return os.path.join(base, f"tandem-local-{os.getuid()}-{OFFSET}")
+
+
+def sock_path():
+    return os.path.join(run_dir(), "control.sock")
+
+
+def offset_prefix():
+    """What to put before scripts/run-local.sh in printed commands."""
+    return "" if OFFSET == 0 else f"TANDEM_LOCAL_PORT_OFFSET={OFFSET} "
+
+
+def die(msg, code=1):
+    print(f"run-local: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def say(msg):
+    """A line from the supervisor itself, among the components' logs."""
+    out(f"[run-local] {msg}\n")
+
+
+_stdout_gone = False
+
+
+def out(text):
+    # The terminal's reader may be gone (a `| tee` killed): keep supervising.
+    global _stdout_gone
+    if _stdout_gone:
+        return
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError):
+        _stdout_gone = True
+
+
+def pg_bin():
+    """The newest PostgreSQL server's bin directory (Debian's layout)."""
+    base = "/usr/lib/postgresql"
+    versions = [v for v in (os.listdir(base) if os.path.isdir(base) else [])
+                if v.isdigit() and os.path.isfile(os.path.join(base, v, "bin", "postgres"))]
+    if not versions:
+        die(f"no PostgreSQL server under {base} (scripts/run-local.sh installs it)")
+    return os.path.join(base, max(versions, key=int), "bin")
+
+
+def tool(name):
+    return shutil.which(name) or os.path.join(pg_bin(), name)
+
+
+# === probes ===
+
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_probe(url, timeout=0.5):
+    """(ready, note): a 2xx from `url`, and the first line of its body."""
+    try:
+        with _no_proxy.open(url, timeout=timeout) as r:
+            body = r.read(400).decode("utf-8", "replace")
+            return True, first_line(body)
+    except urllib.error.HTTPError as e:
+        body = e.read(400).decode("utf-8", "replace")
+        return False, f"HTTP {e.code}: {first_line(body)}"
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return False, f"no answer within {timeout:g} s"
+        return False, f"no answer ({reason})"
+
+
+def first_line(text):
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= 90 else line[:87] + "..."
+
+
+def pg_probe(port_, timeout):
+    r = subprocess.run(
+        [tool("pg_isready"), "-h", "127.0.0.1", "-p", str(port_), "-U", "postgres", "-d", "postgres", "-t", str(max(1, round(timeout)))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    return r.returncode == 0, first_line(r.stdout.replace(f"127.0.0.1:{port_} - ", ""))
+
+
+def port_in_use(p):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As the services bind: TIME_WAIT left by an earlier run is no conflict.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", p))
+        s.listen(1)
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+# === components ===
+
+
+class Component:
+    def __init__(self, name, kind, argv, env=None, ports=(), probe=None, as_postgres=False, cwd=None,
+                 stop_signal=signal.SIGTERM, ports_text=""):
+        self.name = name
+        self.kind = kind
+        self.argv = argv
+        self.env = env or {}
+        self.ports = list(ports)
+        self.ports_text = ports_text or ", ".join(str(p) for p in ports)
+        self.probe = probe
+        self.as_postgres = as_postgres
+        self.cwd = cwd
+        self.stop_signal = stop_signal
+        self.proc = None
+        self.pgid = None
+        self.started_at = None
+        self.ready_at = None
+        self.last_probe = 0.0
+        self.exit_desc = None
+        self.exited_at = None
+        self.requested = None  # "kill" / "stop": why it is going away
+        self.stop_deadline = None
+        self.log_path = None
+        self.log_pos = 0
+        self.log_partial = b""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def state(self):
+        if self.proc is None:
+            return "not started"
+        if self.alive():
+            if self.stop_deadline is not None:
+                return "stopping"
+            return "ready" if self.ready_at else "starting"
+        return "exited"
+
+
+def describe_exit(code):
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def topology(bin_dir, work):
+    """Every component in start order. Zones as in docker-compose.yml:
+    proxy-1 and agent-1 in zone-a, proxy-2 and agent-2 in zone-b."""
+    admin = os.environ["TANDEM_ADMIN_TOKEN"]
+    node = os.environ["TANDEM_NODE_TOKEN"]
+    comps = []
+    for name, default in (("control-db", 15432), ("shop-db", 15433)):
+        p = port(default)
+        d = os.path.join(work, name)
+        comps.append(Component(
+            name, "postgres",
+            [os.path.join(pg_bin(), "postgres"), "-D", os.path.join(d, "data"), "-p", str(p),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={d}", "-c", "fsync=off"],
+            ports=[p], probe=lambda timeout=0.5, p=p: pg_probe(p, timeout), as_postgres=os.getuid() == 0, cwd=d,
+            # SIGTERM is a "smart" shutdown that waits for every client.
+            stop_signal=signal.SIGINT,
+        ))
+    control_db = f"postgres://postgres@127.0.0.1:{port(15432)}/postgres"
+    shop_db = f"postgres://postgres@127.0.0.1:{port(15433)}/shop"
+    peers = ",".join(f"{i}=127.0.0.1:{port(7400 + 10 * (i - 1))}" for i in (1, 2, 3))
+    for i in (1, 2, 3):
+        grpc, adm = port(7400 + 10 * (i - 1)), port(7401 + 10 * (i - 1))
+        comps.append(Component(
+            f"control-{i}", "control", [os.path.join(bin_dir, "tandem-control")],
+            env={"DATABASE_URL": control_db, "TANDEM_LISTEN": f"127.0.0.1:{grpc}",
+                 "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}", "TANDEM_NODE_ID": str(i),
+                 "TANDEM_PEERS": peers, "TANDEM_STATE_DIR": os.path.join(work, f"control-{i}"),
+                 "TANDEM_ADMIN_TOKEN": admin, "TANDEM_NODE_TOKEN": node},
+            ports=[grpc, adm], ports_text=f"{grpc}, admin {adm}",
+            probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
+        ))
+    for i in (1, 2, 3):
+        p = port(3000 + i)
+        comps.append(Component(
+            f"shop-{i}", "shop", [os.path.join(bin_dir, "widget-shop")],
+            env={"DATABASE_URL": shop_db, "SHOP_LISTEN": f"127.0.0.1:{p}", "SHOP_INSTANCE": f"shop-{i}",
+                 "SHOP_ADMIN_TOKEN": os.environ["SHOP_ADMIN_TOKEN"]},
+            ports=[p], probe=lambda timeout=0.5, p=p: http_probe(f"http://127.0.0.1:{p}/readyz", timeout),
+        ))
+    for i, zone in ((1, "zone-a"), (2, "zone-b")):
+        p, adm = port(8080 + 2 * (i - 1)), port(8081 + 2 * (i - 1))
+        comps.append(Component(
+            f"proxy-{i}", "proxy", [os.path.join(bin_dir, "tandem-proxy")],
+            env={"TANDEM_LISTEN": f"127.0.0.1:{p}", "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}",
+                 "TANDEM_CONTROL": control_endpoints(), "TANDEM_TOKEN": node,
+                 "TANDEM_NODE_ID": f"proxy-{i}", "TANDEM_ZONE": zone,
+                 "TANDEM_STATE_DIR": os.path.join(work, f"proxy-{i}"), "TANDEM_WORKERS": "1"},
+            ports=[p, adm], ports_text=f"{p}, admin {adm}",
+            probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
+        ))
+    for i, zone in ((1, "zone-a"), (2, "zone-b")):
+        adm = port(7500 + i)
+        comps.append(Component(
+            f"agent-{i}", "agent", [os.path.join(bin_dir, "tandem-agent")],
+            env={"TANDEM_CONTROL": control_endpoints(), "TANDEM_TOKEN": node,
+                 "TANDEM_NODE_ID": f"agent-{i}", "TANDEM_ZONE": zone,
+                 "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}"},
+            ports=[adm], ports_text=f"admin {adm}",
+            probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
+        ))
+    return comps
+
+
+def control_endpoints():
+    return ",".join(f"http://127.0.0.1:{port(7400 + 10 * i)}" for i in range(3))
+
+
+# === the supervisor ===
+
+
+class Abort(Exception):
+    """Start-up cannot go on; the message says why."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or TERM, HUP, `down`) during start-up."""
+
+
+def set_pdeathsig():
+    # Runs in the child between fork and exec: if the supervisor dies
+    # without cleaning up (SIGKILL), the kernel kills the child too.
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Supervisor:
+    def __init__(self, bin_dir):
+        self.bin_dir = bin_dir
+        self.work = run_dir()
+        self.comps = {}
+        self.order = []
+        self.listener = None
+        self.stopping = False
+        self.hurry = False
+        self.booted = False
+        # Set once the run directory is ours to remove.
+        self.owned = False
+        # What stopped us, for the exit code (128 + signal, as a shell says).
+        self.signal = None
+
+    # --- signals
+
+    def on_signal(self, signum, _frame):
+        if self.stopping:
+            self.hurry = True
+        self.stopping = True
+        self.signal = signum
+
+    # --- set-up
+
+    def prepare(self):
+        if os.path.exists(self.work):
+            if client_request({"cmd": "ping"}, quiet=True) is not None:
+                raise PortInUse(f"a run-local with port offset {OFFSET} is already running "
+                                f"(see: {offset_prefix()}scripts/run-local.sh ps); "
+                                "pick other ports with TANDEM_LOCAL_PORT_OFFSET=N")
+            owner = supervisor_of(self.work)
+            if owner is not None:
+                raise PortInUse(f"the run-local with port offset {OFFSET} (pid {owner}) is still stopping; "
+                                "try again in a moment")
+            # Left by a run that was killed outright; its children died with it.
+            shutil.rmtree(self.work, ignore_errors=True)
+        for trash in glob.glob(glob.escape(self.work) + ".stopped-*"):
+            if supervisor_of(trash) is None:
+                shutil.rmtree(trash, ignore_errors=True)
+        comps = topology(self.bin_dir, self.work)
+        for c in comps:
+            for p in c.ports:
+                if port_in_use(p):
+                    raise PortInUse(f"port {p} ({c.name}) is in use on 127.0.0.1: another run-local "
+                                    f"or service holds it; move every port with TANDEM_LOCAL_PORT_OFFSET=N "
+                                    f"(e.g. TANDEM_LOCAL_PORT_OFFSET=1000 scripts/run-local.sh)")
+        for c in comps:
+            exe = c.argv[0]
+            if not os.access(exe, os.X_OK):
+                raise Abort(f"{exe} is missing: build first (cargo build --workspace --bins), "
+                            "or set TANDEM_LOCAL_BIN to where the binaries are")
+        os.makedirs(os.path.join(self.work, "logs"))
+        self.owned = True
+        # Postgres runs as `postgres` when we are root: let it in.
+        os.chmod(self.work, 0o755)
+        for c in comps:
+            self.comps[c.name] = c
+            self.order.append(c.name)
+            c.log_path = os.path.join(self.work, "logs", f"{c.name}.log")
+            open(c.log_path, "ab").close()
+        with open(os.path.join(self.work, "supervisor.pid"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(sock_path())
+        self.listener.listen(16)
+        self.listener.setblocking(False)
+
+    def initdb(self, c):
+        d = c.cwd
+        os.makedirs(d, exist_ok=True)
+        kwargs = {}
+        if c.as_postgres:
+            pw = pwd.getpwnam("postgres")
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+            kwargs = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        with open(c.log_path, "ab") as log:
+            r = subprocess.run(
+                [os.path.join(pg_bin(), "initdb"), "-D", os.path.join(d, "data"), "-U", "postgres",
+                 "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=d, **kwargs)
+        if r.returncode != 0:
+            raise Abort(f"initdb for {c.name} failed; see {c.log_path}")
+
+    # --- processes
+
+    def spawn(self, c):
+        if c.alive():
+            return
+        if c.pgid is not None:
+            kill_group(c.pgid, signal.SIGKILL)  # leftovers of its last run
+            self.settle(c, wait=2)
+        env = dict(os.environ)
+        env.update(c.env)
+        kwargs = {}
+        if c.as_postgres:
+            kwargs = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        with open(c.log_path, "ab") as log:
+            c.proc = subprocess.Popen(
+                c.argv, env=env, cwd=c.cwd or ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=set_pdeathsig, **kwargs)
+        c.pgid = c.proc.pid
+        c.started_at = time.monotonic()
+        c.ready_at = None
+        c.last_probe = 0.0
+        c.exit_desc = None
+        c.exited_at = None
+        c.requested = None
+        c.stop_deadline = None
+
+    def reap(self):
+        for name in self.order:
+            c = self.comps[name]
+            # `exit_desc` is set once per run: a `kill` may have reaped the
+            # process already (poll), the exit is still to be told.
+            if c.proc is None or c.exit_desc is not None:
+                continue
+            code = c.proc.poll()
+            if code is None:
+                continue
+            self.tail(c)
+            # Whatever it left in its group (Postgres backends) goes too.
+            kill_group(c.pgid, signal.SIGKILL)
+            self.settle(c, wait=0.5)
+            ran = time.monotonic() - c.started_at
+            desc = describe_exit(code)
+            if c.requested:
+                desc += f" (run-local {c.requested})"
+            c.exit_desc = desc
+            c.exited_at = time.monotonic()
+            c.stop_deadline = None
+            if self.stopping or not self.booted:
+                continue  # start-up fails in check_boot
+            say(f"{name} (pid {c.proc.pid}) {desc} after {human(ran)}; everything else keeps running. "
+                f"Start it again: {offset_prefix()}scripts/run-local.sh start {name}")
+
+    def check_boot(self):
+        """During start-up a component that exits is fatal."""
+        self.reap()
+        for c in self.comps.values():
+            if c.exit_desc is not None:
+                tail = log_tail(c.log_path, 15)
+                # Taken between the check and the bind: say so the same way.
+                kind = PortInUse if "Address already in use" in tail else Abort
+                raise kind(f"{c.name} {c.exit_desc} while starting; its log ends with:\n{tail}")
+
+    def settle(self, c, wait=0.0):
+        """Forgets the process group of a component that has exited once
+        the group is empty, so its number (free for reuse) is never
+        signalled again."""
+        deadline = time.monotonic() + wait
+        while c.pgid is not None and not c.alive():
+            if not group_exists(c.pgid):
+                c.pgid = None
+                return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
+
+    def probe_starting(self):
+        now = time.monotonic()
+        for name in self.order:
+            c = self.comps[name]
+            if not c.alive() or c.ready_at or c.stop_deadline or now - c.last_probe < 0.3:
+                continue
+            ok, _ = c.probe()
+            now = c.last_probe = time.monotonic()
+            if ok:
+                c.ready_at = now
+                if self.booted:
+                    say(f"{name} (pid {c.proc.pid}) is ready after {human(now - c.started_at)}")
+
+    def escalate(self):
+        now = time.monotonic()
+        for c in self.comps.values():
+            if c.alive() and c.stop_deadline is not None and now > c.stop_deadline:
+                say(f"{c.name} did not stop within its deadline: SIGKILL")
+                kill_group(c.pgid, signal.SIGKILL)
+                c.stop_deadline = None
+
+    # --- logs
+
+    def tail(self, c):
+        try:
+            with open(c.log_path, "rb") as f:
+                f.seek(c.log_pos)
+                data = f.read(1 << 20)
+        except OSError:
+            return
+        if not data:
+            return
+        c.log_pos += len(data)
+        data = c.log_partial + data
+        lines = data.split(b"\n")
+        c.log_partial = lines.pop()
+        if lines:
+            out("".join(f"[{c.name}] {line.decode('utf-8', 'replace')}\n" for line in lines))
+
+    def tail_all(self):
+        for name in self.order:
+            self.tail(self.comps[name])
+
+    # --- the loop
+
+    def tick(self, timeout):
+        try:
+            readable, _, _ = select.select([self.listener], [], [], timeout)
+        except InterruptedError:
+            readable = []
+        if readable:
+            self.accept()
+        self.reap()
+        for c in self.comps.values():
+            self.settle(c)
+        self.probe_starting()
+        self.escalate()
+        self.tail_all()
+
+    def wait_ready(self, names, timeout=90):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.stopping:
+                raise Interrupted()
+            self.tick(0.1)
+            self.check_boot()
+            if all(self.comps[n].ready_at for n in names):
+                return
+            if time.monotonic() > deadline:
+                late = [n for n in names if not self.comps[n].ready_at]
+                notes = "; ".join(f"{n}: {self.comps[n].probe()[1]}" for n in late)
+                raise Abort(f"not ready within {timeout} s: {notes}")
+
+    def wait_http(self, url, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.stopping:
+                raise Interrupted()
+            self.tick(0.1)
+            self.check_boot()
+            ok, note = http_probe(url)
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise Abort(f"{what} did not answer within {timeout} s ({url}: {note})")
+
+    def boot(self):
+        dbs = ["control-db", "shop-db"]
+        step(f"starting throwaway Postgres clusters: control-db on :{port(15432)}, shop-db on :{port(15433)}")
+        for n in dbs:
+            self.initdb(self.comps[n])
+            self.spawn(self.comps[n])
+        self.wait_ready(dbs)
+        r = subprocess.run(
+            [tool("psql"), "-h", "127.0.0.1", "-p", str(port(15433)), "-U", "postgres", "-d", "postgres",
+             "-v", "ON_ERROR_STOP=1", "-q", "-c", "CREATE DATABASE shop"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            raise Abort(f"creating the shop database failed: {r.stdout.strip()}")
+
+        controls = ["control-1", "control-2", "control-3"]
+        step(f"starting three tandem-control replicas (one raft group) on "
+             f":{port(7400)}, :{port(7410)}, :{port(7420)}")
+        for n in controls:
+            self.spawn(self.comps[n])
+        self.wait_ready(controls)
+
+        shops = ["shop-1", "shop-2", "shop-3"]
+        step(f"starting three widget-shop instances on :{port(3001)}, :{port(3002)}, :{port(3003)}")
+        for n in shops:
+            self.spawn(self.comps[n])
+        self.wait_ready(shops)
+
+        step("configuring the shop's pool and route through the control API (tandemctl)")
+        # Probe /healthz every second (two failures out, two successes
+        # back in); a failed connect is retried once elsewhere; three
+        # consecutive failures eject a backend locally for 5 s.
+        self.ctl("pool", "create", "shop", "--policy", "round_robin",
+                 "--health-path", "/healthz", "--health-interval", "1s", "--health-timeout", "500ms",
+                 "--health-rise", "2", "--health-fall", "2",
+                 "--connect-timeout", "1s", "--per-try-timeout", "5s", "--retries", "1",
+                 "--outlier-failures", "3", "--outlier-ejection", "5s")
+        for i in (1, 2, 3):
+            self.ctl("backend", "add", "shop", f"127.0.0.1:{port(3000 + i)}")
+        self.ctl("route", "add", "--host", "*", "--prefix", "/", "--pool", "shop")
+
+        proxies = ["proxy-1", "proxy-2"]
+        step(f"starting two proxies on :{port(8080)} (zone-a) and :{port(8082)} (zone-b)")
+        for n in proxies:
+            self.spawn(self.comps[n])
+        self.wait_ready(proxies)
+        for i, p in ((1, port(8080)), (2, port(8082))):
+            self.wait_http(f"http://127.0.0.1:{p}/healthz", f"the shop through proxy-{i}")
+
+        agents = ["agent-1", "agent-2"]
+        step("starting two health agents (zone-a, zone-b)")
+        for n in agents:
+            self.spawn(self.comps[n])
+        self.wait_ready(agents)
+        self.booted = True
+
+    def ctl(self, *args):
+        out(f"  tandemctl {' '.join(args)}\n")
+        env = dict(os.environ, TANDEM_ENDPOINT=control_endpoints(), TANDEM_TOKEN=os.environ["TANDEM_ADMIN_TOKEN"])
+        for attempt in range(20):
+            r = subprocess.run([os.path.join(self.bin_dir, "tandemctl"), *args], env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if r.returncode == 0:
+                return
+            # A replica that just became ready may still be electing: retry
+            # what says "unavailable", fail on anything else.
+            if "UNAVAILABLE" not in r.stdout or self.stopping:
+                break
+            self.tick(0.5)
+            self.check_boot()
+        raise Abort(f"tandemctl {' '.join(args)} failed: {r.stdout.strip()}")
+
+    def banner(self):
+        p = offset_prefix()
+        token = os.environ["SHOP_ADMIN_TOKEN"]
+        out(f"""
+Tandem is running (Ctrl-C stops everything):
+  the shop            http://127.0.0.1:{port(8080)}/   (through proxy-1, zone-a; proxy-2, zone-b: http://127.0.0.1:{port(8082)}/)
+  shop servers        http://127.0.0.1:{port(3001)}/  :{port(3002)}  :{port(3003)}   (direct; /healthz /readyz /metrics)
+  proxy admin         http://127.0.0.1:{port(8081)}/config  http://127.0.0.1:{port(8083)}/config   (/metrics /readyz)
+  control API (gRPC)  {control_endpoints()}   (three replicas, one raft group)
+  control admin       http://127.0.0.1:{port(7401)}/metrics  :{port(7411)}  :{port(7421)}   (/healthz /readyz)
+  health agents       agent-1 (zone-a) http://127.0.0.1:{port(7501)}/metrics, agent-2 (zone-b) http://127.0.0.1:{port(7502)}/metrics
+  databases           control-db postgres://postgres@127.0.0.1:{port(15432)}/postgres
+                      shop-db    postgres://postgres@127.0.0.1:{port(15433)}/shop
+  logs                {self.work}/logs/
+
+Break it from another terminal; everything else keeps running:
+  {p}scripts/run-local.sh ps                # every component: state, pid, ports
+  {p}scripts/run-local.sh kill shop-2       # kill -9 (also control-1..3, proxy-1..2, agent-1..2, control-db, shop-db)
+  {p}scripts/run-local.sh start shop-2      # start it again, waiting until it is ready
+
+Break a shop server without killing it, then heal it:
+  curl -X PUT -H "authorization: Bearer {token}" -H 'content-type: application/json' \\
+       -d '{{"mode":"error"}}' http://127.0.0.1:{port(3002)}/admin/fault     # or "slow" (+ "delay_ms"), "hang"
+  curl -X DELETE -H "authorization: Bearer {token}" http://127.0.0.1:{port(3002)}/admin/fault
+
+Operate Tandem:
+  export TANDEM_ENDPOINT={control_endpoints()} TANDEM_TOKEN={os.environ["TANDEM_ADMIN_TOKEN"]}
+  {self.bin_dir}/tandemctl status            # proxies, agents and backend health
+  {self.bin_dir}/tandemctl cluster status    # the raft group: leader, term, each member's reachability and lag
+
+""")
+
+    def run(self):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, self.on_signal)
+        code = 0
+        try:
+            self.prepare()
+        except PortInUse as e:
+            print(f"run-local: error: {e}", file=sys.stderr)
+            return 3
+        except Abort as e:
+            print(f"run-local: error: {e}", file=sys.stderr)
+            if self.owned:
+                shutil.rmtree(self.work, ignore_errors=True)
+            return 1
+        try:
+            self.boot()
+            self.banner()
+            while not self.stopping:
+                self.tick(0.2)
+        except Interrupted:
+            pass
+        except PortInUse as e:
+            out(f"\nrun-local: error: {e}\n")
+            code = 3
+        except Abort as e:
+            out(f"\nrun-local: error: {e}\n")
+            code = 1
+        self.shutdown()
+        if code == 0 and self.signal is not None:
+            code = 128 + self.signal
+        return code
+
+    # --- shutdown
+
+    def shutdown(self):
+        self.stopping = True
+        step("stopping")
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            try:
+                os.unlink(sock_path())
+            except OSError:
+                pass
+        services = [n for n in reversed(self.order) if self.comps[n].kind != "postgres"]
+        dbs = [n for n in reversed(self.order) if self.comps[n].kind == "postgres"]
+        for names in (services, dbs):
+            for n in names:
+                c = self.comps[n]
+                if c.alive():
+                    signal_leader(c, signal.SIGKILL if self.hurry else c.stop_signal)
+            deadline = time.monotonic() + 10
+            while any(self.comps[n].alive() for n in names):
+                if self.hurry or time.monotonic() > deadline:
+                    for n in names:
+                        if self.comps[n].alive():
+                            kill_group(self.comps[n].pgid, signal.SIGKILL)
+                    self.hurry = True
+                self.reap_quietly(names)
+                self.tail_all()
+                time.sleep(0.05)
+        # Nothing may outlive us: every process group is empty.
+        left = []
+        for c in self.comps.values():
+            if c.pgid is not None:
+                kill_group(c.pgid, signal.SIGKILL)
+                self.settle(c, wait=2)
+                if c.pgid is not None:
+                    left.append(f"{c.name} (process group {c.pgid})")
+        self.tail_all()
+        # Renamed first, so that the name is free at once for the next run
+        # while this one deletes the files (slow on some disks).
+        trash = f"{self.work}.stopped-{os.getpid()}"
+        try:
+            os.rename(self.work, trash)
+        except OSError:
+            trash = self.work
+        shutil.rmtree(trash, ignore_errors=True)
+        if left:
+            out(f"run-local: could not stop: {', '.join(left)}\n")
+        else:
+            out("stopped; nothing left running\n")
+
+    def reap_quietly(self, names):
+        for n in names:
+            c = self.comps[n]
+            if c.proc is not None and c.proc.returncode is None and c.proc.poll() is not None:
+                kill_group(c.pgid, signal.SIGKILL)
+                self.settle(c, wait=0.5)
+
+    # --- requests from other terminals
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            with conn:
+                conn.setblocking(True)
+                conn.settimeout(2)
+                try:
+                    req = json.loads(read_line(conn))
+                    reply = self.handle(req)
+                except Exception as e:  # a bad request must not stop the supervisor
+                    reply = {"ok": False, "error": str(e)}
+                try:
+                    conn.sendall((json.dumps(reply) + "\n").encode())
+                except OSError:
+                    pass
+
+    def handle(self, req):
+        cmd = req.get("cmd")
+        names = req.get("names", [])
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "ps":
+            self.reap()  # every exit known before it is shown
+            # Probed side by side: a replica whose database is gone may
+            # take its whole timeout to say it is not ready.
+            alive = [c for c in self.comps.values() if c.alive() and c.stop_deadline is None]
+            with ThreadPoolExecutor(max_workers=len(alive) or 1) as pool:
+                probes = dict(zip([c.name for c in alive], pool.map(lambda c: c.probe(timeout=2), alive)))
+            return {"ok": True, "components": [self.row(self.comps[n], probes.get(n)) for n in self.order],
+                    "booted": self.booted}
+        if cmd == "down":
+            self.stopping = True
+            return {"ok": True, "lines": ["stopping everything"]}
+        unknown = [n for n in names if n not in self.comps]
+        if unknown or not names:
+            return {"ok": False, "usage": True,
+                    "error": f"unknown component {', '.join(unknown) or '(none given)'}; "
+                             f"components: {' '.join(self.order)}"}
+        if not self.booted and cmd in ("start", "kill", "stop"):
+            return {"ok": False, "error": "still starting up; try again once the first terminal says it is running"}
+        lines = []
+        if cmd == "kill":
+            for n in names:
+                c = self.comps[n]
+                if not c.alive():
+                    lines.append(f"{n} is not running ({c.exit_desc or 'not started'})")
+                    continue
+                c.requested = "kill"
+                kill_group(c.pgid, signal.SIGKILL)
+                for _ in range(200):
+                    if c.proc.poll() is not None:
+                        break
+                    time.sleep(0.01)
+                lines.append(f"{n} (pid {c.proc.pid}) killed with SIGKILL")
+            self.reap()
+        elif cmd == "stop":
+            for n in names:
+                c = self.comps[n]
+                if not c.alive():
+                    lines.append(f"{n} is not running ({c.exit_desc or 'not started'})")
+                    continue
+                c.requested = "stop"
+                signal_leader(c, c.stop_signal)
+                c.stop_deadline = time.monotonic() + 15
+                lines.append(f"{n} (pid {c.proc.pid}): {signal.Signals(c.stop_signal).name} sent")
+        elif cmd == "start":
+            for n in names:
+                c = self.comps[n]
+                if c.alive():
+                    lines.append(f"{n} is already running (pid {c.proc.pid})")
+                    continue
+                self.spawn(c)
+                say(f"{n} started (pid {c.proc.pid})")
+                lines.append(f"{n} started (pid {c.proc.pid})")
+        else:
+            return {"ok": False, "usage": True, "error": f"unknown command {cmd!r}"}
+        return {"ok": True, "lines": lines}
+
+    def row(self, c, probe):
+        now = time.monotonic()
+        state = c.state()
+        note = ""
+        if probe is not None:
+            ok, note = probe
+            if ok and not c.ready_at:
+                c.ready_at = now
+            state = "ready" if ok else ("starting" if not c.ready_at else "not ready")
+        elif state == "exited" and c.exit_desc is not None:
+            note = f"{c.exit_desc} {human(now - c.exited_at)} ago"
+        return {
+            "name": c.name, "kind": c.kind, "state": state,
+            "pid": c.proc.pid if c.alive() else None,
+            "ports": c.ports, "ports_text": c.ports_text,
+            "up_seconds": round(now - c.started_at, 1) if c.alive() else None,
+            "note": note, "log": c.log_path,
+        }
+
+
+class PortInUse(Abort):
+    pass
+
+
+def step(msg):
+    out(f"\n\033[1m==> {msg}\033[0m\n" if sys.stdout.isatty() else f"\n==> {msg}\n")
+
+
+def signal_leader(c, sig):
+    # Postgres takes its shutdown signal on the postmaster alone, which
+    # then stops its backends in order; the services have no children.
+    try:
+        os.kill(c.proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def supervisor_of(work):
+    """The pid of the live supervisor that owns `work`, if any."""
+    try:
+        with open(os.path.join(work, "supervisor.pid")) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return None
+    return pid if b"run-local.py" in cmdline else None
+
+
+def kill_group(pgid, sig):
+    if pgid is None:
+        return
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_exists(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def human(seconds):
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def log_tail(path, n):
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(f"    {line}" for line in lines[-n:])
+
+
+def read_line(conn):
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > 1 << 20:
+            raise ValueError("request too long")
+    return buf.decode()
+
+
+# === the client side (another terminal) ===
+
+
+def client_request(req, quiet=False):
+    """Sends one request to the running supervisor; None when none runs."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(15)
+    try:
+        s.connect(sock_path())
+    except (FileNotFoundError, ConnectionRefusedError):
+        s.close()
+        if quiet:
+            return None
+        die(f"no run-local is running with port offset {OFFSET} (no {sock_path()}); "
+            "start one with scripts/run-local.sh, or set TANDEM_LOCAL_PORT_OFFSET as it was", 3)
+    with s:
+        s.sendall((json.dumps(req) + "\n").encode())
+        line = read_line(s)
+    if not line:
+        if quiet:
+            return None
+        die("the supervisor closed the connection without answering", 1)
+    reply = json.loads(line)
+    if not reply.get("ok") and not quiet:
+        die(reply.get("error", "failed"), 2 if reply.get("usage") else 1)
+    return reply
+
+
+def print_ps(rows):
+    headers = ["NAME", "STATE", "PID", "PORTS", "UP", "NOTE"]
+    table = [headers] + [
+        [r["name"], r["state"], str(r["pid"] or "-"), r["ports_text"] or "-",
+         human(r["up_seconds"]) if r["up_seconds"] is not None else "-", r["note"] or "-"]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers) - 1)]
+    for row in table:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "   " + row[-1])
+
+
+def wait_for(names, want, timeout):
+    """Polls `ps` until each of `names` is in a state `want` accepts."""
+    start = time.monotonic()
+    pending = list(names)
+    failed = False
+    while pending:
+        rows = {r["name"]: r for r in client_request({"cmd": "ps"})["components"]}
+        for n in list(pending):
+            r = rows[n]
+            verdict = want(r)
+            if verdict is True:
+                print(f"{n}: {r['state']} after {human(time.monotonic() - start)}"
+                      + (f" (pid {r['pid']})" if r["pid"] else "") + (f": {r['note']}" if r["note"] else ""))
+                pending.remove(n)
+            elif verdict is False:
+                print(f"{n}: {r['state']}: {r['note']}; its log ends with:\n{log_tail(r['log'], 10)}")
+                pending.remove(n)
+                failed = True
+        if pending and time.monotonic() - start > timeout:
+            for n in pending:
+                r = rows[n]
+                print(f"{n}: still {r['state']} after {timeout} s: {r['note']}")
+            return False
+        if pending:
+            time.sleep(0.25)
+    return not failed
+
+
+def started(r):
+    if r["state"] == "ready":
+        return True
+    if r["state"] == "exited":
+        return False
+    return None
+
+
+def stopped(r):
+    return True if r["state"] in ("exited", "not started") else None
+
+
+def client(cmd, args):
+    if cmd == "ps":
+        reply = client_request({"cmd": "ps"})
+        if "--json" in args:
+            print(json.dumps(reply["components"], indent=2))
+        else:
+            print_ps(reply["components"])
+            if not reply["booted"]:
+                print("(still starting up)")
+        return 0
+    if cmd == "logs":
+        if not args:
+            die("usage: scripts/run-local.sh logs NAME [-f]", 2)
+        path = os.path.join(run_dir(), "logs", f"{args[0]}.log")
+        if not os.path.exists(path):
+            die(f"no log for {args[0]!r} in {run_dir()}/logs", 2)
+        os.execvp("tail", ["tail", "-n", "100", *(["-f"] if "-f" in args else []), path])
+    if cmd == "down":
+        client_request({"cmd": "down"})
+        deadline = time.monotonic() + 60
+        while os.path.exists(sock_path()) or os.path.exists(run_dir()):
+            if time.monotonic() > deadline:
+                die("still stopping after 60 s", 1)
+            time.sleep(0.2)
+        print("stopped")
+        return 0
+    if cmd in ("kill", "stop", "start", "restart"):
+        if not args:
+            die(f"usage: scripts/run-local.sh {cmd} NAME...", 2)
+        ok = True
+        if cmd in ("stop", "restart"):
+            for line in client_request({"cmd": "stop", "names": args})["lines"]:
+                print(line)
+            ok = wait_for(args, stopped, 30)
+        if cmd in ("start", "restart") and ok:
+            for line in client_request({"cmd": "start", "names": args})["lines"]:
+                print(line)
+            ok = wait_for(args, started, 90)
+        if cmd == "kill":
+            for line in client_request({"cmd": "kill", "names": args})["lines"]:
+                print(line)
+        return 0 if ok else 1
+    die(f"unknown command {cmd!r}\n{__doc__}", 2)
+
+
+def main(argv):
+    global OFFSET
+    OFFSET = env_int("TANDEM_LOCAL_PORT_OFFSET", 0)
+    # Every port is its default (3001 to 15433) plus the offset.
+    if not -1900 <= OFFSET <= 50000:
+        die(f"TANDEM_LOCAL_PORT_OFFSET must be between -1900 and 50000 (got {OFFSET}): "
+            "every port is its default (3001 to 15433) plus the offset", 2)
+    cmd = argv[1] if len(argv) > 1 else "up"
+    if cmd in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    if cmd == "up":
+        bin_dir = os.environ.get("TANDEM_LOCAL_BIN") or os.path.join(ROOT, "target", "debug")
+        for var, default in (("TANDEM_ADMIN_TOKEN", "local-admin-token-change-me"),
+                             ("TANDEM_NODE_TOKEN", "local-node-token-change-me"),
+                             ("SHOP_ADMIN_TOKEN", "local-shop-admin-token-change-me")):
+            os.environ.setdefault(var, default)
+        return Supervisor(os.path.abspath(bin_dir)).run()
+    return client(cmd, argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
