@@ -271,10 +271,7 @@ impl ControlPlane for ControlService {
                 Some(s) => convert::admin_state_from_proto(s, "admin_state")?,
                 None => None,
             };
-            let order = req
-                .order
-                .map(|o| convert::order(o, "order"))
-                .transpose()?;
+            let order = req.order.map(|o| convert::order(o, "order")).transpose()?;
             let (backend, rev) = self
                 .store
                 .update_backend(&pool, &addr, expected(req.expected_revision), |mut b| {

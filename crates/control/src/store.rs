@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use serde::{Deserialize, Serialize};
 use tandem_core::{
     AdminState, Backend, BackendAddr, BackendRole, ConfigChange, Error as Domain, HostMatch,
     ListenAddr, PathPrefix, Pool, PoolConfig, PoolName, Revision, Route, Snapshot, TcpRoute,
@@ -516,9 +516,7 @@ impl Store {
                         applied_revision: Revision(r.try_get::<i64, _>("applied_revision")? as u64),
                         detail: r.try_get("detail")?,
                         replica: r.try_get("replica")?,
-                        listeners: r
-                            .try_get::<Json<Vec<ListenerReport>>, _>("listeners")?
-                            .0,
+                        listeners: r.try_get::<Json<Vec<ListenerReport>>, _>("listeners")?.0,
                         alerts: r.try_get::<Json<Vec<String>>, _>("alerts")?.0,
                     },
                     last_seen_unix_ms: r.try_get("last_seen_ms")?,

@@ -657,23 +657,46 @@ mod tests {
             "db",
         ])
         .unwrap();
-        let Command::Route(RouteCommand::Add { tcp, listen, pool, .. }) = cli.command else {
+        let Command::Route(RouteCommand::Add {
+            tcp, listen, pool, ..
+        }) = cli.command
+        else {
             panic!("not route add");
         };
         assert!(tcp);
-        assert_eq!((listen.as_deref(), pool.as_str()), (Some("0.0.0.0:5432"), "db"));
+        assert_eq!(
+            (listen.as_deref(), pool.as_str()),
+            (Some("0.0.0.0:5432"), "db")
+        );
         for bad in [
             &["route", "add", "--tcp", "--pool", "db"][..],
             &["route", "add", "--listen", "0.0.0.0:5432", "--pool", "db"],
-            &["route", "add", "--tcp", "--listen", "0.0.0.0:1", "--host", "a", "--pool", "db"],
+            &[
+                "route",
+                "add",
+                "--tcp",
+                "--listen",
+                "0.0.0.0:1",
+                "--host",
+                "a",
+                "--pool",
+                "db",
+            ],
             &["route", "delete", "--tcp"],
             &["route", "delete"],
         ] {
             let args = std::iter::once("tandemctl").chain(bad.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
         }
-        let cli = Cli::try_parse_from(["tandemctl", "route", "delete", "--tcp", "--listen", "0.0.0.0:5432"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "tandemctl",
+            "route",
+            "delete",
+            "--tcp",
+            "--listen",
+            "0.0.0.0:5432",
+        ])
+        .unwrap();
         assert!(matches!(
             cli.command,
             Command::Route(RouteCommand::Delete { tcp: true, .. })

@@ -571,7 +571,9 @@ impl Session {
                 let listen = listen.unwrap_or_default();
                 let what = format!("tcp route {listen} deleted");
                 let req = v1::DeleteTcpRouteRequest { listen };
-                let reply = self.unary(self.client.clone().delete_tcp_route(req)).await?;
+                let reply = self
+                    .unary(self.client.clone().delete_tcp_route(req))
+                    .await?;
                 self.print_change(out, &reply, what)
             }
             RouteCommand::Delete { host, prefix, .. } => {

@@ -1975,10 +1975,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
             ("10.0.0.2:5432", 2, Healthy),
         ]);
         assert!(single_active_alerts(&pools, &health).is_empty());
-        let (pools, health) = db(&[
-            ("10.0.0.9:5432", 1, Healthy),
-            ("10.0.0.2:5432", 2, Healthy),
-        ]);
+        let (pools, health) = db(&[("10.0.0.9:5432", 1, Healthy), ("10.0.0.2:5432", 2, Healthy)]);
         let alerts = single_active_alerts(&pools, &health);
         assert_eq!(alerts.len(), 1);
         assert!(
@@ -2008,14 +2005,19 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
         let out = status(&s, &health, &alerts, 0);
         assert!(out.contains("proxy-1: tcp listener 0.0.0.0:5432 (pool/db) NOT BOUND: Address already in use (os error 98)\n"), "{out}");
         assert!(out.contains("ALERT proxy-1: two claim\n"), "{out}");
-        assert!(out.contains("ALERT pool/db (single_active): 2 members"), "{out}");
+        assert!(
+            out.contains("ALERT pool/db (single_active): 2 members"),
+            "{out}"
+        );
         let v = parse(&to_json(&StatusJson::new(&s, &health, &alerts)));
         assert_eq!(v["nodes"][0]["listeners"][0]["bound"], false);
         assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
         // The pool's backends in declared order, with it.
         let detail = pool_detail(&pools[0]);
         assert!(
-            detail.contains("ADDRESS         ORDER   WEIGHT   ROLE          STATE\n10.0.0.9:5432   1"),
+            detail.contains(
+                "ADDRESS         ORDER   WEIGHT   ROLE          STATE\n10.0.0.9:5432   1"
+            ),
             "{detail}"
         );
     }

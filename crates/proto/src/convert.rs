@@ -337,7 +337,10 @@ pub fn listen_addr(s: &str, field: &str) -> Result<ListenAddr, ConvertError> {
     ListenAddr::new(s).map_err(|e| ValidationError::new(field, e.rule))
 }
 
-pub fn tcp_route_from_proto(r: &v1::TcpRoute, prefix: &str) -> Result<core::TcpRoute, ConvertError> {
+pub fn tcp_route_from_proto(
+    r: &v1::TcpRoute,
+    prefix: &str,
+) -> Result<core::TcpRoute, ConvertError> {
     Ok(core::TcpRoute {
         listen: listen_addr(&r.listen, &format!("{prefix}.listen"))?,
         pool: pool_name(&r.pool, &format!("{prefix}.pool"))?,
