@@ -8,66 +8,15 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tandem_core::{LbPolicy, ListenAddr, PoolName, Snapshot, TcpRoute};
+use tandem_testkit::tcp::Echo;
 use tandem_testkit::{free_addr, wait_until};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-
-// === backends ===
-
-/// A TCP server that greets each connection with `hello <name>\n`, then
-/// echoes everything back; it closes its side when the client does.
-struct Echo {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Echo {
-    async fn start(name: &str) -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (name, count) = (name.to_string(), accepted.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                count.fetch_add(1, Ordering::SeqCst);
-                let greeting = format!("hello {name}\n");
-                tokio::spawn(async move {
-                    if s.write_all(greeting.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    let _ = w.shutdown().await;
-                });
-            }
-        });
-        Echo {
-            addr,
-            accepted,
-            task,
-        }
-    }
-
-    fn address(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn tcp_snapshot(
     config: tandem_core::PoolConfig,
@@ -112,9 +61,9 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 #[tokio::test]
 async fn tcp_routes_balance_connections_and_carry_bytes_both_ways_in_either_copy_mode() {
     let backends = [
-        Echo::start("b1").await,
-        Echo::start("b2").await,
-        Echo::start("b3").await,
+        Echo::start("b1").await.unwrap(),
+        Echo::start("b2").await.unwrap(),
+        Echo::start("b3").await.unwrap(),
     ];
     let addrs: Vec<String> = backends.iter().map(Echo::address).collect();
     for mode in ["copy", "splice"] {
@@ -184,7 +133,7 @@ async fn tcp_routes_balance_connections_and_carry_bytes_both_ways_in_either_copy
 
 #[tokio::test]
 async fn a_refused_connect_goes_to_the_next_backend_and_repeated_refusals_eject() {
-    let live = Echo::start("live").await;
+    let live = Echo::start("live").await.unwrap();
     let dead = dead_address();
     let listen = free_addr();
     let mut config = pool_config("db", LbPolicy::RoundRobin);
@@ -221,7 +170,7 @@ async fn a_refused_connect_goes_to_the_next_backend_and_repeated_refusals_eject(
 
 #[tokio::test]
 async fn a_full_backend_queues_clients_up_to_the_bound_then_refuses() {
-    let only = Echo::start("only").await;
+    let only = Echo::start("only").await.unwrap();
     let listen = free_addr();
     let mut config = pool_config("db", LbPolicy::LeastConnections);
     config.tcp.max_connections = 1;
@@ -280,7 +229,7 @@ async fn a_full_backend_queues_clients_up_to_the_bound_then_refuses() {
 
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_pool_idle_timeout() {
-    let b = Echo::start("b").await;
+    let b = Echo::start("b").await.unwrap();
     let listen = free_addr();
     let mut config = pool_config("db", LbPolicy::RoundRobin);
     config.tcp.idle_timeout_ms = 1_000;
@@ -406,7 +355,7 @@ async fn the_backend_reads_the_client_address_from_a_proxy_protocol_v2_header() 
 
 #[tokio::test]
 async fn a_port_that_cannot_be_bound_is_reported_and_the_other_routes_serve() {
-    let b = Echo::start("b").await;
+    let b = Echo::start("b").await.unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap();
     let free = free_addr();

@@ -168,10 +168,25 @@ pub struct Slot<'t> {
     state: &'t TcpPoolState,
 }
 
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
+impl Slot<'_> {
+    fn give_back(&self) {
         self.backend.active.fetch_sub(1, Ordering::SeqCst);
         self.backend.m.active.decrement(1.0);
+    }
+
+    /// Gives the slot back without waking anyone: for a client that took
+    /// it only to find it must wait, whose wake-up would be its own.
+    fn give_back_quietly(self) {
+        self.give_back();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.give_back();
+        // One waiting client looks again (and passes the turn on if it
+        // gets one).
         self.state.changed.notify_one();
     }
 }
@@ -215,6 +230,7 @@ pub async fn acquire<'t>(
         && pool.config.on_unhealthy() == OnUnhealthy::Close;
     let state = &*pool.state;
     let mut ticket = None;
+    let mut waited = false;
     loop {
         let notified = state.changed.notified();
         tokio::pin!(notified);
@@ -241,15 +257,29 @@ pub async fn acquire<'t>(
                     state,
                 };
                 if !exclusive || others_closed(pool, p.index) {
-                    if state.queued.load(Ordering::Relaxed) > 0 {
+                    if waited {
                         // Pass the turn on: another waiter may fit too.
                         state.changed.notify_one();
                     }
                     return Ok(slot);
                 }
                 // Connections to the member we leave are still open: the
-                // supervisor is closing them. Wait for that.
-                drop(slot);
+                // supervisor is closing them (each close wakes a waiter).
+                // Look again then, or shortly: two clients that picked
+                // different members at once both step back, and nothing
+                // else may wake them.
+                slot.give_back_quietly();
+                waited = true;
+                let wait = tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep(GATE_RETRY) => {}
+                    }
+                });
+                if wait.await.is_err() {
+                    return Err(Refused::QueueTimeout);
+                }
+                continue;
             }
             None => {
                 if pool.balancer.pick(&pool.endpoints, &cx).is_none() {
@@ -260,11 +290,16 @@ pub async fn acquire<'t>(
                 }
             }
         }
+        waited = true;
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return Err(Refused::QueueTimeout);
         }
     }
 }
+
+/// How often a client waiting for the previous member's connections to
+/// close looks again without being told.
+const GATE_RETRY: Duration = Duration::from_millis(10);
 
 /// Is every connection to the pool's other members (and to members that
 /// left it) closed? Read after our own slot was taken, both sequentially
