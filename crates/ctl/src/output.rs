@@ -574,7 +574,8 @@ pub struct WatchEventJson<'a> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeJson<'a> {
-    PoolUpserted(PoolJson<'a>),
+    // Boxed: a pool's view is several times the size of the other changes.
+    PoolUpserted(Box<PoolJson<'a>>),
     PoolDeleted(&'a str),
     BackendUpserted {
         pool: &'a str,
@@ -599,7 +600,7 @@ pub enum ChangeJson<'a> {
 impl<'a> From<&'a v1::ConfigChange> for ChangeJson<'a> {
     fn from(c: &'a v1::ConfigChange) -> Self {
         match &c.change {
-            Some(Change::PoolUpserted(p)) => Self::PoolUpserted(p.into()),
+            Some(Change::PoolUpserted(p)) => Self::PoolUpserted(Box::new(p.into())),
             Some(Change::PoolDeleted(name)) => Self::PoolDeleted(name),
             Some(Change::BackendUpserted(b)) => Self::BackendUpserted {
                 pool: &b.pool,
