@@ -169,7 +169,8 @@ pub enum Command {
     /// Add, change, drain and remove a pool's backends.
     #[command(subcommand)]
     Backend(BackendCommand),
-    /// Send requests for a host and path prefix to a pool.
+    /// Send requests for a host and path prefix to a pool (HTTP), or every
+    /// connection to a listen address (TCP, --tcp).
     #[command(subcommand)]
     Route(RouteCommand),
     /// Revision, answering replica, database reachability, every proxy and

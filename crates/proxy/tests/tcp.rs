@@ -422,3 +422,42 @@ async fn a_port_that_cannot_be_bound_is_reported_and_the_other_routes_serve() {
     let (name, _) = greeting(busy).await.unwrap();
     assert_eq!(name, "b");
 }
+
+#[tokio::test]
+async fn backups_take_over_from_a_dead_primary_and_draining_backends_get_nothing_new() {
+    let backup = Echo::start("backup").await.unwrap();
+    let draining = Echo::start("draining").await.unwrap();
+    let dead = dead_address();
+    let listen = free_addr();
+    let mut config = pool_config("db", LbPolicy::RoundRobin);
+    config.outlier.consecutive_failures = 2;
+    let name = config.name.clone();
+    let mut snapshot = SnapshotBuilder::new()
+        .pool(
+            config,
+            vec![
+                backend(&dead),
+                with_role(backend(&backup.address()), tandem_core::BackendRole::Backup),
+                with_state(
+                    backend(&draining.address()),
+                    tandem_core::AdminState::Draining,
+                ),
+            ],
+        )
+        .build();
+    snapshot.tcp_routes.push(TcpRoute {
+        listen: ListenAddr::new(&listen.to_string()).unwrap(),
+        pool: name,
+    });
+    let _proxy = ProxyProcess::with_snapshot(&snapshot).await.unwrap();
+    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
+        TcpStream::connect(listen).await.is_ok()
+    })
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        let (name, _) = greeting(listen).await.expect("served");
+        assert_eq!(name, "backup");
+    }
+    assert_eq!(draining.accepted.load(Ordering::SeqCst), 0);
+}

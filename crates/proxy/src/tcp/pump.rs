@@ -86,6 +86,7 @@ pub async fn run(
 ) -> End {
     let last = AtomicU64::new(clock::now_ms());
     let spoke = AtomicU64::new(0);
+    let ended = AtomicU64::new(0);
     let both = async {
         match settings.mode {
             CopyMode::Copy => {
@@ -100,6 +101,7 @@ pub async fn run(
                     None::<fn()>,
                     false,
                     &spoke,
+                    &ended,
                 );
                 let down = copy_dir(
                     &mut br,
@@ -110,6 +112,7 @@ pub async fn run(
                     Some(on_first_byte),
                     true,
                     &spoke,
+                    &ended,
                 );
                 tokio::try_join!(up, down).map(|_| ())
             }
@@ -124,6 +127,7 @@ pub async fn run(
                     None::<fn()>,
                     false,
                     &spoke,
+                    &ended,
                 );
                 let down = splice_dir(
                     b,
@@ -134,6 +138,7 @@ pub async fn run(
                     Some(on_first_byte),
                     true,
                     &spoke,
+                    &ended,
                 );
                 tokio::try_join!(up, down).map(|_| ())
             }
@@ -175,6 +180,7 @@ async fn copy_dir<R, W, F>(
     mut first: Option<F>,
     from_backend: bool,
     spoke: &AtomicU64,
+    ended: &AtomicU64,
 ) -> Result<(), DirError>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -199,8 +205,12 @@ where
         buf.clear();
         let n = from.read_buf(&mut buf).await.map_err(fail)?;
         if n == 0 {
-            // Half-close: tell the other side we are done sending.
-            let _ = to.shutdown().await;
+            // Half-close: tell the other side we are done sending, unless
+            // the other direction already ended (both sockets are closed
+            // at once then; a shutdown first would only cost a syscall).
+            if ended.fetch_add(1, Ordering::Relaxed) == 0 {
+                let _ = to.shutdown().await;
+            }
             return Ok(());
         }
         if let Some(f) = first.take() {
@@ -223,6 +233,7 @@ async fn splice_dir<F: FnOnce()>(
     mut first: Option<F>,
     from_backend: bool,
     spoke: &AtomicU64,
+    ended: &AtomicU64,
 ) -> Result<(), DirError> {
     use nix::fcntl::{SpliceFFlags, splice};
     // Reads fail on the source's socket, writes on the other one's.
@@ -255,7 +266,9 @@ async fn splice_dir<F: FnOnce()>(
             }
         };
         if n == 0 {
-            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            if ended.fetch_add(1, Ordering::Relaxed) == 0 {
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            }
             return Ok(());
         }
         if let Some(f) = first.take() {
