@@ -13,6 +13,8 @@
 #   (connections/s); 64-byte request/response over $PINGPONG kept
 #   connections (round trip p50/p99, and the latency added over going
 #   direct);
+# - CPU: the proxy's utime+stime (/proc) per GB of the bulk run and per
+#   short connection: steadier than the rates on a shared machine;
 # - ROUNDS runs every target that many times, interleaved (a burst of noise
 #   on the shared machine hits all of them alike); each figure is the
 #   median over the rounds.
@@ -89,6 +91,8 @@ backend be
 CFG
 taskset -c "$PROXY_CORE" "$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 PIDS+=($!)
+declare -A PID
+PID[haproxy]=$!
 
 start_tandem() { # mode port admin_port
   local dir=$WORK/tandem-$1
@@ -112,18 +116,32 @@ SNAP
     TANDEM_STATE_DIR=$dir TANDEM_CONTROL= TANDEM_WORKERS=1 TANDEM_TCP_COPY=$1 RUST_LOG=warn \
     taskset -c "$PROXY_CORE" "$TANDEM" >"$WORK/tandem-$1.log" 2>&1 &
   PIDS+=($!)
+  PID[tandem-$1]=$!
 }
 start_tandem copy "$COPY_PORT" 18211
 start_tandem splice "$SPLICE_PORT" 18212
 for p in $HAPROXY_PORT $COPY_PORT $SPLICE_PORT; do wait_port "$p"; done
 
-declare -A MB CPS P50 P99
+# CPU time of a process (HAProxy, tandem-proxy: all threads), in clock
+# ticks: the figure that noise from other processes moves least.
+cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+TICK=$(getconf CLK_TCK)
+declare -A MB CPS P50 P99 CPU_GB CPU_CONN
 measure() { # name round port
-  local key=$1.$2 port=$3 out
+  local key=$1.$2 port=$3 out before after
+  before=$(cpu_ticks "${PID[$1]:-}")
   out=$(taskset -c "$LOAD_CORE" "$BENCH" bulk "127.0.0.1:$port" "$SECS")
+  after=$(cpu_ticks "${PID[$1]:-}")
   MB[$key]=$(echo "$out" | awk '{print $2}')
+  # CPU ms per GB moved (the bulk run lasts SECS plus a 0.5 s warm-up).
+  CPU_GB[$key]=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v mb="${MB[$key]}" -v s="$SECS" \
+    'BEGIN { gb = mb * (s + 0.5) / 1000; printf "%.0f", (gb > 0) ? (a - b) / t * 1000 / gb : 0 }')
+  before=$(cpu_ticks "${PID[$1]:-}")
   out=$(taskset -c "$LOAD_CORE" "$BENCH" connect "127.0.0.1:$port" "$SECS" "$CONCURRENCY")
+  after=$(cpu_ticks "${PID[$1]:-}")
   CPS[$key]=$(echo "$out" | awk '{print $2}')
+  CPU_CONN[$key]=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v c="${CPS[$key]}" -v s="$SECS" \
+    'BEGIN { n = c * s; printf "%.1f", (n > 0) ? (a - b) / t * 1e6 / n : 0 }')
   [ "$(echo "$out" | awk '{print $4}')" = "0" ] || echo "  $1: $(echo "$out" | awk '{print $4}') failed connections" >&2
   out=$(taskset -c "$LOAD_CORE" "$BENCH" pingpong "127.0.0.1:$port" "$SECS" "$PINGPONG")
   P50[$key]=$(echo "$out" | awk '{print $2}')
@@ -149,15 +167,16 @@ med() { # array name
   for r in $(seq 1 "$ROUNDS"); do vals="$vals ${arr[$2.$r]}"; done
   echo "$vals" | median
 }
-printf '\n%-14s %10s %12s %10s %10s %12s %12s\n' target "bulk MB/s" "conns/s" "p50 µs" "p99 µs" "+p50 µs" "+p99 µs"
+printf '\n%-14s %10s %10s %10s %12s %10s %10s %10s %10s\n' target "bulk MB/s" "CPU ms/GB" "conns/s" "CPU µs/conn" "p50 µs" "p99 µs" "+p50 µs" "+p99 µs"
 declare -A M
 for t in $TARGETS; do
   M[$t.mb]=$(med MB "$t"); M[$t.cps]=$(med CPS "$t"); M[$t.p50]=$(med P50 "$t"); M[$t.p99]=$(med P99 "$t")
+  M[$t.cgb]=$(med CPU_GB "$t"); M[$t.cconn]=$(med CPU_CONN "$t")
 done
 for t in $TARGETS; do
   add50=$(awk -v a="${M[$t.p50]}" -v b="${M[direct.p50]}" 'BEGIN {printf "%.1f", a - b}')
   add99=$(awk -v a="${M[$t.p99]}" -v b="${M[direct.p99]}" 'BEGIN {printf "%.1f", a - b}')
-  printf '%-14s %10s %12s %10s %10s %12s %12s\n' "$t" "${M[$t.mb]}" "${M[$t.cps]}" "${M[$t.p50]}" "${M[$t.p99]}" "$add50" "$add99"
+  printf '%-14s %10s %10s %10s %12s %10s %10s %10s %10s\n' "$t" "${M[$t.mb]}" "${M[$t.cgb]}" "${M[$t.cps]}" "${M[$t.cconn]}" "${M[$t.p50]}" "${M[$t.p99]}" "$add50" "$add99"
 done
 echo
 for t in tandem-copy tandem-splice; do
@@ -166,5 +185,7 @@ for t in tandem-copy tandem-splice; do
       -v d50="${M[direct.p50]}" -v d99="${M[direct.p99]}" 'BEGIN {
     printf "%s / haproxy: bulk %.2fx, connections/s %.2fx, p50 %.2fx (added %.2fx), p99 %.2fx (added %.2fx)\n",
       n, mb / hmb, c / hc, p50 / hp50, (p50 - d50) / (hp50 - d50), p99 / hp99, (p99 - d99) / (hp99 - d99) }'
+  awk -v n="$t" -v g="${M[$t.cgb]}" -v hg="${M[haproxy.cgb]}" -v c="${M[$t.cconn]}" -v hc="${M[haproxy.cconn]}" 'BEGIN {
+    printf "%s / haproxy CPU: per GB %.2fx, per connection %.2fx (below 1 is better)\n", n, g / hg, c / hc }'
 done
 echo "(throughput: above 1 is better; latency: below 1 is better)"

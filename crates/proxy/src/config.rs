@@ -77,8 +77,10 @@ pub struct Args {
     #[arg(long, env = "TANDEM_TCP_COPY", value_enum, default_value_t = crate::tcp::CopyMode::default())]
     pub tcp_copy: crate::tcp::CopyMode,
 
-    /// TCP routes: bytes per read (copy) or per splice, at least 4096.
-    #[arg(long, env = "TANDEM_TCP_BUFFER_BYTES", default_value_t = 65_536)]
+    /// TCP routes: bytes per read (copy) or per splice, at least 4096. 32 KiB
+    /// took the least CPU per GB in `scripts/bench/tcp.sh` (16 KiB: more
+    /// syscalls; 64 KiB: the copies spill out of the L1 cache).
+    #[arg(long, env = "TANDEM_TCP_BUFFER_BYTES", default_value_t = 32_768)]
     pub tcp_buffer_bytes: usize,
 
     #[command(flatten)]

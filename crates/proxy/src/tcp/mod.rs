@@ -300,7 +300,7 @@ impl Default for TcpOptions {
     fn default() -> Self {
         Self {
             copy: CopyMode::default(),
-            buffer: 64 * 1024,
+            buffer: 32 * 1024,
             rebind_every: Duration::from_secs(2),
         }
     }
