@@ -51,6 +51,22 @@ async fn echoes(c: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the connection no longer echoes (closed by the proxy).
+async fn until_closed(
+    c: &mut BufReader<TcpStream>,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < within {
+        if echoes(c).await.is_err() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("timed out after {within:?} waiting for {what}")
+}
+
 async fn serves(addr: SocketAddr) -> bool {
     open(addr).await.is_ok()
 }
@@ -211,5 +227,184 @@ async fn tcp_routes_open_and_close_on_a_running_proxy_and_unbindable_ports_are_r
         "{node:?}"
     );
     drop(taken);
+    Ok(())
+}
+
+/// `--on-unhealthy close` with a grace: a connection to a backend the
+/// agents mark unhealthy goes on for the grace, then is closed; removing
+/// the backend closes it too; with `keep` it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or_are_kept()
+-> anyhow::Result<()> {
+    use std::net::IpAddr;
+    use tandem_testkit::tcp::PrimaryResponder;
+    use tandem_testkit::{Process, free_addr_on};
+
+    let db = Postgres::start()?;
+    let cp = ControlPlane::start(&db.url()).await?;
+    let host = IpAddr::from([127, 0, 0, 7]);
+    let echo = Echo::start_on("echo", host).await?;
+    let check = PrimaryResponder::start(host, free_addr_on(host).port(), true).await?;
+    let health_port = check.addr.port().to_string();
+    tandemctl(
+        &cp,
+        &[
+            "pool",
+            "create",
+            "echo",
+            "--health-path",
+            "/primary",
+            "--health-port",
+            &health_port,
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "150ms",
+            "--health-rise",
+            "1",
+            "--health-fall",
+            "1",
+            "--on-unhealthy",
+            "close",
+            "--unhealthy-grace",
+            "2s",
+        ],
+    )?;
+    tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
+    let listen = free_addr();
+    tandemctl(
+        &cp,
+        &[
+            "route",
+            "add",
+            "--tcp",
+            "--listen",
+            &listen.to_string(),
+            "--pool",
+            "echo",
+        ],
+    )?;
+    let _agent = Process::spawn(
+        "agent",
+        "tandem-agent",
+        &[],
+        &[
+            ("TANDEM_CONTROL", cp.endpoint()),
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_NODE_ID", "agent-1".into()),
+            ("TANDEM_ADMIN_LISTEN", free_addr().to_string()),
+        ],
+    )?;
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &cp.endpoint(),
+        &[("TANDEM_TOKEN", NODE_TOKEN.into())],
+    )?;
+    proxy.wait_ready().await?;
+    let health = cp.node_client().await?;
+    let state_is = |want: v1::HealthState| {
+        let health = health.clone();
+        move || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .get_health(v1::GetHealthRequest {})
+                    .await
+                    .is_ok_and(|h| {
+                        h.into_inner()
+                            .backends
+                            .iter()
+                            .any(|b| b.state == want as i32)
+                    })
+            }
+        }
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "the backend healthy",
+        state_is(v1::HealthState::Healthy),
+    )
+    .await?;
+    wait_until(Duration::from_secs(10), "the route to serve", || {
+        serves(listen)
+    })
+    .await?;
+
+    // close, 2 s of grace: still open a second after it turned unhealthy,
+    // closed a few seconds later.
+    let mut conn = open(listen).await?;
+    check.set_primary(false);
+    wait_until(
+        Duration::from_secs(10),
+        "the backend unhealthy",
+        state_is(v1::HealthState::Unhealthy),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    echoes(&mut conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("closed before the grace ended: {e}"))?;
+    until_closed(
+        &mut conn,
+        Duration::from_secs(10),
+        "the connection closed after the grace",
+    )
+    .await?;
+
+    // Removing the backend closes what is open to it (close, 2 s grace).
+    check.set_primary(true);
+    wait_until(
+        Duration::from_secs(10),
+        "healthy again",
+        state_is(v1::HealthState::Healthy),
+    )
+    .await?;
+    wait_until(Duration::from_secs(10), "the route to serve", || {
+        serves(listen)
+    })
+    .await?;
+    let mut last = open(listen).await?;
+    tandemctl(&cp, &["backend", "remove", "echo", &echo.address()])?;
+    until_closed(
+        &mut last,
+        Duration::from_secs(10),
+        "the removed backend's connection closed",
+    )
+    .await?;
+
+    // keep: the connection outlives the backend's health. (Added again,
+    // the backend starts afresh: the control plane forgot its history.)
+    tandemctl(&cp, &["pool", "update", "echo", "--on-unhealthy", "keep"])?;
+    tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
+    wait_until(
+        Duration::from_secs(10),
+        "healthy once added again",
+        state_is(v1::HealthState::Healthy),
+    )
+    .await?;
+    wait_until(Duration::from_secs(10), "the route to serve", || {
+        serves(listen)
+    })
+    .await?;
+    let mut kept = open(listen).await?;
+    check.set_primary(false);
+    wait_until(
+        Duration::from_secs(10),
+        "unhealthy again",
+        state_is(v1::HealthState::Unhealthy),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    echoes(&mut kept)
+        .await
+        .map_err(|e| anyhow::anyhow!("kept connection closed: {e}"))?;
+    let (_, metrics) = proxy.admin_get("/metrics").await?;
+    for reason in ["unhealthy", "removed"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"}} 1"))
+                || metrics.contains(&format!("reason=\"{reason}\"}} 2")),
+            "closed for {reason}: {metrics}"
+        );
+    }
     Ok(())
 }

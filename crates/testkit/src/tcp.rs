@@ -22,7 +22,12 @@ pub struct Echo {
 
 impl Echo {
     pub async fn start(name: &str) -> anyhow::Result<Echo> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(name, IpAddr::from([127, 0, 0, 1])).await
+    }
+
+    /// Like [`Echo::start`], on `ip` (another loopback "host").
+    pub async fn start_on(name: &str, ip: IpAddr) -> anyhow::Result<Echo> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicUsize::new(0));
         let (name, count) = (name.to_string(), accepted.clone());
