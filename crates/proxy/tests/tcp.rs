@@ -461,3 +461,48 @@ async fn backups_take_over_from_a_dead_primary_and_draining_backends_get_nothing
     }
     assert_eq!(draining.accepted.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_backend_that_resets_before_saying_anything_is_ejected_like_a_refused_one() {
+    // Accepts, then resets at once (SO_LINGER 0): a connect succeeds, no
+    // byte ever comes back.
+    let resetter = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad = resetter.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = resetter.accept().await {
+            let s = s.into_std().unwrap();
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let good = Echo::start("good").await.unwrap();
+    let listen = free_addr();
+    let mut config = pool_config("db", LbPolicy::RoundRobin);
+    config.outlier.consecutive_failures = 2;
+    let snapshot = tcp_snapshot(config, &[bad.clone(), good.address()], listen);
+    let proxy = ProxyProcess::with_snapshot(&snapshot).await.unwrap();
+    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
+        TcpStream::connect(listen).await.is_ok()
+    })
+    .await
+    .unwrap();
+    let mut served = 0;
+    for _ in 0..20 {
+        if let Ok((name, _)) = greeting(listen).await {
+            assert_eq!(name, "good");
+            served += 1;
+        }
+    }
+    // Round robin sent some to the resetter until two resets in a row
+    // ejected it (the readiness probe may have been one of them).
+    assert!((18..20).contains(&served), "served {served} of 20");
+    let c = proxy.config().await.unwrap();
+    let b = c["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == bad.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(b["ejected"], true, "{b}");
+}
