@@ -220,7 +220,9 @@ pub struct Check {
 
 impl Check {
     pub fn new(key: BackendKey, spec: HealthCheckSpec) -> Check {
-        let address = key.address.as_str();
+        // The pool's check may target another port of the backend's host.
+        let target = spec.target_address(&key.address);
+        let address = target.as_str();
         let dest = match address.parse::<SocketAddr>() {
             Ok(a) => Dest::Ip(a),
             Err(_) => Dest::Name(address.to_string()),

@@ -327,6 +327,7 @@ ADDRESS          WEIGHT   ROLE      STATE      HEALTH
             revision: 3,
             zone: "zone-a".into(),
             detail: "serving from disk".into(),
+            ..Default::default()
         })
         .await?;
     let status = ctl.ok(&["status"]);

@@ -72,6 +72,17 @@ pub struct Args {
     )]
     pub upstream_idle_timeout_ms: u64,
 
+    /// How TCP routes move bytes: `copy` (through a buffer) or `splice`
+    /// (splice(2) through a pipe, never entering user space).
+    #[arg(long, env = "TANDEM_TCP_COPY", value_enum, default_value_t = crate::tcp::CopyMode::default())]
+    pub tcp_copy: crate::tcp::CopyMode,
+
+    /// TCP routes: bytes per read (copy) or per splice, at least 4096. 32 KiB
+    /// took the least CPU per GB in `scripts/bench/tcp.sh` (16 KiB: more
+    /// syscalls; 64 KiB: the copies spill out of the L1 cache).
+    #[arg(long, env = "TANDEM_TCP_BUFFER_BYTES", default_value_t = 32_768)]
+    pub tcp_buffer_bytes: usize,
+
     #[command(flatten)]
     pub telemetry: tandem_telemetry::TelemetryArgs,
 }
@@ -90,6 +101,7 @@ pub struct Settings {
     pub max_connections: usize,
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
+    pub tcp: crate::tcp::TcpOptions,
 }
 
 impl Args {
@@ -112,6 +124,15 @@ impl Args {
                 "must be at least 1".into(),
             ));
         }
+        if !(4_096..=16 << 20).contains(&self.tcp_buffer_bytes) {
+            return Err(bad(
+                "TANDEM_TCP_BUFFER_BYTES",
+                format!(
+                    "must be between 4096 and 16777216 (got {})",
+                    self.tcp_buffer_bytes
+                ),
+            ));
+        }
         if self.header_timeout_ms == 0 {
             return Err(bad("TANDEM_HEADER_TIMEOUT_MS", "must be at least 1".into()));
         }
@@ -128,6 +149,11 @@ impl Args {
             max_connections: self.max_connections.clamp(1, 1 << 24),
             upstream_max_idle: self.upstream_max_idle,
             upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
+            tcp: crate::tcp::TcpOptions {
+                copy: self.tcp_copy,
+                buffer: self.tcp_buffer_bytes,
+                ..Default::default()
+            },
         })
     }
 

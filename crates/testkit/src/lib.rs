@@ -10,6 +10,7 @@ mod control;
 mod postgres;
 mod process;
 pub mod proxy;
+pub mod tcp;
 
 pub use control::{
     ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
