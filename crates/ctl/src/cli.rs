@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::duration::{Millis, StatusRange, parse_percent, parse_timeout};
+use crate::duration::{Millis, StatusRange, parse_percent, parse_size, parse_timeout};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -303,6 +303,20 @@ pub struct PoolSettings {
     /// them, healthy or not (0 disables panic mode).
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, help_heading = "Pool settings")]
     pub panic_threshold: Option<u32>,
+
+    /// Largest request body the proxy passes on (e.g. 10MiB, 512k; 0: no
+    /// limit); larger ones get 413.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "HTTP limits")]
+    pub max_request_body: Option<u64>,
+    /// Longest an upstream keep-alive connection is reused after sitting
+    /// idle (e.g. 4s; 0: a new connection per request). A backend's
+    /// `Keep-Alive: timeout=` shortens it.
+    #[arg(long, value_name = "DURATION", help_heading = "HTTP limits")]
+    pub upstream_idle_timeout: Option<Millis>,
+    /// An upgraded (WebSocket) connection silent both ways for this long is
+    /// closed (e.g. 5m).
+    #[arg(long, value_name = "DURATION", help_heading = "HTTP limits")]
+    pub tunnel_idle_timeout: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

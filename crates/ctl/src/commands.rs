@@ -804,6 +804,9 @@ pub fn pool_message(name: &str, s: &PoolSettings) -> v1::Pool {
         panic_threshold_percent: s.panic_threshold,
         backends: Vec::new(),
         revision: 0,
+        max_request_body_bytes: s.max_request_body,
+        upstream_idle_timeout_ms: ms(s.upstream_idle_timeout),
+        tunnel_idle_timeout_ms: ms(s.tunnel_idle_timeout),
     }
 }
 
@@ -884,6 +887,12 @@ mod tests {
                 "40",
                 "--panic-threshold",
                 "60",
+                "--max-request-body",
+                "1MiB",
+                "--upstream-idle-timeout",
+                "2s",
+                "--tunnel-idle-timeout",
+                "10m",
             ]),
         );
         assert_eq!(
@@ -918,6 +927,9 @@ mod tests {
                 panic_threshold_percent: Some(60),
                 backends: vec![],
                 revision: 0,
+                max_request_body_bytes: Some(1 << 20),
+                upstream_idle_timeout_ms: Some(2_000),
+                tunnel_idle_timeout_ms: Some(600_000),
             }
         );
     }

@@ -16,7 +16,7 @@ use tandem_proto::v1;
 use tandem_proto::v1::config_change::Change;
 use tandem_proto::v1::watch_event::Event;
 
-use crate::duration::Millis;
+use crate::duration::{Millis, format_size};
 
 // === enum names ===
 
@@ -102,6 +102,9 @@ pub struct PoolJson<'a> {
     pub retry: Option<RetryJson>,
     pub outlier: Option<OutlierJson>,
     pub panic_threshold_percent: Option<u32>,
+    pub max_request_body_bytes: Option<u64>,
+    pub upstream_idle_timeout_ms: Option<u32>,
+    pub tunnel_idle_timeout_ms: Option<u32>,
     pub backends: Vec<BackendJson<'a>>,
     pub revision: u64,
 }
@@ -179,6 +182,9 @@ impl<'a> From<&'a v1::Pool> for PoolJson<'a> {
                 max_ejected_percent: o.max_ejected_percent,
             }),
             panic_threshold_percent: p.panic_threshold_percent,
+            max_request_body_bytes: p.max_request_body_bytes,
+            upstream_idle_timeout_ms: p.upstream_idle_timeout_ms,
+            tunnel_idle_timeout_ms: p.tunnel_idle_timeout_ms,
             backends: p.backends.iter().map(BackendJson::from).collect(),
             revision: p.revision,
         }
@@ -489,7 +495,8 @@ pub struct WatchEventJson<'a> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeJson<'a> {
-    PoolUpserted(PoolJson<'a>),
+    // Boxed: a pool is far larger than the other changes.
+    PoolUpserted(Box<PoolJson<'a>>),
     PoolDeleted(&'a str),
     BackendUpserted {
         pool: &'a str,
@@ -511,7 +518,7 @@ pub enum ChangeJson<'a> {
 impl<'a> From<&'a v1::ConfigChange> for ChangeJson<'a> {
     fn from(c: &'a v1::ConfigChange) -> Self {
         match &c.change {
-            Some(Change::PoolUpserted(p)) => Self::PoolUpserted(p.into()),
+            Some(Change::PoolUpserted(p)) => Self::PoolUpserted(Box::new(p.into())),
             Some(Change::PoolDeleted(name)) => Self::PoolDeleted(name),
             Some(Change::BackendUpserted(b)) => Self::BackendUpserted {
                 pool: &b.pool,
@@ -768,6 +775,20 @@ pub fn pool_detail(p: &v1::Pool) -> String {
         ("retries", retry),
         ("outlier detection", outlier),
         ("panic threshold", percent(p.panic_threshold_percent)),
+        (
+            "max request body",
+            p.max_request_body_bytes
+                .map(|n| {
+                    if n == 0 {
+                        "no limit".into()
+                    } else {
+                        format_size(n)
+                    }
+                })
+                .unwrap_or_default(),
+        ),
+        ("upstream idle timeout", ms(p.upstream_idle_timeout_ms)),
+        ("tunnel idle timeout", ms(p.tunnel_idle_timeout_ms)),
     ]);
     out.push('\n');
     if p.backends.is_empty() {
@@ -1325,6 +1346,9 @@ mod tests {
                 max_ejected_percent: Some(50),
             }),
             panic_threshold_percent: Some(50),
+            max_request_body_bytes: Some(10 << 20),
+            upstream_idle_timeout_ms: Some(4_000),
+            tunnel_idle_timeout_ms: Some(300_000),
             backends: vec![
                 v1::Backend {
                     address: "10.0.0.5:3000".into(),
@@ -1465,11 +1489,14 @@ ADDRESS         WEIGHT   ROLE      STATE
     fn pool_detail_shows_every_setting() {
         let out = pool_detail(&shop());
         for needle in [
-            "name:               shop\n",
-            "policy:             least_connections\n",
-            "retries:            1 (per try 5s, budget 20%)\n",
-            "outlier detection:  eject after 5 failures for 30s, at most 50% of backends\n",
-            "panic threshold:    50%\n",
+            "name:                   shop\n",
+            "policy:                 least_connections\n",
+            "retries:                1 (per try 5s, budget 20%)\n",
+            "outlier detection:      eject after 5 failures for 30s, at most 50% of backends\n",
+            "panic threshold:        50%\n",
+            "max request body:       10MiB\n",
+            "upstream idle timeout:  4s\n",
+            "tunnel idle timeout:    5m\n",
             "10.0.0.6:3000   1        primary   draining\n",
         ] {
             assert!(out.contains(needle), "{needle:?} not in\n{out}");
@@ -1495,6 +1522,9 @@ ADDRESS         WEIGHT   ROLE      STATE
                 "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
                 "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
                 "panic_threshold_percent": 50,
+                "max_request_body_bytes": 10485760,
+                "upstream_idle_timeout_ms": 4000,
+                "tunnel_idle_timeout_ms": 300000,
                 "backends": [
                     {"address": "10.0.0.5:3000", "weight": 2, "role": "backup", "admin_state": "enabled"},
                     {"address": "10.0.0.6:3000", "weight": 1, "role": "primary", "admin_state": "draining"}
