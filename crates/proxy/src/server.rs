@@ -1,26 +1,22 @@
 //! The client-facing listener: HTTP/1.1 (the proxy's own server, [`h1`])
-//! and HTTP/2 with prior knowledge (hyper's) on one port, limits on heads
-//! and connections, graceful drain.
+//! and HTTP/2 with prior knowledge (hyper's, [`crate::h2`]) on one port,
+//! limits on heads and connections, graceful drain.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::Settings;
-use crate::forward::{self, Proxy};
-use crate::h1;
+use crate::forward::Proxy;
+use crate::{h1, h2};
 
 /// Limits on what one client may do.
 #[derive(Debug, Clone)]
@@ -57,13 +53,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let h2 = Arc::new(h2);
+    let h2 = Arc::new(h2::builder(limits.max_header_bytes));
     let limits = Arc::new(limits);
     let (drain_signal, drain) = h1::drain();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -99,10 +89,11 @@ pub async fn serve(
         let active = active.clone();
         active.increment(1.0);
         tokio::spawn(async move {
+            let peer = proxy.peer(peer);
             match h1::serve(stream, peer, &proxy, &limits, drain.clone()).await {
                 h1::End::Closed => {}
                 h1::End::Http2(stream, read) => {
-                    serve_h2(&h2, Prefixed::new(read, stream), proxy, peer, drain).await;
+                    h2::serve(&h2, Prefixed::new(read, stream), proxy, peer, drain).await;
                 }
             }
             active.decrement(1.0);
@@ -124,33 +115,9 @@ pub async fn serve(
     }
 }
 
-/// One HTTP/2 connection, until it ends; on drain it is asked to finish
-/// (GOAWAY) and its streams in flight complete.
-async fn serve_h2(
-    h2: &http2::Builder<TokioExecutor>,
-    io: Prefixed,
-    proxy: Arc<Proxy>,
-    peer: SocketAddr,
-    mut drain: h1::Drain,
-) {
-    let svc = service_fn(move |req| forward::handle(proxy.clone(), req, peer));
-    let conn = h2.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = drain.started() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-    }
-}
-
 /// A connection whose first bytes were already read (while telling HTTP/1
 /// from HTTP/2): reads give those back first.
-struct Prefixed {
+pub struct Prefixed {
     read: BytesMut,
     io: TcpStream,
 }
