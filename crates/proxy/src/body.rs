@@ -243,12 +243,20 @@ impl<'a> ReqBody<'a> {
         if self.limit != 0 && self.received > self.limit {
             return Some(Err(ClientFault::TooLarge));
         }
-        if let UpstreamFraming::Length(n) = self.framing
-            && self.received > n
-        {
-            return Some(Err(ClientFault::Malformed(
-                "the body is longer than its content-length",
-            )));
+        let longer = ClientFault::Malformed("the body is longer than its content-length");
+        match self.framing {
+            UpstreamFraming::Chunked => {}
+            UpstreamFraming::None => return Some(Err(longer)),
+            UpstreamFraming::Length(n) if self.received > n => return Some(Err(longer)),
+            // The last byte completes the request for the backend: it goes
+            // only once the client's body has ended right there (an HTTP/2
+            // stream could still send more than it announced).
+            UpstreamFraming::Length(n) if self.received == n => match rest.next().await {
+                None => self.rest = None,
+                Some(Ok(_)) => return Some(Err(longer)),
+                Some(Err(e)) => return Some(Err(e)),
+            },
+            UpstreamFraming::Length(_) => {}
         }
         if self.complete && self.kept_len + data.len() <= REPLAY_LIMIT {
             self.kept_len += data.len();

@@ -117,11 +117,15 @@ pub async fn serve(
                     head.keep_alive && body_done && !reply.close && !drain.is_draining();
                 match client.respond(reply, version, is_head, keep_alive).await {
                     Ok(true) => {}
-                    Ok(false) if !body_done => {
+                    Ok(false) => {
+                        // The client may still be sending (a body nobody
+                        // read, pipelined requests): closing with unread
+                        // data would reset the connection and could destroy
+                        // the answer before the client reads it.
                         client.conn.linger().await;
                         return End::Closed;
                     }
-                    Ok(false) | Err(_) => return End::Closed,
+                    Err(_) => return End::Closed,
                 }
             }
             Answer::Switch(reply, tunnel) => {

@@ -10,6 +10,7 @@ mod control;
 mod postgres;
 mod process;
 pub mod proxy;
+pub mod recording;
 
 pub use control::{
     ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
