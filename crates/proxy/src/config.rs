@@ -103,6 +103,30 @@ pub struct Args {
     pub telemetry: tandem_telemetry::TelemetryArgs,
 }
 
+/// Limits on what one client may do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+    pub stall_timeout: Duration,
+}
+
+impl From<&Settings> for Limits {
+    fn from(s: &Settings) -> Self {
+        Self {
+            header_timeout: s.header_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            max_connections: s.max_connections,
+            drain_timeout: s.drain_timeout,
+            stall_timeout: s.stall_timeout,
+        }
+    }
+}
+
 /// Validated settings the library runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -1,6 +1,6 @@
 //! The client-facing HTTP/1.1 server: the proxy's own, one task per
-//! connection, on the codec (`tandem_http`). hyper serves HTTP/2
-//! ([`crate::h2`]).
+//! connection, on the codec (`tandem_http`). hyper serves HTTP/2 (the
+//! `h2` module).
 //!
 //! Each head is parsed once (httparse, through the codec), its framing
 //! checked while it is parsed, and the answer's head goes out in the same
@@ -25,8 +25,6 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -37,12 +35,12 @@ use tandem_http::rewrite::{self, ClientFraming};
 use tandem_http::{BodyDecoder, RequestHead, Span, chunked};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::body::{ClientBody, Inbound, READ_CHUNK};
 use crate::clock::Deadline;
+use crate::config::Limits;
+use crate::drain::Drain;
 use crate::forward::{self, Answer, Peer, Proxy, Reply, ReplyHead};
-use crate::server::Limits;
 use crate::tunnel;
 
 /// An HTTP/2 client with prior knowledge opens with this.
@@ -133,54 +131,6 @@ pub async fn serve(
                     tracing::debug!(peer = %peer.addr, error = %e, "upgraded connection ended");
                 }
                 return End::Closed;
-            }
-        }
-    }
-}
-
-/// Tells connections to finish: a flag each request reads (no lock), and
-/// a channel that wakes the idle ones.
-#[derive(Clone)]
-pub struct Drain {
-    flag: Arc<AtomicBool>,
-    wake: watch::Receiver<()>,
-}
-
-/// Starts the drain of every connection holding a [`Drain`].
-pub struct DrainSignal {
-    flag: Arc<AtomicBool>,
-    wake: watch::Sender<()>,
-}
-
-pub fn drain() -> (DrainSignal, Drain) {
-    let flag = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = watch::channel(());
-    (
-        DrainSignal {
-            flag: flag.clone(),
-            wake: tx,
-        },
-        Drain { flag, wake: rx },
-    )
-}
-
-impl DrainSignal {
-    pub fn start(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.wake.send_replace(());
-    }
-}
-
-impl Drain {
-    pub fn is_draining(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// Resolves once the drain has started.
-    pub async fn started(&mut self) {
-        while !self.is_draining() {
-            if self.wake.changed().await.is_err() {
-                return;
             }
         }
     }

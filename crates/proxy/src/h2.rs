@@ -5,8 +5,15 @@
 //! down the same request path; answers are converted back.
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -18,9 +25,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tandem_http::{RequestHead, rewrite};
 
 use crate::body::ClientBody;
+use crate::drain::Drain;
 use crate::forward::{self, Answer, Peer, Proxy, Reply, ReplyHead, RespBody};
-use crate::h1::Drain;
-use crate::server::Prefixed;
 
 /// hyper's HTTP/2 server as the proxy configures it.
 pub fn builder(max_header_bytes: usize) -> http2::Builder<TokioExecutor> {
@@ -110,4 +116,63 @@ fn to_http(reply: Reply) -> Response<RespBody> {
         }
     }
     r
+}
+
+/// A connection whose first bytes were already read (while telling HTTP/1
+/// from HTTP/2): reads give those back first.
+pub struct Prefixed {
+    read: BytesMut,
+    io: TcpStream,
+}
+
+impl Prefixed {
+    pub fn new(read: BytesMut, io: TcpStream) -> Self {
+        Self { read, io }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if !me.read.is_empty() {
+            let n = me.read.len().min(buf.remaining());
+            buf.put_slice(&me.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

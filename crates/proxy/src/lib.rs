@@ -13,6 +13,7 @@ pub mod admin;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod h1;
