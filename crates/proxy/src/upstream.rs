@@ -103,9 +103,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(base: Instant) -> Self {
         Self {
-            base: Instant::now(),
+            base,
             waiting_for_client: AtomicBool::new(false),
             backend_since_ns: AtomicU64::new(0),
         }
@@ -139,17 +139,19 @@ impl Conn {
 
     /// Sends the request head in [`Conn::wbuf`] and `body`, and reads the
     /// answer's head, interim (1xx but 101) answers skipped. The backend
-    /// has `per_try` to answer, counted from when the proxy stopped waiting
-    /// for the client's body; the whole exchange ends at `deadline`.
+    /// has `per_try` to answer, counted from `start` (now, give or take
+    /// what the caller knows) and from when the proxy stopped waiting for
+    /// the client's body; the whole exchange ends at `deadline`.
     pub async fn exchange(
         &mut self,
         head_request: bool,
         body: &mut ReqBody<'_>,
+        start: Instant,
         per_try: Duration,
         deadline: Instant,
     ) -> Result<ResponseHead, ExchangeError> {
         let mut timer = self.timer.take().unwrap_or_default();
-        let progress = Progress::new();
+        let progress = Progress::new(start);
         let outcome = {
             let run = self.run(head_request, body, &progress);
             tokio::pin!(run);

@@ -23,6 +23,8 @@ pub struct Try<'a> {
     pub per_try: Duration,
     /// The request's deadline.
     pub deadline: Instant,
+    /// When this try started (a clock read saved).
+    pub now: Instant,
 }
 
 /// What one try came to.
@@ -50,10 +52,11 @@ pub async fn once(
     let b = t.backend;
     let pooled = if t.fresh_only { None } else { b.conns.take() };
     let reused = pooled.is_some();
+    let mut start = t.now;
     let mut conn = match pooled {
         Some(c) => c,
         None => {
-            let remaining = t.deadline.saturating_duration_since(Instant::now());
+            let remaining = t.deadline.saturating_duration_since(start);
             match upstream::connect(
                 b.socket_addr,
                 b.address.as_str(),
@@ -61,7 +64,11 @@ pub async fn once(
             )
             .await
             {
-                Ok(c) => c,
+                Ok(c) => {
+                    // The per-try time starts once connected.
+                    start = Instant::now();
+                    c
+                }
                 Err(e) => {
                     tracing::debug!(backend = %b.address, error = %e, "upstream connect failed");
                     return Outcome::Failed {
@@ -82,7 +89,13 @@ pub async fn once(
         fresh_trace,
     );
     let failure = match conn
-        .exchange(head.method == Method::HEAD, body, t.per_try, t.deadline)
+        .exchange(
+            head.method == Method::HEAD,
+            body,
+            start,
+            t.per_try,
+            t.deadline,
+        )
         .await
     {
         Ok(resp) => return Outcome::Answered(resp, conn),

@@ -120,7 +120,8 @@ async fn run(
     request: RequestGuard,
 ) -> Answer {
     let cfg = &pool.config;
-    let deadline = Instant::from_std(request.start) + ms(cfg.request_timeout_ms);
+    let start = Instant::from_std(request.start);
+    let deadline = start + ms(cfg.request_timeout_ms);
     let per_try = ms(cfg.retry.per_try_timeout_ms);
     let connect_timeout = ms(cfg.connect_timeout_ms);
     // Once the head is in, the body may not go silent for longer than the
@@ -152,7 +153,9 @@ async fn run(
             pool.state.retries.increment(1);
             _retrying = Some(CountGuard::new(&pool.state.retrying));
         }
-        if Instant::now() >= deadline {
+        // The first try starts with the request (one clock read saved).
+        let now = if attempt == 0 { start } else { Instant::now() };
+        if now >= deadline {
             last = Some(Failure::Timeout);
             break;
         }
@@ -179,6 +182,7 @@ async fn run(
             connect_timeout,
             per_try,
             deadline,
+            now,
         };
         let (failure, next) = loop {
             match attempt::once(&t, head, fwd, &mut body, &mut trace).await {
@@ -244,6 +248,7 @@ async fn run(
                     if next == Next::Resend {
                         pool.state.resends.increment(1);
                         t.fresh_only = true;
+                        t.now = Instant::now();
                         continue;
                     }
                     break (failure, next);
