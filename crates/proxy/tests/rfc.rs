@@ -290,6 +290,29 @@ async fn a_stalled_or_vanished_upload_is_the_clients_fault_not_the_backends() {
     );
     let answers = talk(proxy.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(answers[0].recorded(), "{answers:?}");
+
+    // A slow but steady upload takes longer than the per-try timeout: the
+    // time spent waiting for the client is not the backend's.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"abcd").await.unwrap();
+    }
+    let _ = s.shutdown().await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let answers = wire::answers(&out, &[]);
+    assert!(answers.first().is_some_and(Answer::recorded), "{answers:?}");
+    let slow = b
+        .requests()
+        .into_iter()
+        .find(|r| r.target == "/slow")
+        .unwrap();
+    assert_eq!(slow.body, b"abcd".repeat(5));
+
     let (_, metrics) = proxy.admin_get("/metrics").await.unwrap();
     assert!(
         metrics
