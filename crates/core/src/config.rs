@@ -365,7 +365,39 @@ pub struct PoolConfig {
     /// Layer-4 settings, for TCP routes.
     #[serde(default)]
     pub tcp: TcpSettings,
+    /// Largest request body the proxy passes on, in bytes; larger ones get
+    /// 413 (0: no limit).
+    #[serde(default = "defaults::max_request_body_bytes")]
+    pub max_request_body_bytes: u64,
+    /// Longest an upstream keep-alive connection is reused after sitting
+    /// idle, milliseconds (0: a new connection per request). A backend's
+    /// `Keep-Alive: timeout=` shortens it. The default stays below common
+    /// servers' own idle timeouts (Node.js and Apache close after 5 s), so
+    /// the proxy never sends on a connection the backend is closing.
+    #[serde(default = "defaults::upstream_idle_timeout_ms")]
+    pub upstream_idle_timeout_ms: u32,
+    /// An upgraded connection (WebSocket) silent both ways for this long is
+    /// closed, milliseconds.
+    #[serde(default = "defaults::tunnel_idle_timeout_ms")]
+    pub tunnel_idle_timeout_ms: u32,
 }
+
+/// Defaults of settings added after the first release, also for pools
+/// stored before they existed.
+mod defaults {
+    pub fn max_request_body_bytes() -> u64 {
+        10 * 1024 * 1024
+    }
+    pub fn upstream_idle_timeout_ms() -> u32 {
+        4_000
+    }
+    pub fn tunnel_idle_timeout_ms() -> u32 {
+        300_000
+    }
+}
+
+/// The largest `max_request_body_bytes` (1 TiB).
+pub const MAX_REQUEST_BODY_LIMIT: u64 = 1 << 40;
 
 impl PoolConfig {
     /// A pool with every setting at its default.
@@ -380,6 +412,9 @@ impl PoolConfig {
             outlier: OutlierSpec::default(),
             panic_threshold_percent: 50,
             tcp: TcpSettings::default(),
+            max_request_body_bytes: defaults::max_request_body_bytes(),
+            upstream_idle_timeout_ms: defaults::upstream_idle_timeout_ms(),
+            tunnel_idle_timeout_ms: defaults::tunnel_idle_timeout_ms(),
         }
     }
 
@@ -421,6 +456,29 @@ impl PoolConfig {
         )
         .map_err(at)?;
         self.tcp.validate().map_err(|e| at(e.under("tcp")))?;
+        if self.max_request_body_bytes > MAX_REQUEST_BODY_LIMIT {
+            return Err(at(ValidationError::new(
+                "max_request_body_bytes",
+                format!(
+                    "must be between 0 and {MAX_REQUEST_BODY_LIMIT} (got {})",
+                    self.max_request_body_bytes
+                ),
+            )));
+        }
+        in_range(
+            "upstream_idle_timeout_ms",
+            self.upstream_idle_timeout_ms,
+            0,
+            3_600_000,
+        )
+        .map_err(at)?;
+        in_range(
+            "tunnel_idle_timeout_ms",
+            self.tunnel_idle_timeout_ms,
+            1_000,
+            86_400_000,
+        )
+        .map_err(at)?;
         Ok(())
     }
 }
@@ -538,7 +596,7 @@ mod tests {
     #[test]
     fn each_bound_names_its_field() {
         type Mutator = fn(&mut PoolConfig);
-        let cases: [(Mutator, &str); 19] = [
+        let cases: [(Mutator, &str); 22] = [
             (
                 |p| p.health_check.interval_ms = 50,
                 "pool.health_check.interval_ms",
@@ -588,6 +646,18 @@ mod tests {
                 "pool.tcp.unhealthy_grace_ms",
             ),
             (|p| p.tcp.max_queue = 1_000_001, "pool.tcp.max_queue"),
+            (
+                |p| p.max_request_body_bytes = MAX_REQUEST_BODY_LIMIT + 1,
+                "pool.max_request_body_bytes",
+            ),
+            (
+                |p| p.upstream_idle_timeout_ms = 3_600_001,
+                "pool.upstream_idle_timeout_ms",
+            ),
+            (
+                |p| p.tunnel_idle_timeout_ms = 999,
+                "pool.tunnel_idle_timeout_ms",
+            ),
         ];
         for (mutate, field) in cases {
             let mut p = pool();
@@ -595,6 +665,21 @@ mod tests {
             let e = p.validate().unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn pools_stored_before_the_http_limits_read_with_their_defaults() {
+        let mut v = serde_json::to_value(pool()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in [
+            "max_request_body_bytes",
+            "upstream_idle_timeout_ms",
+            "tunnel_idle_timeout_ms",
+        ] {
+            o.remove(k);
+        }
+        let back: PoolConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back, pool());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::duration::{Millis, StatusRange, parse_percent, parse_timeout};
+use crate::duration::{Millis, StatusRange, parse_percent, parse_size, parse_timeout};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -166,6 +166,9 @@ pub enum Output {
     Json,
 }
 
+// Parsed once per process from the command line: the size of the pool
+// settings variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create, inspect, change and delete pools.
@@ -341,6 +344,20 @@ pub struct PoolSettings {
     /// address: v2, or none.
     #[arg(long, value_enum, help_heading = "TCP routes")]
     pub proxy_protocol: Option<ProxyProtocolArg>,
+
+    /// Largest request body the proxy passes on (e.g. 10MiB, 512k; 0: no
+    /// limit); larger ones get 413.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "HTTP limits")]
+    pub max_request_body: Option<u64>,
+    /// Longest an upstream keep-alive connection is reused after sitting
+    /// idle (e.g. 4s; 0: a new connection per request). A backend's
+    /// `Keep-Alive: timeout=` shortens it.
+    #[arg(long, value_name = "DURATION", help_heading = "HTTP limits")]
+    pub upstream_idle_timeout: Option<Millis>,
+    /// An upgraded (WebSocket) connection silent both ways for this long is
+    /// closed (e.g. 5m).
+    #[arg(long, value_name = "DURATION", help_heading = "HTTP limits")]
+    pub tunnel_idle_timeout: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -929,6 +929,9 @@ pub fn pool_message(name: &str, s: &PoolSettings) -> v1::Pool {
             proxy_protocol: s.proxy_protocol.map(|p| p == ProxyProtocolArg::V2),
         }),
         stale: None,
+        max_request_body_bytes: s.max_request_body,
+        upstream_idle_timeout_ms: ms(s.upstream_idle_timeout),
+        tunnel_idle_timeout_ms: ms(s.tunnel_idle_timeout),
     }
 }
 
@@ -1009,6 +1012,12 @@ mod tests {
                 "40",
                 "--panic-threshold",
                 "60",
+                "--max-request-body",
+                "1MiB",
+                "--upstream-idle-timeout",
+                "2s",
+                "--tunnel-idle-timeout",
+                "10m",
             ]),
         );
         assert_eq!(
@@ -1046,6 +1055,9 @@ mod tests {
                 revision: 0,
                 stale: None,
                 tcp: None,
+                max_request_body_bytes: Some(1 << 20),
+                upstream_idle_timeout_ms: Some(2_000),
+                tunnel_idle_timeout_ms: Some(600_000),
             }
         );
     }

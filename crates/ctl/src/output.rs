@@ -16,7 +16,7 @@ use tandem_proto::v1;
 use tandem_proto::v1::config_change::Change;
 use tandem_proto::v1::watch_event::Event;
 
-use crate::duration::Millis;
+use crate::duration::{Millis, format_size};
 
 // === enum names ===
 
@@ -113,6 +113,9 @@ pub struct PoolJson<'a> {
     pub outlier: Option<OutlierJson>,
     pub panic_threshold_percent: Option<u32>,
     pub tcp: Option<TcpSettingsJson>,
+    pub max_request_body_bytes: Option<u64>,
+    pub upstream_idle_timeout_ms: Option<u32>,
+    pub tunnel_idle_timeout_ms: Option<u32>,
     pub backends: Vec<BackendJson<'a>>,
     pub revision: u64,
     /// Set when the answer came from a replica's copy in memory (boxed:
@@ -279,6 +282,9 @@ impl<'a> From<&'a v1::Pool> for PoolJson<'a> {
                 unhealthy_grace_ms: t.unhealthy_grace_ms,
                 proxy_protocol: t.proxy_protocol,
             }),
+            max_request_body_bytes: p.max_request_body_bytes,
+            upstream_idle_timeout_ms: p.upstream_idle_timeout_ms,
+            tunnel_idle_timeout_ms: p.tunnel_idle_timeout_ms,
             backends: p.backends.iter().map(BackendJson::from).collect(),
             revision: p.revision,
             stale: p.stale.as_ref().map(|s| Box::new(StaleJson::from(s))),
@@ -956,6 +962,20 @@ pub fn pool_detail(p: &v1::Pool) -> String {
         ("outlier detection", outlier),
         ("panic threshold", percent(p.panic_threshold_percent)),
         ("tcp routes", tcp_summary(p)),
+        (
+            "max request body",
+            p.max_request_body_bytes
+                .map(|n| {
+                    if n == 0 {
+                        "no limit".into()
+                    } else {
+                        format_size(n)
+                    }
+                })
+                .unwrap_or_default(),
+        ),
+        ("upstream idle timeout", ms(p.upstream_idle_timeout_ms)),
+        ("tunnel idle timeout", ms(p.tunnel_idle_timeout_ms)),
     ]);
     out.push('\n');
     if p.backends.is_empty() {
@@ -1724,6 +1744,9 @@ mod tests {
             }),
             panic_threshold_percent: Some(50),
             tcp: None,
+            max_request_body_bytes: Some(10 << 20),
+            upstream_idle_timeout_ms: Some(4_000),
+            tunnel_idle_timeout_ms: Some(300_000),
             backends: vec![
                 v1::Backend {
                     address: "10.0.0.5:3000".into(),
@@ -1867,11 +1890,14 @@ ADDRESS         WEIGHT   ROLE      STATE
     fn pool_detail_shows_every_setting() {
         let out = pool_detail(&shop());
         for needle in [
-            "name:               shop\n",
-            "policy:             least_connections\n",
-            "retries:            1 (per try 5s, budget 20%)\n",
-            "outlier detection:  eject after 5 failures for 30s, at most 50% of backends\n",
-            "panic threshold:    50%\n",
+            "name:                   shop\n",
+            "policy:                 least_connections\n",
+            "retries:                1 (per try 5s, budget 20%)\n",
+            "outlier detection:      eject after 5 failures for 30s, at most 50% of backends\n",
+            "panic threshold:        50%\n",
+            "max request body:       10MiB\n",
+            "upstream idle timeout:  4s\n",
+            "tunnel idle timeout:    5m\n",
             "10.0.0.6:3000   1        primary   draining\n",
         ] {
             assert!(out.contains(needle), "{needle:?} not in\n{out}");
@@ -1898,6 +1924,9 @@ ADDRESS         WEIGHT   ROLE      STATE
                 "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
                 "panic_threshold_percent": 50,
                 "tcp": null,
+                "max_request_body_bytes": 10485760,
+                "upstream_idle_timeout_ms": 4000,
+                "tunnel_idle_timeout_ms": 300000,
                 "backends": [
                     {"address": "10.0.0.5:3000", "weight": 2, "role": "backup", "admin_state": "enabled", "order": null},
                     {"address": "10.0.0.6:3000", "weight": 1, "role": "primary", "admin_state": "draining", "order": null}

@@ -158,6 +158,9 @@ pub fn pool_config_to_proto(c: &PoolConfig) -> v1::Pool {
             unhealthy_grace_ms: Some(c.tcp.unhealthy_grace_ms),
             proxy_protocol: Some(c.tcp.proxy_protocol),
         }),
+        max_request_body_bytes: Some(c.max_request_body_bytes),
+        upstream_idle_timeout_ms: Some(c.upstream_idle_timeout_ms),
+        tunnel_idle_timeout_ms: Some(c.tunnel_idle_timeout_ms),
         stale: None,
     }
 }
@@ -248,6 +251,12 @@ pub fn pool_config_from_proto(
         set(&mut tcp.unhealthy_grace_ms, t.unhealthy_grace_ms);
         set(&mut tcp.proxy_protocol, t.proxy_protocol);
     }
+    set(&mut base.max_request_body_bytes, p.max_request_body_bytes);
+    set(
+        &mut base.upstream_idle_timeout_ms,
+        p.upstream_idle_timeout_ms,
+    );
+    set(&mut base.tunnel_idle_timeout_ms, p.tunnel_idle_timeout_ms);
     base.validate()?;
     Ok(base)
 }
@@ -574,6 +583,22 @@ mod tests {
         assert_eq!(cfg.health_check.interval_ms, 1_000);
         assert_eq!(cfg.health_check.fall, 2);
         assert_eq!(cfg.health_check.rise, 2, "default kept");
+        assert_eq!(cfg.max_request_body_bytes, 10 * 1024 * 1024, "default kept");
+        let msg = v1::Pool {
+            max_request_body_bytes: Some(1_000),
+            upstream_idle_timeout_ms: Some(0),
+            tunnel_idle_timeout_ms: Some(60_000),
+            ..msg
+        };
+        let cfg = pool_config_from_proto(cfg, &msg).unwrap();
+        assert_eq!(
+            (
+                cfg.max_request_body_bytes,
+                cfg.upstream_idle_timeout_ms,
+                cfg.tunnel_idle_timeout_ms
+            ),
+            (1_000, 0, 60_000)
+        );
         let back =
             pool_config_from_proto(PoolConfig::new(name), &pool_config_to_proto(&cfg)).unwrap();
         assert_eq!(back, cfg);

@@ -10,16 +10,19 @@
 //! crate is the I/O around them.
 
 pub mod admin;
+pub mod body;
 pub mod clock;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod h1;
-pub mod headers;
+pub mod h2;
 pub mod server;
 pub mod store;
 pub mod table;
 pub mod tcp;
+pub mod tunnel;
 pub mod upstream;
 pub mod watch;
 
@@ -56,7 +59,10 @@ pub struct Runtime {
 impl Runtime {
     fn new(settings: &Settings) -> Self {
         Self {
-            proxy: Arc::new(Proxy::new(settings.upstream_idle_timeout)),
+            proxy: Arc::new(Proxy::new(
+                settings.parse_options(),
+                settings.trusted_proxies.clone(),
+            )),
             tcp: Arc::new(tcp::Tcp::new(settings.tcp.clone())),
             following: std::sync::atomic::AtomicBool::new(false),
             has_control_plane: !settings.control.is_empty(),

@@ -10,6 +10,7 @@ mod control;
 mod postgres;
 mod process;
 pub mod proxy;
+pub mod recording;
 pub mod tcp;
 
 pub use control::{
