@@ -120,9 +120,18 @@ impl Process {
         }
     }
 
-    /// SIGSTOP: the process freezes, its sockets stay open.
+    /// SIGSTOP: the process freezes, its sockets stay open. Returns once
+    /// every thread of it is stopped: the signal is delivered
+    /// asynchronously, and on a loaded machine a thread can otherwise still
+    /// answer a request after `kill` has returned.
     pub fn pause(&self) {
         self.signal(Signal::SIGSTOP);
+        let Some(c) = &self.child else { return };
+        let tasks = format!("/proc/{}/task", c.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && !all_stopped(&tasks) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after [`Process::pause`].
@@ -153,4 +162,23 @@ impl Drop for Process {
             );
         }
     }
+}
+
+/// Is every thread under `/proc/<pid>/task` in the stopped state (`T`)?
+/// False when it cannot tell, so the caller waits out its bound.
+fn all_stopped(tasks: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(tasks) else {
+        return false;
+    };
+    entries.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            // The state follows the command name, which is in parentheses
+            // and may itself contain spaces or parentheses.
+            .and_then(|stat| {
+                stat.rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned))
+            })
+            .is_some_and(|state| state == "T" || state == "t")
+    })
 }
