@@ -1,0 +1,373 @@
+//! The status page of a real control replica, as a browser and an attacker
+//! see it: a rogue agent and a rogue node put markup and line breaks in
+//! everything they may send (an agent's name and zone, a probe's detail,
+//! which becomes the backend's health reason, a node's id and detail);
+//! the page, a backend's page, its history and the live event stream carry
+//! all of it as text, never as markup or as a new event. The stream also
+//! follows changes as they commit, and ends when the replica shuts down.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tandem_proto::v1;
+use tandem_testkit::{ControlPlane, Postgres, http_client, wait_until};
+
+/// Nothing listens here: the backend the rogue agent reports on.
+const BACKEND: &str = "127.0.0.1:1";
+
+/// What a hostile agent says a probe saw: markup, quotes, and line breaks
+/// that would start a new server-sent event if they reached the stream.
+const EVIL_DETAIL: &str = "<img src=x onerror=alert(1)>'\"\r\nevent: platform\r\ndata: <script>alert(2)</script>\n\nevent: pools\ndata: <b>owned</b>";
+const EVIL_AGENT: &str = "agent\"><script>alert(3)</script>";
+const EVIL_ZONE: &str = "<i>zone</i>";
+const EVIL_NODE: &str = "<script>alert(4)</script>";
+const EVIL_NODE_DETAIL: &str = "<iframe src=//evil>";
+
+/// Raw markup that must never reach a page or the stream.
+const RAW: &[&str] = &[
+    "<img",
+    "<script>alert",
+    "<b>owned",
+    "<i>zone",
+    "<iframe",
+    "\"><script",
+];
+
+fn assert_no_raw(what: &str, text: &str) {
+    for raw in RAW {
+        assert!(
+            !text.contains(raw),
+            "{what} carries {raw:?} as markup:\n{text}"
+        );
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Default)]
+struct Sse {
+    name: String,
+    data: String,
+}
+
+/// An open event stream, read chunk by chunk.
+struct Stream {
+    response: reqwest::Response,
+    buf: String,
+    /// Every line received, to check the framing.
+    lines: Vec<String>,
+}
+
+impl Stream {
+    async fn open(url: &str) -> anyhow::Result<Stream> {
+        let response = http_client().get(url).send().await?;
+        ensure!(response.status() == 200, "{url}: {}", response.status());
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        ensure!(kind.starts_with("text/event-stream"), "content-type {kind}");
+        Ok(Stream {
+            response,
+            buf: String::new(),
+            lines: Vec::new(),
+        })
+    }
+
+    /// The next event with data (comments and keep-alives skipped);
+    /// `None` when the stream ends.
+    async fn next(&mut self, within: Duration) -> anyhow::Result<Option<Sse>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = Sse::default();
+                let mut data = Vec::new();
+                for line in block.lines().filter(|l| !l.is_empty()) {
+                    self.lines.push(line.to_string());
+                    if let Some(name) = line.strip_prefix("event: ") {
+                        event.name = name.to_string();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data.push(d);
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push(d);
+                    } else if !(line.starts_with(':') || line.starts_with("retry:")) {
+                        bail!("a line that is no SSE field: {line:?}");
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                event.data = data.join("\n");
+                return Ok(Some(event));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Err(_) => bail!("no event within {within:?}"),
+                Ok(Ok(Some(chunk))) => {
+                    // A CR alone also ends a line: count it as one, as a
+                    // browser does.
+                    let text = String::from_utf8_lossy(&chunk).replace("\r\n", "\n");
+                    self.buf.push_str(&text.replace('\r', "\n"));
+                }
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads events until one named `name` satisfies `pred`; returns it
+    /// and every event read on the way.
+    async fn until(
+        &mut self,
+        name: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<(Sse, Vec<Sse>)> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(e) = self
+                .next(left)
+                .await
+                .with_context(|| format!("waiting for a {name} event; seen: {seen:?}"))?
+            else {
+                bail!("the stream ended while waiting for a {name} event");
+            };
+            if e.name == name && pred(&e.data) {
+                return Ok((e, seen));
+            }
+            seen.push(e);
+        }
+    }
+}
+
+/// A node's report with markup in its id, zone and detail.
+// The report grows fields (a proxy's listeners and alerts) that this test
+// leaves at their defaults.
+#[allow(clippy::needless_update)]
+fn rogue_report() -> v1::ReportAppliedRequest {
+    v1::ReportAppliedRequest {
+        node_id: EVIL_NODE.into(),
+        kind: v1::NodeKind::Proxy.into(),
+        revision: 2,
+        zone: EVIL_ZONE.into(),
+        detail: EVIL_NODE_DETAIL.into(),
+        ..Default::default()
+    }
+}
+
+const NAMES: &[&str] = &[
+    "platform",
+    "pools",
+    "nodes",
+    "feed",
+    "feed-all",
+    "backend",
+    "history",
+    "history-all",
+];
+
+#[tokio::test]
+async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_stream()
+-> anyhow::Result<()> {
+    tandem_testkit::init_crypto();
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut admin = cp.admin_client().await?;
+    tandem_testkit::declare_pool(
+        &mut admin,
+        v1::Pool {
+            name: "shop".into(),
+            health_check: Some(v1::HealthCheck {
+                interval_ms: Some(200),
+                timeout_ms: Some(100),
+                rise: Some(1),
+                fall: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        &[BACKEND.to_string()],
+    )
+    .await?;
+
+    // The page answers on the admin listener, linked from `/`, with a
+    // policy that lets nothing but its own files run.
+    let index = http_client().get(cp.admin_url("/")).send().await?;
+    assert_eq!(index.status(), 200);
+    assert!(index.text().await?.contains(r#"href="/ui/""#));
+    let page = http_client().get(cp.admin_url("/ui/")).send().await?;
+    assert_eq!(page.status(), 200);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .context("a Content-Security-Policy")?
+        .to_str()?
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let html = page.text().await?;
+    assert!(html.contains(r#"id="read-only""#), "says it is read-only");
+    assert!(html.contains(r#"data-pool="shop""#), "{html}");
+
+    let mut events = Stream::open(&cp.admin_url("/ui/events")).await?;
+    // Every section at once on connecting.
+    events
+        .until("feed-all", Duration::from_secs(5), |_| true)
+        .await?;
+
+    // A rogue agent reports.
+    let mut node = cp.node_client().await?;
+    node.report_health(v1::ReportHealthRequest {
+        agent_id: EVIL_AGENT.into(),
+        zone: EVIL_ZONE.into(),
+        observations: vec![v1::Observation {
+            pool: "shop".into(),
+            address: BACKEND.into(),
+            ok: false,
+            detail: EVIL_DETAIL.into(),
+            latency_ms: 1,
+        }],
+    })
+    .await?;
+
+    // The backend turns unhealthy on the stream, with the agent's words as
+    // text.
+    let (pools, before) = events
+        .until("pools", Duration::from_secs(10), |d| {
+            d.contains(r#"data-health="unhealthy""#)
+        })
+        .await?;
+    assert!(
+        pools
+            .data
+            .contains("&lt;img src=x onerror=alert(1)&gt;&#39;&quot;&#13;"),
+        "the reason, escaped: {}",
+        pools.data
+    );
+    assert!(
+        pools
+            .data
+            .contains("agent&quot;&gt;&lt;script&gt;alert(3)&lt;/script&gt;")
+    );
+    assert!(pools.data.contains("&lt;i&gt;zone&lt;/i&gt;"));
+    let (feed, _) = events
+        .until("feed", Duration::from_secs(5), |d| d.contains("unhealthy"))
+        .await?;
+    for e in before.iter().chain([&pools, &feed]) {
+        assert!(NAMES.contains(&e.name.as_str()), "event {:?}", e.name);
+        assert_no_raw(&format!("event {}", e.name), &e.data);
+    }
+    // No line the agent wrote became a field of its own.
+    for line in &events.lines {
+        assert!(
+            !line.starts_with("event: platform&")
+                && !line.contains("event: pools\n")
+                && (line.starts_with("data:")
+                    || line.starts_with("event: ")
+                    || line.starts_with(':')
+                    || line.starts_with("retry:")),
+            "{line:?}"
+        );
+    }
+
+    // A rogue node reports too.
+    node.report_applied(rogue_report()).await?;
+    let (nodes, _) = events
+        .until("nodes", Duration::from_secs(10), |d| d.contains("alert(4)"))
+        .await?;
+    assert_no_raw("the nodes event", &nodes.data);
+    assert!(nodes.data.contains("&lt;script&gt;alert(4)&lt;/script&gt;"));
+
+    // The static page says all of it, as text.
+    let html = http_client()
+        .get(cp.admin_url("/ui/"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_no_raw("/ui/", &html);
+    assert!(
+        html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{html}"
+    );
+    assert!(html.contains("&lt;iframe src=//evil&gt;"), "{html}");
+
+    // So does the backend's page, once the leader recorded the transition
+    // in the database.
+    let backend_url = cp.admin_url("/ui/pools/shop/backends/127.0.0.1%3A1");
+    wait_until(
+        Duration::from_secs(10),
+        "the transition in the history",
+        || {
+            let url = backend_url.clone();
+            async move {
+                let Ok(r) = http_client().get(&url).send().await else {
+                    return false;
+                };
+                r.text().await.is_ok_and(|t| {
+                    t.contains("from the control database") && t.contains(r#"data-key="h"#)
+                })
+            }
+        },
+    )
+    .await?;
+    let backend = http_client().get(&backend_url).send().await?;
+    assert_eq!(backend.status(), 200);
+    let html = backend.text().await?;
+    assert_no_raw("the backend's page", &html);
+    assert!(html.contains(r#"data-agent="agent&quot;&gt;&lt;script&gt;alert(3)&lt;/script&gt;""#));
+
+    // A path that names no pool says so, without echoing markup.
+    let missing = http_client()
+        .get(cp.admin_url("/ui/pools/%3Cscript%3Ealert(5)%3C%2Fscript%3E/backends/x"))
+        .send()
+        .await?;
+    assert_eq!(missing.status(), 404);
+    let html = missing.text().await?;
+    assert!(!html.contains("<script>alert(5)"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert(5)"), "{html}");
+
+    // A configuration change reaches the feed as it commits.
+    admin
+        .add_backend(v1::AddBackendRequest {
+            pool: "shop".into(),
+            backend: Some(v1::Backend {
+                address: "127.0.0.1:2".into(),
+                ..Default::default()
+            }),
+            expected_revision: None,
+        })
+        .await?;
+    events
+        .until("feed", Duration::from_secs(5), |d| {
+            d.contains("backend_upserted") && d.contains("127.0.0.1:2")
+        })
+        .await?;
+
+    // Open streams do not hold the replica up when it stops (its drain
+    // deadline is 10 s).
+    drop((node, admin));
+    let started = Instant::now();
+    let mut process = cp.process;
+    let status =
+        tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(15))).await??;
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    loop {
+        match events.next(Duration::from_secs(5)).await {
+            Ok(None) | Err(_) => break,
+            Ok(Some(_)) => continue,
+        }
+    }
+    Ok(())
+}
