@@ -144,17 +144,17 @@ impl Stream {
     }
 }
 
-/// A node's report with markup in its id, zone and detail.
+/// A proxy's report of revision 2.
 // The report grows fields (a proxy's listeners and alerts) that this test
 // leaves at their defaults.
 #[allow(clippy::needless_update)]
-fn rogue_report() -> v1::ReportAppliedRequest {
+fn proxy_report(node_id: &str, zone: &str, detail: &str) -> v1::ReportAppliedRequest {
     v1::ReportAppliedRequest {
-        node_id: EVIL_NODE.into(),
+        node_id: node_id.into(),
         kind: v1::NodeKind::Proxy.into(),
         revision: 2,
-        zone: EVIL_ZONE.into(),
-        detail: EVIL_NODE_DETAIL.into(),
+        zone: zone.into(),
+        detail: detail.into(),
         ..Default::default()
     }
 }
@@ -277,7 +277,8 @@ async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_str
     }
 
     // A rogue node reports too.
-    node.report_applied(rogue_report()).await?;
+    node.report_applied(proxy_report(EVIL_NODE, EVIL_ZONE, EVIL_NODE_DETAIL))
+        .await?;
     let (nodes, _) = events
         .until("nodes", Duration::from_secs(10), |d| d.contains("alert(4)"))
         .await?;
@@ -369,5 +370,127 @@ async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_str
             Ok(Some(_)) => continue,
         }
     }
+    Ok(())
+}
+
+/// While the database is away the page still answers, from memory, and
+/// says what it cannot know: the nodes as last read, a backend's history
+/// from the replicated table. Back, it says so by itself.
+#[tokio::test]
+async fn the_page_answers_from_memory_while_the_database_is_away() -> anyhow::Result<()> {
+    tandem_testkit::init_crypto();
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut admin = cp.admin_client().await?;
+    tandem_testkit::declare_pool(
+        &mut admin,
+        v1::Pool {
+            name: "shop".into(),
+            health_check: Some(v1::HealthCheck {
+                interval_ms: Some(200),
+                timeout_ms: Some(100),
+                rise: Some(1),
+                fall: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        &[BACKEND.to_string()],
+    )
+    .await?;
+    let mut node = cp.node_client().await?;
+    node.report_applied(proxy_report(
+        "proxy-1",
+        "zone-a",
+        "serving from the control plane",
+    ))
+    .await?;
+    node.report_health(v1::ReportHealthRequest {
+        agent_id: "agent-1".into(),
+        zone: "zone-a".into(),
+        observations: vec![v1::Observation {
+            pool: "shop".into(),
+            address: BACKEND.into(),
+            ok: false,
+            detail: "connect: connection refused".into(),
+            latency_ms: 1,
+        }],
+    })
+    .await?;
+    let page = cp.admin_url("/ui/");
+    let backend = cp.admin_url("/ui/pools/shop/backends/127.0.0.1%3A1");
+    let get = |url: String| async move {
+        let r = http_client().get(&url).send().await?;
+        anyhow::Ok((r.status().as_u16(), r.text().await?))
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the node and the transition shown",
+        || {
+            let page = page.clone();
+            async move {
+                get(page).await.is_ok_and(|(_, t)| {
+                    t.contains(r#"data-node="proxy-1""#) && t.contains(r#"data-health="unhealthy""#)
+                })
+            }
+        },
+    )
+    .await?;
+
+    pg.stop()?;
+    wait_until(Duration::from_secs(10), "the replica notices", || {
+        let ready = cp.admin_url("/readyz");
+        async move { get(ready).await.is_ok_and(|(status, _)| status == 503) }
+    })
+    .await?;
+    wait_until(Duration::from_secs(10), "the page says so", || {
+        let page = page.clone();
+        async move {
+            get(page).await.is_ok_and(|(status, t)| {
+                status == 200 && t.contains("UNREACHABLE") && t.contains("As last read")
+            })
+        }
+    })
+    .await?;
+    let (status, html) = get(page.clone()).await?;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(r#"data-node="proxy-1""#),
+        "the nodes as last read: {html}"
+    );
+    assert!(
+        html.contains(r#"data-health="unhealthy""#),
+        "health from memory"
+    );
+    let (status, html) = get(backend.clone()).await?;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("from this replica&#39;s memory")
+            || html.contains("from this replica's memory"),
+        "{html}"
+    );
+    assert!(
+        html.contains("connect: connection refused from 1/1 agent"),
+        "{html}"
+    );
+
+    pg.restart()?;
+    wait_until(
+        Duration::from_secs(15),
+        "the page sees the database back",
+        || {
+            let page = page.clone();
+            async move {
+                get(page).await.is_ok_and(|(_, t)| {
+                    !t.contains("UNREACHABLE")
+                        && !t.contains("As last read")
+                        && t.contains("reachable")
+                })
+            }
+        },
+    )
+    .await?;
+    let (_, html) = get(backend).await?;
+    assert!(html.contains("from the control database"), "{html}");
     Ok(())
 }

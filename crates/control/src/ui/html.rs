@@ -375,7 +375,7 @@ fn pool(p: &PoolView) -> String {
         r#"<article class="pool" id="pool-{id}" data-pool="{name}" aria-labelledby="pool-{id}-h">
 <header>
 <h3 id="pool-{id}-h">{name}</h3>
-<div class="facts"><span>policy <strong>{policy}</strong></span><span><strong>{in_rotation}/{total}</strong> in rotation</span><span>revision {revision}</span></div>
+<div class="facts"><span>policy <strong>{policy}</strong></span><span><strong>{in_rotation}/{total}</strong> in rotation</span><span>changed at revision {revision}</span></div>
 {tier}
 </header>
 <header><div class="facts"><span>routes</span>{routes}<span title="How the agents probe its backends">{check}</span></div></header>
@@ -435,7 +435,10 @@ fn rotation(b: &BackendView) -> &'static str {
     }
 }
 
-fn agent_lines(agents: &[AgentLine]) -> String {
+/// Each agent's opinion: a symbol, its name and zone, and what it saw
+/// unless that is what the reason already says ("HTTP 200 from 2/2
+/// agents"), so a dissenting or silent agent stands out.
+fn agent_lines(agents: &[AgentLine], reason: &str) -> String {
     if agents.is_empty() {
         return String::new();
     }
@@ -452,11 +455,16 @@ fn agent_lines(agents: &[AgentLine]) -> String {
         } else {
             format!(" ({})", esc(&a.zone))
         };
+        let said = reason.starts_with(&format!("{} from ", a.detail));
+        let detail = if said && a.live {
+            String::new()
+        } else {
+            format!(": {}", esc(&a.detail))
+        };
         let _ = write!(
             out,
-            r#"<li><span class="{class}" aria-hidden="true">{sym}</span><span><span class="visually-hidden">{word}: </span>{agent}{zone}: {detail}{voting}</span></li>"#,
+            r#"<li><span class="{class}" aria-hidden="true">{sym}</span><span><span class="visually-hidden">{word}: </span>{agent}{zone}{detail}{voting}</span></li>"#,
             agent = esc(&a.agent),
-            detail = esc(&a.detail),
         );
     }
     out.push_str("</ul>");
@@ -502,7 +510,7 @@ fn backend_row(b: &BackendView) -> String {
         state = health_state(b.health),
         admin_badge = admin_state(b.admin),
         rotation = rotation(b),
-        agents = agent_lines(&b.agents),
+        agents = agent_lines(&b.agents, &b.reason),
         weight = b.weight,
         traffic = traffic(b),
     )

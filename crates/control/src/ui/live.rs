@@ -480,11 +480,7 @@ impl Live {
                     Err(_) => Some("no answer within 2s".into()),
                 }
             } else {
-                Some(format!(
-                    "{} is {}",
-                    availability.name(),
-                    availability.outage(None).how_long()
-                ))
+                Some(unreachable(availability))
             };
             cache.read = Some(Instant::now());
         }
@@ -573,6 +569,16 @@ impl Live {
             },
         ))
     }
+}
+
+/// Why the database cannot be read, in words that stay the same while the
+/// outage lasts (the platform card says since when).
+pub fn unreachable(availability: &crate::database::Availability) -> String {
+    format!(
+        "{} is unreachable: {}",
+        availability.name(),
+        availability.state().cause
+    )
 }
 
 /// Whether two overviews show the same thing, whenever they were made.

@@ -180,11 +180,7 @@ async fn history(live: &Live, key: &BackendKey) -> (Vec<view::HistoryRow>, Histo
             Err(_) => "no answer within 2s".to_string(),
         }
     } else {
-        format!(
-            "{} is {}",
-            src.store.availability().name(),
-            src.store.availability().outage(None).how_long()
-        )
+        live::unreachable(src.store.availability())
     };
     let table = src.consensus.table();
     (
