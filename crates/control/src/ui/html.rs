@@ -119,7 +119,7 @@ pub fn page(title: &str, replica: &str, now_ms: u64, events: &str, content: &str
 <nav aria-label="Sections"><a href="/ui/#platform">Platform</a><a href="/ui/#pools">Pools</a><a href="/ui/#nodes">Proxies &amp; agents</a><a href="/ui/#feed">Changes</a></nav>
 <div class="right">
 <span class="pill hue-{hue}" id="answered-by" title="The control replica that answers this page"><span class="dot"></span><span>answered by <strong>{replica}</strong></span></span>
-<span class="pill" id="live" role="status" data-state="static">Static view · {rendered}</span>
+{live}
 </div>
 </div></header>
 <main id="main">
@@ -139,7 +139,15 @@ pub fn page(title: &str, replica: &str, now_ms: u64, events: &str, content: &str
         events = esc(events),
         hue = hue(replica),
         replica = esc(replica),
-        rendered = clock(now_ms),
+        // Pages that follow nothing say nothing of being live.
+        live = if events.is_empty() {
+            String::new()
+        } else {
+            format!(
+                r#"<span class="pill" id="live" role="status" data-state="static">Static view · {}</span>"#,
+                clock(now_ms)
+            )
+        },
     )
 }
 
