@@ -306,8 +306,8 @@ for i in 1 2 3; do
     grep -qF "$want" <<<"$page" || die "control-$i's status page lacks $want"
   done
   # The live stream answers with every section at once.
-  stream=$(curl -sN --max-time 3 "http://127.0.0.1:$(host_port "control-$i" 7401)/ui/events" 2>/dev/null || true)
-  grep -q '^event: pools' <<<"$stream" || die "control-$i: /ui/events sent no pools event within 3 s"
+  stream=$(curl -sN --max-time 2 "http://127.0.0.1:$(host_port "control-$i" 7401)/ui/events" 2>/dev/null || true)
+  grep -q '^event: pools' <<<"$stream" || die "control-$i: /ui/events sent no pools event within 2 s"
   echo "  control-$i: http://127.0.0.1:$(host_port "control-$i" 7401)/ui/ answers, and its event stream"
 done
 

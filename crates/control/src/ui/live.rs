@@ -282,7 +282,12 @@ impl Live {
                 _ = shutdown.changed() => return,
                 c = changes.recv() => { self.on_change(c); true }
                 h = health.recv() => { self.on_health(h); true }
-                _ = tick.tick() => false,
+                _ = tick.tick() => {
+                    // Transitions applied before this task subscribed (a
+                    // replica replaying its log) announce nothing more.
+                    self.record_health();
+                    false
+                }
             };
             if *shutdown.borrow() {
                 return;
@@ -556,7 +561,7 @@ impl Live {
     ) -> Option<impl Stream<Item = Result<Event, Infallible>> + use<>> {
         let slot = self.admit()?;
         self.publish().await;
-        let last_seq = self.feed().entries.first().map(|e| e.seq).unwrap_or(0);
+        let feed = self.feed();
         Some(stream(
             self,
             slot,
@@ -564,8 +569,8 @@ impl Live {
                 pool,
                 address,
                 body: None,
-                epoch: self.feed().epoch,
-                last_seq,
+                epoch: feed.epoch,
+                last_seq: feed.entries.first().map(|e| e.seq).unwrap_or(0),
             },
         ))
     }
@@ -585,7 +590,7 @@ pub fn unreachable(availability: &crate::database::Availability) -> String {
 fn same_model(a: &Overview, b: &Overview) -> bool {
     a.pools == b.pools
         && a.nodes == b.nodes
-        && a.agents_from.clone() == b.agents_from.clone()
+        && a.agents_from == b.agents_from
         && a.platform.revision == b.platform.revision
 }
 
