@@ -437,6 +437,10 @@ async fn the_page_answers_from_memory_while_the_database_is_away() -> anyhow::Re
     )
     .await?;
 
+    // A replica alone leads: the agents' views are their latest reports.
+    let (_, html) = get(page.clone()).await?;
+    assert!(html.contains("each agent's latest report"), "{html}");
+
     pg.stop()?;
     wait_until(Duration::from_secs(10), "the replica notices", || {
         let ready = cp.admin_url("/readyz");
