@@ -2,6 +2,12 @@
 # The one test command: installs what is missing, then format check, clippy
 # with -D warnings, and every test (unit and end to end, against a throwaway
 # Postgres and real processes on loopback ports).
+#
+# Property tests run a bounded number of cases (the HTTP codec's, and
+# tandem-proxy's tests/properties.rs through a real proxy: 256 HTTP/1 and
+# HTTP/2 request streams, 48 rounds of generated backend answers). Set
+# PROPTEST_CASES to run each of them longer, e.g.
+#   PROPTEST_CASES=10000 cargo nextest run -p tandem-proxy --test properties
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

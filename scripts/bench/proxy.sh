@@ -15,7 +15,8 @@
 # - BASELINE_BIN=<path> adds a second tandem-proxy build (say, the one
 #   before a change) as the row "baseline", measured in the same rounds.
 # It prints a table and the ratios tandem/nginx, tandem/haproxy (and
-# tandem/baseline).
+# tandem/baseline); with ROUNDS > 1 also the median of the ratios taken
+# within each round (steadier under noise).
 #
 # Usage: scripts/bench/proxy.sh            (DURATION=10s CONNS=50 ROUNDS=1)
 #        DURATION=30s CONNS=100 ROUNDS=3 scripts/bench/proxy.sh
@@ -305,4 +306,23 @@ echo "tandem/haproxy: throughput $(ratio "${RPS[tandem]}" "${RPS[haproxy]}")x," 
 if [ -n "$BASELINE_BIN" ]; then
   echo "tandem/baseline: throughput $(ratio "${RPS[tandem]}" "${RPS[baseline]}")x," \
     "p99 $(ratio "${P99[tandem]}" "${P99[baseline]}")x, cpu/req $(ratio "${CPU[tandem]}" "${CPU[baseline]}")x"
+fi
+if [ "$ROUNDS" -gt 1 ]; then
+  # Each round runs every target back to back, so a ratio taken within a
+  # round compares them under the same noise; the median of those ratios
+  # is steadier on a shared machine than the ratio of medians above.
+  round_ratio() { # array-name a b: the median over rounds of a/b
+    local -n arr=$1
+    local r vals=()
+    for r in $(seq 1 "$ROUNDS"); do vals+=("$(ratio "${arr[$2.$r]}" "${arr[$3.$r]}")"); done
+    printf '%s\n' "${vals[@]}" | sort -g | awk '{ v[NR] = $1 } END {
+      if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  }
+  echo
+  echo "median of per-round ratios:"
+  others="nginx haproxy"
+  [ -n "$BASELINE_BIN" ] && others="$others baseline"
+  for o in $others; do
+    echo "  tandem/$o: throughput $(round_ratio RPS tandem "$o")x, cpu/req $(round_ratio CPU tandem "$o")x"
+  done
 fi

@@ -34,6 +34,10 @@
 //! HAProxy does for checks) so replaced connections leave no `TIME_WAIT`
 //! sockets behind on the agent. TCP checks connect afresh every time: the
 //! connect is the check.
+//!
+//! Answers are read by the proxy's HTTP/1 codec (`tandem_http`): heads,
+//! interim answers and chunked bodies by the same rules and with the same
+//! strictness as the proxy reads its backends' answers.
 
 use std::borrow::Cow;
 use std::io;
@@ -44,6 +48,9 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Uri};
 use tandem_core::health::BackendKey;
 use tandem_core::{HealthCheckKind, HealthCheckSpec};
+use tandem_http::ResponseBody;
+use tandem_http::chunked::ChunkDecoder;
+use tandem_http::response;
 
 const AGENT: &str = concat!("tandem-agent/", env!("CARGO_PKG_VERSION"));
 
@@ -220,7 +227,9 @@ pub struct Check {
 
 impl Check {
     pub fn new(key: BackendKey, spec: HealthCheckSpec) -> Check {
-        let address = key.address.as_str();
+        // The pool's check may target another port of the backend's host.
+        let target = spec.target_address(&key.address);
+        let address = target.as_str();
         let dest = match address.parse::<SocketAddr>() {
             Ok(a) => Dest::Ip(a),
             Err(_) => Dest::Name(address.to_string()),
@@ -287,10 +296,17 @@ const MAX_DRAIN: usize = 64 * 1024;
 /// answers) read before giving up on it.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// The most header fields in an answer's head.
+const MAX_HEADERS: usize = 256;
+
+/// How an answer's body ends (RFC 9112, section 6.3): the codec's, shared
+/// with the proxy, so probes read answers exactly as the proxy does.
+pub(crate) type Body = ResponseBody;
+
 /// Where the body that `read` starts ends: `Ok(Some(n))` once all `n`
 /// bytes of it are in, `Ok(None)` while more is to come, an error when the
-/// connection cannot be kept for it (no known end, or longer than
-/// [`MAX_DRAIN`]).
+/// connection cannot be kept for it (no known end, malformed, or longer
+/// than [`MAX_DRAIN`]).
 pub(crate) fn body_end(body: Body, read: &[u8]) -> Result<Option<usize>, ()> {
     match body {
         Body::Empty => Ok(Some(0)),
@@ -301,207 +317,54 @@ pub(crate) fn body_end(body: Body, read: &[u8]) -> Result<Option<usize>, ()> {
     }
 }
 
-/// How an answer's body ends (RFC 9112, section 6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Body {
-    /// No body: a `HEAD` request's answer, 204, 304, 101.
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Neither length nor chunked: the body ends when the connection does,
-    /// which rules out keeping it.
-    UntilClose,
-}
-
 /// The parts of an answer's head a probe uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Head {
     pub(crate) status: u16,
     pub(crate) body: Body,
-    /// HTTP/1.1, no `Connection: close`, a body whose end is known.
+    /// The connection may carry the next probe after this answer.
     pub(crate) keep_alive: bool,
     /// Bytes of the head (and of the interim answers before it).
     pub(crate) len: usize,
 }
 
-/// Parses the answer at the start of `buf`, skipping interim (1xx)
-/// answers: `Ok(None)` until the final answer's head is complete, an error
-/// as soon as the bytes cannot be an HTTP/1 answer. Lines may end in CRLF
-/// or a bare LF, as RFC 9112 lets a recipient accept.
+/// Parses the answer at the start of `buf` with the codec, skipping
+/// interim (1xx) answers: `Ok(None)` until the final answer's head is
+/// complete, an error as soon as the bytes cannot be an HTTP/1 answer.
 pub(crate) fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, &'static str> {
-    let mut at = 0;
-    loop {
-        let mut lines = Lines { buf, at };
-        let Some(status_line) = lines.next() else {
-            // Say early when this is not HTTP, rather than at the timeout.
-            let start = &buf[at..];
-            let n = start.len().min(5);
-            if start[..n] != b"HTTP/"[..n] {
-                return Err("not an HTTP/1 answer");
-            }
-            return too_long(buf.len() - at);
-        };
-        let (version_11, status) = status_line_parts(status_line)?;
-        let mut length: Option<u64> = None;
-        let mut transfer_encoding: Option<bool> = None;
-        let mut close = false;
-        loop {
-            let Some(line) = lines.next() else {
-                return too_long(buf.len() - at);
-            };
-            if line.is_empty() {
-                break;
-            }
-            let colon = line
-                .iter()
-                .position(|&b| b == b':')
-                .ok_or("invalid header line")?;
-            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-            if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
-                return Err("invalid header name");
-            }
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let n = std::str::from_utf8(value)
-                    .ok()
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or("invalid content-length")?;
-                if length.is_some_and(|l| l != n) {
-                    return Err("conflicting content-length");
-                }
-                length = Some(n);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                // Chunked only when it is the last coding applied.
-                let last = value.rsplit(|&b| b == b',').next().map(trim);
-                transfer_encoding = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                close |= value
-                    .split(|&b| b == b',')
-                    .any(|t| trim(t).eq_ignore_ascii_case(b"close"));
-            }
-        }
-        if (100..200).contains(&status) && status != 101 {
-            at = lines.at;
-            continue;
-        }
-        let body = if head_request || status == 101 || status == 204 || status == 304 {
-            Body::Empty
-        } else if let Some(chunked) = transfer_encoding {
-            if chunked {
-                Body::Chunked
-            } else {
-                Body::UntilClose
-            }
-        } else if let Some(n) = length {
-            Body::Length(n)
-        } else {
-            Body::UntilClose
-        };
-        return Ok(Some(Head {
-            status,
-            body,
-            keep_alive: version_11 && !close && status != 101 && body != Body::UntilClose,
-            len: lines.at,
-        }));
+    match response::parse_final(buf, head_request, MAX_HEADERS) {
+        Ok(Some(m)) => Ok(Some(Head {
+            status: m.status.as_u16(),
+            body: m.body,
+            keep_alive: m.keep_alive,
+            len: m.len,
+        })),
+        Ok(None) if buf.len() > MAX_HEAD => Err("answer head too long"),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.0),
     }
-}
-
-/// An incomplete head: wait for more, up to [`MAX_HEAD`].
-fn too_long(read: usize) -> Result<Option<Head>, &'static str> {
-    if read > MAX_HEAD {
-        Err("answer head too long")
-    } else {
-        Ok(None)
-    }
-}
-
-/// "HTTP/1.1 200 OK": whether it is HTTP/1.1, and the status.
-fn status_line_parts(line: &[u8]) -> Result<(bool, u16), &'static str> {
-    let bad = "not an HTTP/1 status line";
-    let version_11 = match line.get(..8) {
-        Some(b"HTTP/1.1") => true,
-        Some(b"HTTP/1.0") => false,
-        _ => return Err(bad),
-    };
-    let code = match line.get(8..12) {
-        Some([b' ', a, b, c]) if [a, b, c].iter().all(|d| d.is_ascii_digit()) => [a, b, c]
-            .iter()
-            .fold(0u16, |n, d| n * 10 + u16::from(**d - b'0')),
-        _ => return Err(bad),
-    };
-    if !matches!(line.get(12), None | Some(b' ')) || code < 100 {
-        return Err(bad);
-    }
-    Ok((version_11, code))
 }
 
 /// Where a chunked body that starts at `body[0]` ends: `Ok(None)` until
 /// it is complete, an error when it is malformed or its data is longer than
 /// [`MAX_DRAIN`] (then the connection is not kept; the outcome stands).
 fn chunked_end(body: &[u8]) -> Result<Option<usize>, ()> {
-    let mut lines = Lines { buf: body, at: 0 };
-    let mut data = 0usize;
+    let mut decoder = ChunkDecoder::new();
+    let (mut at, mut data) = (0, 0);
     loop {
-        let Some(line) = lines.next() else {
-            return Ok(None);
-        };
-        // "1a;name=value": the size, in hex, then extensions we ignore.
-        let size = trim(line.split(|&b| b == b';').next().unwrap_or_default());
-        let size = std::str::from_utf8(size)
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|s| usize::from_str_radix(s, 16).ok())
-            .ok_or(())?;
-        if size == 0 {
-            // Trailer fields, up to an empty line.
-            loop {
-                match lines.next() {
-                    None => return Ok(None),
-                    Some([]) => return Ok(Some(lines.at)),
-                    Some(_) => {}
+        let step = decoder.decode(&body[at..]).map_err(drop)?;
+        at += step.consumed;
+        match step.data {
+            Some(d) => {
+                data += d.len();
+                if data > MAX_DRAIN {
+                    return Err(());
                 }
             }
-        }
-        data = data.saturating_add(size);
-        if data > MAX_DRAIN {
-            return Err(());
-        }
-        let after = lines.at + size;
-        match body.get(after..) {
-            None | Some([]) | Some([b'\r']) => return Ok(None),
-            Some([b'\n', ..]) => lines.at = after + 1,
-            Some([b'\r', b'\n', ..]) => lines.at = after + 2,
-            Some(_) => return Err(()),
+            None if decoder.is_done() => return Ok(Some(at)),
+            None => return Ok(None),
         }
     }
-}
-
-/// The complete lines of `buf` from `at`, without their CRLF or LF.
-struct Lines<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Iterator for Lines<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let rest = &self.buf[self.at..];
-        let lf = rest.iter().position(|&b| b == b'\n')?;
-        self.at += lf + 1;
-        Some(rest[..lf].strip_suffix(b"\r").unwrap_or(&rest[..lf]))
-    }
-}
-
-/// Without leading and trailing spaces and tabs.
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
 }
 
 #[cfg(test)]
@@ -1057,17 +920,21 @@ mod tests {
             (h.body, h.keep_alive)
         };
         assert_eq!(
-            body("transfer-encoding: gzip, Chunked\r\n"),
+            body("transfer-encoding: Chunked\r\n"),
             (Body::Chunked, true)
         );
+        // Both framings: read as chunked, and the connection not kept (the
+        // proxy does the same).
         assert_eq!(
             body("transfer-encoding: chunked\r\ncontent-length: 9\r\n"),
-            (Body::Chunked, true)
+            (Body::Chunked, false)
         );
-        assert_eq!(
-            body("transfer-encoding: chunked, gzip\r\n"),
-            (Body::UntilClose, false)
-        );
+        // Codings the codec does not implement are not an HTTP answer a
+        // probe can read to its end.
+        for te in ["gzip, chunked", "chunked, gzip"] {
+            let answer = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\n\r\n");
+            assert!(parsed(&answer).is_err(), "{te}");
+        }
         assert_eq!(body(""), (Body::UntilClose, false));
         assert_eq!(
             body("content-length: 2\r\nconnection: keep-alive, Close\r\n"),
@@ -1109,10 +976,17 @@ mod tests {
         for n in 0..body.len() {
             assert_eq!(chunked_end(&body.as_bytes()[..n]), Ok(None), "{n}");
         }
-        assert_eq!(chunked_end(b"0\n\n"), Ok(Some(3)));
+        // Lines end in CRLF, as the codec requires everywhere.
+        assert_eq!(chunked_end(b"0\n\n"), Err(()));
         assert_eq!(chunked_end(b"zz\r\n"), Err(()));
         assert_eq!(chunked_end(b"2\r\nokX\r\n"), Err(()));
-        let big = format!("{:x}\r\n", MAX_DRAIN + 1);
-        assert_eq!(chunked_end(big.as_bytes()), Err(()));
+        let mut big = format!("{:x}\r\n", MAX_DRAIN + 1).into_bytes();
+        assert_eq!(chunked_end(&big), Ok(None));
+        big.resize(big.len() + MAX_DRAIN + 1, b'x');
+        assert_eq!(
+            chunked_end(&big),
+            Err(()),
+            "more data than is worth draining"
+        );
     }
 }

@@ -1,4 +1,7 @@
-//! What to probe: every backend of every pool, with its pool's check.
+//! What to probe: every backend of every pool, with its pool's check. The
+//! check may name another port of the backend's host (Patroni's REST API
+//! beside Postgres, say): the probe goes there, and its result is reported
+//! for the backend ([`HealthCheckSpec::target_address`]).
 
 use std::collections::BTreeMap;
 

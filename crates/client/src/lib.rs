@@ -330,13 +330,33 @@ pub fn apply_event(current: &mut Option<Snapshot>, event: &v1::WatchEvent) -> Re
 /// same; the control plane marks a node stale after three missed reports.
 pub const REPORT_EVERY: Duration = tandem_proto::REPORT_APPLIED_EVERY;
 
+/// What a node tells the control plane about itself beside its revision:
+/// a proxy's TCP listeners and the alerts it raises.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeState {
+    pub listeners: Vec<v1::ListenerStatus>,
+    pub alerts: Vec<String>,
+}
+
 /// Reports the latest applied revision with `ReportApplied`, coalescing
 /// bursts: the watch loop only overwrites the value in `rx`, this task
 /// sends the newest. Each new revision goes at once, and the current one
 /// again every [`REPORT_EVERY`], so the control plane's "last seen" stays
 /// fresh and a failed report is retried. Ends when the sender is dropped.
 pub async fn report_applied(
+    rx: watch::Receiver<Option<(Channel, Revision)>>,
+    me: Identity,
+    kind: NodeKind,
+    detail: &'static str,
+) {
+    report_applied_with(rx, None, me, kind, detail).await
+}
+
+/// [`report_applied`], with the node's [`NodeState`] too: a change of it is
+/// reported at once, like a new revision.
+pub async fn report_applied_with(
     mut rx: watch::Receiver<Option<(Channel, Revision)>>,
+    mut state: Option<watch::Receiver<NodeState>>,
     me: Identity,
     kind: NodeKind,
     detail: &'static str,
@@ -344,19 +364,32 @@ pub async fn report_applied(
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let state_changed = async {
+            match state.as_mut() {
+                Some(s) => s.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
+            alive = state_changed => if !alive { state = None },
             _ = tick.tick() => {}
         }
         let Some((channel, revision)) = rx.borrow_and_update().clone() else {
             continue;
         };
+        let extra = state
+            .as_mut()
+            .map(|s| s.borrow_and_update().clone())
+            .unwrap_or_default();
         let mut req = tonic::Request::new(ReportAppliedRequest {
             node_id: me.node_id.clone(),
             kind: kind.into(),
             revision: revision.0,
             zone: me.zone.clone(),
             detail: detail.into(),
+            listeners: extra.listeners,
+            alerts: extra.alerts,
         });
         req.set_timeout(Duration::from_secs(5));
         if me.authorize(&mut req).is_err() {
@@ -412,8 +445,8 @@ mod tests {
                     name: "shop".into(),
                     ..Default::default()
                 }],
-                routes: vec![],
                 stale: None,
+                ..Default::default()
             })),
         };
         assert_eq!(apply_event(&mut cur, &snap), Ok(true));

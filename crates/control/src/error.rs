@@ -99,12 +99,14 @@ impl Error {
         match self {
             Error::Domain(d) => match d {
                 D::Invalid(_) => Code::InvalidArgument,
-                D::UnknownPool { .. } | D::UnknownBackend { .. } | D::UnknownRoute { .. } => {
-                    Code::NotFound
-                }
-                D::PoolExists { .. } | D::BackendExists { .. } | D::RouteExists { .. } => {
-                    Code::AlreadyExists
-                }
+                D::UnknownPool { .. }
+                | D::UnknownBackend { .. }
+                | D::UnknownRoute { .. }
+                | D::UnknownTcpRoute { .. } => Code::NotFound,
+                D::PoolExists { .. }
+                | D::BackendExists { .. }
+                | D::RouteExists { .. }
+                | D::TcpRouteExists { .. } => Code::AlreadyExists,
                 D::PoolInUse { .. } | D::StaleRevision { .. } => Code::FailedPrecondition,
             },
             Error::Unavailable(_) | Error::DatabaseDown(_) | Error::NoCopy { .. } => {

@@ -28,7 +28,7 @@ use crate::consensus::peers::PeerClient;
 use crate::consensus::{Aggregator, Consensus, FORWARDED, HealthEvent, Peers};
 use crate::error::Error;
 use crate::hub::{Committed, Hub, HubEvent};
-use crate::store::{NodeReport, Store};
+use crate::store::{ListenerReport, NodeReport, Store};
 
 #[derive(Clone)]
 pub struct ControlService {
@@ -384,12 +384,14 @@ impl ControlPlane for ControlService {
                 Some(s) => convert::admin_state_from_proto(s, "admin_state")?,
                 None => None,
             };
+            let order = req.order.map(|o| convert::order(o, "order")).transpose()?;
             let (backend, rev) = self
                 .store
                 .update_backend(&pool, &addr, expected(req.expected_revision), |mut b| {
                     b.weight = weight.unwrap_or(b.weight);
                     b.role = role.unwrap_or(b.role);
                     b.admin_state = state.unwrap_or(b.admin_state);
+                    b.order = order.unwrap_or(b.order);
                     b
                 })
                 .await?;
@@ -441,14 +443,47 @@ impl ControlPlane for ControlService {
         _req: Request<v1::ListRoutesRequest>,
     ) -> Result<Response<v1::ListRoutesReply>, Status> {
         self.call("ListRoutes", async {
-            let ((routes, rev), stale) = self
-                .read(self.store.routes(), |s| Ok((s.routes.clone(), s.revision)))
+            let ((routes, tcp_routes, rev), stale) = self
+                .read(self.store.routes(), |s| {
+                    Ok((s.routes.clone(), s.tcp_routes.clone(), s.revision))
+                })
                 .await?;
             Ok(v1::ListRoutesReply {
                 routes: routes.iter().map(convert::route_to_proto).collect(),
                 revision: rev.0,
+                tcp_routes: tcp_routes.iter().map(convert::tcp_route_to_proto).collect(),
                 stale,
             })
+        })
+        .await
+    }
+
+    async fn add_tcp_route(
+        &self,
+        req: Request<v1::AddTcpRouteRequest>,
+    ) -> Result<Response<v1::TcpRouteReply>, Status> {
+        require_admin(&req)?;
+        self.call("AddTcpRoute", async {
+            let route =
+                convert::tcp_route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
+            let rev = self.store.add_tcp_route(route.clone()).await?;
+            Ok(v1::TcpRouteReply {
+                route: Some(convert::tcp_route_to_proto(&route)),
+                revision: rev.0,
+            })
+        })
+        .await
+    }
+
+    async fn delete_tcp_route(
+        &self,
+        req: Request<v1::DeleteTcpRouteRequest>,
+    ) -> Result<Response<v1::ChangeReply>, Status> {
+        require_admin(&req)?;
+        self.call("DeleteTcpRoute", async {
+            let listen = convert::listen_addr(&req.get_ref().listen, "listen")?;
+            let rev = self.store.delete_tcp_route(&listen).await?;
+            Ok(v1::ChangeReply { revision: rev.0 })
         })
         .await
     }
@@ -557,6 +592,17 @@ impl ControlPlane for ControlService {
                     applied_revision: Revision(req.revision),
                     detail: req.detail,
                     replica: self.replica.to_string(),
+                    listeners: req
+                        .listeners
+                        .into_iter()
+                        .map(|l| ListenerReport {
+                            listen: l.listen,
+                            pool: l.pool,
+                            bound: l.bound,
+                            error: l.error,
+                        })
+                        .collect(),
+                    alerts: req.alerts,
                 })
                 .await?;
             Ok(v1::ReportAppliedReply {})
@@ -854,6 +900,18 @@ fn status_reply(
                 replica: n.report.replica,
                 detail: n.report.detail,
                 stale: n.last_seen_unix_ms < stale_before,
+                listeners: n
+                    .report
+                    .listeners
+                    .into_iter()
+                    .map(|l| v1::ListenerStatus {
+                        listen: l.listen,
+                        pool: l.pool,
+                        bound: l.bound,
+                        error: l.error,
+                    })
+                    .collect(),
+                alerts: n.report.alerts,
             })
             .collect(),
         stale,

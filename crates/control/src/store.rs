@@ -12,12 +12,14 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tandem_core::{
     AdminState, Backend, BackendAddr, BackendRole, ConfigChange, Error as Domain, HostMatch,
-    PathPrefix, Pool, PoolConfig, PoolName, Revision, Route, Snapshot, ValidationError, Weight,
+    ListenAddr, PathPrefix, Pool, PoolConfig, PoolName, Revision, Route, Snapshot, TcpRoute,
+    ValidationError, Weight,
 };
 
 use crate::database::{self, Availability};
@@ -47,6 +49,19 @@ pub struct NodeReport {
     pub applied_revision: Revision,
     pub detail: String,
     pub replica: String,
+    /// A proxy's TCP listeners.
+    pub listeners: Vec<ListenerReport>,
+    /// Problems the node raises, a line each.
+    pub alerts: Vec<String>,
+}
+
+/// One TCP listener as its proxy reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerReport {
+    pub listen: String,
+    pub pool: String,
+    pub bound: bool,
+    pub error: String,
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +193,7 @@ impl Store {
             snapshot.pools.insert(pool.config.name.clone(), pool);
         }
         for row in sqlx::query(
-            "SELECT pool, address, weight, role, admin_state FROM backends ORDER BY pool, address",
+            "SELECT pool, address, weight, role, admin_state, position FROM backends ORDER BY pool, address",
         )
         .fetch_all(&mut *tx)
         .await?
@@ -202,6 +217,13 @@ impl Store {
         snapshot
             .routes
             .sort_by(|a, b| (&a.host, &a.path_prefix).cmp(&(&b.host, &b.path_prefix)));
+        snapshot.tcp_routes = sqlx::query("SELECT listen, pool FROM tcp_routes")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(tcp_route_from_row)
+            .collect::<Result<_>>()?;
+        snapshot.tcp_routes.sort_by_key(|r| r.listen);
         tx.commit().await?;
         Ok(snapshot)
     }
@@ -216,9 +238,10 @@ impl Store {
         Ok((s.pools.into_values().collect(), s.revision))
     }
 
-    pub async fn routes(&self) -> Result<(Vec<Route>, Revision)> {
+    /// HTTP and TCP routes at one revision.
+    pub async fn routes(&self) -> Result<(Vec<Route>, Vec<TcpRoute>, Revision)> {
         let s = self.snapshot().await?;
-        Ok((s.routes, s.revision))
+        Ok((s.routes, s.tcp_routes, s.revision))
     }
 
     /// Committed changes after `after`, in order, at most `limit`.
@@ -306,10 +329,13 @@ impl Store {
         let (mut tx, rev) = self.begin_change().await?;
         let pool = load_pool(&mut tx, name).await?;
         check_expected(name, &pool, expected)?;
-        let routes: i64 = sqlx::query_scalar("SELECT count(*) FROM routes WHERE pool = $1")
-            .bind(name.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+        let routes: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM routes WHERE pool = $1)
+                  + (SELECT count(*) FROM tcp_routes WHERE pool = $1)",
+        )
+        .bind(name.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
         if routes > 0 {
             return Err(Domain::PoolInUse {
                 name: name.to_string(),
@@ -326,10 +352,11 @@ impl Store {
         Ok(rev)
     }
 
+    /// Adds a backend; one whose `order` is 0 goes after the last one.
     pub async fn add_backend(
         &self,
         pool_name: &PoolName,
-        backend: Backend,
+        mut backend: Backend,
         expected: Option<Revision>,
     ) -> Result<(Backend, Revision)> {
         let (mut tx, rev) = self.begin_change().await?;
@@ -341,6 +368,10 @@ impl Store {
                 address: backend.address.to_string(),
             }
             .into());
+        }
+        if backend.order == 0 {
+            let last = pool.backends.iter().map(|b| b.order).max().unwrap_or(0);
+            backend.order = last.saturating_add(1);
         }
         write_backend(&mut tx, pool_name, &backend, rev).await?;
         let change = ConfigChange::BackendUpserted {
@@ -468,15 +499,67 @@ impl Store {
         Ok(rev)
     }
 
+    /// Adds a TCP route. One whose address could not be bound beside an
+    /// existing one's (the same port on the same or a wildcard address) is
+    /// a conflict.
+    pub async fn add_tcp_route(&self, route: TcpRoute) -> Result<Revision> {
+        let (mut tx, rev) = self.begin_change().await?;
+        load_pool(&mut tx, &route.pool).await?;
+        let existing = sqlx::query("SELECT listen, pool FROM tcp_routes")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(tcp_route_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(other) = existing
+            .iter()
+            .find(|r| r.listen.conflicts_with(&route.listen))
+        {
+            return Err(Domain::TcpRouteExists {
+                listen: route.listen.to_string(),
+                existing: other.listen.to_string(),
+                pool: other.pool.to_string(),
+            }
+            .into());
+        }
+        sqlx::query("INSERT INTO tcp_routes (listen, pool, revision) VALUES ($1, $2, $3)")
+            .bind(route.listen.to_string())
+            .bind(route.pool.as_str())
+            .bind(rev.0 as i64)
+            .execute(&mut *tx)
+            .await?;
+        self.finish_change(tx, rev, &ConfigChange::TcpRouteUpserted(route))
+            .await?;
+        Ok(rev)
+    }
+
+    pub async fn delete_tcp_route(&self, listen: &ListenAddr) -> Result<Revision> {
+        let (mut tx, rev) = self.begin_change().await?;
+        let deleted = sqlx::query("DELETE FROM tcp_routes WHERE listen = $1")
+            .bind(listen.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(Domain::UnknownTcpRoute {
+                listen: listen.to_string(),
+            }
+            .into());
+        }
+        self.finish_change(tx, rev, &ConfigChange::TcpRouteDeleted { listen: *listen })
+            .await?;
+        Ok(rev)
+    }
+
     // === nodes ===
 
     pub async fn report_node(&self, r: &NodeReport) -> Result<()> {
         self.writable()?;
         sqlx::query(
-            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, now())
+            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
              ON CONFLICT (node_id) DO UPDATE SET kind = $2, zone = $3, applied_revision = $4,
-                 detail = $5, replica = $6, last_seen = now()",
+                 detail = $5, replica = $6, listeners = $7, alerts = $8, last_seen = now()",
         )
         .bind(&r.node_id)
         .bind(&r.kind)
@@ -484,6 +567,8 @@ impl Store {
         .bind(r.applied_revision.0 as i64)
         .bind(&r.detail)
         .bind(&r.replica)
+        .bind(Json(&r.listeners))
+        .bind(Json(&r.alerts))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -491,7 +576,7 @@ impl Store {
 
     pub async fn nodes(&self) -> Result<Vec<NodeRow>> {
         let rows = sqlx::query(
-            "SELECT node_id, kind, zone, applied_revision, detail, replica,
+            "SELECT node_id, kind, zone, applied_revision, detail, replica, listeners, alerts,
                     (extract(epoch FROM last_seen) * 1000)::bigint AS last_seen_ms
              FROM nodes ORDER BY kind, node_id",
         )
@@ -507,6 +592,8 @@ impl Store {
                         applied_revision: Revision(r.try_get::<i64, _>("applied_revision")? as u64),
                         detail: r.try_get("detail")?,
                         replica: r.try_get("replica")?,
+                        listeners: r.try_get::<Json<Vec<ListenerReport>>, _>("listeners")?.0,
+                        alerts: r.try_get::<Json<Vec<String>>, _>("alerts")?.0,
                     },
                     last_seen_unix_ms: r.try_get("last_seen_ms")?,
                 })
@@ -570,6 +657,8 @@ fn change_kind(c: &ConfigChange) -> &'static str {
         ConfigChange::BackendRemoved { .. } => "backend_removed",
         ConfigChange::RouteUpserted(_) => "route_upserted",
         ConfigChange::RouteDeleted { .. } => "route_deleted",
+        ConfigChange::TcpRouteUpserted(_) => "tcp_route_upserted",
+        ConfigChange::TcpRouteDeleted { .. } => "tcp_route_deleted",
     }
 }
 
@@ -595,7 +684,7 @@ async fn load_pool(conn: &mut sqlx::PgConnection, name: &PoolName) -> Result<Poo
         })?;
     let mut pool = pool_from_row(&row)?;
     pool.backends = sqlx::query(
-        "SELECT address, weight, role, admin_state FROM backends WHERE pool = $1 ORDER BY address",
+        "SELECT address, weight, role, admin_state, position FROM backends WHERE pool = $1 ORDER BY address",
     )
     .bind(name.as_str())
     .fetch_all(&mut *conn)
@@ -614,10 +703,10 @@ async fn write_backend(
     rev: Revision,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO backends (pool, address, weight, role, admin_state, revision)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO backends (pool, address, weight, role, admin_state, revision, position)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (pool, address) DO UPDATE
-         SET weight = $3, role = $4, admin_state = $5, revision = $6",
+         SET weight = $3, role = $4, admin_state = $5, revision = $6, position = $7",
     )
     .bind(pool.as_str())
     .bind(b.address.as_str())
@@ -625,6 +714,7 @@ async fn write_backend(
     .bind(b.role.as_str())
     .bind(b.admin_state.as_str())
     .bind(rev.0 as i64)
+    .bind(i32::try_from(b.order).unwrap_or(i32::MAX))
     .execute(&mut **tx)
     .await?;
     touch_pool(tx, pool, rev).await
@@ -665,7 +755,9 @@ fn backend_from_row(row: &sqlx::postgres::PgRow) -> Result<Backend> {
     let weight: i32 = row.try_get("weight")?;
     let role: String = row.try_get("role")?;
     let state: String = row.try_get("admin_state")?;
+    let position: i32 = row.try_get("position")?;
     Ok(Backend {
+        order: u32::try_from(position).map_err(corrupt)?,
         address: BackendAddr::new(address).map_err(corrupt)?,
         weight: Weight::new(weight as u32).map_err(corrupt)?,
         role: match role.as_str() {
@@ -679,6 +771,15 @@ fn backend_from_row(row: &sqlx::postgres::PgRow) -> Result<Backend> {
             "disabled" => AdminState::Disabled,
             other => return Err(corrupt(format!("backend admin_state {other:?}"))),
         },
+    })
+}
+
+fn tcp_route_from_row(row: &sqlx::postgres::PgRow) -> Result<TcpRoute> {
+    let listen: String = row.try_get("listen")?;
+    let pool: String = row.try_get("pool")?;
+    Ok(TcpRoute {
+        listen: ListenAddr::new(&listen).map_err(corrupt)?,
+        pool: PoolName::new(pool).map_err(corrupt)?,
     })
 }
 

@@ -593,6 +593,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
             revision: 23,
             zone: "z1".into(),
             detail: String::new(),
+            ..Default::default()
         })
         .await?;
     let status = writer

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BackendAddr, HostMatch, PathPrefix, PoolName, ValidationError, Weight};
+use crate::{BackendAddr, HostMatch, ListenAddr, PathPrefix, PoolName, ValidationError, Weight};
 
 // === LbPolicy ===
 
@@ -23,14 +23,19 @@ pub enum LbPolicy {
     IpHash,
     /// The less loaded of two weighted random picks.
     RandomTwoChoices,
+    /// One member at a time: the first, by declared order, whose health
+    /// check passes (database primaries). Never a member whose check has not
+    /// passed, not even in panic mode.
+    SingleActive,
 }
 
 impl LbPolicy {
-    pub const ALL: [LbPolicy; 4] = [
+    pub const ALL: [LbPolicy; 5] = [
         Self::RoundRobin,
         Self::LeastConnections,
         Self::IpHash,
         Self::RandomTwoChoices,
+        Self::SingleActive,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +44,7 @@ impl LbPolicy {
             Self::LeastConnections => "least_connections",
             Self::IpHash => "ip_hash",
             Self::RandomTwoChoices => "random_two_choices",
+            Self::SingleActive => "single_active",
         }
     }
 }
@@ -53,7 +59,7 @@ impl std::str::FromStr for LbPolicy {
                 ValidationError::new(
                     "policy",
                     format!(
-                        "must be one of round_robin, least_connections, ip_hash, random_two_choices (got {s:?})"
+                        "must be one of round_robin, least_connections, ip_hash, random_two_choices, single_active (got {s:?})"
                     ),
                 )
             })
@@ -91,6 +97,11 @@ pub struct HealthCheckSpec {
     pub rise: u32,
     /// Consecutive failures before a backend is unhealthy.
     pub fall: u32,
+    /// Probe this port of the backend's host instead of its traffic port
+    /// (a Patroni REST API on 8008 beside Postgres on 5432, say). `None`:
+    /// the traffic port.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 impl Default for HealthCheckSpec {
@@ -106,6 +117,7 @@ impl Default for HealthCheckSpec {
             timeout_ms: 1_000,
             rise: 2,
             fall: 3,
+            port: None,
         }
     }
 }
@@ -176,7 +188,22 @@ impl HealthCheckSpec {
         }
         in_range("rise", self.rise, 1, 100)?;
         in_range("fall", self.fall, 1, 100)?;
+        if self.port == Some(0) {
+            return Err(ValidationError::new(
+                "port",
+                "must be between 1 and 65535 (got 0); leave it unset to probe the traffic port",
+            ));
+        }
         Ok(())
+    }
+
+    /// Where the agents probe `backend`: its own address, or its host on
+    /// the check's [`HealthCheckSpec::port`].
+    pub fn target_address(&self, backend: &BackendAddr) -> BackendAddr {
+        match self.port {
+            Some(port) if port != backend.port() => backend.with_port(port),
+            _ => backend.clone(),
+        }
     }
 }
 
@@ -243,6 +270,82 @@ impl OutlierSpec {
     }
 }
 
+// === TcpSettings ===
+
+/// What happens to established TCP connections to a backend that becomes
+/// unhealthy, is disabled or leaves the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnhealthy {
+    /// Closed once the grace has passed (a client must not keep writing to
+    /// a demoted database primary).
+    Close,
+    /// Left to finish by themselves.
+    Keep,
+}
+
+impl OnUnhealthy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Close => "close",
+            Self::Keep => "keep",
+        }
+    }
+}
+
+/// Settings of a pool behind TCP (layer 4) routes. HTTP routes ignore them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TcpSettings {
+    /// A connection on which no byte moved either way for this long is
+    /// closed, milliseconds (0: never).
+    pub idle_timeout_ms: u32,
+    /// Most connections open to one backend at once (0: no limit). Further
+    /// clients wait in the pool's queue.
+    pub max_connections: u32,
+    /// Most clients waiting for a free backend slot; beyond it a client is
+    /// refused at once (0: no queue).
+    pub max_queue: u32,
+    /// Longest a client waits in the queue, milliseconds.
+    pub queue_timeout_ms: u32,
+    /// `None`: by policy, `close` for `single_active`, `keep` otherwise.
+    pub on_unhealthy: Option<OnUnhealthy>,
+    /// How long connections to an unhealthy, disabled or removed backend
+    /// may go on before they are closed (with `close`), milliseconds.
+    pub unhealthy_grace_ms: u32,
+    /// Start every backend connection with a PROXY protocol v2 header
+    /// carrying the client's address.
+    pub proxy_protocol: bool,
+}
+
+impl Default for TcpSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: 1_800_000,
+            max_connections: 0,
+            max_queue: 128,
+            queue_timeout_ms: 5_000,
+            on_unhealthy: None,
+            unhealthy_grace_ms: 0,
+            proxy_protocol: false,
+        }
+    }
+}
+
+impl TcpSettings {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.idle_timeout_ms != 0 {
+            in_range("idle_timeout_ms", self.idle_timeout_ms, 1_000, 86_400_000)
+                .map_err(|e| ValidationError::new(e.field, format!("{} (or 0: never)", e.rule)))?;
+        }
+        in_range("max_connections", self.max_connections, 0, 1_000_000)?;
+        in_range("max_queue", self.max_queue, 0, 1_000_000)?;
+        in_range("queue_timeout_ms", self.queue_timeout_ms, 1, 3_600_000)?;
+        in_range("unhealthy_grace_ms", self.unhealthy_grace_ms, 0, 3_600_000)?;
+        Ok(())
+    }
+}
+
 // === PoolConfig ===
 
 /// A pool's settings (its backends live beside it in [`crate::Pool`]).
@@ -259,7 +362,42 @@ pub struct PoolConfig {
     pub outlier: OutlierSpec,
     /// Below this percentage of usable primaries, spread over all (0 disables).
     pub panic_threshold_percent: u32,
+    /// Layer-4 settings, for TCP routes.
+    #[serde(default)]
+    pub tcp: TcpSettings,
+    /// Largest request body the proxy passes on, in bytes; larger ones get
+    /// 413 (0: no limit).
+    #[serde(default = "defaults::max_request_body_bytes")]
+    pub max_request_body_bytes: u64,
+    /// Longest an upstream keep-alive connection is reused after sitting
+    /// idle, milliseconds (0: a new connection per request). A backend's
+    /// `Keep-Alive: timeout=` shortens it. The default stays below common
+    /// servers' own idle timeouts (Node.js and Apache close after 5 s), so
+    /// the proxy never sends on a connection the backend is closing.
+    #[serde(default = "defaults::upstream_idle_timeout_ms")]
+    pub upstream_idle_timeout_ms: u32,
+    /// An upgraded connection (WebSocket) silent both ways for this long is
+    /// closed, milliseconds.
+    #[serde(default = "defaults::tunnel_idle_timeout_ms")]
+    pub tunnel_idle_timeout_ms: u32,
 }
+
+/// Defaults of settings added after the first release, also for pools
+/// stored before they existed.
+mod defaults {
+    pub fn max_request_body_bytes() -> u64 {
+        10 * 1024 * 1024
+    }
+    pub fn upstream_idle_timeout_ms() -> u32 {
+        4_000
+    }
+    pub fn tunnel_idle_timeout_ms() -> u32 {
+        300_000
+    }
+}
+
+/// The largest `max_request_body_bytes` (1 TiB).
+pub const MAX_REQUEST_BODY_LIMIT: u64 = 1 << 40;
 
 impl PoolConfig {
     /// A pool with every setting at its default.
@@ -273,7 +411,20 @@ impl PoolConfig {
             retry: RetryPolicy::default(),
             outlier: OutlierSpec::default(),
             panic_threshold_percent: 50,
+            tcp: TcpSettings::default(),
+            max_request_body_bytes: defaults::max_request_body_bytes(),
+            upstream_idle_timeout_ms: defaults::upstream_idle_timeout_ms(),
+            tunnel_idle_timeout_ms: defaults::tunnel_idle_timeout_ms(),
         }
+    }
+
+    /// What happens to established TCP connections to a backend that is no
+    /// longer usable: as set, or by policy (`close` for `single_active`).
+    pub fn on_unhealthy(&self) -> OnUnhealthy {
+        self.tcp.on_unhealthy.unwrap_or(match self.policy {
+            LbPolicy::SingleActive => OnUnhealthy::Close,
+            _ => OnUnhealthy::Keep,
+        })
     }
 
     /// Checks every bound; the error's field is rooted at `pool`.
@@ -302,6 +453,30 @@ impl PoolConfig {
             self.panic_threshold_percent,
             0,
             100,
+        )
+        .map_err(at)?;
+        self.tcp.validate().map_err(|e| at(e.under("tcp")))?;
+        if self.max_request_body_bytes > MAX_REQUEST_BODY_LIMIT {
+            return Err(at(ValidationError::new(
+                "max_request_body_bytes",
+                format!(
+                    "must be between 0 and {MAX_REQUEST_BODY_LIMIT} (got {})",
+                    self.max_request_body_bytes
+                ),
+            )));
+        }
+        in_range(
+            "upstream_idle_timeout_ms",
+            self.upstream_idle_timeout_ms,
+            0,
+            3_600_000,
+        )
+        .map_err(at)?;
+        in_range(
+            "tunnel_idle_timeout_ms",
+            self.tunnel_idle_timeout_ms,
+            1_000,
+            86_400_000,
         )
         .map_err(at)?;
         Ok(())
@@ -365,6 +540,12 @@ pub struct Backend {
     pub weight: Weight,
     pub role: BackendRole,
     pub admin_state: AdminState,
+    /// Its place in the pool's declared order, lowest first (ties go by
+    /// address): a `single_active` pool sends to the first usable member.
+    /// The control plane numbers backends in the order they are added
+    /// unless told otherwise.
+    #[serde(default)]
+    pub order: u32,
 }
 
 impl Backend {
@@ -374,6 +555,7 @@ impl Backend {
             weight: Weight::DEFAULT,
             role: BackendRole::Primary,
             admin_state: AdminState::Enabled,
+            order: 0,
         }
     }
 }
@@ -386,6 +568,15 @@ impl Backend {
 pub struct Route {
     pub host: HostMatch,
     pub path_prefix: PathPrefix,
+    pub pool: PoolName,
+}
+
+/// A TCP (layer 4) route: every proxy listens on `listen` and forwards
+/// each connection it accepts to `pool`, bytes untouched. The listen
+/// address is the route's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpRoute {
+    pub listen: ListenAddr,
     pub pool: PoolName,
 }
 
@@ -405,7 +596,7 @@ mod tests {
     #[test]
     fn each_bound_names_its_field() {
         type Mutator = fn(&mut PoolConfig);
-        let cases: [(Mutator, &str); 14] = [
+        let cases: [(Mutator, &str); 22] = [
             (
                 |p| p.health_check.interval_ms = 50,
                 "pool.health_check.interval_ms",
@@ -447,6 +638,26 @@ mod tests {
                 |p| p.panic_threshold_percent = 101,
                 "pool.panic_threshold_percent",
             ),
+            (|p| p.health_check.port = Some(0), "pool.health_check.port"),
+            (|p| p.tcp.idle_timeout_ms = 10, "pool.tcp.idle_timeout_ms"),
+            (|p| p.tcp.queue_timeout_ms = 0, "pool.tcp.queue_timeout_ms"),
+            (
+                |p| p.tcp.unhealthy_grace_ms = 3_600_001,
+                "pool.tcp.unhealthy_grace_ms",
+            ),
+            (|p| p.tcp.max_queue = 1_000_001, "pool.tcp.max_queue"),
+            (
+                |p| p.max_request_body_bytes = MAX_REQUEST_BODY_LIMIT + 1,
+                "pool.max_request_body_bytes",
+            ),
+            (
+                |p| p.upstream_idle_timeout_ms = 3_600_001,
+                "pool.upstream_idle_timeout_ms",
+            ),
+            (
+                |p| p.tunnel_idle_timeout_ms = 999,
+                "pool.tunnel_idle_timeout_ms",
+            ),
         ];
         for (mutate, field) in cases {
             let mut p = pool();
@@ -454,6 +665,21 @@ mod tests {
             let e = p.validate().unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn pools_stored_before_the_http_limits_read_with_their_defaults() {
+        let mut v = serde_json::to_value(pool()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in [
+            "max_request_body_bytes",
+            "upstream_idle_timeout_ms",
+            "tunnel_idle_timeout_ms",
+        ] {
+            o.remove(k);
+        }
+        let back: PoolConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back, pool());
     }
 
     #[test]
@@ -466,5 +692,42 @@ mod tests {
             LbPolicy::LeastConnections
         );
         assert_eq!("fastest".parse::<LbPolicy>().unwrap_err().field, "policy");
+    }
+
+    #[test]
+    fn single_active_pools_close_connections_to_unusable_members_by_default() {
+        let mut p = pool();
+        assert_eq!(p.on_unhealthy(), OnUnhealthy::Keep);
+        p.policy = LbPolicy::SingleActive;
+        assert_eq!(p.on_unhealthy(), OnUnhealthy::Close);
+        p.tcp.on_unhealthy = Some(OnUnhealthy::Keep);
+        assert_eq!(p.on_unhealthy(), OnUnhealthy::Keep, "as set");
+        p.tcp.idle_timeout_ms = 0;
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn health_checks_may_probe_another_port() {
+        let b = BackendAddr::new("db-1.local:5432").unwrap();
+        let mut spec = HealthCheckSpec::default();
+        assert_eq!(spec.target_address(&b), b);
+        spec.port = Some(8008);
+        assert_eq!(spec.target_address(&b).as_str(), "db-1.local:8008");
+        let v6 = BackendAddr::new("[::1]:5432").unwrap();
+        assert_eq!(spec.target_address(&v6).as_str(), "[::1]:8008");
+    }
+
+    #[test]
+    fn settings_saved_before_tcp_pools_existed_still_load() {
+        let mut old = serde_json::to_value(pool()).unwrap();
+        old.as_object_mut().unwrap().remove("tcp");
+        old["health_check"].as_object_mut().unwrap().remove("port");
+        let back: PoolConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(back, pool());
+        let b: Backend = serde_json::from_str(
+            r#"{"address":"10.0.0.1:80","weight":1,"role":"primary","admin_state":"enabled"}"#,
+        )
+        .unwrap();
+        assert_eq!(b.order, 0);
     }
 }

@@ -56,6 +56,16 @@ pub enum Error {
         path_prefix: String,
         pool: String,
     },
+    #[error("no TCP route listens on {listen}")]
+    UnknownTcpRoute { listen: String },
+    #[error(
+        "a TCP route on {existing} (to pool {pool:?}) already takes {listen}: two listeners cannot share a port"
+    )]
+    TcpRouteExists {
+        listen: String,
+        existing: String,
+        pool: String,
+    },
     #[error("pool {name:?} is still the target of {routes} route(s); delete them first")]
     PoolInUse { name: String, routes: usize },
     #[error("stale revision: expected {expected}, but {what} is at {actual}")]

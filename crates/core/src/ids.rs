@@ -1,7 +1,7 @@
 //! Identifiers and units, each validated once in its constructor.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -142,6 +142,22 @@ impl BackendAddr {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The host without the port (`[::1]` keeps its brackets).
+    pub fn host(&self) -> &str {
+        self.text
+            .rsplit_once(':')
+            .map_or(self.text.as_str(), |(h, _)| h)
+    }
+
+    /// The same host on another port (`port` must not be 0).
+    pub fn with_port(&self, port: u16) -> BackendAddr {
+        debug_assert!(port != 0, "ports start at 1");
+        BackendAddr {
+            text: format!("{}:{port}", self.host()),
+            port,
+        }
     }
 }
 
@@ -298,6 +314,67 @@ impl From<HostMatch> for String {
     }
 }
 
+// === ListenAddr ===
+
+/// Where a TCP route listens: an IP address (IPv6 bracketed) and a port
+/// from 1 to 65535, e.g. `0.0.0.0:5432`, `127.0.0.1:6432`, `[::]:5432`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ListenAddr(SocketAddr);
+
+impl ListenAddr {
+    pub fn new(s: &str) -> Result<Self, ValidationError> {
+        let s = s.trim();
+        let addr: SocketAddr = s.parse().map_err(|_| {
+            ValidationError::new(
+                "listen",
+                format!(
+                    "must be ip:port, e.g. 0.0.0.0:5432 or [::]:5432 (got {s:?}); host names are not allowed"
+                ),
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(ValidationError::new(
+                "listen",
+                format!("port must be 1-65535 (got 0 in {s:?})"),
+            ));
+        }
+        Ok(Self(addr))
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.0
+    }
+
+    /// Could both be bound on one host at once? Not on the same port when
+    /// either is a wildcard address or both are the same address.
+    pub fn conflicts_with(&self, other: &ListenAddr) -> bool {
+        self.0.port() == other.0.port()
+            && (self.0.ip() == other.0.ip()
+                || self.0.ip().is_unspecified()
+                || other.0.ip().is_unspecified())
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = ValidationError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<ListenAddr> for String {
+    fn from(a: ListenAddr) -> String {
+        a.to_string()
+    }
+}
+
 // === PathPrefix ===
 
 /// A route's path prefix: starts with `/`, at most 1024 characters, no
@@ -403,6 +480,44 @@ mod tests {
             let e = BackendAddr::new(bad).unwrap_err();
             assert_eq!(e.field, "address", "{bad}");
         }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let any = ListenAddr::new("0.0.0.0:5432").unwrap();
+        assert_eq!(any.to_string(), "0.0.0.0:5432");
+        assert_eq!(
+            ListenAddr::new(" [::]:5432 ").unwrap().to_string(),
+            "[::]:5432"
+        );
+        for bad in [
+            "localhost:5432",
+            "0.0.0.0",
+            "0.0.0.0:0",
+            "1.2.3.4:70000",
+            "",
+        ] {
+            assert_eq!(ListenAddr::new(bad).unwrap_err().field, "listen", "{bad}");
+        }
+        let lo = ListenAddr::new("127.0.0.1:5432").unwrap();
+        let other = ListenAddr::new("127.0.0.2:5432").unwrap();
+        assert!(any.conflicts_with(&lo) && lo.conflicts_with(&any) && lo.conflicts_with(&lo));
+        assert!(!lo.conflicts_with(&other));
+        assert!(!lo.conflicts_with(&ListenAddr::new("127.0.0.1:5433").unwrap()));
+        let back: ListenAddr = serde_json::from_str("\"127.0.0.1:5432\"").unwrap();
+        assert_eq!(back, lo);
+    }
+
+    #[test]
+    fn backend_hosts_on_another_port() {
+        let b = BackendAddr::new("10.0.0.5:5432").unwrap();
+        assert_eq!(b.host(), "10.0.0.5");
+        assert_eq!(
+            b.with_port(8008),
+            BackendAddr::new("10.0.0.5:8008").unwrap()
+        );
+        let v6 = BackendAddr::new("[::1]:5432").unwrap();
+        assert_eq!(v6.with_port(8008), BackendAddr::new("[::1]:8008").unwrap());
     }
 
     #[test]

@@ -20,6 +20,13 @@
 //!
 //! Draining and disabled backends never get a new request, not even in panic
 //! mode.
+//!
+//! `single_active` is stricter: a member takes traffic only while its
+//! health check is known to pass ([`Endpoint::passes_check`]) and it is
+//! usable; the first such enabled primary by declared order
+//! ([`Endpoint::order`], then address) takes every connection, or, when no
+//! primary passes, the first such backup. There is no panic mode: a
+//! database replica must never receive a primary's traffic.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,6 +46,15 @@ pub trait Endpoint {
     fn in_flight(&self) -> u64;
     /// A stable identity for consistent hashing (its address).
     fn key(&self) -> &str;
+    /// The agents' health check is known to pass (not merely not known to
+    /// fail). `single_active` sends only to such members.
+    fn passes_check(&self) -> bool {
+        self.healthy()
+    }
+    /// Its place in the declared order, lowest first (`single_active`).
+    fn order(&self) -> u32 {
+        0
+    }
 }
 
 // === Tiers ===
@@ -207,15 +223,33 @@ impl Balancer {
     /// Picks a backend for a request, or `None` when none may take it.
     ///
     /// When every backend of the chosen tier is excluded (a retry that has
-    /// tried them all), any other enabled, healthy backend is acceptable.
+    /// tried them all), any other enabled, healthy backend is acceptable
+    /// (except for `single_active`, which only ever moves down its order).
     pub fn pick<E: Endpoint>(&self, endpoints: &[E], cx: &PickContext<'_>) -> Option<Picked> {
+        self.pick_admitted(endpoints, cx, &|_| true)
+    }
+
+    /// Like [`Balancer::pick`], among the backends `admit` accepts (say,
+    /// those below their connection limit). `None` from here while
+    /// [`Balancer::pick`] finds one means every candidate is full: the
+    /// caller may wait. A full `single_active` member is not passed over.
+    pub fn pick_admitted<E: Endpoint>(
+        &self,
+        endpoints: &[E],
+        cx: &PickContext<'_>,
+        admit: &dyn Fn(usize) -> bool,
+    ) -> Option<Picked> {
+        if self.policy == LbPolicy::SingleActive {
+            return single_active(endpoints, cx.exclude).filter(|p| admit(p.index));
+        }
         let tier = select_tier(endpoints, self.panic_threshold_percent)?;
-        let ok = |i: usize| tier.admits(&endpoints[i]) && !cx.exclude.contains(&i);
+        let ok = |i: usize| tier.admits(&endpoints[i]) && !cx.exclude.contains(&i) && admit(i);
         let index = match self.policy {
             LbPolicy::RoundRobin => self.pick_round_robin(endpoints, cx, &ok),
             LbPolicy::LeastConnections => self.pick_least_connections(endpoints, cx, &ok),
             LbPolicy::IpHash => self.pick_hashed(endpoints, tier, cx, &ok),
             LbPolicy::RandomTwoChoices => pick_two_choices(endpoints, cx, &ok),
+            LbPolicy::SingleActive => unreachable!("handled above"),
         };
         if let Some(index) = index {
             return Some(Picked { index, tier });
@@ -223,7 +257,10 @@ impl Balancer {
         // The tier is exhausted by exclusions: fall back to anything usable.
         let fallback = |i: usize| {
             let e = &endpoints[i];
-            e.admin_state() == AdminState::Enabled && e.healthy() && !cx.exclude.contains(&i)
+            e.admin_state() == AdminState::Enabled
+                && e.healthy()
+                && !cx.exclude.contains(&i)
+                && admit(i)
         };
         pick_least_loaded(endpoints, cx, &fallback).map(|index| Picked { index, tier })
     }
@@ -305,6 +342,67 @@ impl Balancer {
         }
         pick_least_loaded(endpoints, cx, ok)
     }
+}
+
+// === single_active ===
+
+/// Which tier a `single_active` pool serves from: enabled primaries that
+/// pass their check and are usable, else such backups, else nothing.
+pub fn single_active_tier<E: Endpoint>(endpoints: &[E]) -> Option<Tier> {
+    let usable = |e: &E, role| {
+        e.admin_state() == AdminState::Enabled
+            && e.role() == role
+            && e.passes_check()
+            && e.healthy()
+    };
+    if endpoints.iter().any(|e| usable(e, BackendRole::Primary)) {
+        Some(Tier::Primaries)
+    } else if endpoints.iter().any(|e| usable(e, BackendRole::Backup)) {
+        Some(Tier::Backups)
+    } else {
+        None
+    }
+}
+
+/// The member a `single_active` pool sends to: the first usable one of its
+/// tier by (order, address), skipping `exclude` (tried already). Allocates
+/// nothing.
+pub fn single_active<E: Endpoint>(endpoints: &[E], exclude: &[usize]) -> Option<Picked> {
+    let tier = single_active_tier(endpoints)?;
+    let role = if tier == Tier::Primaries {
+        BackendRole::Primary
+    } else {
+        BackendRole::Backup
+    };
+    let mut best: Option<usize> = None;
+    for (i, e) in endpoints.iter().enumerate() {
+        if e.admin_state() != AdminState::Enabled
+            || e.role() != role
+            || !e.passes_check()
+            || !e.healthy()
+            || exclude.contains(&i)
+        {
+            continue;
+        }
+        let earlier = |b: usize| {
+            let o = &endpoints[b];
+            (e.order(), e.key()) < (o.order(), o.key())
+        };
+        if best.is_none_or(earlier) {
+            best = Some(i);
+        }
+    }
+    best.map(|index| Picked { index, tier })
+}
+
+/// How many members of a pool claim to be able to take a `single_active`
+/// pool's traffic: every one not disabled whose check passes. More than
+/// one is a split brain (two database primaries) to report loudly.
+pub fn claimants<E: Endpoint>(endpoints: &[E]) -> usize {
+    endpoints
+        .iter()
+        .filter(|e| e.admin_state() != AdminState::Disabled && e.passes_check())
+        .count()
 }
 
 /// Longest smooth round-robin cycle kept; longer cycles are scaled down.

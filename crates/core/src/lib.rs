@@ -16,9 +16,9 @@ pub mod routing;
 pub mod snapshot;
 
 pub use config::{
-    AdminState, Backend, BackendRole, HealthCheckKind, HealthCheckSpec, LbPolicy, OutlierSpec,
-    PoolConfig, RetryPolicy, Route,
+    AdminState, Backend, BackendRole, HealthCheckKind, HealthCheckSpec, LbPolicy, OnUnhealthy,
+    OutlierSpec, PoolConfig, RetryPolicy, Route, TcpRoute, TcpSettings,
 };
 pub use error::{Error, ValidationError};
-pub use ids::{BackendAddr, HostMatch, PathPrefix, PoolName, Revision, Weight};
+pub use ids::{BackendAddr, HostMatch, ListenAddr, PathPrefix, PoolName, Revision, Weight};
 pub use snapshot::{ConfigChange, Pool, Snapshot};

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Backend, BackendAddr, Error, HostMatch, PathPrefix, PoolConfig, PoolName, Revision, Route,
+    Backend, BackendAddr, Error, HostMatch, ListenAddr, PathPrefix, PoolConfig, PoolName, Revision,
+    Route, TcpRoute,
 };
 
 /// A pool with its backends (sorted by address).
@@ -32,9 +33,14 @@ pub enum ConfigChange {
     /// Creates a pool or replaces its settings; its backends are untouched.
     PoolUpserted(PoolConfig),
     /// Deletes a pool with its backends.
-    PoolDeleted { name: PoolName },
+    PoolDeleted {
+        name: PoolName,
+    },
     /// Adds a backend or replaces it.
-    BackendUpserted { pool: PoolName, backend: Backend },
+    BackendUpserted {
+        pool: PoolName,
+        backend: Backend,
+    },
     BackendRemoved {
         pool: PoolName,
         address: BackendAddr,
@@ -45,6 +51,11 @@ pub enum ConfigChange {
         host: HostMatch,
         path_prefix: PathPrefix,
     },
+    /// Adds a TCP route or replaces the one on the same listen address.
+    TcpRouteUpserted(TcpRoute),
+    TcpRouteDeleted {
+        listen: ListenAddr,
+    },
 }
 
 /// Declared configuration at `revision`.
@@ -54,6 +65,9 @@ pub struct Snapshot {
     pub pools: BTreeMap<PoolName, Pool>,
     /// Sorted by (host, path_prefix).
     pub routes: Vec<Route>,
+    /// TCP (layer 4) routes, sorted by listen address.
+    #[serde(default)]
+    pub tcp_routes: Vec<TcpRoute>,
 }
 
 impl Snapshot {
@@ -61,6 +75,16 @@ impl Snapshot {
         self.routes
             .iter()
             .find(|r| &r.host == host && &r.path_prefix == path_prefix)
+    }
+
+    pub fn tcp_route(&self, listen: &ListenAddr) -> Option<&TcpRoute> {
+        self.tcp_routes.iter().find(|r| &r.listen == listen)
+    }
+
+    /// How many routes of either kind send traffic to `pool`.
+    pub fn routes_to(&self, pool: &PoolName) -> usize {
+        self.routes.iter().filter(|r| &r.pool == pool).count()
+            + self.tcp_routes.iter().filter(|r| &r.pool == pool).count()
     }
 
     /// Applies a change committed at `revision`, which must be the next one.
@@ -131,6 +155,27 @@ impl Snapshot {
                     })?;
                 self.routes.remove(i);
             }
+            ConfigChange::TcpRouteUpserted(route) => {
+                if !self.pools.contains_key(&route.pool) {
+                    return Err(unknown_pool(&route.pool));
+                }
+                match self
+                    .tcp_routes
+                    .binary_search_by(|r| r.listen.cmp(&route.listen))
+                {
+                    Ok(i) => self.tcp_routes[i] = route.clone(),
+                    Err(i) => self.tcp_routes.insert(i, route.clone()),
+                }
+            }
+            ConfigChange::TcpRouteDeleted { listen } => {
+                let i = self
+                    .tcp_routes
+                    .binary_search_by(|r| r.listen.cmp(listen))
+                    .map_err(|_| Error::UnknownTcpRoute {
+                        listen: listen.to_string(),
+                    })?;
+                self.tcp_routes.remove(i);
+            }
         }
         self.revision = revision;
         Ok(())
@@ -175,6 +220,10 @@ mod tests {
                 path_prefix: PathPrefix::new("/").unwrap(),
                 pool: name("shop"),
             }),
+            ConfigChange::TcpRouteUpserted(TcpRoute {
+                listen: ListenAddr::new("0.0.0.0:5432").unwrap(),
+                pool: name("shop"),
+            }),
             ConfigChange::BackendUpserted {
                 pool: name("shop"),
                 backend: Backend {
@@ -187,13 +236,15 @@ mod tests {
         for (i, c) in changes.iter().enumerate() {
             s.apply(Revision(i as u64 + 1), c).unwrap();
         }
-        assert_eq!(s.revision, Revision(5));
+        assert_eq!(s.revision, Revision(6));
         let shop = &s.pools[&name("shop")];
         let addrs: Vec<_> = shop.backends.iter().map(|b| b.address.as_str()).collect();
         assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80"]);
         assert_eq!(shop.backends[0].admin_state, AdminState::Draining);
-        assert_eq!(shop.revision, Revision(5));
+        assert_eq!(shop.revision, Revision(6));
         assert_eq!(s.routes.len(), 1);
+        assert_eq!(s.tcp_routes.len(), 1);
+        assert_eq!(s.routes_to(&name("shop")), 2);
 
         // The log's JSON form round-trips.
         for c in &changes {
@@ -220,5 +271,45 @@ mod tests {
             Err(Error::UnknownPool { .. })
         ));
         assert_eq!(s.revision, Revision(0));
+    }
+
+    #[test]
+    fn tcp_routes_are_keyed_by_listen_address() {
+        let mut s = Snapshot::default();
+        let listen = ListenAddr::new("127.0.0.1:6432").unwrap();
+        let route = |pool: &str| {
+            ConfigChange::TcpRouteUpserted(TcpRoute {
+                listen,
+                pool: name(pool),
+            })
+        };
+        assert!(matches!(
+            s.apply(Revision(1), &route("db")),
+            Err(Error::UnknownPool { .. })
+        ));
+        s.apply(
+            Revision(1),
+            &ConfigChange::PoolUpserted(PoolConfig::new(name("db"))),
+        )
+        .unwrap();
+        s.apply(
+            Revision(2),
+            &ConfigChange::PoolUpserted(PoolConfig::new(name("db2"))),
+        )
+        .unwrap();
+        s.apply(Revision(3), &route("db")).unwrap();
+        s.apply(Revision(4), &route("db2")).unwrap();
+        assert_eq!(s.tcp_routes.len(), 1, "replaced");
+        assert_eq!(s.tcp_route(&listen).unwrap().pool, name("db2"));
+        s.apply(Revision(5), &ConfigChange::TcpRouteDeleted { listen })
+            .unwrap();
+        assert!(matches!(
+            s.apply(Revision(6), &ConfigChange::TcpRouteDeleted { listen }),
+            Err(Error::UnknownTcpRoute { .. })
+        ));
+        // A snapshot saved before TCP routes existed still loads.
+        let old = r#"{"revision":3,"pools":{},"routes":[]}"#;
+        let back: Snapshot = serde_json::from_str(old).unwrap();
+        assert!(back.tcp_routes.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::duration::{Millis, StatusRange, parse_percent, parse_timeout};
+use crate::duration::{Millis, StatusRange, parse_percent, parse_size, parse_timeout};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -166,6 +166,9 @@ pub enum Output {
     Json,
 }
 
+// Parsed once per process from the command line: the size of the pool
+// settings variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create, inspect, change and delete pools.
@@ -174,7 +177,8 @@ pub enum Command {
     /// Add, change, drain and remove a pool's backends.
     #[command(subcommand)]
     Backend(BackendCommand),
-    /// Send requests for a host and path prefix to a pool.
+    /// Send requests for a host and path prefix to a pool (HTTP), or every
+    /// connection to a listen address (TCP, --tcp).
     #[command(subcommand)]
     Route(RouteCommand),
     /// Revision, answering replica, database reachability, every proxy and
@@ -258,6 +262,10 @@ pub struct PoolSettings {
     /// HTTP path to probe, e.g. /healthz.
     #[arg(long, value_name = "PATH", help_heading = "Health check")]
     pub health_path: Option<String>,
+    /// Probe this port of each backend's host instead of its traffic port
+    /// (e.g. 8008, Patroni's REST API beside Postgres); 0: the traffic port.
+    #[arg(long, value_name = "PORT", help_heading = "Health check")]
+    pub health_port: Option<u16>,
     /// HTTP method: GET, HEAD, OPTIONS or POST.
     #[arg(long, value_name = "METHOD", help_heading = "Health check")]
     pub health_method: Option<String>,
@@ -307,9 +315,63 @@ pub struct PoolSettings {
     pub outlier_max_ejected: Option<u32>,
 
     /// Below this percentage of usable primaries, spread traffic over all of
-    /// them, healthy or not (0 disables panic mode).
+    /// them, healthy or not (0 disables panic mode; single_active has none).
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, help_heading = "Pool settings")]
     pub panic_threshold: Option<u32>,
+
+    /// Close a TCP connection idle this long either way (e.g. 30m; 0: never).
+    #[arg(long, value_name = "DURATION", help_heading = "TCP routes")]
+    pub idle_timeout: Option<Millis>,
+    /// Most connections open to one backend at once (0: no limit); further
+    /// clients queue.
+    #[arg(long, value_name = "N", help_heading = "TCP routes")]
+    pub max_connections: Option<u32>,
+    /// Most clients waiting for a backend slot; beyond it they are refused.
+    #[arg(long, value_name = "N", help_heading = "TCP routes")]
+    pub max_queue: Option<u32>,
+    /// Longest a client waits in that queue (e.g. 5s).
+    #[arg(long, value_name = "DURATION", help_heading = "TCP routes")]
+    pub queue_timeout: Option<Millis>,
+    /// Established connections to a backend that becomes unhealthy, is
+    /// disabled or removed: close them (after --unhealthy-grace) or keep
+    /// them; `policy`: close for single_active, keep otherwise.
+    #[arg(long, value_enum, help_heading = "TCP routes")]
+    pub on_unhealthy: Option<OnUnhealthyArg>,
+    /// How long such connections may go on before they are closed (e.g. 0s).
+    #[arg(long, value_name = "DURATION", help_heading = "TCP routes")]
+    pub unhealthy_grace: Option<Millis>,
+    /// PROXY protocol header towards the backends, carrying the client's
+    /// address: v2, or none.
+    #[arg(long, value_enum, help_heading = "TCP routes")]
+    pub proxy_protocol: Option<ProxyProtocolArg>,
+
+    /// Largest request body the proxy passes on (e.g. 10MiB, 512k; 0: no
+    /// limit); larger ones get 413.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "HTTP limits")]
+    pub max_request_body: Option<u64>,
+    /// Longest an upstream keep-alive connection is reused after sitting
+    /// idle (e.g. 4s; 0: a new connection per request). A backend's
+    /// `Keep-Alive: timeout=` shortens it.
+    #[arg(long, value_name = "DURATION", help_heading = "HTTP limits")]
+    pub upstream_idle_timeout: Option<Millis>,
+    /// An upgraded (WebSocket) connection silent both ways for this long is
+    /// closed (e.g. 5m).
+    #[arg(long, value_name = "DURATION", help_heading = "HTTP limits")]
+    pub tunnel_idle_timeout: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnUnhealthyArg {
+    Close,
+    Keep,
+    /// Close for single_active pools, keep for the others.
+    Policy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocolArg {
+    V2,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -326,6 +388,10 @@ pub enum Policy {
     /// The less loaded of two weighted random picks.
     #[value(name = "random_two_choices", alias = "random-two-choices")]
     RandomTwoChoices,
+    /// One member at a time: the first, by declared order, whose health
+    /// check passes (database primaries).
+    #[value(name = "single_active", alias = "single-active")]
+    SingleActive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -349,10 +415,14 @@ pub enum BackendCommand {
         /// Take traffic only while no primary is usable.
         #[arg(long)]
         backup: bool,
+        /// Place in the pool's declared order, lowest first (single_active
+        /// sends to the first usable); default: after the last.
+        #[arg(long, value_name = "N")]
+        order: Option<u32>,
         #[command(flatten)]
         expect: ExpectRevision,
     },
-    /// Change a backend's weight or role.
+    /// Change a backend's weight, role or place in the declared order.
     Update {
         pool: String,
         address: String,
@@ -365,6 +435,9 @@ pub enum BackendCommand {
         /// Make it a primary.
         #[arg(long)]
         primary: bool,
+        /// Place in the pool's declared order, lowest first.
+        #[arg(long, value_name = "N")]
+        order: Option<u32>,
         #[command(flatten)]
         expect: ExpectRevision,
     },
@@ -400,29 +473,43 @@ pub struct ExpectRevision {
 
 #[derive(Debug, Subcommand)]
 pub enum RouteCommand {
-    /// Send requests for a host and path prefix to a pool (replaces the route
-    /// with the same host and prefix).
+    /// Send requests for a host and path prefix to a pool; or, with --tcp,
+    /// every connection to a listen address (layer 4, bytes untouched).
     Add {
         /// Exact host (shop.example.com), wildcard (*.example.com) or any (*).
-        #[arg(long, default_value = "*")]
+        #[arg(long, default_value = "*", conflicts_with = "tcp")]
         host: String,
         /// Path prefix; the longest matching one wins.
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = "/", conflicts_with = "tcp")]
         prefix: String,
         /// Target pool.
         #[arg(long)]
         pool: String,
+        /// A TCP route: every proxy listens on --listen and forwards each
+        /// connection to the pool.
+        #[arg(long, requires = "listen")]
+        tcp: bool,
+        /// Where proxies listen for a TCP route: ip:port, e.g. 0.0.0.0:5432.
+        #[arg(long, value_name = "IP:PORT", requires = "tcp")]
+        listen: Option<String>,
     },
-    /// List every route.
+    /// List every route, HTTP and TCP.
     List,
-    /// Delete the route with this host and path prefix.
+    /// Delete the route with this host and path prefix, or with --tcp the
+    /// TCP route on --listen.
     Delete {
         /// The route's host, as listed (`*` for any host).
-        #[arg(long)]
-        host: String,
+        #[arg(long, required_unless_present = "tcp", conflicts_with = "tcp")]
+        host: Option<String>,
         /// The route's path prefix.
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = "/", conflicts_with = "tcp")]
         prefix: String,
+        /// Delete a TCP route.
+        #[arg(long, requires = "listen")]
+        tcp: bool,
+        /// The TCP route's listen address, as listed.
+        #[arg(long, value_name = "IP:PORT", requires = "tcp")]
+        listen: Option<String>,
     },
 }
 
@@ -585,6 +672,65 @@ mod tests {
         );
         assert_eq!(settings.retry_budget, Some(20));
         assert_eq!(settings.health_fall, None);
+    }
+
+    #[test]
+    fn tcp_routes_parse_and_exclude_http_flags() {
+        let cli = Cli::try_parse_from([
+            "tandemctl",
+            "route",
+            "add",
+            "--tcp",
+            "--listen",
+            "0.0.0.0:5432",
+            "--pool",
+            "db",
+        ])
+        .unwrap();
+        let Command::Route(RouteCommand::Add {
+            tcp, listen, pool, ..
+        }) = cli.command
+        else {
+            panic!("not route add");
+        };
+        assert!(tcp);
+        assert_eq!(
+            (listen.as_deref(), pool.as_str()),
+            (Some("0.0.0.0:5432"), "db")
+        );
+        for bad in [
+            &["route", "add", "--tcp", "--pool", "db"][..],
+            &["route", "add", "--listen", "0.0.0.0:5432", "--pool", "db"],
+            &[
+                "route",
+                "add",
+                "--tcp",
+                "--listen",
+                "0.0.0.0:1",
+                "--host",
+                "a",
+                "--pool",
+                "db",
+            ],
+            &["route", "delete", "--tcp"],
+            &["route", "delete"],
+        ] {
+            let args = std::iter::once("tandemctl").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "tandemctl",
+            "route",
+            "delete",
+            "--tcp",
+            "--listen",
+            "0.0.0.0:5432",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Route(RouteCommand::Delete { tcp: true, .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{
     BackendCommand, BackendRef, ClusterCommand, Command, GlobalArgs, HealthArgs, HealthKind,
-    Output, Policy, PoolCommand, PoolSettings, RouteCommand, WatchArgs,
+    OnUnhealthyArg, Output, Policy, PoolCommand, PoolSettings, ProxyProtocolArg, RouteCommand,
+    WatchArgs,
 };
 use crate::duration::{Millis, format_duration};
 use crate::error::{CtlError, innermost_cause, made_locally};
@@ -398,6 +399,7 @@ impl Session {
                 address,
                 weight,
                 backup,
+                order,
                 expect,
             } => {
                 let req = v1::AddBackendRequest {
@@ -412,6 +414,7 @@ impl Session {
                         }
                         .into(),
                         admin_state: v1::AdminState::Enabled.into(),
+                        order,
                     }),
                     expected_revision: expect.expected_revision,
                 };
@@ -424,6 +427,7 @@ impl Session {
                 weight,
                 backup,
                 primary,
+                order,
                 expect,
             } => {
                 let role = match (backup, primary) {
@@ -438,6 +442,7 @@ impl Session {
                     role: role.map(Into::into),
                     admin_state: None,
                     expected_revision: expect.expected_revision,
+                    order,
                 };
                 let reply = self.unary(self.client.clone().update_backend(req)).await?;
                 self.print_backend_reply(out, &reply, &pool, "updated")
@@ -495,6 +500,7 @@ impl Session {
             role: None,
             admin_state: Some(state.into()),
             expected_revision: b.expect.expected_revision,
+            order: None,
         };
         let reply = self.unary(self.client.clone().update_backend(req)).await?;
         let verb = format!("is now {}", output::admin_state_name(state.into()));
@@ -532,7 +538,37 @@ impl Session {
 
     async fn route(&self, command: RouteCommand, out: &mut dyn Write) -> Result<(), CtlError> {
         match command {
-            RouteCommand::Add { host, prefix, pool } => {
+            RouteCommand::Add {
+                tcp: true,
+                listen,
+                pool,
+                ..
+            } => {
+                let req = v1::AddTcpRouteRequest {
+                    route: Some(v1::TcpRoute {
+                        listen: listen.unwrap_or_default(),
+                        pool,
+                    }),
+                };
+                let reply = self.unary(self.client.clone().add_tcp_route(req)).await?;
+                let route = reply.route.clone().unwrap_or_default();
+                self.print(
+                    out,
+                    || {
+                        format!(
+                            "tcp route {} -> pool/{} added (revision {})",
+                            route.listen, route.pool, reply.revision
+                        )
+                    },
+                    || output::TcpRouteReplyJson {
+                        route: reply.route.as_ref().map(output::TcpRouteJson::from),
+                        revision: reply.revision,
+                    },
+                )
+            }
+            RouteCommand::Add {
+                host, prefix, pool, ..
+            } => {
                 let req = v1::AddRouteRequest {
                     route: Some(v1::Route {
                         host,
@@ -566,21 +602,32 @@ impl Session {
                 self.warn_if_stale(reply.stale.as_ref(), reply.revision);
                 self.print(
                     out,
-                    || {
-                        if reply.routes.is_empty() {
-                            format!("no routes (revision {})", reply.revision)
-                        } else {
-                            output::routes_table(&reply.routes)
-                        }
-                    },
+                    || output::route_list(&reply),
                     || output::RoutesJson {
                         routes: reply.routes.iter().map(output::RouteJson::from).collect(),
+                        tcp_routes: reply
+                            .tcp_routes
+                            .iter()
+                            .map(output::TcpRouteJson::from)
+                            .collect(),
                         revision: reply.revision,
                         stale: reply.stale.as_ref().map(output::StaleJson::from),
                     },
                 )
             }
-            RouteCommand::Delete { host, prefix } => {
+            RouteCommand::Delete {
+                tcp: true, listen, ..
+            } => {
+                let listen = listen.unwrap_or_default();
+                let what = format!("tcp route {listen} deleted");
+                let req = v1::DeleteTcpRouteRequest { listen };
+                let reply = self
+                    .unary(self.client.clone().delete_tcp_route(req))
+                    .await?;
+                self.print_change(out, &reply, what)
+            }
+            RouteCommand::Delete { host, prefix, .. } => {
+                let host = host.unwrap_or_default();
                 let what = format!("route {} {prefix} deleted", output::route_host(&host));
                 let req = v1::DeleteRouteRequest {
                     host,
@@ -618,12 +665,14 @@ impl Session {
         );
         let reply = reply?;
         self.warn_if_stale(reply.stale.as_ref(), reply.revision);
+        let policies = pools.as_ref().map(|p| p.clone()).unwrap_or_default();
         let health = health_section(health, pools, None)?;
+        let alerts = output::single_active_alerts(&policies, &health);
         let now_ms = chrono::Utc::now().timestamp_millis();
         self.print(
             out,
-            || output::status(&reply, &health, now_ms),
-            || output::StatusJson::new(&reply, &health),
+            || output::status(&reply, &health, &alerts, now_ms),
+            || output::StatusJson::new(&reply, &health, &alerts),
         )
     }
 
@@ -793,9 +842,10 @@ pub fn preflight(command: &Command) -> Result<(), CtlError> {
             weight: None,
             backup: false,
             primary: false,
+            order: None,
             ..
         }) => Err(CtlError::Usage(
-            "nothing to update: pass --weight, --primary or --backup".into(),
+            "nothing to update: pass --weight, --order, --primary or --backup".into(),
         )),
         _ => Ok(()),
     }
@@ -807,6 +857,7 @@ fn policy_to_proto(p: Policy) -> v1::LbPolicy {
         Policy::LeastConnections => v1::LbPolicy::LeastConnections,
         Policy::IpHash => v1::LbPolicy::IpHash,
         Policy::RandomTwoChoices => v1::LbPolicy::RandomTwoChoices,
+        Policy::SingleActive => v1::LbPolicy::SingleActive,
     }
 }
 
@@ -844,6 +895,7 @@ pub fn pool_message(name: &str, s: &PoolSettings) -> v1::Pool {
             timeout_ms: ms(s.health_timeout),
             rise: s.health_rise,
             fall: s.health_fall,
+            port: s.health_port.map(u32::from),
         }),
         connect_timeout_ms: ms(s.connect_timeout),
         request_timeout_ms: ms(s.request_timeout),
@@ -860,7 +912,26 @@ pub fn pool_message(name: &str, s: &PoolSettings) -> v1::Pool {
         panic_threshold_percent: s.panic_threshold,
         backends: Vec::new(),
         revision: 0,
+        tcp: some_if_set(v1::TcpSettings {
+            idle_timeout_ms: ms(s.idle_timeout),
+            max_connections: s.max_connections,
+            max_queue: s.max_queue,
+            queue_timeout_ms: ms(s.queue_timeout),
+            on_unhealthy: s.on_unhealthy.map(|o| {
+                match o {
+                    OnUnhealthyArg::Close => v1::OnUnhealthy::Close,
+                    OnUnhealthyArg::Keep => v1::OnUnhealthy::Keep,
+                    OnUnhealthyArg::Policy => v1::OnUnhealthy::Unspecified,
+                }
+                .into()
+            }),
+            unhealthy_grace_ms: ms(s.unhealthy_grace),
+            proxy_protocol: s.proxy_protocol.map(|p| p == ProxyProtocolArg::V2),
+        }),
         stale: None,
+        max_request_body_bytes: s.max_request_body,
+        upstream_idle_timeout_ms: ms(s.upstream_idle_timeout),
+        tunnel_idle_timeout_ms: ms(s.tunnel_idle_timeout),
     }
 }
 
@@ -941,6 +1012,12 @@ mod tests {
                 "40",
                 "--panic-threshold",
                 "60",
+                "--max-request-body",
+                "1MiB",
+                "--upstream-idle-timeout",
+                "2s",
+                "--tunnel-idle-timeout",
+                "10m",
             ]),
         );
         assert_eq!(
@@ -959,6 +1036,7 @@ mod tests {
                     timeout_ms: Some(500),
                     rise: Some(3),
                     fall: Some(4),
+                    port: None,
                 }),
                 connect_timeout_ms: Some(1_500),
                 request_timeout_ms: Some(60_000),
@@ -976,6 +1054,10 @@ mod tests {
                 backends: vec![],
                 revision: 0,
                 stale: None,
+                tcp: None,
+                max_request_body_bytes: Some(1 << 20),
+                upstream_idle_timeout_ms: Some(2_000),
+                tunnel_idle_timeout_ms: Some(600_000),
             }
         );
     }

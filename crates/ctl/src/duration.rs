@@ -178,9 +178,67 @@ pub fn parse_percent(s: &str) -> Result<u32, String> {
         .map_err(|_| format!("invalid percentage {s:?}: too large"))
 }
 
+/// A size in bytes as typed: `1048576`, `512k`, `10MiB`, `1g` (binary
+/// multiples, as nginx's `client_max_body_size`; any case, `B` optional).
+pub fn parse_size(input: &str) -> Result<u64, String> {
+    let s = input.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let err =
+        |why: &str| format!("invalid size {input:?}: {why}; write e.g. 1048576, 512k, 10MiB or 1g");
+    if number.is_empty() {
+        return Err(err("missing number"));
+    }
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(err("unknown unit")),
+    };
+    let n: u64 = number.parse().map_err(|_| err("too large"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| err("too large"))
+}
+
+/// A size the way [`parse_size`] reads it back, in the largest whole unit:
+/// `10MiB`, `512KiB`, `1000B`.
+pub fn format_size(n: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_in_binary_units_and_back() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("2 GB"), Ok(2 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("MiB").unwrap_err().contains("missing number"));
+        assert!(
+            parse_size("10 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_size("1.5m").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_size("99999999999999999999g")
+                .unwrap_err()
+                .contains("too large")
+        );
+        for n in [0, 1000, 10 << 20, 512 << 10, 3 << 30] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n), "{}", format_size(n));
+        }
+        assert_eq!(format_size(10 << 20), "10MiB");
+    }
 
     fn ms(s: &str) -> Result<u32, DurationError> {
         s.parse::<Millis>().map(Millis::get)

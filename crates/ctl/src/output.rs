@@ -16,7 +16,7 @@ use tandem_proto::v1;
 use tandem_proto::v1::config_change::Change;
 use tandem_proto::v1::watch_event::Event;
 
-use crate::duration::Millis;
+use crate::duration::{Millis, format_size};
 
 // === enum names ===
 
@@ -27,6 +27,7 @@ pub fn policy_name(v: i32) -> &'static str {
         Ok(v1::LbPolicy::LeastConnections) => "least_connections",
         Ok(v1::LbPolicy::IpHash) => "ip_hash",
         Ok(v1::LbPolicy::RandomTwoChoices) => "random_two_choices",
+        Ok(v1::LbPolicy::SingleActive) => "single_active",
         Err(_) => "unknown",
     }
 }
@@ -69,6 +70,15 @@ pub fn node_kind_name(v: i32) -> &'static str {
     }
 }
 
+pub fn on_unhealthy_name(v: i32) -> &'static str {
+    match v1::OnUnhealthy::try_from(v) {
+        Ok(v1::OnUnhealthy::Unspecified) => "policy",
+        Ok(v1::OnUnhealthy::Close) => "close",
+        Ok(v1::OnUnhealthy::Keep) => "keep",
+        Err(_) => "unknown",
+    }
+}
+
 pub fn health_state_name(v: i32) -> &'static str {
     match v1::HealthState::try_from(v) {
         Ok(v1::HealthState::Unspecified) => "unspecified",
@@ -102,6 +112,10 @@ pub struct PoolJson<'a> {
     pub retry: Option<RetryJson>,
     pub outlier: Option<OutlierJson>,
     pub panic_threshold_percent: Option<u32>,
+    pub tcp: Option<TcpSettingsJson>,
+    pub max_request_body_bytes: Option<u64>,
+    pub upstream_idle_timeout_ms: Option<u32>,
+    pub tunnel_idle_timeout_ms: Option<u32>,
     pub backends: Vec<BackendJson<'a>>,
     pub revision: u64,
     /// Set when the answer came from a replica's copy in memory (boxed:
@@ -157,6 +171,18 @@ pub fn stale_warning(s: &v1::StaleRead, revision: u64, now_ms: i64) -> String {
 }
 
 #[derive(Debug, Serialize)]
+pub struct TcpSettingsJson {
+    pub idle_timeout_ms: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub max_queue: Option<u32>,
+    pub queue_timeout_ms: Option<u32>,
+    /// `close`, `keep`, or `policy` (close for single_active, keep otherwise).
+    pub on_unhealthy: Option<&'static str>,
+    pub unhealthy_grace_ms: Option<u32>,
+    pub proxy_protocol: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct HealthCheckJson<'a> {
     pub kind: Option<&'static str>,
     pub path: Option<&'a str>,
@@ -168,6 +194,7 @@ pub struct HealthCheckJson<'a> {
     pub timeout_ms: Option<u32>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    pub port: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,6 +217,7 @@ pub struct BackendJson<'a> {
     pub weight: Option<u32>,
     pub role: &'static str,
     pub admin_state: &'static str,
+    pub order: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -197,6 +225,21 @@ pub struct RouteJson<'a> {
     pub host: &'a str,
     pub path_prefix: &'a str,
     pub pool: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TcpRouteJson<'a> {
+    pub listen: &'a str,
+    pub pool: &'a str,
+}
+
+impl<'a> From<&'a v1::TcpRoute> for TcpRouteJson<'a> {
+    fn from(r: &'a v1::TcpRoute) -> Self {
+        Self {
+            listen: &r.listen,
+            pool: &r.pool,
+        }
+    }
 }
 
 impl<'a> From<&'a v1::Pool> for PoolJson<'a> {
@@ -215,6 +258,7 @@ impl<'a> From<&'a v1::Pool> for PoolJson<'a> {
                 timeout_ms: h.timeout_ms,
                 rise: h.rise,
                 fall: h.fall,
+                port: h.port,
             }),
             connect_timeout_ms: p.connect_timeout_ms,
             request_timeout_ms: p.request_timeout_ms,
@@ -229,6 +273,18 @@ impl<'a> From<&'a v1::Pool> for PoolJson<'a> {
                 max_ejected_percent: o.max_ejected_percent,
             }),
             panic_threshold_percent: p.panic_threshold_percent,
+            tcp: p.tcp.as_ref().map(|t| TcpSettingsJson {
+                idle_timeout_ms: t.idle_timeout_ms,
+                max_connections: t.max_connections,
+                max_queue: t.max_queue,
+                queue_timeout_ms: t.queue_timeout_ms,
+                on_unhealthy: t.on_unhealthy.map(on_unhealthy_name),
+                unhealthy_grace_ms: t.unhealthy_grace_ms,
+                proxy_protocol: t.proxy_protocol,
+            }),
+            max_request_body_bytes: p.max_request_body_bytes,
+            upstream_idle_timeout_ms: p.upstream_idle_timeout_ms,
+            tunnel_idle_timeout_ms: p.tunnel_idle_timeout_ms,
             backends: p.backends.iter().map(BackendJson::from).collect(),
             revision: p.revision,
             stale: p.stale.as_ref().map(|s| Box::new(StaleJson::from(s))),
@@ -243,6 +299,7 @@ impl<'a> From<&'a v1::Backend> for BackendJson<'a> {
             weight: b.weight,
             role: role_name(b.role),
             admin_state: admin_state_name(b.admin_state),
+            order: b.order,
         }
     }
 }
@@ -285,8 +342,15 @@ pub struct RouteReplyJson<'a> {
 }
 
 #[derive(Debug, Serialize)]
+pub struct TcpRouteReplyJson<'a> {
+    pub route: Option<TcpRouteJson<'a>>,
+    pub revision: u64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct RoutesJson<'a> {
     pub routes: Vec<RouteJson<'a>>,
+    pub tcp_routes: Vec<TcpRouteJson<'a>>,
     pub revision: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale: Option<StaleJson<'a>>,
@@ -304,6 +368,7 @@ pub struct SnapshotJson<'a> {
     pub routes: Vec<RouteJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale: Option<StaleJson<'a>>,
+    pub tcp_routes: Vec<TcpRouteJson<'a>>,
 }
 
 impl<'a> From<&'a v1::Snapshot> for SnapshotJson<'a> {
@@ -313,6 +378,7 @@ impl<'a> From<&'a v1::Snapshot> for SnapshotJson<'a> {
             pools: s.pools.iter().map(PoolJson::from).collect(),
             routes: s.routes.iter().map(RouteJson::from).collect(),
             stale: s.stale.as_ref().map(StaleJson::from),
+            tcp_routes: s.tcp_routes.iter().map(TcpRouteJson::from).collect(),
         }
     }
 }
@@ -331,6 +397,9 @@ pub struct StatusJson<'a> {
     pub health_error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale: Option<StaleJson<'a>>,
+    /// Problems seen from the health table (two members of a
+    /// single_active pool passing their check), a line each.
+    pub alerts: &'a [String],
 }
 
 /// A `NodeStatus`, plus `lag` (revision - applied_revision) as in the table.
@@ -346,10 +415,20 @@ pub struct NodeJson<'a> {
     pub detail: &'a str,
     /// No report for longer than the control plane's bound.
     pub stale: bool,
+    pub listeners: Vec<ListenerJson<'a>>,
+    pub alerts: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListenerJson<'a> {
+    pub listen: &'a str,
+    pub pool: &'a str,
+    pub bound: bool,
+    pub error: &'a str,
 }
 
 impl<'a> StatusJson<'a> {
-    pub fn new(s: &'a v1::StatusReply, health: &'a Health) -> Self {
+    pub fn new(s: &'a v1::StatusReply, health: &'a Health, alerts: &'a [String]) -> Self {
         let (health, health_error) = match health {
             Health::Known { reply, .. } => (Some(HealthJson::from(reply)), None),
             Health::Unavailable(why) => (None, Some(why.as_str())),
@@ -371,11 +450,23 @@ impl<'a> StatusJson<'a> {
                     replica: &n.replica,
                     detail: &n.detail,
                     stale: n.stale,
+                    listeners: n
+                        .listeners
+                        .iter()
+                        .map(|l| ListenerJson {
+                            listen: &l.listen,
+                            pool: &l.pool,
+                            bound: l.bound,
+                            error: &l.error,
+                        })
+                        .collect(),
+                    alerts: &n.alerts,
                 })
                 .collect(),
             health,
             health_error,
             stale: s.stale.as_ref().map(StaleJson::from),
+            alerts,
         }
     }
 }
@@ -559,7 +650,8 @@ pub struct WatchEventJson<'a> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeJson<'a> {
-    PoolUpserted(PoolJson<'a>),
+    // Boxed: a pool's view is several times the size of the other changes.
+    PoolUpserted(Box<PoolJson<'a>>),
     PoolDeleted(&'a str),
     BackendUpserted {
         pool: &'a str,
@@ -574,6 +666,9 @@ pub enum ChangeJson<'a> {
         host: &'a str,
         path_prefix: &'a str,
     },
+    TcpRouteUpserted(TcpRouteJson<'a>),
+    /// The listen address of the TCP route deleted.
+    TcpRouteDeleted(&'a str),
     /// A change this tandemctl does not know (a newer control plane).
     Unknown {},
 }
@@ -581,7 +676,7 @@ pub enum ChangeJson<'a> {
 impl<'a> From<&'a v1::ConfigChange> for ChangeJson<'a> {
     fn from(c: &'a v1::ConfigChange) -> Self {
         match &c.change {
-            Some(Change::PoolUpserted(p)) => Self::PoolUpserted(p.into()),
+            Some(Change::PoolUpserted(p)) => Self::PoolUpserted(Box::new(p.into())),
             Some(Change::PoolDeleted(name)) => Self::PoolDeleted(name),
             Some(Change::BackendUpserted(b)) => Self::BackendUpserted {
                 pool: &b.pool,
@@ -596,6 +691,8 @@ impl<'a> From<&'a v1::ConfigChange> for ChangeJson<'a> {
                 host: &r.host,
                 path_prefix: &r.path_prefix,
             },
+            Some(Change::TcpRouteUpserted(r)) => Self::TcpRouteUpserted(r.into()),
+            Some(Change::TcpRouteDeleted(listen)) => Self::TcpRouteDeleted(listen),
             None => Self::Unknown {},
         }
     }
@@ -717,14 +814,21 @@ pub fn health_summary(h: Option<&v1::HealthCheck>) -> String {
         return String::new();
     };
     let kind = h.kind.map(health_kind_name).unwrap_or("http");
+    let port = h.port.filter(|p| *p != 0);
     let mut s = if kind == "tcp" {
-        "tcp connect".to_string()
+        match port {
+            Some(p) => format!("tcp connect port {p}"),
+            None => "tcp connect".to_string(),
+        }
     } else {
         let method = h.method.as_deref().unwrap_or("GET");
         let path = h.path.as_deref().unwrap_or("/");
         let mut s = format!("{kind} {method} {path}");
         if let Some(host) = h.host.as_deref().filter(|h| !h.is_empty()) {
             s.push_str(&format!(" Host {host}"));
+        }
+        if let Some(p) = port {
+            s.push_str(&format!(" port {p}"));
         }
         if let (Some(min), Some(max)) = (h.expected_status_min, h.expected_status_max) {
             s.push_str(&format!(" ({min}-{max})"));
@@ -747,7 +851,12 @@ pub fn health_summary(h: Option<&v1::HealthCheck>) -> String {
 }
 
 pub fn backends_table(backends: &[v1::Backend]) -> String {
-    backends_rows(backends, None)
+    backends_rows(backends, None, false)
+}
+
+/// Does the pool's policy follow the declared order (show it)?
+fn ordered(p: &v1::Pool) -> bool {
+    p.policy == v1::LbPolicy::SingleActive as i32
 }
 
 /// `backend list`: a pool's backends, with a HEALTH column when the replica
@@ -764,9 +873,9 @@ pub fn backend_list(p: &v1::Pool, health: &Health) -> String {
                 .filter(|b| b.pool == p.name)
                 .map(|b| (b.address.as_str(), b.state))
                 .collect();
-            backends_rows(&p.backends, Some(&states))
+            backends_rows(&p.backends, Some(&states), ordered(p))
         }
-        Health::Unavailable(_) => backends_table(&p.backends),
+        Health::Unavailable(_) => backends_rows(&p.backends, None, ordered(p)),
     };
     if let Some(note) = health.note() {
         out.push_str(&note);
@@ -777,19 +886,33 @@ pub fn backend_list(p: &v1::Pool, health: &Health) -> String {
 
 /// Backends as rows; with `health` (address to state), a HEALTH column in
 /// which a backend no agent has reported on is `unknown`.
-fn backends_rows(backends: &[v1::Backend], health: Option<&BTreeMap<&str, i32>>) -> String {
+fn backends_rows(
+    backends: &[v1::Backend],
+    health: Option<&BTreeMap<&str, i32>>,
+    with_order: bool,
+) -> String {
     let mut headers = vec!["address", "weight", "role", "state"];
+    if with_order {
+        headers.insert(1, "order");
+    }
     if health.is_some() {
         headers.push("health");
     }
     let mut t = Table::new(&headers);
-    for b in backends {
+    let mut sorted: Vec<&v1::Backend> = backends.iter().collect();
+    if with_order {
+        sorted.sort_by_key(|b| (b.order.unwrap_or(0), b.address.clone()));
+    }
+    for b in sorted {
         let mut row = vec![
             b.address.clone(),
             num(b.weight),
             role_name(b.role).into(),
             admin_state_name(b.admin_state).into(),
         ];
+        if with_order {
+            row.insert(1, num(b.order));
+        }
         if let Some(health) = health {
             let state = health
                 .get(b.address.as_str())
@@ -838,14 +961,65 @@ pub fn pool_detail(p: &v1::Pool) -> String {
         ("retries", retry),
         ("outlier detection", outlier),
         ("panic threshold", percent(p.panic_threshold_percent)),
+        ("tcp routes", tcp_summary(p)),
+        (
+            "max request body",
+            p.max_request_body_bytes
+                .map(|n| {
+                    if n == 0 {
+                        "no limit".into()
+                    } else {
+                        format_size(n)
+                    }
+                })
+                .unwrap_or_default(),
+        ),
+        ("upstream idle timeout", ms(p.upstream_idle_timeout_ms)),
+        ("tunnel idle timeout", ms(p.tunnel_idle_timeout_ms)),
     ]);
     out.push('\n');
     if p.backends.is_empty() {
         out.push_str("no backends\n");
     } else {
-        out.push_str(&backends_table(&p.backends));
+        out.push_str(&backends_rows(&p.backends, None, ordered(p)));
     }
     out
+}
+
+/// `idle 30m, max 100 per backend (queue 128 for 5s), unhealthy: close after 0ms, proxy protocol v2`.
+pub fn tcp_summary(p: &v1::Pool) -> String {
+    let Some(t) = &p.tcp else {
+        return String::new();
+    };
+    let idle = match t.idle_timeout_ms {
+        Some(0) => "no idle timeout".to_string(),
+        v => format!("idle {}", ms(v)),
+    };
+    let limit = match t.max_connections {
+        Some(0) | None => "no connection limit".to_string(),
+        Some(n) => format!(
+            "max {n} per backend (queue {} for {})",
+            num(t.max_queue),
+            ms(t.queue_timeout_ms)
+        ),
+    };
+    let by_policy = if ordered(p) { "close" } else { "keep" };
+    let set = t.on_unhealthy.map(on_unhealthy_name).unwrap_or("policy");
+    let (action, why) = match set {
+        "policy" => (by_policy, " (policy)"),
+        other => (other, ""),
+    };
+    let unhealthy = if action == "close" {
+        format!("unhealthy: close after {}{why}", ms(t.unhealthy_grace_ms))
+    } else {
+        format!("unhealthy: {action}{why}")
+    };
+    let proxy = if t.proxy_protocol == Some(true) {
+        ", proxy protocol v2"
+    } else {
+        ""
+    };
+    format!("{idle}, {limit}, {unhealthy}{proxy}")
 }
 
 pub fn pools_table(pools: &[v1::Pool]) -> String {
@@ -865,6 +1039,70 @@ pub fn pools_table(pools: &[v1::Pool]) -> String {
         ]);
     }
     t.render()
+}
+
+/// `route list`: the HTTP routes, then the TCP ones.
+pub fn route_list(reply: &v1::ListRoutesReply) -> String {
+    if reply.routes.is_empty() && reply.tcp_routes.is_empty() {
+        return format!("no routes (revision {})", reply.revision);
+    }
+    let mut out = String::new();
+    if !reply.routes.is_empty() {
+        out.push_str(&routes_table(&reply.routes));
+    }
+    if !reply.tcp_routes.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&tcp_routes_table(&reply.tcp_routes));
+    }
+    out
+}
+
+pub fn tcp_routes_table(routes: &[v1::TcpRoute]) -> String {
+    let mut t = Table::new(&["tcp listen", "pool"]);
+    for r in routes {
+        t.row(vec![r.listen.clone(), r.pool.clone()]);
+    }
+    t.render()
+}
+
+/// One line for each `single_active` pool with more than one member whose
+/// health check passes: every proxy still sends only to the first by
+/// declared order, but two database primaries at once is a split brain
+/// someone must look at.
+pub fn single_active_alerts(pools: &[v1::Pool], health: &Health) -> Vec<String> {
+    let Health::Known { reply, .. } = health else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in pools.iter().filter(|p| ordered(p)) {
+        let mut claiming: Vec<&v1::Backend> = p
+            .backends
+            .iter()
+            .filter(|b| b.admin_state != v1::AdminState::Disabled as i32)
+            .filter(|b| {
+                reply.backends.iter().any(|h| {
+                    h.pool == p.name
+                        && h.address == b.address
+                        && h.state == v1::HealthState::Healthy as i32
+                })
+            })
+            .collect();
+        if claiming.len() < 2 {
+            continue;
+        }
+        claiming.sort_by_key(|b| (b.order.unwrap_or(0), b.address.clone()));
+        let names: Vec<&str> = claiming.iter().map(|b| b.address.as_str()).collect();
+        out.push(format!(
+            "pool/{} (single_active): {} members pass the health check ({}); proxies send only to {}, the first by declared order. Two primaries at once: check for a split brain",
+            p.name,
+            claiming.len(),
+            names.join(", "),
+            names[0]
+        ));
+    }
+    out
 }
 
 pub fn routes_table(routes: &[v1::Route]) -> String {
@@ -890,8 +1128,10 @@ pub fn ago(now_ms: i64, then_ms: i64) -> String {
     }
 }
 
-/// `status`: the replica and database, every proxy and agent, then health.
-pub fn status(s: &v1::StatusReply, health: &Health, now_ms: i64) -> String {
+/// `status`: the replica and database, every proxy and agent (with their
+/// TCP listeners that are not bound and their alerts), alerts from the
+/// health table, then health.
+pub fn status(s: &v1::StatusReply, health: &Health, alerts: &[String], now_ms: i64) -> String {
     let mut out = fields(&[
         ("revision", s.revision.to_string()),
         ("replica", s.replica.clone()),
@@ -906,6 +1146,26 @@ pub fn status(s: &v1::StatusReply, health: &Health, now_ms: i64) -> String {
     ]);
     out.push('\n');
     out.push_str(&nodes_table(s, now_ms));
+    let mut problems = Vec::new();
+    for n in &s.nodes {
+        for l in n.listeners.iter().filter(|l| !l.bound) {
+            problems.push(format!(
+                "{}: tcp listener {} (pool/{}) NOT BOUND: {}",
+                n.node_id, l.listen, l.pool, l.error
+            ));
+        }
+        for a in &n.alerts {
+            problems.push(format!("ALERT {}: {a}", n.node_id));
+        }
+    }
+    problems.extend(alerts.iter().map(|a| format!("ALERT {a}")));
+    if !problems.is_empty() {
+        out.push('\n');
+        for p in problems {
+            out.push_str(&p);
+            out.push('\n');
+        }
+    }
     out.push('\n');
     out.push_str(&health_view(health, now_ms));
     out
@@ -1306,6 +1566,10 @@ pub fn snapshot(s: &v1::Snapshot) -> String {
     if !s.routes.is_empty() {
         out.push_str(&routes_table(&s.routes));
     }
+    if !s.tcp_routes.is_empty() {
+        out.push('\n');
+        out.push_str(&tcp_routes_table(&s.tcp_routes));
+    }
     out
 }
 
@@ -1429,6 +1693,10 @@ pub fn watch_line(e: &v1::WatchEvent) -> String {
                 route_host(&r.host),
                 r.path_prefix
             ),
+            Some(Change::TcpRouteUpserted(r)) => {
+                format!("tcp_route_upserted listen={} pool={}", r.listen, r.pool)
+            }
+            Some(Change::TcpRouteDeleted(listen)) => format!("tcp_route_deleted listen={listen}"),
             None => "unknown_change".into(),
         },
         None => "unknown_event".into(),
@@ -1460,6 +1728,7 @@ mod tests {
                 timeout_ms: Some(500),
                 rise: Some(2),
                 fall: Some(3),
+                port: None,
             }),
             connect_timeout_ms: Some(1_000),
             request_timeout_ms: Some(30_000),
@@ -1474,18 +1743,24 @@ mod tests {
                 max_ejected_percent: Some(50),
             }),
             panic_threshold_percent: Some(50),
+            tcp: None,
+            max_request_body_bytes: Some(10 << 20),
+            upstream_idle_timeout_ms: Some(4_000),
+            tunnel_idle_timeout_ms: Some(300_000),
             backends: vec![
                 v1::Backend {
                     address: "10.0.0.5:3000".into(),
                     weight: Some(2),
                     role: v1::BackendRole::Backup.into(),
                     admin_state: v1::AdminState::Enabled.into(),
+                    order: None,
                 },
                 v1::Backend {
                     address: "10.0.0.6:3000".into(),
                     weight: Some(1),
                     role: v1::BackendRole::Primary.into(),
                     admin_state: v1::AdminState::Draining.into(),
+                    order: None,
                 },
             ],
             revision: 7,
@@ -1615,11 +1890,14 @@ ADDRESS         WEIGHT   ROLE      STATE
     fn pool_detail_shows_every_setting() {
         let out = pool_detail(&shop());
         for needle in [
-            "name:               shop\n",
-            "policy:             least_connections\n",
-            "retries:            1 (per try 5s, budget 20%)\n",
-            "outlier detection:  eject after 5 failures for 30s, at most 50% of backends\n",
-            "panic threshold:    50%\n",
+            "name:                   shop\n",
+            "policy:                 least_connections\n",
+            "retries:                1 (per try 5s, budget 20%)\n",
+            "outlier detection:      eject after 5 failures for 30s, at most 50% of backends\n",
+            "panic threshold:        50%\n",
+            "max request body:       10MiB\n",
+            "upstream idle timeout:  4s\n",
+            "tunnel idle timeout:    5m\n",
             "10.0.0.6:3000   1        primary   draining\n",
         ] {
             assert!(out.contains(needle), "{needle:?} not in\n{out}");
@@ -1638,16 +1916,20 @@ ADDRESS         WEIGHT   ROLE      STATE
                 "health_check": {
                     "kind": "http", "path": "/healthz", "method": "GET", "host": "",
                     "expected_status_min": 200, "expected_status_max": 399,
-                    "interval_ms": 1000, "timeout_ms": 500, "rise": 2, "fall": 3
+                    "interval_ms": 1000, "timeout_ms": 500, "rise": 2, "fall": 3, "port": null
                 },
                 "connect_timeout_ms": 1000,
                 "request_timeout_ms": 30000,
                 "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
                 "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
                 "panic_threshold_percent": 50,
+                "tcp": null,
+                "max_request_body_bytes": 10485760,
+                "upstream_idle_timeout_ms": 4000,
+                "tunnel_idle_timeout_ms": 300000,
                 "backends": [
-                    {"address": "10.0.0.5:3000", "weight": 2, "role": "backup", "admin_state": "enabled"},
-                    {"address": "10.0.0.6:3000", "weight": 1, "role": "primary", "admin_state": "draining"}
+                    {"address": "10.0.0.5:3000", "weight": 2, "role": "backup", "admin_state": "enabled", "order": null},
+                    {"address": "10.0.0.6:3000", "weight": 1, "role": "primary", "admin_state": "draining", "order": null}
                 ],
                 "revision": 7
             })
@@ -1691,7 +1973,7 @@ ADDRESS         WEIGHT   ROLE      STATE
             parse(&to_json_line(&WatchEventJson::from(&e))),
             json!({"revision": 9, "change": {"backend_upserted": {
                 "pool": "shop",
-                "backend": {"address": "10.0.0.6:3000", "weight": 1, "role": "primary", "admin_state": "draining"}
+                "backend": {"address": "10.0.0.6:3000", "weight": 1, "role": "primary", "admin_state": "draining", "order": null}
             }}})
         );
         assert_eq!(
@@ -1716,6 +1998,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                 pools: vec![shop()],
                 routes: vec![],
                 stale: None,
+                tcp_routes: vec![],
             })),
         };
         let v = parse(&to_json_line(&WatchEventJson::from(&snap)));
@@ -1744,6 +2027,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                     replica: "control-1".into(),
                     detail: String::new(),
                     stale: false,
+                    ..Default::default()
                 },
                 v1::NodeStatus {
                     node_id: "agent-2".into(),
@@ -1754,6 +2038,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                     replica: "control-2".into(),
                     detail: String::new(),
                     stale: true,
+                    ..Default::default()
                 },
             ],
             stale: None,
@@ -1762,7 +2047,7 @@ ADDRESS         WEIGHT   ROLE      STATE
             reply: health_reply_of(vec![failing()]),
             note: None,
         };
-        let out = status(&s, &health, 1_003_400);
+        let out = status(&s, &health, &[], 1_003_400);
         assert_eq!(
             out,
             "\
@@ -1780,7 +2065,7 @@ POOL   BACKEND         STATE       SINCE     REASON                     AGENTS
 shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   agent-1:down(HTTP 503) agent-2:down(HTTP 503) agent-3:(silent)
 "
         );
-        let v = parse(&to_json(&StatusJson::new(&s, &health)));
+        let v = parse(&to_json(&StatusJson::new(&s, &health, &[])));
         assert_eq!(v["nodes"][0]["kind"], "proxy");
         assert_eq!(v["nodes"][0]["lag"], 2);
         assert_eq!(v["nodes"][0]["stale"], false);
@@ -1802,7 +2087,7 @@ shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   agent-1:
         };
         let health = Health::Unavailable("UNIMPLEMENTED: unknown method GetHealth".into());
         assert_eq!(
-            status(&s, &health, 0),
+            status(&s, &health, &[], 0),
             "\
 revision:  3
 replica:   control-2
@@ -1813,7 +2098,7 @@ no proxies or agents have reported yet
 health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
 "
         );
-        let v = parse(&to_json(&StatusJson::new(&s, &health)));
+        let v = parse(&to_json(&StatusJson::new(&s, &health, &[])));
         assert_eq!(v["health"], Value::Null);
         assert_eq!(v["health_error"], "UNIMPLEMENTED: unknown method GetHealth");
         assert_eq!(v["revision"], 3);
@@ -1854,7 +2139,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
             reply: health_reply_of(vec![]),
             note: None,
         };
-        let text = status(&s, &health, 1_035_000);
+        let text = status(&s, &health, &[], 1_035_000);
         assert!(
             text.contains(
                 "database:  UNREACHABLE (config writes fail; reads and watch are served from memory"
@@ -1865,7 +2150,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
             text.contains("unknown while the database is unreachable"),
             "{text}"
         );
-        let v = parse(&to_json(&StatusJson::new(&s, &health)));
+        let v = parse(&to_json(&StatusJson::new(&s, &health, &[])));
         assert_eq!(v["stale"]["database"], "127.0.0.1:5432/tandem");
 
         // A fresh answer has no `stale` key at all.
@@ -1904,12 +2189,105 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
                 pool: "shop".into(),
             }],
             stale: None,
+            tcp_routes: vec![v1::TcpRoute {
+                listen: "0.0.0.0:5432".into(),
+                pool: "shop".into(),
+            }],
         };
         assert_eq!(
             snapshot_summary(&s),
             "revision 7: 1 pool, 2 backends, 1 route"
         );
         assert!(snapshot(&s).contains("HOST         PREFIX   POOL\nshop.local   /        shop\n"));
+        assert!(snapshot(&s).contains("TCP LISTEN     POOL\n0.0.0.0:5432   shop\n"));
+        let v = parse(&to_json(&SnapshotJson::from(&s)));
+        assert_eq!(v["tcp_routes"][0]["listen"], "0.0.0.0:5432");
+    }
+
+    fn db(states: &[(&str, u32, v1::HealthState)]) -> (Vec<v1::Pool>, Health) {
+        let pool = v1::Pool {
+            name: "db".into(),
+            policy: v1::LbPolicy::SingleActive.into(),
+            backends: states
+                .iter()
+                .map(|(a, order, _)| v1::Backend {
+                    address: (*a).into(),
+                    order: Some(*order),
+                    admin_state: v1::AdminState::Enabled.into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let reply = v1::HealthReply {
+            backends: states
+                .iter()
+                .map(|(a, _, state)| v1::BackendHealth {
+                    pool: "db".into(),
+                    address: (*a).into(),
+                    state: (*state).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        (vec![pool], Health::Known { reply, note: None })
+    }
+
+    #[test]
+    fn two_members_of_a_single_active_pool_passing_their_check_raise_an_alert() {
+        use v1::HealthState::{Healthy, Unhealthy};
+        let (pools, health) = db(&[
+            ("10.0.0.1:5432", 1, Unhealthy),
+            ("10.0.0.2:5432", 2, Healthy),
+        ]);
+        assert!(single_active_alerts(&pools, &health).is_empty());
+        let (pools, health) = db(&[("10.0.0.9:5432", 1, Healthy), ("10.0.0.2:5432", 2, Healthy)]);
+        let alerts = single_active_alerts(&pools, &health);
+        assert_eq!(alerts.len(), 1);
+        assert!(
+            alerts[0].starts_with("pool/db (single_active): 2 members pass the health check (10.0.0.9:5432, 10.0.0.2:5432); proxies send only to 10.0.0.9:5432"),
+            "{}",
+            alerts[0]
+        );
+        // Shown loudly in `status`, with the proxies' unbound listeners.
+        let s = v1::StatusReply {
+            revision: 3,
+            replica: "control-1".into(),
+            database_reachable: true,
+            nodes: vec![v1::NodeStatus {
+                node_id: "proxy-1".into(),
+                kind: v1::NodeKind::Proxy.into(),
+                applied_revision: 3,
+                listeners: vec![v1::ListenerStatus {
+                    listen: "0.0.0.0:5432".into(),
+                    pool: "db".into(),
+                    bound: false,
+                    error: "Address already in use (os error 98)".into(),
+                }],
+                alerts: vec!["two claim".into()],
+                ..Default::default()
+            }],
+            stale: None,
+        };
+        let out = status(&s, &health, &alerts, 0);
+        assert!(out.contains("proxy-1: tcp listener 0.0.0.0:5432 (pool/db) NOT BOUND: Address already in use (os error 98)\n"), "{out}");
+        assert!(out.contains("ALERT proxy-1: two claim\n"), "{out}");
+        assert!(
+            out.contains("ALERT pool/db (single_active): 2 members"),
+            "{out}"
+        );
+        let v = parse(&to_json(&StatusJson::new(&s, &health, &alerts)));
+        assert_eq!(v["nodes"][0]["listeners"][0]["bound"], false);
+        assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+        // The pool's backends in declared order, with it.
+        let detail = pool_detail(&pools[0]);
+        assert!(
+            detail.contains(
+                "ADDRESS         ORDER   WEIGHT   ROLE          STATE\n10.0.0.9:5432   1"
+            ),
+            "{detail}"
+        );
     }
 
     // === health ===

@@ -210,6 +210,8 @@ async fn an_operator_sets_up_a_pool_and_scripts_read_it_back() -> anyhow::Result
         "2",
         "--health-rise",
         "2",
+        "--max-request-body",
+        "1MiB",
     ]);
     assert!(out.starts_with("pool/shop created (revision "), "{out}");
 
@@ -268,7 +270,7 @@ ADDRESS          WEIGHT   ROLE      STATE      HEALTH
     );
     let detail = ctl.ok(&["pool", "get", "shop"]);
     assert!(
-        detail.contains("policy:             least_connections\n"),
+        detail.contains("policy:                 least_connections\n"),
         "{detail}"
     );
 
@@ -286,6 +288,9 @@ ADDRESS          WEIGHT   ROLE      STATE      HEALTH
         (Some(2), Some(2))
     );
     assert_eq!(hc["timeout_ms"], 1000, "unset: the control plane's default");
+    assert_eq!(shop["max_request_body_bytes"], 1_048_576);
+    assert_eq!(shop["upstream_idle_timeout_ms"], 4_000, "a default");
+    assert_eq!(shop["tunnel_idle_timeout_ms"], 300_000, "a default");
     let primary = backend(shop, "127.0.0.1:3001");
     assert_eq!(primary["weight"], 2);
     assert_eq!(primary["role"], "primary");
@@ -327,6 +332,7 @@ ADDRESS          WEIGHT   ROLE      STATE      HEALTH
             revision: 3,
             zone: "zone-a".into(),
             detail: "serving from disk".into(),
+            ..Default::default()
         })
         .await?;
     let status = ctl.ok(&["status"]);

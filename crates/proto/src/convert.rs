@@ -7,8 +7,8 @@
 use tandem_core as core;
 use tandem_core::health::{AgentView, BackendHealth, BackendKey, HealthState};
 use tandem_core::{
-    AdminState, BackendAddr, BackendRole, HealthCheckKind, HostMatch, LbPolicy, PathPrefix,
-    PoolConfig, PoolName, Revision, ValidationError, Weight,
+    AdminState, BackendAddr, BackendRole, HealthCheckKind, HostMatch, LbPolicy, ListenAddr,
+    OnUnhealthy, PathPrefix, PoolConfig, PoolName, Revision, ValidationError, Weight,
 };
 
 use crate::v1;
@@ -24,6 +24,7 @@ pub fn policy_to_proto(p: LbPolicy) -> v1::LbPolicy {
         LbPolicy::LeastConnections => v1::LbPolicy::LeastConnections,
         LbPolicy::IpHash => v1::LbPolicy::IpHash,
         LbPolicy::RandomTwoChoices => v1::LbPolicy::RandomTwoChoices,
+        LbPolicy::SingleActive => v1::LbPolicy::SingleActive,
     }
 }
 
@@ -35,6 +36,7 @@ pub fn policy_from_proto(v: i32, field: &str) -> Result<Option<LbPolicy>, Conver
         Ok(v1::LbPolicy::LeastConnections) => Ok(Some(LbPolicy::LeastConnections)),
         Ok(v1::LbPolicy::IpHash) => Ok(Some(LbPolicy::IpHash)),
         Ok(v1::LbPolicy::RandomTwoChoices) => Ok(Some(LbPolicy::RandomTwoChoices)),
+        Ok(v1::LbPolicy::SingleActive) => Ok(Some(LbPolicy::SingleActive)),
         Err(_) => Err(unknown_enum(field, v)),
     }
 }
@@ -89,6 +91,24 @@ fn kind_from_proto(v: i32, field: &str) -> Result<Option<HealthCheckKind>, Conve
     }
 }
 
+pub fn on_unhealthy_to_proto(o: Option<OnUnhealthy>) -> v1::OnUnhealthy {
+    match o {
+        None => v1::OnUnhealthy::Unspecified,
+        Some(OnUnhealthy::Close) => v1::OnUnhealthy::Close,
+        Some(OnUnhealthy::Keep) => v1::OnUnhealthy::Keep,
+    }
+}
+
+/// UNSPECIFIED is a value here: "by policy".
+pub fn on_unhealthy_from_proto(v: i32, field: &str) -> Result<Option<OnUnhealthy>, ConvertError> {
+    match v1::OnUnhealthy::try_from(v) {
+        Ok(v1::OnUnhealthy::Unspecified) => Ok(None),
+        Ok(v1::OnUnhealthy::Close) => Ok(Some(OnUnhealthy::Close)),
+        Ok(v1::OnUnhealthy::Keep) => Ok(Some(OnUnhealthy::Keep)),
+        Err(_) => Err(unknown_enum(field, v)),
+    }
+}
+
 fn unknown_enum(field: &str, v: i32) -> ConvertError {
     ValidationError::new(field, format!("unknown enum value {v}"))
 }
@@ -112,6 +132,7 @@ pub fn pool_config_to_proto(c: &PoolConfig) -> v1::Pool {
             timeout_ms: Some(h.timeout_ms),
             rise: Some(h.rise),
             fall: Some(h.fall),
+            port: Some(h.port.map_or(0, u32::from)),
         }),
         connect_timeout_ms: Some(c.connect_timeout_ms),
         request_timeout_ms: Some(c.request_timeout_ms),
@@ -128,6 +149,18 @@ pub fn pool_config_to_proto(c: &PoolConfig) -> v1::Pool {
         panic_threshold_percent: Some(c.panic_threshold_percent),
         backends: Vec::new(),
         revision: 0,
+        tcp: Some(v1::TcpSettings {
+            idle_timeout_ms: Some(c.tcp.idle_timeout_ms),
+            max_connections: Some(c.tcp.max_connections),
+            max_queue: Some(c.tcp.max_queue),
+            queue_timeout_ms: Some(c.tcp.queue_timeout_ms),
+            on_unhealthy: Some(on_unhealthy_to_proto(c.tcp.on_unhealthy).into()),
+            unhealthy_grace_ms: Some(c.tcp.unhealthy_grace_ms),
+            proxy_protocol: Some(c.tcp.proxy_protocol),
+        }),
+        max_request_body_bytes: Some(c.max_request_body_bytes),
+        upstream_idle_timeout_ms: Some(c.upstream_idle_timeout_ms),
+        tunnel_idle_timeout_ms: Some(c.tunnel_idle_timeout_ms),
         stale: None,
     }
 }
@@ -178,6 +211,17 @@ pub fn pool_config_from_proto(
         set(&mut spec.timeout_ms, h.timeout_ms);
         set(&mut spec.rise, h.rise);
         set(&mut spec.fall, h.fall);
+        if let Some(port) = h.port {
+            spec.port = match port {
+                0 => None,
+                p => Some(u16::try_from(p).map_err(|_| {
+                    ValidationError::new(
+                        "pool.health_check.port",
+                        format!("must be between 1 and 65535 (got {p})"),
+                    )
+                })?),
+            };
+        }
     }
     set(&mut base.connect_timeout_ms, p.connect_timeout_ms);
     set(&mut base.request_timeout_ms, p.request_timeout_ms);
@@ -195,6 +239,24 @@ pub fn pool_config_from_proto(
         set(&mut base.outlier.max_ejected_percent, o.max_ejected_percent);
     }
     set(&mut base.panic_threshold_percent, p.panic_threshold_percent);
+    if let Some(t) = &p.tcp {
+        let tcp = &mut base.tcp;
+        set(&mut tcp.idle_timeout_ms, t.idle_timeout_ms);
+        set(&mut tcp.max_connections, t.max_connections);
+        set(&mut tcp.max_queue, t.max_queue);
+        set(&mut tcp.queue_timeout_ms, t.queue_timeout_ms);
+        if let Some(v) = t.on_unhealthy {
+            tcp.on_unhealthy = on_unhealthy_from_proto(v, "pool.tcp.on_unhealthy")?;
+        }
+        set(&mut tcp.unhealthy_grace_ms, t.unhealthy_grace_ms);
+        set(&mut tcp.proxy_protocol, t.proxy_protocol);
+    }
+    set(&mut base.max_request_body_bytes, p.max_request_body_bytes);
+    set(
+        &mut base.upstream_idle_timeout_ms,
+        p.upstream_idle_timeout_ms,
+    );
+    set(&mut base.tunnel_idle_timeout_ms, p.tunnel_idle_timeout_ms);
     base.validate()?;
     Ok(base)
 }
@@ -222,6 +284,7 @@ pub fn backend_to_proto(b: &core::Backend) -> v1::Backend {
         weight: Some(b.weight.get()),
         role: role_to_proto(b.role).into(),
         admin_state: admin_state_to_proto(b.admin_state).into(),
+        order: Some(b.order),
     }
 }
 
@@ -239,7 +302,20 @@ pub fn backend_from_proto(b: &v1::Backend, prefix: &str) -> Result<core::Backend
     if let Some(state) = admin_state_from_proto(b.admin_state, &format!("{prefix}.admin_state"))? {
         backend.admin_state = state;
     }
+    backend.order = order(b.order.unwrap_or(0), &format!("{prefix}.order"))?;
     Ok(backend)
+}
+
+/// A backend's place in its pool's order: 0 (after the last) to 1,000,000.
+pub fn order(v: u32, field: &str) -> Result<u32, ConvertError> {
+    if v <= 1_000_000 {
+        Ok(v)
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("must be between 0 and 1000000 (got {v})"),
+        ))
+    }
 }
 
 // === routes ===
@@ -260,6 +336,27 @@ pub fn route_from_proto(r: &v1::Route, prefix: &str) -> Result<core::Route, Conv
     })
 }
 
+pub fn tcp_route_to_proto(r: &core::TcpRoute) -> v1::TcpRoute {
+    v1::TcpRoute {
+        listen: r.listen.to_string(),
+        pool: r.pool.to_string(),
+    }
+}
+
+pub fn listen_addr(s: &str, field: &str) -> Result<ListenAddr, ConvertError> {
+    ListenAddr::new(s).map_err(|e| ValidationError::new(field, e.rule))
+}
+
+pub fn tcp_route_from_proto(
+    r: &v1::TcpRoute,
+    prefix: &str,
+) -> Result<core::TcpRoute, ConvertError> {
+    Ok(core::TcpRoute {
+        listen: listen_addr(&r.listen, &format!("{prefix}.listen"))?,
+        pool: pool_name(&r.pool, &format!("{prefix}.pool"))?,
+    })
+}
+
 // === snapshots and changes ===
 
 pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
@@ -267,6 +364,7 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
         revision: s.revision.0,
         pools: s.pools.values().map(pool_to_proto).collect(),
         routes: s.routes.iter().map(route_to_proto).collect(),
+        tcp_routes: s.tcp_routes.iter().map(tcp_route_to_proto).collect(),
         stale: None,
     }
 }
@@ -305,6 +403,12 @@ pub fn snapshot_from_proto(s: &v1::Snapshot) -> Result<core::Snapshot, ConvertEr
     snapshot
         .routes
         .sort_by(|a, b| (&a.host, &a.path_prefix).cmp(&(&b.host, &b.path_prefix)));
+    snapshot.tcp_routes = s
+        .tcp_routes
+        .iter()
+        .map(|r| tcp_route_from_proto(r, "tcp_route"))
+        .collect::<Result<_, _>>()?;
+    snapshot.tcp_routes.sort_by_key(|r| r.listen);
     Ok(snapshot)
 }
 
@@ -333,6 +437,12 @@ pub fn change_to_proto(c: &core::ConfigChange) -> v1::ConfigChange {
                 host: host.to_string(),
                 path_prefix: path_prefix.to_string(),
             })
+        }
+        core::ConfigChange::TcpRouteUpserted(route) => {
+            Change::TcpRouteUpserted(tcp_route_to_proto(route))
+        }
+        core::ConfigChange::TcpRouteDeleted { listen } => {
+            Change::TcpRouteDeleted(listen.to_string())
         }
     };
     v1::ConfigChange {
@@ -373,6 +483,12 @@ pub fn change_from_proto(c: &v1::ConfigChange) -> Result<core::ConfigChange, Con
         Change::RouteDeleted(r) => core::ConfigChange::RouteDeleted {
             host: HostMatch::new(&r.host).map_err(|e| e.under("route_deleted"))?,
             path_prefix: PathPrefix::new(&r.path_prefix).map_err(|e| e.under("route_deleted"))?,
+        },
+        Change::TcpRouteUpserted(r) => {
+            core::ConfigChange::TcpRouteUpserted(tcp_route_from_proto(r, "tcp_route_upserted")?)
+        }
+        Change::TcpRouteDeleted(listen) => core::ConfigChange::TcpRouteDeleted {
+            listen: listen_addr(listen, "tcp_route_deleted")?,
         },
     })
 }
@@ -467,6 +583,22 @@ mod tests {
         assert_eq!(cfg.health_check.interval_ms, 1_000);
         assert_eq!(cfg.health_check.fall, 2);
         assert_eq!(cfg.health_check.rise, 2, "default kept");
+        assert_eq!(cfg.max_request_body_bytes, 10 * 1024 * 1024, "default kept");
+        let msg = v1::Pool {
+            max_request_body_bytes: Some(1_000),
+            upstream_idle_timeout_ms: Some(0),
+            tunnel_idle_timeout_ms: Some(60_000),
+            ..msg
+        };
+        let cfg = pool_config_from_proto(cfg, &msg).unwrap();
+        assert_eq!(
+            (
+                cfg.max_request_body_bytes,
+                cfg.upstream_idle_timeout_ms,
+                cfg.tunnel_idle_timeout_ms
+            ),
+            (1_000, 0, 60_000)
+        );
         let back =
             pool_config_from_proto(PoolConfig::new(name), &pool_config_to_proto(&cfg)).unwrap();
         assert_eq!(back, cfg);
@@ -492,5 +624,70 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "backend.weight");
+    }
+
+    #[test]
+    fn tcp_settings_round_trip_and_by_policy_stays_by_policy() {
+        let name = PoolName::new("db").unwrap();
+        let msg = v1::Pool {
+            name: "db".into(),
+            policy: v1::LbPolicy::SingleActive.into(),
+            health_check: Some(v1::HealthCheck {
+                port: Some(8008),
+                path: Some("/primary".into()),
+                ..Default::default()
+            }),
+            tcp: Some(v1::TcpSettings {
+                max_connections: Some(100),
+                proxy_protocol: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cfg = pool_config_from_proto(PoolConfig::new(name.clone()), &msg).unwrap();
+        assert_eq!(cfg.health_check.port, Some(8008));
+        assert_eq!(cfg.tcp.max_connections, 100);
+        assert!(cfg.tcp.proxy_protocol);
+        assert_eq!(cfg.tcp.on_unhealthy, None);
+        assert_eq!(cfg.on_unhealthy(), OnUnhealthy::Close);
+        let back =
+            pool_config_from_proto(PoolConfig::new(name.clone()), &pool_config_to_proto(&cfg))
+                .unwrap();
+        assert_eq!(back, cfg);
+        // Port 0 goes back to the traffic port; a port too large is named.
+        let mut reset = msg.clone();
+        reset.health_check.as_mut().unwrap().port = Some(0);
+        let cfg = pool_config_from_proto(cfg, &reset).unwrap();
+        assert_eq!(cfg.health_check.port, None);
+        reset.health_check.as_mut().unwrap().port = Some(70_000);
+        let e = pool_config_from_proto(cfg, &reset).unwrap_err();
+        assert_eq!(e.field, "pool.health_check.port");
+    }
+
+    #[test]
+    fn tcp_routes_convert_and_name_their_fields() {
+        let r = v1::TcpRoute {
+            listen: "0.0.0.0:5432".into(),
+            pool: "db".into(),
+        };
+        let route = tcp_route_from_proto(&r, "route").unwrap();
+        assert_eq!(tcp_route_to_proto(&route), r);
+        let change = change_to_proto(&core::ConfigChange::TcpRouteDeleted {
+            listen: route.listen,
+        });
+        assert_eq!(
+            change_from_proto(&change).unwrap(),
+            core::ConfigChange::TcpRouteDeleted {
+                listen: route.listen
+            }
+        );
+        let bad = v1::TcpRoute {
+            listen: "db.local:5432".into(),
+            pool: "db".into(),
+        };
+        assert_eq!(
+            tcp_route_from_proto(&bad, "route").unwrap_err().field,
+            "route.listen"
+        );
     }
 }

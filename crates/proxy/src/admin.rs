@@ -80,9 +80,21 @@ fn render_histograms(rt: &Runtime, out: &mut String) {
     }
 }
 
+/// The routing table with each backend's state, and the TCP routes.
+#[derive(serde::Serialize)]
+struct ConfigView {
+    #[serde(flatten)]
+    http: crate::table::TableView,
+    tcp: crate::tcp::TcpView,
+}
+
 fn config(rt: &Runtime) -> Response {
     match rt.proxy.table.load_full() {
-        Some(t) => Json(t.view()).into_response(),
+        Some(t) => Json(ConfigView {
+            http: t.view(),
+            tcp: rt.tcp.view(),
+        })
+        .into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n").into_response(),
     }
 }

@@ -1,8 +1,11 @@
 //! The proxy's flags, each with an environment fallback.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
+
+use tandem_http::{EncodedSlashes, ParseOptions, Underscores};
 
 use crate::Error;
 
@@ -60,20 +63,79 @@ pub struct Args {
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Idle upstream keep-alive connections kept per backend.
+    /// Idle upstream keep-alive connections kept per backend. How long
+    /// one is reused is a pool setting (`upstream_idle_timeout_ms`).
     #[arg(long, env = "TANDEM_UPSTREAM_MAX_IDLE", default_value_t = 128)]
     pub upstream_max_idle: usize,
 
-    /// How long an idle upstream connection is kept, in milliseconds.
+    /// Peers whose forwarding fields are kept: comma-separated addresses or
+    /// CIDR blocks (e.g. `10.0.0.0/8,192.0.2.7`). From a trusted peer the
+    /// proxy appends to `X-Forwarded-For` and keeps `X-Forwarded-Proto`,
+    /// `X-Forwarded-Host`, `X-Real-IP` and `Forwarded`; from any other it
+    /// replaces `X-Forwarded-For` with the peer's address, sets the
+    /// `X-Forwarded-Proto`/`-Host` itself and drops the rest. Default: none.
+    #[arg(long, env = "TANDEM_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+
+    /// Request header names containing `_`: `drop` them (as nginx does),
+    /// `allow` them, or `reject` the request (400). Some frameworks read
+    /// `X_Forwarded_For` as `X-Forwarded-For`.
     #[arg(
         long,
-        env = "TANDEM_UPSTREAM_IDLE_TIMEOUT_MS",
-        default_value_t = 60_000
+        env = "TANDEM_HEADERS_WITH_UNDERSCORES",
+        value_enum,
+        default_value = "drop"
     )]
-    pub upstream_idle_timeout_ms: u64,
+    pub headers_with_underscores: UnderscoresArg,
+
+    /// `%2F` and `%5C` in request paths: `reject` (400), or `keep` them,
+    /// passed on encoded and never taken as separators when the path is
+    /// normalised.
+    #[arg(
+        long,
+        env = "TANDEM_ENCODED_SLASHES",
+        value_enum,
+        default_value = "reject"
+    )]
+    pub encoded_slashes: EncodedSlashesArg,
+
+    /// How TCP routes move bytes: `copy` (through a buffer) or `splice`
+    /// (splice(2) through a pipe, never entering user space).
+    #[arg(long, env = "TANDEM_TCP_COPY", value_enum, default_value_t = crate::tcp::CopyMode::default())]
+    pub tcp_copy: crate::tcp::CopyMode,
+
+    /// TCP routes: bytes per read (copy) or per splice, at least 4096. 32 KiB
+    /// took the least CPU per GB in `scripts/bench/tcp.sh` (16 KiB: more
+    /// syscalls; 64 KiB: the copies spill out of the L1 cache).
+    #[arg(long, env = "TANDEM_TCP_BUFFER_BYTES", default_value_t = 32_768)]
+    pub tcp_buffer_bytes: usize,
 
     #[command(flatten)]
     pub telemetry: tandem_telemetry::TelemetryArgs,
+}
+
+/// Limits on what one client may do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+    pub stall_timeout: Duration,
+}
+
+impl From<&Settings> for Limits {
+    fn from(s: &Settings) -> Self {
+        Self {
+            header_timeout: s.header_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            max_connections: s.max_connections,
+            drain_timeout: s.drain_timeout,
+            stall_timeout: s.stall_timeout,
+        }
+    }
 }
 
 /// Validated settings the library runs with.
@@ -89,7 +151,22 @@ pub struct Settings {
     pub max_headers: usize,
     pub max_connections: usize,
     pub upstream_max_idle: usize,
-    pub upstream_idle_timeout: Duration,
+    pub tcp: crate::tcp::TcpOptions,
+    pub trusted_proxies: TrustedProxies,
+    pub underscores: Underscores,
+    pub encoded_slashes: EncodedSlashes,
+}
+
+impl Settings {
+    /// How request heads are read.
+    pub fn parse_options(&self) -> ParseOptions {
+        ParseOptions {
+            max_headers: self.max_headers,
+            max_head_bytes: self.max_header_bytes,
+            underscores: self.underscores,
+            encoded_slashes: self.encoded_slashes,
+        }
+    }
 }
 
 impl Args {
@@ -106,10 +183,29 @@ impl Args {
                 format!("must be at least 8192 (got {})", self.max_header_bytes),
             ));
         }
+        if self.max_headers > tandem_http::request::MAX_HEADERS {
+            return Err(bad(
+                "TANDEM_MAX_HEADERS",
+                format!(
+                    "must be at most {} (got {})",
+                    tandem_http::request::MAX_HEADERS,
+                    self.max_headers
+                ),
+            ));
+        }
         if self.max_headers == 0 || self.workers == Some(0) || self.upstream_max_idle == 0 {
             return Err(bad(
                 "TANDEM_MAX_HEADERS/TANDEM_WORKERS/TANDEM_UPSTREAM_MAX_IDLE",
                 "must be at least 1".into(),
+            ));
+        }
+        if !(4_096..=16 << 20).contains(&self.tcp_buffer_bytes) {
+            return Err(bad(
+                "TANDEM_TCP_BUFFER_BYTES",
+                format!(
+                    "must be between 4096 and 16777216 (got {})",
+                    self.tcp_buffer_bytes
+                ),
             ));
         }
         if self.header_timeout_ms == 0 {
@@ -127,7 +223,21 @@ impl Args {
             // Far beyond what one process can hold open; keeps the semaphore valid.
             max_connections: self.max_connections.clamp(1, 1 << 24),
             upstream_max_idle: self.upstream_max_idle,
-            upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
+            tcp: crate::tcp::TcpOptions {
+                copy: self.tcp_copy,
+                buffer: self.tcp_buffer_bytes,
+                ..Default::default()
+            },
+            trusted_proxies: self.trusted_proxies.clone(),
+            underscores: match self.headers_with_underscores {
+                UnderscoresArg::Drop => Underscores::Drop,
+                UnderscoresArg::Allow => Underscores::Allow,
+                UnderscoresArg::Reject => Underscores::Reject,
+            },
+            encoded_slashes: match self.encoded_slashes {
+                EncodedSlashesArg::Reject => EncodedSlashes::Reject,
+                EncodedSlashesArg::Keep => EncodedSlashes::Keep,
+            },
         })
     }
 
@@ -138,5 +248,128 @@ impl Args {
                 .map(|n| n.get())
                 .unwrap_or(1)
         })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnderscoresArg {
+    Drop,
+    Allow,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EncodedSlashesArg {
+    Reject,
+    Keep,
+}
+
+// === trusted proxies ===
+
+/// An address block: an address and how many leading bits of it match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let masked = |v: u128, width: u32| {
+            let shift = width - u32::from(self.bits);
+            if shift >= 128 { 0 } else { v >> shift }
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                masked(u32::from(a).into(), 32) == masked(u32::from(b).into(), 32)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                masked(u128::from(a), 128) == masked(u128::from(b), 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("{s:?} is not an address or a CIDR block (e.g. 10.0.0.0/8)");
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let addr = canonical(addr.trim().parse::<IpAddr>().map_err(|_| err())?);
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => width,
+            Some(b) => b
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= width)
+                .ok_or_else(err)?,
+        };
+        Ok(Cidr { addr, bits })
+    }
+}
+
+/// The peers whose forwarding fields are trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<Cidr>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+}
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(Cidr::from_str)
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_blocks() {
+        let t: TrustedProxies = "10.0.0.0/8, 192.0.2.7 ,2001:db8::/32,".parse().unwrap();
+        for (ip, trusted) in [
+            ("10.1.2.3", true),
+            ("::ffff:10.1.2.3", true),
+            ("11.0.0.1", false),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("2001:db8:1::5", true),
+            ("2001:db9::5", false),
+        ] {
+            assert_eq!(t.contains(ip.parse().unwrap()), trusted, "{ip}");
+        }
+        assert!(!TrustedProxies::default().contains("127.0.0.1".parse().unwrap()));
+        let all: TrustedProxies = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(bad.parse::<TrustedProxies>().is_err(), "{bad}");
+        }
+        assert!("".parse::<TrustedProxies>().unwrap() == TrustedProxies::default());
     }
 }

@@ -10,15 +10,19 @@
 //! crate is the I/O around them.
 
 pub mod admin;
+pub mod body;
 pub mod clock;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod h1;
-pub mod headers;
+pub mod h2;
 pub mod server;
 pub mod store;
 pub mod table;
+pub mod tcp;
+pub mod tunnel;
 pub mod upstream;
 pub mod watch;
 
@@ -39,11 +43,13 @@ use table::{Registry, Source};
 /// subscription.
 pub struct Runtime {
     pub proxy: Arc<Proxy>,
+    /// TCP routes: their table, listeners and connections.
+    pub tcp: Arc<tcp::Tcp>,
     /// Is a watch stream to a control plane open right now?
     pub following: std::sync::atomic::AtomicBool,
     /// Were control-plane endpoints configured at all?
     pub has_control_plane: bool,
-    pub(crate) registry: Registry,
+    pub registry: Registry,
     persist: Option<channel::Sender<Option<Arc<Snapshot>>>>,
     revision: metrics::Gauge,
     from_disk: metrics::Gauge,
@@ -53,7 +59,11 @@ pub struct Runtime {
 impl Runtime {
     fn new(settings: &Settings) -> Self {
         Self {
-            proxy: Arc::new(Proxy::new(settings.upstream_idle_timeout)),
+            proxy: Arc::new(Proxy::new(
+                settings.parse_options(),
+                settings.trusted_proxies.clone(),
+            )),
+            tcp: Arc::new(tcp::Tcp::new(settings.tcp.clone())),
             following: std::sync::atomic::AtomicBool::new(false),
             has_control_plane: !settings.control.is_empty(),
             registry: Registry::new(settings.upstream_max_idle),
@@ -72,8 +82,9 @@ impl Runtime {
     /// Builds the table for `snapshot` and swaps it in; requests already
     /// running keep the table they started with.
     pub fn install(&self, snapshot: Snapshot, source: Source) {
-        let table = self.registry.build(&snapshot, source);
-        self.proxy.table.store(Some(Arc::new(table)));
+        let table = Arc::new(self.registry.build(&snapshot, source));
+        self.proxy.table.store(Some(table.clone()));
+        self.tcp.install(&snapshot, table);
         self.revision.set(snapshot.revision.0 as f64);
         self.from_disk
             .set(if source == Source::Disk { 1.0 } else { 0.0 });
@@ -83,6 +94,7 @@ impl Runtime {
             source = source.as_str(),
             pools = snapshot.pools.len(),
             routes = snapshot.routes.len(),
+            tcp_routes = snapshot.tcp_routes.len(),
             "configuration applied"
         );
         if source == Source::ControlPlane
@@ -90,6 +102,24 @@ impl Runtime {
         {
             tx.send_replace(Some(Arc::new(snapshot)));
         }
+    }
+}
+
+impl Runtime {
+    /// Applies committed health states (see [`Registry::apply_health`]);
+    /// TCP routes see the update whole, never half of it.
+    pub fn apply_health(
+        &self,
+        full: bool,
+        states: Vec<(
+            tandem_core::PoolName,
+            tandem_core::BackendAddr,
+            tandem_core::health::HealthState,
+        )>,
+    ) {
+        self.tcp.health_applying();
+        self.registry.apply_health(full, states);
+        self.tcp.health_applied();
     }
 }
 
@@ -158,6 +188,15 @@ pub async fn run(
         ));
     }
 
+    // One shutdown signal for the HTTP listener, the TCP listeners and the
+    // admin port.
+    let (down_tx, down_rx) = channel::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = down_tx.send(true);
+    });
+    tokio::spawn(tcp::listeners::run(rt.tcp.clone(), down_rx.clone()));
+    tokio::spawn(tcp::supervisor::run(rt.tcp.clone()));
     let (stop_tx, stop_rx) = channel::channel(false);
     let admin = tokio::spawn(admin::serve(admin_listener, rt.clone(), prometheus, {
         let mut rx = stop_rx.clone();
@@ -170,7 +209,24 @@ pub async fn run(
         node_id = %settings.identity.node_id,
         "proxy listening"
     );
-    server::serve(listener, rt.proxy.clone(), (&settings).into(), shutdown).await;
+    let http_down = {
+        let mut rx = down_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // HTTP requests and TCP connections drain side by side.
+    let tcp_drain = {
+        let (tcp, mut rx, timeout) = (rt.tcp.clone(), down_rx, settings.drain_timeout);
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            tcp.drain(timeout).await;
+        }
+    };
+    tokio::join!(
+        server::serve(listener, rt.proxy.clone(), (&settings).into(), http_down),
+        tcp_drain
+    );
     let _ = stop_tx.send(true);
     match admin.await {
         Ok(Ok(())) => Ok(()),

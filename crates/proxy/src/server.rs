@@ -1,50 +1,17 @@
 //! The client-facing listener: HTTP/1.1 (the proxy's own server, [`h1`])
-//! and HTTP/2 with prior knowledge (hyper's) on one port, limits on heads
-//! and connections, graceful drain.
+//! and HTTP/2 with prior knowledge (hyper's, [`crate::h2`]) on one port,
+//! limits on heads and connections, graceful drain.
 
 use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::Settings;
-use crate::forward::{self, Proxy};
-use crate::h1;
-
-/// Limits on what one client may do.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub header_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_connections: usize,
-    pub drain_timeout: Duration,
-    pub stall_timeout: Duration,
-}
-
-impl From<&Settings> for Limits {
-    fn from(s: &Settings) -> Self {
-        Self {
-            header_timeout: s.header_timeout,
-            max_header_bytes: s.max_header_bytes,
-            max_headers: s.max_headers,
-            max_connections: s.max_connections,
-            drain_timeout: s.drain_timeout,
-            stall_timeout: s.stall_timeout,
-        }
-    }
-}
+use crate::config::Limits;
+use crate::forward::Proxy;
+use crate::{drain, h1, h2};
 
 /// Serves clients on `listener` until `shutdown` resolves, then stops
 /// accepting and lets requests in flight finish for up to the drain timeout.
@@ -57,15 +24,9 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let h2 = Arc::new(h2);
+    let h2 = Arc::new(h2::builder(limits.max_header_bytes));
     let limits = Arc::new(limits);
-    let (drain_signal, drain) = h1::drain();
+    let (drain_signal, drain) = drain::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let active = metrics::gauge!("tandem_proxy_active_connections");
     let accepted = metrics::counter!("tandem_proxy_connections_total");
@@ -99,10 +60,11 @@ pub async fn serve(
         let active = active.clone();
         active.increment(1.0);
         tokio::spawn(async move {
+            let peer = proxy.peer(peer);
             match h1::serve(stream, peer, &proxy, &limits, drain.clone()).await {
                 h1::End::Closed => {}
                 h1::End::Http2(stream, read) => {
-                    serve_h2(&h2, Prefixed::new(read, stream), proxy, peer, drain).await;
+                    h2::serve(&h2, h2::Prefixed::new(read, stream), proxy, peer, drain).await;
                 }
             }
             active.decrement(1.0);
@@ -121,88 +83,5 @@ pub async fn serve(
     match tokio::time::timeout(limits.drain_timeout, connections.acquire_many(all)).await {
         Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!("drain deadline passed; closing the remaining connections"),
-    }
-}
-
-/// One HTTP/2 connection, until it ends; on drain it is asked to finish
-/// (GOAWAY) and its streams in flight complete.
-async fn serve_h2(
-    h2: &http2::Builder<TokioExecutor>,
-    io: Prefixed,
-    proxy: Arc<Proxy>,
-    peer: SocketAddr,
-    mut drain: h1::Drain,
-) {
-    let svc = service_fn(move |req| forward::handle(proxy.clone(), req, peer));
-    let conn = h2.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = drain.started() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-    }
-}
-
-/// A connection whose first bytes were already read (while telling HTTP/1
-/// from HTTP/2): reads give those back first.
-struct Prefixed {
-    read: BytesMut,
-    io: TcpStream,
-}
-
-impl Prefixed {
-    fn new(read: BytesMut, io: TcpStream) -> Self {
-        Self { read, io }
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if !me.read.is_empty() {
-            let n = me.read.len().min(buf.remaining());
-            buf.put_slice(&me.read.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut me.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -84,6 +84,13 @@ pub struct PoolState {
     pub no_backend: Counter,
     pub timeouts: Counter,
     pub connect_failures: Counter,
+    /// Requests sent again on a fresh connection after a kept-alive one
+    /// turned out stale (not counted against the backend).
+    pub resends: Counter,
+    /// Clients that stopped sending their body (408).
+    pub client_timeouts: Counter,
+    /// Bodies over the pool's limit (413).
+    pub too_large: Counter,
 }
 
 /// A backend's state shared across table versions.
@@ -377,7 +384,10 @@ impl PoolState {
             budget_exhausted: metrics::counter!("tandem_proxy_retry_budget_exhausted_total", "pool" => pool.clone()),
             no_backend: metrics::counter!("tandem_proxy_local_replies_total", "pool" => pool.clone(), "reason" => "no_backend"),
             timeouts: metrics::counter!("tandem_proxy_local_replies_total", "pool" => pool.clone(), "reason" => "upstream_timeout"),
-            connect_failures: metrics::counter!("tandem_proxy_local_replies_total", "pool" => pool, "reason" => "upstream_unreachable"),
+            connect_failures: metrics::counter!("tandem_proxy_local_replies_total", "pool" => pool.clone(), "reason" => "upstream_unreachable"),
+            client_timeouts: metrics::counter!("tandem_proxy_local_replies_total", "pool" => pool.clone(), "reason" => "client_timeout"),
+            too_large: metrics::counter!("tandem_proxy_local_replies_total", "pool" => pool.clone(), "reason" => "body_too_large"),
+            resends: metrics::counter!("tandem_proxy_upstream_resends_total", "pool" => pool),
             name,
         }
     }

@@ -3,51 +3,52 @@
 //!
 //! Why not hyper's client: hyper runs every client connection as a task of
 //! its own, so each request crossed a channel to that task, came back
-//! through a oneshot and woke two tasks, and the response body was fed
-//! through another channel. Here the request's own task writes the request
-//! head to the socket and reads the response head and body straight from
-//! it, as nginx and HAProxy do: a keep-alive request costs one `write` and
-//! usually one `read`, and no other task runs. Owning the exchange also
-//! tells the retry logic exactly what left: nothing (the head could not be
-//! written), something but no answer yet, or an answer.
+//! through a oneshot and woke two tasks. Here the request's own task
+//! writes the request head to the socket and reads the response head and
+//! body straight from it, as nginx and HAProxy do: a keep-alive request
+//! costs one `write` and usually one `read`, and no other task runs.
+//! Owning the exchange also tells the retry policy exactly what left:
+//! nothing (the backend's close was seen before the head was written),
+//! something but no answer, or an answer.
 //!
-//! What is implemented is the client half of RFC 9112 a proxy needs:
-//! request bodies as sent by the client (`Content-Length`) or chunked (HTTP/2
-//! clients, chunked uploads); response bodies by `Content-Length`, chunked
-//! (trailers are read and dropped) or until close; no body for HEAD, 1xx,
-//! 204 and 304; interim 1xx answers skipped; 101 hands the socket to the
-//! WebSocket tunnel; keep-alive unless either side said `close`.
+//! Heads and bodies are read and written by the codec (`tandem_http`).
+//!
+//! Pooled connections are reused only while the backend still keeps them:
+//! never past the pool's `upstream_idle_timeout_ms` (default 4 s, below
+//! common servers' idle timeouts) nor past what the backend announced with
+//! `Keep-Alive: timeout=N` (less a margin), and never when the backend has
+//! closed them or sent anything unasked. A connection idle for more than
+//! [`PEEK_AFTER_IDLE_MS`] is checked with a `recv(MSG_PEEK)` before reuse,
+//! so a close the event loop has not reported yet is seen too.
 
-use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri};
-use http_body::Body;
-use hyper::body::Incoming;
+use tandem_http::chunked::{self, ChunkError};
+use tandem_http::response::{self, MAX_INTERIM, ResponseBody};
+use tandem_http::{BodyDecoder, Piece, ResponseHead, Span, UpstreamFraming};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use crate::body::{ClientFault, ReqBody};
 use crate::clock::{self, Deadline};
 
 /// The largest response head a backend may send.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a backend's response head.
 const MAX_HEADERS: usize = 128;
-/// A request body up to this size is kept while it is sent, so that the
-/// request can be sent again to another backend.
-pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
-/// The longest chunk-size or trailer line accepted.
-const MAX_LINE: usize = 4 * 1024;
+/// A connection idle this long is checked with a peek before it is reused.
+pub const PEEK_AFTER_IDLE_MS: u64 = 100;
 
 // === connections ===
 
@@ -57,10 +58,70 @@ pub struct Conn {
     /// Bytes read but not yet consumed.
     rbuf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
-    wbuf: Vec<u8>,
-    /// The per-try timeout, kept with the connection (taken out while an
+    pub wbuf: Vec<u8>,
+    /// The per-try timer, kept with the connection (taken out while an
     /// exchange runs).
     timer: Option<Deadline>,
+    /// Where the fields of the next answer's head go.
+    spans: Vec<Span>,
+    /// The backend's idle timeout as its `Keep-Alive` field said, seconds.
+    backend_idle_s: Option<u32>,
+    /// The last answer lets the connection carry another request.
+    keep_alive: bool,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Writing the request head failed: the backend's close was seen
+    /// before the head was fully written, so nothing it could act on
+    /// reached it.
+    #[error("the backend closed the connection before the request head was written: {0}")]
+    Unsent(io::Error),
+    /// The client's body failed: not the backend's fault.
+    #[error("{0}")]
+    Client(ClientFault),
+    /// The request (or part of it) left, and the connection failed before
+    /// any byte of an answer.
+    #[error("connection failed before the response: {0}")]
+    NoResponse(io::Error),
+    /// The backend answered, but not with a usable HTTP/1.x head.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    /// No answer within the per-try timeout (or the request's deadline).
+    #[error("no answer in time")]
+    Timeout,
+}
+
+/// Where an exchange stands, for its timer: time spent waiting for the
+/// client's body is not the backend's.
+struct Progress {
+    base: Instant,
+    waiting_for_client: AtomicBool,
+    /// When the backend's time (re)started, in nanoseconds after `base`.
+    backend_since_ns: AtomicU64,
+}
+
+impl Progress {
+    fn new(base: Instant) -> Self {
+        Self {
+            base,
+            waiting_for_client: AtomicBool::new(false),
+            backend_since_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn client(&self, waiting: bool) {
+        if !waiting {
+            let since = self.base.elapsed().as_nanos() as u64;
+            self.backend_since_ns.store(since, Ordering::Relaxed);
+        }
+        self.waiting_for_client.store(waiting, Ordering::Relaxed);
+    }
+
+    fn backend_since(&self) -> Instant {
+        self.base + Duration::from_nanos(self.backend_since_ns.load(Ordering::Relaxed))
+    }
 }
 
 impl Conn {
@@ -70,67 +131,118 @@ impl Conn {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(1024),
             timer: None,
+            spans: Vec::new(),
+            backend_idle_s: None,
+            keep_alive: true,
         }
     }
 
-    /// [`Conn::exchange`], given up at `deadline` (`None`), on this
-    /// connection's own timer.
-    pub async fn exchange_by(
+    /// Sends the request head in [`Conn::wbuf`] and `body`, and reads the
+    /// answer's head, interim (1xx but 101) answers skipped. The backend
+    /// has `per_try` to answer, counted from `start` (now, give or take
+    /// what the caller knows) and from when the proxy stopped waiting for
+    /// the client's body; the whole exchange ends at `deadline`.
+    pub async fn exchange(
         &mut self,
-        deadline: tokio::time::Instant,
-        req: &RequestHead<'_>,
+        head_request: bool,
         body: &mut ReqBody<'_>,
-    ) -> Option<Result<ResponseHead, ExchangeError>> {
+        start: Instant,
+        per_try: Duration,
+        deadline: Instant,
+    ) -> Result<ResponseHead, ExchangeError> {
         let mut timer = self.timer.take().unwrap_or_default();
-        let outcome = tokio::select! {
-            biased;
-            r = self.exchange(req, body) => Some(r),
-            () = timer.until(deadline) => None,
+        let progress = Progress::new(start);
+        let outcome = {
+            let run = self.run(head_request, body, &progress);
+            tokio::pin!(run);
+            let mut at = (progress.base + per_try).min(deadline);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut run => break r,
+                    () = timer.until(at) => {
+                        let now = Instant::now();
+                        let waiting = progress.waiting_for_client.load(Ordering::Relaxed);
+                        if now >= deadline {
+                            break Err(if waiting {
+                                ExchangeError::Client(ClientFault::Stalled)
+                            } else {
+                                ExchangeError::Timeout
+                            });
+                        }
+                        if waiting {
+                            // The client's own stall timeout applies.
+                            at = (now + per_try).min(deadline);
+                            continue;
+                        }
+                        let due = progress.backend_since() + per_try;
+                        if now >= due {
+                            break Err(ExchangeError::Timeout);
+                        }
+                        at = due.min(deadline);
+                    }
+                }
+            }
         };
         self.timer = Some(timer);
         outcome
     }
 
-    /// An idle connection can carry another request when the backend has
-    /// neither closed it nor sent anything unasked. Reads nothing from the
-    /// kernel unless the socket was reported readable.
-    fn alive(&self) -> bool {
-        if !self.rbuf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-
-    /// Sends one request and reads its answer's head, skipping interim 1xx
-    /// answers (but not 101).
-    pub async fn exchange(
+    async fn run(
         &mut self,
-        req: &RequestHead<'_>,
+        head_request: bool,
         body: &mut ReqBody<'_>,
+        progress: &Progress,
     ) -> Result<ResponseHead, ExchangeError> {
-        let chunked = body.chunked();
-        encode_head(&mut self.wbuf, req, chunked);
         self.io
             .write_all(&self.wbuf)
             .await
             .map_err(ExchangeError::Unsent)?;
-        body.send(self, chunked).await?;
-        let is_head = *req.method == Method::HEAD;
+        if !body.is_empty() {
+            match self.send_body(body, progress).await {
+                Ok(()) => {}
+                Err(Sending::Client(f)) => return Err(ExchangeError::Client(f)),
+                // The backend stopped reading: it may have answered
+                // already (say, 413 before the body); read what it sent.
+                Err(Sending::Backend(e)) => {
+                    tracing::debug!(error = %e, "upstream stopped taking the request body");
+                }
+            }
+        }
         let mut received = false;
+        let mut interim = 0;
         loop {
             if !self.rbuf.is_empty() {
                 received = true;
-                if let Some(head) = parse_head(&mut self.rbuf, is_head)? {
-                    if head.status.is_informational()
-                        && head.status != StatusCode::SWITCHING_PROTOCOLS
-                    {
-                        continue;
+                match response::parse_head(
+                    &mut self.rbuf,
+                    head_request,
+                    MAX_HEADERS,
+                    &mut self.spans,
+                ) {
+                    Ok(Some(head)) => {
+                        let status = head.meta.status;
+                        if status.is_informational()
+                            && status != http::StatusCode::SWITCHING_PROTOCOLS
+                        {
+                            interim += 1;
+                            if interim > MAX_INTERIM {
+                                return Err(ExchangeError::Invalid("too many interim responses"));
+                            }
+                            self.spans = head.fields.into_spans();
+                            continue;
+                        }
+                        self.keep_alive = head.meta.keep_alive;
+                        if head.meta.keep_alive_timeout.is_some() {
+                            self.backend_idle_s = head.meta.keep_alive_timeout;
+                        }
+                        return Ok(head);
                     }
-                    return Ok(head);
-                }
-                if self.rbuf.len() >= MAX_HEAD {
-                    return Err(ExchangeError::Invalid("response head too large"));
+                    Ok(None) if self.rbuf.len() >= MAX_HEAD => {
+                        return Err(ExchangeError::Invalid("response head too large"));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(ExchangeError::Invalid(e.0)),
                 }
             }
             self.rbuf.reserve(READ_CHUNK);
@@ -139,15 +251,50 @@ impl Conn {
                     return Err(ExchangeError::Invalid("connection closed within the head"));
                 }
                 Ok(0) => {
-                    return Err(ExchangeError::Reset(io::ErrorKind::UnexpectedEof.into()));
+                    return Err(ExchangeError::NoResponse(
+                        io::ErrorKind::UnexpectedEof.into(),
+                    ));
                 }
                 Ok(_) => {}
                 Err(_) if received => {
                     return Err(ExchangeError::Invalid("connection failed within the head"));
                 }
-                Err(e) => return Err(ExchangeError::Reset(e)),
+                Err(e) => return Err(ExchangeError::NoResponse(e)),
             }
         }
+    }
+
+    async fn send_body(
+        &mut self,
+        body: &mut ReqBody<'_>,
+        progress: &Progress,
+    ) -> Result<(), Sending> {
+        let chunked = body.framing() == UpstreamFraming::Chunked;
+        for data in body.kept() {
+            self.write_data(data, chunked)
+                .await
+                .map_err(Sending::Backend)?;
+        }
+        loop {
+            progress.client(true);
+            let next = body.next_new().await;
+            progress.client(false);
+            match next {
+                None => break,
+                Some(Err(f)) => return Err(Sending::Client(f)),
+                Some(Ok(data)) => self
+                    .write_data(&data, chunked)
+                    .await
+                    .map_err(Sending::Backend)?,
+            }
+        }
+        if chunked {
+            self.io
+                .write_all(chunked::LAST_CHUNK)
+                .await
+                .map_err(Sending::Backend)?;
+        }
+        Ok(())
     }
 
     async fn write_data(&mut self, data: &Bytes, chunked: bool) -> io::Result<()> {
@@ -155,24 +302,28 @@ impl Conn {
             return self.io.write_all(data).await;
         }
         self.wbuf.clear();
-        chunk_size_line(&mut self.wbuf, data.len());
         if data.len() <= READ_CHUNK {
             // One write for the chunk: size line, data and CRLF.
-            self.wbuf.extend_from_slice(data);
-            self.wbuf.extend_from_slice(b"\r\n");
+            chunked::encode_chunk(&mut self.wbuf, data);
             return self.io.write_all(&self.wbuf).await;
         }
+        chunked::size_line_into(&mut self.wbuf, data.len());
         self.io.write_all(&self.wbuf).await?;
         self.io.write_all(data).await?;
-        self.io.write_all(b"\r\n").await
+        self.io.write_all(chunked::CHUNK_END).await
     }
 
     /// The response body that follows `head` on this connection.
-    pub fn into_body(self, head: &ResponseHead) -> UpstreamBody {
+    pub fn into_body(self, body: ResponseBody) -> UpstreamBody {
+        let decoder = match body {
+            ResponseBody::Empty => BodyDecoder::Done,
+            ResponseBody::Length(n) => BodyDecoder::length(n),
+            ResponseBody::Chunked => BodyDecoder::chunked(),
+            ResponseBody::UntilClose => BodyDecoder::UntilClose,
+        };
         UpstreamBody {
             conn: Some(self),
-            framing: head.framing,
-            keep_alive: head.keep_alive,
+            decoder,
         }
     }
 
@@ -182,341 +333,53 @@ impl Conn {
         (self.io, self.rbuf)
     }
 
+    /// An idle connection can carry another request when the backend has
+    /// neither closed it nor sent anything unasked. The event loop's view
+    /// is read first (no system call unless it reported the socket
+    /// readable); after `idle_ms` of at least [`PEEK_AFTER_IDLE_MS`] the
+    /// kernel is asked too.
+    fn alive(&self, idle_ms: u64) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        if !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        {
+            return false;
+        }
+        if idle_ms < PEEK_AFTER_IDLE_MS {
+            return true;
+        }
+        let mut peek = [MaybeUninit::<u8>::uninit(); 1];
+        matches!(
+            socket2::SockRef::from(&self.io).peek(&mut peek),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
+    }
+
+    /// How long this connection may sit idle in the pool: the pool's
+    /// setting, or less when the backend announced a shorter timeout (a
+    /// margin of a second, or half of it for timeouts under two seconds).
+    fn idle_window_ms(&self, pool_ms: u32) -> u64 {
+        let pool_ms = u64::from(pool_ms);
+        match self.backend_idle_s {
+            Some(s) => {
+                let announced = u64::from(s) * 1_000;
+                pool_ms.min(announced - announced.min(1_000).min(announced / 2))
+            }
+            None => pool_ms,
+        }
+    }
+
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.rbuf.reserve(READ_CHUNK);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
     }
 }
 
-/// What an exchange sends: the request line and the fields to forward
-/// (already rewritten for the backend), each line ending in CRLF, without
-/// the blank line that ends the head.
-pub struct RequestHead<'a> {
-    pub method: &'a Method,
-    pub lines: &'a [u8],
-}
-
-/// The request line (`uri` in origin form) and `headers` as
-/// [`RequestHead::lines`].
-pub fn encode_lines(buf: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &HeaderMap) {
-    buf.clear();
-    buf.extend_from_slice(method.as_str().as_bytes());
-    buf.push(b' ');
-    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    buf.extend_from_slice(target.as_bytes());
-    buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    }
-}
-
-fn encode_head(buf: &mut Vec<u8>, req: &RequestHead<'_>, chunked: bool) {
-    buf.clear();
-    buf.extend_from_slice(req.lines);
-    if chunked {
-        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    buf.extend_from_slice(b"\r\n");
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
-    /// The request head could not be written: the backend got nothing it
-    /// could act on.
-    #[error("sending the request head failed: {0}")]
-    Unsent(io::Error),
-    /// The client's own body could not be read (it went away, or broke its
-    /// framing): not the backend's fault.
-    #[error("reading the client's request body failed: {0}")]
-    ClientBody(BodyError),
-    /// The request (or part of it) left, and the connection failed before
-    /// any byte of an answer.
-    #[error("connection failed before the response: {0}")]
-    Reset(io::Error),
-    /// The backend answered, but not with a valid HTTP/1.x response head.
-    #[error("invalid response: {0}")]
-    Invalid(&'static str),
-}
-
-// === request bodies ===
-
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Where a client's request body comes from: hyper's HTTP/2 stream, or the
-/// proxy's own HTTP/1.1 connection ([`crate::h1`]).
-pub enum Source<'a> {
-    H2(Incoming),
-    H1(crate::h1::RequestBody<'a>),
-}
-
-impl Source<'_> {
-    fn is_end(&self) -> bool {
-        match self {
-            Source::H2(incoming) => incoming.is_end_stream(),
-            Source::H1(body) => body.is_end(),
-        }
-    }
-
-    /// The next piece of the body; `None` at its end. Trailers of a
-    /// chunked upload are not forwarded.
-    async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
-        match self {
-            Source::H2(incoming) => loop {
-                let frame = poll_fn(|cx| Pin::new(&mut *incoming).poll_frame(cx)).await?;
-                match frame {
-                    Err(e) => return Some(Err(e.into())),
-                    Ok(frame) => match frame.into_data() {
-                        Ok(d) if !d.is_empty() => return Some(Ok(d)),
-                        _ => continue,
-                    },
-                }
-            },
-            Source::H1(body) => body.next().await,
-        }
-    }
-}
-
-/// The client's request body as the exchanges send it. Up to
-/// [`REPLAY_LIMIT`] bytes of what was read are kept, so a request whose
-/// body already left can be sent again on another backend.
-pub struct ReqBody<'a> {
-    /// What was read from the client so far, while `complete` holds.
-    kept: Vec<Bytes>,
-    kept_len: usize,
-    /// `kept` holds every byte read from the client so far.
-    complete: bool,
-    /// What the client has not sent yet.
-    rest: Option<Source<'a>>,
-    /// Sent as is, framed by the client's `Content-Length`.
-    length_framed: bool,
-}
-
-impl<'a> ReqBody<'a> {
-    /// `content_length`: the forwarded headers carry a `Content-Length`
-    /// (otherwise a body is sent chunked).
-    pub fn new(source: Source<'a>, content_length: bool) -> Self {
-        let rest = (!source.is_end()).then_some(source);
-        Self {
-            kept: Vec::new(),
-            kept_len: 0,
-            complete: true,
-            rest,
-            length_framed: content_length,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.rest.is_none() && self.kept.is_empty()
-    }
-
-    fn chunked(&self) -> bool {
-        !self.is_empty() && !self.length_framed
-    }
-
-    /// The whole body can be sent again.
-    pub fn replayable(&self) -> bool {
-        self.complete
-    }
-
-    async fn send(&mut self, conn: &mut Conn, chunked: bool) -> Result<(), ExchangeError> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        if !self.complete {
-            return Err(ExchangeError::Invalid(
-                "the request body was too large to send again",
-            ));
-        }
-        let reset = ExchangeError::Reset;
-        for data in &self.kept {
-            conn.write_data(data, chunked).await.map_err(reset)?;
-        }
-        while let Some(rest) = &mut self.rest {
-            let data = match rest.next().await {
-                None => {
-                    self.rest = None;
-                    break;
-                }
-                Some(Err(e)) => return Err(ExchangeError::ClientBody(e)),
-                Some(Ok(data)) => data,
-            };
-            if self.complete && self.kept_len + data.len() <= REPLAY_LIMIT {
-                self.kept_len += data.len();
-                self.kept.push(data.clone());
-            } else {
-                self.complete = false;
-                self.kept = Vec::new();
-            }
-            conn.write_data(&data, chunked).await.map_err(reset)?;
-        }
-        if chunked {
-            conn.io.write_all(b"0\r\n\r\n").await.map_err(reset)?;
-        }
-        Ok(())
-    }
-}
-
-// === response heads ===
-
-/// How a response body is delimited (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// No body: HEAD, 1xx, 204, 304.
-    Empty,
-    /// `Content-Length`: this many bytes left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the backend closes the connection.
-    Close,
-}
-
-/// Where a chunked body's decoder stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-    Done,
-}
-
-/// A backend's response head.
-#[derive(Debug)]
-pub struct ResponseHead {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    framing: Framing,
-    keep_alive: bool,
-}
-
-/// Parses one response head off the front of `buf`, or `None` while it is
-/// incomplete. Header values share the head's bytes.
-fn parse_head(
-    buf: &mut BytesMut,
-    head_request: bool,
-) -> Result<Option<ResponseHead>, ExchangeError> {
-    // (name start, name end, value start, value end) within the head,
-    // which is shorter than MAX_HEAD.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, code, minor, count) = {
-        // Left uninitialised: httparse writes only the slots it fills.
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
-        let len = match parsed {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(ExchangeError::Invalid("too many header fields"));
-            }
-            Err(_) => return Err(ExchangeError::Invalid("not an HTTP/1.x response head")),
-        };
-        let base = buf.as_ptr() as usize;
-        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = (h.name.as_ptr() as usize - base) as u32;
-            let value = (h.value.as_ptr() as usize - base) as u32;
-            *span = (
-                name,
-                name + h.name.len() as u32,
-                value,
-                value + h.value.len() as u32,
-            );
-        }
-        (
-            len,
-            resp.code.unwrap_or(0),
-            resp.version.unwrap_or(1),
-            resp.headers.len(),
-        )
-    };
-    if len >= MAX_HEAD {
-        return Err(ExchangeError::Invalid("response head too large"));
-    }
-    let status = StatusCode::from_u16(code)
-        .map_err(|_| ExchangeError::Invalid("status code out of range"))?;
-    let head = buf.split_to(len).freeze();
-
-    let mut headers = HeaderMap::with_capacity(count);
-    // HTTP/1.1 keeps the connection unless told; 1.0 only when asked.
-    let mut keep_alive = minor == 1;
-    let mut transfer_encoding = false;
-    let mut chunked = false;
-    let mut length: Option<u64> = None;
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| ExchangeError::Invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| ExchangeError::Invalid("invalid header value"))?;
-        if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                    keep_alive = true;
-                }
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-            // Chunked must be the last coding for the body to be delimited.
-            chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONTENT_LENGTH {
-            let n = parse_length(value.as_bytes())
-                .ok_or(ExchangeError::Invalid("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-        headers.append(name, value);
-    }
-
-    let no_body = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if no_body {
-        Framing::Empty
-    } else if transfer_encoding {
-        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
-        headers.remove(header::CONTENT_LENGTH);
-        if chunked {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            Framing::Close
-        }
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        Framing::Close
-    };
-    if framing == Framing::Close || status == StatusCode::SWITCHING_PROTOCOLS {
-        keep_alive = false;
-    }
-    Ok(Some(ResponseHead {
-        status,
-        headers,
-        framing,
-        keep_alive,
-    }))
-}
-
-/// A Content-Length value: digits only, and no overflow.
-pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
+enum Sending {
+    Client(ClientFault),
+    Backend(io::Error),
 }
 
 // === response bodies ===
@@ -524,34 +387,28 @@ pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
 /// A response body read from the backend's socket by whoever polls it.
 pub struct UpstreamBody {
     conn: Option<Conn>,
-    framing: Framing,
-    keep_alive: bool,
+    decoder: BodyDecoder,
 }
 
 impl UpstreamBody {
     pub fn is_end(&self) -> bool {
-        matches!(
-            self.framing,
-            Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunk::Done)
-        )
+        self.decoder.is_done()
     }
 
     /// The exact length still to come, when known.
     pub fn remaining(&self) -> Option<u64> {
-        match self.framing {
-            Framing::Empty => Some(0),
-            Framing::Length(n) => Some(n),
-            _ => None,
-        }
+        self.decoder.remaining()
     }
 
-    /// The connection, once the body ended and it can carry another request.
+    /// The connection, once the body ended and it can carry another
+    /// request: nothing of another answer may be waiting in it.
     pub fn take_reusable(&mut self) -> Option<Conn> {
-        if self.is_end() && self.keep_alive {
-            self.conn.take().filter(|c| c.rbuf.is_empty())
-        } else {
-            None
+        if !self.decoder.is_done() {
+            return None;
         }
+        self.conn
+            .take()
+            .filter(|c| c.keep_alive && c.rbuf.is_empty())
     }
 
     pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
@@ -559,158 +416,37 @@ impl UpstreamBody {
             return Poll::Ready(None);
         };
         loop {
-            match &mut self.framing {
-                Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunk::Done) => {
-                    return Poll::Ready(None);
-                }
-                Framing::Length(left) => {
-                    if !conn.rbuf.is_empty() {
-                        let n = (*left).min(conn.rbuf.len() as u64) as usize;
-                        *left -= n as u64;
-                        return Poll::Ready(Some(Ok(conn.rbuf.split_to(n).freeze())));
-                    }
+            match self.decoder.decode(&mut conn.rbuf).map_err(bad_chunk)? {
+                Piece::Data(data) => return Poll::Ready(Some(Ok(data))),
+                Piece::End => return Poll::Ready(None),
+                Piece::NeedMore => {
                     if ready!(conn.poll_fill(cx))? == 0 {
-                        return Poll::Ready(Some(Err(closed_mid_body())));
+                        return match self.decoder.closed() {
+                            Ok(()) => Poll::Ready(None),
+                            Err(e) => Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                e,
+                            )))),
+                        };
                     }
-                }
-                Framing::Close => {
-                    if !conn.rbuf.is_empty() {
-                        return Poll::Ready(Some(Ok(conn.rbuf.split().freeze())));
-                    }
-                    if ready!(conn.poll_fill(cx))? == 0 {
-                        self.framing = Framing::Empty;
-                        return Poll::Ready(None);
-                    }
-                }
-                Framing::Chunked(state) => match decode_chunk(state, &mut conn.rbuf)? {
-                    Some(data) => return Poll::Ready(Some(Ok(data))),
-                    None if *state == Chunk::Done => return Poll::Ready(None),
-                    None => {
-                        if ready!(conn.poll_fill(cx))? == 0 {
-                            return Poll::Ready(Some(Err(closed_mid_body())));
-                        }
-                    }
-                },
-            }
-        }
-    }
-}
-
-/// A chunk's size line: its length in lowercase hex, then CRLF.
-pub(crate) fn chunk_size_line(buf: &mut Vec<u8>, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-    buf.extend_from_slice(b"\r\n");
-}
-
-fn closed_mid_body() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "the backend closed the connection within the body",
-    )
-}
-
-fn bad_chunk(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
-/// Advances a chunked body's decoder over `buf`: the next piece of data,
-/// or `None` when it needs more bytes (or is done).
-pub(crate) fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
-    loop {
-        match *state {
-            Chunk::Done => return Ok(None),
-            Chunk::Size => {
-                let Some(line) = take_line(buf)? else {
-                    return Ok(None);
-                };
-                // Chunk extensions (after ';') are ignored.
-                let digits = line[..]
-                    .split(|&b| b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                if digits.is_empty() || digits.len() > 15 {
-                    return Err(bad_chunk("invalid chunk size"));
-                }
-                let size = std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|s| u64::from_str_radix(s, 16).ok())
-                    .ok_or_else(|| bad_chunk("invalid chunk size"))?;
-                *state = if size == 0 {
-                    Chunk::Trailers
-                } else {
-                    Chunk::Data(size)
-                };
-            }
-            Chunk::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = left.min(buf.len() as u64) as usize;
-                *state = if n as u64 == left {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(left - n as u64)
-                };
-                return Ok(Some(buf.split_to(n).freeze()));
-            }
-            Chunk::DataEnd => {
-                if buf.len() < 2 {
-                    return Ok(None);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(bad_chunk("chunk data not followed by CRLF"));
-                }
-                buf.advance(2);
-                *state = Chunk::Size;
-            }
-            Chunk::Trailers => {
-                let Some(line) = take_line(buf)? else {
-                    return Ok(None);
-                };
-                // Trailer fields are dropped; an empty line ends the body.
-                if line.is_empty() {
-                    *state = Chunk::Done;
                 }
             }
         }
     }
 }
 
-/// One CRLF-terminated line off the front of `buf`, without its CRLF.
-fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(i) => {
-            let mut line = buf.split_to(i + 1);
-            line.truncate(i);
-            if line.last() == Some(&b'\r') {
-                line.truncate(i - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buf.len() > MAX_LINE => Err(bad_chunk("chunk line too long")),
-        None => Ok(None),
-    }
+fn bad_chunk(e: ChunkError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 // === the pool ===
 
 struct Idle {
     conn: Conn,
-    /// When it went idle, on the coarse clock (milliseconds).
+    /// When it went idle, and until when it may be reused, on the coarse
+    /// clock (milliseconds).
     since_ms: u64,
+    until_ms: u64,
 }
 
 /// Idle keep-alive connections to one backend.
@@ -725,25 +461,31 @@ impl ConnPool {
         }
     }
 
-    /// An idle connection that is still open and younger than
-    /// `max_idle_for`, if any.
-    pub fn take(&self, max_idle_for: Duration) -> Option<Conn> {
+    /// An idle connection still open and within its idle window, if any.
+    pub fn take(&self) -> Option<Conn> {
         while let Some(idle) = self.idle.pop() {
-            let idle_for = clock::now_ms().saturating_sub(idle.since_ms);
-            if u128::from(idle_for) < max_idle_for.as_millis() && idle.conn.alive() {
+            let now = clock::now_ms();
+            if now < idle.until_ms && idle.conn.alive(now.saturating_sub(idle.since_ms)) {
                 return Some(idle.conn);
             }
-            // Closed or stale: dropping it closes the connection.
+            // Closed or past its window: dropping it closes the connection.
         }
         None
     }
 
-    /// Returns a connection whose response was read to the end.
-    pub fn put(&self, conn: Conn) {
+    /// Returns a connection whose answer was read to the end, to be reused
+    /// for at most `idle_timeout_ms` (or what the backend announced).
+    pub fn put(&self, conn: Conn, idle_timeout_ms: u32) {
+        let window = conn.idle_window_ms(idle_timeout_ms);
+        if window == 0 {
+            return;
+        }
+        let now = clock::now_ms();
         // Full: the connections already idle stay, this one closes.
         let _ = self.idle.push(Idle {
             conn,
-            since_ms: clock::now_ms(),
+            since_ms: now,
+            until_ms: now + window,
         });
     }
 
@@ -784,198 +526,59 @@ pub async fn connect(
 mod tests {
     use super::*;
 
-    #[test]
-    fn chunk_size_lines_are_lowercase_hex() {
-        for (len, want) in [
-            (0, "0\r\n"),
-            (9, "9\r\n"),
-            (255, "ff\r\n"),
-            (4096, "1000\r\n"),
-        ] {
-            let mut buf = Vec::new();
-            chunk_size_line(&mut buf, len);
-            assert_eq!(buf, want.as_bytes());
-        }
+    async fn conn_pair() -> (Conn, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (Conn::new(c.unwrap()), s.unwrap().0)
     }
 
-    fn parse(raw: &[u8], head_request: bool) -> Result<Option<ResponseHead>, ExchangeError> {
-        let mut buf = BytesMut::from(raw);
-        parse_head(&mut buf, head_request)
-    }
-
-    #[test]
-    fn framing_follows_rfc_9112() {
-        let cases: [(&[u8], bool, Framing, bool); 9] = [
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-                false,
-                Framing::Length(5),
-                true,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-                true,
-                Framing::Empty,
-                true,
-            ),
-            (
-                b"HTTP/1.1 204 No Content\r\n\r\n",
-                false,
-                Framing::Empty,
-                true,
-            ),
-            (
-                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-                false,
-                Framing::Empty,
-                true,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
-                false,
-                Framing::Chunked(Chunk::Size),
-                true,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                false,
-                Framing::Close,
-                false,
-            ),
-            (b"HTTP/1.1 200 OK\r\n\r\n", false, Framing::Close, false),
-            (
-                b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
-                false,
-                Framing::Length(1),
-                false,
-            ),
-            (
-                b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n",
-                false,
-                Framing::Length(1),
-                true,
-            ),
-        ];
-        for (raw, head, framing, keep_alive) in cases {
-            let h = parse(raw, head).unwrap().unwrap();
-            let text = String::from_utf8_lossy(raw);
-            assert_eq!(h.framing, framing, "{text}");
-            assert_eq!(h.keep_alive, keep_alive, "{text}");
-        }
-        let close = parse(
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            false,
-        )
-        .unwrap()
-        .unwrap();
-        assert!(!close.keep_alive);
-        let chunked = parse(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-            false,
-        )
-        .unwrap()
-        .unwrap();
-        assert!(
-            !chunked.headers.contains_key(header::CONTENT_LENGTH),
-            "Transfer-Encoding overrides Content-Length"
-        );
-    }
-
-    #[test]
-    fn bad_heads_are_named() {
-        let invalid = |raw: &[u8]| match parse(raw, false) {
-            Err(ExchangeError::Invalid(why)) => why,
-            other => panic!("{}: {other:?}", String::from_utf8_lossy(raw)),
-        };
+    #[tokio::test]
+    async fn idle_windows_follow_the_pool_and_what_the_backend_announced() {
+        let (mut c, _s) = conn_pair().await;
+        assert_eq!(c.idle_window_ms(4_000), 4_000);
+        c.backend_idle_s = Some(5);
         assert_eq!(
-            invalid(b"SSH-2.0-OpenSSH\r\n\r\n"),
-            "not an HTTP/1.x response head"
+            c.idle_window_ms(60_000),
+            4_000,
+            "Keep-Alive: timeout=5, less a second"
         );
-        assert_eq!(
-            invalid(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
-            "conflicting Content-Length values"
-        );
-        assert_eq!(
-            invalid(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
-            "invalid Content-Length"
-        );
-        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
-        for i in 0..=MAX_HEADERS {
-            many.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
-        }
-        many.extend_from_slice(b"\r\n");
-        assert_eq!(invalid(&many), "too many header fields");
-        assert!(
-            parse(b"HTTP/1.1 200 OK\r\nContent-Le", false)
-                .unwrap()
-                .is_none()
-        );
+        assert_eq!(c.idle_window_ms(2_000), 2_000);
+        c.backend_idle_s = Some(1);
+        assert_eq!(c.idle_window_ms(60_000), 500, "half of a short timeout");
+        c.backend_idle_s = Some(0);
+        assert_eq!(c.idle_window_ms(60_000), 0);
     }
 
-    #[test]
-    fn heads_keep_their_fields_and_leave_the_body() {
-        let mut buf = BytesMut::from(
-            &b"HTTP/1.1 201 Created\r\nX-Served-By: a\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok"[..],
-        );
-        let h = parse_head(&mut buf, false).unwrap().unwrap();
-        assert_eq!(h.status, StatusCode::CREATED);
-        assert_eq!(h.headers["x-served-by"], "a");
-        assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
-        assert_eq!(&buf[..], b"ok");
-    }
+    #[tokio::test]
+    async fn the_pool_gives_back_only_live_connections_within_their_window() {
+        clock::start();
+        let pool = ConnPool::new(4);
+        let (c, _s) = conn_pair().await;
+        pool.put(c, 60_000);
+        assert!(pool.take().is_some(), "open and fresh");
 
-    #[test]
-    fn chunked_bodies_decode_across_any_split() {
-        let raw: &[u8] = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: dropped\r\n\r\nNEXT";
-        // Fed one byte at a time and all at once, the output is the same.
-        for step in [1, 3, raw.len()] {
-            let mut state = Chunk::Size;
-            let mut buf = BytesMut::new();
-            let mut out = Vec::new();
-            for piece in raw.chunks(step) {
-                buf.extend_from_slice(piece);
-                while let Some(d) = decode_chunk(&mut state, &mut buf).unwrap() {
-                    out.extend_from_slice(&d);
-                }
-                if state == Chunk::Done {
-                    break;
-                }
-            }
-            assert_eq!(state, Chunk::Done, "step {step}");
-            assert_eq!(out, b"hello, world", "step {step}");
-        }
-        let mut state = Chunk::Size;
-        let mut buf = BytesMut::from(&b"zz\r\n"[..]);
-        assert!(decode_chunk(&mut state, &mut buf).is_err());
-        let mut state = Chunk::Size;
-        let mut buf = BytesMut::from(&b"2\r\nabXY"[..]);
-        assert_eq!(
-            &decode_chunk(&mut state, &mut buf).unwrap().unwrap()[..],
-            b"ab"
-        );
-        assert!(
-            decode_chunk(&mut state, &mut buf).is_err(),
-            "data must end in CRLF"
-        );
-    }
+        // Closed by the backend while idle: not given back.
+        let (c, s) = conn_pair().await;
+        pool.put(c, 60_000);
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(pool.take().is_none());
 
-    #[test]
-    fn request_heads_are_origin_form_with_chunked_framing_when_asked() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("shop.test"));
-        headers.append("x-a", HeaderValue::from_static("1"));
-        let uri: Uri = "/cart?id=7".parse().unwrap();
-        let mut lines = Vec::new();
-        encode_lines(&mut lines, &Method::POST, &uri, &headers);
-        let head = RequestHead {
-            method: &Method::POST,
-            lines: &lines,
-        };
-        let mut buf = Vec::new();
-        encode_head(&mut buf, &head, true);
-        assert_eq!(
-            String::from_utf8(buf).unwrap(),
-            "POST /cart?id=7 HTTP/1.1\r\nhost: shop.test\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n"
-        );
+        // Something unasked arrived: not given back.
+        let (c, mut s) = conn_pair().await;
+        pool.put(c, 60_000);
+        s.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(pool.take().is_none());
+
+        // Past its window: not given back.
+        let (c, _s) = conn_pair().await;
+        pool.put(c, 30);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(pool.take().is_none());
+        let (c, _s) = conn_pair().await;
+        pool.put(c, 0);
+        assert_eq!(pool.idle(), 0, "a zero window is no reuse");
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 pub use tandem_client::Identity;
-use tandem_client::{Progress, Reconnect, apply_event, endpoint, report_applied};
+use tandem_client::{Progress, Reconnect, apply_event, endpoint, report_applied_with};
 use tandem_core::{Revision, Snapshot};
 use tandem_proto::convert::backend_health_from_proto;
 use tandem_proto::v1::{
@@ -38,8 +38,9 @@ pub async fn run(
     initial: Option<Snapshot>,
 ) {
     let (report_tx, report_rx) = watch::channel::<Option<(Channel, Revision)>>(None);
-    tokio::spawn(report_applied(
+    tokio::spawn(report_applied_with(
         report_rx,
+        Some(rt.tcp.node_state()),
         me.clone(),
         NodeKind::Proxy,
         "serving from the control plane",
@@ -155,5 +156,5 @@ fn apply_health(rt: &Runtime, update: &v1::HealthUpdate) {
             Err(e) => tracing::warn!(error = %e, "ignoring a malformed health state"),
         }
     }
-    rt.registry.apply_health(update.full, states);
+    rt.apply_health(update.full, states);
 }

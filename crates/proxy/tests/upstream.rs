@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use tandem_core::LbPolicy;
+use tandem_core::{LbPolicy, PoolConfig};
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::http_client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,9 +98,14 @@ where
 }
 
 async fn proxy_for(addresses: &[String]) -> ProxyProcess {
+    proxy_with(addresses, |_| {}).await
+}
+
+async fn proxy_with(addresses: &[String], tune: impl FnOnce(&mut PoolConfig)) -> ProxyProcess {
     let mut config = pool_config("pool", LbPolicy::RoundRobin);
     // Keep every backend in rotation whatever it does.
     config.outlier.consecutive_failures = 0;
+    tune(&mut config);
     let snapshot = single_pool(config, addresses.iter().map(|a| backend(a)).collect());
     ProxyProcess::with_snapshot_env(&snapshot, &[("TANDEM_WORKERS", "1".to_string())])
         .await
@@ -287,4 +292,120 @@ async fn invalid_answers_are_a_bad_gateway() {
     }
     let r = client.get(proxy.url("/fine")).send().await.unwrap();
     assert_eq!(r.status(), 200, "and the proxy still serves");
+}
+
+/// A backend that closes a kept-alive connection after `idle` without a
+/// request (as Apache and Node.js do after 5 s), announcing it with
+/// `Keep-Alive: timeout=N` when `announce` is set. Counts connections and
+/// requests.
+async fn idle_closing(
+    idle: Duration,
+    announce: Option<u32>,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (accepted, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, r) = (accepted.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Ok(Some(_)) =
+                    tokio::time::timeout(idle, read_request(&mut s, &mut buf)).await
+                {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let keep = announce
+                        .map(|t| format!("Keep-Alive: timeout={t}\r\n"))
+                        .unwrap_or_default();
+                    let answer = format!("HTTP/1.1 200 OK\r\n{keep}Content-Length: 2\r\n\r\nok");
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // Idle too long: closed, as the server's keep-alive timeout does.
+            });
+        }
+    });
+    (addr, accepted, requests)
+}
+
+/// `n` GETs, each after `gap`.
+async fn spaced_gets(proxy: &ProxyProcess, n: usize, gap: Duration) {
+    let client = http_client();
+    for i in 0..n {
+        tokio::time::sleep(gap).await;
+        let r = client.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_backends_announced_keep_alive_timeout_bounds_reuse() {
+    // Keep-Alive: timeout=1: reused for at most half a second.
+    let (addr, accepted, _) = idle_closing(Duration::from_secs(1), Some(1)).await;
+    let proxy = proxy_for(&[addr.to_string()]).await;
+    spaced_gets(&proxy, 4, Duration::from_millis(100)).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "quick requests share one connection"
+    );
+    spaced_gets(&proxy, 3, Duration::from_millis(700)).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "after 700 ms idle, past the announced timeout less its margin, a new connection each"
+    );
+}
+
+#[tokio::test]
+async fn the_pools_upstream_idle_timeout_bounds_reuse() {
+    let (addr, accepted, _) = idle_closing(Duration::from_secs(60), None).await;
+    let proxy = proxy_with(&[addr.to_string()], |c| c.upstream_idle_timeout_ms = 300).await;
+    spaced_gets(&proxy, 3, Duration::from_millis(50)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    spaced_gets(&proxy, 3, Duration::from_millis(500)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    // 0: a connection per request.
+    let (addr, accepted, _) = idle_closing(Duration::from_secs(60), None).await;
+    let proxy = proxy_with(&[addr.to_string()], |c| c.upstream_idle_timeout_ms = 0).await;
+    spaced_gets(&proxy, 3, Duration::from_millis(10)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+/// A backend that closes idle connections sooner than the pool would keep
+/// them, without saying so: every POST still goes through, once.
+#[tokio::test]
+async fn posts_never_go_on_a_connection_the_backend_closed_and_never_twice() {
+    let (addr, accepted, requests) = idle_closing(Duration::from_millis(150), None).await;
+    let proxy = proxy_with(&[addr.to_string()], |c| c.upstream_idle_timeout_ms = 60_000).await;
+    let client = http_client();
+    for i in 0..5 {
+        let r = client
+            .post(proxy.url("/order"))
+            .body(format!("order {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "POST {i}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        5,
+        "each POST reached the backend once"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        5,
+        "each on a fresh connection"
+    );
+    let (_, m) = proxy.admin_get("/metrics").await.unwrap();
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("tandem_proxy_upstream_failures_total") && !l.ends_with(" 0")),
+        "a backend closing idle connections is not failing:\n{m}"
+    );
 }

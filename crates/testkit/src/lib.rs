@@ -12,6 +12,8 @@ mod control;
 mod postgres;
 mod process;
 pub mod proxy;
+pub mod recording;
+pub mod tcp;
 
 pub use control::{
     ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
+    ip: std::net::IpAddr,
     port: u16,
     as_postgres_user: bool,
 }
@@ -16,6 +17,12 @@ pub struct Postgres {
 impl Postgres {
     /// Creates and starts a new cluster (about a second).
     pub fn start() -> anyhow::Result<Postgres> {
+        Self::start_on(std::net::IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// Like [`Postgres::start`], listening on `ip` (any 127.x.y.z works on
+    /// loopback: several "hosts" on one machine).
+    pub fn start_on(ip: std::net::IpAddr) -> anyhow::Result<Postgres> {
         let bin = find_bin()?;
         let dir = tempfile::Builder::new().prefix("tandem-pg-").tempdir()?;
         let as_postgres_user = nix::unistd::Uid::effective().is_root();
@@ -28,7 +35,8 @@ impl Postgres {
         let pg = Postgres {
             dir,
             bin,
-            port: crate::free_port(),
+            ip,
+            port: crate::free_addr_on(ip).port(),
             as_postgres_user,
         };
         pg.run(
@@ -55,11 +63,24 @@ impl Postgres {
     }
 
     pub fn url_for(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://postgres@{}/{database}", self.addr())
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `ip:port` it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip, self.port)
+    }
+
+    /// Stops the server at once, as a crash would (immediate shutdown).
+    pub fn kill(&self) -> anyhow::Result<()> {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"],
+        )
     }
 
     /// Creates a database and returns its URL.
@@ -68,7 +89,7 @@ impl Postgres {
             "psql",
             &[
                 "-h",
-                "127.0.0.1",
+                &self.ip.to_string(),
                 "-p",
                 &self.port.to_string(),
                 "-U",
@@ -121,8 +142,9 @@ impl Postgres {
 
     fn start_server(&self) -> anyhow::Result<()> {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=300",
+            "-p {} -c listen_addresses={} -c unix_socket_directories={} -c fsync=off -c max_connections=300",
             self.port,
+            self.ip,
             self.dir.path().display()
         );
         let log = self.dir.path().join("pg.log");

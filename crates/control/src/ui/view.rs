@@ -641,6 +641,17 @@ fn change_fields(change: &ConfigChange) -> (String, Vec<(String, String)>) {
                 f("prefix", path_prefix.as_str().into()),
             ],
         ),
+        ConfigChange::TcpRouteUpserted(r) => (
+            "tcp_route_upserted".into(),
+            vec![
+                f("listen", r.listen.to_string()),
+                f("pool", r.pool.to_string()),
+            ],
+        ),
+        ConfigChange::TcpRouteDeleted { listen } => (
+            "tcp_route_deleted".into(),
+            vec![f("listen", listen.to_string())],
+        ),
     }
 }
 
@@ -920,6 +931,8 @@ mod tests {
                 applied_revision: tandem_core::Revision(applied),
                 detail: "serving from the control plane".into(),
                 replica: "control-1".into(),
+                listeners: Vec::new(),
+                alerts: Vec::new(),
             },
             last_seen_unix_ms: seen,
         };

@@ -12,6 +12,9 @@ struct Ep {
     admin: AdminState,
     healthy: bool,
     in_flight: Cell<u64>,
+    /// The agents' check passes (`single_active`).
+    checked: bool,
+    order: u32,
 }
 
 fn ep(key: &str, weight: u32) -> Ep {
@@ -22,6 +25,8 @@ fn ep(key: &str, weight: u32) -> Ep {
         admin: AdminState::Enabled,
         healthy: true,
         in_flight: Cell::new(0),
+        checked: true,
+        order: 0,
     }
 }
 
@@ -43,6 +48,12 @@ impl Endpoint for Ep {
     }
     fn key(&self) -> &str {
         &self.key
+    }
+    fn passes_check(&self) -> bool {
+        self.checked
+    }
+    fn order(&self) -> u32 {
+        self.order
     }
 }
 
@@ -399,6 +410,9 @@ fn draining_and_disabled_get_nothing_even_in_panic() {
         let c = counts(&b, &eps, 1_000, client);
         assert_eq!(c.get(&1), None, "{policy:?}");
         assert_eq!(c.get(&2), None, "{policy:?}");
+        if policy == LbPolicy::SingleActive {
+            continue; // no panic mode at all (its own test)
+        }
         let mut sick = eps.clone();
         sick[0].healthy = false;
         sick[3].healthy = false;
@@ -470,4 +484,152 @@ fn hashing_is_stable_across_builds() {
     let v4 = client_hash("192.0.2.1".parse().unwrap());
     let mapped = client_hash("::ffff:192.0.2.1".parse().unwrap());
     assert_eq!(v4, mapped, "IPv4-mapped IPv6 hashes as IPv4");
+}
+
+// === single_active ===
+
+fn member(key: &str, order: u32, checked: bool) -> Ep {
+    Ep {
+        order,
+        checked,
+        ..ep(key, 1)
+    }
+}
+
+fn pick_once(b: &Balancer, eps: &[Ep], exclude: &[usize]) -> Option<usize> {
+    let cursor = AtomicU64::new(0);
+    let cx = PickContext {
+        cursor: &cursor,
+        hash: 0,
+        exclude,
+        random: [1, 2],
+    };
+    b.pick(eps, &cx).map(|p| p.index)
+}
+
+#[test]
+fn single_active_sends_everything_to_the_first_member_that_passes_by_declared_order() {
+    // Declared order is not address order.
+    let mut eps = vec![
+        member("10.0.0.1:5432", 3, true),
+        member("10.0.0.2:5432", 1, false),
+        member("10.0.0.3:5432", 2, true),
+    ];
+    let b = Balancer::new(LbPolicy::SingleActive, &eps, 50);
+    let c = counts(&b, &eps, 1_000, |k| k as u64);
+    assert_eq!(c.len(), 1, "one member at a time: {c:?}");
+    assert_eq!(c[&2], 1_000, "order 2 passes first");
+    // Two members pass (a partition, a split brain): still only the first,
+    // and the pool says two claim it.
+    assert_eq!(claimants(&eps), 2);
+    // The first by order comes to pass its check: it takes over.
+    eps[1].checked = true;
+    assert_eq!(pick_once(&b, &eps, &[]), Some(1));
+    assert_eq!(claimants(&eps), 3);
+    // A connect failure moves down the order, never back up.
+    assert_eq!(pick_once(&b, &eps, &[1]), Some(2));
+    assert_eq!(pick_once(&b, &eps, &[1, 2]), Some(0));
+    assert_eq!(pick_once(&b, &eps, &[0, 1, 2]), None, "no fallback");
+    // Ties in order go by address.
+    let tied = vec![member("b:1", 0, true), member("a:1", 0, true)];
+    assert_eq!(pick_once(&b, &tied, &[]), Some(1));
+}
+
+#[test]
+fn single_active_never_sends_to_a_member_whose_check_has_not_passed() {
+    let mut eps = vec![member("a:1", 1, false), member("b:1", 2, false)];
+    // Panic threshold 100: other policies would spread over everyone.
+    let b = Balancer::new(LbPolicy::SingleActive, &eps, 100);
+    assert_eq!(pick_once(&b, &eps, &[]), None, "no panic mode");
+    // Passing the check but ejected locally, draining or disabled: no.
+    eps[0].checked = true;
+    eps[0].healthy = false;
+    assert_eq!(pick_once(&b, &eps, &[]), None);
+    eps[0].healthy = true;
+    eps[0].admin = AdminState::Draining;
+    assert_eq!(pick_once(&b, &eps, &[]), None);
+    assert_eq!(claimants(&eps), 1, "a draining member still claims");
+    eps[0].admin = AdminState::Disabled;
+    assert_eq!(claimants(&eps), 0);
+    // Backups only when no primary passes.
+    eps[1].role = BackendRole::Backup;
+    eps[1].checked = true;
+    let p = Balancer::new(LbPolicy::SingleActive, &eps, 0);
+    let cursor = AtomicU64::new(0);
+    let cx = PickContext {
+        cursor: &cursor,
+        hash: 0,
+        exclude: &[],
+        random: [0, 0],
+    };
+    assert_eq!(
+        p.pick(&eps, &cx),
+        Some(Picked {
+            index: 1,
+            tier: Tier::Backups
+        })
+    );
+}
+
+#[test]
+fn a_full_member_is_waited_for_not_passed_over() {
+    let eps = vec![member("a:1", 1, true), member("b:1", 2, true)];
+    let cursor = AtomicU64::new(0);
+    let cx = PickContext {
+        cursor: &cursor,
+        hash: 0,
+        exclude: &[],
+        random: [0, 0],
+    };
+    let full_a = |i: usize| i != 0;
+    let b = Balancer::new(LbPolicy::SingleActive, &eps, 0);
+    assert_eq!(b.pick_admitted(&eps, &cx, &full_a), None, "wait for a");
+    assert_eq!(b.pick(&eps, &cx).map(|p| p.index), Some(0));
+    // Other policies go to another backend with room, and only to those.
+    for policy in [
+        LbPolicy::RoundRobin,
+        LbPolicy::LeastConnections,
+        LbPolicy::IpHash,
+        LbPolicy::RandomTwoChoices,
+    ] {
+        let b = Balancer::new(policy, &eps, 0);
+        for _ in 0..20 {
+            let p = b.pick_admitted(&eps, &cx, &full_a);
+            assert_eq!(p.map(|p| p.index), Some(1), "{policy:?}");
+        }
+        assert_eq!(b.pick_admitted(&eps, &cx, &|_| false), None, "{policy:?}");
+    }
+}
+
+proptest::proptest! {
+    /// Every proxy with the same view picks the same member, whatever
+    /// order it holds the backends in, and that member is the first usable
+    /// one by (order, address).
+    #[test]
+    fn single_active_is_the_same_choice_on_every_proxy(
+        members in proptest::collection::vec((0u32..4, proptest::bool::ANY, proptest::bool::ANY, 0u8..3), 1..8),
+        rotation in 0usize..8,
+    ) {
+        let eps: Vec<Ep> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (order, checked, healthy, admin))| Ep {
+                healthy: *healthy,
+                admin: [AdminState::Enabled, AdminState::Draining, AdminState::Disabled][*admin as usize],
+                ..member(&format!("10.0.0.{i}:5432"), *order, *checked)
+            })
+            .collect();
+        let mut rotated = eps.clone();
+        rotated.rotate_left(rotation % eps.len());
+        let b = Balancer::new(LbPolicy::SingleActive, &eps, 100);
+        let here = pick_once(&b, &eps, &[]).map(|i| eps[i].key.clone());
+        let there = pick_once(&b, &rotated, &[]).map(|i| rotated[i].key.clone());
+        proptest::prop_assert_eq!(&here, &there);
+        let want = eps
+            .iter()
+            .filter(|e| e.admin == AdminState::Enabled && e.checked && e.healthy)
+            .min_by(|a, b| (a.order, &a.key).cmp(&(b.order, &b.key)))
+            .map(|e| e.key.clone());
+        proptest::prop_assert_eq!(here, want);
+    }
 }

@@ -4,6 +4,9 @@
 //! generator.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod h2raw;
+pub mod wire;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use tandem_core::{
     PoolConfig, PoolName, Revision, Route, Snapshot, Weight,
 };
 use tandem_testkit::backend::FakeBackend;
+use tandem_testkit::recording::RecordingBackend;
 use tandem_testkit::{free_addr, http_client};
 
 // === snapshots ===
@@ -268,4 +272,22 @@ pub async fn start_backends(prefix: &str, n: usize) -> Vec<FakeBackend> {
 /// A loopback address where nothing listens (connect is refused).
 pub fn dead_address() -> String {
     free_addr().to_string()
+}
+
+/// A recording backend behind a proxy: one pool (`pool`, outlier
+/// ejection off so that nothing a test does takes the backend out) on a
+/// catch-all route; `tune` adjusts the pool.
+pub async fn recorded_proxy(
+    env: &[(&str, String)],
+    tune: impl FnOnce(&mut PoolConfig),
+) -> (ProxyProcess, RecordingBackend) {
+    let b = RecordingBackend::start().await.expect("recording backend");
+    let mut config = pool_config("pool", LbPolicy::RoundRobin);
+    config.outlier.consecutive_failures = 0;
+    tune(&mut config);
+    let snapshot = single_pool(config, vec![backend(&b.address())]);
+    let p = ProxyProcess::with_snapshot_env(&snapshot, env)
+        .await
+        .expect("proxy starts");
+    (p, b)
 }

@@ -1,0 +1,410 @@
+//! TCP routes follow the configuration through `tandemctl`, as an operator
+//! would drive them: `route add --tcp` opens a listener on a running proxy
+//! without a restart, a second one leaves the first's connections alone,
+//! `route list` shows both, `route delete --tcp` closes the listener while
+//! its connections go on, and a route on a port the proxy cannot bind is
+//! reported in `tandemctl status`.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use tandem_proto::v1;
+use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::tcp::Echo;
+use tandem_testkit::{
+    ADMIN_TOKEN, ControlPlane, NODE_TOKEN, Postgres, bin_path, free_addr, wait_until,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Runs `tandemctl` against `cp` and returns its standard output.
+fn tandemctl(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin_path("tandemctl"))
+        .args(args)
+        .env("TANDEM_ENDPOINT", cp.endpoint())
+        .env("TANDEM_TOKEN", ADMIN_TOKEN)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tandemctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A connection through `addr` that has read its greeting.
+async fn open(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
+    let mut r = BufReader::new(TcpStream::connect(addr).await?);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await??;
+    anyhow::ensure!(line == "hello echo\n", "greeting {line:?}");
+    Ok(r)
+}
+
+async fn echoes(c: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
+    c.get_mut().write_all(b"still here\n").await?;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await??;
+    anyhow::ensure!(line == "still here\n", "echo {line:?}");
+    Ok(())
+}
+
+/// Waits until the connection no longer echoes (closed by the proxy).
+async fn until_closed(
+    c: &mut BufReader<TcpStream>,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < within {
+        if echoes(c).await.is_err() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("timed out after {within:?} waiting for {what}")
+}
+
+async fn serves(addr: SocketAddr) -> bool {
+    open(addr).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_open_and_close_on_a_running_proxy_and_unbindable_ports_are_reported()
+-> anyhow::Result<()> {
+    let db = Postgres::start()?;
+    let cp = ControlPlane::start(&db.url()).await?;
+    let echo = Echo::start("echo").await?;
+    tandemctl(
+        &cp,
+        &["pool", "create", "echo", "--policy", "least_connections"],
+    )?;
+    tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &cp.endpoint(),
+        &[
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_NODE_ID", "proxy-1".into()),
+        ],
+    )?;
+    proxy.wait_ready().await?;
+
+    // A route added while the proxy runs: it listens within moments.
+    let (a, b) = (free_addr(), free_addr());
+    let out = tandemctl(
+        &cp,
+        &[
+            "route",
+            "add",
+            "--tcp",
+            "--listen",
+            &a.to_string(),
+            "--pool",
+            "echo",
+        ],
+    )?;
+    assert!(
+        out.starts_with(&format!("tcp route {a} -> pool/echo added")),
+        "{out}"
+    );
+    wait_until(Duration::from_secs(10), "the first route to serve", || {
+        serves(a)
+    })
+    .await?;
+    let mut long_lived = open(a).await?;
+
+    // A second route: the first's connection is not disturbed.
+    tandemctl(
+        &cp,
+        &[
+            "route",
+            "add",
+            "--tcp",
+            "--listen",
+            &b.to_string(),
+            "--pool",
+            "echo",
+        ],
+    )?;
+    wait_until(Duration::from_secs(10), "the second route to serve", || {
+        serves(b)
+    })
+    .await?;
+    echoes(&mut long_lived).await?;
+    let list = tandemctl(&cp, &["route", "list"])?;
+    assert!(list.contains("TCP LISTEN"), "{list}");
+    assert!(
+        list.contains(&format!("{a}   echo")) && list.contains(&format!("{b}   echo")),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&tandemctl(&cp, &["route", "list", "-o", "json"])?)?;
+    assert_eq!(
+        json["tcp_routes"].as_array().map(Vec::len),
+        Some(2),
+        "{json}"
+    );
+
+    // Deleting the first closes its listener; its connection goes on.
+    tandemctl(
+        &cp,
+        &["route", "delete", "--tcp", "--listen", &a.to_string()],
+    )?;
+    wait_until(
+        Duration::from_secs(10),
+        "the first listener to close",
+        || async move { TcpStream::connect(a).await.is_err() },
+    )
+    .await?;
+    echoes(&mut long_lived).await?;
+    assert!(serves(b).await, "the other route still serves");
+
+    // A port the proxy cannot bind: reported for that proxy in status.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let busy = taken.local_addr()?;
+    tandemctl(
+        &cp,
+        &[
+            "route",
+            "add",
+            "--tcp",
+            "--listen",
+            &busy.to_string(),
+            "--pool",
+            "echo",
+        ],
+    )?;
+    let mut status = cp.node_client().await?;
+    wait_until(
+        Duration::from_secs(15),
+        "the unbound listener in status",
+        || {
+            let mut status = status.clone();
+            async move {
+                let Ok(s) = status.get_status(v1::GetStatusRequest {}).await else {
+                    return false;
+                };
+                s.into_inner().nodes.iter().any(|n| {
+                    n.node_id == "proxy-1"
+                        && n.listeners.iter().any(|l| {
+                            l.listen == busy.to_string() && !l.bound && l.error.contains("in use")
+                        })
+                })
+            }
+        },
+    )
+    .await?;
+    let text = tandemctl(&cp, &["status"])?;
+    assert!(
+        text.contains(&format!(
+            "proxy-1: tcp listener {busy} (pool/echo) NOT BOUND: Address already in use"
+        )),
+        "{text}"
+    );
+    assert!(
+        proxy
+            .process
+            .logs()
+            .contains("cannot bind the tcp listener")
+    );
+    // The bound one is listed as such.
+    let s = status
+        .get_status(v1::GetStatusRequest {})
+        .await?
+        .into_inner();
+    let node = s
+        .nodes
+        .iter()
+        .find(|n| n.node_id == "proxy-1")
+        .expect("the proxy reported");
+    assert!(
+        node.listeners
+            .iter()
+            .any(|l| l.listen == b.to_string() && l.bound),
+        "{node:?}"
+    );
+    drop(taken);
+    Ok(())
+}
+
+/// `--on-unhealthy close` with a grace: a connection to a backend the
+/// agents mark unhealthy goes on for the grace, then is closed; removing
+/// the backend closes it too; with `keep` it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or_are_kept()
+-> anyhow::Result<()> {
+    use std::net::IpAddr;
+    use tandem_testkit::tcp::PrimaryResponder;
+    use tandem_testkit::{Process, free_addr_on};
+
+    let db = Postgres::start()?;
+    let cp = ControlPlane::start(&db.url()).await?;
+    let host = IpAddr::from([127, 0, 0, 7]);
+    let echo = Echo::start_on("echo", host).await?;
+    let check = PrimaryResponder::start(host, free_addr_on(host).port(), true).await?;
+    let health_port = check.addr.port().to_string();
+    tandemctl(
+        &cp,
+        &[
+            "pool",
+            "create",
+            "echo",
+            "--health-path",
+            "/primary",
+            "--health-port",
+            &health_port,
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "150ms",
+            "--health-rise",
+            "1",
+            "--health-fall",
+            "1",
+            "--on-unhealthy",
+            "close",
+            "--unhealthy-grace",
+            "2s",
+        ],
+    )?;
+    tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
+    let listen = free_addr();
+    tandemctl(
+        &cp,
+        &[
+            "route",
+            "add",
+            "--tcp",
+            "--listen",
+            &listen.to_string(),
+            "--pool",
+            "echo",
+        ],
+    )?;
+    let _agent = Process::spawn(
+        "agent",
+        "tandem-agent",
+        &[],
+        &[
+            ("TANDEM_CONTROL", cp.endpoint()),
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_NODE_ID", "agent-1".into()),
+            ("TANDEM_ADMIN_LISTEN", free_addr().to_string()),
+        ],
+    )?;
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &cp.endpoint(),
+        &[("TANDEM_TOKEN", NODE_TOKEN.into())],
+    )?;
+    proxy.wait_ready().await?;
+    let health = cp.node_client().await?;
+    let state_is = |want: v1::HealthState| {
+        let health = health.clone();
+        move || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .get_health(v1::GetHealthRequest {})
+                    .await
+                    .is_ok_and(|h| {
+                        h.into_inner()
+                            .backends
+                            .iter()
+                            .any(|b| b.state == want as i32)
+                    })
+            }
+        }
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "the backend healthy",
+        state_is(v1::HealthState::Healthy),
+    )
+    .await?;
+    wait_until(Duration::from_secs(10), "the route to serve", || {
+        serves(listen)
+    })
+    .await?;
+
+    // close, 2 s of grace: still open a second after it turned unhealthy,
+    // closed a few seconds later.
+    let mut conn = open(listen).await?;
+    check.set_primary(false);
+    wait_until(
+        Duration::from_secs(10),
+        "the backend unhealthy",
+        state_is(v1::HealthState::Unhealthy),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    echoes(&mut conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("closed before the grace ended: {e}"))?;
+    until_closed(
+        &mut conn,
+        Duration::from_secs(10),
+        "the connection closed after the grace",
+    )
+    .await?;
+
+    // Removing the backend closes what is open to it (close, 2 s grace).
+    check.set_primary(true);
+    wait_until(
+        Duration::from_secs(10),
+        "healthy again",
+        state_is(v1::HealthState::Healthy),
+    )
+    .await?;
+    wait_until(Duration::from_secs(10), "the route to serve", || {
+        serves(listen)
+    })
+    .await?;
+    let mut last = open(listen).await?;
+    tandemctl(&cp, &["backend", "remove", "echo", &echo.address()])?;
+    until_closed(
+        &mut last,
+        Duration::from_secs(10),
+        "the removed backend's connection closed",
+    )
+    .await?;
+
+    // keep: the connection outlives the backend's health. (Added again,
+    // the backend starts afresh: the control plane forgot its history.)
+    tandemctl(&cp, &["pool", "update", "echo", "--on-unhealthy", "keep"])?;
+    tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
+    wait_until(
+        Duration::from_secs(10),
+        "healthy once added again",
+        state_is(v1::HealthState::Healthy),
+    )
+    .await?;
+    wait_until(Duration::from_secs(10), "the route to serve", || {
+        serves(listen)
+    })
+    .await?;
+    let mut kept = open(listen).await?;
+    check.set_primary(false);
+    wait_until(
+        Duration::from_secs(10),
+        "unhealthy again",
+        state_is(v1::HealthState::Unhealthy),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    echoes(&mut kept)
+        .await
+        .map_err(|e| anyhow::anyhow!("kept connection closed: {e}"))?;
+    let (_, metrics) = proxy.admin_get("/metrics").await?;
+    for reason in ["unhealthy", "removed"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"}} 1"))
+                || metrics.contains(&format!("reason=\"{reason}\"}} 2")),
+            "closed for {reason}: {metrics}"
+        );
+    }
+    Ok(())
+}

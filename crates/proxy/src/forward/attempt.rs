@@ -1,0 +1,116 @@
+//! One try of a request on one backend: a connection (a kept-alive one
+//! from the pool, or a new one), the request head written by the codec's
+//! rewrite, the exchange, and what it came to.
+
+use std::time::Duration;
+
+use http::Method;
+use tandem_http::rewrite::{self, Forwarding};
+use tandem_http::{RequestHead, ResponseHead};
+use tokio::time::Instant;
+
+use super::retry::Failure;
+use crate::body::{ClientFault, ReqBody};
+use crate::table::BackendState;
+use crate::upstream::{self, Conn, ExchangeError};
+
+/// The limits of one try.
+pub struct Try<'a> {
+    pub backend: &'a BackendState,
+    /// Skip the pool: the last try on this backend met a stale connection.
+    pub fresh_only: bool,
+    pub connect_timeout: Duration,
+    pub per_try: Duration,
+    /// The request's deadline.
+    pub deadline: Instant,
+    /// When this try started (a clock read saved).
+    pub now: Instant,
+}
+
+/// What one try came to.
+// Returned once per try and taken apart at once: boxing the large variant
+// would cost an allocation on every answered request.
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    Answered(ResponseHead, Conn),
+    Failed {
+        failure: Failure,
+        /// It used a kept-alive connection from the pool.
+        reused: bool,
+    },
+    /// The client's body failed: not the backend's fault.
+    Client(ClientFault),
+}
+
+pub async fn once(
+    t: &Try<'_>,
+    head: &RequestHead,
+    fwd: Forwarding<'_>,
+    body: &mut ReqBody<'_>,
+    trace: &mut Option<(u128, u64)>,
+) -> Outcome {
+    let b = t.backend;
+    let pooled = if t.fresh_only { None } else { b.conns.take() };
+    let reused = pooled.is_some();
+    let mut start = t.now;
+    let mut conn = match pooled {
+        Some(c) => c,
+        None => {
+            let remaining = t.deadline.saturating_duration_since(start);
+            match upstream::connect(
+                b.socket_addr,
+                b.address.as_str(),
+                t.connect_timeout.min(remaining),
+            )
+            .await
+            {
+                Ok(c) => {
+                    // The per-try time starts once connected.
+                    start = Instant::now();
+                    c
+                }
+                Err(e) => {
+                    tracing::debug!(backend = %b.address, error = %e, "upstream connect failed");
+                    return Outcome::Failed {
+                        failure: Failure::Connect,
+                        reused: false,
+                    };
+                }
+            }
+        }
+    };
+    conn.wbuf.clear();
+    rewrite::write_request_head(
+        &mut conn.wbuf,
+        head,
+        &fwd,
+        body.framing(),
+        trace,
+        fresh_trace,
+    );
+    let failure = match conn
+        .exchange(
+            head.method == Method::HEAD,
+            body,
+            start,
+            t.per_try,
+            t.deadline,
+        )
+        .await
+    {
+        Ok(resp) => return Outcome::Answered(resp, conn),
+        Err(ExchangeError::Client(f)) => return Outcome::Client(f),
+        Err(ExchangeError::Unsent(_)) if reused => Failure::Stale,
+        Err(ExchangeError::Unsent(_)) => Failure::Connect,
+        Err(ExchangeError::NoResponse(_)) => Failure::NoResponse,
+        Err(ExchangeError::Invalid(_)) => Failure::Invalid,
+        Err(ExchangeError::Timeout) => Failure::Timeout,
+    };
+    tracing::debug!(backend = %b.address, ?failure, reused, method = %head.method, "upstream try failed");
+    Outcome::Failed { failure, reused }
+}
+
+/// A fresh (not sampled) W3C trace context: its trace and span ids.
+fn fresh_trace() -> (u128, u64) {
+    (rand::random::<u128>() | 1, rand::random::<u64>() | 1)
+}

@@ -1,0 +1,145 @@
+//! One listening socket per TCP route, kept in step with the
+//! configuration: a new route is bound at once, a deleted one closed (its
+//! connections go on), others are not touched. A port that cannot be bound
+//! (already taken, not an address of this host, a privileged port) is
+//! logged, reported to the control plane (`tandemctl status`) and tried
+//! again every few seconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_core::PoolName;
+use tandem_proto::v1::ListenerStatus;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Tcp, conn, wanted_listeners};
+
+struct Listener {
+    pool: PoolName,
+    /// Stops the accept loop; `Err` holds why it could not bind.
+    state: Result<CancellationToken, String>,
+    up: metrics::Gauge,
+}
+
+/// Runs until `shutdown` says true, then closes every listener.
+pub async fn run(tcp: Arc<Tcp>, mut shutdown: watch::Receiver<bool>) {
+    let mut running: HashMap<SocketAddr, Listener> = HashMap::new();
+    loop {
+        let changed = tcp.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        reconcile(&tcp, &mut running).await;
+        let failing = running.values().any(|l| l.state.is_err());
+        tokio::select! {
+            () = &mut changed => {}
+            () = tokio::time::sleep(tcp.options.rebind_every), if failing => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    for (addr, l) in running {
+        if let Ok(stop) = l.state {
+            stop.cancel();
+            tracing::info!(listen = %addr, pool = %l.pool, "tcp listener closed: shutting down");
+        }
+        l.up.set(0.0);
+    }
+}
+
+async fn reconcile(tcp: &Arc<Tcp>, running: &mut HashMap<SocketAddr, Listener>) {
+    let wanted: BTreeMap<SocketAddr, PoolName> = tcp
+        .table
+        .load()
+        .as_ref()
+        .map(|t| wanted_listeners(t))
+        .unwrap_or_default();
+    running.retain(|addr, l| {
+        let keep = wanted.contains_key(addr);
+        if !keep {
+            if let Ok(stop) = &l.state {
+                stop.cancel();
+                tracing::info!(listen = %addr, pool = %l.pool, "tcp listener closed: route deleted; its connections go on");
+            }
+            l.up.set(0.0);
+        }
+        keep
+    });
+    for (addr, pool) in wanted {
+        if let Some(l) = running.get_mut(&addr) {
+            if l.pool != pool {
+                // Each connection looks its route up: nothing to rebind.
+                tracing::info!(listen = %addr, from = %l.pool, to = %pool, "tcp route now leads to another pool");
+                l.pool = pool.clone();
+            }
+            if l.state.is_ok() {
+                continue;
+            }
+        }
+        let up = metrics::gauge!("tandem_proxy_tcp_listener_up", "listen" => addr.to_string(), "pool" => pool.to_string());
+        let previous = running.remove(&addr).and_then(|l| l.state.err());
+        let state = match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let stop = CancellationToken::new();
+                tokio::spawn(accept(tcp.clone(), listener, addr, stop.clone()));
+                tracing::info!(listen = %addr, pool = %pool, "tcp listener bound");
+                up.set(1.0);
+                Ok(stop)
+            }
+            Err(e) => {
+                let error = e.to_string();
+                // Loud once per distinct problem, quiet while it lasts.
+                if previous.as_deref() != Some(error.as_str()) {
+                    tracing::error!(listen = %addr, pool = %pool, error = %error, "cannot bind the tcp listener of a route; trying again every {:?}", tcp.options.rebind_every);
+                }
+                up.set(0.0);
+                Err(error)
+            }
+        };
+        running.insert(addr, Listener { pool, state, up });
+    }
+    publish(tcp, running);
+}
+
+/// Reports the listeners (sorted by address) when they changed.
+fn publish(tcp: &Tcp, running: &HashMap<SocketAddr, Listener>) {
+    let mut list: Vec<ListenerStatus> = running
+        .iter()
+        .map(|(addr, l)| ListenerStatus {
+            listen: addr.to_string(),
+            pool: l.pool.to_string(),
+            bound: l.state.is_ok(),
+            error: l.state.as_ref().err().cloned().unwrap_or_default(),
+        })
+        .collect();
+    list.sort_by(|a, b| a.listen.cmp(&b.listen));
+    tcp.node_state.send_if_modified(|s| {
+        if s.listeners == list {
+            return false;
+        }
+        s.listeners = list;
+        true
+    });
+}
+
+async fn accept(tcp: Arc<Tcp>, listener: TcpListener, listen: SocketAddr, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a
+                    // little rather than spin.
+                    tracing::warn!(listen = %listen, error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(conn::serve(tcp.clone(), stream, peer, listen));
+    }
+}

@@ -1,0 +1,64 @@
+//! Two connections joined after a protocol switch (WebSocket): bytes flow
+//! both ways until both sides have closed, or until neither has sent
+//! anything for the pool's tunnel idle timeout.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::clock;
+
+/// Joins `client` and `backend` until both have closed (a close is passed
+/// on as a half-close), either fails, or both are silent for `idle`.
+pub async fn join(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    idle: Duration,
+) -> io::Result<()> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut backend_read, mut backend_write) = backend.split();
+    let last = AtomicU64::new(clock::now_ms());
+    let both = async {
+        tokio::try_join!(
+            copy(&mut client_read, &mut backend_write, &last),
+            copy(&mut backend_read, &mut client_write, &last),
+        )
+    };
+    let idle_ms = idle.as_millis() as u64;
+    let silence = async {
+        loop {
+            let quiet_for = clock::now_ms().saturating_sub(last.load(Ordering::Relaxed));
+            if quiet_for >= idle_ms {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(idle_ms - quiet_for)).await;
+        }
+    };
+    tokio::select! {
+        r = both => r.map(drop),
+        () = silence => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the upgraded connection was idle for the pool's tunnel idle timeout",
+        )),
+    }
+}
+
+async fn copy<R, W>(from: &mut R, to: &mut W, last: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        last.store(clock::now_ms(), Ordering::Relaxed);
+        to.write_all(&buf[..n]).await?;
+        last.store(clock::now_ms(), Ordering::Relaxed);
+    }
+}
