@@ -1,10 +1,11 @@
 //! The status page of a real control replica, as a browser and an attacker
 //! see it: a rogue agent and a rogue node put markup and line breaks in
 //! everything they may send (an agent's name and zone, a probe's detail,
-//! which becomes the backend's health reason, a node's id and detail);
-//! the page, a backend's page, its history and the live event stream carry
-//! all of it as text, never as markup or as a new event. The stream also
-//! follows changes as they commit, and ends when the replica shuts down.
+//! which becomes the backend's health reason, a node's id and detail, its
+//! TCP listeners and its alerts); the page, a backend's page, its history
+//! and the live event stream carry all of it as text, never as markup or as
+//! a new event. The stream also follows changes as they commit (a TCP
+//! route among them), and ends when the replica shuts down.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,9 @@ const EVIL_AGENT: &str = "agent\"><script>alert(3)</script>";
 const EVIL_ZONE: &str = "<i>zone</i>";
 const EVIL_NODE: &str = "<script>alert(4)</script>";
 const EVIL_NODE_DETAIL: &str = "<iframe src=//evil>";
+const EVIL_LISTEN: &str = "<marquee>0.0.0.0:1</marquee>";
+const EVIL_LISTENER_ERROR: &str = "<svg onload=alert(6)>\r\nevent: nodes\ndata: <u>x</u>";
+const EVIL_ALERT: &str = "<object data=//evil>\n\nevent: alerts\ndata: <s>gone</s>";
 
 /// Raw markup that must never reach a page or the stream.
 const RAW: &[&str] = &[
@@ -31,6 +35,11 @@ const RAW: &[&str] = &[
     "<i>zone",
     "<iframe",
     "\"><script",
+    "<marquee",
+    "<svg onload",
+    "<u>x",
+    "<object",
+    "<s>gone",
 ];
 
 fn assert_no_raw(what: &str, text: &str) {
@@ -144,10 +153,7 @@ impl Stream {
     }
 }
 
-/// A proxy's report of revision 2.
-// The report grows fields (a proxy's listeners and alerts) that this test
-// leaves at their defaults.
-#[allow(clippy::needless_update)]
+/// A proxy's report of revision 2, with no TCP listener and no alert.
 fn proxy_report(node_id: &str, zone: &str, detail: &str) -> v1::ReportAppliedRequest {
     v1::ReportAppliedRequest {
         node_id: node_id.into(),
@@ -155,11 +161,13 @@ fn proxy_report(node_id: &str, zone: &str, detail: &str) -> v1::ReportAppliedReq
         revision: 2,
         zone: zone.into(),
         detail: detail.into(),
-        ..Default::default()
+        listeners: Vec::new(),
+        alerts: Vec::new(),
     }
 }
 
 const NAMES: &[&str] = &[
+    "alerts",
     "platform",
     "pools",
     "nodes",
@@ -276,14 +284,53 @@ async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_str
         );
     }
 
-    // A rogue node reports too.
-    node.report_applied(proxy_report(EVIL_NODE, EVIL_ZONE, EVIL_NODE_DETAIL))
-        .await?;
-    let (nodes, _) = events
+    // A rogue node reports too, with a listener it cannot bind and an
+    // alert: both raised at the top of the page, as text.
+    node.report_applied(v1::ReportAppliedRequest {
+        listeners: vec![v1::ListenerStatus {
+            listen: EVIL_LISTEN.into(),
+            pool: EVIL_ZONE.into(),
+            bound: false,
+            error: EVIL_LISTENER_ERROR.into(),
+        }],
+        alerts: vec![EVIL_ALERT.into()],
+        ..proxy_report(EVIL_NODE, EVIL_ZONE, EVIL_NODE_DETAIL)
+    })
+    .await?;
+    let (nodes, seen) = events
         .until("nodes", Duration::from_secs(10), |d| d.contains("alert(4)"))
         .await?;
     assert_no_raw("the nodes event", &nodes.data);
     assert!(nodes.data.contains("&lt;script&gt;alert(4)&lt;/script&gt;"));
+    assert!(
+        nodes.data.contains(
+            r#"<li data-listen="&lt;marquee&gt;0.0.0.0:1&lt;/marquee&gt;" data-bound="false">"#
+        ),
+        "the listener's row: {}",
+        nodes.data
+    );
+    let alerts = match seen
+        .into_iter()
+        .find(|e| e.name == "alerts" && e.data.contains("NOT BOUND"))
+    {
+        Some(e) => e,
+        None => {
+            events
+                .until("alerts", Duration::from_secs(5), |d| {
+                    d.contains("NOT BOUND")
+                })
+                .await?
+                .0
+        }
+    };
+    assert_no_raw("the alerts event", &alerts.data);
+    assert!(
+        alerts.data.contains("NOT BOUND")
+            && alerts.data.contains("&lt;svg onload=alert(6)&gt;")
+            && alerts.data.contains("&lt;object data=//evil&gt;"),
+        "{}",
+        alerts.data
+    );
 
     // The static page says all of it, as text.
     let html = http_client()
@@ -298,6 +345,7 @@ async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_str
         "{html}"
     );
     assert!(html.contains("&lt;iframe src=//evil&gt;"), "{html}");
+    assert!(html.contains(r#"id="alerts""#), "{html}");
 
     // So does the backend's page, once the leader recorded the transition
     // in the database.
@@ -350,6 +398,36 @@ async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_str
             d.contains("backend_upserted") && d.contains("127.0.0.1:2")
         })
         .await?;
+
+    // So does a TCP route, which the pool then shows.
+    admin
+        .add_tcp_route(v1::AddTcpRouteRequest {
+            route: Some(v1::TcpRoute {
+                listen: "127.0.0.1:5999".into(),
+                pool: "shop".into(),
+            }),
+        })
+        .await?;
+    let (feed, before) = events
+        .until("feed", Duration::from_secs(5), |d| {
+            d.contains("tcp_route_upserted")
+        })
+        .await?;
+    assert!(
+        feed.data
+            .contains("listen=<b>127.0.0.1:5999</b> pool=<b>shop</b>"),
+        "{}",
+        feed.data
+    );
+    let tcp_route = r#"data-tcp-route="127.0.0.1:5999""#;
+    if !before
+        .iter()
+        .any(|e| e.name == "pools" && e.data.contains(tcp_route))
+    {
+        events
+            .until("pools", Duration::from_secs(5), |d| d.contains(tcp_route))
+            .await?;
+    }
 
     // Open streams do not hold the replica up when it stops (its drain
     // deadline is 10 s).

@@ -16,9 +16,9 @@ use tandem_core::{AdminState, BackendRole};
 
 use super::assets;
 use super::view::{
-    AgentLine, BackendPage, BackendState, BackendView, CopyFrom, FeedEntry, FeedWhat, HistoryFrom,
-    HistoryRow, MemberView, NodeView, Nodes, Overview, Platform, PoolView, RouteRef, SeenBy,
-    ViewsFrom,
+    AgentLine, Alert, AlertWhat, BackendPage, BackendState, BackendView, CopyFrom, FeedEntry,
+    FeedWhat, HistoryFrom, HistoryRow, MemberView, NodeView, Nodes, Overview, Platform, PoolView,
+    RouteRef, SeenBy, ViewsFrom,
 };
 
 /// Escapes text for HTML element content and quoted attribute values. A
@@ -157,7 +157,8 @@ pub fn overview(o: &Overview, feed: &[Arc<FeedEntry>]) -> String {
     let pools_count = o.pools.len();
     let backends: usize = o.pools.iter().map(|p| p.backends.len()).sum();
     let body = format!(
-        r#"<section class="block" id="platform" aria-labelledby="platform-h">
+        r#"<div id="alerts-body" aria-live="assertive">{alerts}</div>
+<section class="block" id="platform" aria-labelledby="platform-h">
 <h2 id="platform-h">Platform</h2>
 <div id="platform-body">{platform}</div>
 </section>
@@ -177,6 +178,7 @@ pub fn overview(o: &Overview, feed: &[Arc<FeedEntry>]) -> String {
 <div class="panel"><ol class="feed" id="feed-list" role="log" aria-label="Configuration changes and health transitions, newest first" data-max="{feed_max}">{feed}</ol></div>
 </section>
 </div>"#,
+        alerts = alerts(&super::view::alerts(&o.pools, &o.nodes)),
         platform = platform(&o.platform),
         pools = pools(&o.pools, &o.agents_from),
         nodes = nodes(&o.nodes),
@@ -189,6 +191,53 @@ pub fn overview(o: &Overview, feed: &[Arc<FeedEntry>]) -> String {
         o.platform.now_ms,
         "/ui/events",
         &body,
+    )
+}
+
+// === alerts ===
+
+/// What an operator must look at now, above everything else: nothing at
+/// all when there is nothing.
+pub fn alerts(alerts: &[Alert]) -> String {
+    if alerts.is_empty() {
+        return String::new();
+    }
+    let mut items = String::new();
+    for a in alerts {
+        let what = match &a.what {
+            AlertWhat::Node(text) => esc(text),
+            AlertWhat::NotBound {
+                listen,
+                pool,
+                error,
+            } => format!(
+                r#"TCP listener <span class="mono">{}</span> (pool {}) <strong>NOT BOUND</strong>: {}. That route takes no connections on this proxy."#,
+                esc(listen),
+                esc(pool),
+                esc(error)
+            ),
+            AlertWhat::SplitBrain { pool, members } => format!(
+                "Pool <strong>{}</strong> (single_active): {} members pass the health check ({}). Proxies send only to {}, the first by declared order. Two primaries at once: check for a split brain.",
+                esc(pool),
+                members.len(),
+                esc(&members.join(", ")),
+                esc(members.first().map(String::as_str).unwrap_or_default()),
+            ),
+        };
+        let stale = if a.stale {
+            r#" <span class="meta">(as last reported: it may be over)</span>"#
+        } else {
+            ""
+        };
+        let _ = write!(
+            items,
+            r#"<li data-alert-from="{from}"><strong>{from}</strong>: {what}{stale}</li>"#,
+            from = esc(&a.from),
+        );
+    }
+    format!(
+        r#"<section class="alert" id="alerts" aria-labelledby="alerts-h"><h2 id="alerts-h"><span aria-hidden="true">⚠</span> ALERT{plural}</h2><ul>{items}</ul></section>"#,
+        plural = if alerts.len() == 1 { "" } else { "S" },
     )
 }
 
@@ -338,6 +387,32 @@ pub fn pools(pools: &[PoolView], from: &ViewsFrom) -> String {
 }
 
 fn tier_line(p: &PoolView) -> String {
+    if p.single_active() {
+        let active = p
+            .backends
+            .iter()
+            .find(|b| b.in_rotation)
+            .map(|b| esc(&b.address))
+            .unwrap_or_default();
+        let split = if p.claimants.len() > 1 {
+            format!(
+                r#" <span class="tier panic">⚠ SPLIT BRAIN? {} members pass the check</span>"#,
+                p.claimants.len()
+            )
+        } else {
+            String::new()
+        };
+        let tier = match p.tier {
+            Some(Tier::Backups) => format!(
+                r#"<span class="tier panic">⚠ no primary passes its check: every connection to backup <span class="mono">{active}</span></span>"#
+            ),
+            Some(_) => format!(
+                r#"<span class="tier">every connection to <span class="mono">{active}</span>, the first member passing its check</span>"#
+            ),
+            None => r#"<span class="tier none">✕ no member passes its check: no backend can take traffic</span>"#.into(),
+        };
+        return tier + &split;
+    }
     match p.tier {
         Some(Tier::Primaries) => r#"<span class="tier">traffic to healthy primaries</span>"#.into(),
         Some(Tier::PanicPrimaries) => format!(
@@ -361,6 +436,10 @@ fn route(r: &RouteRef) -> String {
             host = esc(host),
             prefix = esc(path_prefix),
         ),
+        RouteRef::Tcp { listen } => format!(
+            r#"<li data-tcp-route="{listen}" title="TCP route: connections to {listen} on every proxy"><span class="visually-hidden">TCP route </span>tcp {listen}</li>"#,
+            listen = esc(listen),
+        ),
     }
 }
 
@@ -374,8 +453,18 @@ fn pool(p: &PoolView) -> String {
     };
     let mut rows = String::new();
     for b in &p.backends {
-        rows.push_str(&backend_row(b));
+        rows.push_str(&backend_row(b, p.single_active()));
     }
+    let tcp = p
+        .tcp
+        .as_ref()
+        .map(|t| {
+            format!(
+                r#"<span class="tcp" title="How its TCP routes treat connections">TCP: {}</span>"#,
+                esc(t)
+            )
+        })
+        .unwrap_or_default();
     if p.backends.is_empty() {
         rows.push_str(r#"<tr><td colspan="6" class="meta">No backends. Add one with <code>tandemctl backend add POOL HOST:PORT</code>.</td></tr>"#);
     }
@@ -386,7 +475,7 @@ fn pool(p: &PoolView) -> String {
 <div class="facts"><span>policy <strong>{policy}</strong></span><span><strong>{in_rotation}/{total}</strong> in rotation</span><span>changed at revision {revision}</span></div>
 {tier}
 </header>
-<header><div class="facts"><span>routes</span>{routes}<span title="How the agents probe its backends">{check}</span></div></header>
+<header><div class="facts"><span>routes</span>{routes}<span class="check" title="How the agents probe its backends">{check}</span>{tcp}</div></header>
 <div class="scroll"><table>
 <caption class="visually-hidden">Backends of pool {name}</caption>
 <thead><tr><th scope="col">Backend</th><th scope="col">State</th><th scope="col">Why</th><th scope="col" class="num">Weight</th><th scope="col">Role</th><th scope="col">Traffic</th></tr></thead>
@@ -479,7 +568,7 @@ fn agent_lines(agents: &[AgentLine], reason: &str) -> String {
     out
 }
 
-fn backend_row(b: &BackendView) -> String {
+fn backend_row(b: &BackendView, ordered: bool) -> String {
     let mut class = Vec::new();
     if b.health == HealthState::Unhealthy {
         class.push("unhealthy");
@@ -499,6 +588,15 @@ fn backend_row(b: &BackendView) -> String {
     let role = match b.role {
         BackendRole::Primary => "primary",
         BackendRole::Backup => r#"<span class="tag">backup</span>"#,
+    };
+    // A `single_active` pool goes by the declared order.
+    let role = if ordered {
+        format!(
+            r#"{role} <span class="meta" title="Its place in the declared order: the first usable member takes every connection">order {}</span>"#,
+            b.order
+        )
+    } else {
+        role.to_string()
     };
     format!(
         r#"<tr class="{class}" data-backend="{pool}/{addr}" data-health="{health}" data-admin="{admin}">
@@ -627,12 +725,15 @@ fn node_row(n: &NodeView, frozen: bool) -> String {
     let listeners = if n.listeners.is_empty() {
         r#"<span class="meta">none reported</span>"#.to_string()
     } else {
-        let mut out = String::from(r#"<ul class="agents">"#);
+        let mut out = String::from(r#"<ul class="listeners">"#);
         for l in &n.listeners {
             let state = if l.bound {
-                "✓ bound".to_string()
+                r#"<span class="state ok"><span class="sym" aria-hidden="true">✓</span>bound</span>"#.to_string()
             } else {
-                format!("✕ not bound: {}", esc(&l.error))
+                format!(
+                    r#"<span class="state bad"><span class="sym" aria-hidden="true">✕</span>NOT BOUND</span> <span class="why">{}</span>"#,
+                    esc(&l.error)
+                )
             };
             let pool = if l.pool.is_empty() {
                 String::new()
@@ -641,15 +742,26 @@ fn node_row(n: &NodeView, frozen: bool) -> String {
             };
             let _ = write!(
                 out,
-                r#"<li><span class="mono">{}</span>{pool} · {state}</li>"#,
-                esc(&l.listen)
+                r#"<li data-listen="{listen}" data-bound="{bound}"><span class="mono">{listen}</span>{pool} {state}</li>"#,
+                listen = esc(&l.listen),
+                bound = l.bound,
             );
         }
         out.push_str("</ul>");
         out
     };
+    let alerts: String = n
+        .alerts
+        .iter()
+        .map(|a| {
+            format!(
+                r#"<div class="node-alert"><span class="state bad"><span class="sym" aria-hidden="true">⚠</span>ALERT</span> {}</div>"#,
+                esc(a)
+            )
+        })
+        .collect();
     format!(
-        r#"<tr class="{class}" data-node="{id}" data-stale="{stale}"><td><strong>{id}</strong> <span class="tag">{kind}</span></td><td>{zone}</td><td class="num">{applied}<div>{lag}</div></td><td>{serving}</td><td>{seen}</td><td>{listeners}</td></tr>"#,
+        r#"<tr class="{class}" data-node="{id}" data-stale="{stale}"><td><strong>{id}</strong> <span class="tag">{kind}</span></td><td>{zone}</td><td class="num">{applied}<div>{lag}</div></td><td>{serving}{alerts}</td><td>{seen}</td><td>{listeners}</td></tr>"#,
         class = if n.stale && !frozen { "stale" } else { "" },
         id = esc(&n.node_id),
         stale = n.stale,
@@ -948,6 +1060,7 @@ mod tests {
             weight: 1,
             role,
             admin,
+            order: 1,
             health,
             since_ms: Some(1_000),
             reason: s.into(),
@@ -977,12 +1090,21 @@ mod tests {
             stale: true,
             replica: s.into(),
             detail: s.into(),
-            listeners: vec![ListenerView {
-                listen: s.into(),
-                pool: s.into(),
-                bound: false,
-                error: s.into(),
-            }],
+            listeners: vec![
+                ListenerView {
+                    listen: s.into(),
+                    pool: s.into(),
+                    bound: false,
+                    error: s.into(),
+                },
+                ListenerView {
+                    listen: s.into(),
+                    pool: s.into(),
+                    bound: true,
+                    error: String::new(),
+                },
+            ],
+            alerts: vec![s.into()],
         };
         let overview = Overview {
             platform: Platform {
@@ -1017,30 +1139,60 @@ mod tests {
                     seen_by: SeenBy::Leader(s.into()),
                 },
             },
-            pools: vec![PoolView {
-                name: s.into(),
-                policy: "round_robin",
-                health_check: s.into(),
-                panic_threshold_percent: 50,
-                routes: vec![RouteRef::Http {
-                    host: s.into(),
-                    path_prefix: s.into(),
-                }],
-                backends: vec![
-                    backend(
-                        HealthState::Unhealthy,
-                        BackendRole::Primary,
-                        AdminState::Draining,
-                    ),
-                    backend(
-                        HealthState::Healthy,
-                        BackendRole::Backup,
-                        AdminState::Disabled,
-                    ),
-                ],
-                tier: None,
-                revision: 2,
-            }],
+            pools: vec![
+                PoolView {
+                    name: s.into(),
+                    policy: "single_active",
+                    health_check: s.into(),
+                    panic_threshold_percent: 0,
+                    routes: vec![RouteRef::Tcp { listen: s.into() }],
+                    tcp: Some(s.into()),
+                    backends: vec![
+                        BackendView {
+                            in_rotation: true,
+                            ..backend(
+                                HealthState::Healthy,
+                                BackendRole::Primary,
+                                AdminState::Enabled,
+                            )
+                        },
+                        backend(
+                            HealthState::Healthy,
+                            BackendRole::Primary,
+                            AdminState::Enabled,
+                        ),
+                    ],
+                    tier: Some(Tier::Primaries),
+                    claimants: vec![s.into(), s.into()],
+                    revision: 2,
+                },
+                PoolView {
+                    name: s.into(),
+                    policy: "round_robin",
+                    health_check: s.into(),
+                    panic_threshold_percent: 50,
+                    routes: vec![RouteRef::Http {
+                        host: s.into(),
+                        path_prefix: s.into(),
+                    }],
+                    tcp: None,
+                    backends: vec![
+                        backend(
+                            HealthState::Unhealthy,
+                            BackendRole::Primary,
+                            AdminState::Draining,
+                        ),
+                        backend(
+                            HealthState::Healthy,
+                            BackendRole::Backup,
+                            AdminState::Disabled,
+                        ),
+                    ],
+                    tier: None,
+                    claimants: Vec::new(),
+                    revision: 2,
+                },
+            ],
             agents_from: ViewsFrom::Decisions {
                 leader: Some(s.into()),
             },
@@ -1102,6 +1254,8 @@ mod tests {
         gone.backend = None;
         vec![
             overview(&o, &feed),
+            alerts(&super::super::view::alerts(&o.pools, &o.nodes)),
+            alerts(&super::super::view::alerts(&known.pools, &known.nodes)),
             pools(&o.pools, &o.agents_from),
             nodes(&known.nodes),
             feed_items(&feed),
@@ -1144,6 +1298,36 @@ mod tests {
         assert!(page.contains(
             "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&lt;/td&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
         ));
+    }
+
+    #[test]
+    fn tcp_routes_listeners_and_alerts_are_on_the_page() {
+        let page = &rendered("x")[0];
+        let alerts_at = page.find(r#"id="alerts""#).expect("the alerts section");
+        assert!(
+            alerts_at < page.find(r#"id="platform""#).unwrap(),
+            "alerts come first"
+        );
+        for shown in [
+            // The TCP route on its pool, the pool's TCP settings, the one
+            // active member and the split brain.
+            r#"data-tcp-route="x""#,
+            r#"<span class="tcp" title="How its TCP routes treat connections">TCP: x</span>"#,
+            r#"every connection to <span class="mono">x</span>, the first member passing its check"#,
+            "SPLIT BRAIN? 2 members pass the check",
+            // A listener of each kind on the proxy's row.
+            r#"<li data-listen="x" data-bound="true">"#,
+            r#"<li data-listen="x" data-bound="false">"#,
+            "NOT BOUND",
+            // The alerts: the page's own, the proxy's listener and its line.
+            "Proxies send only to x, the first by declared order",
+            r#"TCP listener <span class="mono">x</span> (pool x) <strong>NOT BOUND</strong>: x."#,
+            r#"<li data-alert-from="x"><strong>x</strong>: x <span class="meta">(as last reported: it may be over)</span></li>"#,
+            "order 1",
+        ] {
+            assert!(page.contains(shown), "{shown:?} in\n{page}");
+        }
+        assert!(alerts(&[]).is_empty(), "no alert, no section");
     }
 
     #[test]

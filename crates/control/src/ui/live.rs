@@ -86,6 +86,7 @@ impl Section {
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub overview: Arc<Overview>,
+    pub alerts: Section,
     pub platform: Section,
     pub pools: Section,
     pub nodes: Section,
@@ -226,6 +227,7 @@ impl Live {
                 agents_from: ViewsFrom::Decisions { leader: None },
                 nodes: Nodes::Known { nodes: Vec::new() },
             }),
+            alerts: Section::default(),
             platform: Section::default(),
             pools: Section::default(),
             nodes: Section::default(),
@@ -510,6 +512,10 @@ impl Live {
         let feed = self.feed();
         let prev = self.inner.frame.borrow().clone();
         let frame = Frame {
+            alerts: prev.alerts.next(html::alerts(&view::alerts(
+                &overview.pools,
+                &overview.nodes,
+            ))),
             platform: prev.platform.next(html::platform(&overview.platform)),
             pools: prev
                 .pools
@@ -518,7 +524,8 @@ impl Live {
             feed,
             overview: Arc::new(overview),
         };
-        let changed = frame.platform.version != prev.platform.version
+        let changed = frame.alerts.version != prev.alerts.version
+            || frame.platform.version != prev.platform.version
             || frame.pools.version != prev.pools.version
             || frame.nodes.version != prev.nodes.version
             || frame.feed.epoch != prev.feed.epoch
@@ -607,6 +614,7 @@ impl Drop for StreamSlot {
 /// What a browser was last sent.
 #[derive(Default)]
 struct Sent {
+    alerts: Option<u64>,
     platform: Option<u64>,
     pools: Option<u64>,
     nodes: Option<u64>,
@@ -630,6 +638,7 @@ impl Follow {
         match self {
             Follow::Overview(sent) => {
                 for (name, section, at) in [
+                    ("alerts", &frame.alerts, &mut sent.alerts),
                     ("platform", &frame.platform, &mut sent.platform),
                     ("pools", &frame.pools, &mut sent.pools),
                     ("nodes", &frame.nodes, &mut sent.nodes),

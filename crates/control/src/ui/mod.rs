@@ -1,8 +1,10 @@
 //! The status page: every control replica serves, on its admin listener,
 //! a read-only view of the whole platform at `/ui/` (linked from `/`):
-//! the configuration revision, the database and the raft group; every pool
-//! with its routes and each backend's state and why; every proxy and agent
-//! as it last reported; and the configuration changes and health
+//! alerts first (a `single_active` pool's split brain, proxies' alerts,
+//! TCP listeners a proxy cannot bind); the configuration revision, the
+//! database and the raft group; every pool with its HTTP and TCP routes and
+//! each backend's state and why; every proxy and agent as it last reported
+//! (a proxy's listeners among it); and the configuration changes and health
 //! transitions as they commit, newest first. A backend has a page of its
 //! own with its recorded health history and each agent's view.
 //!

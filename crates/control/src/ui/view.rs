@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use tandem_core::health::{AgentView, BackendHealth, BackendKey, HealthState, Transition};
 use tandem_core::lb::{self, Endpoint, Tier};
 use tandem_core::{
-    AdminState, BackendRole, ConfigChange, HealthCheckKind, HealthCheckSpec, Pool, Snapshot,
+    AdminState, BackendRole, ConfigChange, HealthCheckKind, HealthCheckSpec, LbPolicy, OnUnhealthy,
+    Pool, PoolConfig, Snapshot,
 };
 use tandem_proto::v1;
 
@@ -232,20 +233,37 @@ pub struct PoolView {
     pub panic_threshold_percent: u32,
     /// The routes that send traffic to it, of every kind.
     pub routes: Vec<RouteRef>,
+    /// Its settings for TCP routes, in a line (`idle 30m, no connection
+    /// limit, unhealthy: keep (policy)`), when a TCP route reaches it or
+    /// they are not the defaults; `None` otherwise (HTTP ignores them).
+    pub tcp: Option<String>,
     pub backends: Vec<BackendView>,
     /// Which of its backends take new requests now, by the committed health
-    /// and the declared state (proxies may also eject one locally).
+    /// and the declared state (proxies may also eject one locally). For a
+    /// `single_active` pool, the tier its one active member is taken from.
     pub tier: Option<Tier>,
+    /// A `single_active` pool's members whose health check passes (and
+    /// that are not disabled), by declared order: more than one is a split
+    /// brain (two database primaries). Empty for other policies.
+    pub claimants: Vec<String>,
     /// The revision at which it or one of its backends last changed.
     pub revision: u64,
 }
 
-/// A route that reaches a pool. TCP routes (and any later kind) become
-/// variants here; the renderer shows each kind in its own words.
+impl PoolView {
+    pub fn single_active(&self) -> bool {
+        self.policy == LbPolicy::SingleActive.as_str()
+    }
+}
+
+/// A route that reaches a pool; the renderer shows each kind in its own
+/// words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteRef {
     /// An HTTP route: requests for `host` whose path starts with `path_prefix`.
     Http { host: String, path_prefix: String },
+    /// A TCP (layer 4) route: connections to `listen` on every proxy.
+    Tcp { listen: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -255,6 +273,9 @@ pub struct BackendView {
     pub weight: u32,
     pub role: BackendRole,
     pub admin: AdminState,
+    /// Its place in the pool's declared order, lowest first (what a
+    /// `single_active` pool goes by).
+    pub order: u32,
     /// The committed health (`Unknown` until agents have decided).
     pub health: HealthState,
     /// When it entered that state; `None`: never decided.
@@ -362,6 +383,7 @@ fn pool_view(
                 weight: b.weight.get(),
                 role: b.role,
                 admin: b.admin_state,
+                order: b.order,
                 health: committed.map(|h| h.state).unwrap_or_default(),
                 since_ms: committed.map(|h| h.since_ms),
                 reason: committed.map(|h| h.reason.clone()).unwrap_or_default(),
@@ -371,27 +393,55 @@ fn pool_view(
             }
         })
         .collect();
-    let tier = lb::select_tier(&backends, pool.config.panic_threshold_percent);
-    for b in &mut backends {
-        b.in_rotation = tier.is_some_and(|t| t.admits(&*b));
-    }
-    let routes = config
+    let (tier, claimants) = if pool.config.policy == LbPolicy::SingleActive {
+        // One member takes every connection: the one every proxy with this
+        // health view picks.
+        let active = lb::single_active(&backends, &[]);
+        for (i, b) in backends.iter_mut().enumerate() {
+            b.in_rotation = active.is_some_and(|p| p.index == i);
+        }
+        let mut claiming: Vec<&BackendView> = backends
+            .iter()
+            .filter(|b| b.admin != AdminState::Disabled && b.passes_check())
+            .collect();
+        claiming.sort_by(|a, b| (a.order, &a.address).cmp(&(b.order, &b.address)));
+        let claimants = claiming.iter().map(|b| b.address.clone()).collect();
+        (active.map(|p| p.tier), claimants)
+    } else {
+        let tier = lb::select_tier(&backends, pool.config.panic_threshold_percent);
+        for b in &mut backends {
+            b.in_rotation = tier.is_some_and(|t| t.admits(&*b));
+        }
+        (tier, Vec::new())
+    };
+    let http = config
         .routes
         .iter()
         .filter(|r| &r.pool == name)
         .map(|r| RouteRef::Http {
             host: r.host.to_string(),
             path_prefix: r.path_prefix.as_str().to_string(),
-        })
-        .collect();
+        });
+    let tcp = config
+        .tcp_routes
+        .iter()
+        .filter(|r| &r.pool == name)
+        .map(|r| RouteRef::Tcp {
+            listen: r.listen.to_string(),
+        });
+    let routes: Vec<RouteRef> = http.chain(tcp).collect();
+    let behind_tcp = routes.iter().any(|r| matches!(r, RouteRef::Tcp { .. }));
     PoolView {
         name: name.to_string(),
         policy: pool.config.policy.as_str(),
         health_check: health_check_line(&pool.config.health_check),
         panic_threshold_percent: pool.config.panic_threshold_percent,
         routes,
+        tcp: (behind_tcp || pool.config.tcp != Default::default())
+            .then(|| tcp_settings_line(&pool.config)),
         backends,
         tier,
+        claimants,
         revision: pool.revision.0,
     }
 }
@@ -417,10 +467,20 @@ impl Endpoint for BackendView {
     fn key(&self) -> &str {
         &self.address
     }
+    /// Known to pass: `single_active` never sends to an unknown member.
+    fn passes_check(&self) -> bool {
+        self.health == HealthState::Healthy
+    }
+    fn order(&self) -> u32 {
+        self.order
+    }
 }
 
-/// `HTTP GET /healthz (200-399) · every 1s, timeout 500ms · rise 2, fall 3`.
+/// `HTTP GET /healthz (200-399) · every 1s, timeout 500ms · rise 2, fall 3`;
+/// a check on another port than the backend's says which:
+/// `HTTP GET /primary port 8008 (200-200) · …`, `TCP connect port 8008 · …`.
 pub fn health_check_line(h: &HealthCheckSpec) -> String {
+    let port = h.port.map(|p| format!(" port {p}")).unwrap_or_default();
     let probe = match h.kind {
         HealthCheckKind::Http => {
             let host = if h.host.is_empty() {
@@ -429,11 +489,11 @@ pub fn health_check_line(h: &HealthCheckSpec) -> String {
                 format!(" Host {}", h.host)
             };
             format!(
-                "HTTP {} {}{host} ({}-{})",
+                "HTTP {} {}{host}{port} ({}-{})",
                 h.method, h.path, h.expected_status_min, h.expected_status_max
             )
         }
-        HealthCheckKind::Tcp => "TCP connect".to_string(),
+        HealthCheckKind::Tcp => format!("TCP connect{port}"),
     };
     format!(
         "{probe} · every {}, timeout {} · rise {}, fall {}",
@@ -442,6 +502,40 @@ pub fn health_check_line(h: &HealthCheckSpec) -> String {
         h.rise,
         h.fall
     )
+}
+
+/// A pool's settings for TCP routes, in `tandemctl pool show`'s words:
+/// `idle 30m0s, max 100 per backend (queue 128 for 5.0s), unhealthy: close
+/// after 0ms (policy), proxy protocol v2`.
+pub fn tcp_settings_line(p: &PoolConfig) -> String {
+    let t = &p.tcp;
+    let idle = match t.idle_timeout_ms {
+        0 => "no idle timeout".to_string(),
+        v => format!("idle {}", ms(v)),
+    };
+    let limit = match t.max_connections {
+        0 => "no connection limit".to_string(),
+        n => format!(
+            "max {n} per backend (queue {} for {})",
+            t.max_queue,
+            ms(t.queue_timeout_ms)
+        ),
+    };
+    let why = if t.on_unhealthy.is_none() {
+        " (policy)"
+    } else {
+        ""
+    };
+    let unhealthy = match p.on_unhealthy() {
+        OnUnhealthy::Close => format!("unhealthy: close after {}{why}", ms(t.unhealthy_grace_ms)),
+        OnUnhealthy::Keep => format!("unhealthy: keep{why}"),
+    };
+    let proxy = if t.proxy_protocol {
+        ", proxy protocol v2"
+    } else {
+        ""
+    };
+    format!("{idle}, {limit}, {unhealthy}{proxy}")
 }
 
 fn ms(v: u32) -> String {
@@ -480,9 +574,11 @@ pub struct NodeView {
     pub replica: String,
     /// What it says of itself ("serving from the control plane").
     pub detail: String,
-    /// What it listens on, as it reports it (proxies report their TCP
-    /// listeners once TCP routes land; nothing is reported before).
+    /// What it listens on, as it reports it: a proxy's TCP listeners, one
+    /// per TCP route, bound or not.
     pub listeners: Vec<ListenerView>,
+    /// Problems it raises, a line each (a proxy's split-brain alert).
+    pub alerts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -510,9 +606,97 @@ pub fn nodes(rows: &[crate::store::NodeRow], revision: u64, now_ms: u64) -> Vec<
             stale: n.last_seen_unix_ms < stale_before,
             replica: n.report.replica.clone(),
             detail: n.report.detail.clone(),
-            listeners: Vec::new(),
+            listeners: n
+                .report
+                .listeners
+                .iter()
+                .map(|l| ListenerView {
+                    listen: l.listen.clone(),
+                    pool: l.pool.clone(),
+                    bound: l.bound,
+                    error: l.error.clone(),
+                })
+                .collect(),
+            alerts: n.report.alerts.clone(),
         })
         .collect()
+}
+
+// === alerts ===
+
+/// Something an operator must look at now, shown above everything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// Who says so: a node's id, or `control` for what the committed health
+    /// shows.
+    pub from: String,
+    pub what: AlertWhat,
+    /// From a node that stopped reporting, or from the list last read
+    /// before the database went away: it may be over.
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertWhat {
+    /// A line a node raised (a proxy's split-brain alert).
+    Node(String),
+    /// A TCP listener a proxy cannot bind: that route does not serve there.
+    NotBound {
+        listen: String,
+        pool: String,
+        error: String,
+    },
+    /// More than one member of a `single_active` pool passes its check by
+    /// the committed health: proxies send only to the first (`members[0]`).
+    SplitBrain { pool: String, members: Vec<String> },
+}
+
+/// What the page raises, as `tandemctl status` lists its problems: the
+/// pools' split brains by the committed health, then each node's unbound
+/// listeners and alerts.
+pub fn alerts(pools: &[PoolView], nodes: &Nodes) -> Vec<Alert> {
+    let mut out: Vec<Alert> = pools
+        .iter()
+        .filter(|p| p.claimants.len() > 1)
+        .map(|p| Alert {
+            from: "control".into(),
+            what: AlertWhat::SplitBrain {
+                pool: p.name.clone(),
+                members: p.claimants.clone(),
+            },
+            stale: false,
+        })
+        .collect();
+    let (list, frozen) = match nodes {
+        Nodes::Known { nodes } => (nodes.as_slice(), false),
+        Nodes::Unknown {
+            last: Some((nodes, _)),
+            ..
+        } => (nodes.as_slice(), true),
+        Nodes::Unknown { last: None, .. } => (&[][..], true),
+    };
+    for n in list {
+        let stale = frozen || n.stale;
+        for l in n.listeners.iter().filter(|l| !l.bound) {
+            out.push(Alert {
+                from: n.node_id.clone(),
+                what: AlertWhat::NotBound {
+                    listen: l.listen.clone(),
+                    pool: l.pool.clone(),
+                    error: l.error.clone(),
+                },
+                stale,
+            });
+        }
+        for a in &n.alerts {
+            out.push(Alert {
+                from: n.node_id.clone(),
+                what: AlertWhat::Node(a.clone()),
+                stale,
+            });
+        }
+    }
+    out
 }
 
 // === the feed ===
@@ -741,7 +925,10 @@ pub fn history_in_memory(
 mod tests {
     use std::time::Duration;
 
-    use tandem_core::{Backend, BackendAddr, HostMatch, PathPrefix, PoolConfig, PoolName, Route};
+    use tandem_core::{
+        Backend, BackendAddr, HostMatch, ListenAddr, PathPrefix, PoolConfig, PoolName, Route,
+        TcpRoute,
+    };
 
     use super::*;
     use crate::consensus::MemberProgress;
@@ -921,6 +1108,125 @@ mod tests {
         );
     }
 
+    /// A `db` pool behind a TCP route, `single_active`, checked on a
+    /// Patroni-like port: members db1 (order 2), db2 (order 1), db3 (order 3).
+    fn database_config() -> Snapshot {
+        let mut s = Snapshot::default();
+        let mut config = PoolConfig::new(PoolName::new("db").unwrap());
+        config.policy = LbPolicy::SingleActive;
+        config.health_check.path = "/primary".into();
+        config.health_check.port = Some(8008);
+        let mut pool = Pool {
+            config,
+            backends: ["10.0.0.1:5432", "10.0.0.2:5432", "10.0.0.3:5432"]
+                .iter()
+                .map(|a| Backend::new(BackendAddr::new(a).unwrap()))
+                .collect(),
+            revision: tandem_core::Revision(3),
+        };
+        for (b, order) in pool.backends.iter_mut().zip([2, 1, 3]) {
+            b.order = order;
+        }
+        s.pools.insert(pool.config.name.clone(), pool);
+        s.tcp_routes.push(TcpRoute {
+            listen: ListenAddr::new("0.0.0.0:5432").unwrap(),
+            pool: PoolName::new("db").unwrap(),
+        });
+        s.revision = tandem_core::Revision(4);
+        s
+    }
+
+    fn db(addr: &str) -> BackendKey {
+        key("db", addr)
+    }
+
+    #[test]
+    fn a_tcp_pool_shows_its_route_settings_check_port_and_its_one_active_member() {
+        let mut table = BTreeMap::new();
+        table.insert(db("10.0.0.1:5432"), health(HealthState::Healthy, "ok"));
+        // db2 comes first by order but its state is unknown: never sent to.
+        let pools = pools(&database_config(), &table, None);
+        let [db_pool] = pools.as_slice() else {
+            panic!("one pool: {pools:?}")
+        };
+        assert_eq!(
+            db_pool.routes,
+            [RouteRef::Tcp {
+                listen: "0.0.0.0:5432".into()
+            }]
+        );
+        assert_eq!(
+            db_pool.health_check,
+            "HTTP GET /primary port 8008 (200-399) · every 2.0s, timeout 1.0s · rise 2, fall 3",
+            "the check names the port it probes"
+        );
+        assert_eq!(
+            db_pool.tcp.as_deref(),
+            Some("idle 30m0s, no connection limit, unhealthy: close after 0ms (policy)")
+        );
+        let rotation: Vec<bool> = db_pool.backends.iter().map(|b| b.in_rotation).collect();
+        assert_eq!(rotation, [true, false, false]);
+        assert_eq!(db_pool.claimants, ["10.0.0.1:5432"]);
+        assert!(alerts(&pools, &Nodes::Known { nodes: vec![] }).is_empty());
+
+        // Both db1 and db2 pass: db2, first by declared order, takes every
+        // connection, and the page raises a split brain.
+        table.insert(db("10.0.0.2:5432"), health(HealthState::Healthy, "ok"));
+        let pools = super::pools(&database_config(), &table, None);
+        let rotation: Vec<bool> = pools[0].backends.iter().map(|b| b.in_rotation).collect();
+        assert_eq!(rotation, [false, true, false]);
+        assert_eq!(pools[0].claimants, ["10.0.0.2:5432", "10.0.0.1:5432"]);
+        assert_eq!(
+            alerts(&pools, &Nodes::Known { nodes: vec![] }),
+            [Alert {
+                from: "control".into(),
+                what: AlertWhat::SplitBrain {
+                    pool: "db".into(),
+                    members: vec!["10.0.0.2:5432".into(), "10.0.0.1:5432".into()],
+                },
+                stale: false,
+            }]
+        );
+
+        // Nobody passes: nothing takes traffic (no panic mode).
+        let mut table = BTreeMap::new();
+        table.insert(
+            db("10.0.0.1:5432"),
+            health(HealthState::Unhealthy, "HTTP 503 from 1/1 agent"),
+        );
+        let pools = super::pools(&database_config(), &table, None);
+        assert_eq!(pools[0].tier, None);
+        assert!(pools[0].backends.iter().all(|b| !b.in_rotation));
+
+        // An HTTP pool with default TCP settings says nothing of them; set
+        // ones are said even without a TCP route.
+        let http = super::pools(&config(), &BTreeMap::new(), None);
+        assert_eq!(http[0].tcp, None);
+        let mut tuned = config();
+        for pool in tuned.pools.values_mut() {
+            pool.config.tcp.max_connections = 100;
+            pool.config.tcp.proxy_protocol = true;
+            pool.config.tcp.on_unhealthy = Some(OnUnhealthy::Close);
+            pool.config.tcp.unhealthy_grace_ms = 5_000;
+            pool.config.health_check.kind = HealthCheckKind::Tcp;
+            pool.config.health_check.port = Some(9000);
+        }
+        let tuned = super::pools(&tuned, &BTreeMap::new(), None);
+        assert_eq!(
+            tuned[0].tcp.as_deref(),
+            Some(
+                "idle 30m0s, max 100 per backend (queue 128 for 5.0s), unhealthy: close after 5.0s, proxy protocol v2"
+            )
+        );
+        assert!(
+            tuned[0]
+                .health_check
+                .starts_with("TCP connect port 9000 · "),
+            "{}",
+            tuned[0].health_check
+        );
+    }
+
     #[test]
     fn nodes_are_stale_after_three_missed_reports_and_lag_the_copy() {
         let row = |id: &str, seen: i64, applied: u64| crate::store::NodeRow {
@@ -940,6 +1246,114 @@ mod tests {
         let nodes = nodes(&[row("p1", 99_000, 9), row("p2", 84_000, 7)], 9, now);
         assert_eq!((nodes[0].stale, nodes[0].lag), (false, 0));
         assert_eq!((nodes[1].stale, nodes[1].lag), (true, 2));
+    }
+
+    #[test]
+    fn a_proxy_shows_its_listeners_and_raises_its_alerts() {
+        let listener = |listen: &str, bound: bool, error: &str| crate::store::ListenerReport {
+            listen: listen.into(),
+            pool: "db".into(),
+            bound,
+            error: error.into(),
+        };
+        let row = |id: &str, seen: i64| crate::store::NodeRow {
+            report: crate::store::NodeReport {
+                node_id: id.into(),
+                kind: "proxy".into(),
+                zone: "a".into(),
+                applied_revision: tandem_core::Revision(4),
+                detail: "serving from the control plane".into(),
+                replica: "control-1".into(),
+                listeners: vec![
+                    listener("0.0.0.0:5432", true, ""),
+                    listener("0.0.0.0:22", false, "Permission denied (os error 13)"),
+                ],
+                alerts: vec!["pool/db (single_active): 2 members pass the health check".into()],
+            },
+            last_seen_unix_ms: seen,
+        };
+        let now = 100_000;
+        let list = nodes(&[row("proxy-1", 99_000), row("proxy-2", 10_000)], 4, now);
+        assert_eq!(
+            list[0].listeners,
+            [
+                ListenerView {
+                    listen: "0.0.0.0:5432".into(),
+                    pool: "db".into(),
+                    bound: true,
+                    error: String::new(),
+                },
+                ListenerView {
+                    listen: "0.0.0.0:22".into(),
+                    pool: "db".into(),
+                    bound: false,
+                    error: "Permission denied (os error 13)".into(),
+                },
+            ]
+        );
+        let raised = alerts(
+            &[],
+            &Nodes::Known {
+                nodes: list.clone(),
+            },
+        );
+        let said: Vec<(&str, bool, &AlertWhat)> = raised
+            .iter()
+            .map(|a| (a.from.as_str(), a.stale, &a.what))
+            .collect();
+        let not_bound = AlertWhat::NotBound {
+            listen: "0.0.0.0:22".into(),
+            pool: "db".into(),
+            error: "Permission denied (os error 13)".into(),
+        };
+        let split =
+            AlertWhat::Node("pool/db (single_active): 2 members pass the health check".into());
+        assert_eq!(
+            said,
+            [
+                ("proxy-1", false, &not_bound),
+                ("proxy-1", false, &split),
+                // A proxy that stopped reporting: what it last said, marked.
+                ("proxy-2", true, &not_bound),
+                ("proxy-2", true, &split),
+            ]
+        );
+        // While the database is away, the list last read: every alert may
+        // be over.
+        let frozen = alerts(
+            &[],
+            &Nodes::Unknown {
+                why: "down".into(),
+                last: Some((list, 90_000)),
+            },
+        );
+        assert!(frozen.iter().all(|a| a.stale) && frozen.len() == 4);
+    }
+
+    #[test]
+    fn tcp_route_changes_read_as_tandemctl_watch_prints_them() {
+        let line = |change: &ConfigChange| {
+            let FeedWhat::Config { kind, fields, .. } = FeedWhat::config(4, change) else {
+                panic!("a config entry")
+            };
+            let mut out = kind;
+            for (k, v) in fields {
+                out.push_str(&format!(" {k}={v}"));
+            }
+            out
+        };
+        let listen = ListenAddr::new("0.0.0.0:5432").unwrap();
+        assert_eq!(
+            line(&ConfigChange::TcpRouteUpserted(TcpRoute {
+                listen,
+                pool: PoolName::new("db").unwrap(),
+            })),
+            "tcp_route_upserted listen=0.0.0.0:5432 pool=db"
+        );
+        assert_eq!(
+            line(&ConfigChange::TcpRouteDeleted { listen }),
+            "tcp_route_deleted listen=0.0.0.0:5432"
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@
 
   // Events that replace an element's content.
   var replace = {
+    alerts: "alerts-body",
     platform: "platform-body",
     pools: "pools-body",
     nodes: "nodes-body",
