@@ -6,7 +6,16 @@
 //! and the backend's page its history. The same page without JavaScript is
 //! a complete static view. Screenshots go to `target/screenshots/`
 //! (`TANDEM_SCREENSHOT_DIR=docs/screenshots` refreshes the docs' ones).
+//!
+//! A second story, read as a script reads the page (no browser): a
+//! database pool behind a TCP route, `single_active`, checked on a
+//! Patroni-like port. The pool shows its TCP route, its check's port, its
+//! TCP settings and its one active member; the proxy's row shows each
+//! listener, bound or not and why; and when two members claim to be
+//! primary, the proxy's split-brain alert stands at the top of the page
+//! until one steps down.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -16,7 +25,11 @@ use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::browser::{ChromeDriver, save_screenshot};
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::{ControlCluster, NODE_TOKEN, Postgres, declare_pool, wait_until};
+use tandem_testkit::tcp::{Echo, PrimaryResponder};
+use tandem_testkit::{
+    ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr, free_addr_on,
+    http_client, wait_until,
+};
 
 /// How soon a killed backend must show as unhealthy on the open page: the
 /// agents probe every 500 ms and need two failures; the rest is slack.
@@ -328,5 +341,207 @@ async fn read_without_script(browser: &Client, page: &str, down: &str) -> anyhow
     );
     let feed = browser.find(Locator::Id("feed-list")).await?.text().await?;
     ensure!(feed.contains("unhealthy"), "{feed}");
+    Ok(())
+}
+
+/// A port free on every one of `ips` (the health port is one for the pool).
+fn port_free_on(ips: &[IpAddr]) -> u16 {
+    loop {
+        let port = free_addr_on(ips[0]).port();
+        if ips
+            .iter()
+            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
+        {
+            return port;
+        }
+    }
+}
+
+/// The page as a script reads it.
+async fn page_text(url: &str) -> anyhow::Result<String> {
+    let r = http_client().get(url).send().await?;
+    ensure!(r.status() == 200, "{url}: {}", r.status());
+    Ok(r.text().await?)
+}
+
+/// The page's alerts section (empty when there is none).
+fn alerts_of(page: &str) -> &str {
+    let Some(start) = page.find(r#"<div id="alerts-body""#) else {
+        return "";
+    };
+    let rest = &page[start..];
+    &rest[..rest.find("</div>").unwrap_or(rest.len())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_pool_its_listeners_and_a_split_brain_alert_show_on_the_page() -> anyhow::Result<()> {
+    tandem_testkit::init_crypto();
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    // Two database members, each on a loopback "host" of its own with a
+    // Patroni-like REST API on the same port; both say they are primary.
+    let hosts: Vec<IpAddr> = [31, 32].map(|i| IpAddr::from([127, 0, 0, i])).to_vec();
+    let members = [
+        Echo::start_on("db1", hosts[0]).await?,
+        Echo::start_on("db2", hosts[1]).await?,
+    ];
+    let health_port = port_free_on(&hosts);
+    let patroni = [
+        PrimaryResponder::start(hosts[0], health_port, true).await?,
+        PrimaryResponder::start(hosts[1], health_port, true).await?,
+    ];
+    let mut admin = cp.admin_client().await?;
+    admin
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(v1::Pool {
+                name: "db".into(),
+                policy: v1::LbPolicy::SingleActive.into(),
+                health_check: Some(v1::HealthCheck {
+                    path: Some("/primary".into()),
+                    port: Some(u32::from(health_port)),
+                    interval_ms: Some(200),
+                    timeout_ms: Some(150),
+                    rise: Some(1),
+                    fall: Some(1),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    for (m, order) in members.iter().zip([1, 2]) {
+        admin
+            .add_backend(v1::AddBackendRequest {
+                pool: "db".into(),
+                backend: Some(v1::Backend {
+                    address: m.address(),
+                    order: Some(order),
+                    ..Default::default()
+                }),
+                expected_revision: None,
+            })
+            .await?;
+    }
+    // One route the proxy binds, one on a port something else holds.
+    let listen = free_addr();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let busy = taken.local_addr()?;
+    for at in [listen, busy] {
+        admin
+            .add_tcp_route(v1::AddTcpRouteRequest {
+                route: Some(v1::TcpRoute {
+                    listen: at.to_string(),
+                    pool: "db".into(),
+                }),
+            })
+            .await?;
+    }
+    let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &cp.endpoint(),
+        &[
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_NODE_ID", "proxy-1".into()),
+            ("TANDEM_WORKERS", "1".into()),
+        ],
+    )?;
+    proxy.wait_ready().await?;
+
+    let url = cp.admin_url("/ui/");
+    let bound = format!(r#"<li data-listen="{listen}" data-bound="true">"#);
+    let not_bound = format!(r#"<li data-listen="{busy}" data-bound="false">"#);
+    let proxy_alert = "proxy-1</strong>: pool/db (single_active): 2 members pass the health check";
+    wait_until(
+        Duration::from_secs(20),
+        "the listeners and the proxy's split-brain alert on the page",
+        || {
+            let url = url.clone();
+            let (bound, not_bound) = (bound.clone(), not_bound.clone());
+            async move {
+                page_text(&url).await.is_ok_and(|p| {
+                    p.contains(&bound)
+                        && p.contains(&not_bound)
+                        && alerts_of(&p).contains(proxy_alert)
+                })
+            }
+        },
+    )
+    .await?;
+    let page = page_text(&url).await?;
+    let (db1, db2) = (members[0].address(), members[1].address());
+
+    // The pool: its TCP routes, the port its check probes, its TCP
+    // settings, and the one member every connection goes to.
+    for shown in [
+        format!(r#"data-tcp-route="{listen}""#),
+        format!(r#"data-tcp-route="{busy}""#),
+        format!("HTTP GET /primary port {health_port} (200-399)"),
+        "TCP: idle 30m0s, no connection limit, unhealthy: close after 0ms (policy)".to_string(),
+        format!(
+            r#"every connection to <span class="mono">{db1}</span>, the first member passing its check"#
+        ),
+        "SPLIT BRAIN? 2 members pass the check".to_string(),
+    ] {
+        ensure!(page.contains(&shown), "{shown:?} on the page:\n{page}");
+    }
+    ensure!(
+        page.contains(&format!(r#"data-backend="db/{db1}" data-health="healthy""#))
+            && page.contains(&format!(r#"data-backend="db/{db2}" data-health="healthy""#)),
+        "both members healthy: {page}"
+    );
+    // The proxy's row: the port it could not bind, and why.
+    let row_start = page
+        .find(r#"data-node="proxy-1""#)
+        .context("the proxy's row")?;
+    let row = &page[row_start..row_start + page[row_start..].find("</tr>").unwrap_or(0)];
+    ensure!(
+        row.contains(&bound) && row.contains(&not_bound) && row.contains("Address already in use"),
+        "the proxy's listeners: {row}"
+    );
+    // The alerts, above everything: the page's own reading of the health,
+    // the proxy's, and the unbound listener.
+    let alerts = alerts_of(&page);
+    for said in [
+        format!("Proxies send only to {db1}, the first by declared order"),
+        proxy_alert.to_string(),
+        format!(
+            r#"TCP listener <span class="mono">{busy}</span> (pool db) <strong>NOT BOUND</strong>: Address already in use"#
+        ),
+    ] {
+        ensure!(alerts.contains(&said), "{said:?} in the alerts:\n{alerts}");
+    }
+    ensure!(
+        page.find(r#"id="alerts""#) < page.find(r#"id="platform""#),
+        "alerts come first"
+    );
+
+    // db2 steps down: the split brain is over, on the page and at the
+    // proxy; the unbound port still is not.
+    patroni[1].set_primary(false);
+    wait_until(
+        Duration::from_secs(20),
+        "the split-brain alerts gone",
+        || {
+            let url = url.clone();
+            async move {
+                page_text(&url).await.is_ok_and(|p| {
+                    let alerts = alerts_of(&p);
+                    !alerts.contains("split brain")
+                        && !alerts.contains("2 members pass")
+                        && alerts.contains("NOT BOUND")
+                })
+            }
+        },
+    )
+    .await?;
+    let page = page_text(&url).await?;
+    ensure!(
+        page.contains(&format!(
+            r#"data-backend="db/{db2}" data-health="unhealthy""#
+        )),
+        "{page}"
+    );
+    drop(taken);
     Ok(())
 }
