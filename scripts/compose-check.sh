@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The compose check: brings up docker-compose.yml (the full HA topology) with
 # images built locally from the host's binaries, waits until every service is
-# healthy, reaches the shop through both proxies, then kills a shop
+# healthy, reaches the shop through both proxies and the status page on
+# every control replica, then kills a shop
 # container and a control replica under steady load and counts failed
 # requests against the bounds below. Always ends with `down -v` and checks
 # that nothing of the project is left (containers, networks, volumes), also
@@ -294,6 +295,22 @@ for port in "$PROXY_1_PORT" "$PROXY_2_PORT"; do
   unset seen
 done
 
+# --- the status page on every replica ------------------------------------------
+phase "the status page on every control replica"
+status_page() { curl -fsS --max-time 5 "http://127.0.0.1:$(host_port "control-$1" 7401)/ui/" 2>/dev/null; }
+for i in 1 2 3; do
+  page=$(status_page "$i") || die "control-$i: GET /ui/ failed"
+  wants=('data-pool="shop"' 'data-backend="shop/shop-2:3000"' 'id="read-only"')
+  [ -n "$raft_note" ] || wants+=('data-member="3"')
+  for want in "${wants[@]}"; do
+    grep -qF "$want" <<<"$page" || die "control-$i's status page lacks $want"
+  done
+  # The live stream answers with every section at once.
+  stream=$(curl -sN --max-time 2 "http://127.0.0.1:$(host_port "control-$i" 7401)/ui/events" 2>/dev/null || true)
+  grep -q '^event: pools' <<<"$stream" || die "control-$i: /ui/events sent no pools event within 2 s"
+  echo "  control-$i: http://127.0.0.1:$(host_port "control-$i" 7401)/ui/ answers, and its event stream"
+done
+
 # --- chaos under load -----------------------------------------------------------
 phase "chaos under load (${WORKERS} workers × ${RATE} req/s per proxy)"
 cat > "$WORK/load.py" <<'PY'
@@ -371,6 +388,9 @@ sleep 6
 event "kill -9 shop-2"
 compose kill -s SIGKILL shop-2 >/dev/null 2>&1
 sleep 6
+status_page 1 | grep -qF 'data-backend="shop/shop-2:3000" data-health="unhealthy"' ||
+  die "control-1's status page does not show shop-2 unhealthy 6 s after the kill"
+event "the status page shows shop-2 unhealthy"
 # The replica to kill: the raft leader if exactly one replica leads (a
 # three-member group), else control-1.
 leaders=()

@@ -42,6 +42,10 @@ DEFAULT_PORTS = [15432, 15433, 7400, 7401, 7410, 7411, 7420, 7421, 3001, 3002, 3
 # retry a read-only command while they do not). A piece that matches no
 # line fails the run: the README changed and so must this list.
 EXPECT = [
+    # The status page answers and shows the three shop servers healthy.
+    ("curl -s http://127.0.0.1:7401/ui/ | grep -o",
+     [r'(?m)^data-backend="shop/127\.0\.0\.1:\d+" data-health="healthy"$',
+      r'(?s)(data-health="healthy".*){3}'], 20),
     ("scripts/run-local.sh ps       # every process", [r"(?m)^agent-2\s+ready"], 10),
     ("tandemctl status              # revision;",
      [r"(?m)^proxy-1\s+proxy\s+zone-a\s", r"(?m)^proxy-2\s+proxy\s+zone-b\s",

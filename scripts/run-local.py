@@ -624,11 +624,12 @@ class Supervisor:
         token = os.environ["SHOP_ADMIN_TOKEN"]
         out(f"""
 Tandem is running (Ctrl-C stops everything):
+  status page         http://127.0.0.1:{port(7401)}/ui/   (live, read-only; every control replica serves it: :{port(7411)}/ui/  :{port(7421)}/ui/)
   the shop            http://127.0.0.1:{port(8080)}/   (through proxy-1, zone-a; proxy-2, zone-b: http://127.0.0.1:{port(8082)}/)
   shop servers        http://127.0.0.1:{port(3001)}/  :{port(3002)}  :{port(3003)}   (direct; /healthz /readyz /metrics)
   proxy admin         http://127.0.0.1:{port(8081)}/config  http://127.0.0.1:{port(8083)}/config   (/metrics /readyz)
   control API (gRPC)  {control_endpoints()}   (three replicas, one raft group)
-  control admin       http://127.0.0.1:{port(7401)}/metrics  :{port(7411)}  :{port(7421)}   (/healthz /readyz)
+  control admin       http://127.0.0.1:{port(7401)}/metrics  :{port(7411)}  :{port(7421)}   (/healthz /readyz /ui/)
   health agents       agent-1 (zone-a) http://127.0.0.1:{port(7501)}/metrics, agent-2 (zone-b) http://127.0.0.1:{port(7502)}/metrics
   databases           control-db postgres://postgres@127.0.0.1:{port(15432)}/postgres
                       shop-db    postgres://postgres@127.0.0.1:{port(15433)}/shop

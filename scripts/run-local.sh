@@ -11,6 +11,9 @@
 #         └───────────────────────┴─────────────────────────┘
 #                      control-db (Postgres :15432)
 #
+# The status page (live, read-only) is on every control replica's admin
+# port: http://127.0.0.1:7401/ui/ (also :7411, :7421).
+#
 # The shop's pool, backends and route are configured through the control
 # API with tandemctl, as an operator would. Any component may die or be
 # killed: the others keep running and the first terminal says so. Ctrl-C

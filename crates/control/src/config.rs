@@ -15,7 +15,8 @@ pub struct Config {
     #[arg(long, env = "TANDEM_LISTEN", default_value = "0.0.0.0:7400")]
     pub listen: SocketAddr,
 
-    /// Admin HTTP listener (/metrics, /healthz, /readyz), host:port.
+    /// Admin HTTP listener (/metrics, /healthz, /readyz and the read-only status
+    /// page at /ui/), host:port. Keep it on a private network.
     #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "0.0.0.0:7401")]
     pub admin_listen: SocketAddr,
 

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod ui;
 
 pub use config::Config;
 pub use error::Error;

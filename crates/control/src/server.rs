@@ -132,14 +132,6 @@ pub async fn run(
             async move { ready }
         }
     });
-    let admin_router = tandem_telemetry::admin_router(prometheus, ready);
-    let admin_task = tokio::spawn(tandem_telemetry::serve_admin(admin, admin_router, {
-        let mut stop = stop_rx.clone();
-        async move {
-            let _ = stop.changed().await;
-        }
-    }));
-
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -170,6 +162,28 @@ pub async fn run(
         consensus.clone(),
         stop_rx.clone(),
     ));
+
+    // The admin listener, with the status page.
+    let status_page = crate::ui::Live::start(
+        crate::ui::Sources {
+            replica: replica.clone(),
+            store: store.clone(),
+            hub: hub.clone(),
+            consensus: consensus.clone(),
+            aggregator: aggregator.clone(),
+            peers: peers.clone(),
+            members: members.clone(),
+        },
+        stop_rx.clone(),
+    );
+    let admin_router =
+        tandem_telemetry::admin_router(prometheus, ready).merge(crate::ui::router(status_page));
+    let admin_task = tokio::spawn(tandem_telemetry::serve_admin(admin, admin_router, {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.changed().await;
+        }
+    }));
     let raft_service = RaftServer::with_interceptor(
         RaftService::new(consensus.clone()),
         Authenticate(tokens.clone()),

@@ -5,7 +5,9 @@
 //! Everything cleans up on drop, so a failing test leaves nothing running.
 //! Must never be a dependency of a shipped binary.
 
+pub mod agent;
 pub mod backend;
+pub mod browser;
 mod control;
 mod postgres;
 mod process;

@@ -4,12 +4,13 @@
 //! (so it never re-announces what is already decided) and fresh per-agent
 //! counts.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tandem_core::health::{BackendKey, Decider, Observation};
+use tandem_core::health::{AgentView, BackendKey, Decider, Observation};
 use tandem_core::{Revision, Snapshot};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Command, Consensus};
 
@@ -22,6 +23,19 @@ pub type ConfigView = Arc<dyn Fn() -> Arc<Snapshot> + Send + Sync>;
 #[derive(Clone)]
 pub struct Aggregator {
     tx: mpsc::Sender<Vec<Observation>>,
+    views: mpsc::Sender<oneshot::Sender<Option<AgentViews>>>,
+}
+
+/// Every agent's current opinion of every declared backend, as the
+/// deciding leader holds it (the committed table keeps only the views at
+/// each backend's last transition).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentViews {
+    /// When they were read, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The term this replica decides in.
+    pub term: u64,
+    pub backends: BTreeMap<BackendKey, Vec<AgentView>>,
 }
 
 impl Aggregator {
@@ -31,6 +45,7 @@ impl Aggregator {
         mut shutdown: watch::Receiver<bool>,
     ) -> Aggregator {
         let (tx, mut rx) = mpsc::channel::<Vec<Observation>>(1024);
+        let (views, mut view_asks) = mpsc::channel::<oneshot::Sender<Option<AgentViews>>>(64);
         tokio::spawn(async move {
             let mut decider = Decider::new();
             let mut led_term: Option<u64> = None;
@@ -54,6 +69,11 @@ impl Aggregator {
                                 tracing::debug!(pool = %obs.key.pool, backend = %obs.key.address, "observation of a backend not in the configuration ignored");
                             }
                         }
+                    }
+                    Some(ask) = view_asks.recv() => {
+                        // Only while deciding: a follower's decider is empty.
+                        let term = led_term.filter(|_| consensus.status().is_leader());
+                        let _ = ask.send(term.map(|term| current_views(&decider, &config(), term)));
                     }
                     _ = ticker.tick() => {
                         if !lead(&consensus, &mut decider, &mut led_term) {
@@ -100,7 +120,19 @@ impl Aggregator {
                 }
             }
         });
-        Aggregator { tx }
+        Aggregator { tx, views }
+    }
+
+    /// The agents' current views of every declared backend, when this
+    /// replica is the deciding leader (`None` otherwise, or when the
+    /// decider does not answer within a second).
+    pub async fn views(&self) -> Option<AgentViews> {
+        let (ask, answer) = oneshot::channel();
+        self.views.try_send(ask).ok()?;
+        tokio::time::timeout(Duration::from_secs(1), answer)
+            .await
+            .ok()?
+            .ok()?
     }
 
     /// Queues observations; false when the decider is saturated.
@@ -127,6 +159,26 @@ fn lead(consensus: &Consensus, decider: &mut Decider, led_term: &mut Option<u64>
         tracing::info!(term = status.term, "deciding backend health as raft leader");
     }
     true
+}
+
+fn current_views(decider: &Decider, config: &Snapshot, term: u64) -> AgentViews {
+    let at_ms = now_ms();
+    let mut backends = BTreeMap::new();
+    for pool in config.pools.values() {
+        for backend in &pool.backends {
+            let key = BackendKey {
+                pool: pool.config.name.clone(),
+                address: backend.address.clone(),
+            };
+            let views = decider.views(&key, &pool.config.health_check, at_ms);
+            backends.insert(key, views);
+        }
+    }
+    AgentViews {
+        at_ms,
+        term,
+        backends,
+    }
 }
 
 pub fn now_ms() -> u64 {

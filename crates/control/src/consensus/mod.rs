@@ -7,7 +7,7 @@ pub mod peers;
 pub mod state;
 pub mod storage;
 
-pub use aggregator::Aggregator;
+pub use aggregator::{AgentViews, Aggregator};
 pub use node::{
     Consensus, Contact, MemberProgress, NoPeers, ProposeError, RaftSettings, RaftStatus, Transport,
 };
