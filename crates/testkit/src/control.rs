@@ -145,6 +145,11 @@ impl ControlPlane {
         format!("http://{}{path}", self.admin)
     }
 
+    /// Where this replica keeps its raft state (kept across restarts).
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state_dir.path()
+    }
+
     /// A client presenting `token` (None: no token at all).
     pub async fn client_with(&self, token: Option<&str>) -> anyhow::Result<AuthedClient> {
         client_at(&self.endpoint(), token).await
