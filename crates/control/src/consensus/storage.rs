@@ -108,6 +108,8 @@ impl DiskStorage {
             File::open(&wal_path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_err)?;
+            let mut older_than_snapshot = false;
+            let mut term_at_snapshot = None;
             let (v, mut pos) = read_header(&bytes).map_err(|what| match what {
                 Header::Newer(found) => {
                     StorageFailure::NewerFormat(tandem_core::format::NewerFormat {
@@ -131,8 +133,18 @@ impl DiskStorage {
                                 what: format!("log entry: {e}"),
                             }
                         })?;
-                        if e.index > snapshot.get_metadata().index {
-                            truncate_and_push(&mut entries, e, snapshot.get_metadata().index);
+                        let snap = snapshot.get_metadata();
+                        if e.index > snap.index {
+                            truncate_and_push(&mut entries, e, snap.index);
+                        } else {
+                            // Only in a log not yet rewritten after its
+                            // snapshot (a crash in between). A write at
+                            // an index replaces everything after it.
+                            entries.clear();
+                            older_than_snapshot = true;
+                            if e.index == snap.index {
+                                term_at_snapshot = Some(e.term);
+                            }
                         }
                     }
                     TAG_HARD_STATE => {
@@ -153,6 +165,13 @@ impl DiskStorage {
                 pos = next;
             }
             valid_len = pos as u64;
+            // The snapshot was installed from a leader whose log differs
+            // from this one at the snapshot's index: what followed there
+            // belongs to the abandoned history (raft keeps the entries after
+            // a snapshot only when the entry at its index matches).
+            if older_than_snapshot && term_at_snapshot != Some(snapshot.get_metadata().term) {
+                entries.clear();
+            }
             // A crash mid-write leaves a prefix of the last writes: nothing
             // whole after the damage. A whole record after it means damage
             // to data that was synced (and perhaps acknowledged): cutting
@@ -288,12 +307,15 @@ impl DiskStorage {
         core.conf_state = meta.get_conf_state().clone();
         core.hard_state.commit = core.hard_state.commit.max(meta.index);
         core.hard_state.term = core.hard_state.term.max(meta.term);
-        core.entries.retain(|e| e.index > meta.index);
-        if core
-            .entries
-            .first()
-            .is_some_and(|e| e.index != meta.index + 1)
-        {
+        // Entries after the snapshot stay only if the log holds the
+        // snapshot's last entry (same index and term); otherwise they are
+        // another history's (raft installs a snapshot only then).
+        let matches = meta.index >= core.first_index()
+            && meta.index <= core.last_index()
+            && core.entries[(meta.index - core.first_index()) as usize].term == meta.term;
+        if matches {
+            core.entries.retain(|e| e.index > meta.index);
+        } else {
             core.entries.clear();
         }
         core.snapshot = snap.clone();
@@ -605,6 +627,61 @@ mod tests {
         s.sync().unwrap();
         let (s, _) = DiskStorage::open(dir.path(), &[1]).unwrap();
         assert_eq!(s.last_index().unwrap(), 2);
+    }
+
+    /// Before: entries after an installed snapshot were kept even when the
+    /// log disagreed with the snapshot at its index, so entries of an
+    /// abandoned history (from a deposed leader) outlived it, in memory and
+    /// after a restart.
+    #[test]
+    fn a_snapshot_from_another_history_drops_the_entries_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (s, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+            // This replica's log: 1..=6 from a leader of term 2 that lost.
+            s.append(&(1..=6).map(|i| entry(i, 2, b"lost")).collect::<Vec<_>>())
+                .unwrap();
+            s.sync().unwrap();
+            // The group committed 1..=4 in term 3: a snapshot at 4.
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 4;
+            snap.mut_metadata().term = 3;
+            snap.mut_metadata()
+                .mut_conf_state()
+                .set_voters(vec![1, 2, 3]);
+            s.apply_snapshot(&snap).unwrap();
+            assert_eq!(s.last_index().unwrap(), 4, "5 and 6 were term 2's");
+        }
+        let (s, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert_eq!(s.last_index().unwrap(), 4);
+    }
+
+    /// The same across a crash between writing the snapshot and rewriting
+    /// the log; a snapshot of this replica's own log (compaction) keeps
+    /// what follows it.
+    #[test]
+    fn a_crash_between_snapshot_and_log_rewrite_keeps_only_its_own_history() {
+        for (snap_term, kept) in [(3, 4), (2, 6)] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (s, _) = DiskStorage::open(dir.path(), &[1]).unwrap();
+                s.append(&(1..=6).map(|i| entry(i, 2, b"x")).collect::<Vec<_>>())
+                    .unwrap();
+                s.sync().unwrap();
+            }
+            // The snapshot file written, the log not yet rewritten.
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 4;
+            snap.mut_metadata().term = snap_term;
+            snap.mut_metadata().mut_conf_state().set_voters(vec![1]);
+            write_atomically(
+                &dir.path().join("snapshot"),
+                &snap.write_to_bytes().unwrap(),
+            )
+            .unwrap();
+            let (s, _) = DiskStorage::open(dir.path(), &[1]).unwrap();
+            assert_eq!(s.last_index().unwrap(), kept, "snapshot term {snap_term}");
+        }
     }
 
     #[test]
