@@ -243,7 +243,7 @@ def topology(bin_dir, work):
         comps.append(Component(
             f"control-{i}", "control", [os.path.join(bin_dir, "tandem-control")],
             env={"DATABASE_URL": control_db, "TANDEM_LISTEN": f"127.0.0.1:{grpc}",
-                 "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}", "TANDEM_NODE_ID": str(i),
+                 "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}", "TANDEM_RAFT_ID": str(i),
                  "TANDEM_PEERS": peers, "TANDEM_STATE_DIR": os.path.join(work, f"control-{i}"),
                  "TANDEM_ADMIN_TOKEN": admin, "TANDEM_NODE_TOKEN": node},
             ports=[grpc, adm], ports_text=f"{grpc}, admin {adm}",

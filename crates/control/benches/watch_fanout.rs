@@ -176,7 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cp = ControlPlane::start_with(
         &pg.url(),
         ControlPlaneOptions {
-            node_id: Some("1".into()),
+            raft_id: Some("1".into()),
             env: args.control_env.clone(),
             ..Default::default()
         },

@@ -44,9 +44,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_NODE_TOKEN_FILE")]
     pub node_token_file: Option<PathBuf>,
 
-    /// This replica's raft id (a positive integer), stable across restarts.
-    #[arg(long, env = "TANDEM_NODE_ID", default_value = "1")]
-    pub node_id: String,
+    /// This replica's raft id (a positive integer, 1 when unset), stable
+    /// across restarts and listed in TANDEM_PEERS.
+    #[arg(long, env = "TANDEM_RAFT_ID")]
+    pub raft_id: Option<String>,
+
+    /// Deprecated name of --raft-id (TANDEM_NODE_ID names proxies and
+    /// agents); still read, with a warning at start-up.
+    #[arg(long, env = "TANDEM_NODE_ID", hide = true)]
+    pub node_id: Option<String>,
 
     /// Where raft state (term, vote, log, snapshots) lives; must survive restarts.
     #[arg(long, env = "TANDEM_STATE_DIR", default_value = "tandem-state/control")]
@@ -78,18 +84,59 @@ pub struct Config {
 }
 
 impl Config {
-    /// This replica's raft id.
+    /// This replica's raft id: TANDEM_RAFT_ID, else the deprecated
+    /// TANDEM_NODE_ID, else 1 (an empty value counts as unset). Both set to
+    /// different ids is an error.
     pub fn raft_id(&self) -> Result<u64, String> {
-        self.node_id
-            .parse::<u64>()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| {
-                format!(
-                    "TANDEM_NODE_ID must be a positive integer (got {:?})",
-                    self.node_id
+        let parse = |name: &str, v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| format!("{name} must be a positive integer (got {v:?})"))
+        };
+        let raft = self
+            .raft_id
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| parse("TANDEM_RAFT_ID (--raft-id)", v))
+            .transpose()?;
+        let node = self
+            .node_id
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| {
+                parse(
+                    "TANDEM_NODE_ID (deprecated for the control plane: use TANDEM_RAFT_ID)",
+                    v,
                 )
             })
+            .transpose()?;
+        match (raft, node) {
+            (Some(r), Some(n)) if r != n => Err(format!(
+                "TANDEM_RAFT_ID ({r}) and the deprecated TANDEM_NODE_ID ({n}) differ: \
+                 set TANDEM_RAFT_ID only"
+            )),
+            (Some(id), _) | (None, Some(id)) => Ok(id),
+            (None, None) => Ok(1),
+        }
+    }
+
+    /// Settings given under a deprecated name, as warnings to log once at
+    /// start-up.
+    pub fn deprecations(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self
+            .node_id
+            .as_deref()
+            .is_some_and(|v| !v.trim().is_empty())
+        {
+            warnings.push(
+                "TANDEM_NODE_ID (--node-id) is deprecated for the control plane: \
+                 name the raft id TANDEM_RAFT_ID (--raft-id)",
+            );
+        }
+        warnings
     }
 
     /// The raft members and their gRPC addresses (just this one when
@@ -167,5 +214,49 @@ fn read_token(
             Ok(Some(t))
         }
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        let mut all = vec!["tandem-control", "--database-url", "postgres://x/y"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("flags parse")
+    }
+
+    #[test]
+    fn the_raft_id_has_its_own_name_and_the_old_one_still_works_with_a_warning() {
+        let c = config(&[]);
+        assert_eq!((c.raft_id(), c.deprecations().len()), (Ok(1), 0));
+        let c = config(&["--raft-id", "3"]);
+        assert_eq!((c.raft_id(), c.deprecations().len()), (Ok(3), 0));
+        let c = config(&["--node-id", "2"]);
+        assert_eq!(c.raft_id(), Ok(2));
+        assert_eq!(c.deprecations().len(), 1);
+        assert!(c.deprecations()[0].contains("TANDEM_RAFT_ID"));
+        let c = config(&["--node-id", "2", "--raft-id", "2"]);
+        assert_eq!(c.raft_id(), Ok(2), "the same id under both names is fine");
+    }
+
+    #[test]
+    fn two_different_ids_are_refused_naming_both() {
+        let c = config(&["--node-id", "2", "--raft-id", "3"]);
+        assert_eq!(
+            c.raft_id(),
+            Err(
+                "TANDEM_RAFT_ID (3) and the deprecated TANDEM_NODE_ID (2) differ: \
+                 set TANDEM_RAFT_ID only"
+                    .into()
+            )
+        );
+        let c = config(&["--raft-id", "proxy-1"]);
+        assert!(
+            c.raft_id()
+                .unwrap_err()
+                .starts_with("TANDEM_RAFT_ID (--raft-id) must be a positive integer")
+        );
     }
 }

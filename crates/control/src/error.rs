@@ -27,6 +27,9 @@ pub enum Error {
     Database(sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Stored data in a format this build does not read yet.
+    #[error(transparent)]
+    NewerFormat(#[from] tandem_core::format::NewerFormat),
 }
 
 impl From<tandem_core::ValidationError> for Error {
@@ -113,6 +116,7 @@ impl Error {
                 Code::Unavailable
             }
             Error::Database(_) | Error::Corrupt(_) => Code::Internal,
+            Error::NewerFormat(_) => Code::FailedPrecondition,
         }
     }
 }
@@ -140,6 +144,10 @@ impl From<Error> for Status {
             Error::Database(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error in the control plane (see its log)")
+            }
+            Error::NewerFormat(_) => {
+                tracing::error!(error = %e, "stored data from a newer Tandem");
+                Status::new(code, format!("{e}; upgrade this replica"))
             }
         }
     }

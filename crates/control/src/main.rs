@@ -27,8 +27,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.admin_listen
         )
     })?;
-    tracing::info!(admin = %admin.local_addr()?, node_id = %config.node_id, "starting");
+    for warning in config.deprecations() {
+        tracing::warn!("{warning}");
+    }
     let id = config.raft_id().map_err(anyhow::Error::msg)?;
+    tracing::info!(admin = %admin.local_addr()?, raft_id = id, "starting");
     let members = config.members().map_err(anyhow::Error::msg)?;
     let raft = RaftSettings {
         id,
@@ -41,7 +44,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let settings = server::Settings {
         store,
         tokens: tokens.clone(),
-        replica: format!("control-{}", config.node_id),
+        replica: format!("control-{id}"),
         prometheus: telemetry.prometheus(),
         drain: std::time::Duration::from_secs(config.drain_seconds),
         raft,

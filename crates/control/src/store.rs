@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
+use tandem_core::format;
 use tandem_core::{
     AdminState, Backend, BackendAddr, BackendRole, ConfigChange, Error as Domain, HostMatch,
     ListenAddr, PathPrefix, Pool, PoolConfig, PoolName, Revision, Route, Snapshot, TcpRoute,
@@ -27,6 +28,11 @@ use crate::error::Error;
 
 /// The channel each committed revision is announced on.
 pub const NOTIFY_CHANNEL: &str = "tandem_config";
+
+/// The format of `change_log.change` this build writes (and the newest it
+/// reads), kept in the row's `format_version`. Changing the format: see
+/// ARCHITECTURE.md.
+pub const CHANGE_FORMAT: u32 = 1;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -251,19 +257,13 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(Revision, ConfigChange)>> {
         let rows = sqlx::query(
-            "SELECT revision, change FROM change_log WHERE revision > $1 ORDER BY revision LIMIT $2",
+            "SELECT revision, change, format_version FROM change_log WHERE revision > $1 ORDER BY revision LIMIT $2",
         )
         .bind(after.0 as i64)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let rev: i64 = r.try_get("revision")?;
-                let Json(change): Json<ConfigChange> = r.try_get("change")?;
-                Ok((Revision(rev as u64), change))
-            })
-            .collect()
+        rows.iter().map(change_from_row).collect()
     }
 
     // === writes ===
@@ -624,9 +624,10 @@ async fn commit_change(
     rev: Revision,
     change: &ConfigChange,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO change_log (revision, change) VALUES ($1, $2)")
+    sqlx::query("INSERT INTO change_log (revision, change, format_version) VALUES ($1, $2, $3)")
         .bind(rev.0 as i64)
         .bind(Json(change))
+        .bind(CHANGE_FORMAT as i32)
         .execute(&mut *tx)
         .await?;
     sqlx::query("UPDATE config_revision SET revision = $1")
@@ -738,6 +739,19 @@ async fn touch_pool(
 
 fn corrupt(e: impl std::fmt::Display) -> Error {
     Error::Corrupt(e.to_string())
+}
+
+/// A `change_log` row (`revision`, `change`, `format_version`).
+pub(crate) fn change_from_row(row: &sqlx::postgres::PgRow) -> Result<(Revision, ConfigChange)> {
+    let rev: i64 = row.try_get("revision")?;
+    let version: i32 = row.try_get("format_version")?;
+    format::check(
+        || format!("change_log row at revision {rev}"),
+        Some(u32::try_from(version).map_err(corrupt)?),
+        CHANGE_FORMAT,
+    )?;
+    let Json(change): Json<ConfigChange> = row.try_get("change")?;
+    Ok((Revision(rev as u64), change))
 }
 
 fn pool_from_row(row: &sqlx::postgres::PgRow) -> Result<Pool> {

@@ -482,14 +482,14 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
         ControlPlane::start_with(
             &url,
             ControlPlaneOptions {
-                node_id: Some("1".into()),
+                raft_id: Some("1".into()),
                 ..Default::default()
             }
         ),
         ControlPlane::start_with(
             &url,
             ControlPlaneOptions {
-                node_id: Some("2".into()),
+                raft_id: Some("2".into()),
                 ..Default::default()
             }
         ),

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod health;
 pub mod ids;
 pub mod lb;

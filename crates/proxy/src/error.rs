@@ -22,6 +22,8 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    StateVersion(#[from] tandem_core::format::NewerFormat),
     #[error("admin server: {0}")]
     Admin(std::io::Error),
 }

@@ -8,10 +8,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tandem_core::Snapshot;
+use tandem_core::format::{self, VersionField, Versioned};
 
 use crate::Error;
 
 pub const FILE_NAME: &str = "snapshot.json";
+
+/// The file's format version this build writes (and the newest it reads).
+/// Files written before versions existed have no `format_version` field
+/// and are version 1. Changing the format: see ARCHITECTURE.md.
+pub const FORMAT: u32 = 1;
 
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
@@ -25,7 +31,11 @@ pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
         source,
     };
     fs::create_dir_all(dir).map_err(io)?;
-    let json = serde_json::to_vec_pretty(snapshot).map_err(|source| Error::StateFormat {
+    let json = serde_json::to_vec_pretty(&Versioned {
+        format_version: FORMAT,
+        value: snapshot,
+    })
+    .map_err(|source| Error::StateFormat {
         path: target.clone(),
         source,
     })?;
@@ -57,12 +67,19 @@ pub fn load(dir: &Path) -> Result<Option<Snapshot>, Error> {
             });
         }
     };
+    let format_error = |source| Error::StateFormat {
+        path: target.clone(),
+        source,
+    };
+    let VersionField { format_version } = serde_json::from_slice(&bytes).map_err(format_error)?;
+    format::check(
+        || format!("state file {}", target.display()),
+        format_version,
+        FORMAT,
+    )?;
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|source| Error::StateFormat {
-            path: target,
-            source,
-        })
+        .map_err(format_error)
 }
 
 #[cfg(test)]
@@ -93,5 +110,67 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
         fs::write(path(dir.path()), b"{not json").unwrap();
         assert!(matches!(load(dir.path()), Err(Error::StateFormat { .. })));
+    }
+
+    // === golden files: tests/golden/snapshot-v*.json ===
+
+    fn golden(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name)
+    }
+
+    #[test]
+    fn every_golden_version_still_loads() {
+        let expected = tandem_testkit::golden::snapshot();
+        let mut names = vec!["snapshot-v1-unversioned.json".to_string()];
+        names.extend((1..=FORMAT).map(|v| format!("snapshot-v{v}.json")));
+        for name in names {
+            let dir = tempfile::tempdir().unwrap();
+            fs::copy(golden(&name), path(dir.path())).unwrap();
+            assert_eq!(
+                load(dir.path()).unwrap().as_ref(),
+                Some(&expected),
+                "{name}"
+            );
+        }
+    }
+
+    /// Fails when the file's format changes: bump FORMAT, keep reading the
+    /// old version, and bless a new golden file with
+    /// `TANDEM_BLESS_GOLDEN=1 cargo test -p tandem-proxy --lib store`.
+    #[test]
+    fn todays_writer_produces_the_current_golden_file() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &tandem_testkit::golden::snapshot()).unwrap();
+        let written = fs::read(path(dir.path())).unwrap();
+        let golden = golden(&format!("snapshot-v{FORMAT}.json"));
+        if std::env::var_os("TANDEM_BLESS_GOLDEN").is_some() {
+            fs::write(&golden, &written).unwrap();
+        }
+        assert!(
+            written == fs::read(&golden).unwrap(),
+            "snapshot.json is no longer written as {}: a format change needs a new FORMAT and golden file",
+            golden.display()
+        );
+    }
+
+    #[test]
+    fn a_file_from_a_newer_tandem_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = format!(
+            r#"{{"format_version": {}, "revision": 1, "pools": {{}}, "routes": []}}"#,
+            FORMAT + 1
+        );
+        fs::write(path(dir.path()), newer).unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "state file {} was written by a newer Tandem: format version {}, this build reads up to {FORMAT}",
+                path(dir.path()).display(),
+                FORMAT + 1
+            )
+        );
     }
 }

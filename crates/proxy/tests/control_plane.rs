@@ -245,7 +245,7 @@ async fn with_the_control_plane_gone_a_restarted_proxy_serves_from_its_disk_copy
     let cp2 = ControlPlane::start_with(
         &pg.url(),
         ControlPlaneOptions {
-            node_id: Some("2".into()),
+            raft_id: Some("2".into()),
             env: vec![("TANDEM_LISTEN".into(), spare.to_string())],
             ..Default::default()
         },

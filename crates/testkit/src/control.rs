@@ -17,8 +17,8 @@ pub const NODE_TOKEN: &str = "test-node-token-0123456789";
 
 #[derive(Debug, Clone, Default)]
 pub struct ControlPlaneOptions {
-    /// `TANDEM_NODE_ID`; defaults to "1".
-    pub node_id: Option<String>,
+    /// `TANDEM_RAFT_ID`; defaults to "1".
+    pub raft_id: Option<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
     /// Wait for `/readyz` (the database reachable and migrated).
@@ -145,6 +145,11 @@ impl ControlPlane {
         format!("http://{}{path}", self.admin)
     }
 
+    /// Where this replica keeps its raft state (kept across restarts).
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state_dir.path()
+    }
+
     /// A client presenting `token` (None: no token at all).
     pub async fn client_with(&self, token: Option<&str>) -> anyhow::Result<AuthedClient> {
         client_at(&self.endpoint(), token).await
@@ -188,18 +193,18 @@ fn spawn(
     state_dir: &std::path::Path,
     o: &ControlPlaneOptions,
 ) -> anyhow::Result<Process> {
-    let node_id = o.node_id.clone().unwrap_or_else(|| "1".into());
+    let raft_id = o.raft_id.clone().unwrap_or_else(|| "1".into());
     let mut env: Vec<(&str, String)> = vec![
         ("DATABASE_URL", db.to_string()),
         ("TANDEM_LISTEN", grpc.to_string()),
         ("TANDEM_ADMIN_LISTEN", admin.to_string()),
         ("TANDEM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ("TANDEM_NODE_TOKEN", NODE_TOKEN.to_string()),
-        ("TANDEM_NODE_ID", node_id.clone()),
+        ("TANDEM_RAFT_ID", raft_id.clone()),
         ("TANDEM_STATE_DIR", state_dir.to_string_lossy().into_owned()),
     ];
     env.extend(o.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
-    Process::spawn(&format!("control-{node_id}"), "tandem-control", &[], &env)
+    Process::spawn(&format!("control-{raft_id}"), "tandem-control", &[], &env)
 }
 
 // === several replicas ===
@@ -245,7 +250,7 @@ impl ControlCluster {
                 .collect();
             env.push(("TANDEM_PEERS".into(), peers.clone()));
             let options = ControlPlaneOptions {
-                node_id: Some((i + 1).to_string()),
+                raft_id: Some((i + 1).to_string()),
                 env,
                 grpc: Some(*grpc),
                 ..Default::default()

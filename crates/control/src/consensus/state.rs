@@ -6,14 +6,21 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::format::{self, VersionField, Versioned};
 use tandem_core::health::{BackendHealth, BackendKey, Transition};
 use tandem_proto::{convert, v1};
 
 /// Transitions kept for the history writer.
 const RECENT: usize = 10_000;
 
+/// The health table's snapshot format this build writes (and the newest it
+/// reads); tables written before versions existed are version 1. Raft
+/// entries (`Command`) are versioned with the log that holds them
+/// (`storage::WAL_FORMAT`).
+pub const TABLE_FORMAT: u32 = 1;
+
 /// What a raft log entry carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     /// Decided by the leader from agents' reports.
@@ -72,15 +79,27 @@ impl HealthTable {
         }
     }
 
+    /// The table as snapshot data (on disk and sent to lagging followers),
+    /// with its format version.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("the health table serialises")
+        serde_json::to_vec(&Versioned {
+            format_version: TABLE_FORMAT,
+            value: self,
+        })
+        .expect("the health table serialises")
     }
 
-    pub fn decode(data: &[u8]) -> Result<HealthTable, serde_json::Error> {
+    pub fn decode(data: &[u8]) -> anyhow::Result<HealthTable> {
         if data.is_empty() {
             return Ok(HealthTable::default());
         }
-        serde_json::from_slice(data)
+        let VersionField { format_version } = serde_json::from_slice(data)?;
+        format::check(
+            || "the raft snapshot's health table".into(),
+            format_version,
+            TABLE_FORMAT,
+        )?;
+        Ok(serde_json::from_slice(data)?)
     }
 
     /// The full table as a watch event.

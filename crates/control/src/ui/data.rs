@@ -6,7 +6,6 @@
 
 use sqlx::Row as _;
 use sqlx::postgres::PgPool;
-use sqlx::types::Json;
 use tandem_core::ConfigChange;
 use tandem_core::health::BackendKey;
 
@@ -19,7 +18,8 @@ pub type LoggedChange = (u64, ConfigChange, u64);
 /// The `limit` latest changes, newest first.
 pub async fn recent_changes(pg: &PgPool, limit: usize) -> Result<Vec<LoggedChange>, Error> {
     let rows = sqlx::query(
-        "SELECT revision, change, (extract(epoch FROM committed_at) * 1000)::bigint AS at_ms
+        "SELECT revision, change, format_version,
+                (extract(epoch FROM committed_at) * 1000)::bigint AS at_ms
          FROM change_log ORDER BY revision DESC LIMIT $1",
     )
     .bind(limit as i64)
@@ -27,10 +27,9 @@ pub async fn recent_changes(pg: &PgPool, limit: usize) -> Result<Vec<LoggedChang
     .await?;
     rows.iter()
         .map(|r| {
-            let revision: i64 = r.try_get("revision")?;
-            let Json(change): Json<ConfigChange> = r.try_get("change")?;
+            let (revision, change) = crate::store::change_from_row(r)?;
             let at: i64 = r.try_get("at_ms")?;
-            Ok((revision as u64, change, at.max(0) as u64))
+            Ok((revision.0, change, at.max(0) as u64))
         })
         .collect()
 }
