@@ -307,7 +307,7 @@ impl SoakShopper {
             .send(Method::POST, "/api/cart/items", Some(add), None)
             .await;
         let _ = self.send(Method::GET, "/cart", None, None).await;
-        if visit % 4 == 0 {
+        if visit.is_multiple_of(4) {
             let key = format!("soak-{}-{visit}", self.id);
             let customer =
                 json!({"name": format!("Soaker {}", self.id), "email": "soak@example.com"});
