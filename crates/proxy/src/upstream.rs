@@ -289,8 +289,9 @@ impl Conn {
     /// The proof is the order of the backend's segments, as the kernel
     /// reports it: a reset that arrives after the backend's FIN leaves
     /// `EPIPE` pending on the socket (Linux's `tcp_reset` in `CLOSE_WAIT`),
-    /// and a backend sends that reset only for bytes that reach a socket
-    /// its process has closed (data arriving after `close`). A backend
+    /// and a backend's kernel sends that reset only for bytes its process
+    /// never read: they reached a socket it had closed, or one it had shut
+    /// down for writing and then closed with them unread. A backend
     /// that read the request and then closed sends a FIN alone (no error
     /// pending); one that closed with the request unread sends a reset
     /// without a FIN first (`ECONNRESET`, read as an error, not as the end).

@@ -411,9 +411,9 @@ async fn posts_never_go_on_a_connection_the_backend_closed_and_never_twice() {
 }
 
 /// A backend that closes a kept-alive connection idle for `idle` at the
-/// edge, carefully: it closes only when no byte of a next request has
-/// arrived, so a request that crosses its close on the wire reaches a
-/// closed socket (its kernel answers with a reset after the FIN). Counts
+/// edge, carefully: only when no byte of a next request has arrived, and
+/// its FIN first, so a request that crosses its close on the wire is never
+/// read and is answered by its kernel with a reset after the FIN. Counts
 /// requests.
 async fn closing_at_the_edge(idle: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -432,8 +432,13 @@ async fn closing_at_the_edge(idle: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
                         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
                         match socket2::SockRef::from(&s).peek(&mut probe) {
                             Ok(n) if n > 0 => {}
-                            // Nothing arrived: closed, nothing unread.
-                            _ => return,
+                            // Nothing arrived: its FIN first, then the
+                            // close (what still arrives is never read).
+                            _ => {
+                                let _ =
+                                    socket2::SockRef::from(&s).shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
                         }
                     }
                     if read_request(&mut s, &mut buf).await.is_none() {
