@@ -19,7 +19,10 @@
 //! `Keep-Alive: timeout=N` (less a margin), and never when the backend has
 //! closed them or sent anything unasked. A connection idle for more than
 //! [`PEEK_AFTER_IDLE_MS`] is checked with a `recv(MSG_PEEK)` before reuse,
-//! so a close the event loop has not reported yet is seen too.
+//! so a close the event loop has not reported yet is seen too. The close
+//! that still crosses the request on the wire (the backend's idle timer
+//! fired while the request was on its way) is recognised afterwards by the
+//! order of the backend's FIN and reset, and the request goes again.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -34,7 +37,7 @@ use crossbeam_queue::ArrayQueue;
 use tandem_http::chunked::{self, ChunkError};
 use tandem_http::response::{self, MAX_INTERIM, ResponseBody};
 use tandem_http::{BodyDecoder, Piece, ResponseHead, Span, UpstreamFraming};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -49,6 +52,9 @@ const MAX_HEADERS: usize = 128;
 const READ_CHUNK: usize = 16 * 1024;
 /// A connection idle this long is checked with a peek before it is reused.
 pub const PEEK_AFTER_IDLE_MS: u64 = 100;
+/// The longest the proxy waits, after a backend's close came back instead
+/// of an answer, for the reset that proves the request was refused.
+const REFUSAL_WAIT: Duration = Duration::from_millis(100);
 
 // === connections ===
 
@@ -73,10 +79,11 @@ pub struct Conn {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
-    /// Writing the request head failed: the backend's close was seen
-    /// before the head was fully written, so nothing it could act on
-    /// reached it.
-    #[error("the backend closed the connection before the request head was written: {0}")]
+    /// Nothing the backend could act on reached it: writing the request
+    /// head failed (its close was seen before the head was fully written),
+    /// or its kernel refused the request because the backend had closed
+    /// the connection before it arrived (see `refused_after_close`).
+    #[error("the backend closed the connection before the request reached it: {0}")]
     Unsent(io::Error),
     /// The client's body failed: not the backend's fault.
     #[error("{0}")]
@@ -198,6 +205,9 @@ impl Conn {
             .write_all(&self.wbuf)
             .await
             .map_err(ExchangeError::Unsent)?;
+        // The backend's kernel refused the body with a reset after its FIN
+        // (the pending error a write meets first): see `refused_after_close`.
+        let mut refused = false;
         if !body.is_empty() {
             match self.send_body(body, progress).await {
                 Ok(()) => {}
@@ -206,6 +216,7 @@ impl Conn {
                 // already (say, 413 before the body); read what it sent.
                 Err(Sending::Backend(e)) => {
                     tracing::debug!(error = %e, "upstream stopped taking the request body");
+                    refused = e.kind() == io::ErrorKind::BrokenPipe;
                 }
             }
         }
@@ -251,6 +262,12 @@ impl Conn {
                     return Err(ExchangeError::Invalid("connection closed within the head"));
                 }
                 Ok(0) => {
+                    if refused || self.refused_after_close().await {
+                        return Err(ExchangeError::Unsent(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "the backend had closed the connection when the request reached it",
+                        )));
+                    }
                     return Err(ExchangeError::NoResponse(
                         io::ErrorKind::UnexpectedEof.into(),
                     ));
@@ -262,6 +279,31 @@ impl Conn {
                 Err(e) => return Err(ExchangeError::NoResponse(e)),
             }
         }
+    }
+
+    /// After the backend's close (FIN) was read before any byte of an
+    /// answer: did its kernel refuse the request because the backend had
+    /// already closed the socket? Then none of the request reached the
+    /// backend and it may go again, whatever its method.
+    ///
+    /// The proof is the order of the backend's segments, as the kernel
+    /// reports it: a reset that arrives after the backend's FIN leaves
+    /// `EPIPE` pending on the socket (Linux's `tcp_reset` in `CLOSE_WAIT`),
+    /// and a backend's kernel sends that reset only for bytes its process
+    /// never read: they reached a socket it had closed, or one it had shut
+    /// down for writing and then closed with them unread. A backend
+    /// that read the request and then closed sends a FIN alone (no error
+    /// pending); one that closed with the request unread sends a reset
+    /// without a FIN first (`ECONNRESET`, read as an error, not as the end).
+    /// Neither is taken for proof. Over a network the reset trails the FIN
+    /// by a round trip: it is waited for, briefly.
+    async fn refused_after_close(&self) -> bool {
+        let refused = |io: &TcpStream| matches!(io.take_error(), Ok(Some(e)) if e.kind() == io::ErrorKind::BrokenPipe);
+        if refused(&self.io) {
+            return true;
+        }
+        let _ = tokio::time::timeout(REFUSAL_WAIT, self.io.ready(Interest::ERROR)).await;
+        refused(&self.io)
     }
 
     async fn send_body(

@@ -409,3 +409,114 @@ async fn posts_never_go_on_a_connection_the_backend_closed_and_never_twice() {
         "a backend closing idle connections is not failing:\n{m}"
     );
 }
+
+/// A backend that closes a kept-alive connection idle for `idle` at the
+/// edge, carefully: only when no byte of a next request has arrived, and
+/// its FIN first, so a request that crosses its close on the wire is never
+/// read and is answered by its kernel with a reset after the FIN. Counts
+/// requests.
+async fn closing_at_the_edge(idle: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let r = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    if buf.is_empty() && tokio::time::timeout(idle, s.readable()).await.is_err() {
+                        // Asks the kernel (not the event loop's view,
+                        // which may lag): has a request started?
+                        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                        match socket2::SockRef::from(&s).peek(&mut probe) {
+                            Ok(n) if n > 0 => {}
+                            // Nothing arrived: its FIN first, then the
+                            // close (what still arrives is never read).
+                            _ => {
+                                let _ =
+                                    socket2::SockRef::from(&s).shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                        }
+                    }
+                    if read_request(&mut s, &mut buf).await.is_none() {
+                        return;
+                    }
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+fn resends(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("tandem_proxy_upstream_resends_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The keep-alive race itself: POSTs sent as the backend's idle timer
+/// fires (gaps swept across its edge, from several clients at once, so the
+/// proxy is busy when the backend's FIN arrives). A POST that crossed the
+/// backend's close reached a closed socket: it goes again on a fresh
+/// connection, and no client sees a 502. Runs until the race was met a few
+/// times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_crossed_the_backends_close_goes_again_and_runs_once() {
+    const EDGE_MS: u64 = 20;
+    let (addr, requests) = closing_at_the_edge(Duration::from_millis(EDGE_MS)).await;
+    let proxy = proxy_with(&[addr.to_string()], |c| c.upstream_idle_timeout_ms = 60_000).await;
+    let proxy = Arc::new(proxy);
+    let started = std::time::Instant::now();
+    let mut ok = 0usize;
+    let mut met = 0;
+    while met < 3 && started.elapsed() < Duration::from_secs(40) {
+        let mut clients = Vec::new();
+        for c in 0..12u64 {
+            let proxy = proxy.clone();
+            clients.push(tokio::spawn(async move {
+                let client = http_client();
+                let mut statuses = Vec::new();
+                for i in 0..40u64 {
+                    // 17 to 23 ms: across the backend's 20 ms.
+                    let gap_us = (EDGE_MS - 3) * 1_000 + ((i * 7 + c * 13) % 60) * 100;
+                    tokio::time::sleep(Duration::from_micros(gap_us)).await;
+                    let r = client
+                        .post(proxy.url("/order"))
+                        .body(format!("order {c}-{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(r.status().as_u16());
+                }
+                statuses
+            }));
+        }
+        for c in clients {
+            let statuses = c.await.unwrap();
+            let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+            assert!(failed.is_empty(), "POSTs failed: {failed:?}");
+            ok += statuses.len();
+        }
+        let (_, m) = proxy.admin_get("/metrics").await.unwrap();
+        met = resends(&m);
+    }
+    assert!(
+        met >= 3,
+        "the race was met {met} times in 40 s: the test did not test it"
+    );
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        ok,
+        "each POST ran once: a resent one never reached the backend before"
+    );
+}

@@ -88,7 +88,7 @@ pub async fn once(
         trace,
         fresh_trace,
     );
-    let failure = match conn
+    let (failure, error) = match conn
         .exchange(
             head.method == Method::HEAD,
             body,
@@ -100,13 +100,13 @@ pub async fn once(
     {
         Ok(resp) => return Outcome::Answered(resp, conn),
         Err(ExchangeError::Client(f)) => return Outcome::Client(f),
-        Err(ExchangeError::Unsent(_)) if reused => Failure::Stale,
-        Err(ExchangeError::Unsent(_)) => Failure::Connect,
-        Err(ExchangeError::NoResponse(_)) => Failure::NoResponse,
-        Err(ExchangeError::Invalid(_)) => Failure::Invalid,
-        Err(ExchangeError::Timeout) => Failure::Timeout,
+        Err(e @ ExchangeError::Unsent(_)) if reused => (Failure::Stale, e),
+        Err(e @ ExchangeError::Unsent(_)) => (Failure::Connect, e),
+        Err(e @ ExchangeError::NoResponse(_)) => (Failure::NoResponse, e),
+        Err(e @ ExchangeError::Invalid(_)) => (Failure::Invalid, e),
+        Err(e @ ExchangeError::Timeout) => (Failure::Timeout, e),
     };
-    tracing::debug!(backend = %b.address, ?failure, reused, method = %head.method, "upstream try failed");
+    tracing::debug!(backend = %b.address, ?failure, %error, reused, method = %head.method, "upstream try failed");
     Outcome::Failed { failure, reused }
 }
 

@@ -5,8 +5,10 @@
 //!
 //! - A request the backend provably got none of goes again, whatever its
 //!   method: the connect failed, or the backend's close of a kept-alive
-//!   connection was seen before the request head was fully written (HAProxy
-//!   retries these too). A stale kept-alive connection is not the
+//!   connection was seen before the request head was fully written, or it
+//!   crossed the request and the backend's kernel refused the request with
+//!   a reset after its FIN (HAProxy retries these too: `http-reuse safe`).
+//!   A stale kept-alive connection is not the
 //!   backend's fault: the request goes again on a fresh connection to the
 //!   same backend, uncounted.
 //! - A request that left without an answer coming back may have run: only
@@ -21,8 +23,9 @@
 pub enum Failure {
     /// No connection: nothing was sent.
     Connect,
-    /// The backend's close of a kept-alive connection was seen before the
-    /// request head was fully written: nothing it could act on was sent.
+    /// The backend had closed the kept-alive connection before the request
+    /// reached it (seen before the head was fully written, or proved by
+    /// the reset after its FIN): nothing it could act on was sent.
     Stale,
     /// The request left; the connection closed or reset before any byte of
     /// an answer.

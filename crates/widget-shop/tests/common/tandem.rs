@@ -79,14 +79,24 @@ impl Tandem {
     /// Starts proxy `name` following this control plane and waits until it
     /// serves the shop.
     pub async fn proxy(&self, name: &str) -> anyhow::Result<ProxyProcess> {
+        self.proxy_with(name, &[]).await
+    }
+
+    /// Like [`Tandem::proxy`], with more environment (`TANDEM_*` settings).
+    pub async fn proxy_with(
+        &self,
+        name: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<ProxyProcess> {
         let state = tempfile::Builder::new()
             .prefix("tandem-proxy-state-")
             .tempdir()?;
-        let env: Vec<(&str, String)> = vec![
+        let mut env: Vec<(&str, String)> = vec![
             ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
             ("TANDEM_NODE_ID", name.to_string()),
             ("TANDEM_WORKERS", "1".to_string()),
         ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let proxy = ProxyProcess::start(state, &self.control.endpoint(), &env)?;
         // Ready means it has a configuration; then the shop must answer
         // through it.

@@ -42,7 +42,13 @@ pub struct Tally {
     /// The longest a failed request took to fail: a fast error, or a hang?
     pub slowest_failure: Duration,
     pub orders_confirmed: u64,
+    /// The first failed requests in detail: what was asked, when, and the
+    /// error's whole chain (the evidence a failure is explained by).
+    pub notes: Vec<String>,
 }
+
+/// Failed requests noted in detail per phase (the rest are only counted).
+const MAX_NOTES: usize = 20;
 
 impl Tally {
     pub fn availability(&self) -> f64 {
@@ -73,6 +79,11 @@ impl Tally {
         }
         self.slowest_failure = self.slowest_failure.max(other.slowest_failure);
         self.orders_confirmed += other.orders_confirmed;
+        for n in &other.notes {
+            if self.notes.len() < MAX_NOTES {
+                self.notes.push(n.clone());
+            }
+        }
     }
 }
 
@@ -97,6 +108,8 @@ impl LoadReport {
 /// Shoppers running until [`Load::stop`].
 pub struct Load {
     phase: Arc<AtomicUsize>,
+    /// When each phase began (the first when the shoppers started).
+    phase_starts: Arc<std::sync::Mutex<Vec<Instant>>>,
     stop: Arc<AtomicBool>,
     shoppers: Vec<JoinHandle<ShopperReport>>,
 }
@@ -133,6 +146,7 @@ impl Load {
         anyhow::ensure!(!slugs.is_empty(), "the shop lists no widgets: {list}");
 
         let phase = Arc::new(AtomicUsize::new(0));
+        let phase_starts = Arc::new(std::sync::Mutex::new(vec![Instant::now()]));
         let stop = Arc::new(AtomicBool::new(false));
         let targets = Arc::new(targets);
         let slugs = Arc::new(slugs);
@@ -146,6 +160,7 @@ impl Load {
                 cart: None,
                 slugs: slugs.clone(),
                 phase: phase.clone(),
+                phase_starts: phase_starts.clone(),
                 stop: stop.clone(),
                 config: config.clone(),
                 report: ShopperReport::default(),
@@ -159,13 +174,17 @@ impl Load {
         }
         Ok(Load {
             phase,
+            phase_starts,
             stop,
             shoppers,
         })
     }
 
-    /// Requests from now on count in the next phase.
+    /// Requests answered from now on count in the next phase (call it just
+    /// before breaking something: a request in flight when it breaks
+    /// counts in the phase of the break).
     pub fn next_phase(&self) {
+        self.phase_starts.lock().unwrap().push(Instant::now());
         self.phase.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -207,6 +226,7 @@ struct Shopper {
     cart: Option<String>,
     slugs: Arc<Vec<String>>,
     phase: Arc<AtomicUsize>,
+    phase_starts: Arc<std::sync::Mutex<Vec<Instant>>>,
     stop: Arc<AtomicBool>,
     config: LoadConfig,
     report: ShopperReport,
@@ -316,7 +336,10 @@ impl Shopper {
             .filter(|a| a.status.is_success())
     }
 
-    /// One request at the shopper's pace, counted in the current phase.
+    /// One request at the shopper's pace, counted in the phase it ended in:
+    /// a request still in flight when the next phase's failure is injected
+    /// met that failure, so it counts there (counting it where it started
+    /// put the kill's casualties in "steady").
     async fn send_raw(
         &mut self,
         method: Method,
@@ -325,7 +348,7 @@ impl Shopper {
         key: Option<&str>,
     ) -> Option<Answer> {
         self.ticker.tick().await;
-        let phase = self.phase.load(Ordering::SeqCst);
+        let started_in = self.phase.load(Ordering::SeqCst);
         let start = Instant::now();
         let n = self.targets.len();
         let first = self.preferred;
@@ -376,14 +399,55 @@ impl Shopper {
                 }
                 match res.text().await {
                     Ok(body) => Ok((status, by, body)),
-                    Err(e) => Err(classify(&e)),
+                    Err(e) => Err((classify(&e), chain(&e))),
                 }
             }
-            Some(Err(e)) => Err(classify(&e)),
-            None => Err("no target".to_string()),
+            Some(Err(e)) => Err((classify(&e), chain(&e))),
+            None => Err(("no target".to_string(), String::new())),
         };
         let took = start.elapsed();
+        let phase = self.phase.load(Ordering::SeqCst);
+        let note = |kind: &str, detail: &str| {
+            let starts = self.phase_starts.lock().unwrap();
+            let at = |p: usize| {
+                let base = starts.get(p).copied().unwrap_or(start);
+                if start >= base {
+                    format!("+{} ms", (start - base).as_millis())
+                } else {
+                    format!("-{} ms", (base - start).as_millis())
+                }
+            };
+            format!(
+                "shopper {} {method} {path}: {kind} after {} ms, sent at {} into phase {started_in} \
+                 ({} relative to phase {phase}'s start){}",
+                self.id,
+                took.as_millis(),
+                at(started_in),
+                at(phase),
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                },
+            )
+        };
+        let note = match &outcome {
+            Ok((status, _, body)) if status.is_client_error() || status.is_server_error() => {
+                Some(note(status.as_str(), body.trim()))
+            }
+            Ok(_) => None,
+            Err((kind, detail)) => Some(note(kind, detail)),
+        };
         let phase_tally = self.tally_at(phase);
+        // A failure sent before the phase's break and failing after it is
+        // always noted: it is the one a phase boundary could misplace.
+        let straddled = started_in != phase;
+        if let Some(n) = note
+            && (straddled || phase_tally.notes.len() < MAX_NOTES / 4)
+            && phase_tally.notes.len() < MAX_NOTES
+        {
+            phase_tally.notes.push(n);
+        }
         phase_tally.requests += 1;
         match outcome {
             Ok((status, by, body)) => {
@@ -393,12 +457,24 @@ impl Shopper {
                 }
                 Some(Answer { status, body })
             }
-            Err(kind) => {
+            Err((kind, _)) => {
                 phase_tally.failed(kind, took);
                 None
             }
         }
     }
+}
+
+/// The error and every source under it: hyper's "connection closed before
+/// message completed" and the OS's "connection reset" read differently.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 fn classify(e: &reqwest::Error) -> String {

@@ -20,6 +20,7 @@
 mod common;
 mod load;
 mod report;
+mod soak;
 mod stages;
 
 use std::time::Duration;
@@ -38,6 +39,10 @@ fn env_u64(name: &str, default: u64) -> anyhow::Result<u64> {
 fn print_tables(results: &[StageResult]) -> String {
     let text = format!("{}\n{}", report::summary(results), report::phases(results));
     println!("\n{text}");
+    let notes = report::notes(results);
+    if !notes.is_empty() {
+        println!("failed requests in detail:\n{notes}");
+    }
     text
 }
 
@@ -137,5 +142,70 @@ async fn progression() -> anyhow::Result<()> {
             r.name
         );
     }
+    Ok(())
+}
+
+fn soak_report(config: &soak::SoakConfig, r: &soak::SoakReport) -> String {
+    let text = r.table(config);
+    println!("\n{text}");
+    if !r.notes.is_empty() {
+        println!("failed requests in detail:");
+        for n in &r.notes {
+            println!("  {n}");
+        }
+    }
+    if let Ok(path) = std::env::var("SOAK_REPORT") {
+        let _ = std::fs::write(&path, &text);
+        println!("report written to {path}");
+    }
+    text
+}
+
+/// The short soak (about a minute): stage 3's topology, mixed traffic,
+/// idle gaps swept across the keep-alive timeouts; not one request may
+/// fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_short_no_request_fails_in_a_steady_state() -> anyhow::Result<()> {
+    let config = soak::SoakConfig {
+        requests: u64::MAX,
+        duration: Duration::from_secs(env_u64("SOAK_SECS", 45)?),
+        busy: 4,
+        idle: 24,
+    };
+    let r = soak::run(&config).await?;
+    soak_report(&config, &r);
+    assert!(
+        r.requests > 1_000,
+        "the soak sent too little: {}",
+        r.requests
+    );
+    assert_eq!(
+        r.failed(),
+        0,
+        "requests failed in a steady state: {:?}",
+        r.failures
+    );
+    Ok(())
+}
+
+/// The long soak: a million requests by default (`SOAK_REQUESTS`), at most
+/// `SOAK_SECS` (two hours). `scripts/soak.sh` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the long soak: scripts/soak.sh runs it"]
+async fn soak() -> anyhow::Result<()> {
+    let config = soak::SoakConfig {
+        requests: env_u64("SOAK_REQUESTS", 1_000_000)?,
+        duration: Duration::from_secs(env_u64("SOAK_SECS", 7_200)?),
+        busy: env_u64("SOAK_BUSY", 16)? as usize,
+        idle: env_u64("SOAK_IDLE", 64)? as usize,
+    };
+    let r = soak::run(&config).await?;
+    soak_report(&config, &r);
+    assert_eq!(
+        r.failed(),
+        0,
+        "requests failed in a steady state: {:?}",
+        r.failures
+    );
     Ok(())
 }

@@ -107,3 +107,16 @@ pub fn phases(results: &[StageResult]) -> String {
     }
     out
 }
+
+/// The failed requests noted in detail, by stage and phase.
+pub fn notes(results: &[StageResult]) -> String {
+    let mut out = String::new();
+    for r in results {
+        for (label, t) in r.phases.iter().zip(&r.load.phases) {
+            for n in &t.notes {
+                let _ = writeln!(out, "  stage {} / {label}: {n}", r.name);
+            }
+        }
+    }
+    out
+}

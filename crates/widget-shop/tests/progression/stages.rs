@@ -142,7 +142,7 @@ fn pg_ctl(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Sets every widget's stock high, so a long run never sells out.
-async fn restock(url: &str) -> anyhow::Result<()> {
+pub async fn restock(url: &str) -> anyhow::Result<()> {
     let db = super::common::db(url).await?;
     sqlx::query("UPDATE widgets SET stock = $1")
         .bind(RESTOCK)
