@@ -65,8 +65,9 @@ pub async fn serve(
         .map_err(Error::Admin)
 }
 
-/// Each routed pool's request-duration histogram (see
-/// [`tandem_telemetry::histogram`]).
+/// Series rendered from the live table at each scrape: each pool's
+/// request-duration histogram (see [`tandem_telemetry::histogram`]) and
+/// the pool's state the alert rules read (panic mode, usable primaries).
 fn render_histograms(rt: &Runtime, out: &mut String) {
     const NAME: &str = "tandem_proxy_request_duration_seconds";
     let Some(table) = rt.proxy.table.load_full() else {
@@ -78,6 +79,45 @@ fn render_histograms(rt: &Runtime, out: &mut String) {
         let labels = format!("pool=\"{}\"", pool.state.name);
         pool.state.latency.render(out, NAME, &labels);
     }
+    render_pool_states(&table, out);
+}
+
+fn render_pool_states(table: &crate::table::Table, out: &mut String) {
+    use std::fmt::Write;
+    let states: Vec<_> = table.pools.iter().map(|p| (p, p.serving())).collect();
+    let gauge = |out: &mut String,
+                 name: &str,
+                 help: &str,
+                 value: &dyn Fn(&crate::table::Serving) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (pool, serving) in &states {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\"}} {}",
+                pool.state.name,
+                value(serving)
+            );
+        }
+    };
+    gauge(
+        out,
+        "tandem_proxy_pool_panic",
+        "1 while the pool is in panic mode (too few usable primaries: all of them take traffic).",
+        &|s| u64::from(s.panic),
+    );
+    gauge(
+        out,
+        "tandem_proxy_pool_primaries",
+        "The pool's enabled primaries.",
+        &|s| s.primaries,
+    );
+    gauge(
+        out,
+        "tandem_proxy_pool_usable_primaries",
+        "The pool's enabled primaries neither unhealthy per the agents nor ejected by this proxy.",
+        &|s| s.usable_primaries,
+    );
 }
 
 /// The routing table with each backend's state, and the TCP routes.

@@ -245,6 +245,36 @@ impl PoolRt {
     }
 }
 
+/// What a pool serves from right now, as this proxy sees it.
+pub struct Serving {
+    /// The tier picks choose from (`None`: nothing may take a request).
+    pub tier: Option<tandem_core::lb::Tier>,
+    pub panic: bool,
+    /// Enabled primaries.
+    pub primaries: u64,
+    /// Enabled primaries neither unhealthy nor ejected.
+    pub usable_primaries: u64,
+}
+
+impl PoolRt {
+    pub fn serving(&self) -> Serving {
+        let tier = if self.config.policy == tandem_core::LbPolicy::SingleActive {
+            tandem_core::lb::single_active_tier(&self.backends)
+        } else {
+            select_tier(&self.backends, self.config.panic_threshold_percent)
+        };
+        let primaries = self.backends.iter().filter(|b| {
+            b.declared.role == BackendRole::Primary && b.declared.admin_state == AdminState::Enabled
+        });
+        Serving {
+            tier,
+            panic: tier.is_some_and(|t| t.is_panic()),
+            primaries: primaries.clone().count() as u64,
+            usable_primaries: primaries.filter(|b| b.healthy()).count() as u64,
+        }
+    }
+}
+
 // === Registry ===
 
 /// Shared state by pool and by (pool, address). Only table builds touch the
