@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -52,6 +53,16 @@ pub async fn serve(
         ready,
         tandem_telemetry::Started::already(),
         Some(histograms),
+    )
+    .route(
+        "/explain",
+        get({
+            let rt = rt.clone();
+            move |Query(q): Query<ExplainQuery>| {
+                let rt = rt.clone();
+                async move { explain(&rt, q) }
+            }
+        }),
     )
     .route(
         "/config",
@@ -137,4 +148,33 @@ fn config(rt: &Runtime) -> Response {
         .into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n").into_response(),
     }
+}
+
+/// `GET /explain?host=H&path=P&client=IP`: what the proxy would do with
+/// such a request (see [`crate::explain`]).
+#[derive(serde::Deserialize)]
+struct ExplainQuery {
+    host: Option<String>,
+    path: Option<String>,
+    client: Option<String>,
+}
+
+fn explain(rt: &Runtime, q: ExplainQuery) -> Response {
+    let question = match crate::explain::Question::parse(
+        q.host.as_deref(),
+        q.path.as_deref(),
+        q.client.as_deref(),
+        rt.proxy.parse.encoded_slashes,
+    ) {
+        Ok(question) => question,
+        Err(bad) => return (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response(),
+    };
+    let Some(table) = rt.proxy.table.load_full() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n").into_response();
+    };
+    let notes = |pool: &crate::table::PoolRt, i: usize| {
+        rt.registry
+            .health_note(&pool.config.name, &pool.backends[i].declared.address)
+    };
+    Json(crate::explain::explain(&table, question, &notes)).into_response()
 }

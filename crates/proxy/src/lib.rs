@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod explain;
 pub mod forward;
 pub mod h1;
 pub mod h2;

@@ -286,7 +286,16 @@ pub struct Registry {
     /// The latest active-health states, also for backends not (yet) in
     /// the configuration.
     health: Mutex<HashMap<(PoolName, BackendAddr), HealthState>>,
+    /// Why the agents decided each backend's state, for `/explain`.
+    notes: Mutex<HashMap<(PoolName, BackendAddr), HealthNote>>,
     pub upstream_max_idle: usize,
+}
+
+/// The agents' reason for a backend's state, and since when.
+#[derive(Debug, Clone, Default)]
+pub struct HealthNote {
+    pub reason: String,
+    pub since_unix_ms: u64,
 }
 
 impl Registry {
@@ -326,6 +335,22 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Keeps the agents' reasons for the states of an update (`full`
+    /// replaces all of them).
+    pub fn note_health(&self, full: bool, notes: Vec<((PoolName, BackendAddr), HealthNote)>) {
+        let mut kept = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        if full {
+            kept.clear();
+        }
+        kept.extend(notes);
+    }
+
+    /// The agents' reason for a backend's state, if they gave one.
+    pub fn health_note(&self, pool: &PoolName, address: &BackendAddr) -> Option<HealthNote> {
+        let kept = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(&(pool.clone(), address.clone())).cloned()
     }
 
     /// Builds the table for `snapshot`, reusing the state of pools and
