@@ -196,6 +196,11 @@ pub async fn run(
         shutdown.await;
         let _ = down_tx.send(true);
     });
+    if let Ok(admin) = admin_listener.local_addr() {
+        rt.tcp
+            .node_state
+            .send_modify(|s| s.admin_address = admin.to_string());
+    }
     tokio::spawn(tcp::listeners::run(rt.tcp.clone(), down_rx.clone()));
     tokio::spawn(tcp::supervisor::run(rt.tcp.clone()));
     let (stop_tx, stop_rx) = channel::channel(false);
