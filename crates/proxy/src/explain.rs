@@ -167,21 +167,35 @@ pub fn explain(
     }
 }
 
-/// Routes matching the request, by the lookup's precedence: an exact host,
-/// then wildcards (longest suffix first), then any host; within a host, the
-/// longest prefix.
-fn matching_routes(table: &Table, q: &Question) -> Vec<RouteChoice> {
-    let mut found: Vec<(usize, usize, &tandem_core::Route)> = table
+/// Declared routes matching a host (normalised) and a path, by the
+/// lookup's precedence: an exact host, then wildcards (longest suffix
+/// first), then any host; within a host, the longest prefix.
+fn candidates<'a>(table: &'a Table, host: &str, path: &str) -> Vec<&'a tandem_core::Route> {
+    let mut found: Vec<&tandem_core::Route> = table
         .declared_routes
         .iter()
-        .filter(|r| r.host.matches(&q.host) && r.path_prefix.matches(&q.path))
-        .map(|r| (r.host.specificity(), r.path_prefix.as_str().len(), r))
+        .filter(|r| r.host.matches(host) && r.path_prefix.matches(path))
         .collect();
-    found.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    found.sort_by_key(|r| std::cmp::Reverse((r.host.specificity(), r.path_prefix.as_str().len())));
     found
+}
+
+/// The declared route a request for `host` and `path` takes (the one the
+/// table's lookup picks), for the access log.
+pub fn route_taken<'a>(table: &'a Table, host: &str, path: &str) -> Option<&'a tandem_core::Route> {
+    let host = normalize_host(host);
+    let pool = *table.routes.lookup(&host, path)?;
+    let name = &table.pools.get(pool)?.config.name;
+    candidates(table, &host, path)
+        .into_iter()
+        .find(|r| &r.pool == name)
+}
+
+fn matching_routes(table: &Table, q: &Question) -> Vec<RouteChoice> {
+    candidates(table, &q.host, &q.path)
         .iter()
         .enumerate()
-        .map(|(rank, (_, _, r))| {
+        .map(|(rank, r)| {
             let host = match &r.host {
                 HostMatch::Exact(_) => "the host matches exactly".to_string(),
                 HostMatch::Wildcard(_) => format!("the host matches the wildcard {}", r.host),
