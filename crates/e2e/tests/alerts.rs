@@ -165,9 +165,11 @@ async fn alert_rules_and_dashboards_hold_against_a_live_platform() -> anyhow::Re
             FIRES_WITHIN,
         )
         .await;
+    let alerts = api.alerts().await.unwrap_or_default();
     if let Err(e) = firing {
-        bail!("{e}\nalerts: {}", api.alerts().await.unwrap_or_default());
+        bail!("{e}\nalerts: {alerts}");
     }
+    println!("firing: {alerts:#}");
     broken.set_fault(None).await?;
     let resolved = api
         .wait_alert("BackendUnhealthy", &backend, |s| s.is_none(), FIRES_WITHIN)

@@ -64,6 +64,7 @@ async fn each_request_gets_a_json_line_with_its_route_backend_and_trace() {
 
     let lines = lines(&log, 2).await;
     assert_eq!(lines.len(), 2, "{lines:?}");
+    println!("{}", lines.join("\n"));
     let first: Value = serde_json::from_str(&lines[0]).unwrap();
     assert_eq!(first["method"], "GET");
     assert_eq!(first["host"], "shop.example");
