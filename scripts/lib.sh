@@ -68,6 +68,17 @@ ensure_packet_filters() {
   echo "iptables: $(command -v iptables), nft: $(command -v nft)"
 }
 
+# Debian's Prometheus (gives promtool too) for the alert rules' checks and
+# tandem-e2e's alerts test; its package may not start a service here.
+ensure_prometheus() {
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    echo "installing Prometheus (Debian package prometheus)"
+    apt_install --no-install-recommends prometheus
+    as_root service prometheus stop >/dev/null 2>&1 || true
+  fi
+  echo "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
+}
+
 # pg_ctl as the user that owns the cluster (initdb and the server refuse root).
 pg_ctl_run() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi

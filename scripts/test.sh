@@ -19,6 +19,11 @@ ensure_postgres_server
 ensure_chromium
 ensure_packet_filters
 ensure_python3
+ensure_prometheus
+
+step "promtool: Prometheus config and alert rules"
+promtool check config deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/rules/*.yml
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -14,13 +14,17 @@
 #   each figure's median over the rounds.
 # - BASELINE_BIN=<path> adds a second tandem-proxy build (say, the one
 #   before a change) as the row "baseline", measured in the same rounds.
+# - ACCESS_LOG=json (or common) adds the same tandem-proxy build with its
+#   access log on, written to a file, as the row "logged", measured in the
+#   same rounds; its writer thread shares the proxy's core.
 # It prints a table and the ratios tandem/nginx, tandem/haproxy (and
-# tandem/baseline); with ROUNDS > 1 also the median of the ratios taken
-# within each round (steadier under noise).
+# tandem/baseline, logged/tandem); with ROUNDS > 1 also the median of the
+# ratios taken within each round (steadier under noise).
 #
 # Usage: scripts/bench/proxy.sh            (DURATION=10s CONNS=50 ROUNDS=1)
 #        DURATION=30s CONNS=100 ROUNDS=3 scripts/bench/proxy.sh
 #        BASELINE_BIN=/tmp/tandem-proxy-before ROUNDS=3 scripts/bench/proxy.sh
+#        ACCESS_LOG=json ROUNDS=3 scripts/bench/proxy.sh
 # Not a test: numbers depend on the machine; nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,6 +35,9 @@ ROUNDS=${ROUNDS:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
 BASELINE_PORT=${BASELINE_PORT:-18105}
 BASELINE_ADMIN_PORT=${BASELINE_ADMIN_PORT:-18106}
+ACCESS_LOG=${ACCESS_LOG:-}
+LOGGED_PORT=${LOGGED_PORT:-18107}
+LOGGED_ADMIN_PORT=${LOGGED_ADMIN_PORT:-18108}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BACKEND_PORT=${BACKEND_PORT:-18100}
@@ -169,14 +176,16 @@ cat >"$WORK/tandem/snapshot.json" <<EOF
    "revision": 1}},
  "routes": [{"host": "*", "path_prefix": "/", "pool": "bench"}]}
 EOF
-start_tandem() { # binary port admin_port state_dir log
-  if [ "$4" != "$WORK/tandem" ]; then
-    mkdir -p "$4"
-    cp "$WORK/tandem/snapshot.json" "$4/"
+start_tandem() { # binary port admin_port state_dir log [VAR=value...]
+  local bin=$1 port=$2 admin=$3 dir=$4 log=$5
+  shift 5
+  if [ "$dir" != "$WORK/tandem" ]; then
+    mkdir -p "$dir"
+    cp "$WORK/tandem/snapshot.json" "$dir/"
   fi
-  TANDEM_LISTEN=127.0.0.1:$2 TANDEM_ADMIN_LISTEN=127.0.0.1:$3 \
-    TANDEM_STATE_DIR=$4 TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
-    taskset -c "$PROXY_CORE" "$1" >"$5" 2>&1 &
+  env "$@" TANDEM_LISTEN=127.0.0.1:$port TANDEM_ADMIN_LISTEN=127.0.0.1:$admin \
+    TANDEM_STATE_DIR=$dir TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
+    taskset -c "$PROXY_CORE" "$bin" >"$log" 2>&1 &
 }
 start_tandem "$TANDEM" "$TANDEM_PORT" "$TANDEM_ADMIN_PORT" "$WORK/tandem" "$WORK/tandem.log"
 TANDEM_PID=$!
@@ -189,6 +198,15 @@ if [ -n "$BASELINE_BIN" ]; then
   PIDS+=($BASELINE_PID)
   TARGETS="$TARGETS baseline"
   PORTS="$PORTS $BASELINE_PORT"
+fi
+
+if [ -n "$ACCESS_LOG" ]; then
+  start_tandem "$TANDEM" "$LOGGED_PORT" "$LOGGED_ADMIN_PORT" "$WORK/logged" "$WORK/logged.log" \
+    TANDEM_ACCESS_LOG="$WORK/access.log" TANDEM_ACCESS_LOG_FORMAT="$ACCESS_LOG"
+  LOGGED_PID=$!
+  PIDS+=($LOGGED_PID)
+  TARGETS="$TARGETS logged"
+  PORTS="$PORTS $LOGGED_PORT"
 fi
 
 for p in $PORTS; do wait_port "$p"; done
@@ -259,6 +277,11 @@ for r in $(seq 1 "$ROUNDS"); do
   run haproxy "$r" "$HAPROXY_PORT" "$HAPROXY_PID"
   run tandem "$r" "$TANDEM_PORT" "$TANDEM_PID"
   [ -n "$BASELINE_BIN" ] && run baseline "$r" "$BASELINE_PORT" "$BASELINE_PID"
+  if [ -n "$ACCESS_LOG" ]; then
+    run logged "$r" "$LOGGED_PORT" "$LOGGED_PID"
+    # The log's lines are the load's: do not let them fill the disk.
+    : >"$WORK/access.log"
+  fi
 done
 
 # The median of one figure over the rounds ("-" stays "-").
@@ -307,6 +330,13 @@ if [ -n "$BASELINE_BIN" ]; then
   echo "tandem/baseline: throughput $(ratio "${RPS[tandem]}" "${RPS[baseline]}")x," \
     "p99 $(ratio "${P99[tandem]}" "${P99[baseline]}")x, cpu/req $(ratio "${CPU[tandem]}" "${CPU[baseline]}")x"
 fi
+if [ -n "$ACCESS_LOG" ]; then
+  echo "logged/tandem: throughput $(ratio "${RPS[logged]}" "${RPS[tandem]}")x," \
+    "p99 $(ratio "${P99[logged]}" "${P99[tandem]}")x, cpu/req $(ratio "${CPU[logged]}" "${CPU[tandem]}")x"
+  metrics=$(curl -fsS "http://127.0.0.1:$LOGGED_ADMIN_PORT/metrics" || true)
+  echo "access log ($ACCESS_LOG): lines written $(echo "$metrics" | awk '/^tandem_proxy_access_log_lines_total/ {print $2}')," \
+    "dropped $(echo "$metrics" | awk '/^tandem_proxy_access_log_dropped_total/ {print $2}')"
+fi
 if [ "$ROUNDS" -gt 1 ]; then
   # Each round runs every target back to back, so a ratio taken within a
   # round compares them under the same noise; the median of those ratios
@@ -325,4 +355,7 @@ if [ "$ROUNDS" -gt 1 ]; then
   for o in $others; do
     echo "  tandem/$o: throughput $(round_ratio RPS tandem "$o")x, cpu/req $(round_ratio CPU tandem "$o")x"
   done
+  if [ -n "$ACCESS_LOG" ]; then
+    echo "  logged/tandem: throughput $(round_ratio RPS logged tandem)x, cpu/req $(round_ratio CPU logged tandem)x"
+  fi
 fi

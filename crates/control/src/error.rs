@@ -30,6 +30,29 @@ pub enum Error {
     /// Stored data in a format this build does not read yet.
     #[error(transparent)]
     NewerFormat(#[from] tandem_core::format::NewerFormat),
+    /// `Explain` could not reach the proxy it was to ask, or the proxy
+    /// could not answer.
+    #[error("{0}")]
+    Proxy(ProxyError),
+}
+
+/// Asking a proxy through its admin port (`Explain`).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no proxy {name:?} has reported to the control plane (known: {known})")]
+    Unknown { name: String, known: String },
+    #[error("several proxies have reported ({known}): name one (tandemctl explain --proxy NAME)")]
+    Unnamed { known: String },
+    #[error("no proxy has reported an admin address yet")]
+    None,
+    #[error("proxy {name} refused the question: {message}")]
+    Refused { name: String, message: String },
+    #[error("proxy {name} at {address} did not answer: {cause}")]
+    Unreachable {
+        name: String,
+        address: String,
+        cause: String,
+    },
 }
 
 impl From<tandem_core::ValidationError> for Error {
@@ -117,6 +140,11 @@ impl Error {
             }
             Error::Database(_) | Error::Corrupt(_) => Code::Internal,
             Error::NewerFormat(_) => Code::FailedPrecondition,
+            Error::Proxy(p) => match p {
+                ProxyError::Unknown { .. } | ProxyError::None => Code::NotFound,
+                ProxyError::Unnamed { .. } | ProxyError::Refused { .. } => Code::InvalidArgument,
+                ProxyError::Unreachable { .. } => Code::Unavailable,
+            },
         }
     }
 }
@@ -128,6 +156,10 @@ impl From<Error> for Status {
         let code = e.code();
         match &e {
             Error::Domain(_) => Status::new(code, e.to_string()),
+            Error::Proxy(p) => {
+                tracing::debug!(error = %p, "explain");
+                Status::new(code, e.to_string())
+            }
             Error::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 Status::unavailable(

@@ -176,8 +176,18 @@ pub async fn run(
         },
         stop_rx.clone(),
     );
-    let admin_router =
-        tandem_telemetry::admin_router(prometheus, ready).merge(crate::ui::router(status_page));
+    // Backends' committed health, rendered from the table at each scrape.
+    let health_metrics: tandem_telemetry::MetricsExtra = Arc::new({
+        let consensus = consensus.clone();
+        move |out: &mut String| consensus.table().render_metrics(out)
+    });
+    let admin_router = tandem_telemetry::admin_router_with(
+        prometheus,
+        ready,
+        tandem_telemetry::Started::already(),
+        Some(health_metrics),
+    )
+    .merge(crate::ui::router(status_page));
     let admin_task = tokio::spawn(tandem_telemetry::serve_admin(admin, admin_router, {
         let mut stop = stop_rx.clone();
         async move {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tandem_core::{
@@ -26,7 +26,7 @@ use crate::auth::require_admin;
 use crate::consensus::aggregator::now_ms;
 use crate::consensus::peers::PeerClient;
 use crate::consensus::{Aggregator, Consensus, FORWARDED, HealthEvent, Peers};
-use crate::error::Error;
+use crate::error::{Error, ProxyError};
 use crate::hub::{Committed, Hub, HubEvent};
 use crate::store::{ListenerReport, NodeReport, Store};
 
@@ -579,11 +579,14 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ReportAppliedRequest>,
     ) -> Result<Response<v1::ReportAppliedReply>, Status> {
+        let peer = req.remote_addr();
         self.call("ReportApplied", async {
             let req = req.into_inner();
             if req.node_id.is_empty() {
                 return Err(ValidationError::new("node_id", "must be set").into());
             }
+            let admin = admin_address(&req.admin_address, peer)?;
+            let report_node_id = req.node_id.clone();
             self.store
                 .report_node(&NodeReport {
                     node_id: req.node_id,
@@ -605,6 +608,11 @@ impl ControlPlane for ControlService {
                     alerts: req.alerts,
                 })
                 .await?;
+            if let Some(admin) = admin {
+                self.store
+                    .report_admin_address(&report_node_id, &admin)
+                    .await?;
+            }
             Ok(v1::ReportAppliedReply {})
         })
         .await
@@ -714,6 +722,82 @@ impl ControlPlane for ControlService {
             term: status.term,
         };
         self.finish("GetHealth", start, Ok(reply))
+    }
+
+    async fn explain(
+        &self,
+        req: Request<v1::ExplainRequest>,
+    ) -> Result<Response<v1::ExplainReply>, Status> {
+        require_admin(&req)?;
+        self.call("Explain", async {
+            let req = req.into_inner();
+            for (field, value, max) in [
+                ("host", &req.host, 261),
+                ("path", &req.path, 8192),
+                ("client", &req.client, 64),
+                ("proxy", &req.proxy, 255),
+            ] {
+                if value.len() > max {
+                    return Err(
+                        ValidationError::new(field, format!("longer than {max} bytes")).into(),
+                    );
+                }
+            }
+            let proxies = self.store.proxy_admin_addresses().await?;
+            let known = || {
+                proxies
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let (name, address) = match (req.proxy.as_str(), proxies.as_slice()) {
+                (_, []) => return Err(Error::Proxy(ProxyError::None)),
+                ("", [only]) => only.clone(),
+                ("", _) => return Err(Error::Proxy(ProxyError::Unnamed { known: known() })),
+                (wanted, _) => proxies
+                    .iter()
+                    .find(|(n, _)| n == wanted)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Proxy(ProxyError::Unknown {
+                            name: wanted.to_string(),
+                            known: known(),
+                        })
+                    })?,
+            };
+            use tandem_telemetry::admin_client::{encode, get};
+            let mut path = format!("/explain?host={}", encode(&req.host));
+            if !req.path.is_empty() {
+                path.push_str(&format!("&path={}", encode(&req.path)));
+            }
+            if !req.client.is_empty() {
+                path.push_str(&format!("&client={}", encode(&req.client)));
+            }
+            let unreachable = |cause: String| {
+                Error::Proxy(ProxyError::Unreachable {
+                    name: name.clone(),
+                    address: address.clone(),
+                    cause,
+                })
+            };
+            let (status, body) = get(&address, &path, Duration::from_secs(5))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            match status {
+                200 => Ok(v1::ExplainReply {
+                    proxy: name,
+                    admin_address: address,
+                    json: body,
+                }),
+                400 => Err(Error::Proxy(ProxyError::Refused {
+                    name,
+                    message: body.trim().to_string(),
+                })),
+                other => Err(unreachable(format!("HTTP {other}: {}", body.trim()))),
+            }
+        })
+        .await
     }
 
     async fn get_cluster_status(
@@ -916,6 +1000,34 @@ fn status_reply(
             .collect(),
         stale,
     }
+}
+
+/// A proxy's admin address as the control plane can reach it: an
+/// unspecified host (0.0.0.0, [::]) becomes the address the report came
+/// from. Empty: none given.
+fn admin_address(
+    given: &str,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Option<String>, ValidationError> {
+    if given.is_empty() {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = given.parse().map_err(|_| {
+        ValidationError::new(
+            "admin_address",
+            "must be ip:port (the admin listener's address)",
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(ValidationError::new("admin_address", "port 0"));
+    }
+    Ok(Some(
+        match peer {
+            Some(p) if addr.ip().is_unspecified() => std::net::SocketAddr::new(p.ip(), addr.port()),
+            _ => addr,
+        }
+        .to_string(),
+    ))
 }
 
 fn node_kind_name(kind: i32) -> &'static str {

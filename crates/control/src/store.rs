@@ -602,6 +602,38 @@ impl Store {
     }
 }
 
+// === proxies' admin addresses (Explain) ===
+
+impl Store {
+    pub async fn report_admin_address(&self, node_id: &str, address: &str) -> Result<()> {
+        self.writable()?;
+        sqlx::query(
+            "INSERT INTO node_admin (node_id, admin_address, updated) VALUES ($1, $2, now())
+             ON CONFLICT (node_id) DO UPDATE SET admin_address = $2, updated = now()
+             WHERE node_admin.admin_address <> $2 OR node_admin.updated < now() - interval '1 minute'",
+        )
+        .bind(node_id)
+        .bind(address)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every proxy's reported admin address, by node id.
+    pub async fn proxy_admin_addresses(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT a.node_id, a.admin_address FROM node_admin a
+             JOIN nodes n ON n.node_id = a.node_id AND n.kind = 'proxy'
+             ORDER BY a.node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("node_id")?, r.try_get("admin_address")?)))
+            .collect()
+    }
+}
+
 // === transaction helpers ===
 
 impl Store {

@@ -202,6 +202,27 @@ pub enum Command {
     /// The control plane's raft group.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Why this backend: what a proxy does with a request for URL (the
+    /// route it takes and why, the pool, each backend's tier and state
+    /// with the agents' reason, and the backend its policy picks now).
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// The request: http://host[:port]/path (the scheme may be left out).
+    pub url: String,
+    /// The proxy to ask, by node id, through the control plane (needed
+    /// when several proxies have reported).
+    #[arg(long, value_name = "NAME", conflicts_with = "admin")]
+    pub proxy: Option<String>,
+    /// Ask a proxy's admin port (host:port) directly, without the control
+    /// plane.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// The client's IP address (ip_hash pools pick by it); default 0.0.0.0.
+    #[arg(long, value_name = "IP")]
+    pub client: Option<String>,
 }
 
 // === pools ===

@@ -15,9 +15,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{
-    BackendCommand, BackendRef, ClusterCommand, Command, GlobalArgs, HealthArgs, HealthKind,
-    OnUnhealthyArg, Output, Policy, PoolCommand, PoolSettings, ProxyProtocolArg, RouteCommand,
-    WatchArgs,
+    BackendCommand, BackendRef, ClusterCommand, Command, ExplainArgs, GlobalArgs, HealthArgs,
+    HealthKind, OnUnhealthyArg, Output, Policy, PoolCommand, PoolSettings, ProxyProtocolArg,
+    RouteCommand, WatchArgs,
 };
 use crate::duration::{Millis, format_duration};
 use crate::error::{CtlError, innermost_cause, made_locally};
@@ -278,7 +278,26 @@ impl Session {
             Command::Watch(args) => self.watch(args, out).await,
             Command::Snapshot => self.snapshot(out).await,
             Command::Cluster(ClusterCommand::Status) => self.cluster_status(out).await,
+            Command::Explain(args) => self.explain(args, out).await,
         }
+    }
+
+    async fn explain(&self, args: ExplainArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+        let (host, path) = crate::explain::split_url(&args.url)?;
+        let req = v1::ExplainRequest {
+            proxy: args.proxy.unwrap_or_default(),
+            host,
+            path,
+            client: args.client.unwrap_or_default(),
+        };
+        let reply = self.unary(self.client.clone().explain(req)).await?;
+        crate::explain::print(
+            Some(&reply.proxy),
+            &reply.admin_address,
+            &reply.json,
+            self.output,
+            out,
+        )
     }
 
     // === pools ===

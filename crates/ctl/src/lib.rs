@@ -3,8 +3,8 @@
 //! health, the raft group, watch and snapshots, as tables for people or JSON
 //! for scripts.
 //!
-//! It talks to the control plane over gRPC only and must never reach
-//! Postgres or hold logic of its own: bounds and defaults are the control
+//! It talks to the control plane over gRPC (and, for `explain --admin`,
+//! to one proxy's admin port) and must never reach Postgres or hold logic of its own: bounds and defaults are the control
 //! plane's, so its errors (naming the field) are shown as they come, and each
 //! gRPC code family maps to its own exit code (see [`error::exit`]).
 
@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod duration;
 pub mod error;
+pub mod explain;
 pub mod output;
 
 use std::process::ExitCode;
@@ -22,6 +23,20 @@ pub use error::CtlError;
 /// Runs one command against the control plane, writing its output to stdout.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     commands::preflight(&cli.command)?;
+    // `explain --admin` asks a proxy directly: no control plane needed.
+    if let cli::Command::Explain(args) = &cli.command
+        && let Some(admin) = &args.admin
+    {
+        let stdout = std::io::stdout();
+        return explain::direct(
+            args,
+            admin,
+            cli.global.timeout,
+            cli.global.output,
+            &mut stdout.lock(),
+        )
+        .await;
+    }
     let session = commands::Session::connect(&cli.global).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

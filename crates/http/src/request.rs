@@ -131,6 +131,12 @@ impl RequestHead {
         &self.target
     }
 
+    /// [`RequestHead::target`] as a shared buffer (no copy), for what
+    /// outlives the request (an access-log line).
+    pub fn target_shared(&self) -> Bytes {
+        self.target.clone()
+    }
+
     /// The host as text ("" when there is none).
     pub fn host_str(&self) -> &str {
         self.host

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -54,6 +55,16 @@ pub async fn serve(
         Some(histograms),
     )
     .route(
+        "/explain",
+        get({
+            let rt = rt.clone();
+            move |Query(q): Query<ExplainQuery>| {
+                let rt = rt.clone();
+                async move { explain(&rt, q) }
+            }
+        }),
+    )
+    .route(
         "/config",
         get(move || {
             let rt = rt.clone();
@@ -65,8 +76,9 @@ pub async fn serve(
         .map_err(Error::Admin)
 }
 
-/// Each routed pool's request-duration histogram (see
-/// [`tandem_telemetry::histogram`]).
+/// Series rendered from the live table at each scrape: each pool's
+/// request-duration histogram (see [`tandem_telemetry::histogram`]) and
+/// the pool's state the alert rules read (panic mode, usable primaries).
 fn render_histograms(rt: &Runtime, out: &mut String) {
     const NAME: &str = "tandem_proxy_request_duration_seconds";
     let Some(table) = rt.proxy.table.load_full() else {
@@ -78,6 +90,45 @@ fn render_histograms(rt: &Runtime, out: &mut String) {
         let labels = format!("pool=\"{}\"", pool.state.name);
         pool.state.latency.render(out, NAME, &labels);
     }
+    render_pool_states(&table, out);
+}
+
+fn render_pool_states(table: &crate::table::Table, out: &mut String) {
+    use std::fmt::Write;
+    let states: Vec<_> = table.pools.iter().map(|p| (p, p.serving())).collect();
+    let gauge = |out: &mut String,
+                 name: &str,
+                 help: &str,
+                 value: &dyn Fn(&crate::table::Serving) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (pool, serving) in &states {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\"}} {}",
+                pool.state.name,
+                value(serving)
+            );
+        }
+    };
+    gauge(
+        out,
+        "tandem_proxy_pool_panic",
+        "1 while the pool is in panic mode (too few usable primaries: all of them take traffic).",
+        &|s| u64::from(s.panic),
+    );
+    gauge(
+        out,
+        "tandem_proxy_pool_primaries",
+        "The pool's enabled primaries.",
+        &|s| s.primaries,
+    );
+    gauge(
+        out,
+        "tandem_proxy_pool_usable_primaries",
+        "The pool's enabled primaries neither unhealthy per the agents nor ejected by this proxy.",
+        &|s| s.usable_primaries,
+    );
 }
 
 /// The routing table with each backend's state, and the TCP routes.
@@ -97,4 +148,33 @@ fn config(rt: &Runtime) -> Response {
         .into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n").into_response(),
     }
+}
+
+/// `GET /explain?host=H&path=P&client=IP`: what the proxy would do with
+/// such a request (see [`crate::explain`]).
+#[derive(serde::Deserialize)]
+struct ExplainQuery {
+    host: Option<String>,
+    path: Option<String>,
+    client: Option<String>,
+}
+
+fn explain(rt: &Runtime, q: ExplainQuery) -> Response {
+    let question = match crate::explain::Question::parse(
+        q.host.as_deref(),
+        q.path.as_deref(),
+        q.client.as_deref(),
+        rt.proxy.parse.encoded_slashes,
+    ) {
+        Ok(question) => question,
+        Err(bad) => return (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response(),
+    };
+    let Some(table) = rt.proxy.table.load_full() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n").into_response();
+    };
+    let notes = |pool: &crate::table::PoolRt, i: usize| {
+        rt.registry
+            .health_note(&pool.config.name, &pool.backends[i].declared.address)
+    };
+    Json(crate::explain::explain(&table, question, &notes)).into_response()
 }

@@ -110,6 +110,27 @@ pub struct Args {
     #[arg(long, env = "TANDEM_TCP_BUFFER_BYTES", default_value_t = 32_768)]
     pub tcp_buffer_bytes: usize,
 
+    /// Access log: a line per request, written to this file (appended
+    /// to), or to standard output with `-`. Unset: no access log.
+    #[arg(long, env = "TANDEM_ACCESS_LOG")]
+    pub access_log: Option<PathBuf>,
+
+    /// Access log lines: `json` (one object per line) or `common` (the
+    /// common log format, then Tandem's fields as key=value).
+    #[arg(
+        long,
+        env = "TANDEM_ACCESS_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub access_log_format: crate::access_log::Format,
+
+    /// Access log lines waiting to be written at most; when the writer
+    /// falls behind, further lines are dropped (and counted in
+    /// tandem_proxy_access_log_dropped_total), never waited for.
+    #[arg(long, env = "TANDEM_ACCESS_LOG_BUFFER", default_value_t = 65_536)]
+    pub access_log_buffer: usize,
+
     #[command(flatten)]
     pub telemetry: tandem_telemetry::TelemetryArgs,
 }
@@ -155,6 +176,7 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     pub underscores: Underscores,
     pub encoded_slashes: EncodedSlashes,
+    pub access_log: Option<crate::access_log::Options>,
 }
 
 impl Settings {
@@ -208,6 +230,15 @@ impl Args {
                 ),
             ));
         }
+        if self.access_log_buffer == 0 || self.access_log_buffer > 1 << 24 {
+            return Err(bad(
+                "TANDEM_ACCESS_LOG_BUFFER",
+                format!(
+                    "must be between 1 and 16777216 lines (got {})",
+                    self.access_log_buffer
+                ),
+            ));
+        }
         if self.header_timeout_ms == 0 {
             return Err(bad("TANDEM_HEADER_TIMEOUT_MS", "must be at least 1".into()));
         }
@@ -238,6 +269,15 @@ impl Args {
                 EncodedSlashesArg::Reject => EncodedSlashes::Reject,
                 EncodedSlashesArg::Keep => EncodedSlashes::Keep,
             },
+            access_log: self
+                .access_log
+                .as_ref()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|path| crate::access_log::Options {
+                    path: path.clone(),
+                    format: self.access_log_format,
+                    buffer: self.access_log_buffer,
+                }),
         })
     }
 

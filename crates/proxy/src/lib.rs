@@ -9,12 +9,14 @@
 //! Pure decisions (routing, balancing, ejection) live in `tandem-core`; this
 //! crate is the I/O around them.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod clock;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod explain;
 pub mod forward;
 pub mod h1;
 pub mod h2;
@@ -57,12 +59,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(settings: &Settings) -> Self {
+    fn new(settings: &Settings, access_log: Option<Arc<access_log::AccessLog>>) -> Self {
+        let mut proxy = Proxy::new(settings.parse_options(), settings.trusted_proxies.clone());
+        proxy.access_log = access_log;
         Self {
-            proxy: Arc::new(Proxy::new(
-                settings.parse_options(),
-                settings.trusted_proxies.clone(),
-            )),
+            proxy: Arc::new(proxy),
             tcp: Arc::new(tcp::Tcp::new(settings.tcp.clone())),
             following: std::sync::atomic::AtomicBool::new(false),
             has_control_plane: !settings.control.is_empty(),
@@ -155,7 +156,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     clock::start();
-    let rt = Arc::new(Runtime::new(&settings));
+    let access_log = match &settings.access_log {
+        Some(options) => Some(access_log::AccessLog::start(options).map_err(|e| {
+            Error::Config(format!(
+                "TANDEM_ACCESS_LOG: cannot open {}: {e}",
+                options.path.display()
+            ))
+        })?),
+        None => None,
+    };
+    let rt = Arc::new(Runtime::new(&settings, access_log.clone()));
 
     // Static stability: serve the last-known-good copy at once.
     let mut initial = None;
@@ -195,6 +205,11 @@ pub async fn run(
         shutdown.await;
         let _ = down_tx.send(true);
     });
+    if let Ok(admin) = admin_listener.local_addr() {
+        rt.tcp
+            .node_state
+            .send_modify(|s| s.admin_address = admin.to_string());
+    }
     tokio::spawn(tcp::listeners::run(rt.tcp.clone(), down_rx.clone()));
     tokio::spawn(tcp::supervisor::run(rt.tcp.clone()));
     let (stop_tx, stop_rx) = channel::channel(false);
@@ -228,6 +243,9 @@ pub async fn run(
         tcp_drain
     );
     let _ = stop_tx.send(true);
+    if let Some(log) = &access_log {
+        log.close();
+    }
     match admin.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e),

@@ -245,6 +245,36 @@ impl PoolRt {
     }
 }
 
+/// What a pool serves from right now, as this proxy sees it.
+pub struct Serving {
+    /// The tier picks choose from (`None`: nothing may take a request).
+    pub tier: Option<tandem_core::lb::Tier>,
+    pub panic: bool,
+    /// Enabled primaries.
+    pub primaries: u64,
+    /// Enabled primaries neither unhealthy nor ejected.
+    pub usable_primaries: u64,
+}
+
+impl PoolRt {
+    pub fn serving(&self) -> Serving {
+        let tier = if self.config.policy == tandem_core::LbPolicy::SingleActive {
+            tandem_core::lb::single_active_tier(&self.backends)
+        } else {
+            select_tier(&self.backends, self.config.panic_threshold_percent)
+        };
+        let primaries = self.backends.iter().filter(|b| {
+            b.declared.role == BackendRole::Primary && b.declared.admin_state == AdminState::Enabled
+        });
+        Serving {
+            tier,
+            panic: tier.is_some_and(|t| t.is_panic()),
+            primaries: primaries.clone().count() as u64,
+            usable_primaries: primaries.filter(|b| b.healthy()).count() as u64,
+        }
+    }
+}
+
 // === Registry ===
 
 /// Shared state by pool and by (pool, address). Only table builds touch the
@@ -256,7 +286,16 @@ pub struct Registry {
     /// The latest active-health states, also for backends not (yet) in
     /// the configuration.
     health: Mutex<HashMap<(PoolName, BackendAddr), HealthState>>,
+    /// Why the agents decided each backend's state, for `/explain`.
+    notes: Mutex<HashMap<(PoolName, BackendAddr), HealthNote>>,
     pub upstream_max_idle: usize,
+}
+
+/// The agents' reason for a backend's state, and since when.
+#[derive(Debug, Clone, Default)]
+pub struct HealthNote {
+    pub reason: String,
+    pub since_unix_ms: u64,
 }
 
 impl Registry {
@@ -296,6 +335,22 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Keeps the agents' reasons for the states of an update (`full`
+    /// replaces all of them).
+    pub fn note_health(&self, full: bool, notes: Vec<((PoolName, BackendAddr), HealthNote)>) {
+        let mut kept = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        if full {
+            kept.clear();
+        }
+        kept.extend(notes);
+    }
+
+    /// The agents' reason for a backend's state, if they gave one.
+    pub fn health_note(&self, pool: &PoolName, address: &BackendAddr) -> Option<HealthNote> {
+        let kept = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(&(pool.clone(), address.clone())).cloned()
     }
 
     /// Builds the table for `snapshot`, reusing the state of pools and

@@ -145,16 +145,25 @@ async fn follow(
 /// backends stop taking traffic. They do not change the config revision.
 fn apply_health(rt: &Runtime, update: &v1::HealthUpdate) {
     let mut states = Vec::with_capacity(update.backends.len());
+    let mut notes = Vec::with_capacity(update.backends.len());
     for b in &update.backends {
         match backend_health_from_proto(b) {
             Ok((key, health)) => {
                 if health.state == tandem_core::health::HealthState::Unhealthy {
                     tracing::warn!(pool = %key.pool, backend = %key.address, reason = %health.reason, "backend marked unhealthy by the agents");
                 }
+                notes.push((
+                    (key.pool.clone(), key.address.clone()),
+                    crate::table::HealthNote {
+                        reason: health.reason,
+                        since_unix_ms: health.since_ms,
+                    },
+                ));
                 states.push((key.pool, key.address, health.state));
             }
             Err(e) => tracing::warn!(error = %e, "ignoring a malformed health state"),
         }
     }
+    rt.registry.note_health(update.full, notes);
     rt.apply_health(update.full, states);
 }

@@ -25,6 +25,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+pub mod admin_client;
 pub mod histogram;
 pub use histogram::LatencyHistogram;
 

@@ -132,6 +132,39 @@ impl HealthTable {
     }
 }
 
+// === /metrics ===
+
+impl HealthTable {
+    /// `tandem_health_backend_state{pool, backend, state}`: 1 for each
+    /// backend's committed state, 0 for the other two (a state set, so an
+    /// alert can select `state="unhealthy"`). Rendered from the table at
+    /// scrape time, so a forgotten backend leaves `/metrics` with it.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        use tandem_core::health::HealthState;
+        out.push_str(
+            "# HELP tandem_health_backend_state Each backend's health as committed through raft (1: its state).\n",
+        );
+        out.push_str("# TYPE tandem_health_backend_state gauge\n");
+        for (key, health) in &self.backends {
+            for state in [
+                HealthState::Healthy,
+                HealthState::Unhealthy,
+                HealthState::Unknown,
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tandem_health_backend_state{{pool=\"{}\",backend=\"{}\",state=\"{}\"}} {}",
+                    key.pool,
+                    key.address,
+                    state.as_str(),
+                    u8::from(health.state == state)
+                );
+            }
+        }
+    }
+}
+
 /// A committed health change, in wire form once for all watchers.
 pub type HealthEvent = Arc<v1::HealthUpdate>;
 

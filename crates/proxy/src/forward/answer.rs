@@ -144,6 +144,27 @@ pub struct RespBody {
     kind: Kind,
     done: Option<Done>,
     stall: Option<Stall>,
+    /// The request's access-log line, written when the body is dropped.
+    log: Option<Box<LogLine>>,
+}
+
+struct LogLine {
+    log: Arc<crate::access_log::AccessLog>,
+    pending: crate::access_log::Pending,
+    bytes: u64,
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.log.take() {
+            let LogLine {
+                log,
+                pending,
+                bytes,
+            } = *line;
+            log.push(pending, bytes);
+        }
+    }
 }
 
 /// A backend that sends its answer's head and then stops sending the body
@@ -175,6 +196,7 @@ impl RespBody {
             kind: Kind::Full(Some(b)),
             done: None,
             stall: None,
+            log: None,
         }
     }
 
@@ -183,6 +205,7 @@ impl RespBody {
             kind: Kind::Full(None),
             done: None,
             stall: None,
+            log: None,
         }
     }
 
@@ -195,12 +218,27 @@ impl RespBody {
             }),
             done: Some(done),
             kind: Kind::Upstream(body),
+            log: None,
         };
         // An empty body (HEAD, 204, 304) may never be polled.
         if me.is_end_stream() {
             me.finish();
         }
         me
+    }
+
+    /// Writes the request's access-log line once this body is done with,
+    /// counting the bytes handed out.
+    pub(crate) fn log_on_end(
+        &mut self,
+        log: Arc<crate::access_log::AccessLog>,
+        pending: crate::access_log::Pending,
+    ) {
+        self.log = Some(Box::new(LogLine {
+            log,
+            pending,
+            bytes: 0,
+        }));
     }
 
     /// The backend's body ended cleanly: its connection may serve again,
@@ -224,6 +262,39 @@ impl Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let me = self.get_mut();
+        let polled = me.poll_inner(cx);
+        if let (Some(line), Poll::Ready(Some(Ok(frame)))) = (&mut me.log, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            line.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(b) => b.is_end(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(b) => b
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
+    }
+}
+
+impl RespBody {
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let me = self;
         match &mut me.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => {
@@ -269,23 +340,6 @@ impl Body for RespBody {
                     Poll::Pending => Poll::Pending,
                 }
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Upstream(b) => b.is_end(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(b) => b
-                .remaining()
-                .map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Proxy {
     pub no_route: Counter,
     pub no_config: Counter,
     pub bad_request: Counter,
+    /// The access log, when one is configured.
+    pub access_log: Option<std::sync::Arc<crate::access_log::AccessLog>>,
 }
 
 impl Proxy {
@@ -54,6 +56,7 @@ impl Proxy {
             no_route: reason("no_route"),
             no_config: reason("no_config"),
             bad_request: reason("bad_request"),
+            access_log: None,
         }
     }
 
@@ -77,9 +80,66 @@ pub struct Peer {
 /// Most tries of one request (the first plus at most five retries).
 const MAX_TRIES: usize = 6;
 
+/// What the access log needs to know of how a request went (filled in
+/// only when there is a log).
+#[derive(Default)]
+struct Notes {
+    on: bool,
+    table: Option<std::sync::Arc<Table>>,
+    pool: Option<usize>,
+    backend: Option<usize>,
+    tries: u8,
+    trace: Option<(u128, u64)>,
+}
+
 /// Routes one request and forwards it. Never fails: every problem is an
 /// answer.
 pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer: &Peer) -> Answer {
+    let Some(log) = &proxy.access_log else {
+        return route(proxy, head, body, peer, &mut Notes::default()).await;
+    };
+    let (started, at) = (std::time::Instant::now(), std::time::SystemTime::now());
+    let mut notes = Notes {
+        on: true,
+        ..Default::default()
+    };
+    let mut answer = route(proxy, head, body, peer, &mut notes).await;
+    let reply = match &mut answer {
+        Answer::Reply(r) | Answer::Switch(r, _) => r,
+    };
+    let pending = crate::access_log::Pending {
+        started,
+        at,
+        client: peer.addr.ip(),
+        method: head.method.clone(),
+        version: head.version,
+        host: head.host.clone(),
+        target: head.target_shared(),
+        status: reply.status.as_u16(),
+        table: notes.table,
+        pool: notes.pool,
+        backend: notes.backend,
+        tries: notes.tries,
+        // The client's trace when it sent a valid one (passed on as is),
+        // else the one the proxy started.
+        trace_id: head
+            .fields
+            .values(b"traceparent")
+            .find_map(tandem_http::rewrite::parse_traceparent)
+            .or(notes.trace.map(|(id, _)| id)),
+        head_after: started.elapsed(),
+    };
+    reply.body.log_on_end(log.clone(), pending);
+    answer
+}
+
+async fn route(
+    proxy: &Proxy,
+    head: &RequestHead,
+    body: ClientBody<'_>,
+    peer: &Peer,
+    notes: &mut Notes,
+) -> Answer {
     let Some(table) = proxy.table.load_full() else {
         proxy.no_config.increment(1);
         return Answer::Reply(Reply::local(
@@ -94,6 +154,10 @@ pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer
             "no route for this host and path\n",
         ));
     };
+    if notes.on {
+        notes.table = Some(table.clone());
+        notes.pool = Some(pool_index);
+    }
     let pool = &table.pools[pool_index];
     let limit = pool.config.max_request_body_bytes;
     if let Body::Length(n) = head.body
@@ -107,7 +171,7 @@ pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer
         ));
     }
     let request = RequestGuard::new(pool.state.clone());
-    run(proxy, pool, head, body, peer, request).await
+    run(proxy, pool, head, body, peer, request, notes).await
 }
 
 /// The tries of one request under the retry policy.
@@ -118,6 +182,7 @@ async fn run(
     body: ClientBody<'_>,
     peer: &Peer,
     request: RequestGuard,
+    notes: &mut Notes,
 ) -> Answer {
     let cfg = &pool.config;
     let start = Instant::from_std(request.start);
@@ -170,6 +235,8 @@ async fn run(
             break;
         };
         tried[attempt] = index;
+        notes.backend = Some(index);
+        notes.tries = attempt as u8 + 1;
         let state = &pool.backends[index].state;
         let in_flight = BackendGuard::new(state.clone());
         let fwd = Forwarding {
@@ -185,7 +252,9 @@ async fn run(
             now,
         };
         let (failure, next) = loop {
-            match attempt::once(&t, head, fwd, &mut body, &mut trace).await {
+            let outcome = attempt::once(&t, head, fwd, &mut body, &mut trace).await;
+            notes.trace = trace;
+            match outcome {
                 Outcome::Answered(resp, conn) => {
                     let tandem_http::ResponseHead { meta, fields } = resp;
                     let status = meta.status;
