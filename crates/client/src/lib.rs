@@ -336,6 +336,8 @@ pub const REPORT_EVERY: Duration = tandem_proto::REPORT_APPLIED_EVERY;
 pub struct NodeState {
     pub listeners: Vec<v1::ListenerStatus>,
     pub alerts: Vec<String>,
+    /// A proxy's TLS listener: the certificates it serves.
+    pub certificates: Vec<String>,
 }
 
 /// Reports the latest applied revision with `ReportApplied`, coalescing
@@ -390,6 +392,7 @@ pub async fn report_applied_with(
             detail: detail.into(),
             listeners: extra.listeners,
             alerts: extra.alerts,
+            certificates: extra.certificates,
         });
         req.set_timeout(Duration::from_secs(5));
         if me.authorize(&mut req).is_err() {

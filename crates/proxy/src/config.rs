@@ -19,6 +19,12 @@ pub struct Args {
     #[arg(long, env = "TANDEM_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// HTTPS listener (host:port): TLS 1.3 and 1.2 with the certificates
+    /// declared through the control plane, picked by SNI; ALPN offers h2
+    /// and http/1.1. Unset: no TLS listener.
+    #[arg(long, env = "TANDEM_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+
     /// Admin listener for /metrics, /healthz, /readyz and /config (host:port).
     #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
     pub admin_listen: SocketAddr,

@@ -20,8 +20,10 @@ pub mod h1;
 pub mod h2;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod table;
 pub mod tcp;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod watch;
@@ -45,6 +47,8 @@ pub struct Runtime {
     pub proxy: Arc<Proxy>,
     /// TCP routes: their table, listeners and connections.
     pub tcp: Arc<tcp::Tcp>,
+    /// The TLS listener's certificates (None: no TLS listener).
+    pub tls: Option<Arc<tls::Tls>>,
     /// Is a watch stream to a control plane open right now?
     pub following: std::sync::atomic::AtomicBool,
     /// Were control-plane endpoints configured at all?
@@ -57,8 +61,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(settings: &Settings) -> Self {
+    fn new(settings: &Settings, tls: Option<Arc<tls::Tls>>) -> Self {
         Self {
+            tls,
             proxy: Arc::new(Proxy::new(
                 settings.parse_options(),
                 settings.trusted_proxies.clone(),
@@ -85,6 +90,15 @@ impl Runtime {
         let table = Arc::new(self.registry.build(&snapshot, source));
         self.proxy.table.store(Some(table.clone()));
         self.tcp.install(&snapshot, table);
+        if let Some(tls) = &self.tls {
+            tls.install(&snapshot);
+            let served = tls.served();
+            self.tcp.node_state.send_if_modified(|s| {
+                let changed = s.certificates != served;
+                s.certificates = served;
+                changed
+            });
+        }
         self.revision.set(snapshot.revision.0 as f64);
         self.from_disk
             .set(if source == Source::Disk { 1.0 } else { 0.0 });
@@ -95,6 +109,7 @@ impl Runtime {
             pools = snapshot.pools.len(),
             routes = snapshot.routes.len(),
             tcp_routes = snapshot.tcp_routes.len(),
+            certificates = snapshot.certificates.len(),
             "configuration applied"
         );
         if source == Source::ControlPlane
@@ -146,16 +161,24 @@ fn spawn_persister(dir: PathBuf) -> channel::Sender<Option<Arc<Snapshot>>> {
     tx
 }
 
-/// Runs the proxy until `shutdown` resolves, then drains.
+/// Runs the proxy until `shutdown` resolves, then drains. With
+/// `tls_listener`, HTTPS is served there too.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
+    tls_listener: Option<TcpListener>,
     admin_listener: TcpListener,
     prometheus: tandem_telemetry::PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     clock::start();
-    let rt = Arc::new(Runtime::new(&settings));
+    let tls = match &tls_listener {
+        Some(_) => Some(Arc::new(
+            tls::Tls::new().map_err(|e| Error::Config(format!("TLS: {e}")))?,
+        )),
+        None => None,
+    };
+    let rt = Arc::new(Runtime::new(&settings, tls.clone()));
 
     // Static stability: serve the last-known-good copy at once.
     let mut initial = None;
@@ -215,6 +238,7 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let down_rx_tls = down_rx.clone();
     // HTTP requests and TCP connections drain side by side.
     let tcp_drain = {
         let (tcp, mut rx, timeout) = (rt.tcp.clone(), down_rx, settings.drain_timeout);
@@ -223,10 +247,31 @@ pub async fn run(
             tcp.drain(timeout).await;
         }
     };
-    tokio::join!(
-        server::serve(listener, rt.proxy.clone(), (&settings).into(), http_down),
-        tcp_drain
+    let https = async {
+        if let Some(l) = tls_listener {
+            tracing::info!(listen = %l.local_addr().map_err(Error::Admin)?, "HTTPS listening");
+            let down = {
+                let mut rx = down_rx_tls;
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+            };
+            server::serve(l, rt.proxy.clone(), (&settings).into(), tls, down).await;
+        }
+        Ok::<(), Error>(())
+    };
+    let (_, _, https) = tokio::join!(
+        server::serve(
+            listener,
+            rt.proxy.clone(),
+            (&settings).into(),
+            None,
+            http_down
+        ),
+        tcp_drain,
+        https
     );
+    https?;
     let _ = stop_tx.send(true);
     match admin.await {
         Ok(Ok(())) => Ok(()),

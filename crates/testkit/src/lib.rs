@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod backend;
 pub mod browser;
+pub mod certs;
 mod control;
 mod postgres;
 mod process;

@@ -58,10 +58,11 @@ impl Proxy {
     }
 
     /// What the proxy knows of a client connection's peer.
-    pub fn peer(&self, addr: SocketAddr) -> Peer {
+    pub fn peer(&self, addr: SocketAddr, tls: bool) -> Peer {
         Peer {
             addr,
             trusted: self.trusted.contains(addr.ip()),
+            tls,
         }
     }
 }
@@ -72,6 +73,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// A trusted proxy (`--trusted-proxies`).
     pub trusted: bool,
+    /// The connection is TLS, terminated here.
+    pub tls: bool,
 }
 
 /// Most tries of one request (the first plus at most five retries).
@@ -135,6 +138,7 @@ async fn run(
         peer: peer.addr.ip(),
         trusted_peer: peer.trusted,
         backend_host: "",
+        https: peer.tls,
         underscores: proxy.parse.underscores,
     };
 
