@@ -27,6 +27,10 @@ pub enum Error {
     Database(sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A certificate's key cannot be sealed or opened: no secrets key, or
+    /// not the one it was sealed under.
+    #[error("{0}")]
+    Secrets(String),
 }
 
 impl From<tandem_core::ValidationError> for Error {
@@ -102,7 +106,8 @@ impl Error {
                 D::UnknownPool { .. }
                 | D::UnknownBackend { .. }
                 | D::UnknownRoute { .. }
-                | D::UnknownTcpRoute { .. } => Code::NotFound,
+                | D::UnknownTcpRoute { .. }
+                | D::UnknownCertificate { .. } => Code::NotFound,
                 D::PoolExists { .. }
                 | D::BackendExists { .. }
                 | D::RouteExists { .. }
@@ -113,6 +118,7 @@ impl Error {
                 Code::Unavailable
             }
             Error::Database(_) | Error::Corrupt(_) => Code::Internal,
+            Error::Secrets(_) => Code::FailedPrecondition,
         }
     }
 }
@@ -137,6 +143,10 @@ impl From<Error> for Status {
             Error::NoCopy { .. } => Status::unavailable(format!(
                 "{e}; ask another replica, or retry when the database is back"
             )),
+            Error::Secrets(_) => {
+                tracing::error!(error = %e, "certificate keys unavailable");
+                Status::new(code, e.to_string())
+            }
             Error::Database(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error in the control plane (see its log)")

@@ -202,6 +202,35 @@ pub enum Command {
     /// The control plane's raft group.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// TLS certificates for the proxies' HTTPS listeners: add (or rotate),
+    /// list, remove. Private keys are stored encrypted and never shown.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+// === certificates ===
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Add a certificate, or replace the one with this name (rotation:
+    /// new handshakes get it; established connections keep theirs). Refused
+    /// (exit 4, nothing stored) if a file is not PEM, the key does not
+    /// match the leaf, or the chain has expired.
+    Add {
+        /// Its name (a DNS label, e.g. `shop`).
+        name: String,
+        /// PEM chain: the leaf first, then intermediates.
+        #[arg(long, value_name = "FILE")]
+        cert_file: PathBuf,
+        /// PEM private key of the leaf.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
+    /// Every certificate: names (SANs), expiry, key type, and the proxies
+    /// that report serving it.
+    List,
+    /// Stop serving a certificate and forget it.
+    Remove { name: String },
 }
 
 // === pools ===

@@ -123,7 +123,20 @@ impl Tls {
             metrics::gauge!("tandem_proxy_tls_certificate_served", "name" => gone.to_string())
                 .set(0.0);
         }
-        let (certs, problems) = Certs::build(&snapshot.certificates);
+        // A replica that copied its configuration from another (its own
+        // database away since it started) has the chains but not the
+        // keys, which no read returns: keep the key we have for a chain
+        // we already serve.
+        let mut incoming = snapshot.certificates.clone();
+        for (name, c) in incoming.iter_mut() {
+            if c.key_pem.is_empty()
+                && let Some(known) = declared.get(name)
+                && known.chain_pem == c.chain_pem
+            {
+                c.key_pem = known.key_pem.clone();
+            }
+        }
+        let (certs, problems) = Certs::build(&incoming);
         for p in &problems {
             tracing::error!(problem = %p, "certificate left out");
         }
@@ -133,7 +146,7 @@ impl Tls {
             "TLS certificates applied to new handshakes"
         );
         self.certs.store(Arc::new(certs));
-        *declared = snapshot.certificates.clone();
+        *declared = incoming;
         problems
     }
 

@@ -18,7 +18,7 @@ pub mod tcp;
 
 pub use control::{
     ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
-    client_at, declare_pool, free_addr_on,
+    TEST_SECRETS_KEY, client_at, declare_pool, free_addr_on,
 };
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};

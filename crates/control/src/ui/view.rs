@@ -836,6 +836,15 @@ fn change_fields(change: &ConfigChange) -> (String, Vec<(String, String)>) {
             "tcp_route_deleted".into(),
             vec![f("listen", listen.to_string())],
         ),
+        // The name only: never the key, and the chain says nothing at a glance.
+        ConfigChange::CertificateUpserted(c) => (
+            "certificate_upserted".into(),
+            vec![f("certificate", c.name.to_string())],
+        ),
+        ConfigChange::CertificateDeleted { name } => (
+            "certificate_deleted".into(),
+            vec![f("certificate", name.to_string())],
+        ),
     }
 }
 
