@@ -277,12 +277,14 @@ impl Store {
         for p in snapshot.pools.values_mut() {
             p.backends.sort_by(|a, b| a.address.cmp(&b.address));
         }
-        snapshot.routes = sqlx::query("SELECT host, path_prefix, pool FROM routes")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(route_from_row)
-            .collect::<Result<_>>()?;
+        snapshot.routes = sqlx::query(
+            "SELECT host, path_prefix, pool, redirect_https, hsts_max_age_s FROM routes",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(route_from_row)
+        .collect::<Result<_>>()?;
         snapshot
             .routes
             .sort_by(|a, b| (&a.host, &a.path_prefix).cmp(&(&b.host, &b.path_prefix)));
@@ -556,12 +558,15 @@ impl Store {
             .into());
         }
         sqlx::query(
-            "INSERT INTO routes (host, path_prefix, pool, revision) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO routes (host, path_prefix, pool, revision, redirect_https, hsts_max_age_s)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(route.host.to_string())
         .bind(route.path_prefix.as_str())
         .bind(route.pool.as_str())
         .bind(rev.0 as i64)
+        .bind(route.redirect_https)
+        .bind(i32::try_from(route.hsts_max_age_s).unwrap_or(i32::MAX))
         .execute(&mut *tx)
         .await?;
         self.finish_change(tx, rev, &ConfigChange::RouteUpserted(route))
@@ -931,6 +936,8 @@ fn route_from_row(row: &sqlx::postgres::PgRow) -> Result<Route> {
         host: HostMatch::new(&host).map_err(corrupt)?,
         path_prefix: PathPrefix::new(&prefix).map_err(corrupt)?,
         pool: PoolName::new(pool).map_err(corrupt)?,
+        redirect_https: row.try_get("redirect_https")?,
+        hsts_max_age_s: row.try_get::<i32, _>("hsts_max_age_s")?.max(0) as u32,
     })
 }
 

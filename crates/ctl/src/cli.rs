@@ -521,6 +521,14 @@ pub enum RouteCommand {
         /// Where proxies listen for a TCP route: ip:port, e.g. 0.0.0.0:5432.
         #[arg(long, value_name = "IP:PORT", requires = "tcp")]
         listen: Option<String>,
+        /// Answer requests that arrive over plain HTTP with a 308 to the
+        /// same URL on https.
+        #[arg(long, conflicts_with = "tcp")]
+        redirect_https: bool,
+        /// Send `Strict-Transport-Security: max-age=SECONDS` on answers
+        /// over HTTPS (e.g. 31536000 for a year).
+        #[arg(long, value_name = "SECONDS", conflicts_with = "tcp")]
+        hsts_max_age: Option<u32>,
     },
     /// List every route, HTTP and TCP.
     List,

@@ -644,13 +644,20 @@ impl Session {
                 )
             }
             RouteCommand::Add {
-                host, prefix, pool, ..
+                host,
+                prefix,
+                pool,
+                redirect_https,
+                hsts_max_age,
+                ..
             } => {
                 let req = v1::AddRouteRequest {
                     route: Some(v1::Route {
                         host,
                         path_prefix: prefix,
                         pool,
+                        redirect_https,
+                        hsts_max_age_s: hsts_max_age.unwrap_or(0),
                     }),
                 };
                 let reply = self.unary(self.client.clone().add_route(req)).await?;

@@ -225,6 +225,14 @@ pub struct RouteJson<'a> {
     pub host: &'a str,
     pub path_prefix: &'a str,
     pub pool: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_https: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hsts_max_age_s: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Serialize)]
@@ -381,6 +389,8 @@ impl<'a> From<&'a v1::Route> for RouteJson<'a> {
             host: &r.host,
             path_prefix: &r.path_prefix,
             pool: &r.pool,
+            redirect_https: r.redirect_https,
+            hsts_max_age_s: r.hsts_max_age_s,
         }
     }
 }
@@ -1182,10 +1192,29 @@ pub fn single_active_alerts(pools: &[v1::Pool], health: &Health) -> Vec<String> 
 }
 
 pub fn routes_table(routes: &[v1::Route]) -> String {
-    let mut t = Table::new(&["host", "prefix", "pool"]);
+    // The https column only when some route uses it.
+    let https = routes
+        .iter()
+        .any(|r| r.redirect_https || r.hsts_max_age_s > 0);
+    let mut t = if https {
+        Table::new(&["host", "prefix", "pool", "https"])
+    } else {
+        Table::new(&["host", "prefix", "pool"])
+    };
     for r in routes {
         let host = if r.host.is_empty() { "*" } else { &r.host };
-        t.row(vec![host.into(), r.path_prefix.clone(), r.pool.clone()]);
+        let mut row = vec![host.into(), r.path_prefix.clone(), r.pool.clone()];
+        if https {
+            let mut what = Vec::new();
+            if r.redirect_https {
+                what.push("redirect".to_string());
+            }
+            if r.hsts_max_age_s > 0 {
+                what.push(format!("hsts={}s", r.hsts_max_age_s));
+            }
+            row.push(what.join(" "));
+        }
+        t.row(row);
     }
     t.render()
 }
@@ -2269,6 +2298,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
                 host: "shop.local".into(),
                 path_prefix: "/".into(),
                 pool: "shop".into(),
+                ..Default::default()
             }],
             stale: None,
             tcp_routes: vec![v1::TcpRoute {

@@ -325,14 +325,28 @@ pub fn route_to_proto(r: &core::Route) -> v1::Route {
         host: r.host.to_string(),
         path_prefix: r.path_prefix.to_string(),
         pool: r.pool.to_string(),
+        redirect_https: r.redirect_https,
+        hsts_max_age_s: r.hsts_max_age_s,
     }
 }
 
 pub fn route_from_proto(r: &v1::Route, prefix: &str) -> Result<core::Route, ConvertError> {
+    if r.hsts_max_age_s > i32::MAX as u32 {
+        return Err(ValidationError::new(
+            format!("{prefix}.hsts_max_age_s"),
+            format!(
+                "must be at most {} seconds (got {})",
+                i32::MAX,
+                r.hsts_max_age_s
+            ),
+        ));
+    }
     Ok(core::Route {
         host: HostMatch::new(&r.host).map_err(|e| e.under(prefix))?,
         path_prefix: PathPrefix::new(&r.path_prefix).map_err(|e| e.under(prefix))?,
         pool: pool_name(&r.pool, &format!("{prefix}.pool"))?,
+        redirect_https: r.redirect_https,
+        hsts_max_age_s: r.hsts_max_age_s,
     })
 }
 

@@ -148,6 +148,8 @@ impl From<&Settings> for Limits {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub control: Vec<String>,
+    /// The TLS listener's port (redirects to https name it unless 443).
+    pub https_port: Option<u16>,
     pub identity: tandem_client::Identity,
     pub state_dir: Option<PathBuf>,
     pub drain_timeout: Duration,
@@ -218,6 +220,7 @@ impl Args {
             return Err(bad("TANDEM_HEADER_TIMEOUT_MS", "must be at least 1".into()));
         }
         Ok(Settings {
+            https_port: self.tls_listen.map(|a| a.port()),
             control,
             identity,
             state_dir: self.state_dir.clone(),

@@ -222,11 +222,16 @@ impl Client {
             status,
             head,
             mut body,
+            hsts,
             ..
         } = reply;
         let framing = ClientFraming::of(status, is_head, version, body.size_hint().exact());
         let keep_alive = keep_alive && framing != ClientFraming::Close;
         self.wbuf.clear();
+        // The route's HSTS replaces whatever the backend said of it.
+        let sts: &[u8] = b"strict-transport-security";
+        let hsts_field = hsts.as_ref().map(|v| (sts, v.as_bytes()));
+        let text = (&b"content-type"[..], &b"text/plain; charset=utf-8"[..]);
         match &head {
             ReplyHead::Upstream {
                 fields,
@@ -234,7 +239,9 @@ impl Client {
             } => rewrite::write_response_head(
                 &mut self.wbuf,
                 status,
-                rewrite::response_fields(fields),
+                rewrite::response_fields(fields)
+                    .filter(|(n, _)| hsts.is_none() || !n.eq_ignore_ascii_case(sts))
+                    .chain(hsts_field),
                 *declared_length,
                 framing,
                 keep_alive,
@@ -243,7 +250,16 @@ impl Client {
             ReplyHead::Local => rewrite::write_response_head(
                 &mut self.wbuf,
                 status,
-                std::iter::once((&b"content-type"[..], &b"text/plain; charset=utf-8"[..])),
+                std::iter::once(text).chain(hsts_field),
+                None,
+                framing,
+                keep_alive,
+                version,
+            ),
+            ReplyHead::Redirect { location } => rewrite::write_response_head(
+                &mut self.wbuf,
+                status,
+                [text, (&b"location"[..], location.as_bytes())].into_iter(),
                 None,
                 framing,
                 keep_alive,

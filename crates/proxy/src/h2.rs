@@ -114,6 +114,19 @@ fn to_http(reply: Reply) -> Response<RespBody> {
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
         }
+        ReplyHead::Redirect { location } => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            if let Ok(v) = HeaderValue::try_from(location) {
+                headers.insert(http::header::LOCATION, v);
+            }
+        }
+    }
+    if let Some(v) = reply.hsts {
+        // The route's HSTS replaces whatever the backend said of it.
+        headers.insert(http::header::STRICT_TRANSPORT_SECURITY, v);
     }
     r
 }

@@ -64,10 +64,10 @@ impl Runtime {
     fn new(settings: &Settings, tls: Option<Arc<tls::Tls>>) -> Self {
         Self {
             tls,
-            proxy: Arc::new(Proxy::new(
-                settings.parse_options(),
-                settings.trusted_proxies.clone(),
-            )),
+            proxy: Arc::new(Proxy {
+                https_port: settings.https_port,
+                ..Proxy::new(settings.parse_options(), settings.trusted_proxies.clone())
+            }),
             tcp: Arc::new(tcp::Tcp::new(settings.tcp.clone())),
             following: std::sync::atomic::AtomicBool::new(false),
             has_control_plane: !settings.control.is_empty(),

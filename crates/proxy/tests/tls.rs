@@ -281,3 +281,85 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn routes_redirect_plain_http_to_https_and_send_hsts_over_tls() {
+    let ca = TestCa::new("Tandem test CA").unwrap();
+    let shop = ca.issue(&["shop.test"], KeyKind::EcP256).unwrap();
+    let backend = RecordingBackend::start().await.unwrap();
+    let mut snapshot: Snapshot = single_pool(
+        pool_config("web", LbPolicy::RoundRobin),
+        vec![common::backend(&backend.address())],
+    );
+    for r in &mut snapshot.routes {
+        r.redirect_https = true;
+        r.hsts_max_age_s = 31_536_000;
+    }
+    snapshot
+        .certificates
+        .insert(CertName::new("shop").unwrap(), cert("shop", &shop));
+    let tls = free_addr();
+    let proxy =
+        ProxyProcess::with_snapshot_env(&snapshot, &[("TANDEM_TLS_LISTEN", tls.to_string())])
+            .await
+            .unwrap();
+
+    // Plain HTTP: 308 to the same URL on https (the TLS listener's port),
+    // nothing forwarded, no HSTS (it means nothing over plain HTTP).
+    let plain = format!("http://shop.test:{}/cart?id=7", proxy.addr.port());
+    let (code, out, err) = curl(&[
+        "-i",
+        "--resolve",
+        &format!("shop.test:{}:127.0.0.1", proxy.addr.port()),
+        &plain,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    let location = format!("location: https://shop.test:{}/cart?id=7\r\n", tls.port());
+    assert!(out.to_ascii_lowercase().contains(&location), "{out}");
+    assert!(
+        !out.to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{out}"
+    );
+    assert!(backend.requests().is_empty());
+
+    // curl follows it (POST stays POST with 308) and gets HSTS over TLS,
+    // on HTTP/2 and HTTP/1.1.
+    let ca_path = ca.cert_path().display().to_string();
+    for version in ["--http2", "--http1.1"] {
+        let (code, out, err) = curl(&[
+            version,
+            "-i",
+            "-L",
+            "--cacert",
+            &ca_path,
+            "-d",
+            "x=1",
+            "--resolve",
+            &format!("shop.test:{}:127.0.0.1", proxy.addr.port()),
+            "--resolve",
+            &resolve("shop.test", tls),
+            &plain,
+        ])
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let lower = out.to_ascii_lowercase();
+        assert!(
+            lower.contains("strict-transport-security: max-age=31536000\r\n"),
+            "{out}"
+        );
+        assert_eq!(
+            lower.matches("strict-transport-security").count(),
+            1,
+            "{out}"
+        );
+    }
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|r| r.method == "POST" && r.target == "/cart?id=7" && r.body == b"x=1")
+    );
+}

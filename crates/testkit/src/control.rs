@@ -80,6 +80,7 @@ pub async fn declare_pool(
                 host: "*".into(),
                 path_prefix: "/".into(),
                 pool: name,
+                ..Default::default()
             }),
         })
         .await?;

@@ -965,6 +965,8 @@ mod tests {
             host: HostMatch::new("*").unwrap(),
             path_prefix: PathPrefix::new("/").unwrap(),
             pool: PoolName::new("shop").unwrap(),
+            redirect_https: false,
+            hsts_max_age_s: 0,
         });
         s.revision = tandem_core::Revision(5);
         s

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub parse: ParseOptions,
     /// Peers whose `X-Forwarded-For` and `Forwarded` fields are kept.
     pub trusted: TrustedProxies,
+    /// The TLS listener's port, for redirects to https (None: 443).
+    pub https_port: Option<u16>,
     pub no_route: Counter,
     pub no_config: Counter,
     pub bad_request: Counter,
@@ -51,6 +53,7 @@ impl Proxy {
             table: ArcSwapOption::empty(),
             parse,
             trusted,
+            https_port: None,
             no_route: reason("no_route"),
             no_config: reason("no_config"),
             bad_request: reason("bad_request"),
@@ -90,14 +93,17 @@ pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer
             "no configuration yet: the proxy has not reached a control plane\n",
         ));
     };
-    let Some(&pool_index) = table.routes.lookup(head.host_str(), head.path()) else {
+    let Some(target) = table.routes.lookup(head.host_str(), head.path()) else {
         proxy.no_route.increment(1);
         return Answer::Reply(Reply::local(
             StatusCode::NOT_FOUND,
             "no route for this host and path\n",
         ));
     };
-    let pool = &table.pools[pool_index];
+    if target.redirect_https && !peer.tls {
+        return Answer::Reply(Reply::redirect(https_location(proxy, head)));
+    }
+    let pool = &table.pools[target.pool];
     let limit = pool.config.max_request_body_bytes;
     if let Body::Length(n) = head.body
         && limit != 0
@@ -110,7 +116,29 @@ pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer
         ));
     }
     let request = RequestGuard::new(pool.state.clone());
-    run(proxy, pool, head, body, peer, request).await
+    let mut answer = run(proxy, pool, head, body, peer, request).await;
+    if peer.tls
+        && let (Some(hsts), Answer::Reply(reply)) = (&target.hsts, &mut answer)
+    {
+        reply.hsts = Some(hsts.clone());
+    }
+    answer
+}
+
+/// The same URL on https: the request's host without its port, and the
+/// proxy's TLS port unless it is 443.
+fn https_location(proxy: &Proxy, head: &RequestHead) -> String {
+    let host = head.host_str();
+    let name = match host.rsplit_once(':') {
+        // (Not the colons of a bracketed IPv6 literal.)
+        Some((name, port)) if !port.contains(']') => name,
+        _ => host,
+    };
+    let target = String::from_utf8_lossy(head.target());
+    match proxy.https_port {
+        Some(443) | None => format!("https://{name}{target}"),
+        Some(port) => format!("https://{name}:{port}{target}"),
+    }
 }
 
 /// The tries of one request under the retry policy.
@@ -219,6 +247,7 @@ async fn run(
                             head: fields,
                             body: RespBody::empty(),
                             close: true,
+                            hsts: None,
                         };
                         return Answer::Switch(reply, tunnel);
                     }
@@ -234,6 +263,7 @@ async fn run(
                         head: fields,
                         body: RespBody::upstream(upstream, done, body_stall),
                         close: false,
+                        hsts: None,
                     });
                 }
                 Outcome::Client(fault) => return client_fault(proxy, &pool.state, fault),
