@@ -139,7 +139,7 @@ impl Store {
     }
 
     /// A change from the log, a certificate's key opened.
-    fn from_log_form(&self, mut value: serde_json::Value) -> Result<ConfigChange> {
+    fn open_log_form(&self, mut value: serde_json::Value) -> Result<ConfigChange> {
         let sealed = value
             .as_object_mut()
             .and_then(|o| o.remove("key_sealed"))
@@ -360,7 +360,7 @@ impl Store {
             .map(|r| {
                 let rev: i64 = r.try_get("revision")?;
                 let Json(change): Json<serde_json::Value> = r.try_get("change")?;
-                Ok((Revision(rev as u64), self.from_log_form(change)?))
+                Ok((Revision(rev as u64), self.open_log_form(change)?))
             })
             .collect()
     }

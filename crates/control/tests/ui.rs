@@ -163,6 +163,7 @@ fn proxy_report(node_id: &str, zone: &str, detail: &str) -> v1::ReportAppliedReq
         detail: detail.into(),
         listeners: Vec::new(),
         alerts: Vec::new(),
+        certificates: Vec::new(),
     }
 }
 

@@ -237,6 +237,8 @@ mod tests {
                 host: HostMatch::Any,
                 path_prefix: PathPrefix::new("/").unwrap(),
                 pool: name("shop"),
+                redirect_https: false,
+                hsts_max_age_s: 0,
             }),
             ConfigChange::TcpRouteUpserted(TcpRoute {
                 listen: ListenAddr::new("0.0.0.0:5432").unwrap(),

@@ -2110,6 +2110,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                 routes: vec![],
                 stale: None,
                 tcp_routes: vec![],
+                certificates: vec![],
             })),
         };
         let v = parse(&to_json_line(&WatchEventJson::from(&snap)));
@@ -2305,6 +2306,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
                 listen: "0.0.0.0:5432".into(),
                 pool: "shop".into(),
             }],
+            certificates: vec![],
         };
         assert_eq!(
             snapshot_summary(&s),

@@ -189,6 +189,24 @@ impl TestCa {
     }
 }
 
+/// The base64 SHA-256 of the leaf's public key (SPKI), as Chromium's
+/// `--ignore-certificate-errors-spki-list` takes it: the browser trusts
+/// that one key and nothing else.
+pub fn spki_sha256_base64(chain_pem: &str) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("leaf.pem"), chain_pem)?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -in leaf.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | openssl enc -base64")
+        .current_dir(dir.path())
+        .output()
+        .context("running openssl")?;
+    if !out.status.success() {
+        bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
 /// Writes `issued` as `<name>.pem` and `<name>.key` in `dir`.
 pub fn write_files(dir: &Path, name: &str, issued: &Issued) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (cert, key) = (

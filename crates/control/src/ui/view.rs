@@ -1250,6 +1250,7 @@ mod tests {
                 replica: "control-1".into(),
                 listeners: Vec::new(),
                 alerts: Vec::new(),
+                certificates: Vec::new(),
             },
             last_seen_unix_ms: seen,
         };
@@ -1280,6 +1281,7 @@ mod tests {
                     listener("0.0.0.0:22", false, "Permission denied (os error 13)"),
                 ],
                 alerts: vec!["pool/db (single_active): 2 members pass the health check".into()],
+                certificates: Vec::new(),
             },
             last_seen_unix_ms: seen,
         };

@@ -46,6 +46,26 @@ impl Tandem {
     /// Round robin; a failed connect is retried once on another backend;
     /// three consecutive failures eject a backend for 5 s (passive health,
     /// so a killed server stops getting traffic with no agent running).
+    /// Declares a TLS certificate through the control API.
+    pub async fn add_certificate(
+        &self,
+        name: &str,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<()> {
+        let mut admin = self.control.admin_client().await?;
+        admin
+            .add_certificate(v1::AddCertificateRequest {
+                certificate: Some(v1::Certificate {
+                    name: name.into(),
+                    chain_pem: chain_pem.into(),
+                    key_pem: key_pem.into(),
+                }),
+            })
+            .await?;
+        Ok(())
+    }
+
     pub async fn configure_shop_pool(&self, shops: &[&Shop]) -> anyhow::Result<()> {
         let pool = v1::Pool {
             name: SHOP_POOL.into(),
@@ -79,14 +99,24 @@ impl Tandem {
     /// Starts proxy `name` following this control plane and waits until it
     /// serves the shop.
     pub async fn proxy(&self, name: &str) -> anyhow::Result<ProxyProcess> {
+        self.proxy_with(name, &[]).await
+    }
+
+    /// [`Tandem::proxy`] with more environment (e.g. `TANDEM_TLS_LISTEN`).
+    pub async fn proxy_with(
+        &self,
+        name: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<ProxyProcess> {
         let state = tempfile::Builder::new()
             .prefix("tandem-proxy-state-")
             .tempdir()?;
-        let env: Vec<(&str, String)> = vec![
+        let mut env: Vec<(&str, String)> = vec![
             ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
             ("TANDEM_NODE_ID", name.to_string()),
             ("TANDEM_WORKERS", "1".to_string()),
         ];
+        env.extend(extra.iter().cloned());
         let proxy = ProxyProcess::start(state, &self.control.endpoint(), &env)?;
         // Ready means it has a configuration; then the shop must answer
         // through it.
