@@ -51,7 +51,7 @@ TANDEM_BINARIES+=("${extra_binaries[@]}")
 # Packages every derived image needs; installed into the base so that no
 # image build has to reach a mirror (deploy/Dockerfile skips apt-get when
 # they are present).
-BASE_PACKAGES=ca-certificates,curl,tini
+BASE_PACKAGES=ca-certificates,curl,tini,openssl
 
 if [ "${1:-}" = --print-env ]; then
   printf 'export TANDEM_IMAGE=%q POSTGRES_IMAGE=%q\n' "$TANDEM_IMAGE" "$POSTGRES_IMAGE"

@@ -52,6 +52,13 @@ ensure_python3() {
     || die "python3 is $(python3 --version 2>&1); scripts/run-local.py needs 3.9 or later"
 }
 
+# The TLS tests' clients and certificate maker: curl (with HTTP/2) and the
+# openssl command-line tool (test CAs, `openssl s_client`).
+ensure_tls_tools() {
+  command -v openssl >/dev/null || apt_install openssl
+  command -v curl >/dev/null || apt_install curl
+}
+
 # Headless Chromium and its WebDriver, for the widget shop's browser test.
 ensure_chromium() {
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

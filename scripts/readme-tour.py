@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # run-local's default ports (scripts/run-local.py; checked against `ps` below).
 DEFAULT_PORTS = [15432, 15433, 7400, 7401, 7410, 7411, 7420, 7421, 3001, 3002, 3003,
-                 8080, 8081, 8082, 8083, 7501, 7502]
+                 8080, 8081, 8082, 8083, 8443, 8445, 7501, 7502]
 
 # (a piece of the README line, regexes its output must match, seconds to
 # retry a read-only command while they do not). A piece that matches no

@@ -10,6 +10,7 @@ rest keep running.
     run-local.py start NAME...       start it again and wait until it is ready
     run-local.py restart NAME...     stop, then start
     run-local.py logs NAME [-f]      its log (-f: follow)
+    run-local.py ca                  the path of the development CA (curl --cacert) for HTTPS
     run-local.py down                stop everything, as Ctrl-C in the first terminal does
 
 `up` is what scripts/run-local.sh runs after building; the other commands
@@ -245,7 +246,8 @@ def topology(bin_dir, work):
             env={"DATABASE_URL": control_db, "TANDEM_LISTEN": f"127.0.0.1:{grpc}",
                  "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}", "TANDEM_RAFT_ID": str(i),
                  "TANDEM_PEERS": peers, "TANDEM_STATE_DIR": os.path.join(work, f"control-{i}"),
-                 "TANDEM_ADMIN_TOKEN": admin, "TANDEM_NODE_TOKEN": node},
+                 "TANDEM_ADMIN_TOKEN": admin, "TANDEM_NODE_TOKEN": node,
+                 "TANDEM_SECRETS_KEY_FILE": os.path.join(work, "tls", "secrets.key")},
             ports=[grpc, adm], ports_text=f"{grpc}, admin {adm}",
             probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
         ))
@@ -259,13 +261,15 @@ def topology(bin_dir, work):
         ))
     for i, zone in ((1, "zone-a"), (2, "zone-b")):
         p, adm = port(8080 + 2 * (i - 1)), port(8081 + 2 * (i - 1))
+        tls = port(8443 + 2 * (i - 1))
         comps.append(Component(
             f"proxy-{i}", "proxy", [os.path.join(bin_dir, "tandem-proxy")],
             env={"TANDEM_LISTEN": f"127.0.0.1:{p}", "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}",
+                 "TANDEM_TLS_LISTEN": f"127.0.0.1:{tls}",
                  "TANDEM_CONTROL": control_endpoints(), "TANDEM_TOKEN": node,
                  "TANDEM_NODE_ID": f"proxy-{i}", "TANDEM_ZONE": zone,
                  "TANDEM_STATE_DIR": os.path.join(work, f"proxy-{i}"), "TANDEM_WORKERS": "1"},
-            ports=[p, adm], ports_text=f"{p}, admin {adm}",
+            ports=[p, adm, tls], ports_text=f"{p}, https {tls}, admin {adm}",
             probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
         ))
     for i, zone in ((1, "zone-a"), (2, "zone-b")):
@@ -279,6 +283,33 @@ def topology(bin_dir, work):
             probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
         ))
     return comps
+
+
+def dev_tls(d):
+    """A development CA, a certificate it signs for localhost and 127.0.0.1
+    (the `shop` certificate the proxies serve), and the key the control
+    replicas seal private keys under: all made here, for this run only."""
+    os.makedirs(d)
+    steps = [
+        ["openssl", "rand", "-hex", "-out", "secrets.key", "32"],
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=Tandem run-local development CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
+        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "shop.key"],
+        ["openssl", "req", "-new", "-key", "shop.key", "-subj", "/CN=localhost", "-out", "shop.csr"],
+        ["openssl", "x509", "-req", "-in", "shop.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "30", "-extfile", "shop.ext", "-out", "shop.pem"],
+    ]
+    with open(os.path.join(d, "shop.ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,DNS:shop.localhost,IP:127.0.0.1\n"
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    for argv in steps:
+        r = subprocess.run(argv, cwd=d, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            raise Abort(f"{' '.join(argv[:2])} failed (the development certificate needs openssl): {r.stdout.strip()}")
+    for secret in ("secrets.key", "ca.key", "shop.key"):
+        os.chmod(os.path.join(d, secret), 0o600)
 
 
 def control_endpoints():
@@ -357,6 +388,7 @@ class Supervisor:
                             "or set TANDEM_LOCAL_BIN to where the binaries are")
         os.makedirs(os.path.join(self.work, "logs"))
         self.owned = True
+        dev_tls(os.path.join(self.work, "tls"))
         # Postgres runs as `postgres` when we are root: let it in.
         os.chmod(self.work, 0o755)
         for c in comps:
@@ -587,6 +619,9 @@ class Supervisor:
         for i in (1, 2, 3):
             self.ctl("backend", "add", "shop", f"127.0.0.1:{port(3000 + i)}")
         self.ctl("route", "add", "--host", "*", "--prefix", "/", "--pool", "shop")
+        tls = os.path.join(self.work, "tls")
+        self.ctl("cert", "add", "shop", "--cert-file", os.path.join(tls, "shop.pem"),
+                 "--key-file", os.path.join(tls, "shop.key"))
 
         proxies = ["proxy-1", "proxy-2"]
         step(f"starting two proxies on :{port(8080)} (zone-a) and :{port(8082)} (zone-b)")
@@ -626,6 +661,7 @@ class Supervisor:
 Tandem is running (Ctrl-C stops everything):
   status page         http://127.0.0.1:{port(7401)}/ui/   (live, read-only; every control replica serves it: :{port(7411)}/ui/  :{port(7421)}/ui/)
   the shop            http://127.0.0.1:{port(8080)}/   (through proxy-1, zone-a; proxy-2, zone-b: http://127.0.0.1:{port(8082)}/)
+  ... over HTTPS      https://localhost:{port(8443)}/  :{port(8445)}   (development CA: curl --cacert $({p}scripts/run-local.sh ca))
   shop servers        http://127.0.0.1:{port(3001)}/  :{port(3002)}  :{port(3003)}   (direct; /healthz /readyz /metrics)
   proxy admin         http://127.0.0.1:{port(8081)}/config  http://127.0.0.1:{port(8083)}/config   (/metrics /readyz)
   control API (gRPC)  {control_endpoints()}   (three replicas, one raft group)
@@ -1020,6 +1056,12 @@ def client(cmd, args):
         if not os.path.exists(path):
             die(f"no log for {args[0]!r} in {run_dir()}/logs", 2)
         os.execvp("tail", ["tail", "-n", "100", *(["-f"] if "-f" in args else []), path])
+    if cmd == "ca":
+        path = os.path.join(run_dir(), "tls", "ca.pem")
+        if not os.path.exists(path):
+            die(f"no run-local with port offset {OFFSET} is running (no {path})", 1)
+        print(path)
+        return 0
     if cmd == "down":
         client_request({"cmd": "down"})
         deadline = time.monotonic() + 60

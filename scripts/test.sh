@@ -19,6 +19,7 @@ ensure_postgres_server
 ensure_chromium
 ensure_packet_filters
 ensure_python3
+ensure_tls_tools
 ensure_prometheus
 
 step "promtool: Prometheus config and alert rules"

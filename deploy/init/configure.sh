@@ -10,6 +10,8 @@
 #   SHOP_BACKENDS                   space-separated host:port list
 #   SHOP_HOST (*)                   the route's host: * (any), exact or *.wildcard
 #   SHOP_POLICY (round_robin)       load-balancing policy
+#   SHOP_CERT_FILE, SHOP_KEY_FILE   the shop's certificate for HTTPS (PEM),
+#                                   declared as `shop` unless one is already
 set -eu
 
 : "${TANDEM_ENDPOINT:?set TANDEM_ENDPOINT}"
@@ -59,8 +61,17 @@ for b in $BACKENDS; do
   ensure backend add "$POOL" "$b"
 done
 ensure route add --host "$HOST" --prefix / --pool "$POOL"
+if [ -n "${SHOP_CERT_FILE:-}" ] && [ -n "${SHOP_KEY_FILE:-}" ]; then
+  # An operator's own `shop` certificate is left alone.
+  if tandemctl cert list -o json 2>/dev/null | grep -q '"name": *"shop"'; then
+    echo "exists:  certificate shop"
+  else
+    ensure cert add shop --cert-file "$SHOP_CERT_FILE" --key-file "$SHOP_KEY_FILE"
+  fi
+fi
 
 echo
 tandemctl pool get "$POOL" || true
 tandemctl route list || true
+tandemctl cert list || true
 echo "init: done"

@@ -338,6 +338,8 @@ pub struct NodeState {
     pub alerts: Vec<String>,
     /// A proxy's admin listener (`Explain` asks it there).
     pub admin_address: String,
+    /// A proxy's TLS listener: the certificates it serves.
+    pub certificates: Vec<String>,
 }
 
 /// Reports the latest applied revision with `ReportApplied`, coalescing
@@ -393,6 +395,7 @@ pub async fn report_applied_with(
             listeners: extra.listeners,
             alerts: extra.alerts,
             admin_address: extra.admin_address,
+            certificates: extra.certificates,
         });
         req.set_timeout(Duration::from_secs(5));
         if me.authorize(&mut req).is_err() {

@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long, env = "TANDEM_NODE_TOKEN_FILE")]
     pub node_token_file: Option<PathBuf>,
 
+    /// File holding the key TLS private keys are sealed under in the
+    /// database: 64 hex digits (`openssl rand -hex 32`). Every replica
+    /// needs the same one. Unset: certificates cannot be added.
+    #[arg(long, env = "TANDEM_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+
     /// This replica's raft id (a positive integer, 1 when unset), stable
     /// across restarts and listed in TANDEM_PEERS.
     #[arg(long, env = "TANDEM_RAFT_ID")]

@@ -34,6 +34,10 @@ pub enum Error {
     /// could not answer.
     #[error("{0}")]
     Proxy(ProxyError),
+    /// A certificate's key cannot be sealed or opened: no secrets key, or
+    /// not the one it was sealed under.
+    #[error("{0}")]
+    Secrets(String),
 }
 
 /// Asking a proxy through its admin port (`Explain`).
@@ -128,7 +132,8 @@ impl Error {
                 D::UnknownPool { .. }
                 | D::UnknownBackend { .. }
                 | D::UnknownRoute { .. }
-                | D::UnknownTcpRoute { .. } => Code::NotFound,
+                | D::UnknownTcpRoute { .. }
+                | D::UnknownCertificate { .. } => Code::NotFound,
                 D::PoolExists { .. }
                 | D::BackendExists { .. }
                 | D::RouteExists { .. }
@@ -145,6 +150,7 @@ impl Error {
                 ProxyError::Unnamed { .. } | ProxyError::Refused { .. } => Code::InvalidArgument,
                 ProxyError::Unreachable { .. } => Code::Unavailable,
             },
+            Error::Secrets(_) => Code::FailedPrecondition,
         }
     }
 }
@@ -173,6 +179,10 @@ impl From<Error> for Status {
             Error::NoCopy { .. } => Status::unavailable(format!(
                 "{e}; ask another replica, or retry when the database is back"
             )),
+            Error::Secrets(_) => {
+                tracing::error!(error = %e, "certificate keys unavailable");
+                Status::new(code, e.to_string())
+            }
             Error::Database(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error in the control plane (see its log)")

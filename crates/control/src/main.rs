@@ -17,7 +17,14 @@ async fn main() {
 async fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = tandem_telemetry::init("tandem-control", &config.telemetry)?;
     let tokens = config.tokens().map_err(anyhow::Error::msg)?;
-    let store = Store::connect_lazy(&config.database_url, config.db_max_connections)?;
+    let mut store = Store::connect_lazy(&config.database_url, config.db_max_connections)?;
+    if let Some(path) = &config.secrets_key_file {
+        let key = tandem_tls::SecretsKey::from_file(path)
+            .map_err(|e| anyhow::anyhow!("TANDEM_SECRETS_KEY_FILE: {e}"))?;
+        store = store.with_secrets(key);
+    } else {
+        tracing::warn!("TANDEM_SECRETS_KEY_FILE is unset: TLS certificates cannot be added");
+    }
     let grpc = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (TANDEM_LISTEN): {e}", config.listen))?;

@@ -235,6 +235,54 @@ fn address(s: &str, field: &str) -> Result<BackendAddr, Error> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
 
+/// A Watch event with any private key emptied.
+fn without_keys(mut e: v1::WatchEvent) -> v1::WatchEvent {
+    match &mut e.event {
+        Some(v1::watch_event::Event::Snapshot(s)) => convert::snapshot_without_keys(s),
+        Some(v1::watch_event::Event::Change(c)) => convert::change_without_keys(c),
+        _ => {}
+    }
+    e
+}
+
+/// What a certificate's chain says of it, for ListCertificates and
+/// AddCertificate's answer.
+fn certificate_info(
+    name: &str,
+    info: &tandem_tls::Info,
+    revision: Revision,
+    proxies: Vec<String>,
+) -> v1::CertificateInfo {
+    v1::CertificateInfo {
+        name: name.to_string(),
+        sans: info.sans.clone(),
+        not_before_unix_s: info.not_before_unix_s,
+        not_after_unix_s: info.not_after_unix_s,
+        fingerprint_sha256: info.fingerprint_sha256.clone(),
+        key_type: info.key_type.clone(),
+        revision: revision.0,
+        proxies,
+    }
+}
+
+/// A certificate or key the checks refused, as INVALID_ARGUMENT naming
+/// the field (`certificate.key_pem`) and the problem.
+fn refused(e: tandem_tls::Error) -> Error {
+    match e {
+        tandem_tls::Error::Invalid { field, why } => {
+            ValidationError::new(format!("certificate.{field}"), why).into()
+        }
+        other => Error::Secrets(other.to_string()),
+    }
+}
+
+fn now_unix_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 #[tonic::async_trait]
 impl ControlPlane for ControlService {
     async fn create_pool(
@@ -503,6 +551,83 @@ impl ControlPlane for ControlService {
         .await
     }
 
+    async fn add_certificate(
+        &self,
+        req: Request<v1::AddCertificateRequest>,
+    ) -> Result<Response<v1::CertificateReply>, Status> {
+        require_admin(&req)?;
+        self.call("AddCertificate", async {
+            let msg = required(&req.get_ref().certificate, "certificate")?;
+            let cert = convert::certificate_from_proto(msg, "certificate")?;
+            let parsed = tandem_tls::check(&cert.chain_pem, cert.key_pem.expose(), now_unix_s())
+                .map_err(refused)?;
+            let name = cert.name.to_string();
+            let rev = self.store.upsert_certificate(cert).await?;
+            tracing::info!(
+                certificate = %name,
+                sans = ?parsed.info.sans,
+                not_after_unix_s = parsed.info.not_after_unix_s,
+                revision = rev.0,
+                "certificate stored"
+            );
+            Ok(v1::CertificateReply {
+                certificate: Some(certificate_info(&name, &parsed.info, rev, Vec::new())),
+                revision: rev.0,
+            })
+        })
+        .await
+    }
+
+    async fn list_certificates(
+        &self,
+        _req: Request<v1::ListCertificatesRequest>,
+    ) -> Result<Response<v1::ListCertificatesReply>, Status> {
+        self.call("ListCertificates", async {
+            // Chains only: the keys stay sealed in the database.
+            let from_db = async {
+                let revisions = self.store.certificate_revisions().await?;
+                let nodes = self.store.nodes().await?;
+                let snapshot = self.store.snapshot().await?;
+                Ok((snapshot, revisions, nodes))
+            };
+            let ((snapshot, revisions, nodes), stale) = self
+                .read(from_db, |s| Ok((s.clone(), Vec::new(), Vec::new())))
+                .await?;
+            let revisions: BTreeMap<String, Revision> = revisions.into_iter().collect();
+            let mut certificates = Vec::with_capacity(snapshot.certificates.len());
+            for (name, cert) in &snapshot.certificates {
+                let info = tandem_tls::inspect_chain(&cert.chain_pem)
+                    .map_err(|e| Error::Corrupt(format!("certificate {name:?}: {e}")))?;
+                let proxies = nodes
+                    .iter()
+                    .filter(|n| n.report.certificates.iter().any(|c| c == name.as_str()))
+                    .map(|n| n.report.node_id.clone())
+                    .collect();
+                let revision = revisions.get(name.as_str()).copied().unwrap_or_default();
+                certificates.push(certificate_info(name.as_str(), &info, revision, proxies));
+            }
+            Ok(v1::ListCertificatesReply {
+                certificates,
+                revision: snapshot.revision.0,
+                stale,
+            })
+        })
+        .await
+    }
+
+    async fn remove_certificate(
+        &self,
+        req: Request<v1::RemoveCertificateRequest>,
+    ) -> Result<Response<v1::ChangeReply>, Status> {
+        require_admin(&req)?;
+        self.call("RemoveCertificate", async {
+            let name = tandem_core::CertName::new(&*req.get_ref().name)?;
+            let rev = self.store.delete_certificate(&name).await?;
+            Ok(v1::ChangeReply { revision: rev.0 })
+        })
+        .await
+    }
+
     async fn get_snapshot(
         &self,
         _req: Request<v1::GetSnapshotRequest>,
@@ -510,6 +635,8 @@ impl ControlPlane for ControlService {
         self.call("GetSnapshot", async {
             let (snapshot, stale) = self.read(self.store.snapshot(), |s| Ok(s.clone())).await?;
             let mut message = convert::snapshot_to_proto(&snapshot);
+            // No read returns a private key.
+            convert::snapshot_without_keys(&mut message);
             message.stale = stale;
             Ok(message)
         })
@@ -568,11 +695,15 @@ impl ControlPlane for ControlService {
             metrics::gauge!("tandem_control_watch_streams").decrement(1.0);
             tracing::info!(%node, reason = %end, "watch ended");
         });
-        self.finish(
-            "Watch",
-            start,
-            Ok(Box::pin(ReceiverStream::new(rx)) as WatchStream),
-        )
+        // Private keys go to proxies only (they serve them); an agent or a
+        // CLI following the configuration gets certificates without them.
+        let stream: WatchStream = if req.kind == v1::NodeKind::Proxy as i32 {
+            Box::pin(ReceiverStream::new(rx))
+        } else {
+            use tokio_stream::StreamExt as _;
+            Box::pin(ReceiverStream::new(rx).map(|e| e.map(without_keys)))
+        };
+        self.finish("Watch", start, Ok(stream))
     }
 
     async fn report_applied(
@@ -606,6 +737,7 @@ impl ControlPlane for ControlService {
                         })
                         .collect(),
                     alerts: req.alerts,
+                    certificates: req.certificates,
                 })
                 .await?;
             if let Some(admin) = admin {

@@ -18,9 +18,9 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tandem_core::format;
 use tandem_core::{
-    AdminState, Backend, BackendAddr, BackendRole, ConfigChange, Error as Domain, HostMatch,
-    ListenAddr, PathPrefix, Pool, PoolConfig, PoolName, Revision, Route, Snapshot, TcpRoute,
-    ValidationError, Weight,
+    AdminState, Backend, BackendAddr, BackendRole, CertName, Certificate, ConfigChange,
+    Error as Domain, HostMatch, ListenAddr, PathPrefix, Pool, PoolConfig, PoolName, PrivateKeyPem,
+    Revision, Route, Snapshot, TcpRoute, ValidationError, Weight,
 };
 
 use crate::database::{self, Availability};
@@ -41,6 +41,9 @@ pub struct Store {
     pool: PgPool,
     availability: Availability,
     on_commit: Arc<OnceLock<OnCommit>>,
+    /// What certificates' private keys are sealed under (None: they cannot
+    /// be written, and stored ones cannot be read).
+    secrets: Option<Arc<tandem_tls::SecretsKey>>,
 }
 
 /// Told of each change this replica commits, right after the commit.
@@ -59,6 +62,8 @@ pub struct NodeReport {
     pub listeners: Vec<ListenerReport>,
     /// Problems the node raises, a line each.
     pub alerts: Vec<String>,
+    /// A proxy's TLS listener: the certificates it serves.
+    pub certificates: Vec<String>,
 }
 
 /// One TCP listener as its proxy reported it.
@@ -92,7 +97,71 @@ impl Store {
             pool,
             availability,
             on_commit: Arc::new(OnceLock::new()),
+            secrets: None,
         })
+    }
+
+    /// Seals and opens certificates' private keys under `key`.
+    pub fn with_secrets(mut self, key: tandem_tls::SecretsKey) -> Store {
+        self.secrets = Some(Arc::new(key));
+        self
+    }
+
+    fn secrets(&self) -> Result<&tandem_tls::SecretsKey> {
+        self.secrets.as_deref().ok_or_else(|| {
+            Error::Secrets(
+                "this control replica has no secrets key (TANDEM_SECRETS_KEY_FILE): certificates' private keys can be neither stored nor read".into(),
+            )
+        })
+    }
+
+    fn seal(&self, cert: &Certificate) -> Result<Vec<u8>> {
+        Ok(self
+            .secrets()?
+            .seal(cert.name.as_str(), cert.key_pem.expose().as_bytes()))
+    }
+
+    fn open(&self, name: &CertName, sealed: &[u8]) -> Result<PrivateKeyPem> {
+        let plain = self
+            .secrets()?
+            .open(name.as_str(), sealed)
+            .map_err(|e| Error::Secrets(e.to_string()))?;
+        String::from_utf8(plain)
+            .map(PrivateKeyPem::new)
+            .map_err(|_| Error::Corrupt(format!("certificate {name:?}: key is not text")))
+    }
+
+    /// A change as the log stores it: a certificate's key sealed
+    /// (`key_sealed`, hex), never in the clear.
+    fn log_form(&self, change: &ConfigChange) -> Result<serde_json::Value> {
+        let mut value = serde_json::to_value(change)
+            .map_err(|e| Error::Corrupt(format!("change does not serialise: {e}")))?;
+        if let ConfigChange::CertificateUpserted(cert) = change {
+            let sealed = tandem_tls::seal::hex(&self.seal(cert)?);
+            value["key_pem"] = serde_json::Value::String(String::new());
+            value["key_sealed"] = serde_json::Value::String(sealed);
+        }
+        Ok(value)
+    }
+
+    /// A change from the log, a certificate's key opened.
+    fn open_log_form(&self, mut value: serde_json::Value) -> Result<ConfigChange> {
+        let sealed = value
+            .as_object_mut()
+            .and_then(|o| o.remove("key_sealed"))
+            .and_then(|v| v.as_str().and_then(tandem_tls::seal::unhex));
+        let mut change: ConfigChange = serde_json::from_value(value)
+            .map_err(|e| Error::Corrupt(format!("change_log entry: {e}")))?;
+        if let ConfigChange::CertificateUpserted(cert) = &mut change {
+            let sealed = sealed.ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "change_log: certificate {:?} without its sealed key",
+                    cert.name
+                ))
+            })?;
+            cert.key_pem = self.open(&cert.name, &sealed)?;
+        }
+        Ok(change)
     }
 
     /// Tells `f` of each change this replica commits, right after the
@@ -214,12 +283,14 @@ impl Store {
         for p in snapshot.pools.values_mut() {
             p.backends.sort_by(|a, b| a.address.cmp(&b.address));
         }
-        snapshot.routes = sqlx::query("SELECT host, path_prefix, pool FROM routes")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(route_from_row)
-            .collect::<Result<_>>()?;
+        snapshot.routes = sqlx::query(
+            "SELECT host, path_prefix, pool, redirect_https, hsts_max_age_s FROM routes",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(route_from_row)
+        .collect::<Result<_>>()?;
         snapshot
             .routes
             .sort_by(|a, b| (&a.host, &a.path_prefix).cmp(&(&b.host, &b.path_prefix)));
@@ -230,8 +301,36 @@ impl Store {
             .map(tcp_route_from_row)
             .collect::<Result<_>>()?;
         snapshot.tcp_routes.sort_by_key(|r| r.listen);
+        for row in sqlx::query("SELECT name, chain_pem, key_sealed FROM certificates")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let name = CertName::new(row.try_get::<String, _>("name")?).map_err(corrupt)?;
+            let sealed: Vec<u8> = row.try_get("key_sealed")?;
+            let cert = Certificate {
+                key_pem: self.open(&name, &sealed)?,
+                chain_pem: row.try_get("chain_pem")?,
+                name: name.clone(),
+            };
+            snapshot.certificates.insert(name, cert);
+        }
         tx.commit().await?;
         Ok(snapshot)
+    }
+
+    /// Each certificate's name and the revision that last wrote it.
+    pub async fn certificate_revisions(&self) -> Result<Vec<(String, Revision)>> {
+        let rows = sqlx::query("SELECT name, revision FROM certificates ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name")?,
+                    Revision(r.try_get::<i64, _>("revision")? as u64),
+                ))
+            })
+            .collect()
     }
 
     pub async fn pool(&self, name: &PoolName) -> Result<Pool> {
@@ -263,7 +362,12 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(change_from_row).collect()
+        rows.iter()
+            .map(|r| {
+                let (rev, change) = logged_change_from_row(r)?;
+                Ok((rev, self.open_log_form(change)?))
+            })
+            .collect()
     }
 
     // === writes ===
@@ -459,12 +563,15 @@ impl Store {
             .into());
         }
         sqlx::query(
-            "INSERT INTO routes (host, path_prefix, pool, revision) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO routes (host, path_prefix, pool, revision, redirect_https, hsts_max_age_s)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(route.host.to_string())
         .bind(route.path_prefix.as_str())
         .bind(route.pool.as_str())
         .bind(rev.0 as i64)
+        .bind(route.redirect_https)
+        .bind(i32::try_from(route.hsts_max_age_s).unwrap_or(i32::MAX))
         .execute(&mut *tx)
         .await?;
         self.finish_change(tx, rev, &ConfigChange::RouteUpserted(route))
@@ -551,15 +658,53 @@ impl Store {
         Ok(rev)
     }
 
+    /// Adds a certificate or replaces the one with the same name (the
+    /// caller has checked it). Its key is stored sealed.
+    pub async fn upsert_certificate(&self, cert: Certificate) -> Result<Revision> {
+        let sealed = self.seal(&cert)?;
+        let (mut tx, rev) = self.begin_change().await?;
+        sqlx::query(
+            "INSERT INTO certificates (name, chain_pem, key_sealed, revision) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET chain_pem = $2, key_sealed = $3, revision = $4",
+        )
+        .bind(cert.name.as_str())
+        .bind(&cert.chain_pem)
+        .bind(&sealed)
+        .bind(rev.0 as i64)
+        .execute(&mut *tx)
+        .await?;
+        self.finish_change(tx, rev, &ConfigChange::CertificateUpserted(cert))
+            .await?;
+        Ok(rev)
+    }
+
+    pub async fn delete_certificate(&self, name: &CertName) -> Result<Revision> {
+        let (mut tx, rev) = self.begin_change().await?;
+        let deleted = sqlx::query("DELETE FROM certificates WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(Domain::UnknownCertificate {
+                name: name.to_string(),
+            }
+            .into());
+        }
+        let change = ConfigChange::CertificateDeleted { name: name.clone() };
+        self.finish_change(tx, rev, &change).await?;
+        Ok(rev)
+    }
+
     // === nodes ===
 
     pub async fn report_node(&self, r: &NodeReport) -> Result<()> {
         self.writable()?;
         sqlx::query(
-            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, certificates, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
              ON CONFLICT (node_id) DO UPDATE SET kind = $2, zone = $3, applied_revision = $4,
-                 detail = $5, replica = $6, listeners = $7, alerts = $8, last_seen = now()",
+                 detail = $5, replica = $6, listeners = $7, alerts = $8, certificates = $9, last_seen = now()",
         )
         .bind(&r.node_id)
         .bind(&r.kind)
@@ -569,6 +714,7 @@ impl Store {
         .bind(&r.replica)
         .bind(Json(&r.listeners))
         .bind(Json(&r.alerts))
+        .bind(Json(&r.certificates))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -576,7 +722,7 @@ impl Store {
 
     pub async fn nodes(&self) -> Result<Vec<NodeRow>> {
         let rows = sqlx::query(
-            "SELECT node_id, kind, zone, applied_revision, detail, replica, listeners, alerts,
+            "SELECT node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, certificates,
                     (extract(epoch FROM last_seen) * 1000)::bigint AS last_seen_ms
              FROM nodes ORDER BY kind, node_id",
         )
@@ -594,6 +740,7 @@ impl Store {
                         replica: r.try_get("replica")?,
                         listeners: r.try_get::<Json<Vec<ListenerReport>>, _>("listeners")?.0,
                         alerts: r.try_get::<Json<Vec<String>>, _>("alerts")?.0,
+                        certificates: r.try_get::<Json<Vec<String>>, _>("certificates")?.0,
                     },
                     last_seen_unix_ms: r.try_get("last_seen_ms")?,
                 })
@@ -643,7 +790,7 @@ impl Store {
         rev: Revision,
         change: &ConfigChange,
     ) -> Result<()> {
-        commit_change(tx, rev, change).await?;
+        commit_change(tx, rev, self.log_form(change)?, change).await?;
         if let Some(f) = self.on_commit.get() {
             f(rev, change);
         }
@@ -654,11 +801,12 @@ impl Store {
 async fn commit_change(
     mut tx: Transaction<'static, Postgres>,
     rev: Revision,
+    logged: serde_json::Value,
     change: &ConfigChange,
 ) -> Result<()> {
     sqlx::query("INSERT INTO change_log (revision, change, format_version) VALUES ($1, $2, $3)")
         .bind(rev.0 as i64)
-        .bind(Json(change))
+        .bind(Json(logged))
         .bind(CHANGE_FORMAT as i32)
         .execute(&mut *tx)
         .await?;
@@ -692,6 +840,8 @@ fn change_kind(c: &ConfigChange) -> &'static str {
         ConfigChange::RouteDeleted { .. } => "route_deleted",
         ConfigChange::TcpRouteUpserted(_) => "tcp_route_upserted",
         ConfigChange::TcpRouteDeleted { .. } => "tcp_route_deleted",
+        ConfigChange::CertificateUpserted(_) => "certificate_upserted",
+        ConfigChange::CertificateDeleted { .. } => "certificate_deleted",
     }
 }
 
@@ -774,7 +924,18 @@ fn corrupt(e: impl std::fmt::Display) -> Error {
 }
 
 /// A `change_log` row (`revision`, `change`, `format_version`).
+/// A certificate's key stays sealed: this is for reading what changed, not
+/// for serving it.
 pub(crate) fn change_from_row(row: &sqlx::postgres::PgRow) -> Result<(Revision, ConfigChange)> {
+    let (rev, value) = logged_change_from_row(row)?;
+    let change = serde_json::from_value(value)
+        .map_err(|e| Error::Corrupt(format!("change_log row at revision {}: {e}", rev.0)))?;
+    Ok((rev, change))
+}
+
+/// A `change_log` row's revision and its change as stored (certificates'
+/// keys sealed), once its format version is one this build reads.
+fn logged_change_from_row(row: &sqlx::postgres::PgRow) -> Result<(Revision, serde_json::Value)> {
     let rev: i64 = row.try_get("revision")?;
     let version: i32 = row.try_get("format_version")?;
     format::check(
@@ -782,7 +943,7 @@ pub(crate) fn change_from_row(row: &sqlx::postgres::PgRow) -> Result<(Revision, 
         Some(u32::try_from(version).map_err(corrupt)?),
         CHANGE_FORMAT,
     )?;
-    let Json(change): Json<ConfigChange> = row.try_get("change")?;
+    let Json(change): Json<serde_json::Value> = row.try_get("change")?;
     Ok((Revision(rev as u64), change))
 }
 
@@ -837,6 +998,8 @@ fn route_from_row(row: &sqlx::postgres::PgRow) -> Result<Route> {
         host: HostMatch::new(&host).map_err(corrupt)?,
         path_prefix: PathPrefix::new(&prefix).map_err(corrupt)?,
         pool: PoolName::new(pool).map_err(corrupt)?,
+        redirect_https: row.try_get("redirect_https")?,
+        hsts_max_age_s: row.try_get::<i32, _>("hsts_max_age_s")?.max(0) as u32,
     })
 }
 

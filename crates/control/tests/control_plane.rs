@@ -80,6 +80,7 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
             host: "shop.local".into(),
             path_prefix: "/".into(),
             pool: "shop".into(),
+            ..Default::default()
         }),
     })
     .await?;
@@ -358,6 +359,7 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::R
             host: host.into(),
             path_prefix: prefix.into(),
             pool: pool.into(),
+            ..Default::default()
         }),
     };
     for (r, field) in [
@@ -543,6 +545,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
                 host: "*".into(),
                 path_prefix: "/".into(),
                 pool: "shop".into(),
+                ..Default::default()
             }),
         })
         .await?;

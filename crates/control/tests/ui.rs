@@ -164,6 +164,7 @@ fn proxy_report(node_id: &str, zone: &str, detail: &str) -> v1::ReportAppliedReq
         listeners: Vec::new(),
         alerts: Vec::new(),
         admin_address: String::new(),
+        certificates: Vec::new(),
     }
 }
 

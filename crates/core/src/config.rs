@@ -569,6 +569,14 @@ pub struct Route {
     pub host: HostMatch,
     pub path_prefix: PathPrefix,
     pub pool: PoolName,
+    /// Requests that arrive over plain HTTP get a 308 to the same URL on
+    /// https instead of being forwarded.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// Answers to requests that arrived over TLS carry
+    /// `Strict-Transport-Security: max-age=<this>` (0: none).
+    #[serde(default)]
+    pub hsts_max_age_s: u32,
 }
 
 /// A TCP (layer 4) route: every proxy listens on `listen` and forwards

@@ -66,6 +66,8 @@ pub enum Error {
         existing: String,
         pool: String,
     },
+    #[error("certificate {name:?} does not exist")]
+    UnknownCertificate { name: String },
     #[error("pool {name:?} is still the target of {routes} route(s); delete them first")]
     PoolInUse { name: String, routes: usize },
     #[error("stale revision: expected {expected}, but {what} is at {actual}")]

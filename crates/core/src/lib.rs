@@ -6,6 +6,7 @@
 //! never do I/O, know protobuf or know SQL: the `proto` crate and the control
 //! plane's store convert at their edges.
 
+pub mod certificate;
 pub mod config;
 pub mod error;
 pub mod format;
@@ -16,6 +17,7 @@ pub mod outlier;
 pub mod routing;
 pub mod snapshot;
 
+pub use certificate::{CertName, Certificate, PrivateKeyPem};
 pub use config::{
     AdminState, Backend, BackendRole, HealthCheckKind, HealthCheckSpec, LbPolicy, OnUnhealthy,
     OutlierSpec, PoolConfig, RetryPolicy, Route, TcpRoute, TcpSettings,

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Backend, BackendAddr, Error, HostMatch, ListenAddr, PathPrefix, PoolConfig, PoolName, Revision,
-    Route, TcpRoute,
+    Backend, BackendAddr, CertName, Certificate, Error, HostMatch, ListenAddr, PathPrefix,
+    PoolConfig, PoolName, Revision, Route, TcpRoute,
 };
 
 /// A pool with its backends (sorted by address).
@@ -56,6 +56,11 @@ pub enum ConfigChange {
     TcpRouteDeleted {
         listen: ListenAddr,
     },
+    /// Adds a TLS certificate or replaces the one with the same name.
+    CertificateUpserted(Certificate),
+    CertificateDeleted {
+        name: CertName,
+    },
 }
 
 /// Declared configuration at `revision`.
@@ -68,6 +73,9 @@ pub struct Snapshot {
     /// TCP (layer 4) routes, sorted by listen address.
     #[serde(default)]
     pub tcp_routes: Vec<TcpRoute>,
+    /// TLS certificates for the proxies' TLS listeners, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificates: BTreeMap<CertName, Certificate>,
 }
 
 impl Snapshot {
@@ -176,6 +184,16 @@ impl Snapshot {
                     })?;
                 self.tcp_routes.remove(i);
             }
+            ConfigChange::CertificateUpserted(cert) => {
+                self.certificates.insert(cert.name.clone(), cert.clone());
+            }
+            ConfigChange::CertificateDeleted { name } => {
+                self.certificates
+                    .remove(name)
+                    .ok_or_else(|| Error::UnknownCertificate {
+                        name: name.to_string(),
+                    })?;
+            }
         }
         self.revision = revision;
         Ok(())
@@ -219,6 +237,8 @@ mod tests {
                 host: HostMatch::Any,
                 path_prefix: PathPrefix::new("/").unwrap(),
                 pool: name("shop"),
+                redirect_https: false,
+                hsts_max_age_s: 0,
             }),
             ConfigChange::TcpRouteUpserted(TcpRoute {
                 listen: ListenAddr::new("0.0.0.0:5432").unwrap(),

@@ -206,6 +206,10 @@ pub enum Command {
     /// route it takes and why, the pool, each backend's tier and state
     /// with the agents' reason, and the backend its policy picks now).
     Explain(ExplainArgs),
+    /// TLS certificates for the proxies' HTTPS listeners: add (or rotate),
+    /// list, remove. Private keys are stored encrypted and never shown.
+    #[command(subcommand)]
+    Cert(CertCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -223,6 +227,31 @@ pub struct ExplainArgs {
     /// The client's IP address (ip_hash pools pick by it); default 0.0.0.0.
     #[arg(long, value_name = "IP")]
     pub client: Option<String>,
+}
+
+// === certificates ===
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Add a certificate, or replace the one with this name (rotation:
+    /// new handshakes get it; established connections keep theirs). Refused
+    /// (exit 4, nothing stored) if a file is not PEM, the key does not
+    /// match the leaf, or the chain has expired.
+    Add {
+        /// Its name (a DNS label, e.g. `shop`).
+        name: String,
+        /// PEM chain: the leaf first, then intermediates.
+        #[arg(long, value_name = "FILE")]
+        cert_file: PathBuf,
+        /// PEM private key of the leaf.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
+    /// Every certificate: names (SANs), expiry, key type, and the proxies
+    /// that report serving it.
+    List,
+    /// Stop serving a certificate and forget it.
+    Remove { name: String },
 }
 
 // === pools ===
@@ -513,6 +542,14 @@ pub enum RouteCommand {
         /// Where proxies listen for a TCP route: ip:port, e.g. 0.0.0.0:5432.
         #[arg(long, value_name = "IP:PORT", requires = "tcp")]
         listen: Option<String>,
+        /// Answer requests that arrive over plain HTTP with a 308 to the
+        /// same URL on https.
+        #[arg(long, conflicts_with = "tcp")]
+        redirect_https: bool,
+        /// Send `Strict-Transport-Security: max-age=SECONDS` on answers
+        /// over HTTPS (e.g. 31536000 for a year).
+        #[arg(long, value_name = "SECONDS", conflicts_with = "tcp")]
+        hsts_max_age: Option<u32>,
     },
     /// List every route, HTTP and TCP.
     List,

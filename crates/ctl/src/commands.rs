@@ -15,7 +15,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{
-    BackendCommand, BackendRef, ClusterCommand, Command, ExplainArgs, GlobalArgs, HealthArgs,
+    BackendCommand, BackendRef, CertCommand, ClusterCommand, Command, ExplainArgs, GlobalArgs,
+    HealthArgs,
     HealthKind, OnUnhealthyArg, Output, Policy, PoolCommand, PoolSettings, ProxyProtocolArg,
     RouteCommand, WatchArgs,
 };
@@ -279,6 +280,83 @@ impl Session {
             Command::Snapshot => self.snapshot(out).await,
             Command::Cluster(ClusterCommand::Status) => self.cluster_status(out).await,
             Command::Explain(args) => self.explain(args, out).await,
+            Command::Cert(c) => self.cert(c, out).await,
+        }
+    }
+
+    // === certificates ===
+
+    async fn cert(&self, command: CertCommand, out: &mut dyn Write) -> Result<(), CtlError> {
+        match command {
+            CertCommand::Add {
+                name,
+                cert_file,
+                key_file,
+            } => {
+                let read = |path: &std::path::Path, flag: &str| {
+                    std::fs::read_to_string(path)
+                        .map_err(|e| CtlError::Usage(format!("{flag} {}: {e}", path.display())))
+                };
+                let req = v1::AddCertificateRequest {
+                    certificate: Some(v1::Certificate {
+                        name,
+                        chain_pem: read(&cert_file, "--cert-file")?,
+                        key_pem: read(&key_file, "--key-file")?,
+                    }),
+                };
+                let reply = self.unary(self.client.clone().add_certificate(req)).await?;
+                let c = reply.certificate.clone().unwrap_or_default();
+                self.print(
+                    out,
+                    || {
+                        format!(
+                            "certificate {} ({}) stored, valid until {} (revision {})",
+                            c.name,
+                            c.sans.join(", "),
+                            output::unix_date(c.not_after_unix_s),
+                            reply.revision
+                        )
+                    },
+                    || output::CertificateReplyJson {
+                        certificate: reply
+                            .certificate
+                            .as_ref()
+                            .map(output::CertificateJson::from),
+                        revision: reply.revision,
+                    },
+                )
+            }
+            CertCommand::List => {
+                let reply = self
+                    .unary(
+                        self.client
+                            .clone()
+                            .list_certificates(v1::ListCertificatesRequest {}),
+                    )
+                    .await?;
+                self.warn_if_stale(reply.stale.as_ref(), reply.revision);
+                self.print(
+                    out,
+                    || output::certificates_table(&reply),
+                    || output::CertificatesJson {
+                        certificates: reply
+                            .certificates
+                            .iter()
+                            .map(output::CertificateJson::from)
+                            .collect(),
+                        revision: reply.revision,
+                        stale: reply.stale.as_ref().map(output::StaleJson::from),
+                    },
+                )
+            }
+            CertCommand::Remove { name } => {
+                let what = format!("certificate {name} removed");
+                let req = v1::RemoveCertificateRequest { name };
+                let reply = self
+                    .unary(self.client.clone().remove_certificate(req))
+                    .await?;
+                self.print_change(out, &reply, what)
+            }
         }
     }
 
@@ -586,13 +664,20 @@ impl Session {
                 )
             }
             RouteCommand::Add {
-                host, prefix, pool, ..
+                host,
+                prefix,
+                pool,
+                redirect_https,
+                hsts_max_age,
+                ..
             } => {
                 let req = v1::AddRouteRequest {
                     route: Some(v1::Route {
                         host,
                         path_prefix: prefix,
                         pool,
+                        redirect_https,
+                        hsts_max_age_s: hsts_max_age.unwrap_or(0),
                     }),
                 };
                 let reply = self.unary(self.client.clone().add_route(req)).await?;

@@ -225,6 +225,85 @@ pub struct RouteJson<'a> {
     pub host: &'a str,
     pub path_prefix: &'a str,
     pub pool: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_https: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hsts_max_age_s: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Serialize)]
+pub struct CertificateJson<'a> {
+    pub name: &'a str,
+    pub sans: &'a [String],
+    pub not_before_unix_s: i64,
+    pub not_after_unix_s: i64,
+    pub fingerprint_sha256: &'a str,
+    pub key_type: &'a str,
+    pub revision: u64,
+    pub proxies: &'a [String],
+}
+
+impl<'a> From<&'a v1::CertificateInfo> for CertificateJson<'a> {
+    fn from(c: &'a v1::CertificateInfo) -> Self {
+        Self {
+            name: &c.name,
+            sans: &c.sans,
+            not_before_unix_s: c.not_before_unix_s,
+            not_after_unix_s: c.not_after_unix_s,
+            fingerprint_sha256: &c.fingerprint_sha256,
+            key_type: &c.key_type,
+            revision: c.revision,
+            proxies: &c.proxies,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CertificateReplyJson<'a> {
+    pub certificate: Option<CertificateJson<'a>>,
+    pub revision: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CertificatesJson<'a> {
+    pub certificates: Vec<CertificateJson<'a>>,
+    pub revision: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<StaleJson<'a>>,
+}
+
+/// A Unix time in seconds as a UTC date: `2027-03-01 12:00 UTC`.
+pub fn unix_date(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// `cert list`: a row per certificate.
+pub fn certificates_table(reply: &v1::ListCertificatesReply) -> String {
+    if reply.certificates.is_empty() {
+        return format!("no certificates (revision {})", reply.revision);
+    }
+    let mut t = Table::new(&["name", "names (SAN)", "not after", "key", "served by"]);
+    for c in &reply.certificates {
+        let served = if c.proxies.is_empty() {
+            "-".to_string()
+        } else {
+            c.proxies.join(", ")
+        };
+        t.row(vec![
+            c.name.clone(),
+            c.sans.join(", "),
+            unix_date(c.not_after_unix_s),
+            c.key_type.clone(),
+            served,
+        ]);
+    }
+    t.render()
 }
 
 #[derive(Debug, Serialize)]
@@ -310,6 +389,8 @@ impl<'a> From<&'a v1::Route> for RouteJson<'a> {
             host: &r.host,
             path_prefix: &r.path_prefix,
             pool: &r.pool,
+            redirect_https: r.redirect_https,
+            hsts_max_age_s: r.hsts_max_age_s,
         }
     }
 }
@@ -669,6 +750,9 @@ pub enum ChangeJson<'a> {
     TcpRouteUpserted(TcpRouteJson<'a>),
     /// The listen address of the TCP route deleted.
     TcpRouteDeleted(&'a str),
+    /// The name of the certificate added or replaced (never its key).
+    CertificateUpserted(&'a str),
+    CertificateDeleted(&'a str),
     /// A change this tandemctl does not know (a newer control plane).
     Unknown {},
 }
@@ -693,6 +777,8 @@ impl<'a> From<&'a v1::ConfigChange> for ChangeJson<'a> {
             },
             Some(Change::TcpRouteUpserted(r)) => Self::TcpRouteUpserted(r.into()),
             Some(Change::TcpRouteDeleted(listen)) => Self::TcpRouteDeleted(listen),
+            Some(Change::CertificateUpserted(c)) => Self::CertificateUpserted(&c.name),
+            Some(Change::CertificateDeleted(name)) => Self::CertificateDeleted(name),
             None => Self::Unknown {},
         }
     }
@@ -1106,10 +1192,29 @@ pub fn single_active_alerts(pools: &[v1::Pool], health: &Health) -> Vec<String> 
 }
 
 pub fn routes_table(routes: &[v1::Route]) -> String {
-    let mut t = Table::new(&["host", "prefix", "pool"]);
+    // The https column only when some route uses it.
+    let https = routes
+        .iter()
+        .any(|r| r.redirect_https || r.hsts_max_age_s > 0);
+    let mut t = if https {
+        Table::new(&["host", "prefix", "pool", "https"])
+    } else {
+        Table::new(&["host", "prefix", "pool"])
+    };
     for r in routes {
         let host = if r.host.is_empty() { "*" } else { &r.host };
-        t.row(vec![host.into(), r.path_prefix.clone(), r.pool.clone()]);
+        let mut row = vec![host.into(), r.path_prefix.clone(), r.pool.clone()];
+        if https {
+            let mut what = Vec::new();
+            if r.redirect_https {
+                what.push("redirect".to_string());
+            }
+            if r.hsts_max_age_s > 0 {
+                what.push(format!("hsts={}s", r.hsts_max_age_s));
+            }
+            row.push(what.join(" "));
+        }
+        t.row(row);
     }
     t.render()
 }
@@ -1697,6 +1802,12 @@ pub fn watch_line(e: &v1::WatchEvent) -> String {
                 format!("tcp_route_upserted listen={} pool={}", r.listen, r.pool)
             }
             Some(Change::TcpRouteDeleted(listen)) => format!("tcp_route_deleted listen={listen}"),
+            Some(Change::CertificateUpserted(c)) => {
+                format!("certificate_upserted certificate={}", c.name)
+            }
+            Some(Change::CertificateDeleted(name)) => {
+                format!("certificate_deleted certificate={name}")
+            }
             None => "unknown_change".into(),
         },
         None => "unknown_event".into(),
@@ -1999,6 +2110,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                 routes: vec![],
                 stale: None,
                 tcp_routes: vec![],
+                certificates: vec![],
             })),
         };
         let v = parse(&to_json_line(&WatchEventJson::from(&snap)));
@@ -2187,12 +2299,14 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
                 host: "shop.local".into(),
                 path_prefix: "/".into(),
                 pool: "shop".into(),
+                ..Default::default()
             }],
             stale: None,
             tcp_routes: vec![v1::TcpRoute {
                 listen: "0.0.0.0:5432".into(),
                 pool: "shop".into(),
             }],
+            certificates: vec![],
         };
         assert_eq!(
             snapshot_summary(&s),

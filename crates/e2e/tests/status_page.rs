@@ -164,6 +164,7 @@ async fn api_pool(
                 host: "api.local".into(),
                 path_prefix: "/api".into(),
                 pool: "api".into(),
+                ..Default::default()
             }),
         })
         .await?;

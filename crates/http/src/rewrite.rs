@@ -32,6 +32,8 @@ pub struct Forwarding<'a> {
     pub trusted_peer: bool,
     /// `Host` for an HTTP/1.0 request that has none: the backend's address.
     pub backend_host: &'a str,
+    /// The request arrived over TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
     pub underscores: Underscores,
 }
 
@@ -161,8 +163,8 @@ pub fn write_request_head(
     out.extend_from_slice(format_ip(&mut buf, fwd.peer));
     out.extend_from_slice(b"\r\n");
     if !has_proto {
-        // This proxy terminates plain HTTP.
-        field(out, b"x-forwarded-proto", b"http");
+        let proto: &[u8] = if fwd.https { b"https" } else { b"http" };
+        field(out, b"x-forwarded-proto", proto);
     }
     if !has_forwarded_host && let Some(h) = host {
         field(out, b"x-forwarded-host", h);
@@ -427,11 +429,21 @@ mod tests {
     /// The head written for `raw` from `peer`, as (request line, fields
     /// lowercased in order).
     fn upstream(raw: &str, peer: &str, trusted: bool) -> (String, Vec<(String, String)>) {
+        upstream_over(raw, peer, trusted, false)
+    }
+
+    fn upstream_over(
+        raw: &str,
+        peer: &str,
+        trusted: bool,
+        https: bool,
+    ) -> (String, Vec<(String, String)>) {
         let h = head(raw);
         let fwd = Forwarding {
             peer: peer.parse().unwrap(),
             trusted_peer: trusted,
             backend_host: "10.0.0.1:80",
+            https,
             underscores: Underscores::Drop,
         };
         let mut out = Vec::new();
@@ -521,6 +533,12 @@ mod tests {
             "replaced, not appended"
         );
         assert_eq!(get(&f, "x-forwarded-proto"), ["http"]);
+        let (_, tls) = upstream_over(raw, "10.1.2.3", false, true);
+        assert_eq!(
+            get(&tls, "x-forwarded-proto"),
+            ["https"],
+            "arrived over TLS"
+        );
         assert_eq!(get(&f, "x-forwarded-host"), ["shop.test"]);
         assert!(get(&f, "x-real-ip").is_empty());
         assert!(get(&f, "forwarded").is_empty());

@@ -325,14 +325,28 @@ pub fn route_to_proto(r: &core::Route) -> v1::Route {
         host: r.host.to_string(),
         path_prefix: r.path_prefix.to_string(),
         pool: r.pool.to_string(),
+        redirect_https: r.redirect_https,
+        hsts_max_age_s: r.hsts_max_age_s,
     }
 }
 
 pub fn route_from_proto(r: &v1::Route, prefix: &str) -> Result<core::Route, ConvertError> {
+    if r.hsts_max_age_s > i32::MAX as u32 {
+        return Err(ValidationError::new(
+            format!("{prefix}.hsts_max_age_s"),
+            format!(
+                "must be at most {} seconds (got {})",
+                i32::MAX,
+                r.hsts_max_age_s
+            ),
+        ));
+    }
     Ok(core::Route {
         host: HostMatch::new(&r.host).map_err(|e| e.under(prefix))?,
         path_prefix: PathPrefix::new(&r.path_prefix).map_err(|e| e.under(prefix))?,
         pool: pool_name(&r.pool, &format!("{prefix}.pool"))?,
+        redirect_https: r.redirect_https,
+        hsts_max_age_s: r.hsts_max_age_s,
     })
 }
 
@@ -365,7 +379,44 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
         pools: s.pools.values().map(pool_to_proto).collect(),
         routes: s.routes.iter().map(route_to_proto).collect(),
         tcp_routes: s.tcp_routes.iter().map(tcp_route_to_proto).collect(),
+        certificates: s.certificates.values().map(certificate_to_proto).collect(),
         stale: None,
+    }
+}
+
+/// A certificate with its key: for Watch streams to proxies only (see
+/// [`without_keys`]).
+pub fn certificate_to_proto(c: &core::Certificate) -> v1::Certificate {
+    v1::Certificate {
+        name: c.name.to_string(),
+        chain_pem: c.chain_pem.clone(),
+        key_pem: c.key_pem.expose().to_owned(),
+    }
+}
+
+pub fn certificate_from_proto(
+    c: &v1::Certificate,
+    prefix: &str,
+) -> Result<core::Certificate, ConvertError> {
+    Ok(core::Certificate {
+        name: core::CertName::new(&*c.name).map_err(|e| e.under(prefix))?,
+        chain_pem: c.chain_pem.clone(),
+        key_pem: core::PrivateKeyPem::new(c.key_pem.clone()),
+    })
+}
+
+/// Empties every private key in a snapshot message: what any read, and a
+/// Watch stream to anything but a proxy, sends.
+pub fn snapshot_without_keys(s: &mut v1::Snapshot) {
+    for c in &mut s.certificates {
+        c.key_pem = String::new();
+    }
+}
+
+/// Empties the private key a change may carry (see [`snapshot_without_keys`]).
+pub fn change_without_keys(c: &mut v1::ConfigChange) {
+    if let Some(v1::config_change::Change::CertificateUpserted(cert)) = &mut c.change {
+        cert.key_pem = String::new();
     }
 }
 
@@ -409,6 +460,10 @@ pub fn snapshot_from_proto(s: &v1::Snapshot) -> Result<core::Snapshot, ConvertEr
         .map(|r| tcp_route_from_proto(r, "tcp_route"))
         .collect::<Result<_, _>>()?;
     snapshot.tcp_routes.sort_by_key(|r| r.listen);
+    for c in &s.certificates {
+        let cert = certificate_from_proto(c, "certificate")?;
+        snapshot.certificates.insert(cert.name.clone(), cert);
+    }
     Ok(snapshot)
 }
 
@@ -443,6 +498,12 @@ pub fn change_to_proto(c: &core::ConfigChange) -> v1::ConfigChange {
         }
         core::ConfigChange::TcpRouteDeleted { listen } => {
             Change::TcpRouteDeleted(listen.to_string())
+        }
+        core::ConfigChange::CertificateUpserted(cert) => {
+            Change::CertificateUpserted(certificate_to_proto(cert))
+        }
+        core::ConfigChange::CertificateDeleted { name } => {
+            Change::CertificateDeleted(name.to_string())
         }
     };
     v1::ConfigChange {
@@ -489,6 +550,12 @@ pub fn change_from_proto(c: &v1::ConfigChange) -> Result<core::ConfigChange, Con
         }
         Change::TcpRouteDeleted(listen) => core::ConfigChange::TcpRouteDeleted {
             listen: listen_addr(listen, "tcp_route_deleted")?,
+        },
+        Change::CertificateUpserted(c) => core::ConfigChange::CertificateUpserted(
+            certificate_from_proto(c, "certificate_upserted")?,
+        ),
+        Change::CertificateDeleted(name) => core::ConfigChange::CertificateDeleted {
+            name: core::CertName::new(&**name).map_err(|e| e.under("certificate_deleted"))?,
         },
     })
 }

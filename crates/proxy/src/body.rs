@@ -17,8 +17,9 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tandem_http::chunked::ChunkError;
 use tandem_http::{BodyDecoder, Piece, UpstreamFraming};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
+
+use crate::stream::ClientIo;
 
 /// Room made in the read buffer before each read.
 pub const READ_CHUNK: usize = 8 * 1024;
@@ -63,7 +64,7 @@ impl From<ChunkError> for ClientFault {
 /// A client's HTTP/1 connection: its socket, what was read from it, and
 /// where the current request's body stands.
 pub struct Inbound {
-    pub io: TcpStream,
+    pub io: ClientIo,
     pub rbuf: BytesMut,
     pub body: BodyDecoder,
     /// The client waits for `100 Continue` before it sends the body.
@@ -73,7 +74,7 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(io: TcpStream, stall: Duration) -> Self {
+    pub fn new(io: ClientIo, stall: Duration) -> Self {
         Self {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -99,7 +100,8 @@ impl Inbound {
     async fn next(&mut self) -> Option<Result<Bytes, ClientFault>> {
         if self.expect_continue {
             self.expect_continue = false;
-            if let Err(e) = self.io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await {
+            let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if let Err(e) = self.io.write_all_within(interim, self.stall).await {
                 return Some(Err(ClientFault::Io(e)));
             }
         }

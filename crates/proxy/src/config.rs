@@ -19,6 +19,12 @@ pub struct Args {
     #[arg(long, env = "TANDEM_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// HTTPS listener (host:port): TLS 1.3 and 1.2 with the certificates
+    /// declared through the control plane, picked by SNI; ALPN offers h2
+    /// and http/1.1. Unset: no TLS listener.
+    #[arg(long, env = "TANDEM_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+
     /// Admin listener for /metrics, /healthz, /readyz and /config (host:port).
     #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
     pub admin_listen: SocketAddr,
@@ -163,6 +169,8 @@ impl From<&Settings> for Limits {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub control: Vec<String>,
+    /// The TLS listener's port (redirects to https name it unless 443).
+    pub https_port: Option<u16>,
     pub identity: tandem_client::Identity,
     pub state_dir: Option<PathBuf>,
     pub drain_timeout: Duration,
@@ -243,6 +251,7 @@ impl Args {
             return Err(bad("TANDEM_HEADER_TIMEOUT_MS", "must be at least 1".into()));
         }
         Ok(Settings {
+            https_port: self.tls_listen.map(|a| a.port()),
             control,
             identity,
             state_dir: self.state_dir.clone(),

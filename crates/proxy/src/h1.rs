@@ -34,13 +34,13 @@ use http_body::Body as _;
 use tandem_http::rewrite::{self, ClientFraming};
 use tandem_http::{BodyDecoder, RequestHead, Span, chunked};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::body::{ClientBody, Inbound, READ_CHUNK};
 use crate::clock::Deadline;
 use crate::config::Limits;
 use crate::drain::Drain;
 use crate::forward::{self, Answer, Peer, Proxy, Reply, ReplyHead};
+use crate::stream::ClientIo;
 use crate::tunnel;
 
 /// An HTTP/2 client with prior knowledge opens with this.
@@ -55,12 +55,12 @@ pub enum End {
     Closed,
     /// It opened with the HTTP/2 preface: hyper takes it over, with the
     /// bytes already read.
-    Http2(TcpStream, BytesMut),
+    Http2(ClientIo, BytesMut),
 }
 
 /// Serves one client connection until it ends.
 pub async fn serve(
-    io: TcpStream,
+    io: ClientIo,
     peer: Peer,
     proxy: &Proxy,
     limits: &Limits,
@@ -222,11 +222,16 @@ impl Client {
             status,
             head,
             mut body,
+            hsts,
             ..
         } = reply;
         let framing = ClientFraming::of(status, is_head, version, body.size_hint().exact());
         let keep_alive = keep_alive && framing != ClientFraming::Close;
         self.wbuf.clear();
+        // The route's HSTS replaces whatever the backend said of it.
+        let sts: &[u8] = b"strict-transport-security";
+        let hsts_field = hsts.as_ref().map(|v| (sts, v.as_bytes()));
+        let text = (&b"content-type"[..], &b"text/plain; charset=utf-8"[..]);
         match &head {
             ReplyHead::Upstream {
                 fields,
@@ -234,7 +239,9 @@ impl Client {
             } => rewrite::write_response_head(
                 &mut self.wbuf,
                 status,
-                rewrite::response_fields(fields),
+                rewrite::response_fields(fields)
+                    .filter(|(n, _)| hsts.is_none() || !n.eq_ignore_ascii_case(sts))
+                    .chain(hsts_field),
                 *declared_length,
                 framing,
                 keep_alive,
@@ -243,7 +250,16 @@ impl Client {
             ReplyHead::Local => rewrite::write_response_head(
                 &mut self.wbuf,
                 status,
-                std::iter::once((&b"content-type"[..], &b"text/plain; charset=utf-8"[..])),
+                std::iter::once(text).chain(hsts_field),
+                None,
+                framing,
+                keep_alive,
+                version,
+            ),
+            ReplyHead::Redirect { location } => rewrite::write_response_head(
+                &mut self.wbuf,
+                status,
+                [text, (&b"location"[..], location.as_bytes())].into_iter(),
                 None,
                 framing,
                 keep_alive,
@@ -302,7 +318,10 @@ impl Client {
         }
         if data.len() > GATHER {
             self.flush().await?;
-            write_all(&mut self.conn.io, &data, self.conn.stall).await?;
+            self.conn
+                .io
+                .write_all_within(&data, self.conn.stall)
+                .await?;
         } else {
             self.wbuf.extend_from_slice(&data);
         }
@@ -314,7 +333,10 @@ impl Client {
 
     async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
-            write_all(&mut self.conn.io, &self.wbuf, self.conn.stall).await?;
+            self.conn
+                .io
+                .write_all_within(&self.wbuf, self.conn.stall)
+                .await?;
             self.wbuf.clear();
         }
         Ok(())
@@ -391,24 +413,5 @@ impl Inbound {
             }
         })
         .await;
-    }
-}
-
-/// Writes all of `data`, giving up when the client reads nothing for
-/// `stall`.
-async fn write_all(io: &mut TcpStream, mut data: &[u8], stall: Duration) -> io::Result<()> {
-    // Most answers fit in the socket's buffer: written at once, no timer.
-    match io.try_write(data) {
-        Ok(n) if n == data.len() => return Ok(()),
-        Ok(n) => data = &data[n..],
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) => return Err(e),
-    }
-    match tokio::time::timeout(stall, io.write_all(data)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client stopped reading",
-        )),
     }
 }

@@ -1,4 +1,4 @@
-//! HTTP/2 with prior knowledge (h2c), served by hyper. Its requests are
+//! HTTP/2, with prior knowledge (h2c) or by ALPN over TLS, served by hyper. Its requests are
 //! converted at this edge into the same [`RequestHead`] the HTTP/1 server
 //! makes, checked by the same rules (plus HTTP/2's own: no
 //! connection-specific fields, no invalid characters in any field), and go
@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -27,6 +26,7 @@ use tandem_http::{RequestHead, rewrite};
 use crate::body::ClientBody;
 use crate::drain::Drain;
 use crate::forward::{self, Answer, Peer, Proxy, Reply, ReplyHead, RespBody};
+use crate::stream::ClientIo;
 
 /// hyper's HTTP/2 server as the proxy configures it.
 pub fn builder(max_header_bytes: usize) -> http2::Builder<TokioExecutor> {
@@ -114,6 +114,19 @@ fn to_http(reply: Reply) -> Response<RespBody> {
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
         }
+        ReplyHead::Redirect { location } => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            if let Ok(v) = HeaderValue::try_from(location) {
+                headers.insert(http::header::LOCATION, v);
+            }
+        }
+    }
+    if let Some(v) = reply.hsts {
+        // The route's HSTS replaces whatever the backend said of it.
+        headers.insert(http::header::STRICT_TRANSPORT_SECURITY, v);
     }
     r
 }
@@ -122,11 +135,11 @@ fn to_http(reply: Reply) -> Response<RespBody> {
 /// from HTTP/2): reads give those back first.
 pub struct Prefixed {
     read: BytesMut,
-    io: TcpStream,
+    io: ClientIo,
 }
 
 impl Prefixed {
-    pub fn new(read: BytesMut, io: TcpStream) -> Self {
+    pub fn new(read: BytesMut, io: ClientIo) -> Self {
         Self { read, io }
     }
 }

@@ -22,8 +22,10 @@ pub mod h1;
 pub mod h2;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod table;
 pub mod tcp;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod watch;
@@ -47,6 +49,8 @@ pub struct Runtime {
     pub proxy: Arc<Proxy>,
     /// TCP routes: their table, listeners and connections.
     pub tcp: Arc<tcp::Tcp>,
+    /// The TLS listener's certificates (None: no TLS listener).
+    pub tls: Option<Arc<tls::Tls>>,
     /// Is a watch stream to a control plane open right now?
     pub following: std::sync::atomic::AtomicBool,
     /// Were control-plane endpoints configured at all?
@@ -59,11 +63,18 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(settings: &Settings, access_log: Option<Arc<access_log::AccessLog>>) -> Self {
-        let mut proxy = Proxy::new(settings.parse_options(), settings.trusted_proxies.clone());
-        proxy.access_log = access_log;
+    fn new(
+        settings: &Settings,
+        access_log: Option<Arc<access_log::AccessLog>>,
+        tls: Option<Arc<tls::Tls>>,
+    ) -> Self {
         Self {
-            proxy: Arc::new(proxy),
+            tls,
+            proxy: Arc::new(Proxy {
+                https_port: settings.https_port,
+                access_log,
+                ..Proxy::new(settings.parse_options(), settings.trusted_proxies.clone())
+            }),
             tcp: Arc::new(tcp::Tcp::new(settings.tcp.clone())),
             following: std::sync::atomic::AtomicBool::new(false),
             has_control_plane: !settings.control.is_empty(),
@@ -86,6 +97,15 @@ impl Runtime {
         let table = Arc::new(self.registry.build(&snapshot, source));
         self.proxy.table.store(Some(table.clone()));
         self.tcp.install(&snapshot, table);
+        if let Some(tls) = &self.tls {
+            tls.install(&snapshot);
+            let served = tls.served();
+            self.tcp.node_state.send_if_modified(|s| {
+                let changed = s.certificates != served;
+                s.certificates = served;
+                changed
+            });
+        }
         self.revision.set(snapshot.revision.0 as f64);
         self.from_disk
             .set(if source == Source::Disk { 1.0 } else { 0.0 });
@@ -96,6 +116,7 @@ impl Runtime {
             pools = snapshot.pools.len(),
             routes = snapshot.routes.len(),
             tcp_routes = snapshot.tcp_routes.len(),
+            certificates = snapshot.certificates.len(),
             "configuration applied"
         );
         if source == Source::ControlPlane
@@ -147,10 +168,12 @@ fn spawn_persister(dir: PathBuf) -> channel::Sender<Option<Arc<Snapshot>>> {
     tx
 }
 
-/// Runs the proxy until `shutdown` resolves, then drains.
+/// Runs the proxy until `shutdown` resolves, then drains. With
+/// `tls_listener`, HTTPS is served there too.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
+    tls_listener: Option<TcpListener>,
     admin_listener: TcpListener,
     prometheus: tandem_telemetry::PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -165,7 +188,13 @@ pub async fn run(
         })?),
         None => None,
     };
-    let rt = Arc::new(Runtime::new(&settings, access_log.clone()));
+    let tls = match &tls_listener {
+        Some(_) => Some(Arc::new(
+            tls::Tls::new().map_err(|e| Error::Config(format!("TLS: {e}")))?,
+        )),
+        None => None,
+    };
+    let rt = Arc::new(Runtime::new(&settings, access_log.clone(), tls.clone()));
 
     // Static stability: serve the last-known-good copy at once.
     let mut initial = None;
@@ -230,6 +259,7 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let down_rx_tls = down_rx.clone();
     // HTTP requests and TCP connections drain side by side.
     let tcp_drain = {
         let (tcp, mut rx, timeout) = (rt.tcp.clone(), down_rx, settings.drain_timeout);
@@ -238,10 +268,31 @@ pub async fn run(
             tcp.drain(timeout).await;
         }
     };
-    tokio::join!(
-        server::serve(listener, rt.proxy.clone(), (&settings).into(), http_down),
-        tcp_drain
+    let https = async {
+        if let Some(l) = tls_listener {
+            tracing::info!(listen = %l.local_addr().map_err(Error::Admin)?, "HTTPS listening");
+            let down = {
+                let mut rx = down_rx_tls;
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+            };
+            server::serve(l, rt.proxy.clone(), (&settings).into(), tls, down).await;
+        }
+        Ok::<(), Error>(())
+    };
+    let (_, _, https) = tokio::join!(
+        server::serve(
+            listener,
+            rt.proxy.clone(),
+            (&settings).into(),
+            None,
+            http_down
+        ),
+        tcp_drain,
+        https
     );
+    https?;
     let _ = stop_tx.send(true);
     if let Some(log) = &access_log {
         log.close();

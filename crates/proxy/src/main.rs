@@ -32,11 +32,16 @@ async fn start(args: Args, settings: tandem_proxy::Settings) -> Result<(), Error
             .map_err(|source| Error::Listen { addr, source })
     };
     let listener = bind(args.listen).await?;
+    let tls_listener = match args.tls_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let admin = bind(args.admin_listen).await?;
     tracing::info!(admin = %args.admin_listen, workers = args.worker_threads(), "starting");
     let result = tandem_proxy::run(
         settings,
         listener,
+        tls_listener,
         admin,
         telemetry.prometheus(),
         tandem_telemetry::shutdown_signal(),

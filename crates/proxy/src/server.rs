@@ -1,27 +1,34 @@
-//! The client-facing listener: HTTP/1.1 (the proxy's own server, [`h1`])
-//! and HTTP/2 with prior knowledge (hyper's, [`crate::h2`]) on one port,
-//! limits on heads and connections, graceful drain.
+//! The client-facing listeners: HTTP/1.1 (the proxy's own server, [`h1`])
+//! and HTTP/2 (hyper's, [`crate::h2`]) on one port, plain (HTTP/2 with
+//! prior knowledge) or TLS (HTTP/2 by ALPN, [`crate::tls`]); limits on
+//! heads and connections, graceful drain.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::forward::Proxy;
+use crate::stream::ClientIo;
+use crate::tls::{self, Tls};
 use crate::{drain, h1, h2};
 
 /// Serves clients on `listener` until `shutdown` resolves, then stops
 /// accepting and lets requests in flight finish for up to the drain timeout.
 ///
 /// HTTP/1.x connections are served by the proxy's own server ([`h1`]);
-/// those that open with the HTTP/2 preface are handed to hyper's.
+/// those that open with the HTTP/2 preface, or chose `h2` by ALPN, are
+/// handed to hyper's. With `tls`, every connection starts with a TLS
+/// handshake (within the header timeout).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let h2 = Arc::new(h2::builder(limits.max_header_bytes));
@@ -58,13 +65,29 @@ pub async fn serve(
         let (proxy, limits, h2) = (proxy.clone(), limits.clone(), h2.clone());
         let drain = drain.clone();
         let active = active.clone();
+        let tls = tls.clone();
         active.increment(1.0);
         tokio::spawn(async move {
-            let peer = proxy.peer(peer);
-            match h1::serve(stream, peer, &proxy, &limits, drain.clone()).await {
-                h1::End::Closed => {}
-                h1::End::Http2(stream, read) => {
-                    h2::serve(&h2, h2::Prefixed::new(read, stream), proxy, peer, drain).await;
+            let io = match &tls {
+                None => Some((ClientIo::Plain(stream), false)),
+                Some(tls) => tls
+                    .accept(stream, limits.header_timeout)
+                    .await
+                    .map(|s| (tls::is_h2(&s), s))
+                    .map(|(h2, s)| (ClientIo::Tls(Box::new(s)), h2)),
+            };
+            if let Some((io, alpn_h2)) = io {
+                let peer = proxy.peer(peer, io.is_tls());
+                if alpn_h2 {
+                    let io = h2::Prefixed::new(BytesMut::new(), io);
+                    h2::serve(&h2, io, proxy, peer, drain).await;
+                } else {
+                    match h1::serve(io, peer, &proxy, &limits, drain.clone()).await {
+                        h1::End::Closed => {}
+                        h1::End::Http2(io, read) => {
+                            h2::serve(&h2, h2::Prefixed::new(read, io), proxy, peer, drain).await;
+                        }
+                    }
                 }
             }
             active.decrement(1.0);
@@ -74,6 +97,7 @@ pub async fn serve(
     drop(listener);
     let open = limits.max_connections - connections.available_permits();
     tracing::info!(
+        tls = tls.is_some(),
         open_connections = open,
         drain_timeout_ms = limits.drain_timeout.as_millis() as u64,
         "stopped accepting; draining"

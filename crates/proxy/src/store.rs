@@ -2,6 +2,7 @@
 //! restarted while no control plane answers still serves (static
 //! stability). Writes are atomic: temp file, fsync, rename, fsync of the
 //! directory; a crash leaves the old copy or the new one, never half of one.
+//! The file holds the TLS certificates' private keys: it is created 0600.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -41,7 +42,15 @@ pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
     })?;
     let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+        };
         f.write_all(&json)?;
         f.sync_all()?;
         fs::rename(&tmp, &target)?;
@@ -106,6 +115,11 @@ mod tests {
         s.revision = Revision(9);
         save(dir.path(), &s).unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().revision, Revision(9));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(path(dir.path())).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "private keys inside: owner only");
+        }
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
         fs::write(path(dir.path()), b"{not json").unwrap();

@@ -46,10 +46,21 @@ impl Source {
 
 // === Table ===
 
+/// Where a route sends a request, and what it asks of HTTPS.
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    /// Index into [`Table::pools`].
+    pub pool: usize,
+    /// Plain-HTTP requests get a 308 to https.
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` for answers over TLS.
+    pub hsts: Option<http::HeaderValue>,
+}
+
 pub struct Table {
     pub revision: Revision,
     pub source: Source,
-    pub routes: RouteTable<usize>,
+    pub routes: RouteTable<RouteTarget>,
     pub pools: Vec<PoolRt>,
     /// The declared routes, for /config.
     pub declared_routes: Vec<tandem_core::Route>,
@@ -409,8 +420,15 @@ impl Registry {
             });
         }
         let routes = RouteTable::new(snapshot.routes.iter().filter_map(|r| {
-            let i = *index.get(&r.pool)?;
-            Some((r.host.clone(), r.path_prefix.clone(), i))
+            let target = RouteTarget {
+                pool: *index.get(&r.pool)?,
+                redirect_https: r.redirect_https,
+                hsts: (r.hsts_max_age_s > 0).then(|| {
+                    http::HeaderValue::try_from(format!("max-age={}", r.hsts_max_age_s))
+                        .expect("digits are a valid field value")
+                }),
+            };
+            Some((r.host.clone(), r.path_prefix.clone(), target))
         }));
         Table {
             revision: snapshot.revision,
@@ -597,6 +615,8 @@ mod tests {
             host: HostMatch::Any,
             path_prefix: PathPrefix::new("/").unwrap(),
             pool: name,
+            redirect_https: false,
+            hsts_max_age_s: 0,
         });
         s
     }
@@ -626,7 +646,7 @@ mod tests {
             Arc::ptr_eq(&t1.pools[0].state, &t2.pools[0].state),
             "the cursor persists"
         );
-        assert_eq!(t2.routes.lookup("any.host", "/x"), Some(&0));
+        assert_eq!(t2.routes.lookup("any.host", "/x").map(|t| t.pool), Some(0));
         // 10.0.0.2 left: a later return starts afresh.
         let t3 = registry.build(
             &snapshot(3, &["10.0.0.1:80", "10.0.0.2:80"]),

@@ -13,12 +13,12 @@ use crate::clock;
 
 /// Joins `client` and `backend` until both have closed (a close is passed
 /// on as a half-close), either fails, or both are silent for `idle`.
-pub async fn join(
-    client: &mut TcpStream,
+pub async fn join<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
     backend: &mut TcpStream,
     idle: Duration,
 ) -> io::Result<()> {
-    let (mut client_read, mut client_write) = client.split();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut backend_read, mut backend_write) = backend.split();
     let last = AtomicU64::new(clock::now_ms());
     let both = async {
@@ -59,6 +59,8 @@ where
         }
         last.store(clock::now_ms(), Ordering::Relaxed);
         to.write_all(&buf[..n]).await?;
+        // (A TLS client's records leave only when flushed.)
+        to.flush().await?;
         last.store(clock::now_ms(), Ordering::Relaxed);
     }
 }

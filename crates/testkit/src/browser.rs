@@ -63,15 +63,21 @@ impl ChromeDriver {
 
     /// A new headless browser window of 1280 x `height` CSS pixels at scale 1.
     pub async fn browser(&self, height: u32) -> anyhow::Result<Client> {
-        self.session(height, true).await
+        self.session(height, true, &[]).await
+    }
+
+    /// [`ChromeDriver::browser`] with more Chromium flags (e.g. to trust a
+    /// test certificate by its key, or map a host name to loopback).
+    pub async fn browser_with(&self, height: u32, flags: &[&str]) -> anyhow::Result<Client> {
+        self.session(height, true, flags).await
     }
 
     /// The same with JavaScript turned off, as some people browse.
     pub async fn browser_without_script(&self, height: u32) -> anyhow::Result<Client> {
-        self.session(height, false).await
+        self.session(height, false, &[]).await
     }
 
-    async fn session(&self, height: u32, script: bool) -> anyhow::Result<Client> {
+    async fn session(&self, height: u32, script: bool, flags: &[&str]) -> anyhow::Result<Client> {
         let size = format!("--window-size=1280,{height}");
         let mut args = vec![
             "--headless=new",
@@ -85,6 +91,7 @@ impl ChromeDriver {
         if nix::unistd::Uid::effective().is_root() {
             args.push("--no-sandbox");
         }
+        args.extend_from_slice(flags);
         let mut options = serde_json::json!({ "args": args });
         if !script {
             options["prefs"] =

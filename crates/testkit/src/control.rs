@@ -80,6 +80,7 @@ pub async fn declare_pool(
                 host: "*".into(),
                 path_prefix: "/".into(),
                 pool: name,
+                ..Default::default()
             }),
         })
         .await?;
@@ -194,7 +195,15 @@ fn spawn(
     o: &ControlPlaneOptions,
 ) -> anyhow::Result<Process> {
     let raft_id = o.raft_id.clone().unwrap_or_else(|| "1".into());
+    // Every test replica seals certificates' keys under the same key, so
+    // the replicas of one cluster can open each other's.
+    let secrets = state_dir.join("secrets.key");
+    std::fs::write(&secrets, TEST_SECRETS_KEY)?;
     let mut env: Vec<(&str, String)> = vec![
+        (
+            "TANDEM_SECRETS_KEY_FILE",
+            secrets.to_string_lossy().into_owned(),
+        ),
         ("DATABASE_URL", db.to_string()),
         ("TANDEM_LISTEN", grpc.to_string()),
         ("TANDEM_ADMIN_LISTEN", admin.to_string()),
@@ -206,6 +215,10 @@ fn spawn(
     env.extend(o.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     Process::spawn(&format!("control-{raft_id}"), "tandem-control", &[], &env)
 }
+
+/// The secrets key test replicas use (`TANDEM_SECRETS_KEY_FILE`).
+pub const TEST_SECRETS_KEY: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 // === several replicas ===
 

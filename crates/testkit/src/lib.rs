@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod backend;
 pub mod browser;
+pub mod certs;
 mod control;
 pub mod golden;
 mod postgres;
@@ -18,7 +19,7 @@ pub mod tcp;
 
 pub use control::{
     ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
-    client_at, declare_pool, free_addr_on,
+    TEST_SECRETS_KEY, client_at, declare_pool, free_addr_on,
 };
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};

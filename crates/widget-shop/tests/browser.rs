@@ -17,6 +17,8 @@ use common::tandem::Tandem;
 use common::{Shop, count_orders, db, shop_database};
 use fantoccini::{Client, Locator};
 use tandem_testkit::browser::{ChromeDriver, save_screenshot};
+use tandem_testkit::certs::{KeyKind, TestCa, spki_sha256_base64};
+use tandem_testkit::free_addr;
 
 #[tokio::test]
 async fn a_person_buys_a_widget_in_a_real_browser() -> anyhow::Result<()> {
@@ -34,7 +36,7 @@ async fn a_person_buys_a_widget_in_a_real_browser() -> anyhow::Result<()> {
     let db = db(&url).await?;
 
     let browser = driver.browser(1000).await?;
-    let result = shop_in(&browser, &proxy.url("")).await;
+    let result = shop_in(&browser, &proxy.url(""), "").await;
     let _ = browser.close().await;
     let code = result?;
 
@@ -47,15 +49,85 @@ async fn a_person_buys_a_widget_in_a_real_browser() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_person_buys_a_widget_over_https() -> anyhow::Result<()> {
+    let driver = ChromeDriver::start().await?;
+    let (pg, url) = shop_database()?;
+    let shops = [
+        Shop::start("shop-1", &url).await?,
+        Shop::start("shop-2", &url).await?,
+    ];
+    let tandem = Tandem::start_on(&pg.url()).await?;
+    tandem.configure_shop_pool(&[&shops[0], &shops[1]]).await?;
+    // The certificate goes through the control API, as an operator's would.
+    let ca = TestCa::new("Tandem browser test CA")?;
+    let cert = ca.issue(&["shop.test"], KeyKind::EcP256)?;
+    tandem
+        .add_certificate("shop", &cert.chain_pem, &cert.key_pem)
+        .await?;
+    let tls = free_addr();
+    let proxy = tandem
+        .proxy_with("proxy-1", &[("TANDEM_TLS_LISTEN", &tls.to_string())])
+        .await?;
+    let db = db(&url).await?;
+
+    // Chromium trusts exactly this certificate's key, and finds shop.test
+    // on loopback; nothing else about TLS is relaxed.
+    let pin = spki_sha256_base64(&cert.chain_pem)?;
+    let trust = format!("--ignore-certificate-errors-spki-list={pin}");
+    let browser = driver
+        .browser_with(
+            1000,
+            &[&trust, "--host-resolver-rules=MAP shop.test 127.0.0.1"],
+        )
+        .await?;
+    let base = format!("https://shop.test:{}", tls.port());
+    let result = async {
+        // The certificate reaches the proxy with the configuration.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match browser.goto(&base).await {
+                Ok(()) if browser.title().await?.contains("Widget Works") => break,
+                _ if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(300)).await
+                }
+                other => anyhow::bail!("the shop over HTTPS did not load: {other:?}"),
+            }
+        }
+        let code = shop_in(&browser, &base, "https-").await?;
+        let at = browser.current_url().await?;
+        ensure!(at.scheme() == "https", "ended on {at}");
+        Ok(code)
+    }
+    .await;
+    let _ = browser.close().await;
+    let code = result?;
+
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE code = $1")
+        .bind(&code)
+        .fetch_one(&db)
+        .await?;
+    assert_eq!(recorded, 1, "the order the browser saw is in the database");
+    // The browser spoke HTTP/2 over TLS 1.3 (ALPN).
+    let (_, metrics) = proxy.admin_get("/metrics").await?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"tandem_proxy_tls_handshakes_total{version="1.3",alpn="h2"}"#)),
+        "no TLS 1.3 h2 handshake counted:\n{metrics}"
+    );
+    Ok(())
+}
+
 /// What a person does: look at the catalogue, add a widget, check out, read
 /// the order. Returns the order code shown.
-async fn shop_in(browser: &Client, base: &str) -> anyhow::Result<String> {
+async fn shop_in(browser: &Client, base: &str, shots: &str) -> anyhow::Result<String> {
     browser.goto(base).await?;
     let title = browser.title().await?;
     ensure!(title.contains("Widget Works"), "title {title:?}");
     let badge = browser.find(Locator::Id("served-by")).await?.text().await?;
     ensure!(badge.starts_with("served by shop-"), "badge {badge:?}");
-    save_screenshot(browser, "shop.png").await?;
+    save_screenshot(browser, &format!("{shots}shop.png")).await?;
 
     browser
         .find(Locator::Css(r#"button[data-add="flux-capacitor"]"#))
@@ -84,7 +156,7 @@ async fn shop_in(browser: &Client, base: &str) -> anyhow::Result<String> {
         .await?
         .send_keys("grace@example.com")
         .await?;
-    save_screenshot(browser, "shop-cart.png").await?;
+    save_screenshot(browser, &format!("{shots}shop-cart.png")).await?;
     browser
         .find(Locator::Id("place-order"))
         .await?
@@ -110,6 +182,6 @@ async fn shop_in(browser: &Client, base: &str) -> anyhow::Result<String> {
         .text()
         .await?;
     ensure!(order_total == "$88.00", "order total {order_total:?}");
-    save_screenshot(browser, "shop-order.png").await?;
+    save_screenshot(browser, &format!("{shots}shop-order.png")).await?;
     Ok(code)
 }

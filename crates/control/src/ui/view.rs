@@ -836,6 +836,15 @@ fn change_fields(change: &ConfigChange) -> (String, Vec<(String, String)>) {
             "tcp_route_deleted".into(),
             vec![f("listen", listen.to_string())],
         ),
+        // The name only: never the key, and the chain says nothing at a glance.
+        ConfigChange::CertificateUpserted(c) => (
+            "certificate_upserted".into(),
+            vec![f("certificate", c.name.to_string())],
+        ),
+        ConfigChange::CertificateDeleted { name } => (
+            "certificate_deleted".into(),
+            vec![f("certificate", name.to_string())],
+        ),
     }
 }
 
@@ -956,6 +965,8 @@ mod tests {
             host: HostMatch::new("*").unwrap(),
             path_prefix: PathPrefix::new("/").unwrap(),
             pool: PoolName::new("shop").unwrap(),
+            redirect_https: false,
+            hsts_max_age_s: 0,
         });
         s.revision = tandem_core::Revision(5);
         s
@@ -1239,6 +1250,7 @@ mod tests {
                 replica: "control-1".into(),
                 listeners: Vec::new(),
                 alerts: Vec::new(),
+                certificates: Vec::new(),
             },
             last_seen_unix_ms: seen,
         };
@@ -1269,6 +1281,7 @@ mod tests {
                     listener("0.0.0.0:22", false, "Permission denied (os error 13)"),
                 ],
                 alerts: vec!["pool/db (single_active): 2 members pass the health check".into()],
+                certificates: Vec::new(),
             },
             last_seen_unix_ms: seen,
         };

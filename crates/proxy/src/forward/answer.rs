@@ -33,6 +33,9 @@ pub struct Reply {
     /// The client's connection closes after this answer: the request's
     /// body was refused or broken, so what follows it cannot be trusted.
     pub close: bool,
+    /// `Strict-Transport-Security` to add (the route asks for it and the
+    /// request came over TLS).
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// Whose fields an answer carries.
@@ -45,6 +48,8 @@ pub enum ReplyHead {
     },
     /// The proxy's own: a short plain-text answer.
     Local,
+    /// The proxy's own redirect to `location` (a plain-text body).
+    Redirect { location: String },
 }
 
 impl Reply {
@@ -55,6 +60,15 @@ impl Reply {
             head: ReplyHead::Local,
             body: RespBody::full(Bytes::from_static(text.as_bytes())),
             close: false,
+            hsts: None,
+        }
+    }
+
+    /// A permanent redirect that keeps the method and body (308).
+    pub fn redirect(location: String) -> Self {
+        Self {
+            head: ReplyHead::Redirect { location },
+            ..Self::local(StatusCode::PERMANENT_REDIRECT, "moved to https\n")
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub parse: ParseOptions,
     /// Peers whose `X-Forwarded-For` and `Forwarded` fields are kept.
     pub trusted: TrustedProxies,
+    /// The TLS listener's port, for redirects to https (None: 443).
+    pub https_port: Option<u16>,
     pub no_route: Counter,
     pub no_config: Counter,
     pub bad_request: Counter,
@@ -53,6 +55,7 @@ impl Proxy {
             table: ArcSwapOption::empty(),
             parse,
             trusted,
+            https_port: None,
             no_route: reason("no_route"),
             no_config: reason("no_config"),
             bad_request: reason("bad_request"),
@@ -61,10 +64,11 @@ impl Proxy {
     }
 
     /// What the proxy knows of a client connection's peer.
-    pub fn peer(&self, addr: SocketAddr) -> Peer {
+    pub fn peer(&self, addr: SocketAddr, tls: bool) -> Peer {
         Peer {
             addr,
             trusted: self.trusted.contains(addr.ip()),
+            tls,
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// A trusted proxy (`--trusted-proxies`).
     pub trusted: bool,
+    /// The connection is TLS, terminated here.
+    pub tls: bool,
 }
 
 /// Most tries of one request (the first plus at most five retries).
@@ -147,18 +153,21 @@ async fn route(
             "no configuration yet: the proxy has not reached a control plane\n",
         ));
     };
-    let Some(&pool_index) = table.routes.lookup(head.host_str(), head.path()) else {
+    let Some(target) = table.routes.lookup(head.host_str(), head.path()) else {
         proxy.no_route.increment(1);
         return Answer::Reply(Reply::local(
             StatusCode::NOT_FOUND,
             "no route for this host and path\n",
         ));
     };
+    if target.redirect_https && !peer.tls {
+        return Answer::Reply(Reply::redirect(https_location(proxy, head)));
+    }
     if notes.on {
         notes.table = Some(table.clone());
-        notes.pool = Some(pool_index);
+        notes.pool = Some(target.pool);
     }
-    let pool = &table.pools[pool_index];
+    let pool = &table.pools[target.pool];
     let limit = pool.config.max_request_body_bytes;
     if let Body::Length(n) = head.body
         && limit != 0
@@ -171,7 +180,29 @@ async fn route(
         ));
     }
     let request = RequestGuard::new(pool.state.clone());
-    run(proxy, pool, head, body, peer, request, notes).await
+    let mut answer = run(proxy, pool, head, body, peer, request, notes).await;
+    if peer.tls
+        && let (Some(hsts), Answer::Reply(reply)) = (&target.hsts, &mut answer)
+    {
+        reply.hsts = Some(hsts.clone());
+    }
+    answer
+}
+
+/// The same URL on https: the request's host without its port, and the
+/// proxy's TLS port unless it is 443.
+fn https_location(proxy: &Proxy, head: &RequestHead) -> String {
+    let host = head.host_str();
+    let name = match host.rsplit_once(':') {
+        // (Not the colons of a bracketed IPv6 literal.)
+        Some((name, port)) if !port.contains(']') => name,
+        _ => host,
+    };
+    let target = String::from_utf8_lossy(head.target());
+    match proxy.https_port {
+        Some(443) | None => format!("https://{name}{target}"),
+        Some(port) => format!("https://{name}:{port}{target}"),
+    }
 }
 
 /// The tries of one request under the retry policy.
@@ -200,6 +231,7 @@ async fn run(
         peer: peer.addr.ip(),
         trusted_peer: peer.trusted,
         backend_host: "",
+        https: peer.tls,
         underscores: proxy.parse.underscores,
     };
 
@@ -284,6 +316,7 @@ async fn run(
                             head: fields,
                             body: RespBody::empty(),
                             close: true,
+                            hsts: None,
                         };
                         return Answer::Switch(reply, tunnel);
                     }
@@ -299,6 +332,7 @@ async fn run(
                         head: fields,
                         body: RespBody::upstream(upstream, done, body_stall),
                         close: false,
+                        hsts: None,
                     });
                 }
                 Outcome::Client(fault) => return client_fault(proxy, &pool.state, fault),

@@ -82,6 +82,8 @@ impl SnapshotBuilder {
             host: HostMatch::new(host).expect("host"),
             path_prefix: PathPrefix::new(prefix).expect("prefix"),
             pool: PoolName::new(pool).expect("pool"),
+            redirect_https: false,
+            hsts_max_age_s: 0,
         });
         self.snapshot
             .routes

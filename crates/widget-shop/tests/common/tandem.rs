@@ -46,6 +46,26 @@ impl Tandem {
     /// Round robin; a failed connect is retried once on another backend;
     /// three consecutive failures eject a backend for 5 s (passive health,
     /// so a killed server stops getting traffic with no agent running).
+    /// Declares a TLS certificate through the control API.
+    pub async fn add_certificate(
+        &self,
+        name: &str,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<()> {
+        let mut admin = self.control.admin_client().await?;
+        admin
+            .add_certificate(v1::AddCertificateRequest {
+                certificate: Some(v1::Certificate {
+                    name: name.into(),
+                    chain_pem: chain_pem.into(),
+                    key_pem: key_pem.into(),
+                }),
+            })
+            .await?;
+        Ok(())
+    }
+
     pub async fn configure_shop_pool(&self, shops: &[&Shop]) -> anyhow::Result<()> {
         let pool = v1::Pool {
             name: SHOP_POOL.into(),

@@ -1,0 +1,43 @@
+//! TLS material as Tandem handles it, shared by the control plane (which
+//! checks certificates on write and keeps their keys sealed at rest) and
+//! the proxy (which serves them).
+//!
+//! - [`material`]: a PEM chain and key parsed, checked (the key matches the
+//!   leaf, the chain is within its validity) and inspected (names, dates,
+//!   key type) — every problem an [`Error`] naming what is wrong;
+//! - [`names`]: which certificate answers a client's SNI (exact names
+//!   first, then one-label wildcards);
+//! - [`seal`]: private keys encrypted at rest with AES-256-GCM under a key
+//!   read from a file.
+//!
+//! It never logs, and no error it makes contains key material.
+
+pub mod material;
+pub mod names;
+pub mod seal;
+
+pub use material::{Info, Parsed, check, inspect_chain, parse};
+pub use names::Names;
+pub use seal::SecretsKey;
+
+/// What is wrong with a certificate, a key or sealed data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// `field` is the input at fault (`chain_pem`, `key_pem`), `why` says
+    /// what is wrong with it.
+    #[error("{field}: {why}")]
+    Invalid { field: &'static str, why: String },
+    #[error("secrets key: {0}")]
+    SecretsKey(String),
+    #[error("sealed key of certificate {name:?} cannot be opened: {why}")]
+    Unseal { name: String, why: String },
+}
+
+impl Error {
+    fn invalid(field: &'static str, why: impl Into<String>) -> Self {
+        Error::Invalid {
+            field,
+            why: why.into(),
+        }
+    }
+}

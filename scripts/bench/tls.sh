@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# HTTPS at the edge: tandem-proxy's TLS listener beside nginx (Debian's
+# package), same certificate, same backend, same load generator.
+#
+# Method (also in docs/benchmarks.md):
+# - backend: one nginx worker answering `200 ok` over plain HTTP, on core 1;
+# - each TLS proxy: one worker, pinned to core 0, upstream keep-alive on,
+#   TLS 1.3 and 1.2 offered, session tickets on (both defaults);
+# - the certificate: a leaf for `localhost` signed by a throwaway CA, made
+#   with openssl, once ECDSA P-256 and once RSA 2048 (the same files for
+#   both proxies);
+# - load: wrk (OpenSSL), one thread, on core 1:
+#   * keep-alive: $CONNS connections for $DURATION, many requests each;
+#   * handshakes: `Connection: close` on every request, so each request is
+#     a new TCP connection and a full TLS handshake (wrk does not resume
+#     sessions); its req/s is handshakes per second;
+# - CPU per request from the proxy's utime+stime (/proc, every process of
+#   it), ROUNDS rounds with the targets interleaved; the table shows each
+#   figure's median, and the median of the per-round ratios tandem/nginx.
+#
+# Usage: scripts/bench/tls.sh                    (DURATION=10s CONNS=50 ROUNDS=3)
+#        DURATION=20s ROUNDS=5 scripts/bench/tls.sh
+# Not a test: numbers depend on the machine; nothing here asserts.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
+KEYS=${KEYS:-"ecdsa rsa"}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+BASE=${TLS_BENCH_PORT_BASE:-$((20000 + RANDOM % 20000))}
+BACKEND_PORT=$BASE
+NGINX_PORT=$((BASE + 1))
+TANDEM_PORT=$((BASE + 2))
+TANDEM_HTTP_PORT=$((BASE + 3))
+TANDEM_ADMIN_PORT=$((BASE + 4))
+
+# === prerequisites (idempotent) ===
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get install -y "${need[@]}" >/dev/null 2>&1 ||
+    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${need[@]}" >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [ "$(nproc)" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
+
+echo "building tandem-proxy (release)"
+cargo build --release -q -p tandem-proxy
+TANDEM=target/release/tandem-proxy
+
+WORK=$(mktemp -d -t tandem-tls-bench-XXXXXX)
+PIDS=()
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_all; kill "${BACKEND_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+# === certificates: one CA, a leaf for localhost per key type ===
+(
+  cd "$WORK"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+    -out ca.pem -days 2 -subj "/CN=tandem bench CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+  printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >leaf.ext
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ecdsa.key 2>/dev/null
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rsa.key 2>/dev/null
+  for k in ecdsa rsa; do
+    openssl req -new -key "$k.key" -subj /CN=localhost -out "$k.csr"
+    openssl x509 -req -in "$k.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile leaf.ext -out "$k.pem" 2>/dev/null
+  done
+)
+
+# === the backend: nginx, one worker, plain HTTP, on the load core ===
+mkdir -p "$WORK/backend"
+cat >"$WORK/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT reuseport;
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+taskset -c "$LOAD_CORE" "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+BACKEND_PID=$!
+wait_port "$BACKEND_PORT"
+
+start_proxies() { # key type: starts nginx and tandem with that certificate
+  local k=$1
+  mkdir -p "$WORK/nginx-$k"
+  cat >"$WORK/nginx-$k/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx-$k/nginx.pid;
+error_log $WORK/nginx-$k/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {
+    server 127.0.0.1:$BACKEND_PORT;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT ssl http2;
+    ssl_certificate $WORK/$k.pem;
+    ssl_certificate_key $WORK/$k.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+    }
+  }
+}
+EOF
+  taskset -c "$PROXY_CORE" "$NGINX" -p "$WORK/nginx-$k" -c "$WORK/nginx-$k/nginx.conf" &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+
+  mkdir -p "$WORK/tandem-$k"
+  python3 - "$WORK" "$k" "$BACKEND_PORT" >"$WORK/tandem-$k/snapshot.json" <<'PY'
+import json, sys
+work, k, port = sys.argv[1], sys.argv[2], sys.argv[3]
+print(json.dumps({
+  "revision": 1,
+  "pools": {"bench": {
+    "config": {"name": "bench", "policy": "round_robin",
+      "health_check": {"kind": "http", "path": "/", "method": "GET", "host": "",
+        "expected_status_min": 200, "expected_status_max": 399,
+        "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
+      "connect_timeout_ms": 1000, "request_timeout_ms": 30000,
+      "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
+      "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
+      "panic_threshold_percent": 50},
+    "backends": [{"address": f"127.0.0.1:{port}", "weight": 1, "role": "primary", "admin_state": "enabled"}],
+    "revision": 1}},
+  "routes": [{"host": "*", "path_prefix": "/", "pool": "bench"}],
+  "certificates": {"bench": {"name": "bench",
+    "chain_pem": open(f"{work}/{k}.pem").read(),
+    "key_pem": open(f"{work}/{k}.key").read()}},
+}))
+PY
+  TANDEM_LISTEN=127.0.0.1:$TANDEM_HTTP_PORT TANDEM_TLS_LISTEN=127.0.0.1:$TANDEM_PORT \
+    TANDEM_ADMIN_LISTEN=127.0.0.1:$TANDEM_ADMIN_PORT \
+    TANDEM_STATE_DIR=$WORK/tandem-$k TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
+    taskset -c "$PROXY_CORE" "$TANDEM" >"$WORK/tandem-$k.log" 2>&1 &
+  TANDEM_PID=$!
+  PIDS+=("$TANDEM_PID")
+  wait_port "$NGINX_PORT"
+  wait_port "$TANDEM_PORT"
+  for p in $NGINX_PORT $TANDEM_PORT; do
+    body=$(curl -fsS --cacert "$WORK/ca.pem" "https://localhost:$p/" || true)
+    [ "$body" = "ok" ] || {
+      echo "port $p answers ${body:-nothing}" >&2
+      cat "$WORK/tandem-$k.log" >&2
+      exit 1
+    }
+  done
+}
+
+# === measuring ===
+tree_pids() { echo "$1"; pgrep -P "$1" || true; }
+cpu_ticks() {
+  local t=0
+  for p in $(tree_pids "$1"); do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+TICK=$(getconf CLK_TCK)
+
+declare -A RPS CPU ERR
+measure() { # key mode target round port pid
+  local name=$1.$2.$3.$4 port=$5 pid=$6 extra=()
+  [ "$2" = handshake ] && extra=(-H "Connection: close")
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d2s "${extra[@]}" "https://localhost:$port/" >/dev/null
+  local before out requests after
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$DURATION" "${extra[@]}" "https://localhost:$port/")
+  after=$(cpu_ticks "$pid")
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  RPS[$name]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+  CPU[$name]=$(awk -v a="$after" -v b="$before" -v n="$requests" -v t="$TICK" \
+    'BEGIN { if (n > 0) printf "%.1f", (a - b) / t / n * 1e6; else print "-" }')
+  ERR[$name]=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+}
+
+median() { awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+echo "load: wrk -t1 -c$CONNS -d$DURATION, $ROUNDS round(s); proxies on core $PROXY_CORE, backend and wrk on core $LOAD_CORE"
+for k in $KEYS; do
+  start_proxies "$k"
+  for r in $(seq 1 "$ROUNDS"); do
+    echo "$k: round $r/$ROUNDS"
+    for mode in keepalive handshake; do
+      measure "$k" "$mode" nginx "$r" "$NGINX_PORT" "$NGINX_PID"
+      measure "$k" "$mode" tandem "$r" "$TANDEM_PORT" "$TANDEM_PID"
+    done
+  done
+  stop_all
+  sleep 0.3
+done
+
+printf "\n%-6s %-10s %-7s %10s %12s %s\n" key mode target req/s cpu_us/req errors
+for k in $KEYS; do
+  for mode in keepalive handshake; do
+    for t in nginx tandem; do
+      rps=$(for r in $(seq 1 "$ROUNDS"); do echo "${RPS[$k.$mode.$t.$r]}"; done | sort -g | median)
+      cpu=$(for r in $(seq 1 "$ROUNDS"); do echo "${CPU[$k.$mode.$t.$r]}"; done | sort -g | median)
+      err=$(for r in $(seq 1 "$ROUNDS"); do echo -n "${ERR[$k.$mode.$t.$r]}"; done)
+      printf "%-6s %-10s %-7s %10s %12s %s\n" "$k" "$mode" "$t" "$rps" "$cpu" "$err"
+    done
+  done
+done
+echo
+echo "tandem/nginx, median of per-round ratios (throughput; cpu per request):"
+for k in $KEYS; do
+  for mode in keepalive handshake; do
+    tr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${RPS[$k.$mode.tandem.$r]}" "${RPS[$k.$mode.nginx.$r]}"; echo; done | sort -g | median)
+    cr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${CPU[$k.$mode.tandem.$r]}" "${CPU[$k.$mode.nginx.$r]}"; echo; done | sort -g | median)
+    printf "  %-6s %-10s throughput %sx, cpu/req %sx\n" "$k" "$mode" "$tr" "$cr"
+  done
+done
+kill "$BACKEND_PID" 2>/dev/null || true
