@@ -488,6 +488,45 @@ impl PatroniCluster {
         }
     }
 
+    /// Waits until Patroni names a synchronous standby (`GET /cluster`):
+    /// with `synchronous_mode`, only it may be promoted, so a failover
+    /// before then finds no candidate.
+    pub async fn wait_sync_standby(&self, timeout: Duration) -> anyhow::Result<String> {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            for m in self.members.iter().filter(|m| m.process.is_some()) {
+                let url = format!("http://{}/cluster", m.rest);
+                let answer = http_client()
+                    .get(&url)
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await;
+                let Ok(answer) = answer else { continue };
+                let Ok(v) = answer.json::<Value>().await else {
+                    continue;
+                };
+                let sync = v["members"].as_array().and_then(|ms| {
+                    ms.iter()
+                        .find(|m| m["role"] == "sync_standby" && m["state"] == "running")
+                });
+                if let Some(name) = sync.and_then(|m| m["name"].as_str()) {
+                    return Ok(name.to_string());
+                }
+                last = v.to_string();
+                break;
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{}: no synchronous standby after {timeout:?} (cluster: {last})\n{}",
+                    self.options.scope,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Does member `i` receive WAL from a primary?
     async fn streams(&self, i: usize) -> bool {
         let url = format!("http://{}/patroni", self.members[i].rest);
@@ -555,7 +594,7 @@ impl PatroniCluster {
     pub fn logs(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("----- {} -----\n{}", m.name, tail(&m.logs(), 40)))
+            .map(|m| format!("----- {} -----\n{}", m.name, tail(&m.logs(), 30)))
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -674,7 +713,19 @@ fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The last `lines` of Patroni's log, without the tracebacks its REST API
+/// prints when a checker hangs up early.
 fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
+    let all: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !(l.starts_with(' ')
+                || l.starts_with("Traceback")
+                || l.starts_with("ConnectionResetError")
+                || l.starts_with("BrokenPipeError")
+                || l.contains("Exception happened during processing")
+                || l.contains("Traceback (most recent call last)"))
+        })
+        .collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
