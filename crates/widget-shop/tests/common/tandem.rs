@@ -126,25 +126,28 @@ impl DatabaseRoutes {
 
 impl Tandem {
     /// Declares the database pools and routes for `cluster` (checks every
-    /// 500 ms, down after 2 failures, up after 1 pass; connections to a
-    /// member that fails its check are closed) and starts an agent and a
-    /// proxy.
+    /// 500 ms, down after 2 failures, up after 1 pass) and starts an agent
+    /// and a proxy.
     pub async fn route_database(&self, cluster: &PatroniCluster) -> anyhow::Result<DatabaseRoutes> {
         let mut admin = self.control.admin_client().await?;
         let members: Vec<String> = cluster.members().iter().map(|m| m.pg.to_string()).collect();
         let (primary, replica) = (free_addr(), free_addr());
-        for (name, policy, check, listen) in [
+        // Connections to a demoted primary are closed; those to a promoted
+        // replica are kept (it is still a fine place to read).
+        for (name, policy, check, listen, on_unhealthy) in [
             (
                 "shop-db-primary",
                 v1::LbPolicy::SingleActive,
                 "/primary",
                 primary,
+                v1::OnUnhealthy::Close,
             ),
             (
                 "shop-db-replica",
                 v1::LbPolicy::LeastConnections,
                 "/replica",
                 replica,
+                v1::OnUnhealthy::Keep,
             ),
         ] {
             let pool = v1::Pool {
@@ -161,7 +164,7 @@ impl Tandem {
                 }),
                 connect_timeout_ms: Some(1_000),
                 tcp: Some(v1::TcpSettings {
-                    on_unhealthy: Some(v1::OnUnhealthy::Close.into()),
+                    on_unhealthy: Some(on_unhealthy.into()),
                     ..Default::default()
                 }),
                 ..Default::default()
