@@ -5,7 +5,11 @@
 //! from the replicas, the cart and checkout answer 503 "orders are paused"
 //! with Retry-After, and once Patroni has promoted a replica the shop
 //! takes orders again by itself, with the cart kept and nothing confirmed
-//! lost.
+//! lost. Then the last replica's host dies too: with no synchronous
+//! replica left (`synchronous_mode_strict`), a checkout waits instead of
+//! confirming an order one server holds, browsing goes on, and once the
+//! replica is back the retry with the same Idempotency-Key finds the order
+//! that waited (its outcome was unknown to the shopper): exactly one.
 
 mod common;
 
@@ -172,6 +176,57 @@ async fn a_database_failover_pauses_orders_for_seconds_and_loses_nothing() -> an
     assert_eq!(keys, ["before-failover", "during-failover"]);
     let res = ada.get(&format!("/api/orders/{before}")).await?;
     assert_eq!(res.status(), StatusCode::OK);
+
+    // synchronous_mode_strict: with no synchronous replica left (the last
+    // replica's host dies too), a commit waits rather than confirm an order
+    // only one server holds; browsing goes on.
+    let last = (0..cluster.members().len())
+        .find(|i| *i != old && *i != new)
+        .expect("three members");
+    ada.add("doodad", 1).await?;
+    cluster.kill_host(last);
+    for _ in 0..5 {
+        assert_eq!(ada.get("/").await?.status(), StatusCode::OK, "browsing");
+    }
+    let waited = Instant::now();
+    let res = ada.checkout(Some("no-sync-replica")).await?;
+    assert_eq!(
+        res.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a checkout with no synchronous replica must wait, not confirm: {}",
+        res.text().await?
+    );
+    println!(
+        "with no synchronous replica: checkout answered 503 after {:?}",
+        waited.elapsed()
+    );
+    // The replica's host comes back: the commit that waited completes, and
+    // the retry with the same key finds that one order.
+    cluster.start_host(last)?;
+    let back = Instant::now();
+    let placed = loop {
+        let res = ada.checkout(Some("no-sync-replica")).await?;
+        if res.status().is_success() {
+            break res;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "no checkout within 60 s of the replica's return: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "replica back: checkout {} (replayed: {:?}) after {:?}",
+        placed.status(),
+        placed.headers().get("idempotent-replayed"),
+        back.elapsed()
+    );
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE idempotency_key = 'no-sync-replica'")
+            .fetch_one(&db)
+            .await?;
+    assert_eq!(n, 1, "exactly one order for the key");
     drop(routes);
     Ok(())
 }
