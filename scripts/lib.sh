@@ -86,6 +86,24 @@ ensure_prometheus() {
   echo "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
 }
 
+# Patroni, etcd and Postgres 15 for the data tier's tests (testkit's
+# patroni module: three-member etcd, Patroni clusters on loopback hosts).
+ensure_patroni() {
+  local missing=()
+  command -v patroni >/dev/null || missing+=(patroni)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v etcdctl >/dev/null || missing+=(etcd-client)
+  [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian packages)"
+    apt_install "${missing[@]}"
+    # On a systemd host the packages start system services; tests run their own.
+    as_root service etcd stop >/dev/null 2>&1 || true
+    as_root service patroni stop >/dev/null 2>&1 || true
+  fi
+  echo "patroni: $(patroni --version 2>&1 | head -1), etcd: $(etcd --version | head -1)"
+}
+
 # pg_ctl as the user that owns the cluster (initdb and the server refuse root).
 pg_ctl_run() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi

@@ -16,6 +16,7 @@ started=$SECONDS
 step "prerequisites"
 ensure_rust_components
 ensure_postgres_server
+ensure_patroni
 ensure_chromium
 ensure_packet_filters
 ensure_python3

@@ -107,8 +107,10 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             // 08: connection exception; 57P01-57P03: admin shutdown, crash
-            // shutdown, cannot connect now; 53300: too many connections.
-            c.starts_with("08") || c.starts_with("57P") || c == "53300"
+            // shutdown, cannot connect now; 53300: too many connections;
+            // 25006: a write reached a read-only server (a primary demoted
+            // by Patroni, not yet left).
+            c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "25006"
         }),
         _ => false,
     }

@@ -387,16 +387,27 @@ impl Hub {
             // On the listening connection itself: notices a database that
             // vanished without closing it (a dead host, a cut network), and
             // catches up on a change whose notification was lost.
-            let ping = sqlx::query_scalar::<_, i64>("SELECT revision FROM config_revision")
-                .fetch_one(&mut listener);
-            let revision = tokio::time::timeout(PING_TIMEOUT, ping)
-                .await
-                .map_err(|_| {
-                    Error::Unavailable(format!(
-                        "no answer to a ping within {}",
-                        crate::database::format_duration(PING_TIMEOUT)
-                    ))
-                })??;
+            // A primary demoted under us (a Patroni switchover) still
+            // answers, read-only: the database counts as away until the
+            // probe finds the new primary.
+            let ping = sqlx::query_as::<_, (i64, bool)>(
+                "SELECT revision, pg_is_in_recovery() FROM config_revision",
+            )
+            .fetch_one(&mut listener);
+            let (revision, in_recovery) =
+                tokio::time::timeout(PING_TIMEOUT, ping)
+                    .await
+                    .map_err(|_| {
+                        Error::Unavailable(format!(
+                            "no answer to a ping within {}",
+                            crate::database::format_duration(PING_TIMEOUT)
+                        ))
+                    })??;
+            if in_recovery && store.requires_primary() {
+                return Err(Error::Unavailable(
+                    "the database is a read-only replica now (demoted)".into(),
+                ));
+            }
             if revision as u64 != self.latest().0 {
                 self.catch_up(store).await?;
             }

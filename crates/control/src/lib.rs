@@ -14,6 +14,7 @@ pub mod consensus;
 pub mod database;
 pub mod error;
 pub mod history;
+pub mod hosts;
 pub mod hub;
 pub mod server;
 pub mod service;

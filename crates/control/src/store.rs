@@ -25,6 +25,7 @@ use tandem_core::{
 
 use crate::database::{self, Availability};
 use crate::error::Error;
+use crate::hosts::{Hosts, SessionAttrs};
 
 /// The channel each committed revision is announced on.
 pub const NOTIFY_CHANNEL: &str = "tandem_config";
@@ -40,6 +41,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Store {
     pool: PgPool,
     availability: Availability,
+    /// The URL's hosts; the pool connects to one of them at a time.
+    hosts: Arc<Hosts>,
     on_commit: Arc<OnceLock<OnCommit>>,
     /// What certificates' private keys are sealed under (None: they cannot
     /// be written, and stored ones cannot be read).
@@ -84,18 +87,22 @@ pub struct NodeRow {
 impl Store {
     /// A pool that connects on first use, so the service starts (and says it
     /// is not ready) while the database is down.
+    ///
+    /// `url` may name several hosts (`host-1:5432,host-2:5432`) and
+    /// `target_session_attrs=read-write`: the pool then follows the
+    /// primary, pointed at it by [`Store::probe`] whenever the database is
+    /// away (see [`crate::hosts`]).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Store> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| ValidationError::new("DATABASE_URL", e.to_string()))?;
-        let availability = Availability::new(database::describe(&options));
+        let hosts = Hosts::parse(url)?;
+        let availability = Availability::new(hosts.describe());
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(options.application_name("tandem-control"));
+            .connect_lazy_with(with_name(hosts.first().clone()));
         Ok(Store {
             pool,
             availability,
+            hosts: Arc::new(hosts),
             on_commit: Arc::new(OnceLock::new()),
             secrets: None,
         })
@@ -164,6 +171,12 @@ impl Store {
         Ok(change)
     }
 
+    /// Whether the database must be a primary (the hub's ping then also
+    /// notices a primary demoted under it).
+    pub fn requires_primary(&self) -> bool {
+        self.hosts.attrs() == SessionAttrs::ReadWrite
+    }
+
     /// Tells `f` of each change this replica commits, right after the
     /// commit and before the caller hears of it (the hub applies it to its
     /// copy, so this replica's own answers include it even if the database
@@ -217,8 +230,23 @@ impl Store {
     /// the database is away this fails at once with the real cause
     /// ("connection refused"), where the pool would retry until its acquire
     /// timeout and then only say it timed out.
+    ///
+    /// With several hosts (or a primary required), finds the one to use
+    /// and points the pool at it: after a failover, the promoted replica.
     pub async fn probe(&self) -> Result<()> {
         use sqlx::Connection as _;
+        if self.hosts.follows() {
+            let found = with_name(self.hosts.find().await?);
+            let current = self.pool.connect_options();
+            if (current.get_host(), current.get_port()) != (found.get_host(), found.get_port()) {
+                tracing::info!(
+                    host = %format!("{}:{}", found.get_host(), found.get_port()),
+                    "the control database moved: connecting to its new primary"
+                );
+                self.pool.set_connect_options(found);
+            }
+            return Ok(());
+        }
         const WITHIN: Duration = Duration::from_secs(2);
         let options = self.pool.connect_options();
         let conn = tokio::time::timeout(WITHIN, sqlx::PgConnection::connect_with(&options))
@@ -1061,4 +1089,8 @@ impl Store {
             })
             .collect()
     }
+}
+
+fn with_name(options: PgConnectOptions) -> PgConnectOptions {
+    options.application_name("tandem-control")
 }

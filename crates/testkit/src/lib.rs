@@ -11,6 +11,7 @@ pub mod browser;
 pub mod certs;
 mod control;
 pub mod golden;
+pub mod patroni;
 mod postgres;
 mod process;
 pub mod proxy;

@@ -51,9 +51,6 @@ impl Process {
                 path.display()
             );
         }
-        let log_dir = tempfile::Builder::new().prefix("tandem-log-").tempdir()?;
-        let log = log_dir.path().join(format!("{name}.log"));
-        let out = File::create(&log)?;
         let mut cmd = Command::new(&path);
         cmd.args(args)
             // TANDEM_TEST_LOG sets the children's RUST_LOG when debugging.
@@ -62,13 +59,22 @@ impl Process {
                 std::env::var("TANDEM_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("TANDEM_LOG_FORMAT", "text")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Self::spawn_command(name, cmd)
+    }
+
+    /// Spawns any program (etcd, Patroni) prepared in `cmd`, with its
+    /// output captured like a workspace binary's.
+    pub fn spawn_command(name: &str, mut cmd: Command) -> anyhow::Result<Process> {
+        let log_dir = tempfile::Builder::new().prefix("tandem-log-").tempdir()?;
+        let log = log_dir.path().join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawning {}", path.display()))?;
+            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
         Ok(Process {
             name: name.to_string(),
             child: Some(child),

@@ -27,6 +27,14 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
+    /// Postgres URL of the shop database's replicas (a load-balanced
+    /// address, such as a Tandem TCP route checked on Patroni's /replica).
+    /// Set: catalogue and order pages read there first, and while the
+    /// primary is away browsing goes on and writes answer 503 "orders are
+    /// paused". Unset: everything uses DATABASE_URL.
+    #[arg(long, env = "SHOP_REPLICA_DATABASE_URL", hide_env_values = true)]
+    pub replica_database_url: Option<String>,
+
     /// This instance's name, shown in the "served by" badge on every page
     /// and sent in the X-Served-By header of every response.
     #[arg(long, env = "SHOP_INSTANCE", default_value = "shop")]
@@ -122,6 +130,9 @@ impl Config {
         }
         let store = Store::connect_lazy(
             &self.database_url,
+            self.replica_database_url
+                .as_deref()
+                .filter(|u| !u.trim().is_empty()),
             StoreOptions {
                 max_connections: self.db_max_connections,
                 acquire_timeout: acquire,

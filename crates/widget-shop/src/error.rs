@@ -28,6 +28,10 @@ pub enum Error {
     /// connection free within the acquire timeout).
     #[error("the shop database is unavailable: {0}")]
     Unavailable(String),
+    /// The primary address is unavailable while a replica answers: the
+    /// database is failing over. Browsing goes on; writes wait for it.
+    #[error("writes are paused: the shop database's primary is unavailable: {0}")]
+    WritesPaused(String),
     /// Migrations have not run yet (the database has not been reachable
     /// since start-up).
     #[error("the shop database is not migrated yet")]
@@ -66,8 +70,9 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             // 08: connection exception; 57P01-57P03: admin shutdown, crash
             // shutdown, cannot connect now; 57014: statement timeout;
-            // 53300: too many connections.
-            c.starts_with("08") || c.starts_with("57") || c == "53300"
+            // 53300: too many connections; 25006: a write reached a
+            // read-only server (a primary demoted, not yet left).
+            c.starts_with("08") || c.starts_with("57") || c == "53300" || c == "25006"
         }),
         _ => false,
     }
@@ -146,6 +151,19 @@ impl Error {
                     "The shop's database is unavailable",
                     "This shop server cannot reach its database right now, so nothing was \
                      changed. Please try again in a moment."
+                        .into(),
+                )
+            }
+            Error::WritesPaused(cause) => {
+                tracing::warn!(%cause, "write refused: no primary database");
+                p(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "orders_paused",
+                    "Orders are paused for a few seconds",
+                    "Orders are paused for a few seconds while the shop's database switches to \
+                     its spare; your cart is kept. Browsing still works. Please try again in a \
+                     moment: if you were checking out, retrying is safe, it will not place a \
+                     second order."
                         .into(),
                 )
             }

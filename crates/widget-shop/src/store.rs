@@ -6,6 +6,14 @@
 //! one transaction: lock the cart, take the stock with conditional updates
 //! (a widget's stock never goes negative), write the order, empty the cart.
 //!
+//! With a replica address (`SHOP_REPLICA_DATABASE_URL`), reads are split:
+//! the catalogue and order pages read from the replica address first, the
+//! cart and every write from the primary address, each falling back to the
+//! other when it is unavailable. While the primary is away (a failover in
+//! progress), browsing goes on and writes fail at once with
+//! [`Error::WritesPaused`]; nothing is queued, so nothing a shopper was told
+//! is confirmed can be lost, and the pools reconnect by themselves.
+//!
 //! The cart's id is the only credential: an order is found by its code *and*
 //! the cart that placed it, and an Idempotency-Key replays an order only for
 //! the cart that placed it (keys are unique per cart).
@@ -39,7 +47,17 @@ pub struct StoreOptions {
 
 #[derive(Clone)]
 pub struct Store {
+    /// The primary address: writes, the cart, migrations.
     pool: PgPool,
+    /// The replica address, when the shop has one: catalogue and orders.
+    replica: Option<PgPool>,
+}
+
+/// Which address a read tries first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefer {
+    Primary,
+    Replica,
 }
 
 /// What a checkout did.
@@ -121,27 +139,19 @@ struct CheckoutLineRow {
 impl Store {
     /// A pool that connects on first use, so the shop starts (and says it is
     /// not ready) while its database is down.
-    pub fn connect_lazy(url: &str, options: StoreOptions) -> Result<Store> {
-        let connect: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| Error::Invalid {
-            field: "DATABASE_URL",
-            message: e.to_string(),
-        })?;
-        let statement_timeout = format!("{}", options.statement_timeout.as_millis());
-        let connect = connect
-            .application_name("widget-shop")
-            .options([("statement_timeout", statement_timeout.as_str())]);
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            // Warm connections, so the first burst of shoppers after a
-            // start does not wait on connection set-up past the acquire
-            // timeout (seen under load in the compose check).
-            .min_connections(options.max_connections.min(4))
-            .acquire_timeout(options.acquire_timeout)
-            // A connection to a database that died is found out at once
-            // rather than by the next shopper.
-            .test_before_acquire(true)
-            .connect_lazy_with(connect);
-        Ok(Store { pool })
+    ///
+    /// `replica_url`, when given, is where catalogue and order reads go
+    /// first (a load-balanced address of the database's replicas).
+    pub fn connect_lazy(
+        url: &str,
+        replica_url: Option<&str>,
+        options: StoreOptions,
+    ) -> Result<Store> {
+        let pool = lazy_pool("DATABASE_URL", url, options)?;
+        let replica = replica_url
+            .map(|u| lazy_pool("SHOP_REPLICA_DATABASE_URL", u, options))
+            .transpose()?;
+        Ok(Store { pool, replica })
     }
 
     pub fn pg(&self) -> &PgPool {
@@ -172,31 +182,79 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the shop can serve at least its pages: the primary address
+    /// or, failing that, the replica address answers.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.read(Prefer::Primary, |pool| async move {
+            sqlx::query("SELECT 1").execute(&pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs a read on the preferred address, then on the other one when the
+    /// first is unavailable (no healthy member behind it, or down).
+    async fn read<T, F, Fut>(&self, prefer: Prefer, f: F) -> Result<T>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let Some(replica) = &self.replica else {
+            return f(self.pool.clone()).await;
+        };
+        let (first, second, from) = match prefer {
+            Prefer::Primary => (&self.pool, replica, "primary"),
+            Prefer::Replica => (replica, &self.pool, "replica"),
+        };
+        match f(first.clone()).await {
+            Err(Error::Unavailable(cause)) => {
+                tracing::debug!(%cause, from, "read falls back to the other database address");
+                metrics::counter!("shop_db_read_fallbacks_total", "from" => from).increment(1);
+                f(second.clone()).await
+            }
+            other => other,
+        }
+    }
+
+    /// A write's error as the shopper should hear it: with a replica
+    /// address, an unreachable primary means a failover is under way.
+    fn written<T>(&self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(Error::Unavailable(cause)) if self.replica.is_some() => {
+                Err(Error::WritesPaused(cause))
+            }
+            other => other,
+        }
     }
 
     // === catalogue ===
 
     pub async fn widgets(&self) -> Result<Vec<Widget>> {
-        let rows: Vec<WidgetRow> = sqlx::query_as(
-            "SELECT slug, name, tagline, description, price_cents, stock, color, shape
-                   FROM widgets ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<WidgetRow> = self
+            .read(Prefer::Replica, |pool| async move {
+                Ok(sqlx::query_as(
+                    "SELECT slug, name, tagline, description, price_cents, stock, color, shape
+                       FROM widgets ORDER BY id",
+                )
+                .fetch_all(&pool)
+                .await?)
+            })
+            .await?;
         Ok(rows.into_iter().map(Widget::from).collect())
     }
 
     pub async fn widget(&self, slug: &str) -> Result<Widget> {
-        let row: Option<WidgetRow> = sqlx::query_as(
-            "SELECT slug, name, tagline, description, price_cents, stock, color, shape
-               FROM widgets WHERE slug = $1",
-        )
-        .bind(slug)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<WidgetRow> = self
+            .read(Prefer::Replica, |pool| async move {
+                Ok(sqlx::query_as(
+                    "SELECT slug, name, tagline, description, price_cents, stock, color, shape
+                       FROM widgets WHERE slug = $1",
+                )
+                .bind(slug)
+                .fetch_optional(&pool)
+                .await?)
+            })
+            .await?;
         row.map(Widget::from).ok_or_else(|| Error::NotFound {
             what: "widget",
             key: slug.to_string(),
@@ -210,15 +268,20 @@ impl Store {
         let Some(cart) = cart else {
             return Ok(Cart::default());
         };
-        let rows: Vec<CartLineRow> = sqlx::query_as(
-            "SELECT w.slug, w.name, w.color, w.shape, w.price_cents, ci.quantity, w.stock
-               FROM cart_items ci JOIN widgets w ON w.id = ci.widget_id
-              WHERE ci.cart_id = $1
-              ORDER BY w.id",
-        )
-        .bind(cart.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        // The primary first: a shopper sees the line they just added.
+        let rows: Vec<CartLineRow> = self
+            .read(Prefer::Primary, |pool| async move {
+                Ok(sqlx::query_as(
+                    "SELECT w.slug, w.name, w.color, w.shape, w.price_cents, ci.quantity, w.stock
+                       FROM cart_items ci JOIN widgets w ON w.id = ci.widget_id
+                      WHERE ci.cart_id = $1
+                      ORDER BY w.id",
+                )
+                .bind(cart.as_str())
+                .fetch_all(&pool)
+                .await?)
+            })
+            .await?;
         Ok(Cart {
             lines: rows
                 .into_iter()
@@ -238,6 +301,10 @@ impl Store {
     /// Adds `quantity` of a widget (capped at the per-line maximum). A sold
     /// out widget cannot be added.
     pub async fn add_to_cart(&self, cart: &CartId, slug: &str, quantity: Quantity) -> Result<()> {
+        self.written(self.add(cart, slug, quantity).await)
+    }
+
+    async fn add(&self, cart: &CartId, slug: &str, quantity: Quantity) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let widget: Option<(i64, String, i32)> =
             sqlx::query_as("SELECT id, name, stock FROM widgets WHERE slug = $1")
@@ -287,8 +354,8 @@ impl Store {
         .bind(slug)
         .bind(quantity.get())
         .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .await;
+        let updated = self.written(updated.map_err(Error::from))?.rows_affected();
         if updated == 0 {
             return Err(Error::NotFound {
                 what: "widget in your cart",
@@ -300,14 +367,15 @@ impl Store {
 
     /// Removes a line; removing what is not there is not an error.
     pub async fn remove_from_cart(&self, cart: &CartId, slug: &str) -> Result<()> {
-        sqlx::query(
+        let removed = sqlx::query(
             "DELETE FROM cart_items
               WHERE cart_id = $1 AND widget_id = (SELECT id FROM widgets WHERE slug = $2)",
         )
         .bind(cart.as_str())
         .bind(slug)
         .execute(&self.pool)
-        .await?;
+        .await;
+        self.written(removed.map_err(Error::from))?;
         Ok(())
     }
 
@@ -327,6 +395,16 @@ impl Store {
         let Some(cart) = cart else {
             return Err(Error::EmptyCart);
         };
+        self.written(self.checkout_cart(cart, customer, key, placed_by).await)
+    }
+
+    async fn checkout_cart(
+        &self,
+        cart: &CartId,
+        customer: &Customer,
+        key: Option<&IdempotencyKey>,
+        placed_by: &str,
+    ) -> Result<Placed> {
         // Fast path for a retry whose first attempt committed.
         if let Some(key) = key
             && let Some(order) = self
@@ -463,7 +541,16 @@ impl Store {
             .bind(cart.as_str())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            if crate::error::is_unavailable(&e) {
+                // The commit may or may not have happened: the shopper is
+                // told to retry, and the retry's Idempotency-Key finds the
+                // order if it did (exactly one order either way).
+                metrics::counter!("shop_checkout_outcome_unknown_total").increment(1);
+                tracing::warn!(order = %code, error = %e, "checkout outcome unknown: the database went away during the commit");
+            }
+            return Err(e.into());
+        }
 
         Ok(Placed {
             order: Order {
@@ -490,17 +577,31 @@ impl Store {
         let Some(cart) = cart else {
             return Err(not_found());
         };
-        let row: Option<OrderRow> = sqlx::query_as(
-            "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
-               FROM orders WHERE code = $1 AND cart_id = $2",
-        )
-        .bind(code.as_str())
-        .bind(cart.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let row = row.ok_or_else(not_found)?;
-        let mut conn = self.pool.acquire().await?;
-        with_lines(&mut conn, row).await
+        let find = |pool: PgPool| async move {
+            let row: Option<OrderRow> = sqlx::query_as(
+                "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
+                   FROM orders WHERE code = $1 AND cart_id = $2",
+            )
+            .bind(code.as_str())
+            .bind(cart.as_str())
+            .fetch_optional(&pool)
+            .await?;
+            let row = row.ok_or_else(not_found)?;
+            let mut conn = pool.acquire().await?;
+            with_lines(&mut conn, row).await
+        };
+        match self.read(Prefer::Replica, find).await {
+            // A replica may not have replayed an order placed a moment
+            // ago (its commit waited for the WAL to be flushed there, not
+            // applied): the primary has it.
+            Err(Error::NotFound { .. }) if self.replica.is_some() => {
+                match find(self.pool.clone()).await {
+                    Err(Error::Unavailable(_)) => Err(not_found()),
+                    other => other,
+                }
+            }
+            other => other,
+        }
     }
 
     async fn order_by_key(
@@ -571,4 +672,27 @@ async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<Order> {
             })
             .collect(),
     })
+}
+
+fn lazy_pool(field: &'static str, url: &str, options: StoreOptions) -> Result<PgPool> {
+    let connect: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| Error::Invalid {
+        field,
+        message: e.to_string(),
+    })?;
+    let statement_timeout = format!("{}", options.statement_timeout.as_millis());
+    let connect = connect
+        .application_name("widget-shop")
+        .options([("statement_timeout", statement_timeout.as_str())]);
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        // Warm connections, so the first burst of shoppers after a start
+        // does not wait on connection set-up past the acquire timeout (seen
+        // under load in the compose check).
+        .min_connections(options.max_connections.min(4))
+        .acquire_timeout(options.acquire_timeout)
+        // A connection to a database that died (or a primary that was
+        // failed over) is found out at once rather than by the next
+        // shopper: the pool recovers by itself.
+        .test_before_acquire(true)
+        .connect_lazy_with(connect))
 }

@@ -2,12 +2,15 @@
 //! Postgres), the shop's pool and route created through the gRPC API, and
 //! real `tandem-proxy` processes following the control plane.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::bail;
 use tandem_proto::v1;
+use tandem_testkit::agent::AgentProcess;
+use tandem_testkit::patroni::PatroniCluster;
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, declare_pool, wait_http_ok};
+use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr, wait_http_ok};
 
 use super::Shop;
 
@@ -125,5 +128,120 @@ impl Tandem {
             bail!("{e}\n--- {name} log ---\n{}", proxy.process.logs());
         }
         Ok(proxy)
+    }
+}
+
+/// The shop database's two addresses through Tandem, as in Patroni's
+/// reference setup with HAProxy: a TCP route to a `single_active` pool of
+/// every member checked on Patroni's `/primary`, and one to a pool of every
+/// member checked on `/replica`. An agent checks them; a proxy serves both.
+pub struct DatabaseRoutes {
+    pub primary: SocketAddr,
+    pub replica: SocketAddr,
+    pub proxy: ProxyProcess,
+    pub agent: AgentProcess,
+}
+
+impl DatabaseRoutes {
+    /// `postgres://postgres@<primary route>/<database>`
+    pub fn primary_url(&self, database: &str) -> String {
+        format!("postgres://postgres@{}/{database}", self.primary)
+    }
+
+    /// `postgres://postgres@<replica route>/<database>`
+    pub fn replica_url(&self, database: &str) -> String {
+        format!("postgres://postgres@{}/{database}", self.replica)
+    }
+}
+
+impl Tandem {
+    /// Declares the database pools and routes for `cluster` (checks every
+    /// 500 ms, down after 2 failures, up after 1 pass) and starts an agent
+    /// and a proxy.
+    pub async fn route_database(&self, cluster: &PatroniCluster) -> anyhow::Result<DatabaseRoutes> {
+        let mut admin = self.control.admin_client().await?;
+        let members: Vec<String> = cluster.members().iter().map(|m| m.pg.to_string()).collect();
+        let (primary, replica) = (free_addr(), free_addr());
+        // Connections to a demoted primary are closed; those to a promoted
+        // replica are kept (it is still a fine place to read).
+        for (name, policy, check, listen, on_unhealthy) in [
+            (
+                "shop-db-primary",
+                v1::LbPolicy::SingleActive,
+                "/primary",
+                primary,
+                v1::OnUnhealthy::Close,
+            ),
+            (
+                "shop-db-replica",
+                v1::LbPolicy::LeastConnections,
+                "/replica",
+                replica,
+                v1::OnUnhealthy::Keep,
+            ),
+        ] {
+            let pool = v1::Pool {
+                name: name.into(),
+                policy: policy.into(),
+                health_check: Some(v1::HealthCheck {
+                    path: Some(check.into()),
+                    port: Some(cluster.rest_port().into()),
+                    interval_ms: Some(500),
+                    timeout_ms: Some(400),
+                    rise: Some(1),
+                    fall: Some(2),
+                    ..Default::default()
+                }),
+                connect_timeout_ms: Some(1_000),
+                tcp: Some(v1::TcpSettings {
+                    on_unhealthy: Some(on_unhealthy.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            admin
+                .create_pool(v1::CreatePoolRequest { pool: Some(pool) })
+                .await?;
+            for address in &members {
+                admin
+                    .add_backend(v1::AddBackendRequest {
+                        pool: name.into(),
+                        backend: Some(v1::Backend {
+                            address: address.clone(),
+                            ..Default::default()
+                        }),
+                        expected_revision: None,
+                    })
+                    .await?;
+            }
+            admin
+                .add_tcp_route(v1::AddTcpRouteRequest {
+                    route: Some(v1::TcpRoute {
+                        listen: listen.to_string(),
+                        pool: name.into(),
+                    }),
+                })
+                .await?;
+        }
+        let agent = AgentProcess::start("agent-1", "zone-a", &self.control.endpoint()).await?;
+        let state = tempfile::Builder::new()
+            .prefix("tandem-proxy-state-")
+            .tempdir()?;
+        let proxy = ProxyProcess::start(
+            state,
+            &self.control.endpoint(),
+            &[
+                ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
+                ("TANDEM_NODE_ID", "db-proxy".to_string()),
+                ("TANDEM_WORKERS", "1".to_string()),
+            ],
+        )?;
+        proxy.wait_ready().await?;
+        Ok(DatabaseRoutes {
+            primary,
+            replica,
+            proxy,
+            agent,
+        })
     }
 }

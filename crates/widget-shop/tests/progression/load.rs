@@ -45,6 +45,19 @@ pub struct Tally {
     /// The first failed requests in detail: what was asked, when, and the
     /// error's whole chain (the evidence a failure is explained by).
     pub notes: Vec<String>,
+    /// Failed GETs (pages and API reads): browsing that did not work.
+    pub reads_failed: u64,
+    /// When each write (add to cart, checkout) succeeded.
+    pub write_times: Vec<Instant>,
+    /// Checkouts retried after a failed attempt whose retry was answered
+    /// with the order an earlier attempt had committed (the answer was
+    /// lost, the Idempotency-Key found the order).
+    pub reconciled: u64,
+    /// Checkouts retried after a failed attempt that placed the order on
+    /// the retry (the earlier attempt had not committed).
+    pub placed_on_retry: u64,
+    /// The longest stretch of the phase with no successful write.
+    pub longest_without_writes: Duration,
 }
 
 /// Failed requests noted in detail per phase (the rest are only counted).
@@ -84,6 +97,32 @@ impl Tally {
                 self.notes.push(n.clone());
             }
         }
+        self.reads_failed += other.reads_failed;
+        self.write_times.extend(&other.write_times);
+        self.reconciled += other.reconciled;
+        self.placed_on_retry += other.placed_on_retry;
+        self.longest_without_writes = self
+            .longest_without_writes
+            .max(other.longest_without_writes);
+    }
+
+    /// Sets `longest_without_writes` from the write times, counting the
+    /// phase's start and end as edges.
+    fn measure_write_gaps(&mut self, start: Instant, end: Instant) {
+        let mut times: Vec<Instant> = self
+            .write_times
+            .iter()
+            .copied()
+            .filter(|t| (start..=end).contains(t))
+            .collect();
+        times.push(start);
+        times.push(end);
+        times.sort();
+        self.longest_without_writes = times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
     }
 }
 
@@ -190,6 +229,12 @@ impl Load {
 
     /// Stops the shoppers (requests in flight finish) and adds up.
     pub async fn stop(self) -> anyhow::Result<LoadReport> {
+        let mut starts = self
+            .phase_starts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("phase clock poisoned"))?
+            .clone();
+        starts.push(Instant::now());
         self.stop.store(true, Ordering::SeqCst);
         let phases = self.phase.load(Ordering::SeqCst) + 1;
         let mut report = LoadReport {
@@ -204,6 +249,11 @@ impl Load {
                 }
             }
             report.placed.extend(r.placed);
+        }
+        for (i, t) in report.phases.iter_mut().enumerate() {
+            if let (Some(start), Some(end)) = (starts.get(i), starts.get(i + 1)) {
+                t.measure_write_gaps(*start, *end);
+            }
         }
         Ok(report)
     }
@@ -237,6 +287,8 @@ struct Shopper {
 struct Answer {
     status: StatusCode,
     body: String,
+    /// `Idempotent-Replayed: true`: an earlier attempt's order.
+    replayed: bool,
 }
 
 impl Shopper {
@@ -283,7 +335,9 @@ impl Shopper {
         let customer =
             json!({"name": format!("Shopper {}", self.id), "email": "shopper@example.com"});
         // Retry with the same key until confirmed: the key makes it safe.
+        let mut attempts = 0;
         while !self.stopped() {
+            attempts += 1;
             let answer = self
                 .send_raw(
                     Method::POST,
@@ -294,6 +348,15 @@ impl Shopper {
                 .await;
             match answer {
                 Some(a) if a.status.is_success() => {
+                    if attempts > 1 {
+                        let phase = self.phase.load(Ordering::SeqCst);
+                        let t = self.tally_at(phase);
+                        if a.replayed {
+                            t.reconciled += 1;
+                        } else {
+                            t.placed_on_retry += 1;
+                        }
+                    }
                     let order: Value = serde_json::from_str(&a.body).unwrap_or_default();
                     if let Some(code) = order["code"].as_str() {
                         self.confirmed(code.to_string());
@@ -381,6 +444,10 @@ impl Shopper {
         let outcome = match result {
             Some(Ok(res)) => {
                 let status = res.status();
+                let replayed = res
+                    .headers()
+                    .get("idempotent-replayed")
+                    .is_some_and(|v| v == "true");
                 let by = res
                     .headers()
                     .get("x-served-by")
@@ -398,7 +465,7 @@ impl Shopper {
                     self.cart = Some(cart.to_string());
                 }
                 match res.text().await {
-                    Ok(body) => Ok((status, by, body)),
+                    Ok(body) => Ok((status, by, body, replayed)),
                     Err(e) => Err((classify(&e), chain(&e))),
                 }
             }
@@ -432,12 +499,13 @@ impl Shopper {
             )
         };
         let note = match &outcome {
-            Ok((status, _, body)) if status.is_client_error() || status.is_server_error() => {
+            Ok((status, _, body, _)) if status.is_client_error() || status.is_server_error() => {
                 Some(note(status.as_str(), body.trim()))
             }
             Ok(_) => None,
             Err((kind, detail)) => Some(note(kind, detail)),
         };
+        let read = method == Method::GET;
         let phase_tally = self.tally_at(phase);
         // A failure sent before the phase's break and failing after it is
         // always noted: it is the one a phase boundary could misplace.
@@ -450,15 +518,23 @@ impl Shopper {
         }
         phase_tally.requests += 1;
         match outcome {
-            Ok((status, by, body)) => {
+            Ok((status, by, body, replayed)) => {
                 *phase_tally.served_by.entry(by).or_default() += 1;
                 if status.is_client_error() || status.is_server_error() {
                     phase_tally.failed(status.as_u16().to_string(), took);
+                    phase_tally.reads_failed += u64::from(read);
+                } else if !read {
+                    phase_tally.write_times.push(Instant::now());
                 }
-                Some(Answer { status, body })
+                Some(Answer {
+                    status,
+                    body,
+                    replayed,
+                })
             }
             Err((kind, _)) => {
                 phase_tally.failed(kind, took);
+                phase_tally.reads_failed += u64::from(read);
                 None
             }
         }

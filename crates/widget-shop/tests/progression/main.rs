@@ -13,7 +13,7 @@
 //!
 //! Knobs (environment): `PROGRESSION_PHASE_SECS` (8), `PROGRESSION_SHOPPERS`
 //! (6), `PROGRESSION_PACE_MS` (50: each shopper's time between requests),
-//! `PROGRESSION_STAGES` (`1,2,3`), `PROGRESSION_REPORT` (also write the
+//! `PROGRESSION_STAGES` (`1,2,3,4`), `PROGRESSION_REPORT` (also write the
 //! tables to this file).
 
 #[path = "../common/mod.rs"]
@@ -85,6 +85,46 @@ async fn stage_3_a_shop_server_killed_under_load_loses_no_orders() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_4_the_database_primary_killed_under_load_loses_no_orders() -> anyhow::Result<()> {
+    let run = RunConfig {
+        phase: Duration::from_secs(4),
+        shoppers: 4,
+        pace: Duration::from_millis(50),
+    };
+    let r = stages::stage_4(&run).await?;
+    print_tables(std::slice::from_ref(&r));
+
+    assert!(!r.load.placed.is_empty(), "shoppers placed orders");
+    assert!(
+        r.lost().is_empty(),
+        "orders confirmed but not recorded: {:?}",
+        r.lost()
+    );
+    assert_eq!(r.duplicated(), 0, "an order confirmed twice");
+    assert!(
+        r.stock_consistent,
+        "stock taken differs from the orders recorded"
+    );
+    // Orders resumed by themselves after the failover (the last phase
+    // outlasts Patroni's ttl), and browsing went on through both failures.
+    let last = r.load.phases.last().expect("phases");
+    assert!(
+        last.orders_confirmed > 0,
+        "no order placed after the failover: {:?}",
+        last.failures
+    );
+    for (label, t) in r.phases.iter().zip(&r.load.phases) {
+        assert!(
+            t.reads_failed <= 5,
+            "{} reads failed during {label:?}: {:?}",
+            t.reads_failed,
+            t.failures
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the full demo (about two minutes): scripts/progression.sh runs it"]
 async fn progression() -> anyhow::Result<()> {
     let run = RunConfig {
@@ -92,7 +132,7 @@ async fn progression() -> anyhow::Result<()> {
         shoppers: env_u64("PROGRESSION_SHOPPERS", 6)? as usize,
         pace: Duration::from_millis(env_u64("PROGRESSION_PACE_MS", 50)?),
     };
-    let wanted = std::env::var("PROGRESSION_STAGES").unwrap_or_else(|_| "1,2,3".into());
+    let wanted = std::env::var("PROGRESSION_STAGES").unwrap_or_else(|_| "1,2,3,4".into());
     println!(
         "\nprogression: {} shoppers, one request each every {} ms, {} s per phase",
         run.shoppers,
@@ -106,7 +146,8 @@ async fn progression() -> anyhow::Result<()> {
             "1" => stages::stage_1(&run).await?,
             "2" => stages::stage_2(&run).await?,
             "3" => stages::stage_3(&run).await?,
-            other => anyhow::bail!("PROGRESSION_STAGES: no stage {other:?} (1, 2 or 3)"),
+            "4" => stages::stage_4(&run).await?,
+            other => anyhow::bail!("PROGRESSION_STAGES: no stage {other:?} (1, 2, 3 or 4)"),
         };
         let t = r.load.total();
         println!(

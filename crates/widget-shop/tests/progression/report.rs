@@ -18,6 +18,10 @@ fn ms(d: Duration) -> String {
     }
 }
 
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
 fn served_by(t: &Tally) -> String {
     let parts: Vec<String> = t
         .served_by
@@ -86,19 +90,23 @@ pub fn phases(results: &[StageResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| stage | phase | requests | failed | availability | answered by | failures | slowest failure |"
+        "| stage | phase | requests | failed | availability | failed reads | longest without a write | checkouts retried: replayed / placed | answered by | failures | slowest failure |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---|---|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|");
     for r in results {
         for (label, t) in r.phases.iter().zip(&r.load.phases) {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
                 r.name,
                 label,
                 t.requests,
                 t.failed,
                 pct(t),
+                t.reads_failed,
+                secs(t.longest_without_writes),
+                t.reconciled,
+                t.placed_on_retry,
                 served_by(t),
                 failures(t),
                 ms(t.slowest_failure),

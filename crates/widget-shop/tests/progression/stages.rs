@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tandem_testkit::Postgres;
+use tandem_testkit::patroni::{Etcd, PatroniCluster, PatroniOptions};
 use tandem_testkit::proxy::ProxyProcess;
 
 use super::common::Shop;
@@ -31,7 +32,7 @@ pub struct RunConfig {
 #[derive(Debug)]
 pub struct StageResult {
     pub name: &'static str,
-    pub topology: &'static str,
+    pub topology: String,
     /// What happened at the start of each phase.
     pub phases: Vec<String>,
     pub load: LoadReport,
@@ -216,7 +217,7 @@ pub async fn stage_1(run: &RunConfig) -> anyhow::Result<StageResult> {
     let (recorded, stock_consistent) = recorded(&db.url, prefix).await?;
     Ok(StageResult {
         name: "1",
-        topology: "one server: shop-1 + database",
+        topology: "one server: shop-1 + database".into(),
         phases,
         load: report,
         recorded,
@@ -268,7 +269,7 @@ pub async fn stage_2(run: &RunConfig) -> anyhow::Result<StageResult> {
     let (recorded, stock_consistent) = recorded(&db.url, prefix).await?;
     Ok(StageResult {
         name: "2",
-        topology: "proxy-1 → shop-1, shop-2; database on host-2",
+        topology: "proxy-1 → shop-1, shop-2; database on host-2".into(),
         phases,
         load: report,
         recorded,
@@ -320,7 +321,96 @@ pub async fn stage_3(run: &RunConfig) -> anyhow::Result<StageResult> {
     proxies.clear();
     Ok(StageResult {
         name: "3",
-        topology: "proxy-1, proxy-2 → shop-1, shop-2, shop-3; database on its own host",
+        topology: "proxy-1, proxy-2 → shop-1, shop-2, shop-3; database on its own host".into(),
+        phases,
+        load: report,
+        recorded,
+        stock_consistent,
+    })
+}
+
+// === stage 4 ===
+
+/// The database gets its spare: the shop's database is a Patroni cluster
+/// of three (one primary, two replicas, synchronous_mode_strict) on a
+/// three-member etcd, reached through Tandem's TCP routes (`/primary` for
+/// writes, `/replica` for reads). Under the same steady load, the
+/// primary's Postgres is killed (Patroni restarts it in place), then,
+/// once the cluster is whole again, the primary's whole host (Patroni
+/// promotes a replica).
+pub async fn stage_4(run: &RunConfig) -> anyhow::Result<StageResult> {
+    let prefix = "stage4";
+    let options = PatroniOptions {
+        synchronous_strict: true,
+        ..PatroniOptions::fast("shop", 61)
+    };
+    let etcd = Etcd::start().await?;
+    let mut cluster = PatroniCluster::start(&etcd, options.clone()).await?;
+    let first = cluster.wait_primary(Duration::from_secs(10), None).await?;
+    let admin = super::common::db(&cluster.members()[first].url("postgres")).await?;
+    sqlx::query("CREATE DATABASE shop").execute(&admin).await?;
+    admin.close().await;
+
+    // One proxy serves the database's TCP routes and the shop's HTTP route.
+    let tandem = Tandem::start().await?;
+    let routes = tandem.route_database(&cluster).await?;
+    let (primary_url, replica_url) = (routes.primary_url("shop"), routes.replica_url("shop"));
+    let replica_env = [("SHOP_REPLICA_DATABASE_URL", replica_url.as_str())];
+    let mut shops = Vec::new();
+    for name in ["shop-1", "shop-2"] {
+        let mut shop = Shop::spawn(name, &primary_url, &replica_env)?;
+        shop.wait_ready().await?;
+        shops.push(shop);
+    }
+    restock(&primary_url).await?;
+    tandem
+        .configure_shop_pool(&shops.iter().collect::<Vec<_>>())
+        .await?;
+    let proxy = &routes.proxy;
+    tandem_testkit::wait_http_ok(&proxy.url("/healthz"), Duration::from_secs(30)).await?;
+
+    let load = Load::start(vec![proxy.url("")], load_config(run, prefix)).await?;
+    let mut phases = vec!["steady".to_string()];
+    tokio::time::sleep(run.phase).await;
+
+    // Patroni restarts a crashed Postgres in place while it holds the
+    // leader key: no failover, a crash recovery.
+    load.next_phase();
+    let primary = cluster.wait_primary(Duration::from_secs(5), None).await?;
+    cluster.kill_postgres(primary)?;
+    phases.push("the primary's Postgres killed (SIGKILL)".into());
+    tokio::time::sleep(run.phase).await;
+    cluster.wait_primary(Duration::from_secs(60), None).await?;
+    cluster
+        .wait_replicas(options.members - 1, Duration::from_secs(60))
+        .await?;
+    // Only the synchronous standby may be promoted: wait until Patroni
+    // has named one again after the restart.
+    cluster.wait_sync_standby(Duration::from_secs(60)).await?;
+
+    // A failover takes at least the leader key's ttl: the phase lasts
+    // longer, so it also shows the recovery.
+    load.next_phase();
+    let primary = cluster.wait_primary(Duration::from_secs(5), None).await?;
+    cluster.kill_host(primary);
+    phases.push("the primary's host killed (Patroni and Postgres)".into());
+    let ttl = Duration::from_secs(u64::from(options.ttl));
+    tokio::time::sleep(run.phase.max(ttl + Duration::from_secs(6))).await;
+    let report = load.stop().await?;
+
+    let new = cluster
+        .wait_primary(Duration::from_secs(30), Some(primary))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
+    let (recorded, stock_consistent) =
+        recorded(&cluster.members()[new].url("shop"), prefix).await?;
+    drop(shops);
+    Ok(StageResult {
+        name: "4",
+        topology: format!(
+            "proxy-1 → shop-1, shop-2; database: Patroni cluster of 3 (synchronous_mode_strict; {}) behind Tandem TCP routes",
+            options.timers()
+        ),
         phases,
         load: report,
         recorded,
