@@ -8,6 +8,7 @@ use std::time::Duration;
 use tandem_http::{EncodedSlashes, ParseOptions, Underscores};
 
 use crate::Error;
+use crate::sampling::{SampleRatio, Sampling};
 
 /// Tandem's HTTP proxy: routes requests to pools of backends using the
 /// configuration it follows from the control plane, and keeps serving from
@@ -110,6 +111,18 @@ pub struct Args {
     #[arg(long, env = "TANDEM_TCP_BUFFER_BYTES", default_value_t = 32_768)]
     pub tcp_buffer_bytes: usize,
 
+    /// Share of requests traced when the caller's `traceparent` did not
+    /// decide (a ratio, `0.01`, or a percentage, `1%`). Requests that end
+    /// in error are traced whatever it says. Spans are exported only with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` set.
+    #[arg(long, env = "TANDEM_TRACE_SAMPLE", default_value = "0.01")]
+    pub trace_sample: SampleRatio,
+
+    /// Pools traced at another ratio than `TANDEM_TRACE_SAMPLE`:
+    /// comma-separated `pool=ratio` pairs (e.g. `shop=0.5,api=100%`).
+    #[arg(long, env = "TANDEM_TRACE_SAMPLE_POOLS", default_value = "")]
+    pub trace_sample_pools: String,
+
     #[command(flatten)]
     pub telemetry: tandem_telemetry::TelemetryArgs,
 }
@@ -155,6 +168,7 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     pub underscores: Underscores,
     pub encoded_slashes: EncodedSlashes,
+    pub sampling: Sampling,
 }
 
 impl Settings {
@@ -211,6 +225,11 @@ impl Args {
         if self.header_timeout_ms == 0 {
             return Err(bad("TANDEM_HEADER_TIMEOUT_MS", "must be at least 1".into()));
         }
+        let sampling = Sampling {
+            default: self.trace_sample,
+            pools: crate::sampling::parse_pool_ratios(&self.trace_sample_pools)
+                .map_err(|e| bad("TANDEM_TRACE_SAMPLE_POOLS", e))?,
+        };
         Ok(Settings {
             control,
             identity,
@@ -238,6 +257,7 @@ impl Args {
                 EncodedSlashesArg::Reject => EncodedSlashes::Reject,
                 EncodedSlashesArg::Keep => EncodedSlashes::Keep,
             },
+            sampling,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod error;
 pub mod forward;
 pub mod h1;
 pub mod h2;
+pub mod sampling;
 pub mod server;
 pub mod store;
 pub mod table;
@@ -57,16 +58,18 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(settings: &Settings) -> Self {
+    fn new(settings: &Settings, spans: Option<tandem_telemetry::SpanSink>) -> Self {
         Self {
             proxy: Arc::new(Proxy::new(
                 settings.parse_options(),
                 settings.trusted_proxies.clone(),
+                spans,
             )),
             tcp: Arc::new(tcp::Tcp::new(settings.tcp.clone())),
             following: std::sync::atomic::AtomicBool::new(false),
             has_control_plane: !settings.control.is_empty(),
-            registry: Registry::new(settings.upstream_max_idle),
+            registry: Registry::new(settings.upstream_max_idle)
+                .with_sampling(settings.sampling.clone()),
             persist: settings.state_dir.clone().map(spawn_persister),
             revision: metrics::gauge!("tandem_proxy_config_revision"),
             from_disk: metrics::gauge!("tandem_proxy_config_from_disk"),
@@ -152,10 +155,11 @@ pub async fn run(
     listener: TcpListener,
     admin_listener: TcpListener,
     prometheus: tandem_telemetry::PrometheusHandle,
+    spans: Option<tandem_telemetry::SpanSink>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     clock::start();
-    let rt = Arc::new(Runtime::new(&settings));
+    let rt = Arc::new(Runtime::new(&settings, spans));
 
     // Static stability: serve the last-known-good copy at once.
     let mut initial = None;

@@ -39,6 +39,7 @@ async fn start(args: Args, settings: tandem_proxy::Settings) -> Result<(), Error
         listener,
         admin,
         telemetry.prometheus(),
+        telemetry.span_sink(),
         tandem_telemetry::shutdown_signal(),
     )
     .await;

@@ -24,6 +24,7 @@ use tandem_core::{
 use tandem_telemetry::LatencyHistogram;
 
 use crate::clock;
+use crate::sampling::Sampling;
 use crate::upstream::ConnPool;
 
 // === where a configuration came from ===
@@ -49,7 +50,8 @@ impl Source {
 pub struct Table {
     pub revision: Revision,
     pub source: Source,
-    pub routes: RouteTable<usize>,
+    /// Each route's pool index and its index in `declared_routes`.
+    pub routes: RouteTable<(usize, usize)>,
     pub pools: Vec<PoolRt>,
     /// The declared routes, for /config.
     pub declared_routes: Vec<tandem_core::Route>,
@@ -60,6 +62,8 @@ pub struct PoolRt {
     pub backends: Vec<BackendRt>,
     pub balancer: Balancer,
     pub state: Arc<PoolState>,
+    /// Trace ids below this are sampled (see [`crate::forward::span`]).
+    pub trace_threshold: u64,
 }
 
 /// One backend as this table version declares it, with its shared state.
@@ -257,6 +261,8 @@ pub struct Registry {
     /// the configuration.
     health: Mutex<HashMap<(PoolName, BackendAddr), HealthState>>,
     pub upstream_max_idle: usize,
+    /// The share of each pool's requests traced.
+    pub sampling: Sampling,
 }
 
 impl Registry {
@@ -265,6 +271,10 @@ impl Registry {
             upstream_max_idle,
             ..Default::default()
         }
+    }
+
+    pub fn with_sampling(self, sampling: Sampling) -> Self {
+        Self { sampling, ..self }
     }
 
     /// Applies committed health states; `full` replaces all of them.
@@ -351,11 +361,12 @@ impl Registry {
                 backends,
                 balancer,
                 state,
+                trace_threshold: self.sampling.for_pool(name).threshold(),
             });
         }
-        let routes = RouteTable::new(snapshot.routes.iter().filter_map(|r| {
+        let routes = RouteTable::new(snapshot.routes.iter().enumerate().filter_map(|(n, r)| {
             let i = *index.get(&r.pool)?;
-            Some((r.host.clone(), r.path_prefix.clone(), i))
+            Some((r.host.clone(), r.path_prefix.clone(), (i, n)))
         }));
         Table {
             revision: snapshot.revision,
@@ -571,7 +582,7 @@ mod tests {
             Arc::ptr_eq(&t1.pools[0].state, &t2.pools[0].state),
             "the cursor persists"
         );
-        assert_eq!(t2.routes.lookup("any.host", "/x"), Some(&0));
+        assert_eq!(t2.routes.lookup("any.host", "/x"), Some(&(0, 0)));
         // 10.0.0.2 left: a later return starts afresh.
         let t3 = registry.build(
             &snapshot(3, &["10.0.0.1:80", "10.0.0.2:80"]),

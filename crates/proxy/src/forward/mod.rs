@@ -10,6 +10,7 @@ mod answer;
 pub mod attempt;
 pub mod pick;
 pub mod retry;
+pub mod span;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -19,7 +20,8 @@ use arc_swap::ArcSwapOption;
 use http::StatusCode;
 use metrics::Counter;
 use tandem_core::lb::client_hash;
-use tandem_http::rewrite::Forwarding;
+use tandem_http::rewrite::{Forwarding, TraceParent};
+use tandem_telemetry::SpanSink;
 use tandem_http::{Body, ParseOptions, RequestHead, UpstreamFraming};
 use tokio::time::Instant;
 
@@ -27,6 +29,7 @@ pub use answer::{Answer, BodyError, Reply, ReplyHead, RespBody, Tunnel};
 use answer::{BackendGuard, CountGuard, Done, RequestGuard};
 use attempt::{Outcome, Try};
 use retry::{Facts, Failure, Next};
+use span::{Recorder, RequestFacts, TryFact, TryResult};
 
 use crate::body::{ClientBody, ClientFault, ReqBody};
 use crate::config::TrustedProxies;
@@ -42,10 +45,12 @@ pub struct Proxy {
     pub no_route: Counter,
     pub no_config: Counter,
     pub bad_request: Counter,
+    /// Where request spans go; `None`: traces are not exported.
+    pub spans: Option<SpanSink>,
 }
 
 impl Proxy {
-    pub fn new(parse: ParseOptions, trusted: TrustedProxies) -> Self {
+    pub fn new(parse: ParseOptions, trusted: TrustedProxies, spans: Option<SpanSink>) -> Self {
         let reason = |r: &'static str| metrics::counter!("tandem_proxy_local_replies_total", "pool" => "", "reason" => r);
         Self {
             table: ArcSwapOption::empty(),
@@ -54,6 +59,7 @@ impl Proxy {
             no_route: reason("no_route"),
             no_config: reason("no_config"),
             bad_request: reason("bad_request"),
+            spans,
         }
     }
 
@@ -87,7 +93,8 @@ pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer
             "no configuration yet: the proxy has not reached a control plane\n",
         ));
     };
-    let Some(&pool_index) = table.routes.lookup(head.host_str(), head.path()) else {
+    let Some(&(pool_index, route_index)) = table.routes.lookup(head.host_str(), head.path())
+    else {
         proxy.no_route.increment(1);
         return Answer::Reply(Reply::local(
             StatusCode::NOT_FOUND,
@@ -107,7 +114,62 @@ pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer
         ));
     }
     let request = RequestGuard::new(pool.state.clone());
-    run(proxy, pool, head, body, peer, request).await
+    let started = request.start;
+    let decision = span::decide(
+        proxy.spans.is_some(),
+        TraceParent::find(&head.fields),
+        pool.trace_threshold,
+        rand::random::<u128>,
+    );
+    let mut rec = Recorder::new(decision);
+    let mut answer = run(proxy, pool, head, body, peer, request, &mut rec).await;
+    if rec.noting() {
+        let at = (route_index, started);
+        attach_span(&mut answer, &rec, proxy, &table, pool, at, head, peer);
+    }
+    answer
+}
+
+/// The request's span, when it gets one: it ends with the response body
+/// (given to the answer's request guard), or now for an answer the proxy
+/// made itself.
+#[allow(clippy::too_many_arguments)] // the request's parts, each needed once
+#[cold]
+fn attach_span(
+    answer: &mut Answer,
+    rec: &Recorder,
+    proxy: &Proxy,
+    table: &Table,
+    pool: &PoolRt,
+    (route_index, started): (usize, std::time::Instant),
+    head: &RequestHead,
+    peer: &Peer,
+) {
+    let (status, guard) = match answer {
+        Answer::Reply(r) => (r.status, r.body.request_guard()),
+        Answer::Switch(r, t) => (r.status, Some(&mut t._request)),
+    };
+    let route = table
+        .declared_routes
+        .get(route_index)
+        .map_or_else(String::new, |r| format!("{} {}", r.host, r.path_prefix));
+    let facts = RequestFacts {
+        sink: proxy.spans.as_ref(),
+        pool,
+        route,
+        method: head.method.as_str(),
+        host: head.host_str(),
+        path: head.path(),
+        client: peer.addr.ip(),
+        started,
+    };
+    let Some(span) = rec.finish(&facts, status.as_u16()) else {
+        return;
+    };
+    match guard {
+        Some(g) => g.span = Some(span),
+        None => span.end(),
+    }
 }
 
 /// The tries of one request under the retry policy.
@@ -118,6 +180,7 @@ async fn run(
     body: ClientBody<'_>,
     peer: &Peer,
     request: RequestGuard,
+    rec: &mut Recorder,
 ) -> Answer {
     let cfg = &pool.config;
     let start = Instant::from_std(request.start);
@@ -140,7 +203,7 @@ async fn run(
 
     let mut tried = [usize::MAX; MAX_TRIES];
     let mut last = None;
-    let mut trace = None;
+    let trace = rec.decision.upstream;
     for attempt in 0..max_tries {
         let mut _retrying = None;
         if let Some(failure) = last {
@@ -185,10 +248,23 @@ async fn run(
             now,
         };
         let (failure, next) = loop {
-            match attempt::once(&t, head, fwd, &mut body, &mut trace).await {
+            let mut connected = None;
+            let outcome = attempt::once(&t, head, fwd, &mut body, &trace, &mut connected).await;
+            let mut fact = rec.noting().then(|| TryFact {
+                backend: index,
+                start: t.now,
+                connected,
+                end: Instant::now(),
+                result: TryResult::Client,
+            });
+            match outcome {
                 Outcome::Answered(resp, conn) => {
                     let tandem_http::ResponseHead { meta, fields } = resp;
                     let status = meta.status;
+                    if let Some(mut f) = fact.take() {
+                        f.result = TryResult::Answered(status.as_u16());
+                        rec.note(f);
+                    }
                     pool.record(index, !status.is_server_error());
                     let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
                     state.responses[class].increment(1);
@@ -232,7 +308,12 @@ async fn run(
                         close: false,
                     });
                 }
-                Outcome::Client(fault) => return client_fault(proxy, &pool.state, fault),
+                Outcome::Client(fault) => {
+                    if let Some(f) = fact {
+                        rec.note(f);
+                    }
+                    return client_fault(proxy, &pool.state, fault);
+                }
                 Outcome::Failed { failure, reused } => {
                     let facts = Facts {
                         idempotent,
@@ -241,6 +322,10 @@ async fn run(
                         resent: t.fresh_only,
                     };
                     let next = retry::next(failure, facts);
+                    if let Some(mut f) = fact.take() {
+                        f.result = TryResult::Failed(failure, next);
+                        rec.note(f);
+                    }
                     if retry::blames_backend(failure, next) {
                         pool.record(index, false);
                         state.failures.increment(1);
