@@ -14,6 +14,10 @@
 #   each figure's median over the rounds.
 # - BASELINE_BIN=<path> adds a second tandem-proxy build (say, the one
 #   before a change) as the row "baseline", measured in the same rounds.
+# - TRACES=1 (the default) adds two more tandem-proxy processes exporting
+#   spans over OTLP to a receiver on the load core (the telemetry crate's
+#   otlp_sink example): "trace1" samples 1 % of requests, "trace100" all
+#   of them; the row "tandem" is tracing off. TRACES=0 leaves them out.
 # It prints a table and the ratios tandem/nginx, tandem/haproxy (and
 # tandem/baseline); with ROUNDS > 1 also the median of the ratios taken
 # within each round (steadier under noise).
@@ -31,6 +35,10 @@ ROUNDS=${ROUNDS:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
 BASELINE_PORT=${BASELINE_PORT:-18105}
 BASELINE_ADMIN_PORT=${BASELINE_ADMIN_PORT:-18106}
+TRACES=${TRACES:-1}
+TRACE1_PORT=${TRACE1_PORT:-18107}
+TRACE100_PORT=${TRACE100_PORT:-18109}
+OTLP_PORT=${OTLP_PORT:-18111}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BACKEND_PORT=${BACKEND_PORT:-18100}
@@ -58,6 +66,9 @@ if [ "$CORES" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
 echo "building tandem-proxy (release)"
 cargo build --release -q -p tandem-proxy
 TANDEM=target/release/tandem-proxy
+if [ "$TRACES" = 1 ]; then
+  cargo build --release -q -p tandem-telemetry --example otlp_sink
+fi
 
 WORK=$(mktemp -d -t tandem-bench-XXXXXX)
 PIDS=()
@@ -169,14 +180,16 @@ cat >"$WORK/tandem/snapshot.json" <<EOF
    "revision": 1}},
  "routes": [{"host": "*", "path_prefix": "/", "pool": "bench"}]}
 EOF
-start_tandem() { # binary port admin_port state_dir log
-  if [ "$4" != "$WORK/tandem" ]; then
-    mkdir -p "$4"
-    cp "$WORK/tandem/snapshot.json" "$4/"
+start_tandem() { # binary port admin_port state_dir log [VAR=value...]
+  local bin=$1 port=$2 admin=$3 dir=$4 log=$5
+  shift 5
+  if [ "$dir" != "$WORK/tandem" ]; then
+    mkdir -p "$dir"
+    cp "$WORK/tandem/snapshot.json" "$dir/"
   fi
-  TANDEM_LISTEN=127.0.0.1:$2 TANDEM_ADMIN_LISTEN=127.0.0.1:$3 \
-    TANDEM_STATE_DIR=$4 TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
-    taskset -c "$PROXY_CORE" "$1" >"$5" 2>&1 &
+  env TANDEM_LISTEN=127.0.0.1:$port TANDEM_ADMIN_LISTEN=127.0.0.1:$admin \
+    TANDEM_STATE_DIR=$dir TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn "$@" \
+    taskset -c "$PROXY_CORE" "$bin" >"$log" 2>&1 &
 }
 start_tandem "$TANDEM" "$TANDEM_PORT" "$TANDEM_ADMIN_PORT" "$WORK/tandem" "$WORK/tandem.log"
 TANDEM_PID=$!
@@ -189,6 +202,21 @@ if [ -n "$BASELINE_BIN" ]; then
   PIDS+=($BASELINE_PID)
   TARGETS="$TARGETS baseline"
   PORTS="$PORTS $BASELINE_PORT"
+fi
+if [ "$TRACES" = 1 ]; then
+  taskset -c "$LOAD_CORE" target/release/examples/otlp_sink "127.0.0.1:$OTLP_PORT" >"$WORK/otlp.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$OTLP_PORT"
+  otlp=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$OTLP_PORT OTEL_SERVICE_NAME=bench)
+  start_tandem "$TANDEM" "$TRACE1_PORT" $((TRACE1_PORT + 1)) "$WORK/trace1" "$WORK/trace1.log" \
+    "${otlp[@]}" TANDEM_TRACE_SAMPLE=0.01
+  TRACE1_PID=$!
+  start_tandem "$TANDEM" "$TRACE100_PORT" $((TRACE100_PORT + 1)) "$WORK/trace100" "$WORK/trace100.log" \
+    "${otlp[@]}" TANDEM_TRACE_SAMPLE=1
+  TRACE100_PID=$!
+  PIDS+=($TRACE1_PID $TRACE100_PID)
+  TARGETS="$TARGETS trace1 trace100"
+  PORTS="$PORTS $TRACE1_PORT $TRACE100_PORT"
 fi
 
 for p in $PORTS; do wait_port "$p"; done
@@ -259,6 +287,10 @@ for r in $(seq 1 "$ROUNDS"); do
   run haproxy "$r" "$HAPROXY_PORT" "$HAPROXY_PID"
   run tandem "$r" "$TANDEM_PORT" "$TANDEM_PID"
   [ -n "$BASELINE_BIN" ] && run baseline "$r" "$BASELINE_PORT" "$BASELINE_PID"
+  if [ "$TRACES" = 1 ]; then
+    run trace1 "$r" "$TRACE1_PORT" "$TRACE1_PID"
+    run trace100 "$r" "$TRACE100_PORT" "$TRACE100_PID"
+  fi
 done
 
 # The median of one figure over the rounds ("-" stays "-").
@@ -307,6 +339,14 @@ if [ -n "$BASELINE_BIN" ]; then
   echo "tandem/baseline: throughput $(ratio "${RPS[tandem]}" "${RPS[baseline]}")x," \
     "p99 $(ratio "${P99[tandem]}" "${P99[baseline]}")x, cpu/req $(ratio "${CPU[tandem]}" "${CPU[baseline]}")x"
 fi
+if [ "$TRACES" = 1 ]; then
+  echo "tracing, against tandem with tracing off (same run):"
+  echo "  1 %:   throughput $(ratio "${RPS[trace1]}" "${RPS[tandem]}")x," \
+    "p99 $(ratio "${P99[trace1]}" "${P99[tandem]}")x, cpu/req $(ratio "${CPU[trace1]}" "${CPU[tandem]}")x"
+  echo "  100 %: throughput $(ratio "${RPS[trace100]}" "${RPS[tandem]}")x," \
+    "p99 $(ratio "${P99[trace100]}" "${P99[tandem]}")x, cpu/req $(ratio "${CPU[trace100]}" "${CPU[tandem]}")x"
+  echo "  spans received by the OTLP receiver: $(tail -1 "$WORK/otlp.log" 2>/dev/null || echo none)"
+fi
 if [ "$ROUNDS" -gt 1 ]; then
   # Each round runs every target back to back, so a ratio taken within a
   # round compares them under the same noise; the median of those ratios
@@ -325,4 +365,9 @@ if [ "$ROUNDS" -gt 1 ]; then
   for o in $others; do
     echo "  tandem/$o: throughput $(round_ratio RPS tandem "$o")x, cpu/req $(round_ratio CPU tandem "$o")x"
   done
+  if [ "$TRACES" = 1 ]; then
+    for t in trace1 trace100; do
+      echo "  $t/tandem: throughput $(round_ratio RPS "$t" tandem)x, cpu/req $(round_ratio CPU "$t" tandem)x"
+    done
+  fi
 fi

@@ -16,11 +16,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
+use tandem_core::traffic::BackendTraffic;
 use tandem_core::{
     AdminState, Backend, BackendAddr, BackendRole, ConfigChange, Error as Domain, HostMatch,
     ListenAddr, PathPrefix, Pool, PoolConfig, PoolName, Revision, Route, Snapshot, TcpRoute,
     ValidationError, Weight,
 };
+
+use tracing::Instrument as _;
 
 use crate::database::{self, Availability};
 use crate::error::Error;
@@ -53,6 +56,8 @@ pub struct NodeReport {
     pub listeners: Vec<ListenerReport>,
     /// Problems the node raises, a line each.
     pub alerts: Vec<String>,
+    /// A proxy's traffic figures over its last window, per backend.
+    pub traffic: Vec<BackendTraffic>,
 }
 
 /// One TCP listener as its proxy reported it.
@@ -556,10 +561,10 @@ impl Store {
     pub async fn report_node(&self, r: &NodeReport) -> Result<()> {
         self.writable()?;
         sqlx::query(
-            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, traffic, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
              ON CONFLICT (node_id) DO UPDATE SET kind = $2, zone = $3, applied_revision = $4,
-                 detail = $5, replica = $6, listeners = $7, alerts = $8, last_seen = now()",
+                 detail = $5, replica = $6, listeners = $7, alerts = $8, traffic = $9, last_seen = now()",
         )
         .bind(&r.node_id)
         .bind(&r.kind)
@@ -569,6 +574,7 @@ impl Store {
         .bind(&r.replica)
         .bind(Json(&r.listeners))
         .bind(Json(&r.alerts))
+        .bind(Json(&r.traffic))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -576,7 +582,7 @@ impl Store {
 
     pub async fn nodes(&self) -> Result<Vec<NodeRow>> {
         let rows = sqlx::query(
-            "SELECT node_id, kind, zone, applied_revision, detail, replica, listeners, alerts,
+            "SELECT node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, traffic,
                     (extract(epoch FROM last_seen) * 1000)::bigint AS last_seen_ms
              FROM nodes ORDER BY kind, node_id",
         )
@@ -594,6 +600,14 @@ impl Store {
                         replica: r.try_get("replica")?,
                         listeners: r.try_get::<Json<Vec<ListenerReport>>, _>("listeners")?.0,
                         alerts: r.try_get::<Json<Vec<String>>, _>("alerts")?.0,
+                        // Written by this code from checked figures; an
+                        // entry that does not read back is left out.
+                        traffic: r
+                            .try_get::<Json<Vec<serde_json::Value>>, _>("traffic")?
+                            .0
+                            .into_iter()
+                            .filter_map(|v| serde_json::from_value(v).ok())
+                            .collect(),
                     },
                     last_seen_unix_ms: r.try_get("last_seen_ms")?,
                 })
@@ -611,7 +625,14 @@ impl Store {
         rev: Revision,
         change: &ConfigChange,
     ) -> Result<()> {
-        commit_change(tx, rev, change).await?;
+        let span = tracing::info_span!(
+            "config commit",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            revision = rev.0,
+            change = change_kind(change),
+        );
+        commit_change(tx, rev, change).instrument(span).await?;
         if let Some(f) = self.on_commit.get() {
             f(rev, change);
         }

@@ -14,6 +14,7 @@ pub mod lb;
 pub mod outlier;
 pub mod routing;
 pub mod snapshot;
+pub mod traffic;
 
 pub use config::{
     AdminState, Backend, BackendRole, HealthCheckKind, HealthCheckSpec, LbPolicy, OnUnhealthy,

@@ -23,6 +23,7 @@ pub mod server;
 pub mod store;
 pub mod table;
 pub mod tcp;
+pub mod traffic;
 pub mod tunnel;
 pub mod upstream;
 pub mod watch;

@@ -18,6 +18,7 @@ use tandem_core::health::HealthState;
 use tandem_core::lb::{Balancer, Endpoint, select_tier};
 use tandem_core::outlier::{self, OutlierState, Transition};
 use tandem_core::routing::RouteTable;
+use tandem_core::traffic::{FailureKind, LATENCY_BUCKETS, bucket_of};
 use tandem_core::{
     AdminState, Backend, BackendAddr, BackendRole, PoolConfig, PoolName, Revision, Snapshot,
 };
@@ -113,6 +114,35 @@ pub struct BackendState {
     pub responses: [Counter; 5],
     pub failures: Counter,
     pub ejections: Counter,
+    /// What the control plane is told (see [`crate::traffic`]).
+    pub traffic: TrafficCounters,
+}
+
+/// A backend's answers, failed tries and latencies since it appeared:
+/// relaxed atomic adds on the request path, read every few seconds by the
+/// traffic sampler.
+#[derive(Debug, Default)]
+pub struct TrafficCounters {
+    /// By status class, 1xx..5xx.
+    pub responses: [AtomicU64; 5],
+    /// By [`FailureKind`].
+    pub failures: [AtomicU64; 4],
+    /// Time to each answer's head, per bucket of
+    /// [`tandem_core::traffic::LATENCY_BOUNDS_US`].
+    pub latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl TrafficCounters {
+    /// An answer of status class `class` (0: 1xx .. 4: 5xx) after `took`.
+    pub fn answered(&self, class: usize, took: std::time::Duration) {
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.latency[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failed(&self, kind: FailureKind) {
+        self.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl BackendState {
@@ -423,6 +453,7 @@ impl BackendState {
             ],
             failures: metrics::counter!("tandem_proxy_upstream_failures_total", "pool" => p.clone(), "backend" => b.clone()),
             ejections: metrics::counter!("tandem_proxy_ejections_total", "pool" => p, "backend" => b),
+            traffic: TrafficCounters::default(),
             pool,
             address,
         }

@@ -388,10 +388,19 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 /// A server span for one incoming request, continuing the caller's trace
 /// when it sent a W3C `traceparent` header.
 pub fn request_span(method: &str, path: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let span = tracing::info_span!("request", otel.kind = "server", %method, %path);
+    continue_http(&span, headers);
+    span
+}
+
+/// Makes `span` continue the trace of an incoming request's W3C
+/// `traceparent` (and `tracestate`); without one it stays a root.
+pub fn continue_http(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    let _ = span.set_parent(parent);
-    span
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
 }

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod backend;
 pub mod browser;
 mod control;
+pub mod otlp;
 mod postgres;
 mod process;
 pub mod proxy;

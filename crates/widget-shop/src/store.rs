@@ -15,6 +15,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 
+use tracing::Instrument as _;
+
 use crate::error::Error;
 use crate::model::{
     Cart, CartId, CartLine, Cents, Customer, IdempotencyKey, Order, OrderCode, OrderLine, Quantity,
@@ -185,6 +187,7 @@ impl Store {
                    FROM widgets ORDER BY id",
         )
         .fetch_all(&self.pool)
+        .instrument(query_span("SELECT", "widgets"))
         .await?;
         Ok(rows.into_iter().map(Widget::from).collect())
     }
@@ -196,6 +199,7 @@ impl Store {
         )
         .bind(slug)
         .fetch_optional(&self.pool)
+        .instrument(query_span("SELECT", "widgets"))
         .await?;
         row.map(Widget::from).ok_or_else(|| Error::NotFound {
             what: "widget",
@@ -218,6 +222,7 @@ impl Store {
         )
         .bind(cart.as_str())
         .fetch_all(&self.pool)
+        .instrument(query_span("SELECT", "cart_items"))
         .await?;
         Ok(Cart {
             lines: rows
@@ -243,6 +248,7 @@ impl Store {
             sqlx::query_as("SELECT id, name, stock FROM widgets WHERE slug = $1")
                 .bind(slug)
                 .fetch_optional(&mut *tx)
+                .instrument(query_span("SELECT", "widgets"))
                 .await?;
         let (widget_id, name, stock) = widget.ok_or_else(|| Error::NotFound {
             what: "widget",
@@ -261,6 +267,7 @@ impl Store {
         )
         .bind(cart.as_str())
         .execute(&mut *tx)
+        .instrument(query_span("INSERT", "carts"))
         .await?;
         sqlx::query(
             "INSERT INTO cart_items (cart_id, widget_id, quantity) VALUES ($1, $2, $3)
@@ -272,6 +279,7 @@ impl Store {
         .bind(quantity.get())
         .bind(Quantity::MAX)
         .execute(&mut *tx)
+        .instrument(query_span("INSERT", "cart_items"))
         .await?;
         tx.commit().await?;
         Ok(())
@@ -287,6 +295,7 @@ impl Store {
         .bind(slug)
         .bind(quantity.get())
         .execute(&self.pool)
+        .instrument(query_span("UPDATE", "cart_items"))
         .await?
         .rows_affected();
         if updated == 0 {
@@ -307,6 +316,7 @@ impl Store {
         .bind(cart.as_str())
         .bind(slug)
         .execute(&self.pool)
+        .instrument(query_span("DELETE", "cart_items"))
         .await?;
         Ok(())
     }
@@ -368,6 +378,7 @@ impl Store {
             sqlx::query_as("SELECT id FROM carts WHERE id = $1 FOR UPDATE")
                 .bind(cart.as_str())
                 .fetch_optional(&mut *tx)
+                .instrument(query_span("SELECT", "carts"))
                 .await?;
         if let Some(key) = key
             && let Some(order) = self.order_by_key(&mut tx, cart, key).await?
@@ -384,6 +395,7 @@ impl Store {
         )
         .bind(cart.as_str())
         .fetch_all(&mut *tx)
+        .instrument(query_span("SELECT", "cart_items"))
         .await?;
         if lines.is_empty() {
             return Err(Error::EmptyCart);
@@ -404,12 +416,14 @@ impl Store {
             .bind(line.widget_id)
             .bind(line.quantity)
             .fetch_optional(&mut *tx)
+            .instrument(query_span("UPDATE", "widgets"))
             .await?;
             let Some((slug, name, price)) = taken else {
                 let (name, available): (String, i32) =
                     sqlx::query_as("SELECT name, stock FROM widgets WHERE id = $1")
                         .bind(line.widget_id)
                         .fetch_one(&mut *tx)
+                        .instrument(query_span("SELECT", "widgets"))
                         .await?;
                 return Err(Error::OutOfStock {
                     name,
@@ -442,6 +456,7 @@ impl Store {
         .bind(total.0)
         .bind(placed_by)
         .fetch_one(&mut *tx)
+        .instrument(query_span("INSERT", "orders"))
         .await?;
         sqlx::query(
             "INSERT INTO order_items (order_id, widget_id, name, unit_price_cents, quantity)
@@ -458,10 +473,12 @@ impl Store {
         .bind(&prices)
         .bind(order_lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
         .execute(&mut *tx)
+        .instrument(query_span("INSERT", "order_items"))
         .await?;
         sqlx::query("DELETE FROM cart_items WHERE cart_id = $1")
             .bind(cart.as_str())
             .execute(&mut *tx)
+            .instrument(query_span("DELETE", "cart_items"))
             .await?;
         tx.commit().await?;
 
@@ -497,6 +514,7 @@ impl Store {
         .bind(code.as_str())
         .bind(cart.as_str())
         .fetch_optional(&self.pool)
+        .instrument(query_span("SELECT", "orders"))
         .await?;
         let row = row.ok_or_else(not_found)?;
         let mut conn = self.pool.acquire().await?;
@@ -516,6 +534,7 @@ impl Store {
         .bind(cart.as_str())
         .bind(key.as_str())
         .fetch_optional(&mut *conn)
+        .instrument(query_span("SELECT", "orders"))
         .await?;
         match row {
             Some(row) => Ok(Some(with_lines(conn, row).await?)),
@@ -548,6 +567,7 @@ async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<Order> {
     )
     .bind(row.id)
     .fetch_all(&mut *conn)
+    .instrument(query_span("SELECT", "order_items"))
     .await?;
     let code = OrderCode::parse(&row.code).map_err(|_| {
         Error::Database(sqlx::Error::Decode(
@@ -571,4 +591,18 @@ async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<Order> {
             })
             .collect(),
     })
+}
+
+/// A client span for one query, a child of the request's span: what a
+/// trace shows of the database (the statement's kind and table, never its
+/// values).
+fn query_span(operation: &'static str, table: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db query",
+        otel.name = %format_args!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = table,
+    )
 }

@@ -20,6 +20,7 @@ use arc_swap::ArcSwapOption;
 use http::StatusCode;
 use metrics::Counter;
 use tandem_core::lb::client_hash;
+use tandem_core::traffic::FailureKind;
 use tandem_http::rewrite::{Forwarding, TraceParent};
 use tandem_telemetry::SpanSink;
 use tandem_http::{Body, ParseOptions, RequestHead, UpstreamFraming};
@@ -250,11 +251,12 @@ async fn run(
         let (failure, next) = loop {
             let mut connected = None;
             let outcome = attempt::once(&t, head, fwd, &mut body, &trace, &mut connected).await;
+            let end = Instant::now();
             let mut fact = rec.noting().then(|| TryFact {
                 backend: index,
                 start: t.now,
                 connected,
-                end: Instant::now(),
+                end,
                 result: TryResult::Client,
             });
             match outcome {
@@ -268,6 +270,7 @@ async fn run(
                     pool.record(index, !status.is_server_error());
                     let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
                     state.responses[class].increment(1);
+                    state.traffic.answered(class, end.saturating_duration_since(t.now));
                     let fields = ReplyHead::Upstream {
                         declared_length: meta.declared_length,
                         fields,
@@ -329,6 +332,12 @@ async fn run(
                     if retry::blames_backend(failure, next) {
                         pool.record(index, false);
                         state.failures.increment(1);
+                        state.traffic.failed(match failure {
+                            Failure::Connect | Failure::Stale => FailureKind::Connect,
+                            Failure::Timeout => FailureKind::Timeout,
+                            Failure::NoResponse => FailureKind::Reset,
+                            Failure::Invalid => FailureKind::Invalid,
+                        });
                     }
                     if next == Next::Resend {
                         pool.state.resends.increment(1);
