@@ -64,11 +64,13 @@ CORES=$(nproc)
 if [ "$CORES" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
 
 echo "building tandem-proxy (release)"
-cargo build --release -q -p tandem-proxy
-TANDEM=target/release/tandem-proxy
 if [ "$TRACES" = 1 ]; then
-  cargo build --release -q -p tandem-telemetry --example otlp_sink
+  # One build for both, so the proxy's dependencies are built once.
+  cargo build --release -q -p tandem-proxy -p tandem-telemetry --bins --example otlp_sink
+else
+  cargo build --release -q -p tandem-proxy
 fi
+TANDEM=target/release/tandem-proxy
 
 WORK=$(mktemp -d -t tandem-bench-XXXXXX)
 PIDS=()

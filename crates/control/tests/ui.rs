@@ -163,6 +163,7 @@ fn proxy_report(node_id: &str, zone: &str, detail: &str) -> v1::ReportAppliedReq
         detail: detail.into(),
         listeners: Vec::new(),
         alerts: Vec::new(),
+        traffic: Vec::new(),
     }
 }
 
@@ -294,6 +295,7 @@ async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_str
             error: EVIL_LISTENER_ERROR.into(),
         }],
         alerts: vec![EVIL_ALERT.into()],
+        traffic: Vec::new(),
         ..proxy_report(EVIL_NODE, EVIL_ZONE, EVIL_NODE_DETAIL)
     })
     .await?;

@@ -2135,6 +2135,7 @@ ADDRESS         WEIGHT   ROLE      STATE
             revision: 12,
             replica: "control-1".into(),
             database_reachable: true,
+            traffic: Vec::new(),
             nodes: vec![
                 v1::NodeStatus {
                     node_id: "proxy-1".into(),
@@ -2375,6 +2376,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
             revision: 3,
             replica: "control-1".into(),
             database_reachable: true,
+            traffic: Vec::new(),
             nodes: vec![v1::NodeStatus {
                 node_id: "proxy-1".into(),
                 kind: v1::NodeKind::Proxy.into(),

@@ -37,12 +37,11 @@ impl Totals {
     }
 }
 
-fn minus<const N: usize>(now: [u64; N], before: [u64; N]) -> [u64; N] {
-    let mut out = [0; N];
-    for i in 0..N {
-        out[i] = now[i].saturating_sub(before[i]);
+fn minus<const N: usize>(mut now: [u64; N], before: [u64; N]) -> [u64; N] {
+    for (n, b) in now.iter_mut().zip(before) {
+        *n = n.saturating_sub(b);
     }
-    out
+    now
 }
 
 /// Keeps the previous sample to report differences.
