@@ -1234,8 +1234,7 @@ fn traffic_table(s: &v1::StatusReply) -> String {
         }
     };
     for m in &s.traffic {
-        let failed =
-            m.connect_failures_per_s + m.timeouts_per_s + m.resets_per_s + m.invalid_per_s;
+        let failed = m.connect_failures_per_s + m.timeouts_per_s + m.resets_per_s + m.invalid_per_s;
         t.row(vec![
             m.pool.clone(),
             m.address.clone(),
@@ -2123,7 +2122,11 @@ ADDRESS         WEIGHT   ROLE      STATE
             ),
             "{out}"
         );
-        let v = parse(&to_json(&StatusJson::new(&s, &Health::Unavailable("x".into()), &[])));
+        let v = parse(&to_json(&StatusJson::new(
+            &s,
+            &Health::Unavailable("x".into()),
+            &[],
+        )));
         assert_eq!(v["traffic"][0]["requests_per_s"], 120.5);
         assert_eq!(v["traffic"][0]["responses_per_s"][4], 1.0);
         assert_eq!(v["traffic"][0]["p99_ms"], 25.0);

@@ -590,14 +590,16 @@ pub fn backend_traffic_from_proto(
     use tandem_core::traffic::{FailureKind as K, LATENCY_BUCKETS, MAX_WINDOW_MS};
     let at = |f: &str| format!("{field}.{f}");
     let pool = pool_name(&t.pool, &at("pool"))?;
-    let address = BackendAddr::new(&t.address)
-        .map_err(|e| ValidationError::new(at("address"), e.rule))?;
+    let address =
+        BackendAddr::new(&t.address).map_err(|e| ValidationError::new(at("address"), e.rule))?;
     if !(1..=MAX_WINDOW_MS).contains(&t.window_ms) {
         return Err(ValidationError::new(
             at("window_ms"),
-            format!("must be between 1 and {MAX_WINDOW_MS} (got {})", t.window_ms),
-        )
-        .into());
+            format!(
+                "must be between 1 and {MAX_WINDOW_MS} (got {})",
+                t.window_ms
+            ),
+        ));
     }
     let responses: [u64; 5] = t.responses.as_slice().try_into().map_err(|_| {
         ValidationError::new(

@@ -130,5 +130,4 @@ mod tests {
         assert!(parse_pool_ratios("shop").is_err());
         assert!(parse_pool_ratios("shop=2").is_err());
     }
-
 }

@@ -70,12 +70,13 @@ impl Sampler {
     /// first sample only starts counting and reports nothing).
     pub fn sample(&mut self, table: Option<&Table>) -> Vec<BackendTraffic> {
         let now = Instant::now();
-        if self.at.is_some_and(|at| now.duration_since(at) < MIN_WINDOW) {
+        if self
+            .at
+            .is_some_and(|at| now.duration_since(at) < MIN_WINDOW)
+        {
             return self.report.clone();
         }
-        let window_ms = self
-            .at
-            .map(|at| now.duration_since(at).as_millis() as u64);
+        let window_ms = self.at.map(|at| now.duration_since(at).as_millis() as u64);
         self.at = Some(now);
         let mut next = HashMap::new();
         let mut report = Vec::new();
@@ -108,7 +109,8 @@ impl Sampler {
                     t.latency = minus(totals.latency, before.latency);
                     let o = b.state.outlier_state();
                     if o.is_ejected(now_ms) {
-                        t.ejected_until_ms = Some(wall_ms + o.ejected_until_ms.saturating_sub(now_ms));
+                        t.ejected_until_ms =
+                            Some(wall_ms + o.ejected_until_ms.saturating_sub(now_ms));
                     }
                     report.push(t);
                 }

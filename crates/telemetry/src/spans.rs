@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
-pub use opentelemetry::{KeyValue, Value};
 use opentelemetry::{Context, InstrumentationScope};
+pub use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{

@@ -185,10 +185,7 @@ impl TraceService for Received {
                 }
             }
         }
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(got);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(got);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))

@@ -76,11 +76,17 @@ async fn one_trace_runs_from_the_proxy_through_the_shop_to_its_queries() -> anyh
     let proxy_spans = of(&spans, "proxy", sampled);
     assert_eq!(proxy_spans.len(), 1, "{proxy_spans:#?}");
     let p = proxy_spans[0];
-    assert_eq!(p.parent_span_id, CALLER_SPAN, "the caller's span is its parent");
+    assert_eq!(
+        p.parent_span_id, CALLER_SPAN,
+        "the caller's span is its parent"
+    );
     assert_eq!(p.kind, 2, "a server span");
     assert_eq!(p.attr("tandem.pool"), Some("shop"));
     assert_eq!(p.attr("tandem.policy"), Some("round_robin"));
-    assert_eq!(p.attr("tandem.backend"), Some(shop.addr.to_string().as_str()));
+    assert_eq!(
+        p.attr("tandem.backend"),
+        Some(shop.addr.to_string().as_str())
+    );
     assert_eq!(p.attr("http.response.status_code"), Some("200"));
     assert_eq!(p.attr("tandem.panic_mode"), Some("false"));
     assert!(p.attr("tandem.upstream.first_byte_ms").is_some(), "{p:#?}");
@@ -97,7 +103,10 @@ async fn one_trace_runs_from_the_proxy_through_the_shop_to_its_queries() -> anyh
         .collect();
     assert_eq!(request.len(), 1, "{shop_spans:#?}");
     let r = request[0];
-    assert_eq!(r.parent_span_id, p.span_id, "the proxy's span is the shop's parent");
+    assert_eq!(
+        r.parent_span_id, p.span_id,
+        "the proxy's span is the shop's parent"
+    );
     assert_eq!(r.kind, 2);
     let queries: Vec<_> = shop_spans
         .iter()
@@ -105,7 +114,10 @@ async fn one_trace_runs_from_the_proxy_through_the_shop_to_its_queries() -> anyh
         .collect();
     assert!(!queries.is_empty(), "{shop_spans:#?}");
     for q in queries {
-        assert_eq!(q.parent_span_id, r.span_id, "a query is the request's child");
+        assert_eq!(
+            q.parent_span_id, r.span_id,
+            "a query is the request's child"
+        );
         assert_eq!(q.kind, 3, "a client span");
         assert_eq!(q.attr("db.system.name"), Some("postgresql"));
     }
@@ -117,8 +129,14 @@ async fn one_trace_runs_from_the_proxy_through_the_shop_to_its_queries() -> anyh
     // The caller's "not sampled" was honoured by the proxy and, through
     // the flags it passed on, by the shop.
     let all = otlp.spans();
-    assert!(of(&all, "proxy", unsampled).is_empty(), "proxy traced an unsampled request");
-    assert!(of(&all, "shop", unsampled).is_empty(), "shop traced an unsampled request");
+    assert!(
+        of(&all, "proxy", unsampled).is_empty(),
+        "proxy traced an unsampled request"
+    );
+    assert!(
+        of(&all, "shop", unsampled).is_empty(),
+        "shop traced an unsampled request"
+    );
 
     Ok(())
 }
@@ -180,14 +198,19 @@ async fn a_failed_request_is_traced_whatever_the_ratio_with_each_try() -> anyhow
         let res = client.get(proxy.url("/api/widgets")).send().await?;
         assert_eq!(res.status(), 200);
     }
-    otlp.wait_for(Duration::from_secs(20), "a span of a retried request", |spans| {
-        spans.iter().any(|s| s.service == "proxy")
-    })
+    otlp.wait_for(
+        Duration::from_secs(20),
+        "a span of a retried request",
+        |spans| spans.iter().any(|s| s.service == "proxy"),
+    )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let spans = otlp.spans();
     let traced: Vec<_> = spans.iter().filter(|s| s.service == "proxy").collect();
-    assert!(traced.len() < 4, "requests served at the first try are not traced: {traced:#?}");
+    assert!(
+        traced.len() < 4,
+        "requests served at the first try are not traced: {traced:#?}"
+    );
     for s in traced {
         assert_eq!(s.events.len(), 2, "{:#?}", s.events);
         let first = &s.events[0].1;
@@ -200,7 +223,10 @@ async fn a_failed_request_is_traced_whatever_the_ratio_with_each_try() -> anyhow
             first.get("tandem.try.then").map(String::as_str),
             Some("retried on another backend")
         );
-        assert_eq!(s.attr("tandem.backend"), Some(shop.addr.to_string().as_str()));
+        assert_eq!(
+            s.attr("tandem.backend"),
+            Some(shop.addr.to_string().as_str())
+        );
         assert!(s.parent_span_id.is_empty(), "no caller: a root span");
     }
     Ok(())

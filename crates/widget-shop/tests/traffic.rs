@@ -84,7 +84,9 @@ async fn each_backends_traffic_is_merged_across_proxies_and_shown_on_the_status_
             .find(|n| n.node_id == name)
             .ok_or_else(|| anyhow::anyhow!("{name} not in {:?}", status.nodes))?;
         assert!(
-            node.traffic.iter().any(|t| t.address == shop_addr && t.window_ms > 0),
+            node.traffic
+                .iter()
+                .any(|t| t.address == shop_addr && t.window_ms > 0),
             "{name}: {:?}",
             node.traffic
         );

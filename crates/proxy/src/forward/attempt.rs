@@ -82,13 +82,7 @@ pub async fn once(
         }
     };
     conn.wbuf.clear();
-    rewrite::write_request_head(
-        &mut conn.wbuf,
-        head,
-        &fwd,
-        body.framing(),
-        trace,
-    );
+    rewrite::write_request_head(&mut conn.wbuf, head, &fwd, body.framing(), trace);
     let failure = match conn
         .exchange(
             head.method == Method::HEAD,

@@ -22,8 +22,8 @@ use metrics::Counter;
 use tandem_core::lb::client_hash;
 use tandem_core::traffic::FailureKind;
 use tandem_http::rewrite::{Forwarding, TraceParent};
-use tandem_telemetry::SpanSink;
 use tandem_http::{Body, ParseOptions, RequestHead, UpstreamFraming};
+use tandem_telemetry::SpanSink;
 use tokio::time::Instant;
 
 pub use answer::{Answer, BodyError, Reply, ReplyHead, RespBody, Tunnel};
@@ -94,8 +94,7 @@ pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer
             "no configuration yet: the proxy has not reached a control plane\n",
         ));
     };
-    let Some(&(pool_index, route_index)) = table.routes.lookup(head.host_str(), head.path())
-    else {
+    let Some(&(pool_index, route_index)) = table.routes.lookup(head.host_str(), head.path()) else {
         proxy.no_route.increment(1);
         return Answer::Reply(Reply::local(
             StatusCode::NOT_FOUND,
@@ -252,7 +251,7 @@ async fn run(
             let mut connected = None;
             let outcome = attempt::once(&t, head, fwd, &mut body, &trace, &mut connected).await;
             let end = Instant::now();
-            let mut fact = rec.noting().then(|| TryFact {
+            let mut fact = rec.noting().then_some(TryFact {
                 backend: index,
                 start: t.now,
                 connected,
@@ -270,7 +269,9 @@ async fn run(
                     pool.record(index, !status.is_server_error());
                     let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
                     state.responses[class].increment(1);
-                    state.traffic.answered(class, end.saturating_duration_since(t.now));
+                    state
+                        .traffic
+                        .answered(class, end.saturating_duration_since(t.now));
                     let fields = ReplyHead::Upstream {
                         declared_length: meta.declared_length,
                         fields,

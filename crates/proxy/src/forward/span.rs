@@ -174,7 +174,8 @@ impl Recorder {
         let now = StdInstant::now();
         let wall = SystemTime::now();
         let at = |i: Instant| wall - now.saturating_duration_since(i.into_std());
-        let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1e3;
+        let ms =
+            |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1e3;
         let address = |i: usize| {
             pool.backends
                 .get(i)
@@ -201,14 +202,16 @@ impl Recorder {
             KeyValue::new("tandem.policy", pool.config.policy.as_str()),
             KeyValue::new("tandem.tries", self.noted as i64),
             KeyValue::new("tandem.sampled", self.decision.sampled),
-            KeyValue::new(
-                "tandem.serving",
-                tier.map_or("nothing", |t| t.as_str()),
-            ),
+            KeyValue::new("tandem.serving", tier.map_or("nothing", |t| t.as_str())),
             KeyValue::new("tandem.panic_mode", tier.is_some_and(|t| t.is_panic())),
             KeyValue::new("tandem.ejected_backends", ejected),
         ];
-        let last = self.facts().last().copied();
+        let last = self.facts[..self.noted]
+            .iter()
+            .rev()
+            .flatten()
+            .next()
+            .copied();
         if let Some(f) = last {
             attributes.push(KeyValue::new("tandem.backend", address(f.backend)));
             if let Some(c) = f.connected {
@@ -397,6 +400,9 @@ mod tests {
         });
         assert!(r.exported(200), "a failed try, retried with success");
         let off = decide(false, None, u64::MAX, counter());
-        assert!(!Recorder::new(off).exported(503), "nothing without an exporter");
+        assert!(
+            !Recorder::new(off).exported(503),
+            "nothing without an exporter"
+        );
     }
 }
