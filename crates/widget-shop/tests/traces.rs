@@ -126,6 +126,31 @@ async fn one_trace_runs_from_the_proxy_through_the_shop_to_its_queries() -> anyh
     let trace: Vec<&Span> = spans.iter().filter(|s| s.trace_id == sampled).collect();
     println!("trace {sampled}\n{}", tree(&trace, CALLER_SPAN, 0));
 
+    // The control plane's config commits are spans under the gRPC call
+    // that made them.
+    let all = otlp
+        .wait_for(
+            Duration::from_secs(20),
+            "a config commit span from the control plane",
+            |spans| {
+                spans
+                    .iter()
+                    .any(|s| s.service == "control" && s.name == "config commit")
+            },
+        )
+        .await?;
+    let commit = all
+        .iter()
+        .find(|s| s.service == "control" && s.name == "config commit")
+        .expect("waited for above");
+    assert!(commit.attr("revision").is_some(), "{commit:#?}");
+    assert!(
+        all.iter().any(|s| s.service == "control"
+            && s.span_id == commit.parent_span_id
+            && s.trace_id == commit.trace_id),
+        "the commit's parent is its call's span: {commit:#?}"
+    );
+
     // The caller's "not sampled" was honoured by the proxy and, through
     // the flags it passed on, by the shop.
     let all = otlp.spans();
