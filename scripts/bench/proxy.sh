@@ -17,6 +17,10 @@
 # - ACCESS_LOG=json (or common) adds the same tandem-proxy build with its
 #   access log on, written to a file, as the row "logged", measured in the
 #   same rounds; its writer thread shares the proxy's core.
+# - TRACES=1 (the default) adds two more tandem-proxy processes exporting
+#   spans over OTLP to a receiver on the load core (the telemetry crate's
+#   otlp_sink example): "trace1" samples 1 % of requests, "trace100" all
+#   of them; the row "tandem" is tracing off. TRACES=0 leaves them out.
 # It prints a table and the ratios tandem/nginx, tandem/haproxy (and
 # tandem/baseline, logged/tandem); with ROUNDS > 1 also the median of the
 # ratios taken within each round (steadier under noise).
@@ -36,8 +40,12 @@ BASELINE_BIN=${BASELINE_BIN:-}
 BASELINE_PORT=${BASELINE_PORT:-18105}
 BASELINE_ADMIN_PORT=${BASELINE_ADMIN_PORT:-18106}
 ACCESS_LOG=${ACCESS_LOG:-}
-LOGGED_PORT=${LOGGED_PORT:-18107}
-LOGGED_ADMIN_PORT=${LOGGED_ADMIN_PORT:-18108}
+LOGGED_PORT=${LOGGED_PORT:-18113}
+LOGGED_ADMIN_PORT=${LOGGED_ADMIN_PORT:-18114}
+TRACES=${TRACES:-1}
+TRACE1_PORT=${TRACE1_PORT:-18107}
+TRACE100_PORT=${TRACE100_PORT:-18109}
+OTLP_PORT=${OTLP_PORT:-18111}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BACKEND_PORT=${BACKEND_PORT:-18100}
@@ -63,7 +71,12 @@ CORES=$(nproc)
 if [ "$CORES" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
 
 echo "building tandem-proxy (release)"
-cargo build --release -q -p tandem-proxy
+if [ "$TRACES" = 1 ]; then
+  # One build for both, so the proxy's dependencies are built once.
+  cargo build --release -q -p tandem-proxy -p tandem-telemetry --bins --example otlp_sink
+else
+  cargo build --release -q -p tandem-proxy
+fi
 TANDEM=target/release/tandem-proxy
 
 WORK=$(mktemp -d -t tandem-bench-XXXXXX)
@@ -183,8 +196,8 @@ start_tandem() { # binary port admin_port state_dir log [VAR=value...]
     mkdir -p "$dir"
     cp "$WORK/tandem/snapshot.json" "$dir/"
   fi
-  env "$@" TANDEM_LISTEN=127.0.0.1:$port TANDEM_ADMIN_LISTEN=127.0.0.1:$admin \
-    TANDEM_STATE_DIR=$dir TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
+  env TANDEM_LISTEN=127.0.0.1:$port TANDEM_ADMIN_LISTEN=127.0.0.1:$admin \
+    TANDEM_STATE_DIR=$dir TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn "$@" \
     taskset -c "$PROXY_CORE" "$bin" >"$log" 2>&1 &
 }
 start_tandem "$TANDEM" "$TANDEM_PORT" "$TANDEM_ADMIN_PORT" "$WORK/tandem" "$WORK/tandem.log"
@@ -198,6 +211,21 @@ if [ -n "$BASELINE_BIN" ]; then
   PIDS+=($BASELINE_PID)
   TARGETS="$TARGETS baseline"
   PORTS="$PORTS $BASELINE_PORT"
+fi
+if [ "$TRACES" = 1 ]; then
+  taskset -c "$LOAD_CORE" target/release/examples/otlp_sink "127.0.0.1:$OTLP_PORT" >"$WORK/otlp.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$OTLP_PORT"
+  otlp=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$OTLP_PORT OTEL_SERVICE_NAME=bench)
+  start_tandem "$TANDEM" "$TRACE1_PORT" $((TRACE1_PORT + 1)) "$WORK/trace1" "$WORK/trace1.log" \
+    "${otlp[@]}" TANDEM_TRACE_SAMPLE=0.01
+  TRACE1_PID=$!
+  start_tandem "$TANDEM" "$TRACE100_PORT" $((TRACE100_PORT + 1)) "$WORK/trace100" "$WORK/trace100.log" \
+    "${otlp[@]}" TANDEM_TRACE_SAMPLE=1
+  TRACE100_PID=$!
+  PIDS+=($TRACE1_PID $TRACE100_PID)
+  TARGETS="$TARGETS trace1 trace100"
+  PORTS="$PORTS $TRACE1_PORT $TRACE100_PORT"
 fi
 
 if [ -n "$ACCESS_LOG" ]; then
@@ -282,6 +310,10 @@ for r in $(seq 1 "$ROUNDS"); do
     # The log's lines are the load's: do not let them fill the disk.
     : >"$WORK/access.log"
   fi
+  if [ "$TRACES" = 1 ]; then
+    run trace1 "$r" "$TRACE1_PORT" "$TRACE1_PID"
+    run trace100 "$r" "$TRACE100_PORT" "$TRACE100_PID"
+  fi
 done
 
 # The median of one figure over the rounds ("-" stays "-").
@@ -337,6 +369,14 @@ if [ -n "$ACCESS_LOG" ]; then
   echo "access log ($ACCESS_LOG): lines written $(echo "$metrics" | awk '/^tandem_proxy_access_log_lines_total/ {print $2}')," \
     "dropped $(echo "$metrics" | awk '/^tandem_proxy_access_log_dropped_total/ {print $2}')"
 fi
+if [ "$TRACES" = 1 ]; then
+  echo "tracing, against tandem with tracing off (same run):"
+  echo "  1 %:   throughput $(ratio "${RPS[trace1]}" "${RPS[tandem]}")x," \
+    "p99 $(ratio "${P99[trace1]}" "${P99[tandem]}")x, cpu/req $(ratio "${CPU[trace1]}" "${CPU[tandem]}")x"
+  echo "  100 %: throughput $(ratio "${RPS[trace100]}" "${RPS[tandem]}")x," \
+    "p99 $(ratio "${P99[trace100]}" "${P99[tandem]}")x, cpu/req $(ratio "${CPU[trace100]}" "${CPU[tandem]}")x"
+  echo "  spans received by the OTLP receiver: $(tail -1 "$WORK/otlp.log" 2>/dev/null || echo none)"
+fi
 if [ "$ROUNDS" -gt 1 ]; then
   # Each round runs every target back to back, so a ratio taken within a
   # round compares them under the same noise; the median of those ratios
@@ -357,5 +397,10 @@ if [ "$ROUNDS" -gt 1 ]; then
   done
   if [ -n "$ACCESS_LOG" ]; then
     echo "  logged/tandem: throughput $(round_ratio RPS logged tandem)x, cpu/req $(round_ratio CPU logged tandem)x"
+  fi
+  if [ "$TRACES" = 1 ]; then
+    for t in trace1 trace100; do
+      echo "  $t/tandem: throughput $(round_ratio RPS "$t" tandem)x, cpu/req $(round_ratio CPU "$t" tandem)x"
+    done
   fi
 fi

@@ -26,6 +26,7 @@ use tandem_proto::v1::{self, control_plane_client::ControlPlaneClient};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
+use tracing::Instrument as _;
 
 use crate::Error;
 use crate::control::{Identity, lazy_channel};
@@ -277,7 +278,23 @@ impl Reporter {
                 return false;
             }
             let (url, client) = &mut self.endpoints[i];
-            let result = tokio::time::timeout(self.timeout, client.report_health(req)).await;
+            // A span per report; the control plane's span of the call
+            // continues it (W3C traceparent in the call's metadata).
+            let span = tracing::info_span!(
+                "report health",
+                otel.kind = "client",
+                endpoint = %url,
+                observations = observations.len(),
+                failing = observations.iter().filter(|o| !o.ok).count(),
+            );
+            if let Some(tp) = tandem_telemetry::spans::traceparent_of(&span)
+                && let Ok(v) = tp.parse()
+            {
+                req.metadata_mut().insert("traceparent", v);
+            }
+            let result = tokio::time::timeout(self.timeout, client.report_health(req))
+                .instrument(span)
+                .await;
             let error = match result {
                 Ok(Ok(_)) => {
                     self.metrics.sent.increment(1);

@@ -342,6 +342,10 @@ pub struct NodeState {
     pub certificates: Vec<String>,
 }
 
+/// Called for every report: the traffic figures it carries (a proxy's,
+/// sampled anew at most every few seconds).
+pub type TrafficSource = Box<dyn FnMut() -> Vec<v1::BackendTraffic> + Send>;
+
 /// Reports the latest applied revision with `ReportApplied`, coalescing
 /// bursts: the watch loop only overwrites the value in `rx`, this task
 /// sends the newest. Each new revision goes at once, and the current one
@@ -353,14 +357,15 @@ pub async fn report_applied(
     kind: NodeKind,
     detail: &'static str,
 ) {
-    report_applied_with(rx, None, me, kind, detail).await
+    report_applied_with(rx, None, None, me, kind, detail).await
 }
 
-/// [`report_applied`], with the node's [`NodeState`] too: a change of it is
-/// reported at once, like a new revision.
+/// [`report_applied`], with the node's [`NodeState`] too (a change of it
+/// is reported at once, like a new revision) and its traffic figures.
 pub async fn report_applied_with(
     mut rx: watch::Receiver<Option<(Channel, Revision)>>,
     mut state: Option<watch::Receiver<NodeState>>,
+    mut traffic: Option<TrafficSource>,
     me: Identity,
     kind: NodeKind,
     detail: &'static str,
@@ -396,6 +401,7 @@ pub async fn report_applied_with(
             alerts: extra.alerts,
             admin_address: extra.admin_address,
             certificates: extra.certificates,
+            traffic: traffic.as_mut().map(|t| t()).unwrap_or_default(),
         });
         req.set_timeout(Duration::from_secs(5));
         if me.authorize(&mut req).is_err() {

@@ -718,6 +718,23 @@ impl ControlPlane for ControlService {
             }
             let admin = admin_address(&req.admin_address, peer)?;
             let report_node_id = req.node_id.clone();
+            if req.traffic.len() > tandem_core::traffic::MAX_ENTRIES {
+                return Err(ValidationError::new(
+                    "traffic",
+                    format!(
+                        "at most {} backends a report (got {})",
+                        tandem_core::traffic::MAX_ENTRIES,
+                        req.traffic.len()
+                    ),
+                )
+                .into());
+            }
+            let traffic = req
+                .traffic
+                .iter()
+                .enumerate()
+                .map(|(i, t)| convert::backend_traffic_from_proto(t, &format!("traffic[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
             self.store
                 .report_node(&NodeReport {
                     node_id: req.node_id,
@@ -738,6 +755,7 @@ impl ControlPlane for ControlService {
                         .collect(),
                     alerts: req.alerts,
                     certificates: req.certificates,
+                    traffic,
                 })
                 .await?;
             if let Some(admin) = admin {
@@ -793,7 +811,14 @@ impl ControlPlane for ControlService {
         if let Some(mut leader) = self.leader_client(&req)? {
             // Followers forward: the leader decides.
             metrics::counter!("tandem_control_health_reports_forwarded_total").increment(1);
-            return leader.report_health(req.into_inner()).await;
+            // The leader's span of the call continues the agent's trace.
+            let mut forwarded = Request::new(req.into_inner());
+            if let Some(tp) = tandem_telemetry::spans::traceparent_of(&tracing::Span::current())
+                && let Ok(v) = tp.parse()
+            {
+                forwarded.metadata_mut().insert("traceparent", v);
+            }
+            return leader.report_health(forwarded).await;
         }
         let req = req.into_inner();
         if req.agent_id.is_empty() {
@@ -1101,7 +1126,18 @@ fn status_reply(
     // Judged by this replica's clock against the database's `now()` at the
     // report: the bound (15 s) is far above the skew of synced clocks.
     let stale_before = now_ms() as i64 - tandem_proto::NODE_STALE_AFTER.as_millis() as i64;
+    // Merged across the proxies still reporting.
+    let traffic = tandem_core::traffic::merge(
+        nodes
+            .iter()
+            .filter(|n| n.last_seen_unix_ms >= stale_before)
+            .flat_map(|n| &n.report.traffic),
+    )
+    .iter()
+    .map(convert::merged_traffic_to_proto)
+    .collect();
     v1::StatusReply {
+        traffic,
         revision: revision.0,
         replica: replica.to_string(),
         database_reachable: stale.is_none(),
@@ -1128,6 +1164,12 @@ fn status_reply(
                     })
                     .collect(),
                 alerts: n.report.alerts,
+                traffic: n
+                    .report
+                    .traffic
+                    .iter()
+                    .map(convert::backend_traffic_to_proto)
+                    .collect(),
             })
             .collect(),
         stale,

@@ -17,11 +17,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tandem_core::format;
+use tandem_core::traffic::BackendTraffic;
 use tandem_core::{
     AdminState, Backend, BackendAddr, BackendRole, CertName, Certificate, ConfigChange,
     Error as Domain, HostMatch, ListenAddr, PathPrefix, Pool, PoolConfig, PoolName, PrivateKeyPem,
     Revision, Route, Snapshot, TcpRoute, ValidationError, Weight,
 };
+
+use tracing::Instrument as _;
 
 use crate::database::{self, Availability};
 use crate::error::Error;
@@ -67,6 +70,8 @@ pub struct NodeReport {
     pub alerts: Vec<String>,
     /// A proxy's TLS listener: the certificates it serves.
     pub certificates: Vec<String>,
+    /// A proxy's traffic figures over its last window, per backend.
+    pub traffic: Vec<BackendTraffic>,
 }
 
 /// One TCP listener as its proxy reported it.
@@ -729,10 +734,10 @@ impl Store {
     pub async fn report_node(&self, r: &NodeReport) -> Result<()> {
         self.writable()?;
         sqlx::query(
-            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, certificates, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+            "INSERT INTO nodes (node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, certificates, traffic, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
              ON CONFLICT (node_id) DO UPDATE SET kind = $2, zone = $3, applied_revision = $4,
-                 detail = $5, replica = $6, listeners = $7, alerts = $8, certificates = $9, last_seen = now()",
+                 detail = $5, replica = $6, listeners = $7, alerts = $8, certificates = $9, traffic = $10, last_seen = now()",
         )
         .bind(&r.node_id)
         .bind(&r.kind)
@@ -743,6 +748,7 @@ impl Store {
         .bind(Json(&r.listeners))
         .bind(Json(&r.alerts))
         .bind(Json(&r.certificates))
+        .bind(Json(&r.traffic))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -750,7 +756,7 @@ impl Store {
 
     pub async fn nodes(&self) -> Result<Vec<NodeRow>> {
         let rows = sqlx::query(
-            "SELECT node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, certificates,
+            "SELECT node_id, kind, zone, applied_revision, detail, replica, listeners, alerts, certificates, traffic,
                     (extract(epoch FROM last_seen) * 1000)::bigint AS last_seen_ms
              FROM nodes ORDER BY kind, node_id",
         )
@@ -769,6 +775,14 @@ impl Store {
                         listeners: r.try_get::<Json<Vec<ListenerReport>>, _>("listeners")?.0,
                         alerts: r.try_get::<Json<Vec<String>>, _>("alerts")?.0,
                         certificates: r.try_get::<Json<Vec<String>>, _>("certificates")?.0,
+                        // Written by this code from checked figures; an
+                        // entry that does not read back is left out.
+                        traffic: r
+                            .try_get::<Json<Vec<serde_json::Value>>, _>("traffic")?
+                            .0
+                            .into_iter()
+                            .filter_map(|v| serde_json::from_value(v).ok())
+                            .collect(),
                     },
                     last_seen_unix_ms: r.try_get("last_seen_ms")?,
                 })
@@ -818,7 +832,14 @@ impl Store {
         rev: Revision,
         change: &ConfigChange,
     ) -> Result<()> {
-        commit_change(tx, rev, self.log_form(change)?, change).await?;
+        let span = tracing::info_span!(
+            "config commit",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            revision = rev.0,
+            change = change_kind(change),
+        );
+        commit_change(tx, rev, self.log_form(change)?, change).instrument(span).await?;
         if let Some(f) = self.on_commit.get() {
             f(rev, change);
         }

@@ -165,6 +165,7 @@ fn proxy_report(node_id: &str, zone: &str, detail: &str) -> v1::ReportAppliedReq
         alerts: Vec::new(),
         admin_address: String::new(),
         certificates: Vec::new(),
+        traffic: Vec::new(),
     }
 }
 
@@ -296,6 +297,7 @@ async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_str
             error: EVIL_LISTENER_ERROR.into(),
         }],
         alerts: vec![EVIL_ALERT.into()],
+        traffic: Vec::new(),
         ..proxy_report(EVIL_NODE, EVIL_ZONE, EVIL_NODE_DETAIL)
     })
     .await?;

@@ -16,6 +16,7 @@ pub mod lb;
 pub mod outlier;
 pub mod routing;
 pub mod snapshot;
+pub mod traffic;
 
 pub use certificate::{CertName, Certificate, PrivateKeyPem};
 pub use config::{

@@ -481,6 +481,26 @@ pub struct StatusJson<'a> {
     /// Problems seen from the health table (two members of a
     /// single_active pool passing their check), a line each.
     pub alerts: &'a [String],
+    /// Each backend's traffic merged across the proxies reporting it.
+    pub traffic: Vec<TrafficJson<'a>>,
+}
+
+/// A `MergedTraffic`.
+#[derive(Debug, Serialize)]
+pub struct TrafficJson<'a> {
+    pub pool: &'a str,
+    pub address: &'a str,
+    pub proxies: u32,
+    pub requests_per_s: f64,
+    pub errors_per_s: f64,
+    /// 1xx to 5xx.
+    pub responses_per_s: &'a [f64],
+    pub connect_failures_per_s: f64,
+    pub timeouts_per_s: f64,
+    pub resets_per_s: f64,
+    pub invalid_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// A `NodeStatus`, plus `lag` (revision - applied_revision) as in the table.
@@ -548,6 +568,24 @@ impl<'a> StatusJson<'a> {
             health_error,
             stale: s.stale.as_ref().map(StaleJson::from),
             alerts,
+            traffic: s
+                .traffic
+                .iter()
+                .map(|t| TrafficJson {
+                    pool: &t.pool,
+                    address: &t.address,
+                    proxies: t.proxies,
+                    requests_per_s: t.requests_per_s,
+                    errors_per_s: t.errors_per_s,
+                    responses_per_s: &t.responses_per_s,
+                    connect_failures_per_s: t.connect_failures_per_s,
+                    timeouts_per_s: t.timeouts_per_s,
+                    resets_per_s: t.resets_per_s,
+                    invalid_per_s: t.invalid_per_s,
+                    p50_ms: t.p50_ms,
+                    p99_ms: t.p99_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -1271,9 +1309,53 @@ pub fn status(s: &v1::StatusReply, health: &Health, alerts: &[String], now_ms: i
             out.push('\n');
         }
     }
+    if !s.traffic.is_empty() {
+        out.push('\n');
+        out.push_str(&traffic_table(s));
+    }
     out.push('\n');
     out.push_str(&health_view(health, now_ms));
     out
+}
+
+/// Each backend's traffic over the proxies' last few seconds, merged.
+fn traffic_table(s: &v1::StatusReply) -> String {
+    let mut t = Table::new(&[
+        "pool",
+        "backend",
+        "proxies",
+        "req/s",
+        "err/s",
+        "5xx/s",
+        "failed tries/s",
+        "p50",
+        "p99",
+    ]);
+    let ms = |v: f64| {
+        if v > 0.0 {
+            format!("≤{v} ms")
+        } else {
+            "-".into()
+        }
+    };
+    for m in &s.traffic {
+        let failed = m.connect_failures_per_s + m.timeouts_per_s + m.resets_per_s + m.invalid_per_s;
+        t.row(vec![
+            m.pool.clone(),
+            m.address.clone(),
+            m.proxies.to_string(),
+            format!("{:.1}", m.requests_per_s),
+            format!("{:.2}", m.errors_per_s),
+            format!("{:.2}", m.responses_per_s.get(4).copied().unwrap_or(0.0)),
+            format!("{failed:.2}"),
+            ms(m.p50_ms),
+            ms(m.p99_ms),
+        ]);
+    }
+    format!(
+        "traffic over the proxies' last few seconds (p50/p99: time to the answer's head, to the bucket bound)\n{}",
+        t.render()
+    )
 }
 
 fn nodes_table(s: &v1::StatusReply, now_ms: i64) -> String {
@@ -1938,6 +2020,7 @@ mod tests {
                 index: 42,
                 full,
                 backends,
+                ..Default::default()
             })),
         }
     }
@@ -2124,11 +2207,50 @@ ADDRESS         WEIGHT   ROLE      STATE
     }
 
     #[test]
+    fn status_shows_each_backends_traffic_merged_across_proxies() {
+        let s = v1::StatusReply {
+            revision: 3,
+            replica: "control-1".into(),
+            database_reachable: true,
+            traffic: vec![v1::MergedTraffic {
+                pool: "shop".into(),
+                address: "10.0.0.5:3000".into(),
+                proxies: 2,
+                requests_per_s: 120.5,
+                errors_per_s: 1.25,
+                responses_per_s: vec![0.0, 119.0, 0.0, 0.25, 1.0],
+                connect_failures_per_s: 0.25,
+                p50_ms: 1.0,
+                p99_ms: 25.0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let out = status(&s, &Health::Unavailable("x".into()), &[], 0);
+        assert!(
+            out.contains(
+                "POOL   BACKEND         PROXIES   REQ/S   ERR/S   5XX/S   FAILED TRIES/S   P50     P99\n\
+                 shop   10.0.0.5:3000   2         120.5   1.25    1.00    0.25             ≤1 ms   ≤25 ms\n"
+            ),
+            "{out}"
+        );
+        let v = parse(&to_json(&StatusJson::new(
+            &s,
+            &Health::Unavailable("x".into()),
+            &[],
+        )));
+        assert_eq!(v["traffic"][0]["requests_per_s"], 120.5);
+        assert_eq!(v["traffic"][0]["responses_per_s"][4], 1.0);
+        assert_eq!(v["traffic"][0]["p99_ms"], 25.0);
+    }
+
+    #[test]
     fn status_shows_lag_and_age() {
         let s = v1::StatusReply {
             revision: 12,
             replica: "control-1".into(),
             database_reachable: true,
+            traffic: Vec::new(),
             nodes: vec![
                 v1::NodeStatus {
                     node_id: "proxy-1".into(),
@@ -2196,6 +2318,7 @@ shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   agent-1:
             database_reachable: true,
             nodes: vec![],
             stale: None,
+            traffic: Vec::new(),
         };
         let health = Health::Unavailable("UNIMPLEMENTED: unknown method GetHealth".into());
         assert_eq!(
@@ -2246,6 +2369,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
             database_reachable: false,
             nodes: vec![],
             stale: Some(stale.clone()),
+            traffic: Vec::new(),
         };
         let health = Health::Known {
             reply: health_reply_of(vec![]),
@@ -2369,6 +2493,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
             revision: 3,
             replica: "control-1".into(),
             database_reachable: true,
+            traffic: Vec::new(),
             nodes: vec![v1::NodeStatus {
                 node_id: "proxy-1".into(),
                 kind: v1::NodeKind::Proxy.into(),

@@ -128,6 +128,7 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
                     host: host.into(),
                     path_prefix: prefix.into(),
                     pool: pool.into(),
+                    ..Default::default()
                 }),
             })
             .await?;

@@ -14,8 +14,10 @@
 //!   by the peer's address instead of appended to), `X-Forwarded-Proto`,
 //!   `X-Forwarded-Host`, `X-Real-IP` and `Forwarded`. A trusted proxy's are
 //!   kept, and the peer is appended to its `X-Forwarded-For`;
-//! - `traceparent`: the first valid one passes; without one a new trace is
-//!   started; `X-Request-Id`: the first passes, or the trace id is used.
+//! - `traceparent`: the caller's are replaced by the one the proxy decided
+//!   ([`TraceContext`]: the caller's trace, or a new one, with the proxy's
+//!   span or the caller's as parent); `tracestate` passes as sent;
+//!   `X-Request-Id`: the first passes, or the trace id is used.
 
 use std::net::IpAddr;
 
@@ -68,16 +70,13 @@ impl UpstreamFraming {
 
 /// Writes the request head for the backend: the request line (origin form,
 /// HTTP/1.1), `Host`, the client's fields as rewritten, the forwarding
-/// fields, `framing`, and the blank line. `trace` keeps the ids of a trace
-/// started for this request (drawn with `fresh` the first time), so that a
-/// retry carries the same ones.
+/// fields, `traceparent` from `trace`, `framing`, and the blank line.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
     fwd: &Forwarding<'_>,
     framing: UpstreamFraming,
-    trace: &mut Option<(u128, u64)>,
-    fresh: fn() -> (u128, u64),
+    trace: &TraceContext,
 ) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -98,7 +97,6 @@ pub fn write_request_head(
     let mut has_proto = false;
     let mut has_forwarded_host = false;
     let mut has_request_id = false;
-    let mut trace_id = None;
     for (name, value) in fields.iter() {
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         if fields::is_connection_field(name) || is(b"host") || is(b"expect") {
@@ -131,10 +129,7 @@ pub fn write_request_head(
                 }
                 has_forwarded_host = true;
             }
-            11 if is(b"traceparent") => match parse_traceparent(value) {
-                Some(id) if trace_id.is_none() => trace_id = Some(id),
-                _ => continue,
-            },
+            11 if is(b"traceparent") => continue,
             12 if is(b"x-request-id") => {
                 if has_request_id {
                     continue;
@@ -169,20 +164,10 @@ pub fn write_request_head(
     if !has_forwarded_host && let Some(h) = host {
         field(out, b"x-forwarded-host", h);
     }
-    let trace_id = match trace_id {
-        Some(id) => id,
-        None => {
-            let (id, span) = *trace.get_or_insert_with(fresh);
-            let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
-            hex_into(&mut tp[3..35], id);
-            hex_into(&mut tp[36..52], u128::from(span));
-            field(out, b"traceparent", &tp);
-            id
-        }
-    };
+    field(out, b"traceparent", &trace.traceparent());
     if !has_request_id {
         let mut rid = [0u8; 32];
-        hex_into(&mut rid, trace_id);
+        hex_into(&mut rid, trace.trace_id);
         field(out, b"x-request-id", &rid);
     }
     match framing {
@@ -338,27 +323,86 @@ pub fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
 
 // === trace context ===
 
-/// The trace id of a valid version-00 `traceparent`
-/// (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero).
+/// The W3C trace context a request goes upstream with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    /// The span the backend's span is a child of: the proxy's own when it
+    /// traces, else the caller's.
+    pub parent_id: u64,
+    /// The trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// The `traceparent` value: `00-<trace id>-<parent id>-<flags>`.
+    pub fn traceparent(&self) -> [u8; 55] {
+        let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut tp[3..35], self.trace_id);
+        hex_into(&mut tp[36..52], u128::from(self.parent_id));
+        hex_into(&mut tp[53..55], u128::from(self.flags));
+        tp
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
+/// What a caller's valid `traceparent` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: u128,
+    pub parent_id: u64,
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// The first valid `traceparent` among `fields` (invalid ones are
+    /// skipped, as if absent).
+    pub fn find(fields: &Fields) -> Option<Self> {
+        fields.values(b"traceparent").find_map(Self::parse)
+    }
+
+    /// A valid `traceparent` (`<version>-<32 hex>-<16 hex>-<2 hex>`,
+    /// lowercase, ids not all zero, version 00 exactly this long, later
+    /// versions possibly longer, never version ff).
+    pub fn parse(v: &[u8]) -> Option<Self> {
+        if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+            return None;
+        }
+        let hex = |s: &[u8]| {
+            s.iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        };
+        let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+        if !(hex(version) && hex(trace) && hex(parent) && hex(flags)) || version == b"ff" {
+            return None;
+        }
+        // Version 00 has exactly this length; later versions may append
+        // fields, after a dash.
+        if (version == b"00" && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+            return None;
+        }
+        let text = |s| std::str::from_utf8(s).ok();
+        let trace_id = u128::from_str_radix(text(trace)?, 16).ok()?;
+        let parent_id = u64::from_str_radix(text(parent)?, 16).ok()?;
+        let flags = u8::from_str_radix(text(flags)?, 16).ok()?;
+        (trace_id != 0 && parent_id != 0).then_some(Self {
+            trace_id,
+            parent_id,
+            flags,
+        })
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
+/// The trace id of a valid `traceparent` (see [`TraceParent::parse`]).
 pub fn parse_traceparent(v: &[u8]) -> Option<u128> {
-    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
-        return None;
-    }
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-    };
-    let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
-    if !(hex(version) && hex(trace) && hex(parent) && hex(flags)) || version == b"ff" {
-        return None;
-    }
-    // Version 00 has exactly this length; later versions may append fields.
-    if version == b"00" && v.len() != 55 {
-        return None;
-    }
-    let trace = u128::from_str_radix(std::str::from_utf8(trace).ok()?, 16).ok()?;
-    let parent = u64::from_str_radix(std::str::from_utf8(parent).ok()?, 16).ok()?;
-    (trace != 0 && parent != 0).then_some(trace)
+    TraceParent::parse(v).map(|t| t.trace_id)
 }
 
 /// Lowercase hex of the low `out.len() / 2` bytes of `v`, zero-padded.
@@ -422,8 +466,21 @@ mod tests {
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    fn fresh() -> (u128, u64) {
-        (0xabc, 0xdef)
+    /// The caller's trace context passed on as it came, or a new one (the
+    /// proxy when it does not trace).
+    fn passed_on(h: &RequestHead) -> TraceContext {
+        match TraceParent::find(&h.fields) {
+            Some(t) => TraceContext {
+                trace_id: t.trace_id,
+                parent_id: t.parent_id,
+                flags: t.flags,
+            },
+            None => TraceContext {
+                trace_id: 0xabc,
+                parent_id: 0xdef,
+                flags: 0,
+            },
+        }
     }
 
     /// The head written for `raw` from `peer`, as (request line, fields
@@ -439,6 +496,16 @@ mod tests {
         https: bool,
     ) -> (String, Vec<(String, String)>) {
         let h = head(raw);
+        upstream_with(&h, peer, trusted, https, &passed_on(&h))
+    }
+
+    fn upstream_with(
+        h: &RequestHead,
+        peer: &str,
+        trusted: bool,
+        https: bool,
+        trace: &TraceContext,
+    ) -> (String, Vec<(String, String)>) {
         let fwd = Forwarding {
             peer: peer.parse().unwrap(),
             trusted_peer: trusted,
@@ -447,14 +514,7 @@ mod tests {
             underscores: Underscores::Drop,
         };
         let mut out = Vec::new();
-        write_request_head(
-            &mut out,
-            &h,
-            &fwd,
-            UpstreamFraming::of(&h),
-            &mut None,
-            fresh,
-        );
+        write_request_head(&mut out, h, &fwd, UpstreamFraming::of(h), trace);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         let mut lines = text.trim_end().split("\r\n");
@@ -574,6 +634,37 @@ mod tests {
         );
         assert_eq!(get(&f, "host"), ["10.0.0.1:80"], "HTTP/1.0 without Host");
         assert!(get(&f, "x-forwarded-host").is_empty());
+    }
+
+    #[test]
+    fn the_proxys_span_becomes_the_backends_parent_and_tracestate_passes() {
+        let h = head(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\ntraceparent: {TP}\r\ntracestate: vendor=x,other=y\r\ntraceparent: {TP}\r\n\r\n"
+        ));
+        let caller = TraceParent::find(&h.fields).unwrap();
+        assert!(caller.sampled() && caller.parent_id == 0x00f067aa0ba902b7);
+        let mine = TraceContext {
+            trace_id: caller.trace_id,
+            parent_id: 0x1122334455667788,
+            flags: 1,
+        };
+        let (_, f) = upstream_with(&h, "10.1.2.3", false, false, &mine);
+        assert_eq!(
+            get(&f, "traceparent"),
+            ["00-4bf92f3577b34da6a3ce929d0e0e4736-1122334455667788-01"],
+            "one traceparent, the proxy's span as parent"
+        );
+        assert_eq!(get(&f, "tracestate"), ["vendor=x,other=y"]);
+        assert_eq!(
+            TraceParent::parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-later")
+                .map(|t| t.sampled()),
+            Some(false),
+            "a later version with more fields"
+        );
+        assert!(
+            TraceParent::parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00x")
+                .is_none()
+        );
     }
 
     #[test]

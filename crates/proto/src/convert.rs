@@ -6,6 +6,7 @@
 
 use tandem_core as core;
 use tandem_core::health::{AgentView, BackendHealth, BackendKey, HealthState};
+use tandem_core::traffic::{BackendTraffic, MergedTraffic};
 use tandem_core::{
     AdminState, BackendAddr, BackendRole, HealthCheckKind, HostMatch, LbPolicy, ListenAddr,
     OnUnhealthy, PathPrefix, PoolConfig, PoolName, Revision, ValidationError, Weight,
@@ -626,6 +627,96 @@ pub fn backend_health_from_proto(
             .collect(),
     };
     Ok((key, health))
+}
+
+// === traffic figures ===
+
+pub fn backend_traffic_to_proto(t: &BackendTraffic) -> v1::BackendTraffic {
+    use tandem_core::traffic::FailureKind as K;
+    v1::BackendTraffic {
+        pool: t.pool.to_string(),
+        address: t.address.to_string(),
+        window_ms: t.window_ms,
+        responses: t.responses.to_vec(),
+        connect_failures: t.failures[K::Connect as usize],
+        timeouts: t.failures[K::Timeout as usize],
+        resets: t.failures[K::Reset as usize],
+        invalid: t.failures[K::Invalid as usize],
+        latency: t.latency.to_vec(),
+        ejected_until_unix_ms: t.ejected_until_ms.map_or(0, |v| v as i64),
+    }
+}
+
+/// A proxy's figures for one backend, checked: names valid, the window
+/// bounded, exactly the counts the buckets and classes need. `field` names
+/// the entry (`traffic[3]`).
+pub fn backend_traffic_from_proto(
+    t: &v1::BackendTraffic,
+    field: &str,
+) -> Result<BackendTraffic, ConvertError> {
+    use tandem_core::traffic::{FailureKind as K, LATENCY_BUCKETS, MAX_WINDOW_MS};
+    let at = |f: &str| format!("{field}.{f}");
+    let pool = pool_name(&t.pool, &at("pool"))?;
+    let address =
+        BackendAddr::new(&t.address).map_err(|e| ValidationError::new(at("address"), e.rule))?;
+    if !(1..=MAX_WINDOW_MS).contains(&t.window_ms) {
+        return Err(ValidationError::new(
+            at("window_ms"),
+            format!(
+                "must be between 1 and {MAX_WINDOW_MS} (got {})",
+                t.window_ms
+            ),
+        ));
+    }
+    let responses: [u64; 5] = t.responses.as_slice().try_into().map_err(|_| {
+        ValidationError::new(
+            at("responses"),
+            format!("must hold 5 counts, 1xx to 5xx (got {})", t.responses.len()),
+        )
+    })?;
+    let latency: [u64; LATENCY_BUCKETS] = t.latency.as_slice().try_into().map_err(|_| {
+        ValidationError::new(
+            at("latency"),
+            format!(
+                "must hold {LATENCY_BUCKETS} bucket counts (got {})",
+                t.latency.len()
+            ),
+        )
+    })?;
+    let mut failures = [0; 4];
+    failures[K::Connect as usize] = t.connect_failures;
+    failures[K::Timeout as usize] = t.timeouts;
+    failures[K::Reset as usize] = t.resets;
+    failures[K::Invalid as usize] = t.invalid;
+    Ok(BackendTraffic {
+        pool,
+        address,
+        window_ms: t.window_ms,
+        responses,
+        failures,
+        latency,
+        ejected_until_ms: u64::try_from(t.ejected_until_unix_ms)
+            .ok()
+            .filter(|v| *v > 0),
+    })
+}
+
+pub fn merged_traffic_to_proto(m: &MergedTraffic) -> v1::MergedTraffic {
+    use tandem_core::traffic::FailureKind as K;
+    v1::MergedTraffic {
+        pool: m.pool.to_string(),
+        address: m.address.to_string(),
+        proxies: m.proxies,
+        requests_per_s: m.requests_per_s,
+        errors_per_s: m.errors_per_s,
+        responses_per_s: m.responses_per_s.to_vec(),
+        connect_failures_per_s: m.failures_per_s[K::Connect as usize],
+        timeouts_per_s: m.failures_per_s[K::Timeout as usize],
+        resets_per_s: m.failures_per_s[K::Reset as usize],
+        invalid_per_s: m.failures_per_s[K::Invalid as usize],
+        p50_ms: m.quantile_ms(0.5).unwrap_or(0.0),
+        p99_ms: m.quantile_ms(0.99).unwrap_or(0.0),
+    }
 }
 
 #[cfg(test)]

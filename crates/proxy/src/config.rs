@@ -8,6 +8,7 @@ use std::time::Duration;
 use tandem_http::{EncodedSlashes, ParseOptions, Underscores};
 
 use crate::Error;
+use crate::sampling::{SampleRatio, Sampling};
 
 /// Tandem's HTTP proxy: routes requests to pools of backends using the
 /// configuration it follows from the control plane, and keeps serving from
@@ -136,6 +137,17 @@ pub struct Args {
     /// tandem_proxy_access_log_dropped_total), never waited for.
     #[arg(long, env = "TANDEM_ACCESS_LOG_BUFFER", default_value_t = 65_536)]
     pub access_log_buffer: usize,
+    /// Share of requests traced when the caller's `traceparent` did not
+    /// decide (a ratio, `0.01`, or a percentage, `1%`). Requests that end
+    /// in error are traced whatever it says. Spans are exported only with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` set.
+    #[arg(long, env = "TANDEM_TRACE_SAMPLE", default_value = "0.01")]
+    pub trace_sample: SampleRatio,
+
+    /// Pools traced at another ratio than `TANDEM_TRACE_SAMPLE`:
+    /// comma-separated `pool=ratio` pairs (e.g. `shop=0.5,api=100%`).
+    #[arg(long, env = "TANDEM_TRACE_SAMPLE_POOLS", default_value = "")]
+    pub trace_sample_pools: String,
 
     #[command(flatten)]
     pub telemetry: tandem_telemetry::TelemetryArgs,
@@ -185,6 +197,7 @@ pub struct Settings {
     pub underscores: Underscores,
     pub encoded_slashes: EncodedSlashes,
     pub access_log: Option<crate::access_log::Options>,
+    pub sampling: Sampling,
 }
 
 impl Settings {
@@ -250,6 +263,11 @@ impl Args {
         if self.header_timeout_ms == 0 {
             return Err(bad("TANDEM_HEADER_TIMEOUT_MS", "must be at least 1".into()));
         }
+        let sampling = Sampling {
+            default: self.trace_sample,
+            pools: crate::sampling::parse_pool_ratios(&self.trace_sample_pools)
+                .map_err(|e| bad("TANDEM_TRACE_SAMPLE_POOLS", e))?,
+        };
         Ok(Settings {
             https_port: self.tls_listen.map(|a| a.port()),
             control,
@@ -287,6 +305,7 @@ impl Args {
                     format: self.access_log_format,
                     buffer: self.access_log_buffer,
                 }),
+            sampling,
         })
     }
 

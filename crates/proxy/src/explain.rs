@@ -151,7 +151,7 @@ pub fn explain(
     notes: &dyn Fn(&PoolRt, usize) -> Option<HealthNote>,
 ) -> Explanation {
     let matching = matching_routes(table, &q);
-    let chosen = table.routes.lookup(&q.host, &q.path).copied();
+    let chosen = table.routes.lookup(&q.host, &q.path).map(|t| t.pool);
     let route = chosen.and_then(|i| {
         let name = &table.pools[i].config.name;
         matching.iter().find(|r| r.pool == name.as_str()).cloned()
@@ -184,11 +184,8 @@ fn candidates<'a>(table: &'a Table, host: &str, path: &str) -> Vec<&'a tandem_co
 /// table's lookup picks), for the access log.
 pub fn route_taken<'a>(table: &'a Table, host: &str, path: &str) -> Option<&'a tandem_core::Route> {
     let host = normalize_host(host);
-    let pool = *table.routes.lookup(&host, path)?;
-    let name = &table.pools.get(pool)?.config.name;
-    candidates(table, &host, path)
-        .into_iter()
-        .find(|r| &r.pool == name)
+    let target = table.routes.lookup(&host, path)?;
+    table.declared_routes.get(target.route)
 }
 
 fn matching_routes(table: &Table, q: &Question) -> Vec<RouteChoice> {
@@ -376,6 +373,8 @@ mod tests {
             host: HostMatch::new(host).unwrap(),
             path_prefix: PathPrefix::new(prefix).unwrap(),
             pool: PoolName::new(pool).unwrap(),
+            redirect_https: false,
+            hsts_max_age_s: 0,
         };
         s.routes = vec![
             route("*", "/", "web"),

@@ -20,12 +20,14 @@ pub mod explain;
 pub mod forward;
 pub mod h1;
 pub mod h2;
+pub mod sampling;
 pub mod server;
 pub mod store;
 pub mod stream;
 pub mod table;
 pub mod tcp;
 pub mod tls;
+pub mod traffic;
 pub mod tunnel;
 pub mod upstream;
 pub mod watch;
@@ -67,18 +69,24 @@ impl Runtime {
         settings: &Settings,
         access_log: Option<Arc<access_log::AccessLog>>,
         tls: Option<Arc<tls::Tls>>,
+        spans: Option<tandem_telemetry::SpanSink>,
     ) -> Self {
         Self {
             tls,
             proxy: Arc::new(Proxy {
                 https_port: settings.https_port,
                 access_log,
-                ..Proxy::new(settings.parse_options(), settings.trusted_proxies.clone())
+                ..Proxy::new(
+                    settings.parse_options(),
+                    settings.trusted_proxies.clone(),
+                    spans,
+                )
             }),
             tcp: Arc::new(tcp::Tcp::new(settings.tcp.clone())),
             following: std::sync::atomic::AtomicBool::new(false),
             has_control_plane: !settings.control.is_empty(),
-            registry: Registry::new(settings.upstream_max_idle),
+            registry: Registry::new(settings.upstream_max_idle)
+                .with_sampling(settings.sampling.clone()),
             persist: settings.state_dir.clone().map(spawn_persister),
             revision: metrics::gauge!("tandem_proxy_config_revision"),
             from_disk: metrics::gauge!("tandem_proxy_config_from_disk"),
@@ -176,6 +184,7 @@ pub async fn run(
     tls_listener: Option<TcpListener>,
     admin_listener: TcpListener,
     prometheus: tandem_telemetry::PrometheusHandle,
+    spans: Option<tandem_telemetry::SpanSink>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     clock::start();
@@ -194,7 +203,7 @@ pub async fn run(
         )),
         None => None,
     };
-    let rt = Arc::new(Runtime::new(&settings, access_log.clone(), tls.clone()));
+    let rt = Arc::new(Runtime::new(&settings, access_log.clone(), tls.clone(), spans));
 
     // Static stability: serve the last-known-good copy at once.
     let mut initial = None;

@@ -44,6 +44,7 @@ async fn start(args: Args, settings: tandem_proxy::Settings) -> Result<(), Error
         tls_listener,
         admin,
         telemetry.prometheus(),
+        telemetry.span_sink(),
         tandem_telemetry::shutdown_signal(),
     )
     .await;

@@ -18,12 +18,14 @@ use tandem_core::health::HealthState;
 use tandem_core::lb::{Balancer, Endpoint, select_tier};
 use tandem_core::outlier::{self, OutlierState, Transition};
 use tandem_core::routing::RouteTable;
+use tandem_core::traffic::{FailureKind, LATENCY_BUCKETS, bucket_of};
 use tandem_core::{
     AdminState, Backend, BackendAddr, BackendRole, PoolConfig, PoolName, Revision, Snapshot,
 };
 use tandem_telemetry::LatencyHistogram;
 
 use crate::clock;
+use crate::sampling::Sampling;
 use crate::upstream::ConnPool;
 
 // === where a configuration came from ===
@@ -51,6 +53,8 @@ impl Source {
 pub struct RouteTarget {
     /// Index into [`Table::pools`].
     pub pool: usize,
+    /// Index into [`Table::declared_routes`].
+    pub route: usize,
     /// Plain-HTTP requests get a 308 to https.
     pub redirect_https: bool,
     /// `Strict-Transport-Security` for answers over TLS.
@@ -71,6 +75,8 @@ pub struct PoolRt {
     pub backends: Vec<BackendRt>,
     pub balancer: Balancer,
     pub state: Arc<PoolState>,
+    /// Trace ids below this are sampled (see [`crate::forward::span`]).
+    pub trace_threshold: u64,
 }
 
 /// One backend as this table version declares it, with its shared state.
@@ -120,6 +126,35 @@ pub struct BackendState {
     pub responses: [Counter; 5],
     pub failures: Counter,
     pub ejections: Counter,
+    /// What the control plane is told (see [`crate::traffic`]).
+    pub traffic: TrafficCounters,
+}
+
+/// A backend's answers, failed tries and latencies since it appeared:
+/// relaxed atomic adds on the request path, read every few seconds by the
+/// traffic sampler.
+#[derive(Debug, Default)]
+pub struct TrafficCounters {
+    /// By status class, 1xx..5xx.
+    pub responses: [AtomicU64; 5],
+    /// By [`FailureKind`].
+    pub failures: [AtomicU64; 4],
+    /// Time to each answer's head, per bucket of
+    /// [`tandem_core::traffic::LATENCY_BOUNDS_US`].
+    pub latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl TrafficCounters {
+    /// An answer of status class `class` (0: 1xx .. 4: 5xx) after `took`.
+    pub fn answered(&self, class: usize, took: std::time::Duration) {
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.latency[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failed(&self, kind: FailureKind) {
+        self.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl BackendState {
@@ -300,6 +335,8 @@ pub struct Registry {
     /// Why the agents decided each backend's state, for `/explain`.
     notes: Mutex<HashMap<(PoolName, BackendAddr), HealthNote>>,
     pub upstream_max_idle: usize,
+    /// The share of each pool's requests traced.
+    pub sampling: Sampling,
 }
 
 /// The agents' reason for a backend's state, and since when.
@@ -315,6 +352,10 @@ impl Registry {
             upstream_max_idle,
             ..Default::default()
         }
+    }
+
+    pub fn with_sampling(self, sampling: Sampling) -> Self {
+        Self { sampling, ..self }
     }
 
     /// Applies committed health states; `full` replaces all of them.
@@ -417,11 +458,13 @@ impl Registry {
                 backends,
                 balancer,
                 state,
+                trace_threshold: self.sampling.for_pool(name).threshold(),
             });
         }
-        let routes = RouteTable::new(snapshot.routes.iter().filter_map(|r| {
+        let routes = RouteTable::new(snapshot.routes.iter().enumerate().filter_map(|(n, r)| {
             let target = RouteTarget {
                 pool: *index.get(&r.pool)?,
+                route: n,
                 redirect_https: r.redirect_https,
                 hsts: (r.hsts_max_age_s > 0).then(|| {
                     http::HeaderValue::try_from(format!("max-age={}", r.hsts_max_age_s))
@@ -485,6 +528,7 @@ impl BackendState {
             ],
             failures: metrics::counter!("tandem_proxy_upstream_failures_total", "pool" => p.clone(), "backend" => b.clone()),
             ejections: metrics::counter!("tandem_proxy_ejections_total", "pool" => p, "backend" => b),
+            traffic: TrafficCounters::default(),
             pool,
             address,
         }
@@ -646,7 +690,8 @@ mod tests {
             Arc::ptr_eq(&t1.pools[0].state, &t2.pools[0].state),
             "the cursor persists"
         );
-        assert_eq!(t2.routes.lookup("any.host", "/x").map(|t| t.pool), Some(0));
+        let t = t2.routes.lookup("any.host", "/x");
+        assert_eq!(t.map(|t| (t.pool, t.route)), Some((0, 0)));
         // 10.0.0.2 left: a later return starts afresh.
         let t3 = registry.build(
             &snapshot(3, &["10.0.0.1:80", "10.0.0.2:80"]),

@@ -17,7 +17,7 @@ use futures::FutureExt;
 pub use tandem_client::Identity;
 use tandem_client::{Progress, Reconnect, apply_event, endpoint, report_applied_with};
 use tandem_core::{Revision, Snapshot};
-use tandem_proto::convert::backend_health_from_proto;
+use tandem_proto::convert::{backend_health_from_proto, backend_traffic_to_proto};
 use tandem_proto::v1::{
     self, NodeKind, WatchRequest, control_plane_client::ControlPlaneClient, watch_event::Event,
 };
@@ -38,9 +38,20 @@ pub async fn run(
     initial: Option<Snapshot>,
 ) {
     let (report_tx, report_rx) = watch::channel::<Option<(Channel, Revision)>>(None);
+    let mut sampler = crate::traffic::Sampler::new();
+    let figures = rt.clone();
+    let traffic: tandem_client::TrafficSource = Box::new(move || {
+        let table = figures.proxy.table.load_full();
+        sampler
+            .sample(table.as_deref())
+            .iter()
+            .map(backend_traffic_to_proto)
+            .collect()
+    });
     tokio::spawn(report_applied_with(
         report_rx,
         Some(rt.tcp.node_state()),
+        Some(traffic),
         me.clone(),
         NodeKind::Proxy,
         "serving from the control plane",
@@ -144,6 +155,20 @@ async fn follow(
 /// Committed active-health states (from the agents, via raft): unhealthy
 /// backends stop taking traffic. They do not change the config revision.
 fn apply_health(rt: &Runtime, update: &v1::HealthUpdate) {
+    // A decision that was traced: this proxy's part continues its trace.
+    let span = if update.traceparent.is_empty() {
+        tracing::Span::none()
+    } else {
+        let span = tracing::info_span!(
+            "health update applied",
+            raft_index = update.index,
+            backends = update.backends.len(),
+            full = update.full,
+        );
+        tandem_telemetry::spans::continue_from(&span, &update.traceparent);
+        span
+    };
+    let _entered = span.enter();
     let mut states = Vec::with_capacity(update.backends.len());
     let mut notes = Vec::with_capacity(update.backends.len());
     for b in &update.backends {

@@ -27,7 +27,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 pub mod admin_client;
 pub mod histogram;
+pub mod spans;
 pub use histogram::LatencyHistogram;
+pub use spans::SpanSink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,6 +66,7 @@ pub struct TelemetryArgs {
 pub struct Telemetry {
     prometheus: PrometheusHandle,
     tracer_provider: Option<SdkTracerProvider>,
+    span_sink: Option<SpanSink>,
 }
 
 /// Installs the rustls crypto provider (ring) for the whole process. Call
@@ -78,9 +81,12 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Er
     install_crypto_provider();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
 
-    let tracer_provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service, &endpoint)?),
-        _ => None,
+    let (tracer_provider, span_sink) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => {
+            let (provider, sink) = otlp_provider(service, &endpoint)?;
+            (Some(provider), Some(sink))
+        }
+        _ => (None, None),
     };
     let otel_layer = tracer_provider
         .as_ref()
@@ -128,10 +134,15 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Er
     Ok(Telemetry {
         prometheus,
         tracer_provider,
+        span_sink,
     })
 }
 
-fn otlp_provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, Error> {
+/// The tracer provider, and a [`SpanSink`] sharing its batch queue.
+fn otlp_provider(
+    service: &'static str,
+    endpoint: &str,
+) -> Result<(SdkTracerProvider, SpanSink), Error> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
@@ -141,19 +152,27 @@ fn otlp_provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvi
             source,
         })?;
     let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
-    Ok(SdkTracerProvider::builder()
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_service_name(name)
-                .build(),
-        )
-        .with_batch_exporter(exporter)
-        .build())
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(name)
+        .build();
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
+    let (sink, shared) = SpanSink::new(processor, &resource, service);
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(shared)
+        .build();
+    Ok((provider, sink))
 }
 
 impl Telemetry {
     pub fn prometheus(&self) -> PrometheusHandle {
         self.prometheus.clone()
+    }
+
+    /// Where spans built whole go (see [`spans`]); `None` when traces are
+    /// not exported (`OTEL_EXPORTER_OTLP_ENDPOINT` unset).
+    pub fn span_sink(&self) -> Option<SpanSink> {
+        self.span_sink.clone()
     }
 
     /// Flushes buffered spans.
@@ -370,10 +389,19 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 /// A server span for one incoming request, continuing the caller's trace
 /// when it sent a W3C `traceparent` header.
 pub fn request_span(method: &str, path: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let span = tracing::info_span!("request", otel.kind = "server", %method, %path);
+    continue_http(&span, headers);
+    span
+}
+
+/// Makes `span` continue the trace of an incoming request's W3C
+/// `traceparent` (and `tracestate`); without one it stays a root.
+pub fn continue_http(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    let _ = span.set_parent(parent);
-    span
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
 }

@@ -40,6 +40,8 @@ pub fn changes() -> Vec<ConfigChange> {
         host: HostMatch::new(host).expect("a valid host"),
         path_prefix: PathPrefix::new(prefix).expect("a valid prefix"),
         pool: pool(to),
+        redirect_https: false,
+        hsts_max_age_s: 0,
     };
     vec![
         ConfigChange::PoolUpserted(shop),

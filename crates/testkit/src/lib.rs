@@ -12,6 +12,7 @@ pub mod certs;
 mod control;
 pub mod golden;
 pub mod patroni;
+pub mod otlp;
 mod postgres;
 mod process;
 pub mod proxy;

@@ -23,6 +23,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 
+use tracing::Instrument as _;
+
 use crate::error::Error;
 use crate::model::{
     Cart, CartId, CartLine, Cents, Customer, IdempotencyKey, Order, OrderCode, OrderLine, Quantity,
@@ -237,6 +239,7 @@ impl Store {
                        FROM widgets ORDER BY id",
                 )
                 .fetch_all(&pool)
+                .instrument(query_span("SELECT", "widgets"))
                 .await?)
             })
             .await?;
@@ -252,6 +255,7 @@ impl Store {
                 )
                 .bind(slug)
                 .fetch_optional(&pool)
+                .instrument(query_span("SELECT", "widgets"))
                 .await?)
             })
             .await?;
@@ -279,6 +283,7 @@ impl Store {
                 )
                 .bind(cart.as_str())
                 .fetch_all(&pool)
+                .instrument(query_span("SELECT", "cart_items"))
                 .await?)
             })
             .await?;
@@ -310,6 +315,7 @@ impl Store {
             sqlx::query_as("SELECT id, name, stock FROM widgets WHERE slug = $1")
                 .bind(slug)
                 .fetch_optional(&mut *tx)
+                .instrument(query_span("SELECT", "widgets"))
                 .await?;
         let (widget_id, name, stock) = widget.ok_or_else(|| Error::NotFound {
             what: "widget",
@@ -328,6 +334,7 @@ impl Store {
         )
         .bind(cart.as_str())
         .execute(&mut *tx)
+        .instrument(query_span("INSERT", "carts"))
         .await?;
         sqlx::query(
             "INSERT INTO cart_items (cart_id, widget_id, quantity) VALUES ($1, $2, $3)
@@ -339,6 +346,7 @@ impl Store {
         .bind(quantity.get())
         .bind(Quantity::MAX)
         .execute(&mut *tx)
+        .instrument(query_span("INSERT", "cart_items"))
         .await?;
         tx.commit().await?;
         Ok(())
@@ -354,6 +362,7 @@ impl Store {
         .bind(slug)
         .bind(quantity.get())
         .execute(&self.pool)
+        .instrument(query_span("UPDATE", "cart_items"))
         .await;
         let updated = self.written(updated.map_err(Error::from))?.rows_affected();
         if updated == 0 {
@@ -374,6 +383,7 @@ impl Store {
         .bind(cart.as_str())
         .bind(slug)
         .execute(&self.pool)
+        .instrument(query_span("DELETE", "cart_items"))
         .await;
         self.written(removed.map_err(Error::from))?;
         Ok(())
@@ -446,6 +456,7 @@ impl Store {
             sqlx::query_as("SELECT id FROM carts WHERE id = $1 FOR UPDATE")
                 .bind(cart.as_str())
                 .fetch_optional(&mut *tx)
+                .instrument(query_span("SELECT", "carts"))
                 .await?;
         if let Some(key) = key
             && let Some(order) = self.order_by_key(&mut tx, cart, key).await?
@@ -462,6 +473,7 @@ impl Store {
         )
         .bind(cart.as_str())
         .fetch_all(&mut *tx)
+        .instrument(query_span("SELECT", "cart_items"))
         .await?;
         if lines.is_empty() {
             return Err(Error::EmptyCart);
@@ -482,12 +494,14 @@ impl Store {
             .bind(line.widget_id)
             .bind(line.quantity)
             .fetch_optional(&mut *tx)
+            .instrument(query_span("UPDATE", "widgets"))
             .await?;
             let Some((slug, name, price)) = taken else {
                 let (name, available): (String, i32) =
                     sqlx::query_as("SELECT name, stock FROM widgets WHERE id = $1")
                         .bind(line.widget_id)
                         .fetch_one(&mut *tx)
+                        .instrument(query_span("SELECT", "widgets"))
                         .await?;
                 return Err(Error::OutOfStock {
                     name,
@@ -520,6 +534,7 @@ impl Store {
         .bind(total.0)
         .bind(placed_by)
         .fetch_one(&mut *tx)
+        .instrument(query_span("INSERT", "orders"))
         .await?;
         sqlx::query(
             "INSERT INTO order_items (order_id, widget_id, name, unit_price_cents, quantity)
@@ -536,10 +551,12 @@ impl Store {
         .bind(&prices)
         .bind(order_lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
         .execute(&mut *tx)
+        .instrument(query_span("INSERT", "order_items"))
         .await?;
         sqlx::query("DELETE FROM cart_items WHERE cart_id = $1")
             .bind(cart.as_str())
             .execute(&mut *tx)
+            .instrument(query_span("DELETE", "cart_items"))
             .await?;
         if let Err(e) = tx.commit().await {
             if crate::error::is_unavailable(&e) {
@@ -585,6 +602,7 @@ impl Store {
             .bind(code.as_str())
             .bind(cart.as_str())
             .fetch_optional(&pool)
+            .instrument(query_span("SELECT", "orders"))
             .await?;
             let row = row.ok_or_else(not_found)?;
             let mut conn = pool.acquire().await?;
@@ -617,6 +635,7 @@ impl Store {
         .bind(cart.as_str())
         .bind(key.as_str())
         .fetch_optional(&mut *conn)
+        .instrument(query_span("SELECT", "orders"))
         .await?;
         match row {
             Some(row) => Ok(Some(with_lines(conn, row).await?)),
@@ -649,6 +668,7 @@ async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<Order> {
     )
     .bind(row.id)
     .fetch_all(&mut *conn)
+    .instrument(query_span("SELECT", "order_items"))
     .await?;
     let code = OrderCode::parse(&row.code).map_err(|_| {
         Error::Database(sqlx::Error::Decode(
@@ -695,4 +715,18 @@ fn lazy_pool(field: &'static str, url: &str, options: StoreOptions) -> Result<Pg
         // shopper: the pool recovers by itself.
         .test_before_acquire(true)
         .connect_lazy_with(connect))
+}
+
+/// A client span for one query, a child of the request's span: what a
+/// trace shows of the database (the statement's kind and table, never its
+/// values).
+fn query_span(operation: &'static str, table: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db query",
+        otel.name = %format_args!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = table,
+    )
 }

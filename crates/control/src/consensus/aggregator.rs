@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tandem_core::health::{AgentView, BackendKey, Decider, Observation};
 use tandem_core::{Revision, Snapshot};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
 
 use super::{Command, Consensus};
 
@@ -100,15 +101,31 @@ impl Aggregator {
                         if transitions.is_empty() {
                             continue;
                         }
+                        // A span per decision: its context rides in the raft
+                        // entry to every replica's watchers, so a proxy's
+                        // span of the update continues this trace.
+                        let span = tracing::info_span!(
+                            "health decision",
+                            transitions = transitions.len(),
+                            raft_index = tracing::field::Empty,
+                        );
                         for t in &transitions {
-                            tracing::info!(
+                            span.in_scope(|| tracing::info!(
                                 pool = %t.key.pool, backend = %t.key.address,
                                 from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason,
                                 "health transition decided"
-                            );
+                            ));
                         }
                         let keys: Vec<_> = transitions.iter().map(|t| t.key.clone()).collect();
-                        if let Err(e) = consensus.propose(&Command::Transitions { transitions }).await {
+                        let trace = tandem_telemetry::spans::traceparent_of(&span);
+                        let proposed = consensus
+                            .propose(&Command::Transitions { transitions, trace })
+                            .instrument(span.clone())
+                            .await;
+                        if let Ok(index) = &proposed {
+                            span.record("raft_index", index);
+                        }
+                        if let Err(e) = proposed {
                             tracing::warn!(error = %e, "health transitions not committed; will decide again");
                             // Back to what is committed, so they are decided again.
                             let table = consensus.table();

@@ -419,6 +419,7 @@ impl Driver {
             return Ok(());
         }
         let mut changed = Vec::new();
+        let mut trace = None;
         for e in entries {
             self.table.index = e.index;
             self.applied_since_snapshot += 1;
@@ -427,6 +428,9 @@ impl Driver {
                 match Command::decode(e.get_data()) {
                     Ok(cmd) => {
                         changed.extend(self.table.apply(e.index, &cmd));
+                        if let Command::Transitions { trace: Some(t), .. } = &cmd {
+                            trace = Some(t.clone());
+                        }
                         Ok(e.index)
                     }
                     Err(err) => {
@@ -461,11 +465,12 @@ impl Driver {
                 .increment((changed.len() - forgotten) as u64);
             // A forgotten backend has nothing to send in a partial update:
             // a full one tells every watcher to drop what is not in it.
-            let update = if forgotten > 0 {
+            let mut update = if forgotten > 0 {
                 self.table.full_update()
             } else {
                 self.table.partial_update(&changed)
             };
+            update.traceparent = trace.unwrap_or_default();
             let _ = self.events.send(Arc::new(update));
         }
         Ok(())

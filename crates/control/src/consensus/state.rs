@@ -23,8 +23,14 @@ pub const TABLE_FORMAT: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
-    /// Decided by the leader from agents' reports.
-    Transitions { transitions: Vec<Transition> },
+    /// Decided by the leader from agents' reports. `trace`: the W3C
+    /// `traceparent` of the decision's span, passed on to watchers so a
+    /// proxy's span of the update continues the decision's trace.
+    Transitions {
+        transitions: Vec<Transition>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
+    },
     /// Backends removed from the configuration: their health is dropped,
     /// so a backend declared again later starts unknown, not with the
     /// verdict it had before.
@@ -59,7 +65,7 @@ impl HealthTable {
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Vec<BackendKey> {
         self.index = index;
         match cmd {
-            Command::Transitions { transitions } => {
+            Command::Transitions { transitions, .. } => {
                 let mut changed = Vec::new();
                 for t in transitions {
                     self.backends.insert(t.key.clone(), BackendHealth::from(t));
@@ -105,6 +111,7 @@ impl HealthTable {
     /// The full table as a watch event.
     pub fn full_update(&self) -> v1::HealthUpdate {
         v1::HealthUpdate {
+            traceparent: String::new(),
             index: self.index,
             full: true,
             backends: self
@@ -118,6 +125,7 @@ impl HealthTable {
     /// The given backends as a watch event.
     pub fn partial_update(&self, keys: &[BackendKey]) -> v1::HealthUpdate {
         v1::HealthUpdate {
+            traceparent: String::new(),
             index: self.index,
             full: false,
             backends: keys
@@ -220,6 +228,7 @@ mod tests {
     fn forgetting_drops_only_known_backends_and_survives_the_log() {
         let mut t = HealthTable::default();
         let cmd = Command::Transitions {
+            trace: None,
             transitions: vec![down("10.0.0.1:80"), down("10.0.0.2:80")],
         };
         assert_eq!(t.apply(1, &cmd).len(), 2);

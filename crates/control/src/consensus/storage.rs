@@ -1067,15 +1067,18 @@ mod golden {
         vec![
             Command::Transitions {
                 transitions: vec![t("10.0.0.1:80", Unknown, Healthy, 1000)],
+                trace: None,
             },
             Command::Transitions {
                 transitions: vec![
                     t("10.0.0.2:80", Unknown, Healthy, 1001),
                     t("10.0.0.1:80", Healthy, Unhealthy, 1002),
                 ],
+                trace: None,
             },
             Command::Transitions {
                 transitions: vec![t("10.0.0.1:80", Unhealthy, Healthy, 1003)],
+                trace: None,
             },
             Command::Forget {
                 keys: vec![key("10.0.0.2:80")],

@@ -381,7 +381,7 @@ pub fn pools(pools: &[PoolView], from: &ViewsFrom) -> String {
     };
     let _ = write!(
         out,
-        r#"<p class="note">{agents} “In rotation” applies the balancer's rules to the committed health and the declared state; a proxy may also eject a backend locally. Traffic per proxy (requests/s, errors, p99) and local ejections appear once proxies report them to the control plane.</p>"#
+        r#"<p class="note">{agents} “In rotation” applies the balancer's rules to the committed health and the declared state; a proxy may also eject a backend locally. Traffic is what each proxy reported of its last few seconds (requests/s, errors: 5xx answers and failed tries, p99 time to the answer's head, to the bucket bound), with its local ejections.</p>"#
     );
     out
 }
@@ -625,7 +625,7 @@ fn backend_row(b: &BackendView, ordered: bool) -> String {
 /// Traffic figures, when proxies report them; never made up.
 fn traffic(b: &BackendView) -> String {
     match &b.proxies {
-        None => r#"<span class="meta" title="Proxies do not report per-backend traffic to the control plane yet">not reported</span>"#.into(),
+        None => r#"<span class="meta" title="No proxy reports traffic figures to the control plane now">not reported</span>"#.into(),
         Some(proxies) if proxies.is_empty() => r#"<span class="meta">no proxy sends it traffic</span>"#.into(),
         Some(proxies) => {
             let mut out = String::from(r#"<ul class="agents">"#);
@@ -634,13 +634,16 @@ fn traffic(b: &BackendView) -> String {
                     .ejected_until_ms
                     .map(|t| format!(" · ejected until {}", time(t)))
                     .unwrap_or_default();
+                let p99 = p
+                    .p99_ms
+                    .map_or_else(|| "no answers".to_string(), |v| format!("p99 ≤ {v} ms"));
                 let _ = write!(
                     out,
-                    "<li>{}: {:.1} req/s, {:.2} err/s, p99 {:.0} ms{ejected}</li>",
+                    r#"<li data-proxy="{}">{}: {:.1} req/s, {:.2} err/s, {p99}{ejected}</li>"#,
+                    esc(&p.proxy),
                     esc(&p.proxy),
                     p.requests_per_s,
                     p.errors_per_s,
-                    p.p99_ms
                 );
             }
             out.push_str("</ul>");
@@ -953,7 +956,7 @@ pub fn backend_body(b: &BackendState) -> String {
 <div class="cards">
 <div class="card"><h3>Health</h3><p>{why}</p></div>
 <div class="card"><h3>Declared</h3><p>weight <strong>{weight}</strong> · {role} · {admin}</p><p class="meta">pool {pool}, policy {policy}</p></div>
-<div class="card"><h3>Traffic</h3><p>{traffic}</p><p class="meta">requests/s, errors and p99 from each proxy, and its local ejections, once proxies report them to the control plane</p></div>
+<div class="card"><h3>Traffic</h3><p>{traffic}</p><p class="meta">requests/s, errors (5xx answers and failed tries) and p99 time to the answer's head from each proxy over its last few seconds, and its local ejections</p></div>
 </div>
 <section class="block" aria-labelledby="agents-h">
 <h2 id="agents-h">Agents <span class="sub">{agents_caption}</span></h2>
@@ -1076,7 +1079,7 @@ mod tests {
                 proxy: s.into(),
                 requests_per_s: 1.0,
                 errors_per_s: 0.0,
-                p99_ms: 3.0,
+                p99_ms: Some(2.5),
                 ejected_until_ms: Some(2_000),
             }]),
         };

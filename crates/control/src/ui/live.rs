@@ -422,6 +422,11 @@ impl Live {
             },
         };
         let revision = copy.snapshot.revision.0;
+        let mut pools = view::pools(&copy.snapshot, &table.backends, live_views.as_ref());
+        let nodes = self.nodes(revision, now).await;
+        if let Some((rows, _)) = &self.inner.nodes.lock().await.rows {
+            view::attach_traffic(&mut pools, rows, now);
+        }
         Overview {
             platform: Platform {
                 replica: src.replica.clone(),
@@ -431,9 +436,9 @@ impl Live {
                 database: DatabaseView::from_state(availability.name(), &availability.state()),
                 raft,
             },
-            pools: view::pools(&copy.snapshot, &table.backends, live_views.as_ref()),
+            pools,
             agents_from,
-            nodes: self.nodes(revision, now).await,
+            nodes,
         }
     }
 

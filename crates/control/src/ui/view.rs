@@ -299,7 +299,8 @@ pub struct ProxyTraffic {
     pub proxy: String,
     pub requests_per_s: f64,
     pub errors_per_s: f64,
-    pub p99_ms: f64,
+    /// `None` without answers in the window.
+    pub p99_ms: Option<f64>,
     /// Ejected by this proxy's outlier detection until then (Unix ms).
     pub ejected_until_ms: Option<u64>,
 }
@@ -593,6 +594,40 @@ pub struct ListenerView {
 
 /// The nodes as reported, judged at `now_ms` against `revision` (as
 /// `GetStatus` marks them).
+/// Gives every backend the traffic each proxy reports sending it (stale
+/// proxies left out). While no proxy reports traffic at all, backends
+/// keep `None`: the page says "not reported" rather than "no traffic".
+pub fn attach_traffic(pools: &mut [PoolView], rows: &[crate::store::NodeRow], now_ms: u64) {
+    let stale_before = now_ms as i64 - tandem_proto::NODE_STALE_AFTER.as_millis() as i64;
+    let reporting: Vec<_> = rows
+        .iter()
+        .filter(|r| r.last_seen_unix_ms >= stale_before && !r.report.traffic.is_empty())
+        .collect();
+    if reporting.is_empty() {
+        return;
+    }
+    for b in pools.iter_mut().flat_map(|p| &mut p.backends) {
+        let list = reporting
+            .iter()
+            .filter_map(|r| {
+                let t = r
+                    .report
+                    .traffic
+                    .iter()
+                    .find(|t| t.pool.as_str() == b.pool && t.address.as_str() == b.address)?;
+                Some(ProxyTraffic {
+                    proxy: r.report.node_id.clone(),
+                    requests_per_s: t.requests_per_s(),
+                    errors_per_s: t.errors_per_s(),
+                    p99_ms: t.quantile_ms(0.99),
+                    ejected_until_ms: t.ejected_until_ms,
+                })
+            })
+            .collect();
+        b.proxies = Some(list);
+    }
+}
+
 pub fn nodes(rows: &[crate::store::NodeRow], revision: u64, now_ms: u64) -> Vec<NodeView> {
     let stale_before = now_ms as i64 - tandem_proto::NODE_STALE_AFTER.as_millis() as i64;
     rows.iter()
@@ -1251,6 +1286,7 @@ mod tests {
                 listeners: Vec::new(),
                 alerts: Vec::new(),
                 certificates: Vec::new(),
+                traffic: Vec::new(),
             },
             last_seen_unix_ms: seen,
         };
@@ -1282,6 +1318,7 @@ mod tests {
                 ],
                 alerts: vec!["pool/db (single_active): 2 members pass the health check".into()],
                 certificates: Vec::new(),
+                traffic: Vec::new(),
             },
             last_seen_unix_ms: seen,
         };

@@ -13,6 +13,7 @@ use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use tandem_http::Fields;
 
+use super::span::PendingSpan;
 use crate::table::{BackendState, PoolState};
 use crate::upstream::{self, UpstreamBody};
 
@@ -113,6 +114,8 @@ impl Drop for CountGuard<'_> {
 pub struct RequestGuard {
     pool: Arc<PoolState>,
     pub(crate) start: Instant,
+    /// The request's span, ended with it (sampled requests and errors).
+    pub(crate) span: Option<Box<PendingSpan>>,
 }
 
 impl RequestGuard {
@@ -121,6 +124,7 @@ impl RequestGuard {
         Self {
             pool,
             start: Instant::now(),
+            span: None,
         }
     }
 }
@@ -129,6 +133,9 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.pool.active.fetch_sub(1, Ordering::Relaxed);
         self.pool.latency.record(self.start.elapsed());
+        if let Some(span) = self.span.take() {
+            span.end();
+        }
     }
 }
 
@@ -253,6 +260,11 @@ impl RespBody {
             pending,
             bytes: 0,
         }));
+    }
+
+    /// The guard of a request whose backend's body is still to come.
+    pub(crate) fn request_guard(&mut self) -> Option<&mut RequestGuard> {
+        self.done.as_mut().map(|d| &mut d._request)
     }
 
     /// The backend's body ended cleanly: its connection may serve again,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::Method;
-use tandem_http::rewrite::{self, Forwarding};
+use tandem_http::rewrite::{self, Forwarding, TraceContext};
 use tandem_http::{RequestHead, ResponseHead};
 use tokio::time::Instant;
 
@@ -47,7 +47,8 @@ pub async fn once(
     head: &RequestHead,
     fwd: Forwarding<'_>,
     body: &mut ReqBody<'_>,
-    trace: &mut Option<(u128, u64)>,
+    trace: &TraceContext,
+    connected: &mut Option<Instant>,
 ) -> Outcome {
     let b = t.backend;
     let pooled = if t.fresh_only { None } else { b.conns.take() };
@@ -67,6 +68,7 @@ pub async fn once(
                 Ok(c) => {
                     // The per-try time starts once connected.
                     start = Instant::now();
+                    *connected = Some(start);
                     c
                 }
                 Err(e) => {
@@ -80,14 +82,7 @@ pub async fn once(
         }
     };
     conn.wbuf.clear();
-    rewrite::write_request_head(
-        &mut conn.wbuf,
-        head,
-        &fwd,
-        body.framing(),
-        trace,
-        fresh_trace,
-    );
+    rewrite::write_request_head(&mut conn.wbuf, head, &fwd, body.framing(), trace);
     let (failure, error) = match conn
         .exchange(
             head.method == Method::HEAD,
@@ -108,9 +103,4 @@ pub async fn once(
     };
     tracing::debug!(backend = %b.address, ?failure, %error, reused, method = %head.method, "upstream try failed");
     Outcome::Failed { failure, reused }
-}
-
-/// A fresh (not sampled) W3C trace context: its trace and span ids.
-fn fresh_trace() -> (u128, u64) {
-    (rand::random::<u128>() | 1, rand::random::<u64>() | 1)
 }

@@ -10,6 +10,7 @@ mod answer;
 pub mod attempt;
 pub mod pick;
 pub mod retry;
+pub mod span;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -19,14 +20,17 @@ use arc_swap::ArcSwapOption;
 use http::StatusCode;
 use metrics::Counter;
 use tandem_core::lb::client_hash;
-use tandem_http::rewrite::Forwarding;
+use tandem_core::traffic::FailureKind;
+use tandem_http::rewrite::{Forwarding, TraceParent};
 use tandem_http::{Body, ParseOptions, RequestHead, UpstreamFraming};
+use tandem_telemetry::SpanSink;
 use tokio::time::Instant;
 
 pub use answer::{Answer, BodyError, Reply, ReplyHead, RespBody, Tunnel};
 use answer::{BackendGuard, CountGuard, Done, RequestGuard};
 use attempt::{Outcome, Try};
 use retry::{Facts, Failure, Next};
+use span::{Recorder, RequestFacts, TryFact, TryResult};
 
 use crate::body::{ClientBody, ClientFault, ReqBody};
 use crate::config::TrustedProxies;
@@ -46,10 +50,12 @@ pub struct Proxy {
     pub bad_request: Counter,
     /// The access log, when one is configured.
     pub access_log: Option<std::sync::Arc<crate::access_log::AccessLog>>,
+    /// Where request spans go; `None`: traces are not exported.
+    pub spans: Option<SpanSink>,
 }
 
 impl Proxy {
-    pub fn new(parse: ParseOptions, trusted: TrustedProxies) -> Self {
+    pub fn new(parse: ParseOptions, trusted: TrustedProxies, spans: Option<SpanSink>) -> Self {
         let reason = |r: &'static str| metrics::counter!("tandem_proxy_local_replies_total", "pool" => "", "reason" => r);
         Self {
             table: ArcSwapOption::empty(),
@@ -60,6 +66,7 @@ impl Proxy {
             no_config: reason("no_config"),
             bad_request: reason("bad_request"),
             access_log: None,
+            spans,
         }
     }
 
@@ -180,11 +187,23 @@ async fn route(
         ));
     }
     let request = RequestGuard::new(pool.state.clone());
-    let mut answer = run(proxy, pool, head, body, peer, request, notes).await;
+    let started = request.start;
+    let decision = span::decide(
+        proxy.spans.is_some(),
+        TraceParent::find(&head.fields),
+        pool.trace_threshold,
+        rand::random::<u128>,
+    );
+    let mut rec = Recorder::new(decision);
+    let mut answer = run(proxy, pool, head, body, peer, request, notes, &mut rec).await;
     if peer.tls
         && let (Some(hsts), Answer::Reply(reply)) = (&target.hsts, &mut answer)
     {
         reply.hsts = Some(hsts.clone());
+    }
+    if rec.noting() {
+        let at = (target.route, started);
+        attach_span(&mut answer, &rec, proxy, &table, pool, at, head, peer);
     }
     answer
 }
@@ -205,7 +224,50 @@ fn https_location(proxy: &Proxy, head: &RequestHead) -> String {
     }
 }
 
+/// The request's span, when it gets one: it ends with the response body
+/// (given to the answer's request guard), or now for an answer the proxy
+/// made itself.
+#[allow(clippy::too_many_arguments)] // the request's parts, each needed once
+#[cold]
+fn attach_span(
+    answer: &mut Answer,
+    rec: &Recorder,
+    proxy: &Proxy,
+    table: &Table,
+    pool: &PoolRt,
+    (route_index, started): (usize, std::time::Instant),
+    head: &RequestHead,
+    peer: &Peer,
+) {
+    let (status, guard) = match answer {
+        Answer::Reply(r) => (r.status, r.body.request_guard()),
+        Answer::Switch(r, t) => (r.status, Some(&mut t._request)),
+    };
+    let route = table
+        .declared_routes
+        .get(route_index)
+        .map_or_else(String::new, |r| format!("{} {}", r.host, r.path_prefix));
+    let facts = RequestFacts {
+        sink: proxy.spans.as_ref(),
+        pool,
+        route,
+        method: head.method.as_str(),
+        host: head.host_str(),
+        path: head.path(),
+        client: peer.addr.ip(),
+        started,
+    };
+    let Some(span) = rec.finish(&facts, status.as_u16()) else {
+        return;
+    };
+    match guard {
+        Some(g) => g.span = Some(span),
+        None => span.end(),
+    }
+}
+
 /// The tries of one request under the retry policy.
+#[allow(clippy::too_many_arguments)] // the request's parts, and what the log and the span note of it
 async fn run(
     proxy: &Proxy,
     pool: &PoolRt,
@@ -214,6 +276,7 @@ async fn run(
     peer: &Peer,
     request: RequestGuard,
     notes: &mut Notes,
+    rec: &mut Recorder,
 ) -> Answer {
     let cfg = &pool.config;
     let start = Instant::from_std(request.start);
@@ -237,7 +300,10 @@ async fn run(
 
     let mut tried = [usize::MAX; MAX_TRIES];
     let mut last = None;
-    let mut trace = None;
+    let trace = rec.decision.upstream;
+    if notes.on {
+        notes.trace = Some((trace.trace_id, trace.parent_id));
+    }
     for attempt in 0..max_tries {
         let mut _retrying = None;
         if let Some(failure) = last {
@@ -284,15 +350,30 @@ async fn run(
             now,
         };
         let (failure, next) = loop {
-            let outcome = attempt::once(&t, head, fwd, &mut body, &mut trace).await;
-            notes.trace = trace;
+            let mut connected = None;
+            let outcome = attempt::once(&t, head, fwd, &mut body, &trace, &mut connected).await;
+            let end = Instant::now();
+            let mut fact = rec.noting().then_some(TryFact {
+                backend: index,
+                start: t.now,
+                connected,
+                end,
+                result: TryResult::Client,
+            });
             match outcome {
                 Outcome::Answered(resp, conn) => {
                     let tandem_http::ResponseHead { meta, fields } = resp;
                     let status = meta.status;
+                    if let Some(mut f) = fact.take() {
+                        f.result = TryResult::Answered(status.as_u16());
+                        rec.note(f);
+                    }
                     pool.record(index, !status.is_server_error());
                     let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
                     state.responses[class].increment(1);
+                    state
+                        .traffic
+                        .answered(class, end.saturating_duration_since(t.now));
                     let fields = ReplyHead::Upstream {
                         declared_length: meta.declared_length,
                         fields,
@@ -335,7 +416,12 @@ async fn run(
                         hsts: None,
                     });
                 }
-                Outcome::Client(fault) => return client_fault(proxy, &pool.state, fault),
+                Outcome::Client(fault) => {
+                    if let Some(f) = fact {
+                        rec.note(f);
+                    }
+                    return client_fault(proxy, &pool.state, fault);
+                }
                 Outcome::Failed { failure, reused } => {
                     let facts = Facts {
                         idempotent,
@@ -344,9 +430,19 @@ async fn run(
                         resent: t.fresh_only,
                     };
                     let next = retry::next(failure, facts);
+                    if let Some(mut f) = fact.take() {
+                        f.result = TryResult::Failed(failure, next);
+                        rec.note(f);
+                    }
                     if retry::blames_backend(failure, next) {
                         pool.record(index, false);
                         state.failures.increment(1);
+                        state.traffic.failed(match failure {
+                            Failure::Connect | Failure::Stale => FailureKind::Connect,
+                            Failure::Timeout => FailureKind::Timeout,
+                            Failure::NoResponse => FailureKind::Reset,
+                            Failure::Invalid => FailureKind::Invalid,
+                        });
                     }
                     if next == Next::Resend {
                         pool.state.resends.increment(1);

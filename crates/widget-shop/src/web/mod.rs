@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use tracing::Instrument as _;
 
 use crate::error::{Error, Public};
 use crate::faults::{self, Faults};
@@ -150,6 +151,7 @@ pub fn router(state: AppState, faults: Faults, request_timeout: Duration, extra:
         .layer(middleware::from_fn_with_state(faults, faults::inject))
         .layer(middleware::from_fn_with_state(state, finish_error_pages))
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(trace_request))
         .layer(middleware::from_fn_with_state(served_by, add_served_by))
         .layer(middleware::from_fn(private))
 }
@@ -257,6 +259,33 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .record(start.elapsed().as_secs_f64());
     metrics::counter!("shop_http_requests_total", "method" => method, "route" => route, "status" => status)
         .increment(1);
+    res
+}
+
+/// A server span per request, continuing the caller's trace (the
+/// proxy's span, from `traceparent`); the store's queries are its
+/// children.
+async fn trace_request(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    tandem_telemetry::continue_http(&span, req.headers());
+    let res = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
+    if res.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     res
 }
 

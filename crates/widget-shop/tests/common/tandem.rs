@@ -34,6 +34,23 @@ impl Tandem {
         })
     }
 
+    /// [`Tandem::start`] with extra environment for the control plane.
+    pub async fn start_with_env(env: Vec<(String, String)>) -> anyhow::Result<Tandem> {
+        let pg = Postgres::start()?;
+        let control = tandem_testkit::ControlPlane::start_with(
+            &pg.url(),
+            tandem_testkit::ControlPlaneOptions {
+                env,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Tandem {
+            control,
+            _pg: Some(pg),
+        })
+    }
+
     /// A control plane on `database_url` (a database of its own on a
     /// cluster the caller owns).
     pub async fn start_on(database_url: &str) -> anyhow::Result<Tandem> {
@@ -70,6 +87,12 @@ impl Tandem {
     }
 
     pub async fn configure_shop_pool(&self, shops: &[&Shop]) -> anyhow::Result<()> {
+        let addresses: Vec<String> = shops.iter().map(|s| s.addr.to_string()).collect();
+        self.configure_shop_pool_at(&addresses).await
+    }
+
+    /// [`Tandem::configure_shop_pool`] with backends at `addresses`.
+    pub async fn configure_shop_pool_at(&self, addresses: &[String]) -> anyhow::Result<()> {
         let pool = v1::Pool {
             name: SHOP_POOL.into(),
             policy: v1::LbPolicy::RoundRobin.into(),
@@ -95,14 +118,26 @@ impl Tandem {
             }),
             ..Default::default()
         };
-        let addresses: Vec<String> = shops.iter().map(|s| s.addr.to_string()).collect();
-        declare_pool(&mut self.control.admin_client().await?, pool, &addresses).await
+        declare_pool(&mut self.control.admin_client().await?, pool, addresses).await
     }
 
     /// Starts proxy `name` following this control plane and waits until it
     /// serves the shop.
     pub async fn proxy(&self, name: &str) -> anyhow::Result<ProxyProcess> {
         self.proxy_with(name, &[]).await
+    }
+
+    /// [`Tandem::proxy_with`], the environment given as owned strings.
+    pub async fn proxy_with_env(
+        &self,
+        name: &str,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<ProxyProcess> {
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.proxy_with(name, &extra).await
     }
 
     /// Like [`Tandem::proxy`], with more environment (`TANDEM_*` settings).
