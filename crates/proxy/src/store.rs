@@ -17,8 +17,10 @@ pub const FILE_NAME: &str = "snapshot.json";
 
 /// The file's format version this build writes (and the newest it reads).
 /// Files written before versions existed have no `format_version` field
-/// and are version 1. Changing the format: see ARCHITECTURE.md.
-pub const FORMAT: u32 = 1;
+/// and are version 1. Version 2 adds routes' `redirect_https` and
+/// `hsts_max_age_s` and the snapshot's `certificates`. Changing the format:
+/// see ARCHITECTURE.md.
+pub const FORMAT: u32 = 2;
 
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
