@@ -840,7 +840,9 @@ impl Store {
             revision = rev.0,
             change = change_kind(change),
         );
-        commit_change(tx, rev, self.log_form(change)?, change).instrument(span).await?;
+        commit_change(tx, rev, self.log_form(change)?, change)
+            .instrument(span)
+            .await?;
         if let Some(f) = self.on_commit.get() {
             f(rev, change);
         }

@@ -16,9 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{
     BackendCommand, BackendRef, CertCommand, ClusterCommand, Command, ExplainArgs, GlobalArgs,
-    HealthArgs,
-    HealthKind, OnUnhealthyArg, Output, Policy, PoolCommand, PoolSettings, ProxyProtocolArg,
-    RouteCommand, WatchArgs,
+    HealthArgs, HealthKind, OnUnhealthyArg, Output, Policy, PoolCommand, PoolSettings,
+    ProxyProtocolArg, RouteCommand, WatchArgs,
 };
 use crate::duration::{Millis, format_duration};
 use crate::error::{CtlError, innermost_cause, made_locally};

@@ -203,7 +203,12 @@ pub async fn run(
         )),
         None => None,
     };
-    let rt = Arc::new(Runtime::new(&settings, access_log.clone(), tls.clone(), spans));
+    let rt = Arc::new(Runtime::new(
+        &settings,
+        access_log.clone(),
+        tls.clone(),
+        spans,
+    ));
 
     // Static stability: serve the last-known-good copy at once.
     let mut initial = None;
