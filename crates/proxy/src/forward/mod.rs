@@ -102,7 +102,9 @@ struct Notes {
     pool: Option<usize>,
     backend: Option<usize>,
     tries: u8,
-    trace: Option<(u128, u64)>,
+    /// The trace id the request went upstream with (the caller's, or the
+    /// one the proxy started).
+    trace: Option<u128>,
 }
 
 /// Routes one request and forwards it. Never fails: every problem is an
@@ -133,13 +135,12 @@ pub async fn serve(proxy: &Proxy, head: &RequestHead, body: ClientBody<'_>, peer
         pool: notes.pool,
         backend: notes.backend,
         tries: notes.tries,
-        // The client's trace when it sent a valid one (passed on as is),
-        // else the one the proxy started.
-        trace_id: head
-            .fields
-            .values(b"traceparent")
-            .find_map(tandem_http::rewrite::parse_traceparent)
-            .or(notes.trace.map(|(id, _)| id)),
+        // The trace decision's (the caller's valid one, or the one the
+        // proxy started); a request answered before it was routed logs the
+        // caller's, if any.
+        trace_id: notes
+            .trace
+            .or_else(|| TraceParent::find(&head.fields).map(|t| t.trace_id)),
         head_after: started.elapsed(),
     };
     reply.body.log_on_end(log.clone(), pending);
@@ -302,7 +303,7 @@ async fn run(
     let mut last = None;
     let trace = rec.decision.upstream;
     if notes.on {
-        notes.trace = Some((trace.trace_id, trace.parent_id));
+        notes.trace = Some(trace.trace_id);
     }
     for attempt in 0..max_tries {
         let mut _retrying = None;
