@@ -46,7 +46,7 @@ async fn one_trace_runs_from_the_proxy_through_the_shop_to_its_queries() -> anyh
     // traced.
     let mut proxy_env = otlp.env("proxy");
     proxy_env.push(("TANDEM_TRACE_SAMPLE".into(), "0".into()));
-    let proxy = tandem.proxy_with_env("proxy-1", &proxy_env).await?;
+    let proxy = tandem.proxy_with("proxy-1", &proxy_env).await?;
 
     let unsampled = "0af7651916cd43dd8448eb211c80319c";
     let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -214,7 +214,7 @@ async fn a_failed_request_is_traced_whatever_the_ratio_with_each_try() -> anyhow
         .await?;
     let mut proxy_env = otlp.env("proxy");
     proxy_env.push(("TANDEM_TRACE_SAMPLE".into(), "0".into()));
-    let proxy = tandem.proxy_with_env("proxy-1", &proxy_env).await?;
+    let proxy = tandem.proxy_with("proxy-1", &proxy_env).await?;
     // Round robin: of four requests some go to the dead backend first,
     // fail to connect and are retried on the shop; the others are served
     // at the first try.

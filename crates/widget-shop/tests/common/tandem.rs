@@ -124,27 +124,14 @@ impl Tandem {
     /// Starts proxy `name` following this control plane and waits until it
     /// serves the shop.
     pub async fn proxy(&self, name: &str) -> anyhow::Result<ProxyProcess> {
-        self.proxy_with(name, &[]).await
-    }
-
-    /// [`Tandem::proxy_with`], the environment given as owned strings.
-    pub async fn proxy_with_env(
-        &self,
-        name: &str,
-        extra: &[(String, String)],
-    ) -> anyhow::Result<ProxyProcess> {
-        let extra: Vec<(&str, &str)> = extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.proxy_with(name, &extra).await
+        self.proxy_with(name, &[] as &[(&str, &str)]).await
     }
 
     /// Like [`Tandem::proxy`], with more environment (`TANDEM_*` settings).
     pub async fn proxy_with(
         &self,
         name: &str,
-        extra: &[(&str, &str)],
+        extra: &[(impl AsRef<str>, impl AsRef<str>)],
     ) -> anyhow::Result<ProxyProcess> {
         let state = tempfile::Builder::new()
             .prefix("tandem-proxy-state-")
@@ -154,7 +141,11 @@ impl Tandem {
             ("TANDEM_NODE_ID", name.to_string()),
             ("TANDEM_WORKERS", "1".to_string()),
         ];
-        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_ref().to_string())),
+        );
         let proxy = ProxyProcess::start(state, &self.control.endpoint(), &env)?;
         // Ready means it has a configuration; then the shop must answer
         // through it.
