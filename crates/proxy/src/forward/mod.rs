@@ -229,7 +229,6 @@ fn https_location(proxy: &Proxy, head: &RequestHead) -> String {
 /// (given to the answer's request guard), or now for an answer the proxy
 /// made itself.
 #[allow(clippy::too_many_arguments)] // the request's parts, each needed once
-#[cold]
 fn attach_span(
     answer: &mut Answer,
     rec: &Recorder,
@@ -244,6 +243,10 @@ fn attach_span(
         Answer::Reply(r) => (r.status, r.body.request_guard()),
         Answer::Switch(r, t) => (r.status, Some(&mut t._request)),
     };
+    // Most requests are neither sampled nor failed: they build nothing.
+    if !rec.exported(status.as_u16()) {
+        return;
+    }
     let route = table
         .declared_routes
         .get(route_index)
