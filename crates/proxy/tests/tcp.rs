@@ -494,8 +494,9 @@ async fn a_backend_that_resets_before_saying_anything_is_ejected_like_a_refused_
         }
     }
     // Round robin sent some to the resetter until two resets in a row
-    // ejected it (the readiness probe may have been one of them).
-    assert!((18..20).contains(&served), "served {served} of 20");
+    // ejected it; the readiness probes may have met one or both of them
+    // (then all 20 are served). The ejection itself is checked below.
+    assert!((18..=20).contains(&served), "served {served} of 20");
     let c = proxy.config().await.unwrap();
     let b = c["pools"][0]["backends"]
         .as_array()
