@@ -9,7 +9,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::{Process, free_addr, wait_http_ok};
+use crate::{Process, free_addr, free_addr_on, wait_http_ok};
 
 /// Tokens every test control plane accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -225,13 +225,6 @@ pub const TEST_SECRETS_KEY: &str =
 /// A raft group of real `tandem-control` processes on one database.
 pub struct ControlCluster {
     pub replicas: Vec<ControlPlane>,
-}
-
-/// A free port on `ip`.
-pub fn free_addr_on(ip: std::net::IpAddr) -> SocketAddr {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral port")
 }
 
 impl ControlCluster {

@@ -21,13 +21,13 @@ pub mod tcp;
 
 pub use control::{
     ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
-    TEST_SECRETS_KEY, client_at, declare_pool, free_addr_on,
+    TEST_SECRETS_KEY, client_at, declare_pool,
 };
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 /// Installs rustls's ring provider once (reqwest panics without one).
@@ -42,9 +42,45 @@ pub fn free_port() -> u16 {
 
 /// `127.0.0.1:<port>` with a port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral loopback port")
+    free_addr_on(IpAddr::from([127, 0, 0, 1]))
+}
+
+/// Ports handed to child processes come from below the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`, 32768–60999 by default). A port
+/// the kernel chose with `bind(:0)` comes from that range, and so does the
+/// local port of every outgoing connection: between the test reading the
+/// port and the child binding it, any client socket on the machine could
+/// take it ("Address already in use" in a soak test that opens thousands of
+/// connections). Below the range only another test could take it.
+const TEST_PORTS: std::ops::Range<u32> = 12_000..32_000;
+
+/// `<ip>:<port>` with a port free on `ip` a moment ago, taken from
+/// [`TEST_PORTS`]. Each process walks the range from its own starting point
+/// (its pid and the clock), so parallel test processes rarely try the same
+/// port, and a port one of them is still about to bind is not handed out
+/// twice by the same process.
+pub fn free_addr_on(ip: IpAddr) -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+        let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = (TEST_PORTS.start + offset) as u16;
+        if let Ok(listener) = TcpListener::bind((ip, port)) {
+            return listener
+                .local_addr()
+                .expect("a bound socket has an address");
+        }
+    }
+    panic!("no free port on {ip} in {TEST_PORTS:?}")
 }
 
 /// Polls `check` every 50 ms until it returns true or `timeout` passes.
