@@ -92,6 +92,35 @@ async fn each_backends_traffic_is_merged_across_proxies_and_shown_on_the_status_
         );
     }
 
+    // `tandemctl status` prints the merged figures as a table: a row per
+    // backend, the shop's answered by both proxies, the dead one's tries
+    // failing. (README's example is this output.)
+    let out = std::process::Command::new(tandem_testkit::bin_path("tandemctl"))
+        .arg("status")
+        .env("TANDEM_ENDPOINT", tandem.control.endpoint())
+        .env("TANDEM_TOKEN", tandem_testkit::ADMIN_TOKEN)
+        .env_remove("TANDEM_TOKEN_FILE")
+        .output()?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    println!("{printed}");
+    assert!(out.status.success(), "tandemctl status: {out:?}");
+    let row = |addr: &str| {
+        printed
+            .lines()
+            .skip_while(|l| !l.to_lowercase().contains("failed tries/s"))
+            .find(|l| l.starts_with("shop ") && l.contains(addr))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    };
+    let shop_row =
+        row(&shop_addr).ok_or_else(|| anyhow::anyhow!("no row for {shop_addr}:\n{printed}"))?;
+    assert_eq!(
+        shop_row[2], "2",
+        "both proxies report the shop: {shop_row:?}"
+    );
+    let dead_row =
+        row(&dead_addr).ok_or_else(|| anyhow::anyhow!("no row for {dead_addr}:\n{printed}"))?;
+    assert_ne!(dead_row[6], "0.00", "failed tries per second: {dead_row:?}");
+
     // The status page shows the shop's traffic from each proxy.
     tandem_testkit::wait_until(
         Duration::from_secs(10),
