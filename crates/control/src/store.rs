@@ -90,6 +90,10 @@ pub struct NodeRow {
     pub last_seen_unix_ms: i64,
 }
 
+/// Times this replica found the control database's primary on another
+/// host than before (a Patroni failover or switchover).
+const PRIMARY_CHANGES: &str = "tandem_control_database_primary_changes_total";
+
 impl Store {
     /// A pool that connects on first use, so the service starts (and says it
     /// is not ready) while the database is down.
@@ -101,6 +105,8 @@ impl Store {
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Store> {
         let hosts = Hosts::parse(url)?;
         let availability = Availability::new(hosts.describe());
+        // Present from the start (at 0), so an alert on its increase has data.
+        metrics::counter!(PRIMARY_CHANGES).absolute(0);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
@@ -250,6 +256,7 @@ impl Store {
                     "the control database moved: connecting to its new primary"
                 );
                 self.pool.set_connect_options(found);
+                metrics::counter!(PRIMARY_CHANGES).increment(1);
             }
             return Ok(());
         }

@@ -19,6 +19,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
+use tandem_testkit::certs::{KeyKind, TestCa};
 use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::{
     ControlPlane, NODE_TOKEN, Postgres, Process, declare_pool, free_addr, http_client,
@@ -72,6 +73,19 @@ async fn alert_rules_and_dashboards_hold_against_a_live_platform() -> anyhow::Re
         &shops.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
     )
     .await?;
+    // A certificate the proxy serves on a TLS listener: the expiry alert's
+    // metric.
+    let ca = TestCa::new("alerts-test-ca")?;
+    let issued = ca.issue(&["shop.test"], KeyKind::EcP256)?;
+    admin
+        .add_certificate(v1::AddCertificateRequest {
+            certificate: Some(v1::Certificate {
+                name: "shop".into(),
+                chain_pem: issued.chain_pem,
+                key_pem: issued.key_pem,
+            }),
+        })
+        .await?;
     let agent = AgentProcess::start("agent-1", "zone-a", &control.endpoint()).await?;
     let proxy = ProxyProcess::start(
         tempfile::tempdir()?,
@@ -79,6 +93,7 @@ async fn alert_rules_and_dashboards_hold_against_a_live_platform() -> anyhow::Re
         &[
             ("TANDEM_TOKEN", NODE_TOKEN.into()),
             ("TANDEM_NODE_ID", "proxy-1".into()),
+            ("TANDEM_TLS_LISTEN", free_addr().to_string()),
         ],
     )?;
     proxy.wait_ready().await?;

@@ -81,5 +81,18 @@ async fn configuration_writes_resume_by_themselves_after_a_patroni_failover() ->
         .fetch_all(&db)
         .await?;
     assert_eq!(names, ["after", "before"]);
+
+    // The replica counted the move (ControlDatabaseFailedOver's metric).
+    let metrics = tandem_testkit::http_client()
+        .get(cp.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let changes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_control_database_primary_changes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(changes, Some(1.0), "one move to a new primary:\n{metrics}");
     Ok(())
 }
