@@ -24,11 +24,12 @@ use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::browser::{ChromeDriver, save_screenshot};
+use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::tcp::{Echo, PrimaryResponder};
 use tandem_testkit::{
-    ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr, free_addr_on,
-    http_client, wait_until,
+    ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr, http_client,
+    wait_until,
 };
 
 /// How soon a killed backend must show as unhealthy on the open page: the
@@ -343,19 +344,6 @@ async fn read_without_script(browser: &Client, page: &str, down: &str) -> anyhow
     let feed = browser.find(Locator::Id("feed-list")).await?.text().await?;
     ensure!(feed.contains("unhealthy"), "{feed}");
     Ok(())
-}
-
-/// A port free on every one of `ips` (the health port is one for the pool).
-fn port_free_on(ips: &[IpAddr]) -> u16 {
-    loop {
-        let port = free_addr_on(ips[0]).port();
-        if ips
-            .iter()
-            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
-        {
-            return port;
-        }
-    }
 }
 
 /// The page as a script reads it.
