@@ -323,17 +323,20 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
             open(listen).await
         }
     };
+    // The backend's check fails: once the agents find it unhealthy.
+    let fails_its_check = |what: &'static str| {
+        check.set_primary(false);
+        wait_until(
+            Duration::from_secs(10),
+            what,
+            state_is(v1::HealthState::Unhealthy),
+        )
+    };
 
     // close, 2 s of grace: still open a second after it turned unhealthy,
     // closed a few seconds later.
     let mut conn = healthy_and_open("the backend healthy").await?;
-    check.set_primary(false);
-    wait_until(
-        Duration::from_secs(10),
-        "the backend unhealthy",
-        state_is(v1::HealthState::Unhealthy),
-    )
-    .await?;
+    fails_its_check("the backend unhealthy").await?;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     echoes(&mut conn)
         .await
@@ -361,13 +364,7 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
     tandemctl(&cp, &["pool", "update", "echo", "--on-unhealthy", "keep"])?;
     tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
     let mut kept = healthy_and_open("healthy once added again").await?;
-    check.set_primary(false);
-    wait_until(
-        Duration::from_secs(10),
-        "unhealthy again",
-        state_is(v1::HealthState::Unhealthy),
-    )
-    .await?;
+    fails_its_check("unhealthy again").await?;
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     echoes(&mut kept)
         .await
