@@ -26,7 +26,7 @@ use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::browser::{ChromeDriver, save_screenshot};
 use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::tcp::{Echo, PrimaryResponder};
+use tandem_testkit::tcp::{Echo, PrimaryResponder, primary_pool};
 use tandem_testkit::{
     ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr, http_client,
     wait_until,
@@ -382,20 +382,7 @@ async fn a_tcp_pool_its_listeners_and_a_split_brain_alert_show_on_the_page() -> 
     let mut admin = cp.admin_client().await?;
     admin
         .create_pool(v1::CreatePoolRequest {
-            pool: Some(v1::Pool {
-                name: "db".into(),
-                policy: v1::LbPolicy::SingleActive.into(),
-                health_check: Some(v1::HealthCheck {
-                    path: Some("/primary".into()),
-                    port: Some(u32::from(health_port)),
-                    interval_ms: Some(200),
-                    timeout_ms: Some(150),
-                    rise: Some(1),
-                    fall: Some(1),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            pool: Some(primary_pool("db", health_port, 1)),
         })
         .await?;
     for (m, order) in members.iter().zip([1, 2]) {

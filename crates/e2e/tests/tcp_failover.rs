@@ -23,7 +23,7 @@ use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::tcp::PrimaryResponder;
+use tandem_testkit::tcp::{PrimaryResponder, primary_pool};
 use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, free_addr, wait_until};
 
 /// The port of the server a connection reached (each member has its own).
@@ -75,20 +75,7 @@ async fn clients_follow_the_primary_through_one_address_and_old_connections_are_
     let mut admin = cp.admin_client().await?;
     admin
         .create_pool(v1::CreatePoolRequest {
-            pool: Some(v1::Pool {
-                name: "db".into(),
-                policy: v1::LbPolicy::SingleActive.into(),
-                health_check: Some(v1::HealthCheck {
-                    path: Some("/primary".into()),
-                    port: Some(health_port.into()),
-                    interval_ms: Some(200),
-                    timeout_ms: Some(150),
-                    rise: Some(1),
-                    fall: Some(2),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            pool: Some(primary_pool("db", health_port, 2)),
         })
         .await?;
     for db in &dbs {
