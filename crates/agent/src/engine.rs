@@ -38,9 +38,22 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tandem_core::health::BackendKey;
 use tandem_core::{HealthCheckKind, HealthCheckSpec};
 
+use crate::metrics::ProbeMetrics;
 use crate::probe::{Check, Dest, Head, Outcome, body_end, io_text, parse_head};
-use crate::report::{Observation, settled_hold};
-use crate::schedule::{Cadence, Context};
+use crate::report::{Observation, ReportQueue, settled_hold};
+use crate::schedule::Cadence;
+
+/// What the probe engine shares with its handles.
+pub struct Context {
+    /// The origin of the probes' start-time grid.
+    pub origin: Instant,
+    pub source_ip: Option<IpAddr>,
+    /// An HTTP probe opens a fresh connection at least every this many
+    /// probes (1: for every probe).
+    pub fresh_connection_every: u32,
+    pub queue: Arc<ReportQueue>,
+    pub metrics: ProbeMetrics,
+}
 
 /// The token of the loop's waker; every other token is a target's slot.
 const WAKER: Token = Token(usize::MAX);

@@ -9,22 +9,32 @@
 //! agent that lost its own path to a backend cannot take it down.
 //!
 //! The pieces: [`watch`] (configuration in), [`target`] (what to probe),
-//! [`schedule`] (when: each target jittered, start times on a shared grid),
-//! [`engine`] (one event loop on a thread of its own running every probe),
-//! [`probe`] (what a probe is: one TCP connect, or one HTTP request on a
+//! [`schedule`] (when: each target jittered, start times on a shared grid;
+//! pure timing), [`engine`] (one event loop on a thread of its own running
+//! every probe), [`prober`] (the engine's targets kept in step with the
+//! configuration), [`probe`] (what a probe is: one TCP connect, or one HTTP request on a
 //! kept-alive connection replaced every few dozen probes and after any
 //! failure), [`report`] (results out, batched, never blocking a probe;
 //! settled passes wait longer than anything that can move a verdict).
+//!
+//! The modules form layers, each using only those below it (and the
+//! crate's [`Error`]): `schedule`, `probe`, `control`, `config`, `target`
+//! and `watch` use nothing else of the agent's; `metrics` uses `probe`;
+//! `report` uses `schedule`, `probe`, `metrics` and `control`; `engine`
+//! uses `schedule`, `probe`, `metrics` and `report`; `prober` drives the
+//! `engine`; [`run`] wires them together. Only the binary's needs are public: [`run`], [`Args`], [`Settings`],
+//! [`Error`].
 
-pub mod config;
-pub mod control;
-pub mod engine;
-pub mod metrics;
-pub mod probe;
-pub mod report;
-pub mod schedule;
-pub mod target;
-pub mod watch;
+mod config;
+mod control;
+mod engine;
+mod metrics;
+mod probe;
+mod prober;
+mod report;
+mod schedule;
+mod target;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,8 +45,9 @@ use tokio::sync::watch as channel;
 
 pub use config::{Args, Settings};
 
+use crate::engine::Context;
+use crate::prober::Prober;
 use crate::report::{ReportQueue, Reporter};
-use crate::schedule::{Context, Prober};
 
 /// The agent's errors (all at start-up: once running, it retries forever).
 #[derive(Debug, thiserror::Error)]

@@ -380,10 +380,9 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::engine::Engine;
+    use crate::engine::{Context, Engine};
     use crate::metrics::ProbeMetrics;
     use crate::report::ReportQueue;
-    use crate::schedule::Context;
 
     /// One backend in a probe engine of its own, probed only when asked,
     /// one probe at a time.

@@ -185,14 +185,6 @@ fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// `host:port/name` of a Postgres URL's options, never its credentials.
-pub fn describe(options: &sqlx::postgres::PgConnectOptions) -> String {
-    let database = options
-        .get_database()
-        .unwrap_or_else(|| options.get_username());
-    format!("{}:{}/{}", options.get_host(), options.get_port(), database)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,19 +209,6 @@ mod tests {
         assert_eq!(a.outage(Some("reset".into())).cause, "reset");
         a.up();
         assert!(a.is_up() && a.state().cause.is_empty());
-    }
-
-    #[test]
-    fn the_database_is_named_without_credentials() {
-        let o: sqlx::postgres::PgConnectOptions =
-            "postgres://tandem:s3cret@db.internal:6432/control"
-                .parse()
-                .expect("a valid URL");
-        assert_eq!(describe(&o), "db.internal:6432/control");
-        let o: sqlx::postgres::PgConnectOptions = "postgres://postgres@127.0.0.1:5499"
-            .parse()
-            .expect("a valid URL");
-        assert_eq!(describe(&o), "127.0.0.1:5499/postgres");
     }
 
     #[test]

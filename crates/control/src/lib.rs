@@ -8,18 +8,18 @@
 //! database is away it answers reads and Watch from its copy in memory,
 //! marked stale, and refuses writes at once.
 
-pub mod auth;
+mod auth;
 pub mod config;
 pub mod consensus;
-pub mod database;
-pub mod error;
-pub mod history;
-pub mod hosts;
-pub mod hub;
+mod database;
+mod error;
+mod history;
+mod hosts;
+mod hub;
 pub mod server;
-pub mod service;
+mod service;
 pub mod store;
-pub mod ui;
+mod ui;
 
 pub use config::Config;
 pub use error::Error;

@@ -5,6 +5,14 @@
 //! write, append the change to `change_log`, bump the revision and
 //! `pg_notify` the new revision to every replica's hub.
 //!
+//! The checks are the configuration's rules across objects and over time,
+//! and live here only: the pool a backend or route names exists, names and
+//! listen ports are not taken, a pool still routed to is not deleted, an
+//! `expected_revision` is not stale. Made after the lock, they see the
+//! committed configuration with every other writer held off. The shape of
+//! each value was checked when its core type was built; replaying a
+//! committed change (`Snapshot::apply`) decides nothing.
+//!
 //! While the replica knows its database is unreachable ([`Availability`],
 //! kept by the hub), a change is refused at once with
 //! [`Error::DatabaseDown`] instead of waiting out a connection timeout.

@@ -97,7 +97,9 @@ impl Snapshot {
 
     /// Applies a change committed at `revision`, which must be the next one.
     /// A change that does not fit (a backend of an unknown pool, say) means
-    /// the follower has diverged and should fetch a fresh snapshot.
+    /// the follower has diverged and should fetch a fresh snapshot. It
+    /// decides no rule: the control plane's store checked the change
+    /// before committing it.
     pub fn apply(&mut self, revision: Revision, change: &ConfigChange) -> Result<(), Error> {
         if revision != self.revision.next() {
             return Err(Error::StaleRevision {

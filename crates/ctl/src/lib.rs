@@ -8,12 +8,12 @@
 //! plane's, so its errors (naming the field) are shown as they come, and each
 //! gRPC code family maps to its own exit code (see [`error::exit`]).
 
-pub mod cli;
-pub mod commands;
-pub mod duration;
-pub mod error;
-pub mod explain;
-pub mod output;
+mod cli;
+mod commands;
+mod duration;
+mod error;
+mod explain;
+mod output;
 
 use std::process::ExitCode;
 

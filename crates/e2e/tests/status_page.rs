@@ -24,11 +24,12 @@ use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::browser::{ChromeDriver, save_screenshot};
+use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::tcp::{Echo, PrimaryResponder};
+use tandem_testkit::tcp::{Echo, PrimaryResponder, primary_pool};
 use tandem_testkit::{
-    ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr, free_addr_on,
-    http_client, wait_until,
+    ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr, http_client,
+    wait_until,
 };
 
 /// How soon a killed backend must show as unhealthy on the open page: the
@@ -345,19 +346,6 @@ async fn read_without_script(browser: &Client, page: &str, down: &str) -> anyhow
     Ok(())
 }
 
-/// A port free on every one of `ips` (the health port is one for the pool).
-fn port_free_on(ips: &[IpAddr]) -> u16 {
-    loop {
-        let port = free_addr_on(ips[0]).port();
-        if ips
-            .iter()
-            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
-        {
-            return port;
-        }
-    }
-}
-
 /// The page as a script reads it.
 async fn page_text(url: &str) -> anyhow::Result<String> {
     let r = http_client().get(url).send().await?;
@@ -394,20 +382,7 @@ async fn a_tcp_pool_its_listeners_and_a_split_brain_alert_show_on_the_page() -> 
     let mut admin = cp.admin_client().await?;
     admin
         .create_pool(v1::CreatePoolRequest {
-            pool: Some(v1::Pool {
-                name: "db".into(),
-                policy: v1::LbPolicy::SingleActive.into(),
-                health_check: Some(v1::HealthCheck {
-                    path: Some("/primary".into()),
-                    port: Some(u32::from(health_port)),
-                    interval_ms: Some(200),
-                    timeout_ms: Some(150),
-                    rise: Some(1),
-                    fall: Some(1),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            pool: Some(primary_pool("db", health_port, 1)),
         })
         .await?;
     for (m, order) in members.iter().zip([1, 2]) {

@@ -20,24 +20,11 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use tandem_proto::v1;
+use tandem_testkit::agent::AgentProcess;
+use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::tcp::PrimaryResponder;
-use tandem_testkit::{
-    ControlPlane, NODE_TOKEN, Postgres, Process, free_addr, free_addr_on, wait_until,
-};
-
-/// A port free on every one of `ips` (the health port is one for the pool).
-fn port_free_on(ips: &[IpAddr]) -> u16 {
-    loop {
-        let port = free_addr_on(ips[0]).port();
-        if ips
-            .iter()
-            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
-        {
-            return port;
-        }
-    }
-}
+use tandem_testkit::tcp::{PrimaryResponder, primary_pool};
+use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, free_addr, wait_until};
 
 /// The port of the server a connection reached (each member has its own).
 async fn server_port(conn: &mut PgConnection) -> anyhow::Result<u16> {
@@ -88,20 +75,7 @@ async fn clients_follow_the_primary_through_one_address_and_old_connections_are_
     let mut admin = cp.admin_client().await?;
     admin
         .create_pool(v1::CreatePoolRequest {
-            pool: Some(v1::Pool {
-                name: "db".into(),
-                policy: v1::LbPolicy::SingleActive.into(),
-                health_check: Some(v1::HealthCheck {
-                    path: Some("/primary".into()),
-                    port: Some(health_port.into()),
-                    interval_ms: Some(200),
-                    timeout_ms: Some(150),
-                    rise: Some(1),
-                    fall: Some(2),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            pool: Some(primary_pool("db", health_port, 2)),
         })
         .await?;
     for db in &dbs {
@@ -126,17 +100,7 @@ async fn clients_follow_the_primary_through_one_address_and_old_connections_are_
         })
         .await?;
 
-    let _agent = Process::spawn(
-        "agent",
-        "tandem-agent",
-        &[],
-        &[
-            ("TANDEM_CONTROL", cp.endpoint()),
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "agent-1".into()),
-            ("TANDEM_ADMIN_LISTEN", free_addr().to_string()),
-        ],
-    )?;
+    let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
     let proxy = ProxyProcess::start(
         tempfile::tempdir()?,
         &cp.endpoint(),

@@ -237,8 +237,9 @@ async fn tcp_routes_open_and_close_on_a_running_proxy_and_unbindable_ports_are_r
 async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or_are_kept()
 -> anyhow::Result<()> {
     use std::net::IpAddr;
+    use tandem_testkit::agent::AgentProcess;
+    use tandem_testkit::free_addr_on;
     use tandem_testkit::tcp::PrimaryResponder;
-    use tandem_testkit::{Process, free_addr_on};
 
     let db = Postgres::start()?;
     let cp = ControlPlane::start(&db.url()).await?;
@@ -284,17 +285,7 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
             "echo",
         ],
     )?;
-    let _agent = Process::spawn(
-        "agent",
-        "tandem-agent",
-        &[],
-        &[
-            ("TANDEM_CONTROL", cp.endpoint()),
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "agent-1".into()),
-            ("TANDEM_ADMIN_LISTEN", free_addr().to_string()),
-        ],
-    )?;
+    let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
     let proxy = ProxyProcess::start(
         tempfile::tempdir()?,
         &cp.endpoint(),
@@ -319,27 +310,33 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
             }
         }
     };
-    wait_until(
-        Duration::from_secs(15),
-        "the backend healthy",
-        state_is(v1::HealthState::Healthy),
-    )
-    .await?;
-    wait_until(Duration::from_secs(10), "the route to serve", || {
-        serves(listen)
-    })
-    .await?;
+    // Once the agents find the backend healthy and the route serves: a
+    // connection through it.
+    let healthy_and_open = |what: &'static str| {
+        let healthy = state_is(v1::HealthState::Healthy);
+        async move {
+            wait_until(Duration::from_secs(15), what, healthy).await?;
+            wait_until(Duration::from_secs(10), "the route to serve", || {
+                serves(listen)
+            })
+            .await?;
+            open(listen).await
+        }
+    };
+    // The backend's check fails: once the agents find it unhealthy.
+    let fails_its_check = |what: &'static str| {
+        check.set_primary(false);
+        wait_until(
+            Duration::from_secs(10),
+            what,
+            state_is(v1::HealthState::Unhealthy),
+        )
+    };
 
     // close, 2 s of grace: still open a second after it turned unhealthy,
     // closed a few seconds later.
-    let mut conn = open(listen).await?;
-    check.set_primary(false);
-    wait_until(
-        Duration::from_secs(10),
-        "the backend unhealthy",
-        state_is(v1::HealthState::Unhealthy),
-    )
-    .await?;
+    let mut conn = healthy_and_open("the backend healthy").await?;
+    fails_its_check("the backend unhealthy").await?;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     echoes(&mut conn)
         .await
@@ -353,17 +350,7 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
 
     // Removing the backend closes what is open to it (close, 2 s grace).
     check.set_primary(true);
-    wait_until(
-        Duration::from_secs(10),
-        "healthy again",
-        state_is(v1::HealthState::Healthy),
-    )
-    .await?;
-    wait_until(Duration::from_secs(10), "the route to serve", || {
-        serves(listen)
-    })
-    .await?;
-    let mut last = open(listen).await?;
+    let mut last = healthy_and_open("healthy again").await?;
     tandemctl(&cp, &["backend", "remove", "echo", &echo.address()])?;
     until_closed(
         &mut last,
@@ -376,24 +363,8 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
     // the backend starts afresh: the control plane forgot its history.)
     tandemctl(&cp, &["pool", "update", "echo", "--on-unhealthy", "keep"])?;
     tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
-    wait_until(
-        Duration::from_secs(10),
-        "healthy once added again",
-        state_is(v1::HealthState::Healthy),
-    )
-    .await?;
-    wait_until(Duration::from_secs(10), "the route to serve", || {
-        serves(listen)
-    })
-    .await?;
-    let mut kept = open(listen).await?;
-    check.set_primary(false);
-    wait_until(
-        Duration::from_secs(10),
-        "unhealthy again",
-        state_is(v1::HealthState::Unhealthy),
-    )
-    .await?;
+    let mut kept = healthy_and_open("healthy once added again").await?;
+    fails_its_check("unhealthy again").await?;
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     echoes(&mut kept)
         .await

@@ -211,12 +211,6 @@ impl<'a> ReqBody<'a> {
         self.complete
     }
 
-    /// Nothing was read from the client yet: a try that failed before
-    /// its body started can be repeated whatever the body's size.
-    pub fn untouched(&self) -> bool {
-        self.received == 0
-    }
-
     /// The pieces kept from earlier tries, to send first.
     pub fn kept(&self) -> &[Bytes] {
         &self.kept

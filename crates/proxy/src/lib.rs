@@ -8,29 +8,33 @@
 //!
 //! Pure decisions (routing, balancing, ejection) live in `tandem-core`; this
 //! crate is the I/O around them.
+//!
+//! Only what the binary needs is public ([`run`], [`Args`], [`Settings`],
+//! [`Error`]); the modules are the crate's own, and its tests speak to it
+//! as a process, over its ports.
 
-pub mod access_log;
-pub mod admin;
-pub mod body;
-pub mod clock;
-pub mod config;
-pub mod drain;
-pub mod error;
-pub mod explain;
-pub mod forward;
-pub mod h1;
-pub mod h2;
-pub mod sampling;
-pub mod server;
-pub mod store;
-pub mod stream;
-pub mod table;
-pub mod tcp;
-pub mod tls;
-pub mod traffic;
-pub mod tunnel;
-pub mod upstream;
-pub mod watch;
+mod access_log;
+mod admin;
+mod body;
+mod clock;
+mod config;
+mod drain;
+mod error;
+mod explain;
+mod forward;
+mod h1;
+mod h2;
+mod sampling;
+mod server;
+mod store;
+mod stream;
+mod table;
+mod tcp;
+mod tls;
+mod traffic;
+mod tunnel;
+mod upstream;
+mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -47,7 +51,7 @@ use table::{Registry, Source};
 
 /// The proxy's moving parts, shared by the listener, the admin port and the
 /// subscription.
-pub struct Runtime {
+pub(crate) struct Runtime {
     pub proxy: Arc<Proxy>,
     /// TCP routes: their table, listeners and connections.
     pub tcp: Arc<tcp::Tcp>,

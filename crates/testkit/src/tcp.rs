@@ -63,6 +63,28 @@ impl Drop for Echo {
     }
 }
 
+/// A `single_active` pool named `name` whose check asks each member's
+/// [`PrimaryResponder`] on `health_port` for `/primary` every 200 ms (150 ms
+/// timeout, rise 1, `fall` failures in a row): the pool of a database's
+/// primary, as an operator declares it.
+pub fn primary_pool(name: &str, health_port: u16, fall: u32) -> tandem_proto::v1::Pool {
+    use tandem_proto::v1;
+    v1::Pool {
+        name: name.into(),
+        policy: v1::LbPolicy::SingleActive.into(),
+        health_check: Some(v1::HealthCheck {
+            path: Some("/primary".into()),
+            port: Some(health_port.into()),
+            interval_ms: Some(200),
+            timeout_ms: Some(150),
+            rise: Some(1),
+            fall: Some(fall),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Patroni's REST API as far as a load balancer sees it: `GET /primary`
 /// (and `OPTIONS`, `HEAD`) answer 200 while this member is the primary and
 /// 503 otherwise; `/replica` the opposite; anything else 404. One request

@@ -11,14 +11,14 @@
 //! `main.rs` parses [`Config`] and calls [`server::run`]; everything else is
 //! here, where tests can reach it.
 
-pub mod config;
-pub mod error;
-pub mod faults;
-pub mod html;
-pub mod model;
+mod config;
+mod error;
+mod faults;
+mod html;
+mod model;
 pub mod server;
-pub mod store;
-pub mod web;
+mod store;
+mod web;
 
 pub use config::Config;
 pub use error::Error;

@@ -136,12 +136,6 @@ pub struct MemberView {
     pub is_self: bool,
 }
 
-impl MemberView {
-    pub fn name(&self) -> String {
-        format!("control-{}", self.id)
-    }
-}
-
 /// The raft group as this replica sees it: the same rules as
 /// `GetClusterStatus` (a follower speaks only of itself and the leader).
 pub fn raft_local(

@@ -26,7 +26,7 @@ use tandem_http::{Body, ParseOptions, RequestHead, UpstreamFraming};
 use tandem_telemetry::SpanSink;
 use tokio::time::Instant;
 
-pub use answer::{Answer, BodyError, Reply, ReplyHead, RespBody, Tunnel};
+pub use answer::{Answer, Reply, ReplyHead, RespBody, Tunnel};
 use answer::{BackendGuard, CountGuard, Done, RequestGuard};
 use attempt::{Outcome, Try};
 use retry::{Facts, Failure, Next};

@@ -123,7 +123,10 @@ pub async fn serve(tcp: Arc<Tcp>, client: TcpStream, peer: SocketAddr, listen: S
         End::Killed => {
             tracing::debug!(pool = %state.name, backend = %b.address, client = %peer, "tcp connection closed by policy")
         }
-        End::Closed | End::Error(_) => {}
+        End::Error(e) => {
+            tracing::debug!(pool = %state.name, backend = %b.address, client = %peer, error = %e, "tcp connection ended with an error")
+        }
+        End::Closed => {}
     }
     drop(slot);
 }

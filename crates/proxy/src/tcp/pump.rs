@@ -87,60 +87,31 @@ pub async fn run(
     let last = AtomicU64::new(clock::now_ms());
     let spoke = AtomicU64::new(0);
     let ended = AtomicU64::new(0);
+    let direction = |counter, first, from_backend| Direction {
+        size: settings.buffer,
+        counter,
+        last: &last,
+        first,
+        from_backend,
+        spoke: &spoke,
+        ended: &ended,
+    };
+    let up = direction(meter.to_backend, None, false);
+    let down = direction(meter.to_client, Some(on_first_byte), true);
     let both = async {
         match settings.mode {
             CopyMode::Copy => {
                 let (mut cr, mut cw) = client.split();
                 let (mut br, mut bw) = backend.split();
-                let up = copy_dir(
-                    &mut cr,
-                    &mut bw,
-                    settings.buffer,
-                    meter.to_backend,
-                    &last,
-                    None::<fn()>,
-                    false,
-                    &spoke,
-                    &ended,
-                );
-                let down = copy_dir(
-                    &mut br,
-                    &mut cw,
-                    settings.buffer,
-                    meter.to_client,
-                    &last,
-                    Some(on_first_byte),
-                    true,
-                    &spoke,
-                    &ended,
-                );
-                tokio::try_join!(up, down).map(|_| ())
+                tokio::try_join!(
+                    copy_dir(&mut cr, &mut bw, up),
+                    copy_dir(&mut br, &mut cw, down)
+                )
+                .map(|_| ())
             }
             CopyMode::Splice => {
                 let (c, b) = (&*client, &*backend);
-                let up = splice_dir(
-                    c,
-                    b,
-                    settings.buffer,
-                    meter.to_backend,
-                    &last,
-                    None::<fn()>,
-                    false,
-                    &spoke,
-                    &ended,
-                );
-                let down = splice_dir(
-                    b,
-                    c,
-                    settings.buffer,
-                    meter.to_client,
-                    &last,
-                    Some(on_first_byte),
-                    true,
-                    &spoke,
-                    &ended,
-                );
-                tokio::try_join!(up, down).map(|_| ())
+                tokio::try_join!(splice_dir(c, b, up), splice_dir(b, c, down)).map(|_| ())
             }
         }
     };
@@ -170,123 +141,125 @@ async fn idle_out(idle: Option<Duration>, last: &AtomicU64) {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one call site per mode, each direction spelled out
+/// One direction's share of the connection, whichever way it copies.
+struct Direction<'a, F> {
+    /// Bytes per read or splice.
+    size: usize,
+    counter: &'a Counter,
+    /// The idle clock, stamped by both directions.
+    last: &'a AtomicU64,
+    /// Runs at this direction's first byte.
+    first: Option<F>,
+    /// Does this direction read from the backend?
+    from_backend: bool,
+    /// Set once the backend has sent a byte.
+    spoke: &'a AtomicU64,
+    /// How many directions have read end-of-stream.
+    ended: &'a AtomicU64,
+}
+
+impl<F: FnOnce()> Direction<'_, F> {
+    /// A failure reading the source (`reading`) or writing the other side:
+    /// reads fail on the source's socket, writes on the other one's.
+    fn fail(&self, reading: bool, error: io::Error) -> DirError {
+        DirError {
+            backend_side: self.from_backend == reading,
+            backend_spoke: self.spoke.load(Ordering::Relaxed) > 0,
+            error,
+        }
+    }
+
+    /// End-of-stream was read: should the other side's write half be shut
+    /// (half-close)? Not when the other direction already ended: both
+    /// sockets are closed at once then, and a shutdown first would only
+    /// cost a syscall.
+    fn ended(&self) -> bool {
+        self.ended.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
+    /// `n` bytes read: the first-byte hook, the idle clock, the count.
+    fn moved(&mut self, n: usize) {
+        if let Some(f) = self.first.take() {
+            self.spoke.store(1, Ordering::Relaxed);
+            f();
+        }
+        self.last.store(clock::now_ms(), Ordering::Relaxed);
+        self.counter.increment(n as u64);
+    }
+}
+
 async fn copy_dir<R, W, F>(
     from: &mut R,
     to: &mut W,
-    size: usize,
-    counter: &Counter,
-    last: &AtomicU64,
-    mut first: Option<F>,
-    from_backend: bool,
-    spoke: &AtomicU64,
-    ended: &AtomicU64,
+    mut dir: Direction<'_, F>,
 ) -> Result<(), DirError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
     F: FnOnce(),
 {
-    // Reads fail on the source's socket, writes on the other one's.
-    let fail = |error: io::Error| DirError {
-        backend_side: from_backend,
-        backend_spoke: spoke.load(Ordering::Relaxed) > 0,
-        error,
-    };
-    let fail_write = |error: io::Error| DirError {
-        backend_side: !from_backend,
-        backend_spoke: spoke.load(Ordering::Relaxed) > 0,
-        error,
-    };
     // Filled by `read_buf` into spare capacity: the buffer is never zeroed,
     // which short connections would pay for on every open.
-    let mut buf: Vec<u8> = Vec::with_capacity(size);
+    let mut buf: Vec<u8> = Vec::with_capacity(dir.size);
     loop {
         buf.clear();
-        let n = from.read_buf(&mut buf).await.map_err(fail)?;
+        let n = from
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| dir.fail(true, e))?;
         if n == 0 {
-            // Half-close: tell the other side we are done sending, unless
-            // the other direction already ended (both sockets are closed
-            // at once then; a shutdown first would only cost a syscall).
-            if ended.fetch_add(1, Ordering::Relaxed) == 0 {
+            if dir.ended() {
                 let _ = to.shutdown().await;
             }
             return Ok(());
         }
-        if let Some(f) = first.take() {
-            spoke.store(1, Ordering::Relaxed);
-            f();
-        }
-        last.store(clock::now_ms(), Ordering::Relaxed);
-        counter.increment(n as u64);
-        to.write_all(&buf).await.map_err(fail_write)?;
+        dir.moved(n);
+        to.write_all(&buf).await.map_err(|e| dir.fail(false, e))?;
     }
 }
 
-#[allow(clippy::too_many_arguments)] // as copy_dir
 async fn splice_dir<F: FnOnce()>(
     from: &TcpStream,
     to: &TcpStream,
-    size: usize,
-    counter: &Counter,
-    last: &AtomicU64,
-    mut first: Option<F>,
-    from_backend: bool,
-    spoke: &AtomicU64,
-    ended: &AtomicU64,
+    mut dir: Direction<'_, F>,
 ) -> Result<(), DirError> {
     use nix::fcntl::{SpliceFFlags, splice};
-    // Reads fail on the source's socket, writes on the other one's.
-    let fail = |error: io::Error| DirError {
-        backend_side: from_backend,
-        backend_spoke: spoke.load(Ordering::Relaxed) > 0,
-        error,
-    };
-    let fail_write = |error: io::Error| DirError {
-        backend_side: !from_backend,
-        backend_spoke: spoke.load(Ordering::Relaxed) > 0,
-        error,
-    };
     let (pipe_r, pipe_w): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| fail(e.into()))?;
+            .map_err(|e| dir.fail(true, e.into()))?;
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    let size = dir.size;
     loop {
         // Socket → pipe. The pipe is empty here (drained below), so
         // "would block" can only mean the socket has nothing to read.
         let n = loop {
-            from.readable().await.map_err(fail)?;
+            from.readable().await.map_err(|e| dir.fail(true, e))?;
             match from.try_io(Interest::READABLE, || {
                 splice(from.as_fd(), None, pipe_w.as_fd(), None, size, flags)
                     .map_err(io::Error::from)
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(fail(e)),
+                Err(e) => return Err(dir.fail(true, e)),
             }
         };
         if n == 0 {
-            if ended.fetch_add(1, Ordering::Relaxed) == 0 {
+            if dir.ended() {
                 let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
             }
             return Ok(());
         }
-        if let Some(f) = first.take() {
-            spoke.store(1, Ordering::Relaxed);
-            f();
-        }
-        last.store(clock::now_ms(), Ordering::Relaxed);
-        counter.increment(n as u64);
+        dir.moved(n);
         // Pipe → the other socket, until the pipe is empty.
         let mut left = n;
         while left > 0 {
-            to.writable().await.map_err(fail_write)?;
+            to.writable().await.map_err(|e| dir.fail(false, e))?;
             match to.try_io(Interest::WRITABLE, || {
                 splice(pipe_r.as_fd(), None, to.as_fd(), None, left, flags).map_err(io::Error::from)
             }) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(fail_write(e)),
+                Err(e) => return Err(dir.fail(false, e)),
             }
         }
     }

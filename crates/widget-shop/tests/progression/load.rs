@@ -166,23 +166,7 @@ impl Load {
     /// proxy address does.
     pub async fn start(targets: Vec<String>, config: LoadConfig) -> anyhow::Result<Load> {
         tandem_testkit::init_crypto();
-        let probe = client(config.request_timeout)?;
-        let list: Value = probe
-            .get(format!("{}/api/widgets", targets[0]))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let slugs: Vec<String> = list["widgets"]
-            .as_array()
-            .map(|ws| {
-                ws.iter()
-                    .filter_map(|w| w["slug"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        anyhow::ensure!(!slugs.is_empty(), "the shop lists no widgets: {list}");
+        let slugs = widget_slugs(&client(config.request_timeout)?, &targets[0]).await?;
 
         let phase = Arc::new(AtomicUsize::new(0));
         let phase_starts = Arc::new(std::sync::Mutex::new(vec![Instant::now()]));
@@ -257,6 +241,61 @@ impl Load {
         }
         Ok(report)
     }
+}
+
+/// The slugs of the widgets the shop at `base` lists (one at least).
+pub async fn widget_slugs(client: &reqwest::Client, base: &str) -> anyhow::Result<Vec<String>> {
+    let list: Value = client
+        .get(format!("{base}/api/widgets"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let slugs: Vec<String> = list["widgets"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter_map(|w| w["slug"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(!slugs.is_empty(), "the shop lists no widgets: {list}");
+    Ok(slugs)
+}
+
+/// A shopper's request: with its cart's cookie, a JSON body and an
+/// `Idempotency-Key` when it has them.
+pub fn shopper_request(
+    client: &reqwest::Client,
+    method: Method,
+    url: String,
+    cart: Option<&str>,
+    body: Option<&Value>,
+    key: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut req = client.request(method, url);
+    if let Some(c) = cart {
+        req = req.header("cookie", format!("cart={c}"));
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    req
+}
+
+/// The cart an answer's `Set-Cookie` hands the shopper, if any.
+pub fn cart_cookie(res: &reqwest::Response) -> Option<String> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find_map(|kv| kv.strip_prefix("cart="))
+        .map(str::to_string)
 }
 
 fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
@@ -418,18 +457,14 @@ impl Shopper {
         let mut result = None;
         for k in 0..n {
             let target = &self.targets[(first + k) % n];
-            let mut req = self
-                .client
-                .request(method.clone(), format!("{target}{path}"));
-            if let Some(c) = &self.cart {
-                req = req.header("cookie", format!("cart={c}"));
-            }
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            if let Some(k) = key {
-                req = req.header("idempotency-key", k);
-            }
+            let req = shopper_request(
+                &self.client,
+                method.clone(),
+                format!("{target}{path}"),
+                self.cart.as_deref(),
+                body.as_ref(),
+                key,
+            );
             match req.send().await {
                 // Nothing was sent: the next proxy, and stay with it.
                 Err(e) if e.is_connect() && k + 1 < n => {
@@ -454,15 +489,8 @@ impl Shopper {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("proxy")
                     .to_string();
-                if let Some(cart) = res
-                    .headers()
-                    .get_all("set-cookie")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .filter_map(|v| v.split(';').next())
-                    .find_map(|kv| kv.strip_prefix("cart="))
-                {
-                    self.cart = Some(cart.to_string());
+                if let Some(cart) = cart_cookie(&res) {
+                    self.cart = Some(cart);
                 }
                 match res.text().await {
                     Ok(body) => Ok((status, by, body, replayed)),

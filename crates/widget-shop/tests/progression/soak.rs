@@ -29,6 +29,7 @@ use tandem_testkit::proxy::ProxyProcess;
 
 use super::common::Shop;
 use super::common::tandem::Tandem;
+use super::load::{cart_cookie, shopper_request, widget_slugs};
 use super::stages::{ShopDb, restock};
 
 /// The proxies' idle timeout for client connections (their header
@@ -152,7 +153,7 @@ pub async fn run(config: &SoakConfig) -> anyhow::Result<SoakReport> {
         tandem.proxy_with("proxy-2", &env).await?,
     ];
     let targets: Arc<Vec<String>> = Arc::new(proxies.iter().map(|p| p.url("")).collect());
-    let slugs = Arc::new(slugs(&targets[0]).await?);
+    let slugs = Arc::new(widget_slugs(&client()?, &targets[0]).await?);
 
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -201,26 +202,6 @@ pub async fn run(config: &SoakConfig) -> anyhow::Result<SoakReport> {
     drop(proxies);
     drop(shops);
     Ok(report)
-}
-
-async fn slugs(base: &str) -> anyhow::Result<Vec<String>> {
-    let list: Value = client()?
-        .get(format!("{base}/api/widgets"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let slugs: Vec<String> = list["widgets"]
-        .as_array()
-        .map(|ws| {
-            ws.iter()
-                .filter_map(|w| w["slug"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    anyhow::ensure!(!slugs.is_empty(), "the shop lists no widgets: {list}");
-    Ok(slugs)
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
@@ -344,32 +325,21 @@ impl SoakShopper {
             gap = Some(g);
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
-        let mut req = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.target));
-        if let Some(c) = &self.cart {
-            req = req.header("cookie", format!("cart={c}"));
-        }
-        if let Some(b) = &body {
-            req = req.json(b);
-        }
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
-        }
+        let req = shopper_request(
+            &self.client,
+            method.clone(),
+            format!("{}{path}", self.target),
+            self.cart.as_deref(),
+            body.as_ref(),
+            key,
+        );
         let start = Instant::now();
         let outcome = match req.send().await {
             Ok(res) => {
                 let status = res.status();
                 let by_shop = res.headers().contains_key("x-served-by");
-                if let Some(cart) = res
-                    .headers()
-                    .get_all("set-cookie")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .filter_map(|v| v.split(';').next())
-                    .find_map(|kv| kv.strip_prefix("cart="))
-                {
-                    self.cart = Some(cart.to_string());
+                if let Some(cart) = cart_cookie(&res) {
+                    self.cart = Some(cart);
                 }
                 match res.text().await {
                     Ok(text) => Ok((status, by_shop, text)),
