@@ -511,6 +511,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
             kind: v1::NodeKind::Proxy.into(),
             last_revision: 0,
             zone: "z1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -555,6 +556,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
             kind: v1::NodeKind::Proxy.into(),
             last_revision: 21,
             zone: "z1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -573,6 +575,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
             kind: v1::NodeKind::Proxy.into(),
             last_revision: 22,
             zone: "z1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -652,6 +655,7 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
             kind: 1,
             last_revision: 1,
             zone: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -755,6 +759,7 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
                     kind: 1,
                     last_revision,
                     zone: String::new(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -865,6 +870,7 @@ async fn a_replica_that_never_reached_its_database_says_so_clearly() -> anyhow::
             kind: 1,
             last_revision: 0,
             zone: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -999,6 +1005,7 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
             kind: 1,
             last_revision: 0,
             zone: String::new(),
+            ..Default::default()
         })
         .await?;
     let status = cp.process.terminate(Duration::from_secs(15))?;

@@ -2022,6 +2022,7 @@ mod tests {
                 backends,
                 ..Default::default()
             })),
+            ..Default::default()
         }
     }
 
@@ -2149,6 +2150,7 @@ ADDRESS         WEIGHT   ROLE      STATE
         let change = |c| v1::WatchEvent {
             revision: 9,
             event: Some(Event::Change(v1::ConfigChange { change: Some(c) })),
+            ..Default::default()
         };
         let e = change(Change::PoolDeleted("shop".into()));
         let line = to_json_line(&WatchEventJson::from(&e));
@@ -2194,7 +2196,9 @@ ADDRESS         WEIGHT   ROLE      STATE
                 stale: None,
                 tcp_routes: vec![],
                 certificates: vec![],
+                ..Default::default()
             })),
+            ..Default::default()
         };
         let v = parse(&to_json_line(&WatchEventJson::from(&snap)));
         assert_eq!(v["revision"], 4);
@@ -2276,6 +2280,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                 },
             ],
             stale: None,
+            ..Default::default()
         };
         let health = Health::Known {
             reply: health_reply_of(vec![failing()]),
@@ -2319,6 +2324,7 @@ shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   agent-1:
             nodes: vec![],
             stale: None,
             traffic: Vec::new(),
+            ..Default::default()
         };
         let health = Health::Unavailable("UNIMPLEMENTED: unknown method GetHealth".into());
         assert_eq!(
@@ -2370,6 +2376,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
             nodes: vec![],
             stale: Some(stale.clone()),
             traffic: Vec::new(),
+            ..Default::default()
         };
         let health = Health::Known {
             reply: health_reply_of(vec![]),
@@ -2431,6 +2438,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
                 pool: "shop".into(),
             }],
             certificates: vec![],
+            ..Default::default()
         };
         assert_eq!(
             snapshot_summary(&s),
@@ -2508,6 +2516,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
                 ..Default::default()
             }],
             stale: None,
+            ..Default::default()
         };
         let out = status(&s, &health, &alerts, 0);
         assert!(out.contains("proxy-1: tcp listener 0.0.0.0:5432 (pool/db) NOT BOUND: Address already in use (os error 98)\n"), "{out}");
@@ -2809,6 +2818,7 @@ health: unavailable (UNAVAILABLE: no raft)
                     address: "10.0.0.5:3000".into(),
                 })),
             })),
+            ..Default::default()
         };
         assert_eq!(
             text.lines(&removed),
@@ -2822,6 +2832,7 @@ health: unavailable (UNAVAILABLE: no raft)
             event: Some(Event::Change(v1::ConfigChange {
                 change: Some(Change::PoolDeleted("shop".into())),
             })),
+            ..Default::default()
         };
         text.lines(&deleted);
         let line = &text.lines(&health_event(false, vec![failing()]))[0];
