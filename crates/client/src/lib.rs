@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tandem_core::{Revision, Snapshot};
-use tandem_proto::convert::{change_from_proto, snapshot_from_proto};
+use tandem_proto::convert::{change_from_proto, snapshot_from_proto, store_identity_from_proto};
 use tandem_proto::v1::{
     self, NodeKind, ReportAppliedRequest, control_plane_client::ControlPlaneClient,
     watch_event::Event,
@@ -286,6 +286,15 @@ impl Reconnect {
     }
 }
 
+/// The store identity to resume a `Watch` from `from` with (empty and 0
+/// when unknown, or when asking for a full snapshot anyway).
+pub fn resume_identity(current: Option<&Snapshot>, from: Revision) -> (String, u64) {
+    match current.and_then(|s| s.store.as_ref()) {
+        Some(store) if from != Revision::ZERO => (store.id.clone(), store.generation),
+        _ => (String::new(), 0),
+    }
+}
+
 /// Applies one `Watch` event to the configuration; `Ok(true)` when it moved.
 /// A snapshot replaces it; a change must be the next revision and applies
 /// to a copy, so one that fails leaves nothing half-done. Health events do
@@ -307,6 +316,21 @@ pub fn apply_event(current: &mut Option<Snapshot>, event: &v1::WatchEvent) -> Re
             }
             let mut snapshot = snapshot_from_proto(s).map_err(|e| e.to_string())?;
             snapshot.revision = Revision(event.revision);
+            if snapshot.store.is_none() {
+                snapshot.store = store_identity_from_proto(&event.store_id, event.generation);
+            }
+            if let Some(held) = current.as_ref()
+                && held.store.is_some()
+                && held.store != snapshot.store
+            {
+                tracing::warn!(
+                    held_revision = held.revision.0,
+                    held_store = %held.store.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    revision = event.revision,
+                    store = %snapshot.store.as_ref().map(ToString::to_string).unwrap_or_else(|| "unknown".into()),
+                    "the control plane's store identity changed (a restore, or a database that lost its last transactions): replacing the whole configuration"
+                );
+            }
             *current = Some(snapshot);
             Ok(true)
         }
@@ -315,6 +339,19 @@ pub fn apply_event(current: &mut Option<Snapshot>, event: &v1::WatchEvent) -> Re
             let s = current
                 .as_mut()
                 .ok_or_else(|| "a change arrived before any snapshot".to_string())?;
+            let theirs = store_identity_from_proto(&event.store_id, event.generation);
+            if theirs.is_some() && theirs != s.store {
+                return Err(format!(
+                    "the change at revision {} belongs to store {}, not to {} which revision {} held came from (history was rewritten: a restore, or a database that lost its last transactions)",
+                    event.revision,
+                    theirs.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    s.store
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "an unknown store".into()),
+                    s.revision.0
+                ));
+            }
             let mut next = s.clone();
             next.apply(Revision(event.revision), &change)
                 .map_err(|e| e.to_string())?;
@@ -443,6 +480,7 @@ mod tests {
         v1::WatchEvent {
             revision,
             event: Some(Event::Change(v1::ConfigChange { change: Some(c) })),
+            ..Default::default()
         }
     }
 
@@ -460,6 +498,7 @@ mod tests {
                 stale: None,
                 ..Default::default()
             })),
+            ..Default::default()
         };
         assert_eq!(apply_event(&mut cur, &snap), Ok(true));
         let add = change(
@@ -479,6 +518,7 @@ mod tests {
         let health = v1::WatchEvent {
             revision: 2,
             event: Some(Event::Health(v1::HealthUpdate::default())),
+            ..Default::default()
         };
         assert_eq!(apply_event(&mut cur, &health), Ok(false));
 
@@ -503,6 +543,68 @@ mod tests {
             apply_event(&mut empty, &add).is_err(),
             "a change before any snapshot"
         );
+    }
+
+    #[test]
+    fn a_change_of_another_store_identity_is_refused_and_a_snapshot_replaces_it() {
+        let ident = |id: &str, generation| v1::WatchEvent {
+            store_id: id.into(),
+            generation,
+            ..Default::default()
+        };
+        let snap = v1::WatchEvent {
+            revision: 5,
+            event: Some(Event::Snapshot(v1::Snapshot {
+                revision: 5,
+                pools: vec![v1::Pool {
+                    name: "shop".into(),
+                    ..Default::default()
+                }],
+                store_id: "s1".into(),
+                generation: 1,
+                ..Default::default()
+            })),
+            ..ident("s1", 1)
+        };
+        let mut cur = None;
+        assert_eq!(apply_event(&mut cur, &snap), Ok(true));
+        assert_eq!(
+            resume_identity(cur.as_ref(), Revision(5)),
+            ("s1".to_string(), 1)
+        );
+        assert_eq!(
+            resume_identity(cur.as_ref(), Revision::ZERO),
+            (String::new(), 0),
+            "a full snapshot asked for: no identity"
+        );
+        let next = |generation| v1::WatchEvent {
+            revision: 6,
+            event: Some(Event::Change(v1::ConfigChange {
+                change: Some(Change::PoolDeleted("shop".into())),
+            })),
+            ..ident("s1", generation)
+        };
+        // Revision 6 of generation 2 is not revision 6 of generation 1.
+        let e = apply_event(&mut cur, &next(2)).unwrap_err();
+        assert!(e.contains("s1/2") && e.contains("s1/1"), "{e}");
+        assert_eq!(cur.as_ref().unwrap().pools.len(), 1, "nothing applied");
+        assert_eq!(apply_event(&mut cur, &next(1)), Ok(true));
+        // A snapshot of a new generation replaces everything, even at a
+        // lower revision.
+        let restored = v1::WatchEvent {
+            revision: 3,
+            event: Some(Event::Snapshot(v1::Snapshot {
+                revision: 3,
+                store_id: "s1".into(),
+                generation: 2,
+                ..Default::default()
+            })),
+            ..ident("s1", 2)
+        };
+        assert_eq!(apply_event(&mut cur, &restored), Ok(true));
+        let s = cur.unwrap();
+        assert_eq!(s.revision, Revision(3));
+        assert_eq!(s.store.map(|i| i.generation), Some(2));
     }
 
     #[tokio::test(start_paused = true)]

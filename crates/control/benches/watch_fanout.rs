@@ -524,6 +524,7 @@ async fn watcher(
                 kind: v1::NodeKind::Proxy.into(),
                 last_revision: 0,
                 zone: "bench".into(),
+                ..Default::default()
             })
             .await?
             .into_inner();

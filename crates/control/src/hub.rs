@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sqlx::postgres::PgListener;
-use tandem_core::{ConfigChange, Revision, Snapshot};
+use tandem_core::{ConfigChange, Revision, Snapshot, StoreIdentity};
 use tandem_proto::{convert, v1};
 use tokio::sync::{Mutex, broadcast, watch};
 
@@ -54,12 +54,15 @@ pub struct Committed {
 }
 
 impl Committed {
-    pub fn new(revision: Revision, change: ConfigChange) -> Self {
+    /// A change committed at `revision` of the store `store`.
+    pub fn new(store: Option<&StoreIdentity>, revision: Revision, change: ConfigChange) -> Self {
         let event = v1::WatchEvent {
             revision: revision.0,
             event: Some(v1::watch_event::Event::Change(convert::change_to_proto(
                 &change,
             ))),
+            store_id: store.map(|s| s.id.clone()).unwrap_or_default(),
+            generation: store.map_or(0, |s| s.generation),
         };
         Self {
             revision,
@@ -79,6 +82,10 @@ pub enum HubEvent {
     /// gets this snapshot event.
     Reloaded {
         revision: Revision,
+        /// The store identity of the new copy: a watcher of another one
+        /// takes this snapshot even when its revision is higher (history
+        /// was rewritten).
+        store: Option<StoreIdentity>,
         event: Arc<v1::WatchEvent>,
     },
 }
@@ -124,7 +131,21 @@ struct Inner {
     /// did not come from it). Held while the copy moves, so changes are
     /// applied and broadcast once each, in order.
     followed: Mutex<Option<Revision>>,
+    /// Where the replica notes the newest revision it served and its store
+    /// identity (its state directory), so a start-up that finds the
+    /// database behind it knows history was rewritten.
+    served_file: std::sync::OnceLock<std::path::PathBuf>,
 }
+
+/// What [`Hub::remember_served_in`]'s file holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Served {
+    pub store: StoreIdentity,
+    pub revision: Revision,
+}
+
+/// The file, in the replica's state directory.
+pub const SERVED_FILE: &str = "config-served.json";
 
 impl Hub {
     pub fn new(replica: &str, availability: Availability) -> Hub {
@@ -140,6 +161,7 @@ impl Hub {
                 latest: watch::channel(Revision::ZERO).0,
                 listening: AtomicBool::new(false),
                 followed: Mutex::new(None),
+                served_file: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -170,6 +192,33 @@ impl Hub {
     fn advance(&self, revision: Revision) {
         self.inner.latest.send_replace(revision);
         metrics::gauge!("tandem_control_copy_revision").set(revision.0 as f64);
+        let (Some(path), Some(store)) = (self.inner.served_file.get(), self.config().store.clone())
+        else {
+            return;
+        };
+        let served = Served { store, revision };
+        if let Err(e) = write_served(path, &served) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot note the revision served");
+        }
+    }
+
+    /// Notes every revision this replica's copy reaches, with its store
+    /// identity, in `dir`/[`SERVED_FILE`]. Set once, before [`Hub::run`].
+    pub fn remember_served_in(&self, dir: &std::path::Path) {
+        let _ = self.inner.served_file.set(dir.join(SERVED_FILE));
+    }
+
+    /// What the file says this replica served before, if anything.
+    fn served_before(&self) -> Option<Served> {
+        let path = self.inner.served_file.get()?;
+        let bytes = std::fs::read(path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable note of the revision served; ignored");
+                None
+            }
+        }
     }
 
     /// Whether the hub currently holds a live `LISTEN` connection.
@@ -198,6 +247,7 @@ impl Hub {
     fn install(&self, snapshot: Arc<Snapshot>, source: Source) {
         let had_copy = self.copy().is_loaded();
         let revision = snapshot.revision;
+        let store = snapshot.store.clone();
         let copy = ConfigCopy { snapshot, source };
         let event = had_copy.then(|| {
             let mut message = convert::snapshot_to_proto(&copy.snapshot);
@@ -206,6 +256,8 @@ impl Hub {
             }
             v1::WatchEvent {
                 revision: revision.0,
+                store_id: message.store_id.clone(),
+                generation: message.generation,
                 event: Some(v1::watch_event::Event::Snapshot(message)),
             }
         });
@@ -215,6 +267,7 @@ impl Hub {
             // No receivers is fine: nobody is watching this replica.
             let _ = self.inner.changes.send(HubEvent::Reloaded {
                 revision,
+                store,
                 event: Arc::new(event),
             });
         }
@@ -238,6 +291,7 @@ impl Hub {
             .inner
             .changes
             .send(HubEvent::Change(Arc::new(Committed::new(
+                config.store.as_ref(),
                 revision,
                 change.clone(),
             ))));
@@ -390,25 +444,25 @@ impl Hub {
             // A primary demoted under us (a Patroni switchover) still
             // answers, read-only: the database counts as away until the
             // probe finds the new primary.
-            let ping = sqlx::query_as::<_, (i64, bool)>(
-                "SELECT revision, pg_is_in_recovery() FROM config_revision",
+            let ping = sqlx::query_as::<_, (i64, bool, i64)>(
+                "SELECT r.revision, pg_is_in_recovery(), i.generation FROM config_revision r, store_identity i",
             )
             .fetch_one(&mut listener);
-            let (revision, in_recovery) =
-                tokio::time::timeout(PING_TIMEOUT, ping)
-                    .await
-                    .map_err(|_| {
-                        Error::Unavailable(format!(
-                            "no answer to a ping within {}",
-                            crate::database::format_duration(PING_TIMEOUT)
-                        ))
-                    })??;
+            let (revision, in_recovery, generation) = tokio::time::timeout(PING_TIMEOUT, ping)
+                .await
+                .map_err(|_| {
+                    Error::Unavailable(format!(
+                        "no answer to a ping within {}",
+                        crate::database::format_duration(PING_TIMEOUT)
+                    ))
+                })??;
             if in_recovery && store.requires_primary() {
                 return Err(Error::Unavailable(
                     "the database is a read-only replica now (demoted)".into(),
                 ));
             }
-            if revision as u64 != self.latest().0 {
+            let held = self.config().store.as_ref().map(|s| s.generation);
+            if revision as u64 != self.latest().0 || held != Some(generation as u64) {
                 self.catch_up(store).await?;
             }
         }
@@ -417,21 +471,64 @@ impl Hub {
     /// Broadcasts every logged change after the last one followed,
     /// keeping the copy current. With none followed yet, first reads the
     /// whole configuration.
+    ///
+    /// Reads the whole configuration again when the store's identity is not
+    /// the copy's (a restore, another replica's new generation) or the
+    /// database is behind the copy. Behind what this replica served under
+    /// the same identity (its copy, a peer's copy, the revision noted in
+    /// its state directory before a restart), history was rewritten (a
+    /// failover lost the last transactions): it starts a new generation
+    /// first, so no follower takes the new revisions for the old ones.
     async fn catch_up(&self, store: &Store) -> Result<(), Error> {
         let mut last = self.inner.followed.lock().await;
-        let mut from = match *last {
-            Some(r) => r,
-            // First read from this database: the whole configuration;
-            // followers get history through snapshots, not from here.
-            None => {
-                let snapshot = store.snapshot().await?;
-                let revision = snapshot.revision;
-                self.install(Arc::new(snapshot), Source::Database);
-                *last = Some(revision);
-                revision
+        let (identity, db_revision) = store.identity().await?;
+        let held = self.copy();
+        let held_store = held.snapshot.store.as_ref();
+        let reload = match *last {
+            None => true,
+            Some(r) => held_store != Some(&identity) || db_revision < r,
+        };
+        let mut from = if reload {
+            // The newest revision served under this identity.
+            let mut served = None::<Revision>;
+            if held.is_loaded() && held_store == Some(&identity) {
+                served = Some(held.snapshot.revision);
             }
+            if let Some(before) = self.served_before()
+                && before.store == identity
+            {
+                served = served.max(Some(before.revision));
+            }
+            if let Some(served) = served
+                && served > db_revision
+            {
+                let reason = format!(
+                    "the database is at revision {}, behind revision {} served before (a failover that lost its last transactions, or a database restored underneath)",
+                    db_revision.0, served.0
+                );
+                tracing::warn!(store = %identity, database = db_revision.0, served = served.0, "the control database is behind what was served: history was rewritten");
+                store.new_generation(&identity, &reason).await?;
+            }
+            let snapshot = store.snapshot().await?;
+            let revision = snapshot.revision;
+            if held.is_loaded() && held_store != snapshot.store.as_ref() {
+                tracing::warn!(
+                    from = %held_store.map(ToString::to_string).unwrap_or_else(|| "unknown".into()),
+                    to = %snapshot.store.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    revision = revision.0,
+                    "store identity changed: the configuration is read whole and every watcher gets a full snapshot"
+                );
+            }
+            // First read from this database (followers get history
+            // through snapshots, not from here), or history rewritten.
+            self.install(Arc::new(snapshot), Source::Database);
+            *last = Some(revision);
+            revision
+        } else {
+            last.unwrap_or(Revision::ZERO)
         };
         let mut config = (*self.config()).clone();
+        let identity = config.store.clone();
         let mut diverged = false;
         loop {
             let batch = store.changes_since(from, 1000).await?;
@@ -445,15 +542,25 @@ impl Hub {
                 let _ = self
                     .inner
                     .changes
-                    .send(HubEvent::Change(Arc::new(Committed::new(revision, change))));
+                    .send(HubEvent::Change(Arc::new(Committed::new(
+                        identity.as_ref(),
+                        revision,
+                        change,
+                    ))));
             }
             if n < 1000 {
                 break;
             }
         }
         if diverged {
+            // A restore's revision has no log entry: its generation starts
+            // from a snapshot, which watchers get too.
             tracing::warn!("configuration copy diverged from the log; reloading it");
-            config = store.snapshot().await?;
+            let snapshot = store.snapshot().await?;
+            let revision = snapshot.revision;
+            self.install(Arc::new(snapshot), Source::Database);
+            *last = Some(revision);
+            return Ok(());
         }
         self.inner.copy.store(Arc::new(ConfigCopy {
             snapshot: Arc::new(config),
@@ -463,6 +570,16 @@ impl Hub {
         self.advance(from);
         Ok(())
     }
+}
+
+/// Writes the note atomically (temp file, rename).
+fn write_served(path: &std::path::Path, served: &Served) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(served).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Why the database is away, as a person reads it.
@@ -506,7 +623,10 @@ mod tests {
             ..Default::default()
         };
         hub.install(Arc::new(newer), Source::Peer("control-3".into()));
-        let Ok(HubEvent::Reloaded { revision, event }) = events.try_recv() else {
+        let Ok(HubEvent::Reloaded {
+            revision, event, ..
+        }) = events.try_recv()
+        else {
             panic!("a reload event");
         };
         assert_eq!(revision, Revision(6));

@@ -60,6 +60,9 @@ pub async fn run(
     } = settings;
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Hub::new(&replica, store.availability().clone());
+    // What it served survives a restart: a database found behind it then
+    // means history was rewritten (a new store generation).
+    hub.remember_served_in(&raft.state_dir);
     store.on_commit(Box::new({
         let hub = hub.clone();
         move |revision, change| hub.committed(revision, change)

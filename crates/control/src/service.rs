@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use tandem_core::{
     BackendAddr, Error as Domain, HostMatch, PathPrefix, PoolConfig, Revision, Snapshot,
-    ValidationError,
+    StoreIdentity, ValidationError,
 };
 use tandem_proto::convert;
 use tandem_proto::v1::{self, control_plane_server::ControlPlane};
@@ -98,8 +98,9 @@ impl ControlService {
 /// database).
 type Read<T> = (T, Option<v1::StaleRead>);
 
-/// The revision a Watch stream starts at, and the snapshot it sends first.
-type WatchStart = (Revision, Option<v1::Snapshot>);
+/// The revision a Watch stream starts at, its store identity, and the
+/// snapshot it sends first.
+type WatchStart = (Revision, Option<StoreIdentity>, Option<v1::Snapshot>);
 
 // === impl ControlService: calls and reads ===
 
@@ -109,30 +110,70 @@ impl ControlService {
     /// already there). From the copy in memory, a caller ahead of it is
     /// never moved back: it stays at its revision and hears the next one
     /// once the database is back.
-    async fn watch_start(&self, last: Revision) -> Result<Read<WatchStart>, Error> {
+    ///
+    /// The caller's store identity must be the store's: a revision of
+    /// another identity (another database, a generation before a restore
+    /// or a lost tail) says nothing of what the caller holds, so it gets a
+    /// full snapshot, logged. A caller ahead of the database under the same
+    /// identity means history was rewritten: a new generation starts first.
+    async fn watch_start(
+        &self,
+        node: &str,
+        last: Revision,
+        caller: Option<StoreIdentity>,
+    ) -> Result<Read<WatchStart>, Error> {
         let from_db = async {
-            let current = self.store.current_revision().await?;
-            if last == current {
-                return Ok((current, None));
+            let (identity, current) = self.store.identity().await?;
+            if last == current && caller.as_ref() == Some(&identity) {
+                return Ok((current, Some(identity), None));
+            }
+            if last > Revision::ZERO {
+                tracing::warn!(
+                    %node,
+                    from = last.0,
+                    caller_store = %caller.as_ref().map(ToString::to_string).unwrap_or_else(|| "unknown".into()),
+                    store = %identity,
+                    revision = current.0,
+                    "a watcher's revision is not of this store's history: it gets a full snapshot"
+                );
+            }
+            if last > current && caller.as_ref() == Some(&identity) {
+                let reason = format!(
+                    "a watcher ({node}) is at revision {}, ahead of the database at {}",
+                    last.0, current.0
+                );
+                self.store.new_generation(&identity, &reason).await?;
             }
             let snapshot = self.store.snapshot().await?;
             Ok((
                 snapshot.revision,
+                snapshot.store.clone(),
                 Some(convert::snapshot_to_proto(&snapshot)),
             ))
         };
         self.read(from_db, |copy| {
-            Ok(if last == copy.revision {
-                (last, None)
-            } else if last > copy.revision {
+            let same = caller.is_some() && caller == copy.store;
+            // Another generation of the same store, newer than the copy.
+            let newer = match (&caller, &copy.store) {
+                (Some(c), Some(h)) => c.id == h.id && c.generation > h.generation,
+                (None, _) => true,
+                _ => false,
+            };
+            Ok(if last == copy.revision && same {
+                (last, caller.clone(), None)
+            } else if (last > copy.revision && same) || (last > Revision::ZERO && newer) {
                 tracing::info!(
                     from = last.0,
                     copy = copy.revision.0,
                     "a watcher is ahead of this replica's copy; it stays where it is"
                 );
-                (last, None)
+                (last, caller.clone(), None)
             } else {
-                (copy.revision, Some(convert::snapshot_to_proto(copy)))
+                (
+                    copy.revision,
+                    copy.store.clone(),
+                    Some(convert::snapshot_to_proto(copy)),
+                )
             })
         })
         .await
@@ -628,6 +669,27 @@ impl ControlPlane for ControlService {
         .await
     }
 
+    async fn restore_snapshot(
+        &self,
+        req: Request<v1::RestoreSnapshotRequest>,
+    ) -> Result<Response<v1::RestoreSnapshotReply>, Status> {
+        require_admin(&req)?;
+        self.call("RestoreSnapshot", async {
+            let req = req.get_ref();
+            let snapshot = convert::snapshot_from_proto(required(&req.snapshot, "snapshot")?)?;
+            let (rev, identity) = self
+                .store
+                .restore(&snapshot, expected(req.expected_revision))
+                .await?;
+            Ok(v1::RestoreSnapshotReply {
+                revision: rev.0,
+                store_id: identity.id,
+                generation: identity.generation,
+            })
+        })
+        .await
+    }
+
     async fn get_snapshot(
         &self,
         _req: Request<v1::GetSnapshotRequest>,
@@ -661,7 +723,9 @@ impl ControlPlane for ControlService {
         // Subscribe before reading, so nothing committed in between is missed.
         let mut changes = self.hub.subscribe();
         let mut health = self.consensus.subscribe();
-        let ((at, first), stale) = match self.watch_start(Revision(req.last_revision)).await {
+        let caller = convert::store_identity_from_proto(&req.store_id, req.generation);
+        let watch_start = self.watch_start(&req.node_id, Revision(req.last_revision), caller);
+        let ((at, store_at, first), stale) = match watch_start.await {
             Ok(start) => start,
             Err(e) => return self.finish("Watch", start, Err(e)),
         };
@@ -672,6 +736,8 @@ impl ControlPlane for ControlService {
             snapshot.stale = stale;
             let event = v1::WatchEvent {
                 revision: at.0,
+                store_id: snapshot.store_id.clone(),
+                generation: snapshot.generation,
                 event: Some(v1::watch_event::Event::Snapshot(snapshot)),
             };
             // The channel is new and has room.
@@ -691,7 +757,15 @@ impl ControlPlane for ControlService {
                 health: &mut health,
                 consensus: &consensus,
             };
-            let end = follow(&store, &mut streams, &tx, at, health_at, &mut shutdown).await;
+            let end = follow(
+                &store,
+                &mut streams,
+                &tx,
+                (at, store_at),
+                health_at,
+                &mut shutdown,
+            )
+            .await;
             metrics::gauge!("tandem_control_watch_streams").decrement(1.0);
             tracing::info!(%node, reason = %end, "watch ended");
         });
@@ -778,16 +852,15 @@ impl ControlPlane for ControlService {
         let mut cause = None;
         if self.store.availability().is_up() {
             let read = async {
-                let revision = self.store.current_revision().await?;
-                Ok::<_, Error>((revision, self.store.nodes().await?))
+                let (identity, revision) = self.store.identity().await?;
+                Ok::<_, Error>((identity, revision, self.store.nodes().await?))
             };
             match read.await {
-                Ok(found) => {
-                    return self.finish(
-                        "GetStatus",
-                        start,
-                        Ok(status_reply(&self.replica, found, None)),
-                    );
+                Ok((identity, revision, nodes)) => {
+                    let mut reply = status_reply(&self.replica, (revision, nodes), None);
+                    reply.store_id = identity.id;
+                    reply.generation = identity.generation;
+                    return self.finish("GetStatus", start, Ok(reply));
                 }
                 Err(Error::Unavailable(c)) => cause = Some(c),
                 Err(e) => cause = Some(e.to_string()),
@@ -795,11 +868,15 @@ impl ControlPlane for ControlService {
         }
         let copy = self.hub.copy();
         let stale = self.hub.stale_read(&copy, cause);
-        let reply = status_reply(
+        let mut reply = status_reply(
             &self.replica,
             (copy.snapshot.revision, Vec::new()),
             Some(stale),
         );
+        if let Some(identity) = &copy.snapshot.store {
+            reply.store_id = identity.id.clone();
+            reply.generation = identity.generation;
+        }
         self.finish("GetStatus", start, Ok(reply))
     }
 
@@ -1024,6 +1101,7 @@ fn health_event(at: Revision, update: v1::HealthUpdate) -> v1::WatchEvent {
     v1::WatchEvent {
         revision: at.0,
         event: Some(v1::watch_event::Event::Health(update)),
+        ..Default::default()
     }
 }
 
@@ -1034,7 +1112,7 @@ async fn follow(
     store: &Store,
     streams: &mut Streams<'_>,
     tx: &mpsc::Sender<Result<v1::WatchEvent, Status>>,
-    mut at: Revision,
+    (mut at, mut store_at): (Revision, Option<StoreIdentity>),
     mut health_at: u64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> String {
@@ -1061,15 +1139,21 @@ async fn follow(
             next = streams.changes.recv() => next,
         };
         let gap = match next {
-            Ok(HubEvent::Reloaded { revision, event }) => {
+            Ok(HubEvent::Reloaded {
+                revision,
+                store,
+                event,
+            }) => {
                 // The replica's copy was replaced whole (read from the
-                // database after a copy from another replica): a watcher
-                // behind it starts again from it.
-                if revision > at {
+                // database after a copy from another replica, or history
+                // rewritten: a new store generation): a watcher behind it,
+                // or of another identity, starts again from it.
+                if revision > at || (store.is_some() && store != store_at) {
                     if tx.send(Ok((*event).clone())).await.is_err() {
                         return "watcher left".into();
                     }
                     at = revision;
+                    store_at = store;
                 }
                 continue;
             }
@@ -1092,12 +1176,48 @@ async fn follow(
             Err(broadcast::error::RecvError::Closed) => return "hub closed".into(),
         };
         if gap {
-            // Fill the gap from the log (the hub is behind or we lagged).
+            // Fill the gap from the log (the hub is behind or we lagged),
+            // unless the store's identity moved meanwhile: then the log
+            // after `at` is another history, and a snapshot goes instead.
+            match store.identity().await {
+                Ok((identity, _)) if Some(&identity) != store_at.as_ref() => {
+                    match store.snapshot().await {
+                        Ok(snapshot) => {
+                            let message = convert::snapshot_to_proto(&snapshot);
+                            let event = v1::WatchEvent {
+                                revision: snapshot.revision.0,
+                                store_id: message.store_id.clone(),
+                                generation: message.generation,
+                                event: Some(v1::watch_event::Event::Snapshot(message)),
+                            };
+                            if tx.send(Ok(event)).await.is_err() {
+                                return "watcher left".into();
+                            }
+                            at = snapshot.revision;
+                            store_at = snapshot.store;
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(Status::from(e.naming(store.availability()))))
+                                .await;
+                            return "database unavailable while catching up".into();
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::from(e.naming(store.availability()))))
+                        .await;
+                    return "database unavailable while catching up".into();
+                }
+            }
             match store.changes_since(at, 10_000).await {
                 Ok(batch) => {
                     for (rev, change) in batch {
                         if tx
-                            .send(Ok(Committed::new(rev, change).event))
+                            .send(Ok(Committed::new(store_at.as_ref(), rev, change).event))
                             .await
                             .is_err()
                         {
@@ -1173,6 +1293,7 @@ fn status_reply(
             })
             .collect(),
         stale,
+        ..Default::default()
     }
 }
 

@@ -38,6 +38,9 @@ use crate::database::{self, Availability};
 use crate::error::Error;
 use crate::hosts::{Hosts, SessionAttrs};
 
+mod identity;
+pub(crate) use identity::{IDENTITY_QUERY, identity_from_row};
+
 /// The channel each committed revision is announced on.
 pub const NOTIFY_CHANNEL: &str = "tandem_config";
 
@@ -302,11 +305,11 @@ impl Store {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let rev: i64 = sqlx::query_scalar("SELECT revision FROM config_revision")
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(IDENTITY_QUERY).fetch_one(&mut *tx).await?;
+        let (store, revision) = identity_from_row(&row)?;
         let mut snapshot = Snapshot {
-            revision: Revision(rev as u64),
+            revision,
+            store: Some(store),
             ..Default::default()
         };
         for row in sqlx::query("SELECT name, settings, revision FROM pools ORDER BY name")

@@ -511,6 +511,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
             kind: v1::NodeKind::Proxy.into(),
             last_revision: 0,
             zone: "z1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -555,6 +556,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
             kind: v1::NodeKind::Proxy.into(),
             last_revision: 21,
             zone: "z1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -573,6 +575,9 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
             kind: v1::NodeKind::Proxy.into(),
             last_revision: 22,
             zone: "z1".into(),
+            // The store identity the snapshot came with: revision 22 of it.
+            store_id: s.store_id.clone(),
+            generation: s.generation,
         })
         .await?
         .into_inner();
@@ -587,6 +592,32 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
         matches!(ev.event, Some(v1::watch_event::Event::Change(_))),
         "{ev:?}"
     );
+    assert_eq!(
+        (ev.store_id.as_str(), ev.generation),
+        (s.store_id.as_str(), s.generation),
+        "a change carries its store identity"
+    );
+
+    // The same revision of another store identity (or none) says nothing
+    // of what the caller holds: a full snapshot.
+    for (store_id, generation) in [(s.store_id.clone(), s.generation + 1), (String::new(), 0)] {
+        let mut stream = watcher
+            .watch(v1::WatchRequest {
+                node_id: "proxy-other".into(),
+                kind: v1::NodeKind::Proxy.into(),
+                last_revision: 23,
+                zone: "z1".into(),
+                store_id,
+                generation,
+            })
+            .await?
+            .into_inner();
+        let ev = next_event(&mut stream).await?;
+        assert!(
+            matches!(ev.event, Some(v1::watch_event::Event::Snapshot(_))) && ev.revision == 23,
+            "{ev:?}"
+        );
+    }
 
     // The proxy reports what it applied; status on A shows it.
     watcher
@@ -644,6 +675,8 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
         pool: Some(pool("shop")),
     })
     .await?;
+    let status = c.get_status(v1::GetStatusRequest {}).await?.into_inner();
+    assert_eq!(status.generation, 1, "{status:?}");
     let mut watch = cp
         .node_client()
         .await?
@@ -652,6 +685,8 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
             kind: 1,
             last_revision: 1,
             zone: String::new(),
+            store_id: status.store_id,
+            generation: status.generation,
         })
         .await?
         .into_inner();
@@ -755,6 +790,7 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
                     kind: 1,
                     last_revision,
                     zone: String::new(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -865,6 +901,7 @@ async fn a_replica_that_never_reached_its_database_says_so_clearly() -> anyhow::
             kind: 1,
             last_revision: 0,
             zone: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -999,6 +1036,7 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
             kind: 1,
             last_revision: 0,
             zone: String::new(),
+            ..Default::default()
         })
         .await?;
     let status = cp.process.terminate(Duration::from_secs(15))?;

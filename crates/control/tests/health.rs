@@ -41,6 +41,7 @@ async fn watch_as_proxy(cp: &ControlPlane) -> anyhow::Result<tonic::Streaming<v1
             kind: v1::NodeKind::Proxy.into(),
             last_revision: 0,
             zone: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();

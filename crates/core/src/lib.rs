@@ -25,4 +25,4 @@ pub use config::{
 };
 pub use error::{Error, ValidationError};
 pub use ids::{BackendAddr, HostMatch, ListenAddr, PathPrefix, PoolName, Revision, Weight};
-pub use snapshot::{ConfigChange, Pool, Snapshot};
+pub use snapshot::{ConfigChange, Pool, Snapshot, StoreIdentity};

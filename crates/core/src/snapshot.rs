@@ -63,10 +63,31 @@ pub enum ConfigChange {
     },
 }
 
+/// Which history a revision belongs to: the control database's id (made
+/// with it) and its generation, which changes whenever history may have
+/// been rewritten (a restore, a failover that lost the last transactions).
+/// Revision N of one (id, generation) says nothing of revision N of
+/// another: a follower whose identity differs needs a full snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StoreIdentity {
+    pub id: String,
+    pub generation: u64,
+}
+
+impl std::fmt::Display for StoreIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.id, self.generation)
+    }
+}
+
 /// Declared configuration at `revision`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub revision: Revision,
+    /// The store this revision belongs to (None: not known, e.g. a copy
+    /// written before stores had identities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreIdentity>,
     pub pools: BTreeMap<PoolName, Pool>,
     /// Sorted by (host, path_prefix).
     pub routes: Vec<Route>,

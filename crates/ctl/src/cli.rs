@@ -197,8 +197,12 @@ pub enum Command {
     /// changed, from the state last seen on the stream:
     /// `health pool=shop backend=10.0.0.5:3000 healthy→unhealthy reason="HTTP 503 from 2/2 agents"`.
     Watch(WatchArgs),
-    /// The whole declared configuration at one revision.
-    Snapshot,
+    /// The whole declared configuration at one revision; `save` and
+    /// `restore` back it up and bring it back.
+    Snapshot {
+        #[command(subcommand)]
+        action: Option<SnapshotCommand>,
+    },
     /// The control plane's raft group.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -210,6 +214,25 @@ pub enum Command {
     /// list, remove. Private keys are stored encrypted and never shown.
     #[command(subcommand)]
     Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write the whole declared configuration, with its revision and store
+    /// identity, to FILE (JSON, versioned). Certificates are saved by name
+    /// and chain, never their private keys.
+    Save { file: PathBuf },
+    /// Show how FILE differs from the live configuration, then (after
+    /// confirmation) replace the live configuration with it as one change:
+    /// one new revision and a new store generation, so every proxy and
+    /// agent takes a full snapshot. Refused if the configuration changed
+    /// after the difference was shown.
+    Restore {
+        file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -17,11 +17,13 @@ use tonic::transport::{Channel, Endpoint};
 use crate::cli::{
     BackendCommand, BackendRef, CertCommand, ClusterCommand, Command, ExplainArgs, GlobalArgs,
     HealthArgs, HealthKind, OnUnhealthyArg, Output, Policy, PoolCommand, PoolSettings,
-    ProxyProtocolArg, RouteCommand, WatchArgs,
+    ProxyProtocolArg, RouteCommand, SnapshotCommand, WatchArgs,
 };
 use crate::duration::{Millis, format_duration};
 use crate::error::{CtlError, innermost_cause, made_locally};
 use crate::output::{self, Health, PoolJson};
+
+mod backup;
 
 // === connecting ===
 
@@ -276,7 +278,13 @@ impl Session {
             Command::Status => self.status(out).await,
             Command::Health(args) => self.health(args, out).await,
             Command::Watch(args) => self.watch(args, out).await,
-            Command::Snapshot => self.snapshot(out).await,
+            Command::Snapshot { action: None } => self.snapshot(out).await,
+            Command::Snapshot {
+                action: Some(SnapshotCommand::Save { file }),
+            } => self.snapshot_save(&file, out).await,
+            Command::Snapshot {
+                action: Some(SnapshotCommand::Restore { file, yes }),
+            } => self.snapshot_restore(&file, yes, out).await,
             Command::Cluster(ClusterCommand::Status) => self.cluster_status(out).await,
             Command::Explain(args) => self.explain(args, out).await,
             Command::Cert(c) => self.cert(c, out).await,
@@ -843,6 +851,7 @@ impl Session {
             kind: v1::NodeKind::Cli.into(),
             last_revision: args.from_revision,
             zone: String::new(),
+            ..Default::default()
         };
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);

@@ -381,8 +381,18 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
         routes: s.routes.iter().map(route_to_proto).collect(),
         tcp_routes: s.tcp_routes.iter().map(tcp_route_to_proto).collect(),
         certificates: s.certificates.values().map(certificate_to_proto).collect(),
+        store_id: s.store.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+        generation: s.store.as_ref().map_or(0, |i| i.generation),
         stale: None,
     }
+}
+
+/// A store identity from its wire form (empty id: unknown).
+pub fn store_identity_from_proto(id: &str, generation: u64) -> Option<core::StoreIdentity> {
+    (!id.is_empty()).then(|| core::StoreIdentity {
+        id: id.to_string(),
+        generation,
+    })
 }
 
 /// A certificate with its key: for Watch streams to proxies only (see
@@ -441,6 +451,7 @@ pub fn pool_from_proto(p: &v1::Pool) -> Result<core::Pool, ConvertError> {
 pub fn snapshot_from_proto(s: &v1::Snapshot) -> Result<core::Snapshot, ConvertError> {
     let mut snapshot = core::Snapshot {
         revision: Revision(s.revision),
+        store: store_identity_from_proto(&s.store_id, s.generation),
         ..Default::default()
     };
     for p in &s.pools {

@@ -81,11 +81,14 @@ async fn follow(
 ) -> Result<Progress, tandem_client::BoxError> {
     let channel = endpoint(url)?.connect().await?;
     let mut client = ControlPlaneClient::new(channel.clone());
+    let (store_id, generation) = tandem_client::resume_identity(current.as_ref(), from);
     let mut req = tonic::Request::new(WatchRequest {
         node_id: me.node_id.clone(),
         kind: NodeKind::Proxy.into(),
         last_revision: from.0,
         zone: me.zone.clone(),
+        store_id,
+        generation,
     });
     me.authorize(&mut req)?;
     let mut stream = client.watch(req).await?.into_inner();

@@ -88,9 +88,16 @@ pub fn changes() -> Vec<ConfigChange> {
     ]
 }
 
-/// [`changes`] applied in order, at revisions 1, 2, ...
+/// [`changes`] applied in order, at revisions 1, 2, ..., of a store
+/// identity (`snapshot.json` carries it from format version 3).
 pub fn snapshot() -> Snapshot {
-    let mut s = Snapshot::default();
+    let mut s = Snapshot {
+        store: Some(tandem_core::StoreIdentity {
+            id: "0b7e4c1e-5a8f-4d0a-9c3e-2f6d8a1b9e70".into(),
+            generation: 3,
+        }),
+        ..Snapshot::default()
+    };
     for (i, c) in changes().iter().enumerate() {
         s.apply(Revision(i as u64 + 1), c)
             .expect("the sample changes apply in order");

@@ -435,6 +435,7 @@ ADDRESS         WEIGHT   ROLE      STATE
                 pool: "shop".into(),
             }],
             certificates: vec![],
+            ..Default::default()
         };
         assert_eq!(
             snapshot_summary(&s),

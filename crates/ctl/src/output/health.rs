@@ -293,6 +293,7 @@ mod tests {
                 ..Default::default()
             }],
             stale: None,
+            ..Default::default()
         };
         let out = status(&s, &health, &alerts, 0);
         assert!(out.contains("proxy-1: tcp listener 0.0.0.0:5432 (pool/db) NOT BOUND: Address already in use (os error 98)\n"), "{out}");

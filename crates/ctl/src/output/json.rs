@@ -764,6 +764,7 @@ mod tests {
         let change = |c| v1::WatchEvent {
             revision: 9,
             event: Some(Event::Change(v1::ConfigChange { change: Some(c) })),
+            ..Default::default()
         };
         let e = change(Change::PoolDeleted("shop".into()));
         let line = to_json_line(&WatchEventJson::from(&e));
@@ -809,7 +810,9 @@ mod tests {
                 stale: None,
                 tcp_routes: vec![],
                 certificates: vec![],
+                ..Default::default()
             })),
+            ..Default::default()
         };
         let v = parse(&to_json_line(&WatchEventJson::from(&snap)));
         assert_eq!(v["revision"], 4);

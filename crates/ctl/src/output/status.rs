@@ -261,6 +261,7 @@ mod tests {
                 },
             ],
             stale: None,
+            ..Default::default()
         };
         let health = Health::Known {
             reply: health_reply_of(vec![failing()]),
@@ -304,6 +305,7 @@ shop   10.0.0.5:3000   unhealthy   12s ago   HTTP 503 from 2/2 agents   agent-1:
             nodes: vec![],
             stale: None,
             traffic: Vec::new(),
+            ..Default::default()
         };
         let health = Health::Unavailable("UNIMPLEMENTED: unknown method GetHealth".into());
         assert_eq!(
@@ -355,6 +357,7 @@ health: unavailable (UNIMPLEMENTED: unknown method GetHealth)
             nodes: vec![],
             stale: Some(stale.clone()),
             traffic: Vec::new(),
+            ..Default::default()
         };
         let health = Health::Known {
             reply: health_reply_of(vec![]),

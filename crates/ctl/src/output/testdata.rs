@@ -120,5 +120,6 @@ pub(super) fn health_event(full: bool, backends: Vec<v1::BackendHealth>) -> v1::
             backends,
             ..Default::default()
         })),
+        ..Default::default()
     }
 }

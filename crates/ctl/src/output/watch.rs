@@ -209,6 +209,7 @@ mod tests {
                     address: "10.0.0.5:3000".into(),
                 })),
             })),
+            ..Default::default()
         };
         assert_eq!(
             text.lines(&removed),
@@ -222,6 +223,7 @@ mod tests {
             event: Some(Event::Change(v1::ConfigChange {
                 change: Some(Change::PoolDeleted("shop".into())),
             })),
+            ..Default::default()
         };
         text.lines(&deleted);
         let line = &text.lines(&health_event(false, vec![failing()]))[0];
