@@ -102,6 +102,62 @@ pub fn to_json_line<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("views hold only strings, numbers and lists")
 }
 
+/// TLS to a pool's backends (absent: plain HTTP).
+#[derive(Debug, Serialize)]
+pub struct BackendTlsJson<'a> {
+    /// "pool bundle" or "mozilla roots"; "none" when insecure.
+    pub verify_against: &'static str,
+    /// Certificates in the pool's CA bundle.
+    pub ca_certificates: usize,
+    /// Empty: each backend's host.
+    pub sni: &'a str,
+    pub insecure: bool,
+}
+
+impl<'a> BackendTlsJson<'a> {
+    fn from(t: &'a v1::BackendTls) -> Option<Self> {
+        if t.enabled != Some(true) {
+            return None;
+        }
+        let ca = t.ca_pem.as_deref().unwrap_or("");
+        let insecure = t.insecure.unwrap_or(false);
+        Some(Self {
+            verify_against: if insecure {
+                "none"
+            } else if ca.is_empty() {
+                "mozilla roots"
+            } else {
+                "pool bundle"
+            },
+            ca_certificates: ca.matches("-----BEGIN CERTIFICATE-----").count(),
+            sni: t.sni.as_deref().unwrap_or(""),
+            insecure,
+        })
+    }
+}
+
+/// One line for `pool get`.
+fn backend_tls_summary(p: &v1::Pool) -> String {
+    let Some(t) = p.backend_tls.as_ref().and_then(BackendTlsJson::from) else {
+        return "off (plain HTTP)".into();
+    };
+    let verify = match t.verify_against {
+        "none" => "NOT VERIFIED (--backend-tls-insecure)".to_string(),
+        "pool bundle" => format!(
+            "verified against the pool's CA bundle ({} certificate{})",
+            t.ca_certificates,
+            if t.ca_certificates == 1 { "" } else { "s" }
+        ),
+        _ => "verified against the Mozilla roots".to_string(),
+    };
+    let sni = if t.sni.is_empty() {
+        "each backend's host".to_string()
+    } else {
+        t.sni.to_string()
+    };
+    format!("on, {verify}, SNI {sni}")
+}
+
 #[derive(Debug, Serialize)]
 pub struct PoolJson<'a> {
     pub name: &'a str,
@@ -116,6 +172,8 @@ pub struct PoolJson<'a> {
     pub max_request_body_bytes: Option<u64>,
     pub upstream_idle_timeout_ms: Option<u32>,
     pub tunnel_idle_timeout_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<BackendTlsJson<'a>>,
     pub backends: Vec<BackendJson<'a>>,
     pub revision: u64,
     /// Set when the answer came from a replica's copy in memory (boxed:
@@ -364,6 +422,7 @@ impl<'a> From<&'a v1::Pool> for PoolJson<'a> {
             max_request_body_bytes: p.max_request_body_bytes,
             upstream_idle_timeout_ms: p.upstream_idle_timeout_ms,
             tunnel_idle_timeout_ms: p.tunnel_idle_timeout_ms,
+            backend_tls: p.backend_tls.as_ref().and_then(BackendTlsJson::from),
             backends: p.backends.iter().map(BackendJson::from).collect(),
             revision: p.revision,
             stale: p.stale.as_ref().map(|s| Box::new(StaleJson::from(s))),
@@ -1100,6 +1159,7 @@ pub fn pool_detail(p: &v1::Pool) -> String {
         ),
         ("upstream idle timeout", ms(p.upstream_idle_timeout_ms)),
         ("tunnel idle timeout", ms(p.tunnel_idle_timeout_ms)),
+        ("tls to backends", backend_tls_summary(p)),
     ]);
     out.push('\n');
     if p.backends.is_empty() {
@@ -1940,6 +2000,7 @@ mod tests {
             max_request_body_bytes: Some(10 << 20),
             upstream_idle_timeout_ms: Some(4_000),
             tunnel_idle_timeout_ms: Some(300_000),
+            backend_tls: None,
             backends: vec![
                 v1::Backend {
                     address: "10.0.0.5:3000".into(),

@@ -18,9 +18,10 @@ pub const FILE_NAME: &str = "snapshot.json";
 /// The file's format version this build writes (and the newest it reads).
 /// Files written before versions existed have no `format_version` field
 /// and are version 1. Version 2 adds routes' `redirect_https` and
-/// `hsts_max_age_s` and the snapshot's `certificates`. Changing the format:
-/// see ARCHITECTURE.md.
-pub const FORMAT: u32 = 2;
+/// `hsts_max_age_s` and the snapshot's `certificates`; version 3 pools'
+/// `backend_tls` (an older build would speak plain HTTP to TLS backends).
+/// Changing the format: see ARCHITECTURE.md.
+pub const FORMAT: u32 = 3;
 
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
