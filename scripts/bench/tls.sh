@@ -20,11 +20,14 @@
 #
 # Usage: scripts/bench/tls.sh                    (DURATION=10s CONNS=50 ROUNDS=3)
 #        DURATION=20s ROUNDS=5 scripts/bench/tls.sh
+#        ROUNDS=1 DURATION=2s WARMUP=1s TANDEM_BIN=target/debug/tandem-proxy \
+#          scripts/bench/tls.sh                  (checks the script only)
 # Not a test: numbers depend on the machine; nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 KEYS=${KEYS:-"ecdsa rsa"}
@@ -51,9 +54,15 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [ "$(nproc)" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
 
-echo "building tandem-proxy (release)"
-cargo build --release -q -p tandem-proxy
-TANDEM=target/release/tandem-proxy
+# TANDEM_BIN: a tandem-proxy already built (a debug one proves the script
+# works; figures come from the release build only).
+if [ -n "${TANDEM_BIN:-}" ]; then
+  TANDEM=$TANDEM_BIN
+else
+  echo "building tandem-proxy (release)"
+  cargo build --release -q -p tandem-proxy
+  TANDEM=target/release/tandem-proxy
+fi
 
 WORK=$(mktemp -d -t tandem-tls-bench-XXXXXX)
 PIDS=()
@@ -205,7 +214,7 @@ declare -A RPS CPU ERR
 measure() { # key mode target round port pid
   local name=$1.$2.$3.$4 port=$5 pid=$6 extra=()
   [ "$2" = handshake ] && extra=(-H "Connection: close")
-  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d2s "${extra[@]}" "https://localhost:$port/" >/dev/null
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$WARMUP" "${extra[@]}" "https://localhost:$port/" >/dev/null
   local before out requests after
   before=$(cpu_ticks "$pid")
   out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$DURATION" "${extra[@]}" "https://localhost:$port/")

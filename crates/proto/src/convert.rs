@@ -297,6 +297,10 @@ fn backend_tls_from_proto(
     }
     set(&mut tls.sni, t.sni.clone());
     set(&mut tls.insecure, t.insecure);
+    if t.insecure == Some(true) && t.ca_pem.is_none() {
+        // Verification off: the bundle kept would contradict it.
+        tls.ca_pem.clear();
+    }
     Some(tls)
 }
 
@@ -795,6 +799,17 @@ mod tests {
         let tls = verified.backend_tls.clone().unwrap();
         assert_eq!((tls.sni.as_str(), tls.insecure), ("api.internal", false));
         assert_eq!(tls.ca_pem, ca);
+        // And off again, which drops the bundle.
+        let insecure = pool_config_from_proto(
+            verified.clone(),
+            &with(v1::BackendTls {
+                insecure: Some(true),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        let tls = insecure.backend_tls.unwrap();
+        assert_eq!((tls.ca_pem.as_str(), tls.insecure), ("", true));
         // Round trip through the message the proxies get.
         let back = pool_config_from_proto(plain.clone(), &pool_config_to_proto(&verified)).unwrap();
         assert_eq!(back, verified);
