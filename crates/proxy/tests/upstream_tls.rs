@@ -44,7 +44,8 @@ async fn setup(
     let mut config = pool_config("api", LbPolicy::RoundRobin);
     config.outlier.consecutive_failures = outlier_failures;
     config.backend_tls = Some(tls);
-    let mut snapshot: Snapshot = single_pool(config, vec![backend(&format!("{host}:{port}"))]);
+    let mut snapshot: Snapshot =
+        single_pool(config, vec![common::backend(&format!("{host}:{port}"))]);
     // A TLS listener of its own, for the X-Forwarded-Proto check.
     let front_ca = TestCa::new("front CA").unwrap();
     let front = front_ca.issue(&["shop.test"], KeyKind::EcP256).unwrap();
