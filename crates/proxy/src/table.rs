@@ -709,6 +709,42 @@ mod tests {
     }
 
     #[test]
+    fn a_change_of_backend_tls_settings_gives_the_backends_new_state() {
+        let reg = Registry::new(8);
+        let plain = snapshot(1, &["10.0.0.1:80"]);
+        let state = |t: &Table| t.pools[0].backends[0].state.clone();
+        let t1 = reg.build(&plain, Source::ControlPlane);
+        assert!(state(&t1).tls.is_none());
+        // The same settings keep the state (and its pooled connections).
+        let t2 = reg.build(&plain, Source::ControlPlane);
+        assert!(Arc::ptr_eq(&state(&t1), &state(&t2)));
+
+        let mut tls = plain.clone();
+        let pool = tls.pools.values_mut().next().unwrap();
+        pool.config.backend_tls = Some(tandem_core::BackendTls {
+            insecure: true,
+            sni: "api.internal".into(),
+            ..Default::default()
+        });
+        let t3 = reg.build(&tls, Source::ControlPlane);
+        assert!(
+            !Arc::ptr_eq(&state(&t1), &state(&t3)),
+            "no plain connection serves TLS"
+        );
+        assert!(state(&t3).tls.is_some());
+        let t4 = reg.build(&tls, Source::ControlPlane);
+        assert!(Arc::ptr_eq(&state(&t3), &state(&t4)));
+
+        let mut renamed = tls.clone();
+        let pool = renamed.pools.values_mut().next().unwrap();
+        pool.config.backend_tls.as_mut().unwrap().sni = "other.internal".into();
+        let t5 = reg.build(&renamed, Source::ControlPlane);
+        assert!(!Arc::ptr_eq(&state(&t3), &state(&t5)));
+        let t6 = reg.build(&plain, Source::ControlPlane);
+        assert!(state(&t6).tls.is_none(), "and back to plain");
+    }
+
+    #[test]
     fn backend_state_survives_reloads_and_is_forgotten_on_removal() {
         let registry = Registry::new(4);
         let t1 = registry.build(&snapshot(1, &["10.0.0.1:80", "10.0.0.2:80"]), Source::Disk);
