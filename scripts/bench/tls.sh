@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTPS at the edge: tandem-proxy's TLS listener beside nginx (Debian's
-# package), same certificate, same backend, same load generator.
+# package), same certificate, same backend, same load generators.
 #
 # Method (also in docs/benchmarks.md):
 # - backend: one nginx worker answering `200 ok` over plain HTTP, on core 1;
@@ -9,8 +9,9 @@
 # - the certificate: a leaf for `localhost` signed by a throwaway CA, made
 #   with openssl, once ECDSA P-256 and once RSA 2048 (the same files for
 #   both proxies);
-# - load: wrk (OpenSSL), one thread, on core 1:
-#   * keep-alive: $CONNS connections for $DURATION, many requests each;
+# - load, on core 1:
+#   * keep-alive: wrk (OpenSSL), one thread, $CONNS connections for
+#     $DURATION, many requests each (TLS 1.2: what wrk negotiates);
 #   * handshakes: openssl s_time -new, $HS_CLIENTS processes at once, on
 #     core 1: every request a new TCP connection and a full TLS 1.3
 #     handshake (never resumed), HTTP/1.0 GET / read to the close. Not wrk:
@@ -23,7 +24,7 @@
 #   it), ROUNDS rounds with the targets interleaved; the table shows each
 #   figure's median, and the median of the per-round ratios tandem/nginx.
 #
-# Usage: scripts/bench/tls.sh                    (DURATION=10s CONNS=50 ROUNDS=3)
+# Usage: scripts/bench/tls.sh          (DURATION=10s CONNS=50 HS_CLIENTS=8 ROUNDS=3)
 #        DURATION=20s ROUNDS=5 scripts/bench/tls.sh
 #        ROUNDS=1 DURATION=2s WARMUP=1s TANDEM_BIN=target/debug/tandem-proxy \
 #          scripts/bench/tls.sh                  (checks the script only)
