@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTPS at the edge: tandem-proxy's TLS listener beside nginx (Debian's
-# package), same certificate, same backend, same load generator.
+# package), same certificate, same backend, same load generators.
 #
 # Method (also in docs/benchmarks.md):
 # - backend: one nginx worker answering `200 ok` over plain HTTP, on core 1;
@@ -9,25 +9,35 @@
 # - the certificate: a leaf for `localhost` signed by a throwaway CA, made
 #   with openssl, once ECDSA P-256 and once RSA 2048 (the same files for
 #   both proxies);
-# - load: wrk (OpenSSL), one thread, on core 1:
-#   * keep-alive: $CONNS connections for $DURATION, many requests each;
-#   * handshakes: `Connection: close` on every request, so each request is
-#     a new TCP connection and a full TLS handshake (wrk does not resume
-#     sessions); its req/s is handshakes per second;
+# - load, on core 1:
+#   * keep-alive: wrk (OpenSSL), one thread, $CONNS connections for
+#     $DURATION, many requests each (TLS 1.2: what wrk negotiates);
+#   * handshakes: openssl s_time -new, $HS_CLIENTS processes at once, on
+#     core 1: every request a new TCP connection and a full TLS 1.3
+#     handshake (never resumed), HTTP/1.0 GET / read to the close. Not wrk:
+#     with `Connection: close` wrk resumes the session on every reconnect
+#     (SSL_clear keeps it; nginx logged 2535 of 2539 reused), so it
+#     measured resumptions, not new handshakes. The client does as much
+#     crypto as the server: on 2 cores handshakes/s may be the client's
+#     limit, and CPU per handshake is the figure that compares;
 # - CPU per request from the proxy's utime+stime (/proc, every process of
 #   it), ROUNDS rounds with the targets interleaved; the table shows each
 #   figure's median, and the median of the per-round ratios tandem/nginx.
 #
-# Usage: scripts/bench/tls.sh                    (DURATION=10s CONNS=50 ROUNDS=3)
+# Usage: scripts/bench/tls.sh          (DURATION=10s CONNS=50 HS_CLIENTS=8 ROUNDS=3)
 #        DURATION=20s ROUNDS=5 scripts/bench/tls.sh
+#        ROUNDS=1 DURATION=2s WARMUP=1s TANDEM_BIN=target/debug/tandem-proxy \
+#          scripts/bench/tls.sh                  (checks the script only)
 # Not a test: numbers depend on the machine; nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 KEYS=${KEYS:-"ecdsa rsa"}
+HS_CLIENTS=${HS_CLIENTS:-8}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BASE=${TLS_BENCH_PORT_BASE:-$((20000 + RANDOM % 20000))}
@@ -51,9 +61,15 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [ "$(nproc)" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
 
-echo "building tandem-proxy (release)"
-cargo build --release -q -p tandem-proxy
-TANDEM=target/release/tandem-proxy
+# TANDEM_BIN: a tandem-proxy already built (a debug one proves the script
+# works; figures come from the release build only).
+if [ -n "${TANDEM_BIN:-}" ]; then
+  TANDEM=$TANDEM_BIN
+else
+  echo "building tandem-proxy (release)"
+  cargo build --release -q -p tandem-proxy
+  TANDEM=target/release/tandem-proxy
+fi
 
 WORK=$(mktemp -d -t tandem-tls-bench-XXXXXX)
 PIDS=()
@@ -202,25 +218,53 @@ cpu_ticks() {
 TICK=$(getconf CLK_TCK)
 
 declare -A RPS CPU ERR
+seconds() { # 10s, 500ms, 2m -> seconds
+  awk -v d="$1" 'BEGIN { n = d + 0; if (d ~ /ms$/) n /= 1000; else if (d ~ /m$/) n *= 60; print (n < 1 ? 1 : int(n)) }'
+}
+# New handshakes: HS_CLIENTS `openssl s_time -new` at once for $1; prints
+# the connections they completed, summed. Run it in a subshell (its
+# `wait` must see only its own clients).
+handshakes() { # duration port
+  local secs i out=$WORK/s_time
+  secs=$(seconds "$1")
+  for i in $(seq 1 "$HS_CLIENTS"); do
+    taskset -c "$LOAD_CORE" openssl s_time -connect "127.0.0.1:$2" -new -time "$secs" -www / \
+      >"$out.$i" 2>&1 &
+  done
+  wait
+  cat "$out".* | awk '/connections in .* real seconds/ { n += $1 } END { print n + 0 }'
+  rm -f "$out".*
+}
 measure() { # key mode target round port pid
-  local name=$1.$2.$3.$4 port=$5 pid=$6 extra=()
-  [ "$2" = handshake ] && extra=(-H "Connection: close")
-  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d2s "${extra[@]}" "https://localhost:$port/" >/dev/null
-  local before out requests after
-  before=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$DURATION" "${extra[@]}" "https://localhost:$port/")
-  after=$(cpu_ticks "$pid")
-  requests=$(echo "$out" | awk '/requests in/ {print $1}')
-  RPS[$name]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+  local name=$1.$2.$3.$4 port=$5 pid=$6
+  local before out requests after start end
+  if [ "$2" = handshake ]; then
+    (handshakes "$WARMUP" "$port" >/dev/null)
+    before=$(cpu_ticks "$pid")
+    start=$(date +%s.%N)
+    requests=$(handshakes "$DURATION" "$port")
+    end=$(date +%s.%N)
+    after=$(cpu_ticks "$pid")
+    RPS[$name]=$(awk -v n="$requests" -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", n / (b - a) }')
+    ERR[$name]=""
+    [ "$requests" -gt 0 ] || ERR[$name]="no handshake completed"
+  else
+    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$WARMUP" "https://localhost:$port/" >/dev/null
+    before=$(cpu_ticks "$pid")
+    out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$DURATION" "https://localhost:$port/")
+    after=$(cpu_ticks "$pid")
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    RPS[$name]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+    ERR[$name]=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  fi
   CPU[$name]=$(awk -v a="$after" -v b="$before" -v n="$requests" -v t="$TICK" \
     'BEGIN { if (n > 0) printf "%.1f", (a - b) / t / n * 1e6; else print "-" }')
-  ERR[$name]=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
 }
 
 median() { awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
-echo "load: wrk -t1 -c$CONNS -d$DURATION, $ROUNDS round(s); proxies on core $PROXY_CORE, backend and wrk on core $LOAD_CORE"
+echo "load: keep-alive wrk -t1 -c$CONNS -d$DURATION, handshakes $HS_CLIENTS x openssl s_time -new; $ROUNDS round(s); proxies on core $PROXY_CORE, backend and clients on core $LOAD_CORE"
 for k in $KEYS; do
   start_proxies "$k"
   for r in $(seq 1 "$ROUNDS"); do

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use tandem_core::health::BackendKey;
-use tandem_core::{AdminState, HealthCheckSpec, Snapshot};
+use tandem_core::{AdminState, HealthCheckKind, HealthCheckSpec, PoolConfig, Snapshot};
 
 /// The probe targets of a configuration, by backend. Disabled backends are
 /// not probed (nobody may route to them); draining ones are, since they
@@ -25,11 +25,24 @@ pub fn targets(snapshot: &Snapshot) -> BTreeMap<BackendKey, HealthCheckSpec> {
                             pool: pool.config.name.clone(),
                             address: b.address.clone(),
                         },
-                        pool.config.health_check.clone(),
+                        check_of(&pool.config),
                     )
                 })
         })
         .collect()
+}
+
+/// A pool's check as the agent runs it. The agent's HTTP probes speak
+/// plain HTTP/1.1 only: for a pool with TLS to its backends, an HTTP check
+/// would send plain text to a TLS port and fail every backend, so it runs
+/// as a TCP connect check instead (the proxies' own handshakes, counted by
+/// outlier detection, catch certificate problems).
+fn check_of(pool: &PoolConfig) -> HealthCheckSpec {
+    let mut spec = pool.health_check.clone();
+    if pool.backend_tls.is_some() && spec.kind == HealthCheckKind::Http {
+        spec.kind = HealthCheckKind::Tcp;
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -91,5 +104,13 @@ mod tests {
             address: BackendAddr::new("10.0.0.1:80").unwrap(),
         };
         assert_eq!(t[&api_key], api_cfg.health_check);
+    }
+
+    #[test]
+    fn pools_with_tls_to_backends_are_checked_by_connect() {
+        let mut c = PoolConfig::new(PoolName::new("tls").unwrap());
+        assert_eq!(check_of(&c).kind, HealthCheckKind::Http);
+        c.backend_tls = Some(tandem_core::BackendTls::default());
+        assert_eq!(check_of(&c).kind, HealthCheckKind::Tcp);
     }
 }

@@ -317,6 +317,23 @@ fn refused(e: tandem_tls::Error) -> Error {
     }
 }
 
+/// A pool whose backend CA bundle does not parse is refused, naming the
+/// field (`pool.backend_tls.ca_pem`) and the problem.
+fn backend_tls_checked(config: PoolConfig) -> Result<PoolConfig, ValidationError> {
+    if let Some(tls) = &config.backend_tls
+        && !tls.ca_pem.is_empty()
+        && let Err(e) = tandem_tls::client::ca_bundle(&tls.ca_pem)
+    {
+        return Err(match e {
+            tandem_tls::Error::Invalid { field, why } => {
+                ValidationError::new(format!("pool.backend_tls.{field}"), why)
+            }
+            other => ValidationError::new("pool.backend_tls", other.to_string()),
+        });
+    }
+    Ok(config)
+}
+
 fn now_unix_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -334,7 +351,8 @@ impl ControlPlane for ControlService {
         self.call("CreatePool", async {
             let msg = required(&req.get_ref().pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
-            let config = convert::pool_config_from_proto(PoolConfig::new(name), msg)?;
+            let config =
+                backend_tls_checked(convert::pool_config_from_proto(PoolConfig::new(name), msg)?)?;
             if !msg.backends.is_empty() {
                 return Err(ValidationError::new(
                     "pool.backends",
@@ -405,7 +423,7 @@ impl ControlPlane for ControlService {
             let (pool, rev) = self
                 .store
                 .update_pool(&name, expected(req.expected_revision), |current| {
-                    convert::pool_config_from_proto(current, msg)
+                    backend_tls_checked(convert::pool_config_from_proto(current, msg)?)
                 })
                 .await?;
             Ok(v1::PoolReply {

@@ -47,8 +47,9 @@ pub const NOTIFY_CHANNEL: &str = "tandem_config";
 /// The format of `change_log.change` this build writes (and the newest it
 /// reads), kept in the row's `format_version`. Version 2 adds routes'
 /// `redirect_https` and `hsts_max_age_s` and the certificate changes (their
-/// key sealed). Changing the format: see ARCHITECTURE.md.
-pub const CHANGE_FORMAT: u32 = 2;
+/// key sealed); version 3 pools' `backend_tls`. Changing the format: see
+/// ARCHITECTURE.md.
+pub const CHANGE_FORMAT: u32 = 3;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -380,6 +380,64 @@ pub struct PoolConfig {
     /// closed, milliseconds.
     #[serde(default = "defaults::tunnel_idle_timeout_ms")]
     pub tunnel_idle_timeout_ms: u32,
+    /// TLS from the proxy to the backends (None: plain HTTP).
+    #[serde(default)]
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// How the proxy speaks TLS to a pool's backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendTls {
+    /// PEM certificates the backends' chains are verified against (empty:
+    /// the Mozilla root store, for backends with public certificates).
+    #[serde(default)]
+    pub ca_pem: String,
+    /// The name sent as SNI and verified in the backend's certificate
+    /// (empty: each backend's host).
+    #[serde(default)]
+    pub sni: String,
+    /// No verification of the backends' certificates at all.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl BackendTls {
+    /// The server name for a backend: the configured one or its host
+    /// (an IPv6 host without its brackets).
+    pub fn server_name<'a>(&'a self, backend: &'a crate::BackendAddr) -> &'a str {
+        if !self.sni.is_empty() {
+            return &self.sni;
+        }
+        let host = backend.host();
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// Checks the shape; the CA bundle's certificates are parsed by the
+    /// control plane (`tandem-tls`).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.insecure && !self.ca_pem.is_empty() {
+            return Err(ValidationError::new(
+                "insecure",
+                "skips verification: it cannot be combined with a CA bundle",
+            ));
+        }
+        if !self.ca_pem.is_empty() && !self.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ValidationError::new(
+                "ca_pem",
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ));
+        }
+        if !self.sni.is_empty() {
+            let ip = self.sni.parse::<std::net::IpAddr>().is_ok();
+            if !ip {
+                crate::ids::check_hostname(&self.sni)
+                    .map_err(|rule| ValidationError::new("sni", rule))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Defaults of settings added after the first release, also for pools
@@ -415,6 +473,7 @@ impl PoolConfig {
             max_request_body_bytes: defaults::max_request_body_bytes(),
             upstream_idle_timeout_ms: defaults::upstream_idle_timeout_ms(),
             tunnel_idle_timeout_ms: defaults::tunnel_idle_timeout_ms(),
+            backend_tls: None,
         }
     }
 
@@ -479,6 +538,9 @@ impl PoolConfig {
             86_400_000,
         )
         .map_err(at)?;
+        if let Some(tls) = &self.backend_tls {
+            tls.validate().map_err(|e| at(e.under("backend_tls")))?;
+        }
         Ok(())
     }
 }

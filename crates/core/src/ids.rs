@@ -161,7 +161,7 @@ impl BackendAddr {
     }
 }
 
-fn check_hostname(host: &str) -> Result<(), String> {
+pub(crate) fn check_hostname(host: &str) -> Result<(), String> {
     if host.is_empty() || host.len() > 253 {
         return Err(format!("host must be 1-253 characters (got {host:?})"));
     }

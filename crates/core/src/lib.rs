@@ -20,8 +20,8 @@ pub mod traffic;
 
 pub use certificate::{CertName, Certificate, PrivateKeyPem};
 pub use config::{
-    AdminState, Backend, BackendRole, HealthCheckKind, HealthCheckSpec, LbPolicy, OnUnhealthy,
-    OutlierSpec, PoolConfig, RetryPolicy, Route, TcpRoute, TcpSettings,
+    AdminState, Backend, BackendRole, BackendTls, HealthCheckKind, HealthCheckSpec, LbPolicy,
+    OnUnhealthy, OutlierSpec, PoolConfig, RetryPolicy, Route, TcpRoute, TcpSettings,
 };
 pub use error::{Error, ValidationError};
 pub use ids::{BackendAddr, HostMatch, ListenAddr, PathPrefix, PoolName, Revision, Weight};

@@ -431,6 +431,42 @@ pub struct PoolSettings {
     /// closed (e.g. 5m).
     #[arg(long, value_name = "DURATION", help_heading = "HTTP limits")]
     pub tunnel_idle_timeout: Option<Millis>,
+
+    /// Speak TLS to the backends (HTTP routes), verifying their
+    /// certificates against --backend-ca-file or, without one, the Mozilla
+    /// root store.
+    #[arg(long, help_heading = "TLS to backends")]
+    pub backend_tls: bool,
+    /// Plain HTTP to the backends again.
+    #[arg(long, help_heading = "TLS to backends", conflicts_with_all = ["backend_tls", "backend_ca_file", "backend_sni", "backend_tls_insecure"])]
+    pub no_backend_tls: bool,
+    /// PEM CA bundle the backends' certificates are verified against (its
+    /// contents are sent; turns TLS to the backends on).
+    #[arg(long, value_name = "FILE", value_parser = read_pem_file, help_heading = "TLS to backends")]
+    pub backend_ca_file: Option<String>,
+    /// The name sent as SNI and verified in the backends' certificates
+    /// (default: each backend's host; "" goes back to it).
+    #[arg(long, value_name = "NAME", help_heading = "TLS to backends")]
+    pub backend_sni: Option<String>,
+    /// Accept any backend certificate, without verification (shown in
+    /// `pool get`). A CA bundle turns verification back on.
+    #[arg(
+        long,
+        help_heading = "TLS to backends",
+        conflicts_with = "backend_ca_file"
+    )]
+    pub backend_tls_insecure: bool,
+}
+
+/// The contents of a PEM file named on the command line.
+fn read_pem_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

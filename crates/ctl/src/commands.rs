@@ -1044,6 +1044,18 @@ pub fn pool_message(name: &str, s: &PoolSettings) -> v1::Pool {
         max_request_body_bytes: s.max_request_body,
         upstream_idle_timeout_ms: ms(s.upstream_idle_timeout),
         tunnel_idle_timeout_ms: ms(s.tunnel_idle_timeout),
+        backend_tls: some_if_set(v1::BackendTls {
+            enabled: if s.backend_tls {
+                Some(true)
+            } else if s.no_backend_tls {
+                Some(false)
+            } else {
+                None
+            },
+            ca_pem: s.backend_ca_file.clone(),
+            sni: s.backend_sni.clone(),
+            insecure: s.backend_tls_insecure.then_some(true),
+        }),
     }
 }
 
@@ -1170,8 +1182,70 @@ mod tests {
                 max_request_body_bytes: Some(1 << 20),
                 upstream_idle_timeout_ms: Some(2_000),
                 tunnel_idle_timeout_ms: Some(600_000),
+                backend_tls: None,
             }
         );
+    }
+
+    #[test]
+    fn backend_tls_flags_fill_their_message() {
+        let dir =
+            std::env::temp_dir().join(format!("tandemctl-backend-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        let pem = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+        std::fs::write(&ca, pem).unwrap();
+        let ca = ca.display().to_string();
+        let p = pool_message(
+            "api",
+            &settings(&[
+                "--backend-tls",
+                "--backend-ca-file",
+                &ca,
+                "--backend-sni",
+                "api.internal",
+            ]),
+        );
+        assert_eq!(
+            p.backend_tls,
+            Some(v1::BackendTls {
+                enabled: Some(true),
+                ca_pem: Some(pem.into()),
+                sni: Some("api.internal".into()),
+                insecure: None,
+            })
+        );
+        let p = pool_message("api", &settings(&["--backend-tls-insecure"]));
+        assert_eq!(
+            p.backend_tls,
+            Some(v1::BackendTls {
+                insecure: Some(true),
+                ..Default::default()
+            })
+        );
+        let p = pool_message("api", &settings(&["--no-backend-tls"]));
+        assert_eq!(p.backend_tls.unwrap().enabled, Some(false));
+        assert_eq!(pool_message("api", &settings(&[])).backend_tls, None);
+        // A file that is not a CA bundle, and verification both on and off,
+        // are refused while parsing.
+        let bad = dir.join("bad.pem");
+        std::fs::write(&bad, "nope").unwrap();
+        for args in [
+            vec!["--backend-ca-file".to_string(), bad.display().to_string()],
+            vec![
+                "--backend-ca-file".into(),
+                ca.clone(),
+                "--backend-tls-insecure".into(),
+            ],
+            vec!["--no-backend-tls".into(), "--backend-tls".into()],
+        ] {
+            let argv = ["tandemctl", "pool", "create", "api"]
+                .into_iter()
+                .map(String::from)
+                .chain(args.clone());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

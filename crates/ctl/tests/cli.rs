@@ -863,3 +863,98 @@ async fn with_the_database_down_reads_warn_and_writes_exit_6_naming_it() -> anyh
     assert!(out.contains("web"), "{out}");
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_to_backends_is_set_shown_and_its_ca_bundle_checked() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let ctl = Ctl::new(&cp, ADMIN_TOKEN);
+    let ca = tandem_testkit::certs::TestCa::new("internal CA")?;
+    let ca_file = ca.cert_path().display().to_string();
+
+    ctl.ok(&[
+        "pool",
+        "create",
+        "api",
+        "--backend-tls",
+        "--backend-ca-file",
+        &ca_file,
+        "--backend-sni",
+        "api.internal",
+    ]);
+    let shown = ctl.ok(&["pool", "get", "api"]);
+    assert!(
+        shown.contains(
+            "on, verified against the pool's CA bundle (1 certificate), SNI api.internal"
+        ),
+        "{shown}"
+    );
+    let json = ctl.json(&["pool", "get", "api"]);
+    assert_eq!(
+        json["backend_tls"]["verify_against"], "pool bundle",
+        "{json}"
+    );
+    assert_eq!(json["backend_tls"]["sni"], "api.internal");
+
+    // No verification is possible only by saying so, and it shows.
+    ctl.ok(&["pool", "update", "api", "--backend-tls-insecure"]);
+    let shown = ctl.ok(&["pool", "get", "api"]);
+    assert!(
+        shown.contains("on, NOT VERIFIED (--backend-tls-insecure), SNI api.internal"),
+        "{shown}"
+    );
+    assert_eq!(
+        ctl.json(&["pool", "get", "api"])["backend_tls"]["insecure"],
+        true
+    );
+    // A bundle turns verification back on; --no-backend-tls turns TLS off.
+    ctl.ok(&["pool", "update", "api", "--backend-ca-file", &ca_file]);
+    assert_eq!(
+        ctl.json(&["pool", "get", "api"])["backend_tls"]["insecure"],
+        false
+    );
+    ctl.ok(&["pool", "update", "api", "--no-backend-tls"]);
+    let shown = ctl.ok(&["pool", "get", "api"]);
+    assert!(shown.contains("off (plain HTTP)"), "{shown}");
+    assert!(
+        ctl.json(&["pool", "get", "api"])
+            .get("backend_tls")
+            .is_none()
+    );
+
+    // A bundle whose certificate does not parse is refused by the control
+    // plane, naming the field; nothing changes.
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(
+        &bad,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )?;
+    let e = ctl.fails(
+        INVALID_ARGUMENT,
+        &[
+            "pool",
+            "update",
+            "api",
+            "--backend-ca-file",
+            &bad.display().to_string(),
+        ],
+    );
+    assert!(e.contains("pool.backend_tls.ca_pem"), "{e}");
+    // And an SNI that is no name.
+    let e = ctl.fails(
+        INVALID_ARGUMENT,
+        &[
+            "pool",
+            "update",
+            "api",
+            "--backend-tls",
+            "--backend-sni",
+            "not a name",
+        ],
+    );
+    assert!(e.contains("pool.backend_tls.sni"), "{e}");
+    let shown = ctl.ok(&["pool", "get", "api"]);
+    assert!(shown.contains("off (plain HTTP)"), "{shown}");
+    Ok(())
+}

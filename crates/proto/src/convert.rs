@@ -162,6 +162,18 @@ pub fn pool_config_to_proto(c: &PoolConfig) -> v1::Pool {
         max_request_body_bytes: Some(c.max_request_body_bytes),
         upstream_idle_timeout_ms: Some(c.upstream_idle_timeout_ms),
         tunnel_idle_timeout_ms: Some(c.tunnel_idle_timeout_ms),
+        backend_tls: Some(match &c.backend_tls {
+            None => v1::BackendTls {
+                enabled: Some(false),
+                ..Default::default()
+            },
+            Some(t) => v1::BackendTls {
+                enabled: Some(true),
+                ca_pem: Some(t.ca_pem.clone()),
+                sni: Some(t.sni.clone()),
+                insecure: Some(t.insecure),
+            },
+        }),
         stale: None,
     }
 }
@@ -258,8 +270,38 @@ pub fn pool_config_from_proto(
         p.upstream_idle_timeout_ms,
     );
     set(&mut base.tunnel_idle_timeout_ms, p.tunnel_idle_timeout_ms);
+    if let Some(t) = &p.backend_tls {
+        base.backend_tls = backend_tls_from_proto(base.backend_tls.take(), t);
+    }
     base.validate()?;
     Ok(base)
+}
+
+/// The fields set in `t` applied onto `current`.
+fn backend_tls_from_proto(
+    current: Option<core::BackendTls>,
+    t: &v1::BackendTls,
+) -> Option<core::BackendTls> {
+    let on = t.enabled.unwrap_or(
+        current.is_some() || t.ca_pem.is_some() || t.sni.is_some() || t.insecure.is_some(),
+    );
+    if !on {
+        return None;
+    }
+    let mut tls = current.unwrap_or_default();
+    if let Some(ca) = &t.ca_pem {
+        tls.ca_pem = ca.clone();
+        if !ca.is_empty() {
+            tls.insecure = false;
+        }
+    }
+    set(&mut tls.sni, t.sni.clone());
+    set(&mut tls.insecure, t.insecure);
+    if t.insecure == Some(true) && t.ca_pem.is_none() {
+        // Verification off: the bundle kept would contradict it.
+        tls.ca_pem.clear();
+    }
+    Some(tls)
 }
 
 fn set<T>(slot: &mut T, v: Option<T>) {
@@ -733,6 +775,72 @@ pub fn merged_traffic_to_proto(m: &MergedTraffic) -> v1::MergedTraffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_tls_fields_apply_onto_the_current_settings() {
+        let name = PoolName::new("shop").unwrap();
+        let with = |t: v1::BackendTls| v1::Pool {
+            name: "shop".into(),
+            backend_tls: Some(t),
+            ..Default::default()
+        };
+        let plain = PoolConfig::new(name.clone());
+        let ca = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+        let on = pool_config_from_proto(
+            plain.clone(),
+            &with(v1::BackendTls {
+                enabled: Some(true),
+                sni: Some("api.internal".into()),
+                insecure: Some(true),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        let tls = on.backend_tls.clone().unwrap();
+        assert_eq!((tls.sni.as_str(), tls.insecure), ("api.internal", true));
+        // A CA bundle turns verification back on; the SNI stays.
+        let verified = pool_config_from_proto(
+            on.clone(),
+            &with(v1::BackendTls {
+                ca_pem: Some(ca.into()),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        let tls = verified.backend_tls.clone().unwrap();
+        assert_eq!((tls.sni.as_str(), tls.insecure), ("api.internal", false));
+        assert_eq!(tls.ca_pem, ca);
+        // And off again, which drops the bundle.
+        let insecure = pool_config_from_proto(
+            verified.clone(),
+            &with(v1::BackendTls {
+                insecure: Some(true),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        let tls = insecure.backend_tls.unwrap();
+        assert_eq!((tls.ca_pem.as_str(), tls.insecure), ("", true));
+        // Round trip through the message the proxies get.
+        let back = pool_config_from_proto(plain.clone(), &pool_config_to_proto(&verified)).unwrap();
+        assert_eq!(back, verified);
+        let back = pool_config_from_proto(verified.clone(), &pool_config_to_proto(&plain)).unwrap();
+        assert_eq!(
+            back.backend_tls, None,
+            "a plain pool's message turns TLS off"
+        );
+        // Both at once is refused, by name.
+        let e = pool_config_from_proto(
+            plain,
+            &with(v1::BackendTls {
+                ca_pem: Some(ca.into()),
+                insecure: Some(true),
+                ..Default::default()
+            }),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("pool.backend_tls.insecure"), "{e}");
+    }
 
     #[test]
     fn pool_settings_round_trip_and_unset_fields_keep_defaults() {

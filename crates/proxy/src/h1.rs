@@ -384,6 +384,7 @@ impl Client {
         self.flush().await?;
         if !self.conn.rbuf.is_empty() {
             backend.write_all(&self.conn.rbuf).await?;
+            backend.flush().await?;
             self.conn.rbuf.clear();
         }
         tunnel::join(&mut self.conn.io, &mut backend, idle_timeout).await

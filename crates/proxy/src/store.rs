@@ -21,9 +21,10 @@ pub const FILE_NAME: &str = "snapshot.json";
 /// `hsts_max_age_s` and the snapshot's `certificates`; version 3 the
 /// snapshot's `store` identity (id and generation: a proxy resuming with
 /// another identity than the control plane's takes a full snapshot; files
-/// without it resume with none, and get one). Changing the format: see
-/// ARCHITECTURE.md.
-pub const FORMAT: u32 = 3;
+/// without it resume with none, and get one); version 4 pools'
+/// `backend_tls` (an older build would speak plain HTTP to TLS backends).
+/// Changing the format: see ARCHITECTURE.md.
+pub const FORMAT: u32 = 4;
 
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)

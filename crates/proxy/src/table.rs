@@ -26,7 +26,7 @@ use tandem_telemetry::LatencyHistogram;
 
 use crate::clock;
 use crate::sampling::Sampling;
-use crate::upstream::ConnPool;
+use crate::upstream::{ConnPool, UpstreamTls};
 
 // === where a configuration came from ===
 
@@ -122,6 +122,9 @@ pub struct BackendState {
     /// Active health decided by the control plane ([`HealthState`] as u8).
     pub health: AtomicU8,
     pub conns: ConnPool,
+    /// TLS to this backend, when its pool speaks TLS (fixed for the
+    /// state's life: changed settings make a new state).
+    pub tls: Option<UpstreamTls>,
     /// Responses by status class: 1xx..5xx.
     pub responses: [Counter; 5],
     pub failures: Counter,
@@ -334,10 +337,18 @@ pub struct Registry {
     health: Mutex<HashMap<(PoolName, BackendAddr), HealthState>>,
     /// Why the agents decided each backend's state, for `/explain`.
     notes: Mutex<HashMap<(PoolName, BackendAddr), HealthNote>>,
+    /// Each TLS pool's client configuration with the settings it was built
+    /// from: kept while they stay the same, so its session cache lives on.
+    backend_tls: Mutex<HashMap<PoolName, BackendTlsConfig>>,
     pub upstream_max_idle: usize,
     /// The share of each pool's requests traced.
     pub sampling: Sampling,
 }
+
+type BackendTlsConfig = (
+    tandem_core::BackendTls,
+    Result<Arc<rustls::ClientConfig>, String>,
+);
 
 /// The agents' reason for a backend's state, and since when.
 #[derive(Debug, Clone, Default)]
@@ -411,13 +422,33 @@ impl Registry {
         let mut pool_states = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let mut backend_states = self.backends.lock().unwrap_or_else(|p| p.into_inner());
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tls_configs = self.backend_tls.lock().unwrap_or_else(|p| p.into_inner());
         pool_states.retain(|name, _| snapshot.pools.contains_key(name));
-        backend_states.retain(|(pool, addr), _| {
+        // A backend whose pool's TLS settings changed starts afresh: its
+        // pooled connections were made with the old ones.
+        backend_states.retain(|(pool, addr), state| {
+            snapshot.pools.get(pool).is_some_and(|p| {
+                p.backend(addr).is_some()
+                    && state.tls.as_ref().map(|t| &t.declared) == p.config.backend_tls.as_ref()
+            })
+        });
+        tls_configs.retain(|name, (declared, _)| {
             snapshot
                 .pools
-                .get(pool)
-                .is_some_and(|p| p.backend(addr).is_some())
+                .get(name)
+                .and_then(|p| p.config.backend_tls.as_ref())
+                == Some(declared)
         });
+        for (name, pool) in &snapshot.pools {
+            if let Some(declared) = &pool.config.backend_tls {
+                tls_configs.entry(name.clone()).or_insert_with(|| {
+                    let config = tandem_tls::client::client_config(declared)
+                        .map(Arc::new)
+                        .map_err(|e| format!("pool {name}: backend_tls.{e}"));
+                    (declared.clone(), config)
+                });
+            }
+        }
 
         let mut index = HashMap::new();
         let mut pools = Vec::with_capacity(snapshot.pools.len());
@@ -434,11 +465,14 @@ impl Registry {
                     state: backend_states
                         .entry((name.clone(), b.address.clone()))
                         .or_insert_with(|| {
-                            let state = BackendState::new(
+                            let mut state = BackendState::new(
                                 name.clone(),
                                 b.address.clone(),
                                 self.upstream_max_idle,
                             );
+                            state.tls = tls_configs.get(name).map(|(declared, config)| {
+                                UpstreamTls::new(name, &b.address, declared, config)
+                            });
                             if let Some(h) = health.get(&(name.clone(), b.address.clone())) {
                                 state.health.store(health_to_u8(*h), Ordering::Relaxed);
                             }
@@ -519,6 +553,7 @@ impl BackendState {
             outlier: AtomicU64::new(0),
             health: AtomicU8::new(0),
             conns: ConnPool::new(max_idle),
+            tls: None,
             responses: [
                 class("1xx"),
                 class("2xx"),
@@ -578,6 +613,9 @@ pub struct BackendView {
     pub ejections_in_a_row: u8,
     pub in_flight: u64,
     pub idle_connections: usize,
+    /// The last failed TLS handshake with it (pools with TLS to backends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_failure: Option<String>,
 }
 
 impl Table {
@@ -622,6 +660,11 @@ impl Table {
                                 ejections_in_a_row: o.ejections,
                                 in_flight: b.state.in_flight.load(Ordering::Relaxed),
                                 idle_connections: b.state.conns.idle(),
+                                tls_failure: b
+                                    .state
+                                    .tls
+                                    .as_ref()
+                                    .and_then(UpstreamTls::last_failure),
                             }
                         })
                         .collect(),
@@ -663,6 +706,42 @@ mod tests {
             hsts_max_age_s: 0,
         });
         s
+    }
+
+    #[test]
+    fn a_change_of_backend_tls_settings_gives_the_backends_new_state() {
+        let reg = Registry::new(8);
+        let plain = snapshot(1, &["10.0.0.1:80"]);
+        let state = |t: &Table| t.pools[0].backends[0].state.clone();
+        let t1 = reg.build(&plain, Source::ControlPlane);
+        assert!(state(&t1).tls.is_none());
+        // The same settings keep the state (and its pooled connections).
+        let t2 = reg.build(&plain, Source::ControlPlane);
+        assert!(Arc::ptr_eq(&state(&t1), &state(&t2)));
+
+        let mut tls = plain.clone();
+        let pool = tls.pools.values_mut().next().unwrap();
+        pool.config.backend_tls = Some(tandem_core::BackendTls {
+            insecure: true,
+            sni: "api.internal".into(),
+            ..Default::default()
+        });
+        let t3 = reg.build(&tls, Source::ControlPlane);
+        assert!(
+            !Arc::ptr_eq(&state(&t1), &state(&t3)),
+            "no plain connection serves TLS"
+        );
+        assert!(state(&t3).tls.is_some());
+        let t4 = reg.build(&tls, Source::ControlPlane);
+        assert!(Arc::ptr_eq(&state(&t3), &state(&t4)));
+
+        let mut renamed = tls.clone();
+        let pool = renamed.pools.values_mut().next().unwrap();
+        pool.config.backend_tls.as_mut().unwrap().sni = "other.internal".into();
+        let t5 = reg.build(&renamed, Source::ControlPlane);
+        assert!(!Arc::ptr_eq(&state(&t3), &state(&t5)));
+        let t6 = reg.build(&plain, Source::ControlPlane);
+        assert!(state(&t6).tls.is_none(), "and back to plain");
     }
 
     #[test]

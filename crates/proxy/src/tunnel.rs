@@ -7,19 +7,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::clock;
+use crate::upstream::Io;
 
 /// Joins `client` and `backend` until both have closed (a close is passed
 /// on as a half-close), either fails, or both are silent for `idle`.
 pub async fn join<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
-    backend: &mut TcpStream,
+    backend: &mut Io,
     idle: Duration,
 ) -> io::Result<()> {
+    match backend {
+        Io::Plain(tcp) => {
+            let (backend_read, backend_write) = tcp.split();
+            join_halves(client, backend_read, backend_write, idle).await
+        }
+        Io::Tls(tls) => {
+            let (backend_read, backend_write) = tokio::io::split(tls.as_mut());
+            join_halves(client, backend_read, backend_write, idle).await
+        }
+    }
+}
+
+async fn join_halves<C, R, W>(
+    client: &mut C,
+    mut backend_read: R,
+    mut backend_write: W,
+    idle: Duration,
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut backend_read, mut backend_write) = backend.split();
     let last = AtomicU64::new(clock::now_ms());
     let both = async {
         tokio::try_join!(

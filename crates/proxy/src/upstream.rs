@@ -23,6 +23,13 @@
 //! that still crosses the request on the wire (the backend's idle timer
 //! fired while the request was on its way) is recognised afterwards by the
 //! order of the backend's FIN and reset, and the request goes again.
+//!
+//! A pool may speak TLS to its backends ([`UpstreamTls`]): the connection
+//! is then a rustls client stream ([`Io::Tls`]) over the same socket, made
+//! within the connect timeout, pooled and reused exactly like a plain one
+//! (the socket-level checks above look at the TCP socket under it). Plain
+//! connections stay a bare `TcpStream` in the same enum: one branch per
+//! read or write, no allocation, no lock.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -37,9 +44,11 @@ use crossbeam_queue::ArrayQueue;
 use tandem_http::chunked::{self, ChunkError};
 use tandem_http::response::{self, MAX_INTERIM, ResponseBody};
 use tandem_http::{BodyDecoder, Piece, ResponseHead, Span, UpstreamFraming};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::body::{ClientFault, ReqBody};
 use crate::clock::{self, Deadline};
@@ -58,9 +67,85 @@ const REFUSAL_WAIT: Duration = Duration::from_millis(100);
 
 // === connections ===
 
+/// A backend connection's byte stream: plain TCP, or TLS over it.
+pub enum Io {
+    Plain(TcpStream),
+    /// Boxed: rustls's connection state is large, and it keeps `Conn`
+    /// small for plain pools.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Io {
+    /// The TCP socket (under TLS, the one it runs on).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection to a backend.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     /// Bytes read but not yet consumed.
     rbuf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
@@ -132,7 +217,7 @@ impl Progress {
 }
 
 impl Conn {
-    fn new(io: TcpStream) -> Self {
+    fn new(io: Io) -> Self {
         Self {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -220,6 +305,10 @@ impl Conn {
                 }
             }
         }
+        if let Io::Tls(tls) = &mut self.io {
+            // Records rustls could not hand to the socket yet go now.
+            tls.flush().await.map_err(ExchangeError::NoResponse)?;
+        }
         let mut received = false;
         let mut interim = 0;
         loop {
@@ -299,11 +388,12 @@ impl Conn {
     /// by a round trip: it is waited for, briefly.
     async fn refused_after_close(&self) -> bool {
         let refused = |io: &TcpStream| matches!(io.take_error(), Ok(Some(e)) if e.kind() == io::ErrorKind::BrokenPipe);
-        if refused(&self.io) {
+        let tcp = self.io.tcp();
+        if refused(tcp) {
             return true;
         }
-        let _ = tokio::time::timeout(REFUSAL_WAIT, self.io.ready(Interest::ERROR)).await;
-        refused(&self.io)
+        let _ = tokio::time::timeout(REFUSAL_WAIT, tcp.ready(Interest::ERROR)).await;
+        refused(tcp)
     }
 
     async fn send_body(
@@ -369,9 +459,9 @@ impl Conn {
         }
     }
 
-    /// The socket and whatever the backend already sent past the head,
+    /// The stream and whatever the backend already sent past the head,
     /// for a tunnel after 101.
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (Io, BytesMut) {
         (self.io, self.rbuf)
     }
 
@@ -379,14 +469,16 @@ impl Conn {
     /// neither closed it nor sent anything unasked. The event loop's view
     /// is read first (no system call unless it reported the socket
     /// readable); after `idle_ms` of at least [`PEEK_AFTER_IDLE_MS`] the
-    /// kernel is asked too.
+    /// kernel is asked too. Under TLS the TCP socket is looked at: any
+    /// byte there (a close_notify, an answer nobody asked for) retires the
+    /// connection, as a plain one would be.
     fn alive(&self, idle_ms: u64) -> bool {
         if !self.rbuf.is_empty() {
             return false;
         }
+        let tcp = self.io.tcp();
         let mut probe = [0u8; 1];
-        if !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        {
+        if !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
             return false;
         }
         if idle_ms < PEEK_AFTER_IDLE_MS {
@@ -394,7 +486,7 @@ impl Conn {
         }
         let mut peek = [MaybeUninit::<u8>::uninit(); 1];
         matches!(
-            socket2::SockRef::from(&self.io).peek(&mut peek),
+            socket2::SockRef::from(tcp).peek(&mut peek),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock
         )
     }
@@ -544,15 +636,20 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("connect failed: {0}")]
     Io(#[from] io::Error),
+    #[error("TLS handshake with the backend failed: {0}")]
+    Tls(String),
 }
 
-/// Opens a new connection to a backend.
+/// Opens a new connection to a backend, with a TLS handshake when its pool
+/// speaks TLS; both within `timeout`.
 pub async fn connect(
     addr: Option<SocketAddr>,
     host_port: &str,
+    tls: Option<&UpstreamTls>,
     timeout: Duration,
 ) -> Result<Conn, ConnectError> {
-    let stream = tokio::time::timeout(timeout, async {
+    let deadline = Instant::now() + timeout;
+    let stream = tokio::time::timeout_at(deadline, async {
         match addr {
             Some(a) => TcpStream::connect(a).await,
             None => TcpStream::connect(host_port).await,
@@ -561,7 +658,122 @@ pub async fn connect(
     .await
     .map_err(|_| ConnectError::Timeout(timeout))??;
     let _ = stream.set_nodelay(true);
-    Ok(Conn::new(stream))
+    let io = match tls {
+        None => Io::Plain(stream),
+        Some(tls) => {
+            let handshake = tls.handshake(stream);
+            let r = tokio::time::timeout_at(deadline, handshake).await;
+            Io::Tls(Box::new(tls.outcome(r, timeout)?))
+        }
+    };
+    Ok(Conn::new(io))
+}
+
+// === TLS to backends ===
+
+/// TLS to one backend: its pool's client configuration and the server
+/// name sent (SNI) and verified. Built with the table, kept with the
+/// backend's state (its pooled connections are TLS ones).
+pub struct UpstreamTls {
+    /// The settings it was built from: a change makes a new backend state,
+    /// so plain and TLS connections never share a pool.
+    pub declared: tandem_core::BackendTls,
+    /// Err: the settings cannot be used (a hand-edited disk copy); every
+    /// connect fails with this reason.
+    ready: Result<(TlsConnector, rustls::pki_types::ServerName<'static>), String>,
+    handshakes: metrics::Counter,
+    /// The last handshake failure, for `/config` (written only when one
+    /// fails).
+    last_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl UpstreamTls {
+    /// For `backend` of `pool`: `config` is the pool's client
+    /// configuration (shared by its backends: one session cache).
+    pub fn new(
+        pool: &tandem_core::PoolName,
+        backend: &tandem_core::BackendAddr,
+        declared: &tandem_core::BackendTls,
+        config: &Result<std::sync::Arc<rustls::ClientConfig>, String>,
+    ) -> Self {
+        let ready = config.clone().and_then(|config| {
+            let name = tandem_tls::client::server_name(declared.server_name(backend))
+                .map_err(|e| e.to_string())?;
+            Ok((TlsConnector::from(config), name))
+        });
+        if let Err(e) = &ready {
+            tracing::error!(%pool, %backend, error = %e, "TLS to this backend cannot be set up: every request to it fails");
+        }
+        Self {
+            declared: declared.clone(),
+            ready,
+            handshakes: metrics::counter!("tandem_proxy_upstream_tls_handshakes_total", "pool" => pool.to_string(), "backend" => backend.to_string()),
+            last_failure: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn handshake(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        match &self.ready {
+            Ok((connector, name)) => connector.connect(name.clone(), tcp).await,
+            Err(e) => Err(io::Error::other(e.clone())),
+        }
+    }
+
+    fn outcome(
+        &self,
+        r: Result<io::Result<TlsStream<TcpStream>>, tokio::time::error::Elapsed>,
+        timeout: Duration,
+    ) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let (reason, e) = match r {
+            Ok(Ok(stream)) => {
+                self.handshakes.increment(1);
+                return Ok(stream);
+            }
+            Ok(Err(e)) => (upstream_tls_reason(&e), ConnectError::Tls(e.to_string())),
+            Err(_) => ("timeout", ConnectError::Timeout(timeout)),
+        };
+        metrics::counter!("tandem_proxy_upstream_tls_failures_total", "reason" => reason)
+            .increment(1);
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        Err(e)
+    }
+
+    /// The last handshake failure, if any.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A bounded set of reasons, for the failures counter's label.
+fn upstream_tls_reason(e: &io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        return match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe => "closed",
+            io::ErrorKind::Other => "config",
+            _ => "io",
+        };
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "unknown_issuer",
+            C::NotValidForName | C::NotValidForNameContext { .. } => "name_mismatch",
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => "expired",
+            _ => "bad_certificate",
+        },
+        rustls::Error::AlertReceived(_) => "backend_alert",
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => "not_tls",
+        rustls::Error::PeerIncompatible(_) => "incompatible",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]
@@ -572,7 +784,7 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-        (Conn::new(c.unwrap()), s.unwrap().0)
+        (Conn::new(Io::Plain(c.unwrap())), s.unwrap().0)
     }
 
     #[tokio::test]

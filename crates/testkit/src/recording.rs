@@ -22,6 +22,9 @@ use tokio::net::TcpListener;
 pub struct Recorded {
     /// Which upstream connection it came on (1, 2, ... in accept order).
     pub conn: u64,
+    /// The server name the client sent in its TLS handshake (TLS backends
+    /// only; None without SNI).
+    pub sni: Option<String>,
     pub method: String,
     pub target: String,
     /// Fields in order, names lowercase.
@@ -50,24 +53,69 @@ pub struct RecordingBackend {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<Recorded>>>,
     accepted: Arc<AtomicU64>,
+    /// Failed TLS handshakes (TLS backends), with rustls's reason.
+    handshake_failures: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RecordingBackend {
     /// Starts one on a free loopback port.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Starts one serving HTTPS (HTTP/1.1 over TLS, rustls) with this
+    /// certificate chain and key (PEM), recording each connection's SNI.
+    pub async fn start_tls(chain_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicU64::new(0));
+        let handshake_failures = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
-            let (log, accepted) = (log.clone(), accepted.clone());
+            let (log, accepted, failures) =
+                (log.clone(), accepted.clone(), handshake_failures.clone());
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let conn = accepted.fetch_add(1, Ordering::SeqCst) + 1;
-                    let log = log.clone();
+                    let (log, tls, failures) = (log.clone(), tls.clone(), failures.clone());
                     tokio::spawn(async move {
-                        let svc = service_fn(move |req| record(req, conn, log.clone()));
+                        let Some(tls) = tls else {
+                            let svc = service_fn(move |req| record(req, conn, None, log.clone()));
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await;
+                            return;
+                        };
+                        let stream = match tls.accept(stream).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                failures
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push(e.to_string());
+                                return;
+                            }
+                        };
+                        let sni = stream.get_ref().1.server_name().map(str::to_string);
+                        let svc =
+                            service_fn(move |req| record(req, conn, sni.clone(), log.clone()));
                         let _ = http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), svc)
                             .with_upgrades()
@@ -80,8 +128,17 @@ impl RecordingBackend {
             addr,
             log,
             accepted,
+            handshake_failures,
             task,
         })
+    }
+
+    /// The TLS handshakes that failed so far, with their reasons.
+    pub fn handshake_failures(&self) -> Vec<String> {
+        self.handshake_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `host:port`, as a pool's backend address.
@@ -114,6 +171,7 @@ impl Drop for RecordingBackend {
 async fn record(
     req: hyper::Request<hyper::body::Incoming>,
     conn: u64,
+    sni: Option<String>,
     log: Arc<Mutex<Vec<Recorded>>>,
 ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
     let (parts, body) = req.into_parts();
@@ -138,6 +196,7 @@ async fn record(
         let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
         log.push(Recorded {
             conn,
+            sni,
             method: parts.method.to_string(),
             target: target.clone(),
             headers,

@@ -7,11 +7,14 @@
 //!   key type) — every problem an [`Error`] naming what is wrong;
 //! - [`names`]: which certificate answers a client's SNI (exact names
 //!   first, then one-label wildcards);
+//! - [`client`]: the CA bundle and client configuration for TLS from the
+//!   proxy to a pool's backends;
 //! - [`seal`]: private keys encrypted at rest with AES-256-GCM under a key
 //!   read from a file.
 //!
 //! It never logs, and no error it makes contains key material.
 
+pub mod client;
 pub mod material;
 pub mod names;
 pub mod seal;

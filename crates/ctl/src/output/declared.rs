@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use tandem_proto::v1;
 
 use super::health::Health;
+use super::json::BackendTlsJson;
 use super::names::{
     admin_state_name, health_kind_name, health_state_name, on_unhealthy_name, policy_name,
     role_name,
@@ -158,6 +159,28 @@ fn backends_rows(
 }
 
 /// `pool get`: the settings as aligned fields, then the backends.
+/// One line for `pool get`.
+fn backend_tls_summary(p: &v1::Pool) -> String {
+    let Some(t) = p.backend_tls.as_ref().and_then(BackendTlsJson::from) else {
+        return "off (plain HTTP)".into();
+    };
+    let verify = match t.verify_against {
+        "none" => "NOT VERIFIED (--backend-tls-insecure)".to_string(),
+        "pool bundle" => format!(
+            "verified against the pool's CA bundle ({} certificate{})",
+            t.ca_certificates,
+            if t.ca_certificates == 1 { "" } else { "s" }
+        ),
+        _ => "verified against the Mozilla roots".to_string(),
+    };
+    let sni = if t.sni.is_empty() {
+        "each backend's host".to_string()
+    } else {
+        t.sni.to_string()
+    };
+    format!("on, {verify}, SNI {sni}")
+}
+
 pub fn pool_detail(p: &v1::Pool) -> String {
     let retry = p
         .retry
@@ -208,6 +231,7 @@ pub fn pool_detail(p: &v1::Pool) -> String {
         ),
         ("upstream idle timeout", ms(p.upstream_idle_timeout_ms)),
         ("tunnel idle timeout", ms(p.tunnel_idle_timeout_ms)),
+        ("tls to backends", backend_tls_summary(p)),
     ]);
     out.push('\n');
     if p.backends.is_empty() {

@@ -23,6 +23,40 @@ pub fn to_json_line<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("views hold only strings, numbers and lists")
 }
 
+/// TLS to a pool's backends (absent: plain HTTP).
+#[derive(Debug, Serialize)]
+pub struct BackendTlsJson<'a> {
+    /// "pool bundle" or "mozilla roots"; "none" when insecure.
+    pub verify_against: &'static str,
+    /// Certificates in the pool's CA bundle.
+    pub ca_certificates: usize,
+    /// Empty: each backend's host.
+    pub sni: &'a str,
+    pub insecure: bool,
+}
+
+impl<'a> BackendTlsJson<'a> {
+    pub(super) fn from(t: &'a v1::BackendTls) -> Option<Self> {
+        if t.enabled != Some(true) {
+            return None;
+        }
+        let ca = t.ca_pem.as_deref().unwrap_or("");
+        let insecure = t.insecure.unwrap_or(false);
+        Some(Self {
+            verify_against: if insecure {
+                "none"
+            } else if ca.is_empty() {
+                "mozilla roots"
+            } else {
+                "pool bundle"
+            },
+            ca_certificates: ca.matches("-----BEGIN CERTIFICATE-----").count(),
+            sni: t.sni.as_deref().unwrap_or(""),
+            insecure,
+        })
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct PoolJson<'a> {
     pub name: &'a str,
@@ -37,6 +71,8 @@ pub struct PoolJson<'a> {
     pub max_request_body_bytes: Option<u64>,
     pub upstream_idle_timeout_ms: Option<u32>,
     pub tunnel_idle_timeout_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<BackendTlsJson<'a>>,
     pub backends: Vec<BackendJson<'a>>,
     pub revision: u64,
     /// Set when the answer came from a replica's copy in memory (boxed:
@@ -232,6 +268,7 @@ impl<'a> From<&'a v1::Pool> for PoolJson<'a> {
             max_request_body_bytes: p.max_request_body_bytes,
             upstream_idle_timeout_ms: p.upstream_idle_timeout_ms,
             tunnel_idle_timeout_ms: p.tunnel_idle_timeout_ms,
+            backend_tls: p.backend_tls.as_ref().and_then(BackendTlsJson::from),
             backends: p.backends.iter().map(BackendJson::from).collect(),
             revision: p.revision,
             stale: p.stale.as_ref().map(|s| Box::new(StaleJson::from(s))),

@@ -38,6 +38,7 @@ pub(super) fn shop() -> v1::Pool {
         max_request_body_bytes: Some(10 << 20),
         upstream_idle_timeout_ms: Some(4_000),
         tunnel_idle_timeout_ms: Some(300_000),
+        backend_tls: None,
         backends: vec![
             v1::Backend {
                 address: "10.0.0.5:3000".into(),

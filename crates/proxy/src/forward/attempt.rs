@@ -61,6 +61,7 @@ pub async fn once(
             match upstream::connect(
                 b.socket_addr,
                 b.address.as_str(),
+                b.tls.as_ref(),
                 t.connect_timeout.min(remaining),
             )
             .await
@@ -70,6 +71,15 @@ pub async fn once(
                     start = Instant::now();
                     *connected = Some(start);
                     c
+                }
+                Err(e @ upstream::ConnectError::Tls(_)) => {
+                    // A configuration problem (wrong CA, name, a backend
+                    // not speaking TLS): the operator must see it.
+                    tracing::warn!(pool = %b.pool, backend = %b.address, error = %e, "upstream TLS handshake failed");
+                    return Outcome::Failed {
+                        failure: Failure::Connect,
+                        reused: false,
+                    };
                 }
                 Err(e) => {
                     tracing::debug!(backend = %b.address, error = %e, "upstream connect failed");
