@@ -16,6 +16,7 @@ pub mod error;
 pub mod history;
 pub mod hosts;
 pub mod hub;
+pub mod membership;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -42,7 +42,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let members = config.members().map_err(anyhow::Error::msg)?;
     let raft = RaftSettings {
         id,
-        voters: members.keys().copied().collect(),
+        // A joining replica learns the members from the leader.
+        voters: match config.join {
+            tandem_control::config::Join::New => members.keys().copied().collect(),
+            tandem_control::config::Join::Existing => Vec::new(),
+        },
+        addresses: members.clone(),
         state_dir: config.state_dir.clone(),
         tick: std::time::Duration::from_millis(config.raft_tick_ms),
         election_ticks: config.raft_election_ticks,

@@ -711,6 +711,8 @@ pub struct ClusterStatusJson<'a> {
     pub commit_index: u64,
     pub applied_index: u64,
     pub members: Vec<ClusterMemberJson<'a>>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub apply_error: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -723,6 +725,9 @@ pub struct ClusterMemberJson<'a> {
     pub reachable: Option<bool>,
     pub last_heard_ms: Option<u64>,
     pub progress: &'a str,
+    /// "voter" or "learner" (absent from replicas that predate it).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub suffrage: &'a str,
 }
 
 impl<'a> From<&'a v1::ClusterStatus> for ClusterStatusJson<'a> {
@@ -746,8 +751,10 @@ impl<'a> From<&'a v1::ClusterStatus> for ClusterStatusJson<'a> {
                     reachable: m.reachable,
                     last_heard_ms: m.last_heard_ms,
                     progress: &m.progress,
+                    suffrage: &m.suffrage,
                 })
                 .collect(),
+            apply_error: &c.apply_error,
         }
     }
 }
@@ -1622,6 +1629,9 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
         ("commit index", c.commit_index.to_string()),
         ("applied index", c.applied_index.to_string()),
     ]);
+    if !c.apply_error.is_empty() {
+        out.push_str(&format!("APPLY STOPPED:  {}\n", c.apply_error));
+    }
     out.push('\n');
     if !c.members.is_empty() {
         let mut t = Table::new(&[
@@ -1645,6 +1655,8 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
                 m.address.clone(),
                 if m.role.is_empty() {
                     "unknown".into()
+                } else if m.suffrage == "learner" {
+                    format!("{} (learner)", m.role)
                 } else {
                     m.role.clone()
                 },
@@ -1675,6 +1687,12 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
             .filter(|m| m.reachable == Some(false))
             .map(|m| replica_name(m.id))
             .collect();
+        // Learners do not vote: the majority is of voters.
+        let voters = c
+            .members
+            .iter()
+            .filter(|m| m.suffrage != "learner")
+            .count();
         if !unreachable.is_empty() {
             let whose = if is_leader {
                 "the leader has"
@@ -1685,8 +1703,8 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
                 "unreachable: {} ({whose} not heard from {} within an election timeout); the group decides while a majority ({} of {}) is reachable\n",
                 unreachable.join(", "),
                 if unreachable.len() == 1 { "it" } else { "them" },
-                c.members.len() / 2 + 1,
-                c.members.len(),
+                voters / 2 + 1,
+                voters,
             ));
         }
     }
@@ -2879,6 +2897,7 @@ health: unavailable (UNAVAILABLE: no raft)
             } else {
                 "replicate".into()
             },
+            ..Default::default()
         }
     }
 
@@ -2896,6 +2915,7 @@ health: unavailable (UNAVAILABLE: no raft)
             commit_index: 120,
             applied_index: 119,
             members,
+            ..Default::default()
         }
     }
 

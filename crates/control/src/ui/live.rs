@@ -446,7 +446,7 @@ impl Live {
     /// once a second), else this replica's own view.
     async fn raft(&self, s: &RaftStatus) -> RaftView {
         let src = &self.inner.src;
-        let local = || view::raft_local(s, &src.members, |id| src.consensus.contact(id));
+        let local = || view::raft_local(s, &s.addresses, |id| src.consensus.contact(id));
         let (Some(peers), false, true) = (&src.peers, s.is_leader(), s.leader != 0) else {
             return local();
         };
