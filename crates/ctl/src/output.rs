@@ -1688,11 +1688,7 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
             .map(|m| replica_name(m.id))
             .collect();
         // Learners do not vote: the majority is of voters.
-        let voters = c
-            .members
-            .iter()
-            .filter(|m| m.suffrage != "learner")
-            .count();
+        let voters = c.members.iter().filter(|m| m.suffrage != "learner").count();
         if !unreachable.is_empty() {
             let whose = if is_leader {
                 "the leader has"

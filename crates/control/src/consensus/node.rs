@@ -181,8 +181,13 @@ pub enum ProposeError {
 pub enum MemberChange {
     /// Joins as a learner; the leader promotes it to voter once it has
     /// caught up.
-    Add { id: u64, address: String },
-    Remove { id: u64 },
+    Add {
+        id: u64,
+        address: String,
+    },
+    Remove {
+        id: u64,
+    },
 }
 
 /// Carried in a conf change's context: the whole address book after the
@@ -194,7 +199,10 @@ struct ConfContext {
 
 enum Inbound {
     Message(Message),
-    Snapshot { to: u64, ok: bool },
+    Snapshot {
+        to: u64,
+        ok: bool,
+    },
     Unreachable(u64),
     /// Hand leadership to `to` (this replica must be the leader).
     Transfer(u64),
@@ -476,6 +484,10 @@ impl Driver {
             }));
             return;
         }
+        if let Some(why) = &self.apply_error {
+            let _ = p.done.send(Err(ProposeError::Refused(why.clone())));
+            return;
+        }
         let before = self.node.raft.raft_log.last_index();
         let proposed = match p.data {
             Payload::Command(data) => self.node.propose(Vec::new(), data),
@@ -617,11 +629,17 @@ impl Driver {
         let single = match change {
             MemberChange::Add { id, address } => {
                 if is_member(id) {
-                    let what = if cs.voters.contains(id) { "voter" } else { "learner" };
+                    let what = if cs.voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
                     return Err(format!("raft id {id} is already a member (a {what})"));
                 }
                 if let Some((other, _)) = book.iter().find(|(i, a)| *a == address && is_member(i)) {
-                    return Err(format!("{address} is already the address of member {other}"));
+                    return Err(format!(
+                        "{address} is already the address of member {other}"
+                    ));
                 }
                 book.insert(*id, address.clone());
                 single(*id, ConfChangeType::AddLearnerNode)
@@ -636,7 +654,8 @@ impl Driver {
                     ));
                 }
                 if cs.voters.contains(id) {
-                    let remaining: Vec<u64> = cs.voters.iter().copied().filter(|v| v != id).collect();
+                    let remaining: Vec<u64> =
+                        cs.voters.iter().copied().filter(|v| v != id).collect();
                     let reachable = remaining
                         .iter()
                         .filter(|v| **v == raft.id || self.recently_heard(**v))
@@ -910,5 +929,105 @@ impl Driver {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &std::path::Path) -> RaftSettings {
+        RaftSettings {
+            id: 1,
+            voters: vec![1],
+            addresses: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+            state_dir: dir.to_path_buf(),
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+        }
+    }
+
+    async fn leader(c: &Consensus) {
+        for _ in 0..500 {
+            if c.status().is_leader() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no leader: {:?}", c.status());
+    }
+
+    /// Before: "undecodable raft entry skipped", and the replica went on
+    /// applying what followed, disagreeing with replicas that could read it.
+    #[tokio::test]
+    async fn an_entry_it_cannot_decode_stops_applying_loudly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let c = Consensus::start(settings(dir.path()), Arc::new(NoPeers), stop).unwrap();
+        leader(&c).await;
+        let forget = Command::Forget { keys: vec![] };
+        let ok = c.propose(&forget).await.unwrap();
+        assert_eq!(c.table().index, ok);
+        // An entry from a newer version.
+        let newer = br#"{"format_version":2,"type":"override","backend":"x"}"#.to_vec();
+        let r = c.submit(Payload::Command(newer)).await;
+        assert!(r.is_err(), "{r:?}");
+        let later = c.propose(&forget).await;
+        assert!(later.is_err(), "nothing is applied after it: {later:?}");
+        let s = c.status();
+        let why = s.apply_error.expect("the status says it stopped");
+        assert!(
+            why.contains(&format!("cannot decode raft entry {}", ok + 1)),
+            "{why}"
+        );
+        assert!(why.contains("entry format version 2"), "{why}");
+        assert_eq!(
+            s.applied, ok,
+            "the table stays at the last entry it applied"
+        );
+        assert_eq!(c.table().index, ok);
+    }
+
+    #[tokio::test]
+    async fn membership_changes_are_checked_before_they_are_proposed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let c = Consensus::start(settings(dir.path()), Arc::new(NoPeers), stop).unwrap();
+        leader(&c).await;
+        let e = c
+            .change_members(MemberChange::Remove { id: 1 })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("is the leader"), "{e}");
+        let e = c
+            .change_members(MemberChange::Remove { id: 7 })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not a member"), "{e}");
+        let add = MemberChange::Add {
+            id: 2,
+            address: "127.0.0.1:2".into(),
+        };
+        c.change_members(add.clone()).await.unwrap();
+        let s = c.status();
+        assert_eq!((s.voters.clone(), s.learners.clone()), (vec![1], vec![2]));
+        assert_eq!(s.addresses.get(&2).map(String::as_str), Some("127.0.0.1:2"));
+        let e = c.change_members(add).await.unwrap_err();
+        assert!(
+            e.to_string().contains("already a member (a learner)"),
+            "{e}"
+        );
+        // The address book and the membership survive a restart.
+        drop(_stop_tx);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut again = settings(dir.path());
+        again.addresses = BTreeMap::new();
+        let c = Consensus::start(again, Arc::new(NoPeers), stop).unwrap();
+        leader(&c).await;
+        let s = c.status();
+        assert_eq!((s.voters.clone(), s.learners.clone()), (vec![1], vec![2]));
+        assert_eq!(s.addresses.get(&2).map(String::as_str), Some("127.0.0.1:2"));
     }
 }

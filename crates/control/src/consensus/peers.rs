@@ -170,7 +170,9 @@ impl Transport for Peers {
                     tracing::info!(peer = id, %addr, "raft peer added");
                     links.insert(id, link);
                 }
-                Err(e) => tracing::error!(peer = id, %addr, error = %e, "cannot reach this member's address"),
+                Err(e) => {
+                    tracing::error!(peer = id, %addr, error = %e, "cannot reach this member's address")
+                }
             }
         }
     }
