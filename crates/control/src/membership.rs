@@ -98,7 +98,7 @@ pub async fn remove_member(
     consensus: &Consensus,
     req: Request<v1::RemoveMemberRequest>,
 ) -> Result<Response<v1::MemberReply>, Status> {
-    let r = req.get_ref().clone();
+    let r = *req.get_ref();
     let s = consensus.status();
     if !s.is_leader() {
         let mut leader = leader_client(consensus, &req, false).await?;
