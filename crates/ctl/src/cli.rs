@@ -867,5 +867,20 @@ mod tests {
             .unwrap();
         assert!(help.contains("Exit codes:"), "{help}");
         assert!(help.contains("--endpoint"), "{help}");
+        let cli = Cli::try_parse_from(["tandemctl", "cluster", "add-member", "4", "10.0.0.4:7400"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::AddMember { id: 4, ref address }) if address == "10.0.0.4:7400"
+        ));
+        let cli = Cli::try_parse_from(["tandemctl", "cluster", "remove-member", "2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::RemoveMember { id: 2 })
+        ));
+        assert!(
+            Cli::try_parse_from(["tandemctl", "cluster", "remove-member", "two"]).is_err(),
+            "an id is a number"
+        );
     }
 }

@@ -2916,6 +2916,35 @@ health: unavailable (UNAVAILABLE: no raft)
     }
 
     #[test]
+    fn a_learner_is_marked_and_does_not_count_toward_the_majority() {
+        let mut learner = member(4, "follower", 100, 20);
+        learner.suffrage = "learner".into();
+        learner.reachable = Some(false);
+        let mut c = cluster(
+            1,
+            "leader",
+            1,
+            vec![
+                member(1, "leader", 120, 0),
+                member(2, "follower", 120, 0),
+                member(3, "follower", 120, 0),
+                learner,
+            ],
+        );
+        c.apply_error = "cannot decode raft entry 121".into();
+        let out = cluster_status(&c);
+        assert!(out.contains("follower (learner)"), "{out}");
+        assert!(out.contains("a majority (2 of 3) is reachable"), "{out}");
+        assert!(
+            out.contains("APPLY STOPPED:  cannot decode raft entry 121"),
+            "{out}"
+        );
+        let json = parse(&to_json(&ClusterStatusJson::from(&c)));
+        assert_eq!(json["members"][3]["suffrage"], "learner");
+        assert_eq!(json["apply_error"], "cannot decode raft entry 121");
+    }
+
+    #[test]
     fn the_leader_shows_every_members_progress() {
         let c = cluster(
             1,
