@@ -275,6 +275,7 @@ impl Consensus {
             "raft state opened"
         );
 
+        metrics::gauge!("tandem_raft_apply_stopped").set(0.0);
         let (ptx, mut prx) = mpsc::channel::<Proposal>(1024);
         let (itx, mut irx) = mpsc::channel::<Inbound>(4096);
         let (stx, srx) = watch::channel(RaftStatus::default());
