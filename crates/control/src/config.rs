@@ -69,6 +69,23 @@ pub struct Config {
     #[arg(long, env = "TANDEM_PEERS", default_value = "")]
     pub peers: String,
 
+    /// How a replica with an empty state directory starts: `new` (the
+    /// members listed in TANDEM_PEERS form a new group) or `existing`
+    /// (join a running group after `tandemctl cluster add-member`: it
+    /// learns the members from the leader, and TANDEM_PEERS only says where
+    /// to reach them). `--join` alone means `existing`. Ignored once the
+    /// state directory holds raft state. Like etcd's
+    /// `--initial-cluster-state`.
+    #[arg(
+        long = "join",
+        env = "TANDEM_RAFT_JOIN",
+        value_enum,
+        num_args = 0..=1,
+        default_missing_value = "existing",
+        default_value = "new"
+    )]
+    pub join: Join,
+
     /// Raft tick in milliseconds.
     #[arg(long, env = "TANDEM_RAFT_TICK_MS", default_value_t = 100)]
     pub raft_tick_ms: u64,
@@ -87,6 +104,13 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: tandem_telemetry::TelemetryArgs,
+}
+
+/// `--join` / `TANDEM_RAFT_JOIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Join {
+    New,
+    Existing,
 }
 
 impl Config {
@@ -245,6 +269,17 @@ mod tests {
         assert!(c.deprecations()[0].contains("TANDEM_RAFT_ID"));
         let c = config(&["--node-id", "2", "--raft-id", "2"]);
         assert_eq!(c.raft_id(), Ok(2), "the same id under both names is fine");
+    }
+
+    #[test]
+    fn join_takes_a_bare_flag_or_a_value() {
+        assert_eq!(config(&[]).join, Join::New);
+        assert_eq!(config(&["--join"]).join, Join::Existing);
+        assert_eq!(config(&["--join", "existing"]).join, Join::Existing);
+        assert_eq!(config(&["--join=new"]).join, Join::New);
+        let mut all = vec!["tandem-control", "--database-url", "postgres://x/y"];
+        all.extend_from_slice(&["--join", "maybe"]);
+        assert!(Config::try_parse_from(all).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod error;
 mod history;
 mod hosts;
 mod hub;
+mod membership;
 pub mod server;
 mod service;
 pub mod store;

@@ -40,9 +40,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let id = config.raft_id().map_err(anyhow::Error::msg)?;
     tracing::info!(admin = %admin.local_addr()?, raft_id = id, "starting");
     let members = config.members().map_err(anyhow::Error::msg)?;
+    if config.join == tandem_control::config::Join::Existing
+        && members.len() < 2
+        && tandem_control::consensus::storage::DiskStorage::is_fresh(&config.state_dir)
+    {
+        anyhow::bail!(
+            "--join (TANDEM_RAFT_JOIN=existing) needs TANDEM_PEERS to list the group's current \
+             members and this replica (id=host:port,...): that is how it reaches the leader"
+        );
+    }
     let raft = RaftSettings {
         id,
-        voters: members.keys().copied().collect(),
+        // A joining replica learns the members from the leader.
+        voters: match config.join {
+            tandem_control::config::Join::New => members.keys().copied().collect(),
+            tandem_control::config::Join::Existing => Vec::new(),
+        },
+        addresses: members.clone(),
         state_dir: config.state_dir.clone(),
         tick: std::time::Duration::from_millis(config.raft_tick_ms),
         election_ticks: config.raft_election_ticks,

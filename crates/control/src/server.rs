@@ -69,11 +69,14 @@ pub async fn run(
     }));
     let migrated = Arc::new(AtomicBool::new(false));
 
-    let peers = if members.len() > 1 {
+    // A new state directory under an id the group already has would
+    // start with a forgotten vote: refuse, saying what to do.
+    crate::membership::refuse_forgotten_member(raft.id, &raft.state_dir, &members, &peer_token)
+        .await?;
+    // Always a transport, even for a cluster of one: members can be added.
+    let peers = {
         let local_ip = Some(grpc.local_addr()?.ip()).filter(|ip| !ip.is_unspecified());
         Some(Peers::new(raft.id, &members, &peer_token, local_ip)?)
-    } else {
-        None
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -175,7 +178,6 @@ pub async fn run(
             consensus: consensus.clone(),
             aggregator: aggregator.clone(),
             peers: peers.clone(),
-            members: members.clone(),
         },
         stop_rx.clone(),
     );

@@ -1052,24 +1052,41 @@ impl ControlPlane for ControlService {
         .await
     }
 
+    async fn add_member(
+        &self,
+        req: Request<v1::AddMemberRequest>,
+    ) -> Result<Response<v1::MemberReply>, Status> {
+        require_admin(&req)?;
+        crate::membership::add_member(&self.consensus, req).await
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<v1::RemoveMemberRequest>,
+    ) -> Result<Response<v1::MemberReply>, Status> {
+        require_admin(&req)?;
+        crate::membership::remove_member(&self.consensus, req).await
+    }
+
     async fn get_cluster_status(
         &self,
         req: Request<v1::GetClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
         let start = Instant::now();
         let s = self.consensus.status();
-        // Member progress is the leader's knowledge: ask it when we can.
-        if let Ok(Some(mut leader)) = self.leader_client(&req)
+        // Member progress is the leader's knowledge: ask it when we can
+        // (a replica that stopped applying answers for itself, to say so).
+        if s.apply_error.is_none()
+            && let Ok(Some(mut leader)) = self.leader_client(&req)
             && let Ok(reply) = leader
                 .get_cluster_status(v1::GetClusterStatusRequest {})
                 .await
         {
             return Ok(reply);
         }
-        let members = self
-            .members
-            .iter()
-            .map(|(&id, addr)| {
+        let members = crate::membership::member_addresses(&s, &self.members)
+            .into_iter()
+            .map(|(id, addr)| {
                 let progress = s.progress.get(&id);
                 let matched = progress.map(|p| p.matched);
                 // A follower hears only from the leader: what it could say
@@ -1093,6 +1110,7 @@ impl ControlPlane for ControlService {
                         .and_then(|c| c.last_heard)
                         .map(|d| d.as_millis() as u64),
                     progress: progress.map(|p| p.state.to_string()).unwrap_or_default(),
+                    suffrage: crate::membership::suffrage(&s, id).into(),
                 }
             })
             .collect();
@@ -1104,6 +1122,8 @@ impl ControlPlane for ControlService {
             commit_index: s.commit,
             applied_index: s.applied,
             members,
+            apply_error: s.apply_error.clone().unwrap_or_default(),
+            entry_format: crate::consensus::state::ENTRY_FORMAT,
         };
         self.finish("GetClusterStatus", start, Ok(reply))
     }

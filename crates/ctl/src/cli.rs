@@ -654,6 +654,27 @@ pub enum ClusterCommand {
     /// 8 when no endpoint answers.
     #[command(after_long_help = EXIT_CODES)]
     Status,
+    /// Adds a replica to the raft group as a learner: it catches up (from a
+    /// snapshot if need be) and the leader promotes it to voter by itself.
+    /// Run this first, then start the new replica with --join
+    /// (TANDEM_RAFT_JOIN=existing) and TANDEM_RAFT_ID=ID. One change at a
+    /// time; a replaced host gets a new ID.
+    #[command(after_long_help = EXIT_CODES)]
+    AddMember {
+        /// The new member's raft id (a positive integer the group never had).
+        id: u64,
+        /// Its gRPC address as the other replicas reach it, host:port.
+        address: String,
+    },
+    /// Removes a member from the raft group (the leader hands leadership
+    /// over first when it is the one removed). Refused when the remaining
+    /// voters would lack a reachable majority. Stop the removed replica
+    /// afterwards.
+    #[command(after_long_help = EXIT_CODES)]
+    RemoveMember {
+        /// The member's raft id.
+        id: u64,
+    },
 }
 
 // === watch ===
@@ -905,5 +926,20 @@ mod tests {
             .unwrap();
         assert!(help.contains("Exit codes:"), "{help}");
         assert!(help.contains("--endpoint"), "{help}");
+        let cli = Cli::try_parse_from(["tandemctl", "cluster", "add-member", "4", "10.0.0.4:7400"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::AddMember { id: 4, ref address }) if address == "10.0.0.4:7400"
+        ));
+        let cli = Cli::try_parse_from(["tandemctl", "cluster", "remove-member", "2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::RemoveMember { id: 2 })
+        ));
+        assert!(
+            Cli::try_parse_from(["tandemctl", "cluster", "remove-member", "two"]).is_err(),
+            "an id is a number"
+        );
     }
 }

@@ -286,6 +286,20 @@ impl Session {
                 action: Some(SnapshotCommand::Restore { file, yes }),
             } => self.snapshot_restore(&file, yes, out).await,
             Command::Cluster(ClusterCommand::Status) => self.cluster_status(out).await,
+            Command::Cluster(ClusterCommand::AddMember { id, address }) => {
+                let mut client = self.client.clone();
+                let reply = self
+                    .unary(client.add_member(v1::AddMemberRequest { id, address }))
+                    .await?;
+                self.member_reply(out, &reply)
+            }
+            Command::Cluster(ClusterCommand::RemoveMember { id }) => {
+                let mut client = self.client.clone();
+                let reply = self
+                    .unary(client.remove_member(v1::RemoveMemberRequest { id }))
+                    .await?;
+                self.member_reply(out, &reply)
+            }
             Command::Explain(args) => self.explain(args, out).await,
             Command::Cert(c) => self.cert(c, out).await,
         }
@@ -827,6 +841,14 @@ impl Session {
             out,
             || output::cluster_status(&reply),
             || output::ClusterStatusJson::from(&reply),
+        )
+    }
+
+    fn member_reply(&self, out: &mut dyn Write, reply: &v1::MemberReply) -> Result<(), CtlError> {
+        self.print(
+            out,
+            || reply.message.clone(),
+            || serde_json::json!({"raft_index": reply.raft_index, "message": reply.message}),
         )
     }
 

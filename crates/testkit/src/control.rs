@@ -166,6 +166,21 @@ impl ControlPlane {
         self.client_with(Some(NODE_TOKEN)).await
     }
 
+    /// SIGKILL the process, empty its state directory (a wiped disk), and
+    /// start it again on the same ports without waiting.
+    pub fn respawn_wiped(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        for entry in std::fs::read_dir(self.state_dir.path())? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        self.respawn()
+    }
+
     /// SIGKILL the process and start it again on the same ports.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.respawn()?;
@@ -269,6 +284,46 @@ impl ControlCluster {
             replicas.push(r?);
         }
         Ok(ControlCluster { replicas })
+    }
+
+    /// `TANDEM_PEERS` naming every replica started so far (ids 1..=n).
+    pub fn peers(&self) -> String {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("{}={}", i + 1, r.grpc))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts replica `id` (the next one: `replicas.len() + 1`) joining the
+    /// running group (`TANDEM_RAFT_JOIN=existing`) at `grpc`, with every
+    /// replica started so far as its peers; waits for `/readyz` (the
+    /// database, not raft). Add it with `AddMember` before or after.
+    pub async fn join(
+        &mut self,
+        database_url: &str,
+        id: u64,
+        grpc: SocketAddr,
+    ) -> anyhow::Result<&mut ControlPlane> {
+        anyhow::ensure!(
+            id as usize == self.replicas.len() + 1,
+            "replica ids are 1..=n in order: the next is {}",
+            self.replicas.len() + 1
+        );
+        let peers = format!("{},{id}={grpc}", self.peers());
+        let options = ControlPlaneOptions {
+            raft_id: Some(id.to_string()),
+            env: vec![
+                ("TANDEM_PEERS".into(), peers),
+                ("TANDEM_RAFT_JOIN".into(), "existing".into()),
+            ],
+            grpc: Some(grpc),
+            ..Default::default()
+        };
+        let replica = ControlPlane::start_with(database_url, options).await?;
+        self.replicas.push(replica);
+        Ok(self.replicas.last_mut().expect("just pushed"))
     }
 
     /// Replica `id` (1-based).

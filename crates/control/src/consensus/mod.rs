@@ -9,7 +9,8 @@ pub mod storage;
 
 pub use aggregator::{AgentViews, Aggregator};
 pub use node::{
-    Consensus, Contact, MemberProgress, NoPeers, ProposeError, RaftSettings, RaftStatus, Transport,
+    Consensus, Contact, MemberChange, MemberProgress, NoPeers, ProposeError, RaftSettings,
+    RaftStatus, Transport,
 };
 pub use peers::{FORWARDED, Peers};
 pub use state::{Command, HealthEvent, HealthTable};

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -47,14 +47,23 @@ impl Interceptor for Auth {
 
 pub type PeerClient = ControlPlaneClient<InterceptedService<Channel, Auth>>;
 
-/// Every other replica, by raft id.
+/// Every other replica, by raft id. Members come and go with membership
+/// changes ([`Transport::set_members`]).
 #[derive(Clone)]
 pub struct Peers {
     me: u64,
-    channels: Arc<BTreeMap<u64, (String, Channel)>>,
+    links: Arc<RwLock<BTreeMap<u64, Link>>>,
     auth: Auth,
-    queues: Arc<BTreeMap<u64, mpsc::Sender<Message>>>,
+    local_ip: Option<IpAddr>,
     consensus: Arc<OnceLock<Consensus>>,
+}
+
+/// One peer: its address, a channel, and the queue of its send loop
+/// (dropping the queue ends the loop).
+struct Link {
+    addr: String,
+    channel: Channel,
+    queue: mpsc::Sender<Message>,
 }
 
 impl Peers {
@@ -69,35 +78,46 @@ impl Peers {
         let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
             .parse()
             .map_err(|_| anyhow::anyhow!("the node token must be printable ASCII"))?;
-        let mut channels = BTreeMap::new();
-        for (&id, addr) in members {
-            if id == me {
-                continue;
-            }
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(3))
-                .local_address(local_ip);
-            channels.insert(id, (addr.clone(), endpoint.connect_lazy()));
-        }
-        let consensus = Arc::new(OnceLock::new());
-        let auth = Auth { bearer };
-        let mut queues = BTreeMap::new();
-        for (&id, (addr, channel)) in &channels {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            queues.insert(id, tx);
-            let client = RaftClient::with_interceptor(channel.clone(), auth.clone());
-            tokio::spawn(send_loop(id, addr.clone(), client, rx, consensus.clone()));
-        }
-        Ok(Peers {
+        let peers = Peers {
             me,
-            channels: Arc::new(channels),
-            auth,
-            queues: Arc::new(queues),
-            consensus,
+            links: Arc::new(RwLock::new(BTreeMap::new())),
+            auth: Auth { bearer },
+            local_ip,
+            consensus: Arc::new(OnceLock::new()),
+        };
+        let mut links = BTreeMap::new();
+        for (&id, addr) in members {
+            if id != me {
+                links.insert(id, peers.link(id, addr)?);
+            }
+        }
+        *peers.links.write().unwrap_or_else(|p| p.into_inner()) = links;
+        Ok(peers)
+    }
+
+    /// A lazy channel to `addr` and the send loop of peer `id`.
+    fn link(&self, id: u64, addr: &str) -> anyhow::Result<Link> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .local_address(self.local_ip);
+        let channel = endpoint.connect_lazy();
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let client = RaftClient::with_interceptor(channel.clone(), self.auth.clone());
+        tokio::spawn(send_loop(
+            id,
+            addr.to_string(),
+            client,
+            rx,
+            self.consensus.clone(),
+        ));
+        Ok(Link {
+            addr: addr.to_string(),
+            channel,
+            queue,
         })
     }
 
@@ -110,27 +130,57 @@ impl Peers {
         self.me
     }
 
-    /// The other replicas' ids.
-    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.channels.keys().copied()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Link>> {
+        self.links.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn address(&self, id: u64) -> Option<&str> {
-        self.channels.get(&id).map(|(a, _)| a.as_str())
+    /// The other replicas' ids.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + use<> {
+        self.read().keys().copied().collect::<Vec<_>>().into_iter()
+    }
+
+    pub fn address(&self, id: u64) -> Option<String> {
+        self.read().get(&id).map(|l| l.addr.clone())
     }
 
     /// A control-API client for replica `id` (for forwarding to the leader).
     pub fn client(&self, id: u64) -> Option<PeerClient> {
-        self.channels
+        self.read()
             .get(&id)
-            .map(|(_, ch)| ControlPlaneClient::with_interceptor(ch.clone(), self.auth.clone()))
+            .map(|l| ControlPlaneClient::with_interceptor(l.channel.clone(), self.auth.clone()))
     }
 }
 
 impl Transport for Peers {
+    fn set_members(&self, members: &BTreeMap<u64, String>) {
+        let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
+        links.retain(|id, l| {
+            let keep = members.get(id) == Some(&l.addr);
+            if !keep {
+                tracing::info!(peer = id, addr = %l.addr, "raft peer removed");
+            }
+            keep
+        });
+        for (&id, addr) in members {
+            if id == self.me || links.contains_key(&id) {
+                continue;
+            }
+            match self.link(id, addr) {
+                Ok(link) => {
+                    tracing::info!(peer = id, %addr, "raft peer added");
+                    links.insert(id, link);
+                }
+                Err(e) => {
+                    tracing::error!(peer = id, %addr, error = %e, "cannot reach this member's address")
+                }
+            }
+        }
+    }
+
     fn send(&self, msgs: Vec<Message>) {
+        let links = self.read();
         for m in msgs {
-            match self.queues.get(&m.to) {
+            match links.get(&m.to).map(|l| &l.queue) {
                 Some(q) => {
                     if q.try_send(m).is_err() {
                         metrics::counter!("tandem_raft_messages_dropped_total").increment(1);

@@ -16,8 +16,16 @@ const RECENT: usize = 10_000;
 /// The health table's snapshot format this build writes (and the newest it
 /// reads); tables written before versions existed are version 1. Raft
 /// entries (`Command`) are versioned with the log that holds them
-/// (`storage::WAL_FORMAT`).
+/// (`storage::WAL_FORMAT`) and by [`ENTRY_FORMAT`].
 pub const TABLE_FORMAT: u32 = 1;
+
+/// The newest raft entry format this build applies. Version 1: the
+/// commands `transitions` and `forget`, written without a version field.
+/// A later version writes `"format_version": N` into each entry it
+/// changes; a replica that meets an entry it cannot decode (a newer
+/// version, an unknown command) stops applying rather than skip it (see
+/// `node::Driver::apply`), so two replicas never silently disagree.
+pub const ENTRY_FORMAT: u32 = 1;
 
 /// What a raft log entry carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +50,29 @@ impl Command {
         serde_json::to_vec(self).expect("commands serialise")
     }
 
-    pub fn decode(data: &[u8]) -> Result<Command, serde_json::Error> {
-        serde_json::from_slice(data)
+    pub fn decode(data: &[u8]) -> Result<Command, String> {
+        // Versioned entries carry `format_version`; version 1 has none.
+        let version = serde_json::from_slice::<EntryVersion>(data)
+            .map(|v| v.format_version)
+            .unwrap_or(1);
+        if version > ENTRY_FORMAT {
+            return Err(format!(
+                "entry format version {version}, this build applies up to {ENTRY_FORMAT} \
+                 (written by a newer Tandem: upgrade this replica)"
+            ));
+        }
+        serde_json::from_slice(data).map_err(|e| e.to_string())
     }
+}
+
+#[derive(Deserialize)]
+struct EntryVersion {
+    #[serde(default = "one")]
+    format_version: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The state machine. Cloned into an `Arc` after each apply so readers
@@ -56,6 +84,12 @@ pub struct HealthTable {
     #[serde(with = "as_pairs")]
     pub backends: BTreeMap<BackendKey, BackendHealth>,
     pub recent: VecDeque<(u64, Transition)>,
+    /// The raft members' gRPC addresses by id, as of the last applied
+    /// membership change (empty until the first: the static
+    /// `TANDEM_PEERS` list holds then). Replicated so that every replica,
+    /// and one that catches up from a snapshot, can reach every member.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<u64, String>,
 }
 
 impl HealthTable {

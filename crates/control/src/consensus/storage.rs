@@ -300,6 +300,19 @@ impl DiskStorage {
         self.lock().snapshot.get_metadata().index
     }
 
+    /// True when `dir` holds no raft state yet (a new replica, or one
+    /// whose disk was wiped).
+    pub fn is_fresh(dir: &Path) -> bool {
+        !dir.join("snapshot").exists()
+    }
+
+    /// The membership as of the last applied change. Durable with the
+    /// next snapshot ([`DiskStorage::compact`]); until then the change's
+    /// log entry is applied again after a restart.
+    pub fn set_conf_state(&self, cs: ConfState) {
+        self.lock().conf_state = cs;
+    }
+
     /// Installs a snapshot received from the leader: the log is replaced.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> io::Result<()> {
         let mut core = self.lock();

@@ -58,8 +58,6 @@ pub struct Sources {
     pub consensus: Consensus,
     pub aggregator: Aggregator,
     pub peers: Option<Peers>,
-    /// Raft members' gRPC addresses, by id.
-    pub members: BTreeMap<u64, String>,
 }
 
 /// One rendered section and its version (bumped when its HTML changes).
@@ -446,7 +444,7 @@ impl Live {
     /// once a second), else this replica's own view.
     async fn raft(&self, s: &RaftStatus) -> RaftView {
         let src = &self.inner.src;
-        let local = || view::raft_local(s, &src.members, |id| src.consensus.contact(id));
+        let local = || view::raft_local(s, &s.addresses, |id| src.consensus.contact(id));
         let (Some(peers), false, true) = (&src.peers, s.is_leader(), s.leader != 0) else {
             return local();
         };

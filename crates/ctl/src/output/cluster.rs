@@ -44,6 +44,9 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
         ("commit index", c.commit_index.to_string()),
         ("applied index", c.applied_index.to_string()),
     ]);
+    if !c.apply_error.is_empty() {
+        out.push_str(&format!("APPLY STOPPED:  {}\n", c.apply_error));
+    }
     out.push('\n');
     if !c.members.is_empty() {
         let mut t = Table::new(&[
@@ -67,6 +70,8 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
                 m.address.clone(),
                 if m.role.is_empty() {
                     "unknown".into()
+                } else if m.suffrage == "learner" {
+                    format!("{} (learner)", m.role)
                 } else {
                     m.role.clone()
                 },
@@ -97,6 +102,8 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
             .filter(|m| m.reachable == Some(false))
             .map(|m| replica_name(m.id))
             .collect();
+        // Learners do not vote: the majority is of voters.
+        let voters = c.members.iter().filter(|m| m.suffrage != "learner").count();
         if !unreachable.is_empty() {
             let whose = if is_leader {
                 "the leader has"
@@ -107,8 +114,8 @@ pub fn cluster_status(c: &v1::ClusterStatus) -> String {
                 "unreachable: {} ({whose} not heard from {} within an election timeout); the group decides while a majority ({} of {}) is reachable\n",
                 unreachable.join(", "),
                 if unreachable.len() == 1 { "it" } else { "them" },
-                c.members.len() / 2 + 1,
-                c.members.len(),
+                voters / 2 + 1,
+                voters,
             ));
         }
     }
@@ -165,6 +172,7 @@ mod tests {
             } else {
                 "replicate".into()
             },
+            ..Default::default()
         }
     }
 
@@ -182,7 +190,37 @@ mod tests {
             commit_index: 120,
             applied_index: 119,
             members,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_learner_is_marked_and_does_not_count_toward_the_majority() {
+        let mut learner = member(4, "follower", 100, 20);
+        learner.suffrage = "learner".into();
+        learner.reachable = Some(false);
+        let mut c = cluster(
+            1,
+            "leader",
+            1,
+            vec![
+                member(1, "leader", 120, 0),
+                member(2, "follower", 120, 0),
+                member(3, "follower", 120, 0),
+                learner,
+            ],
+        );
+        c.apply_error = "cannot decode raft entry 121".into();
+        let out = cluster_status(&c);
+        assert!(out.contains("follower (learner)"), "{out}");
+        assert!(out.contains("a majority (2 of 3) is reachable"), "{out}");
+        assert!(
+            out.contains("APPLY STOPPED:  cannot decode raft entry 121"),
+            "{out}"
+        );
+        let json = parse(&to_json(&ClusterStatusJson::from(&c)));
+        assert_eq!(json["members"][3]["suffrage"], "learner");
+        assert_eq!(json["apply_error"], "cannot decode raft entry 121");
     }
 
     #[test]

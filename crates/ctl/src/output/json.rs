@@ -614,6 +614,8 @@ pub struct ClusterStatusJson<'a> {
     pub commit_index: u64,
     pub applied_index: u64,
     pub members: Vec<ClusterMemberJson<'a>>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub apply_error: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -626,6 +628,9 @@ pub struct ClusterMemberJson<'a> {
     pub reachable: Option<bool>,
     pub last_heard_ms: Option<u64>,
     pub progress: &'a str,
+    /// "voter" or "learner" (absent from replicas that predate it).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub suffrage: &'a str,
 }
 
 impl<'a> From<&'a v1::ClusterStatus> for ClusterStatusJson<'a> {
@@ -649,8 +654,10 @@ impl<'a> From<&'a v1::ClusterStatus> for ClusterStatusJson<'a> {
                     reachable: m.reachable,
                     last_heard_ms: m.last_heard_ms,
                     progress: &m.progress,
+                    suffrage: &m.suffrage,
                 })
                 .collect(),
+            apply_error: &c.apply_error,
         }
     }
 }

@@ -1,0 +1,365 @@
+//! Raft membership changes with real replicas: a fourth member is added
+//! (it joins as a learner, catches up, and the leader promotes it) and the
+//! leader is removed (it hands leadership over first) while a proxy serves
+//! steady traffic through a pool: no client request fails. A replica whose
+//! disk was wiped refuses to come back under its old id, saying what to
+//! do, and is replaced by a new id.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tandem_proto::v1;
+use tandem_testkit::backend::FakeBackend;
+use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::{
+    ADMIN_TOKEN, ControlCluster, NODE_TOKEN, Postgres, Process, bin_path, declare_pool, free_addr,
+    http_client, wait_http_ok, wait_until,
+};
+
+/// `tandemctl ARGS` against `endpoints` with the admin token: (exit code,
+/// stdout + stderr).
+async fn tandemctl(endpoints: &str, args: &[&str]) -> (i32, String) {
+    let endpoints = endpoints.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(bin_path("tandemctl"))
+            .args(&args)
+            .env("TANDEM_ENDPOINT", endpoints)
+            .env("TANDEM_TOKEN", ADMIN_TOKEN)
+            .env_remove("TANDEM_TOKEN_FILE")
+            .output()
+            .expect("tandemctl runs (cargo build --workspace --bins)");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .expect("tandemctl task")
+}
+
+/// `cluster status` as JSON, from the replicas in `endpoints`.
+async fn cluster_status(endpoints: &str) -> Option<serde_json::Value> {
+    let (code, out) = tandemctl(endpoints, &["cluster", "status", "-o", "json"]).await;
+    (code == 0)
+        .then(|| serde_json::from_str(&out).ok())
+        .flatten()
+}
+
+/// Members as (id, suffrage, reachable) from a `cluster status` answer
+/// given by the leader.
+fn members(status: &serde_json::Value) -> Vec<(u64, String, Option<bool>)> {
+    status["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    (
+                        m["id"].as_u64().unwrap_or(0),
+                        m["suffrage"].as_str().unwrap_or("").to_string(),
+                        m["reachable"].as_bool(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the leader's view has exactly `want` as voters, each
+/// reachable, and no learner.
+async fn wait_for_voters(endpoints: &str, want: &[u64], timeout: Duration) -> anyhow::Result<()> {
+    let what = format!("voters {want:?}, all reachable");
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let r = wait_until(timeout, &what, || {
+        let last = last.clone();
+        async move {
+            let Some(s) = cluster_status(endpoints).await else {
+                return false;
+            };
+            let ms = members(&s);
+            *last.lock().unwrap() = Some(s);
+            s_is_leader_view(&ms)
+                && ms.iter().map(|m| m.0).collect::<Vec<_>>() == want
+                && ms
+                    .iter()
+                    .all(|(_, suffrage, reachable)| suffrage == "voter" && *reachable == Some(true))
+        }
+    })
+    .await;
+    if r.is_err() {
+        anyhow::bail!("{what}: last status {:?}", last.lock().unwrap());
+    }
+    r
+}
+
+fn s_is_leader_view(ms: &[(u64, String, Option<bool>)]) -> bool {
+    // Only the leader knows every member's reachability.
+    ms.iter().all(|m| m.2.is_some())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_fourth_member_and_removing_the_leader_under_load_fails_no_request()
+-> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let mut cluster = ControlCluster::start(&pg.url(), 3).await?;
+    let (leader, _) = cluster.leader(&[], Duration::from_secs(10)).await?;
+
+    let backends = FakeBackend::start_many("web", 3).await?;
+    let mut admin = cluster.replicas[0].admin_client().await?;
+    let pool = v1::Pool {
+        name: "web".into(),
+        health_check: Some(v1::HealthCheck {
+            path: Some("/healthz".into()),
+            interval_ms: Some(500),
+            timeout_ms: Some(250),
+            rise: Some(2),
+            fall: Some(2),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
+    declare_pool(&mut admin, pool, &addresses).await?;
+
+    let endpoints = cluster.endpoints();
+    let agent_admin = free_addr();
+    let _agent = Process::spawn(
+        "agent-1",
+        "tandem-agent",
+        &[],
+        &[
+            ("TANDEM_CONTROL", endpoints.clone()),
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_NODE_ID", "agent-1".into()),
+            ("TANDEM_ADMIN_LISTEN", agent_admin.to_string()),
+        ],
+    )?;
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &endpoints,
+        &[
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_WORKERS", "1".into()),
+        ],
+    )?;
+    proxy.wait_ready().await?;
+    let url = proxy.url("/");
+    wait_http_ok(&url, Duration::from_secs(20)).await?;
+    let health = cluster.replicas[0].node_client().await?;
+    let all_healthy = |client: tandem_testkit::AuthedClient| async move {
+        let mut client = client;
+        let Ok(h) = client.get_health(v1::GetHealthRequest {}).await else {
+            return false;
+        };
+        let h = h.into_inner();
+        h.backends.len() == 3
+            && h.backends
+                .iter()
+                .all(|b| b.state == v1::HealthState::Healthy as i32)
+    };
+    wait_until(Duration::from_secs(15), "all backends healthy", || {
+        all_healthy(health.clone())
+    })
+    .await?;
+
+    // Steady load through the pool: four clients back to back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            let client = http_client();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("{other:?}"));
+                    }
+                }
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Add a fourth member: announced first, then started with --join.
+    let grpc4 = free_addr();
+    let (code, out) = tandemctl(
+        &endpoints,
+        &["cluster", "add-member", "4", &grpc4.to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "add-member: {out}");
+    assert!(out.contains("added as a learner"), "{out}");
+    // Meanwhile it is a learner: a second change waits for it.
+    let status = cluster_status(&endpoints).await.expect("cluster status");
+    assert!(
+        members(&status).contains(&(4, "learner".into(), Some(false)))
+            || members(&status).iter().any(|m| m.0 == 4),
+        "{status}"
+    );
+    cluster.join(&pg.url(), 4, grpc4).await?;
+    wait_for_voters(&endpoints, &[1, 2, 3, 4], Duration::from_secs(30)).await?;
+    // It caught up: it holds the committed health table.
+    let fourth = cluster.replica(4).node_client().await?;
+    wait_until(
+        Duration::from_secs(10),
+        "the fourth member applied the health table",
+        || all_healthy(fourth.clone()),
+    )
+    .await?;
+
+    // It caught up from the leader's snapshot (the log before it joined
+    // is compacted: the snapshot names it as a learner).
+    let logs = cluster.replica(4).process.logs();
+    assert!(
+        logs.contains("installed a snapshot from the leader"),
+        "the fourth member caught up from a snapshot:\n{logs}"
+    );
+
+    // Remove the leader: it hands leadership over, then the new leader
+    // removes it. Asked of the fourth member (it passes the call on).
+    let fourth_endpoint = cluster.replica(4).endpoint();
+    let (code, out) = tandemctl(
+        &fourth_endpoint,
+        &["cluster", "remove-member", &leader.to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "remove-member {leader}: {out}");
+    let remaining: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&i| i != leader).collect();
+    let remaining_endpoints = remaining
+        .iter()
+        .map(|&i| cluster.replica(i).endpoint())
+        .collect::<Vec<_>>()
+        .join(",");
+    wait_for_voters(&remaining_endpoints, &remaining, Duration::from_secs(15)).await?;
+    cluster.replica(leader).process.kill();
+    let (new_leader, _) = cluster.leader(&[leader], Duration::from_secs(10)).await?;
+    assert_ne!(new_leader, leader);
+
+    // The smaller group still decides health: a backend that fails is
+    // taken out.
+    let sick = &backends[2];
+    sick.set_healthy(false).await?;
+    let health = cluster.replica(4).node_client().await?;
+    wait_until(
+        Duration::from_secs(10),
+        "the sick backend decided unhealthy",
+        || {
+            let mut health = health.clone();
+            let addr = sick.address();
+            async move {
+                let Ok(h) = health.get_health(v1::GetHealthRequest {}).await else {
+                    return false;
+                };
+                h.into_inner()
+                    .backends
+                    .iter()
+                    .any(|b| b.address == addr && b.state == v1::HealthState::Unhealthy as i32)
+            }
+        },
+    )
+    .await?;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for c in clients {
+        errors.extend(c.await?);
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "member 4 added, leader {leader} removed (new leader {new_leader}); {ok} requests, {failed} failed"
+    );
+    assert!(ok > 100, "the load ran ({ok} requests)");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {:?}",
+        ok + failed,
+        &errors[..errors.len().min(5)]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_replica_refuses_its_old_id_and_is_replaced_under_a_new_one() -> anyhow::Result<()>
+{
+    let pg = Postgres::start()?;
+    let mut cluster = ControlCluster::start(&pg.url(), 3).await?;
+    let (leader, _) = cluster.leader(&[], Duration::from_secs(10)).await?;
+    let endpoints = cluster.endpoints();
+    // Every member heard from by the leader.
+    wait_for_voters(&endpoints, &[1, 2, 3], Duration::from_secs(10)).await?;
+    let victim = if leader == 3 { 2 } else { 3 };
+
+    // Its disk is wiped; it comes back under the same id: refused.
+    cluster.replica(victim).respawn_wiped()?;
+    wait_until(Duration::from_secs(20), "the wiped replica exits", || {
+        let running = cluster.replicas[(victim - 1) as usize].process.is_running();
+        async move { !running }
+    })
+    .await?;
+    let logs = cluster.replica(victim).process.logs();
+    assert!(
+        logs.contains(&format!("raft id {victim} is already a voter"))
+            && logs.contains("would have forgotten its vote")
+            && logs.contains(&format!("tandemctl cluster remove-member {victim}"))
+            && logs.contains("--join"),
+        "the refusal says what to do:\n{logs}"
+    );
+    assert!(
+        !logs.contains("control plane serving"),
+        "it never served:\n{logs}"
+    );
+
+    // Replace it: remove the old id, add a new one, start it with --join.
+    let (code, out) = tandemctl(
+        &endpoints,
+        &["cluster", "remove-member", &victim.to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "remove-member {victim}: {out}");
+    let grpc4 = free_addr();
+    let (code, out) = tandemctl(
+        &endpoints,
+        &["cluster", "add-member", "4", &grpc4.to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "add-member 4: {out}");
+    // Adding the same id again is refused, naming it.
+    let (code, out) = tandemctl(
+        &endpoints,
+        &["cluster", "add-member", "4", &free_addr().to_string()],
+    )
+    .await;
+    assert_ne!(code, 0, "a second add of 4 must fail: {out}");
+    assert!(out.contains("already a member"), "{out}");
+    cluster.join(&pg.url(), 4, grpc4).await?;
+    let mut want: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&i| i != victim).collect();
+    want.sort_unstable();
+    let live = want
+        .iter()
+        .map(|&i| cluster.replica(i).endpoint())
+        .collect::<Vec<_>>()
+        .join(",");
+    wait_for_voters(&live, &want, Duration::from_secs(30)).await?;
+
+    // The membership survives a restart of the new member.
+    cluster.replica(4).restart().await?;
+    wait_for_voters(&live, &want, Duration::from_secs(30)).await?;
+    let (text_code, text) = tandemctl(&live, &["cluster", "status"]).await;
+    assert_eq!(text_code, 0, "{text}");
+    assert!(!text.contains("learner"), "{text}");
+    Ok(())
+}
