@@ -206,14 +206,13 @@ fn read_token(
     value: &Option<String>,
     file: &Option<PathBuf>,
 ) -> Result<Option<String>, String> {
-    if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
-        return Ok(Some(v.clone()));
+    if let Some(v) = tandem_client::token_value(value.as_deref()) {
+        return Ok(Some(v.to_string()));
     }
     match file {
         Some(path) => {
-            let t = std::fs::read_to_string(path)
+            let t = tandem_client::read_token_file(path)
                 .map_err(|e| format!("reading the {role} token file {}: {e}", path.display()))?;
-            let t = t.trim_end().to_string();
             if t.is_empty() {
                 return Err(format!("the {role} token file {} is empty", path.display()));
             }

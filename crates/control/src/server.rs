@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tandem_client::{Backoff, Jitter};
 use tandem_proto::v1::control_plane_server::ControlPlaneServer;
 use tandem_telemetry::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -87,7 +88,11 @@ pub async fn run(
         let migrated = migrated.clone();
         let mut stop = stop_rx.clone();
         async move {
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(2),
+                Jitter::None,
+            );
             loop {
                 // The probe names the cause at once while the database is
                 // away (the pool would wait out its acquire timeout).
@@ -102,15 +107,15 @@ pub async fn run(
                             crate::Error::Unavailable(cause) => cause.clone(),
                             other => other.to_string(),
                         });
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot migrate the database yet");
+                        let retry_in = backoff.next_wait();
+                        tracing::warn!(error = %e, ?retry_in, "cannot migrate the database yet");
                         if let Some(peers) = &peers {
                             hub.copy_from_peers(peers).await;
                         }
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(retry_in) => {}
                             _ = stop.changed() => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
