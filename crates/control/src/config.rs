@@ -3,8 +3,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
+use tandem_telemetry::PrometheusHandle;
+
+use crate::consensus::RaftSettings;
+use crate::server::Settings;
+use crate::store::Store;
 
 /// The Tandem control plane: stores pools, backends and routes in Postgres
 /// and streams them to proxies and agents over gRPC.
@@ -90,6 +96,44 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks the flags and builds what the replica runs with (logging the
+    /// deprecated ones). The database is not contacted: the replica starts,
+    /// not ready, while it is down.
+    pub fn settings(&self, prometheus: PrometheusHandle) -> anyhow::Result<Settings> {
+        let tokens = self.tokens().map_err(anyhow::Error::msg)?;
+        let mut store = Store::connect_lazy(&self.database_url, self.db_max_connections)?;
+        if let Some(path) = &self.secrets_key_file {
+            let key = tandem_tls::SecretsKey::from_file(path)
+                .map_err(|e| anyhow::anyhow!("TANDEM_SECRETS_KEY_FILE: {e}"))?;
+            store = store.with_secrets(key);
+        } else {
+            tracing::warn!("TANDEM_SECRETS_KEY_FILE is unset: TLS certificates cannot be added");
+        }
+        for warning in self.deprecations() {
+            tracing::warn!("{warning}");
+        }
+        let id = self.raft_id().map_err(anyhow::Error::msg)?;
+        let members = self.members().map_err(anyhow::Error::msg)?;
+        let raft = RaftSettings {
+            id,
+            voters: members.keys().copied().collect(),
+            state_dir: self.state_dir.clone(),
+            tick: Duration::from_millis(self.raft_tick_ms),
+            election_ticks: self.raft_election_ticks,
+            heartbeat_ticks: self.raft_heartbeat_ticks,
+        };
+        Ok(Settings {
+            store,
+            peer_token: tokens.peer_token(),
+            tokens,
+            replica: format!("control-{id}"),
+            prometheus,
+            drain: Duration::from_secs(self.drain_seconds),
+            raft,
+            members,
+        })
+    }
+
     /// This replica's raft id: TANDEM_RAFT_ID, else the deprecated
     /// TANDEM_NODE_ID, else 1 (an empty value counts as unset). Both set to
     /// different ids is an error.
