@@ -201,7 +201,7 @@ pub async fn run(
     }));
     let raft_service = RaftServer::with_interceptor(
         RaftService::new(consensus.clone()),
-        Authenticate(tokens.clone()),
+        Authenticate::refusing(tokens.clone()),
     );
     let service = ControlService::new(Parts {
         store,
@@ -213,7 +213,7 @@ pub async fn run(
         replica: replica.clone(),
         shutdown: stop_rx.clone(),
     });
-    let control = ControlPlaneServer::with_interceptor(service, Authenticate(tokens));
+    let control = ControlPlaneServer::with_interceptor(service, Authenticate::deferred(tokens));
 
     tracing::info!(grpc = %grpc.local_addr()?, %replica, "control plane serving");
     let mut stop_signal = stop_rx.clone();
