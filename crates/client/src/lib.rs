@@ -377,6 +377,26 @@ pub async fn report_applied_with(
     }
 }
 
+/// The innermost cause of an error as a person reads it: "connection
+/// refused", "pool timed out while waiting for an open connection" (the
+/// OS error number dropped, the first letter lowered); `None` when it says
+/// nothing.
+pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut innermost = e;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    let text = innermost.to_string();
+    // "Connection refused (os error 111)" -> "connection refused"
+    let text = match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => text.as_str(),
+    };
+    let mut chars = text.chars();
+    let first = chars.next()?;
+    Some(first.to_lowercase().chain(chars).collect())
+}
+
 /// An error with its causes: "transport error: connection refused".
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();

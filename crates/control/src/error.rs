@@ -110,21 +110,7 @@ impl From<sqlx::Error> for Error {
 /// The innermost cause of an error as a person reads it: "connection
 /// refused", "pool timed out while waiting for an open connection".
 pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = e;
-    while let Some(source) = innermost.source() {
-        innermost = source;
-    }
-    let text = innermost.to_string();
-    // "Connection refused (os error 111)" -> "connection refused"
-    let text = match text.rfind(" (os error ") {
-        Some(i) if text.ends_with(')') => &text[..i],
-        _ => text.as_str(),
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => e.to_string(),
-    }
+    tandem_client::innermost_cause(e).unwrap_or_else(|| e.to_string())
 }
 
 /// Errors that mean "the database is not there right now", as opposed to a
