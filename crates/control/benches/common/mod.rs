@@ -6,8 +6,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
+use std::time::Instant;
 
 /// `cargo test --all-targets` runs bench targets without `--bench`: a
 /// benchmark must not start clusters then. True when it should run.
@@ -115,9 +114,9 @@ impl PidFile {
 }
 
 /// A control-API client on its own connection, presenting `token`.
-pub type Client = tandem_testkit::control::AuthedClient;
+pub type Client = tandem_testkit::AuthedClient;
 
 /// Connects a new client (one TCP connection) to `endpoint` (`http://…`).
 pub async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Client> {
-    tandem_testkit::control::client_at(endpoint, Some(token)).await
+    tandem_testkit::client_at(endpoint, Some(token)).await
 }
