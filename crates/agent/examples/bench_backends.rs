@@ -16,6 +16,7 @@ use clap::Parser;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tandem_client::{Bearer, ChannelSettings};
 use tandem_proto::v1::{self, control_plane_client::ControlPlaneClient};
 
 #[derive(Debug, Parser)]
@@ -56,47 +57,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(serve(l));
     }
 
-    let channel = tonic::transport::Channel::from_shared(args.control.clone())?
-        .connect_timeout(Duration::from_secs(5))
+    let channel = ChannelSettings::connect_within(Duration::from_secs(5))
+        .endpoint(&args.control)?
         .connect()
         .await
         .with_context(|| format!("connecting to {}", args.control))?;
-    let mut client = ControlPlaneClient::new(channel);
-    let bearer: Bearer = format!("Bearer {}", args.token).parse()?;
+    let bearer = Bearer::new(Some(&args.token))?;
+    let mut client = ControlPlaneClient::with_interceptor(channel, bearer);
     client
-        .create_pool(authed(
-            &bearer,
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: args.pool.clone(),
-                    health_check: Some(v1::HealthCheck {
-                        kind: Some(match args.kind.as_str() {
-                            "tcp" => v1::HealthCheckKind::Tcp.into(),
-                            _ => v1::HealthCheckKind::Http.into(),
-                        }),
-                        path: Some("/healthz".into()),
-                        interval_ms: Some(args.interval_ms),
-                        timeout_ms: Some(args.interval_ms.min(1_000)),
-                        ..Default::default()
+        .create_pool(v1::CreatePoolRequest {
+            pool: Some(v1::Pool {
+                name: args.pool.clone(),
+                health_check: Some(v1::HealthCheck {
+                    kind: Some(match args.kind.as_str() {
+                        "tcp" => v1::HealthCheckKind::Tcp.into(),
+                        _ => v1::HealthCheckKind::Http.into(),
                     }),
+                    path: Some("/healthz".into()),
+                    interval_ms: Some(args.interval_ms),
+                    timeout_ms: Some(args.interval_ms.min(1_000)),
                     ..Default::default()
                 }),
-            },
-        ))
+                ..Default::default()
+            }),
+        })
         .await?;
     for a in &addrs {
         client
-            .add_backend(authed(
-                &bearer,
-                v1::AddBackendRequest {
-                    pool: args.pool.clone(),
-                    backend: Some(v1::Backend {
-                        address: a.to_string(),
-                        ..Default::default()
-                    }),
-                    expected_revision: None,
-                },
-            ))
+            .add_backend(v1::AddBackendRequest {
+                pool: args.pool.clone(),
+                backend: Some(v1::Backend {
+                    address: a.to_string(),
+                    ..Default::default()
+                }),
+                expected_revision: None,
+            })
             .await?;
     }
     // The addresses too, for a side-by-side checker (HAProxy) to probe.
@@ -106,14 +101,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("ready {}", addrs.len());
     std::future::pending::<()>().await;
     Ok(())
-}
-
-type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
-
-fn authed<T>(bearer: &Bearer, msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("authorization", bearer.clone());
-    req
 }
 
 async fn serve(listener: tokio::net::TcpListener) {

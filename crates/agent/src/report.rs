@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
+use tandem_client::{Backoff, Jitter};
 use tandem_core::health::BackendKey;
 use tandem_proto::v1::{self, control_plane_client::ControlPlaneClient};
 use tokio::sync::{Notify, watch};
@@ -36,8 +37,13 @@ use crate::schedule;
 
 /// At most this many observations in one request (a few hundred KB).
 const MAX_PER_REPORT: usize = 4_096;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Waits after a report no endpoint took: 100 ms doubling to 2 s, between
+/// half and all of that.
+const BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(100),
+    Duration::from_secs(2),
+    Jitter::Half,
+);
 
 /// One probe result, as the agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +203,7 @@ impl Reporter {
         // a few dozen times a second, and each wake-up costs more than the
         // work it does.
         let step = schedule::grid_step(self.batch);
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = BACKOFF;
         loop {
             tokio::select! {
                 _ = queue.wait() => {}
@@ -220,16 +226,14 @@ impl Reporter {
                 continue;
             }
             if self.send(batch).await {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
             } else {
                 // Nobody answers: wait a little (the queue keeps the newest
                 // observations meanwhile) rather than spin over endpoints.
-                let pause = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
         let rest = queue.drain();

@@ -1,8 +1,8 @@
 //! Following the control plane, the part every node shares: the flags that
 //! say where it is and who we are ([`ControlArgs`]), our identity and bearer
 //! token ([`Identity`]), the settings of every control-plane
-//! connection ([`endpoint`]), jittered back-off between attempts
-//! ([`Backoff`]), applying `Watch` events to a [`Snapshot`] ([`apply_event`])
+//! connection ([`endpoint`], [`ChannelSettings`]), the bearer token
+//! ([`Bearer`]), jittered back-off between attempts ([`Backoff`]), applying `Watch` events to a [`Snapshot`] ([`apply_event`])
 //! and reporting the applied revision ([`report_applied`]).
 //!
 //! The proxy and the agent each keep their own watch loop around these
@@ -11,6 +11,11 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod connect;
+pub use connect::{
+    Backoff, Bearer, ChannelSettings, InvalidToken, Jitter, KeepAlive, read_token_file, token_value,
+};
 
 use tandem_core::{Revision, Snapshot};
 use tandem_proto::convert::{change_from_proto, snapshot_from_proto, store_identity_from_proto};
@@ -89,22 +94,20 @@ impl ControlArgs {
                 format!("endpoints must be http://host:port (got {c:?})"),
             ));
         }
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            (_, Some(path)) => {
-                let t = std::fs::read_to_string(path).map_err(|e| {
+        let token = match (token_value(self.token.as_deref()), &self.token_file) {
+            (Some(t), _) => Some(t.to_string()),
+            (None, Some(path)) => {
+                let t = read_token_file(path).map_err(|e| {
                     bad(
                         "TANDEM_TOKEN_FILE",
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
-                Some(t.trim().to_string()).filter(|t| !t.is_empty())
+                Some(t).filter(|t| !t.is_empty())
             }
-            _ => None,
+            (None, None) => None,
         };
-        if let Some(t) = &token
-            && http::HeaderValue::from_str(&format!("Bearer {t}")).is_err()
-        {
+        if Bearer::new(token.as_deref()).is_err() {
             return Err(bad(
                 "TANDEM_TOKEN",
                 "must be printable ASCII without line breaks".into(),
@@ -146,66 +149,22 @@ pub struct Identity {
 impl Identity {
     /// Adds `authorization: Bearer <token>` when we have a token.
     pub fn authorize<T>(&self, req: &mut tonic::Request<T>) -> Result<(), tonic::Status> {
-        if let Some(token) = &self.token {
-            let v = format!("Bearer {token}").parse().map_err(|_| {
+        Bearer::new(self.token.as_deref())
+            .map_err(|_| {
                 tonic::Status::invalid_argument("TANDEM_TOKEN is not a valid header value")
-            })?;
-            req.metadata_mut().insert("authorization", v);
-        }
+            })?
+            .authorize(req);
         Ok(())
     }
 }
 
-/// An endpoint with the settings every control-plane connection uses: a
-/// short connect timeout and HTTP/2 keep-alives, so a control plane that
-/// vanished without closing its connections is noticed within seconds.
-/// The error names `TANDEM_CONTROL` and the URL.
+/// An endpoint with the settings every node's control-plane connection
+/// uses ([`ChannelSettings::NODE`]). The error names `TANDEM_CONTROL` and
+/// the URL.
 pub fn endpoint(url: &str) -> Result<Endpoint, String> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("TANDEM_CONTROL: {url:?} is not a valid URL: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true))
-}
-
-/// Exponential back-off with full jitter between reconnects, so nodes that
-/// lost the same replica do not come back in step.
-#[derive(Debug)]
-pub struct Backoff {
-    current: Duration,
-}
-
-impl Backoff {
-    pub const MIN: Duration = Duration::from_millis(100);
-    pub const MAX: Duration = Duration::from_secs(10);
-
-    pub fn new() -> Self {
-        Self { current: Self::MIN }
-    }
-
-    /// Progress was made: the next wait starts small again.
-    pub fn reset(&mut self) {
-        self.current = Self::MIN;
-    }
-
-    /// The next wait: a random time up to the current back-off (at least
-    /// half the minimum), which then doubles up to [`Backoff::MAX`].
-    pub fn next_wait(&mut self) -> Duration {
-        let wait = self
-            .current
-            .mul_f64(rand::random::<f64>())
-            .max(Self::MIN / 2);
-        self.current = (self.current * 2).min(Self::MAX);
-        wait
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
+    ChannelSettings::NODE
+        .endpoint(url)
+        .map_err(|e| format!("TANDEM_CONTROL: {url:?} is not a valid URL: {e}"))
 }
 
 /// How one `Watch` stream ended, when it ended without an error.
@@ -241,7 +200,7 @@ impl Reconnect {
             endpoints,
             next: 0,
             force_full: false,
-            backoff: Backoff::new(),
+            backoff: Backoff::reconnect(),
             failures: 0,
         }
     }
@@ -455,6 +414,26 @@ pub async fn report_applied_with(
     }
 }
 
+/// The innermost cause of an error as a person reads it: "connection
+/// refused", "pool timed out while waiting for an open connection" (the
+/// OS error number dropped, the first letter lowered); `None` when it says
+/// nothing.
+pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut innermost = e;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    let text = innermost.to_string();
+    // "Connection refused (os error 111)" -> "connection refused"
+    let text = match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => text.as_str(),
+    };
+    let mut chars = text.chars();
+    let first = chars.next()?;
+    Some(first.to_lowercase().chain(chars).collect())
+}
+
 /// An error with its causes: "transport error: connection refused".
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
@@ -625,23 +604,6 @@ mod tests {
             .await;
         assert_eq!(r.attempt(Some(&held)), ("http://b:2".into(), Revision(7)));
         assert_eq!(r.failures, 0);
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new();
-        let mut ceiling = Backoff::MIN;
-        for _ in 0..12 {
-            let w = b.next_wait();
-            assert!(
-                w >= Backoff::MIN / 2 && w <= ceiling,
-                "{w:?} under {ceiling:?}"
-            );
-            ceiling = (ceiling * 2).min(Backoff::MAX);
-        }
-        assert_eq!(b.current, Backoff::MAX, "capped");
-        b.reset();
-        assert!(b.next_wait() <= Backoff::MIN);
     }
 
     fn control_args(args: &[&str]) -> ControlArgs {

@@ -4,6 +4,8 @@
 
 use tonic::{Request, Status};
 
+use crate::error::Error;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Admin,
@@ -64,37 +66,98 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// A tonic interceptor: resolves the bearer token to a [`Role`] stored in
-/// the request's extensions, or rejects the call with UNAUTHENTICATED.
-#[derive(Clone)]
-pub struct Authenticate(pub Tokens);
+/// Why a call is refused before its work starts (UNAUTHENTICATED, or
+/// PERMISSION_DENIED for [`AuthError::NotAdmin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing `authorization: Bearer <token>` metadata")]
+    Missing,
+    #[error("authorization must be `Bearer <token>`")]
+    Malformed,
+    #[error("invalid token")]
+    Invalid,
+    #[error("no credentials")]
+    NoCredentials,
+    #[error("the node token may read and watch but not change configuration; use an admin token")]
+    NotAdmin,
+}
 
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
-        })?;
+/// Who called, as the interceptor found it: a role, or why none.
+#[derive(Debug, Clone, Copy)]
+struct Caller(Result<Role, AuthError>);
+
+/// What a call needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any valid token (node or admin): reads, watches, reports.
+    Any,
+    /// The admin token: changes to the configuration.
+    Admin,
+}
+
+/// A tonic interceptor: resolves the bearer token to a role. In front of
+/// the control API it only records what it found, and the service's
+/// request wrapper refuses the call ([`check`]), so that refusals are
+/// counted in the request metrics like any other answer; in front of the
+/// raft transport it refuses at once.
+#[derive(Clone)]
+pub struct Authenticate {
+    tokens: Tokens,
+    refuse: bool,
+}
+
+impl Authenticate {
+    /// Records the caller for [`check`].
+    pub fn deferred(tokens: Tokens) -> Self {
+        Self {
+            tokens,
+            refuse: false,
+        }
+    }
+
+    /// Refuses a call without a valid token itself.
+    pub fn refusing(tokens: Tokens) -> Self {
+        Self {
+            tokens,
+            refuse: true,
+        }
+    }
+
+    fn role(&self, req: &Request<()>) -> Result<Role, AuthError> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .ok_or(AuthError::Missing)?;
         let token = header
             .as_bytes()
             .strip_prefix(b"Bearer ")
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        let role = self
-            .0
-            .role_of(token)
-            .ok_or_else(|| Status::unauthenticated("invalid token"))?;
-        req.extensions_mut().insert(role);
+            .ok_or(AuthError::Malformed)?;
+        self.tokens.role_of(token).ok_or(AuthError::Invalid)
+    }
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let caller = self.role(&req);
+        if self.refuse
+            && let Err(e) = caller
+        {
+            return Err(Error::from(e).into());
+        }
+        req.extensions_mut().insert(Caller(caller));
         Ok(req)
     }
 }
 
-/// Fails with PERMISSION_DENIED unless the caller holds the admin role.
-pub fn require_admin<T>(req: &Request<T>) -> Result<(), Status> {
-    match req.extensions().get::<Role>() {
-        Some(Role::Admin) => Ok(()),
-        Some(Role::Node) => Err(Status::permission_denied(
-            "the node token may read and watch but not change configuration; use an admin token",
-        )),
-        None => Err(Status::unauthenticated("no credentials")),
+/// Whether the caller of `req` may make a call that needs `access`.
+pub fn check<T>(req: &Request<T>, access: Access) -> Result<(), AuthError> {
+    let role = match req.extensions().get::<Caller>() {
+        Some(Caller(found)) => (*found)?,
+        None => return Err(AuthError::NoCredentials),
+    };
+    match (access, role) {
+        (Access::Admin, Role::Node) => Err(AuthError::NotAdmin),
+        _ => Ok(()),
     }
 }
 
@@ -122,5 +185,58 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(!constant_time_eq(b"", b"a"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    fn call(auth: &mut Authenticate, header: Option<&str>, access: Access) -> Result<(), Status> {
+        use tonic::service::Interceptor as _;
+        let mut req = Request::new(());
+        if let Some(h) = header {
+            req.metadata_mut()
+                .insert("authorization", h.parse().unwrap());
+        }
+        let req = auth.call(req)?;
+        check(&req, access).map_err(|e| Error::from(e).into())
+    }
+
+    #[test]
+    fn refusals_keep_their_codes_and_words_deferred_or_not() {
+        let tokens = Tokens::new("admin-secret".into(), Some("node-secret".into()));
+        for mut auth in [
+            Authenticate::deferred(tokens.clone()),
+            Authenticate::refusing(tokens.clone()),
+        ] {
+            let refused =
+                |r: Result<(), Status>| r.map_err(|s| (s.code(), s.message().to_string()));
+            assert_eq!(
+                refused(call(&mut auth, None, Access::Any)),
+                Err((
+                    tonic::Code::Unauthenticated,
+                    "missing `authorization: Bearer <token>` metadata".into()
+                ))
+            );
+            assert_eq!(
+                refused(call(&mut auth, Some("Basic x"), Access::Any)),
+                Err((
+                    tonic::Code::Unauthenticated,
+                    "authorization must be `Bearer <token>`".into()
+                ))
+            );
+            assert_eq!(
+                refused(call(&mut auth, Some("Bearer nope"), Access::Any)),
+                Err((tonic::Code::Unauthenticated, "invalid token".into()))
+            );
+            assert!(call(&mut auth, Some("Bearer node-secret"), Access::Any).is_ok());
+            assert_eq!(
+                call(&mut auth, Some("Bearer node-secret"), Access::Admin)
+                    .unwrap_err()
+                    .code(),
+                tonic::Code::PermissionDenied
+            );
+            assert!(call(&mut auth, Some("Bearer admin-secret"), Access::Admin).is_ok());
+        }
+        assert_eq!(
+            check(&Request::new(()), Access::Any),
+            Err(AuthError::NoCredentials)
+        );
     }
 }

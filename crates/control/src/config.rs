@@ -3,8 +3,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
+use tandem_telemetry::PrometheusHandle;
+
+use crate::consensus::RaftSettings;
+use crate::server::Settings;
+use crate::store::Store;
 
 /// The Tandem control plane: stores pools, backends and routes in Postgres
 /// and streams them to proxies and agents over gRPC.
@@ -114,6 +120,58 @@ pub enum Join {
 }
 
 impl Config {
+    /// Checks the flags and builds what the replica runs with (logging the
+    /// deprecated ones). The database is not contacted: the replica starts,
+    /// not ready, while it is down.
+    pub fn settings(&self, prometheus: PrometheusHandle) -> anyhow::Result<Settings> {
+        let tokens = self.tokens().map_err(anyhow::Error::msg)?;
+        let mut store = Store::connect_lazy(&self.database_url, self.db_max_connections)?;
+        if let Some(path) = &self.secrets_key_file {
+            let key = tandem_tls::SecretsKey::from_file(path)
+                .map_err(|e| anyhow::anyhow!("TANDEM_SECRETS_KEY_FILE: {e}"))?;
+            store = store.with_secrets(key);
+        } else {
+            tracing::warn!("TANDEM_SECRETS_KEY_FILE is unset: TLS certificates cannot be added");
+        }
+        for warning in self.deprecations() {
+            tracing::warn!("{warning}");
+        }
+        let id = self.raft_id().map_err(anyhow::Error::msg)?;
+        let members = self.members().map_err(anyhow::Error::msg)?;
+        if self.join == Join::Existing
+            && members.len() < 2
+            && crate::consensus::storage::DiskStorage::is_fresh(&self.state_dir)
+        {
+            anyhow::bail!(
+                "--join (TANDEM_RAFT_JOIN=existing) needs TANDEM_PEERS to list the group's current \
+                 members and this replica (id=host:port,...): that is how it reaches the leader"
+            );
+        }
+        let raft = RaftSettings {
+            id,
+            // A joining replica learns the members from the leader.
+            voters: match self.join {
+                Join::New => members.keys().copied().collect(),
+                Join::Existing => Vec::new(),
+            },
+            addresses: members.clone(),
+            state_dir: self.state_dir.clone(),
+            tick: Duration::from_millis(self.raft_tick_ms),
+            election_ticks: self.raft_election_ticks,
+            heartbeat_ticks: self.raft_heartbeat_ticks,
+        };
+        Ok(Settings {
+            store,
+            peer_token: tokens.peer_token(),
+            tokens,
+            replica: format!("control-{id}"),
+            prometheus,
+            drain: Duration::from_secs(self.drain_seconds),
+            raft,
+            members,
+        })
+    }
+
     /// This replica's raft id: TANDEM_RAFT_ID, else the deprecated
     /// TANDEM_NODE_ID, else 1 (an empty value counts as unset). Both set to
     /// different ids is an error.
@@ -230,14 +288,13 @@ fn read_token(
     value: &Option<String>,
     file: &Option<PathBuf>,
 ) -> Result<Option<String>, String> {
-    if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
-        return Ok(Some(v.clone()));
+    if let Some(v) = tandem_client::token_value(value.as_deref()) {
+        return Ok(Some(v.to_string()));
     }
     match file {
         Some(path) => {
-            let t = std::fs::read_to_string(path)
+            let t = tandem_client::read_token_file(path)
                 .map_err(|e| format!("reading the {role} token file {}: {e}", path.display()))?;
-            let t = t.trim_end().to_string();
             if t.is_empty() {
                 return Err(format!("the {role} token file {} is empty", path.display()));
             }

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::database::Outage;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,41 @@ pub enum Error {
     /// not the one it was sealed under.
     #[error("{0}")]
     Secrets(String),
+    /// The caller may not make this call (no token, a bad one, or not the
+    /// admin role).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The call needs the raft leader and this replica cannot reach one
+    /// (or the call was already forwarded once).
+    #[error("{0}")]
+    Leader(LeaderError),
+    /// The health decider's queue is full.
+    #[error("the health decider is saturated; retry shortly")]
+    Saturated,
+    /// This replica is stopping (ends Watch streams).
+    #[error("control replica shutting down; reconnect to another")]
+    ShuttingDown,
+    /// A message of the internal raft transport that does not parse.
+    #[error("messages: not a raft message: {0}")]
+    NotRaft(String),
+    /// The leader's answer to a call forwarded to it, passed on as it is.
+    #[error("{}", .0.message())]
+    Forwarded(Status),
+    /// A membership change refused or failed, as `membership` words it
+    /// (its checks, raft-rs's refusals, the leader's answer when forwarded).
+    #[error("{}", .0.message())]
+    Membership(Status),
+}
+
+/// Why a call for the raft leader cannot be made here.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("control-{id} is not the raft leader (leader: {leader}); retry")]
+    NotLeader { id: u64, leader: u64 },
+    #[error("no raft leader (no quorum of control replicas): health decisions are paused")]
+    NoLeader,
+    #[error("raft leader {0} is not a known member")]
+    UnknownLeader(u64),
 }
 
 /// Asking a proxy through its admin port (`Explain`).
@@ -78,21 +114,7 @@ impl From<sqlx::Error> for Error {
 /// The innermost cause of an error as a person reads it: "connection
 /// refused", "pool timed out while waiting for an open connection".
 pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = e;
-    while let Some(source) = innermost.source() {
-        innermost = source;
-    }
-    let text = innermost.to_string();
-    // "Connection refused (os error 111)" -> "connection refused"
-    let text = match text.rfind(" (os error ") {
-        Some(i) if text.ends_with(')') => &text[..i],
-        _ => text.as_str(),
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => e.to_string(),
-    }
+    tandem_client::innermost_cause(e).unwrap_or_else(|| e.to_string())
 }
 
 /// Errors that mean "the database is not there right now", as opposed to a
@@ -153,6 +175,12 @@ impl Error {
                 ProxyError::Unreachable { .. } => Code::Unavailable,
             },
             Error::Secrets(_) => Code::FailedPrecondition,
+            Error::Auth(AuthError::NotAdmin) => Code::PermissionDenied,
+            Error::Auth(_) => Code::Unauthenticated,
+            Error::Leader(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::Saturated => Code::ResourceExhausted,
+            Error::NotRaft(_) => Code::InvalidArgument,
+            Error::Forwarded(status) | Error::Membership(status) => status.code(),
         }
     }
 }
@@ -161,9 +189,19 @@ impl From<Error> for Status {
     /// Logs the cause and returns a message a user can act on; raw SQL
     /// errors never reach the client.
     fn from(e: Error) -> Status {
+        let e = match e {
+            Error::Forwarded(status) | Error::Membership(status) => return status,
+            e => e,
+        };
         let code = e.code();
         match &e {
-            Error::Domain(_) => Status::new(code, e.to_string()),
+            Error::Domain(_)
+            | Error::Auth(_)
+            | Error::Leader(_)
+            | Error::Saturated
+            | Error::ShuttingDown
+            | Error::NotRaft(_) => Status::new(code, e.to_string()),
+            Error::Forwarded(_) | Error::Membership(_) => unreachable!("returned above"),
             Error::Proxy(p) => {
                 tracing::debug!(error = %p, "explain");
                 Status::new(code, e.to_string())

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sqlx::postgres::PgListener;
+use tandem_client::{Backoff, Jitter};
 use tandem_core::{ConfigChange, Revision, Snapshot, StoreIdentity};
 use tandem_proto::{convert, v1};
 use tokio::sync::{Mutex, broadcast, watch};
@@ -42,8 +43,12 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long another replica gets to hand over its copy.
 const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnect back-off: short, since writes fail until the hub is back.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Waits between reconnects to the database: 100 ms doubling to 1 s.
+const BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(100),
+    Duration::from_secs(1),
+    Jitter::None,
+);
 
 /// A committed change, with its wire form computed once for all watchers.
 #[derive(Debug)]
@@ -363,7 +368,7 @@ impl Hub {
         peers: Option<Peers>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = BACKOFF;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -379,26 +384,27 @@ impl Hub {
                 Ok(()) => self.listen(&store, &mut shutdown).await,
                 Err(e) => Err(e),
             };
-            match attempt {
+            let retry_in = match attempt {
                 Ok(()) => return,
                 Err(e) => {
                     self.inner.listening.store(false, Ordering::Relaxed);
                     if self.inner.availability.is_up() {
                         // An outage starts: reconnect quickly.
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                     }
                     self.inner.availability.down(cause_of(&e));
-                    tracing::debug!(error = %e, retry_in = ?backoff, "config listener lost the database");
+                    let retry_in = backoff.next_wait();
+                    tracing::debug!(error = %e, ?retry_in, "config listener lost the database");
+                    retry_in
                 }
-            }
+            };
             if let Some(peers) = &peers {
                 self.copy_from_peers(peers).await;
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(retry_in) => {}
                 _ = shutdown.changed() => return,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 

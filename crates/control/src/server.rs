@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tandem_client::{Backoff, Jitter};
 use tandem_proto::v1::control_plane_server::ControlPlaneServer;
 use tandem_telemetry::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -93,7 +94,11 @@ pub async fn run(
         let migrated = migrated.clone();
         let mut stop = stop_rx.clone();
         async move {
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(2),
+                Jitter::None,
+            );
             loop {
                 // The probe names the cause at once while the database is
                 // away (the pool would wait out its acquire timeout).
@@ -108,15 +113,15 @@ pub async fn run(
                             crate::Error::Unavailable(cause) => cause.clone(),
                             other => other.to_string(),
                         });
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot migrate the database yet");
+                        let retry_in = backoff.next_wait();
+                        tracing::warn!(error = %e, ?retry_in, "cannot migrate the database yet");
                         if let Some(peers) = &peers {
                             hub.copy_from_peers(peers).await;
                         }
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(retry_in) => {}
                             _ = stop.changed() => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
@@ -201,7 +206,7 @@ pub async fn run(
     }));
     let raft_service = RaftServer::with_interceptor(
         RaftService::new(consensus.clone()),
-        Authenticate(tokens.clone()),
+        Authenticate::refusing(tokens.clone()),
     );
     let service = ControlService::new(Parts {
         store,
@@ -213,7 +218,7 @@ pub async fn run(
         replica: replica.clone(),
         shutdown: stop_rx.clone(),
     });
-    let control = ControlPlaneServer::with_interceptor(service, Authenticate(tokens));
+    let control = ControlPlaneServer::with_interceptor(service, Authenticate::deferred(tokens));
 
     tracing::info!(grpc = %grpc.local_addr()?, %replica, "control plane serving");
     let mut stop_signal = stop_rx.clone();

@@ -22,11 +22,11 @@ use tonic::{Request, Response, Status};
 
 use tandem_core::health::{BackendKey, Observation};
 
-use crate::auth::require_admin;
+use crate::auth::{Access, check};
 use crate::consensus::aggregator::now_ms;
 use crate::consensus::peers::PeerClient;
 use crate::consensus::{Aggregator, Consensus, FORWARDED, HealthEvent, Peers};
-use crate::error::{Error, ProxyError};
+use crate::error::{Error, LeaderError, ProxyError};
 use crate::hub::{Committed, Hub, HubEvent};
 use crate::store::{ListenerReport, NodeReport, Store};
 
@@ -72,24 +72,23 @@ impl ControlService {
 
     /// A client for the raft leader, when this replica is not it.
     /// `Err` when no leader is known or the call was already forwarded once.
-    fn leader_client<T>(&self, req: &Request<T>) -> Result<Option<PeerClient>, Status> {
+    fn leader_client<T>(&self, req: &Request<T>) -> Result<Option<PeerClient>, Error> {
         let status = self.consensus.status();
         if status.is_leader() {
             return Ok(None);
         }
         if req.metadata().get(FORWARDED).is_some() {
-            return Err(Status::unavailable(format!(
-                "control-{} is not the raft leader (leader: {}); retry",
-                status.id, status.leader
-            )));
+            return Err(Error::Leader(LeaderError::NotLeader {
+                id: status.id,
+                leader: status.leader,
+            }));
         }
         match (status.leader, &self.peers) {
-            (0, _) | (_, None) => Err(Status::unavailable(
-                "no raft leader (no quorum of control replicas): health decisions are paused",
-            )),
-            (leader, Some(peers)) => peers.client(leader).map(Some).ok_or_else(|| {
-                Status::unavailable(format!("raft leader {leader} is not a known member"))
-            }),
+            (0, _) | (_, None) => Err(Error::Leader(LeaderError::NoLeader)),
+            (leader, Some(peers)) => peers
+                .client(leader)
+                .map(Some)
+                .ok_or(Error::Leader(LeaderError::UnknownLeader(leader))),
         }
     }
 }
@@ -179,24 +178,24 @@ impl ControlService {
         .await
     }
 
-    /// Runs a call's work, timing it, and hands the outcome to [`finish`].
-    async fn call<T>(
+    /// Every call of the API goes through here: checks that the caller may
+    /// make it (`access`), runs its work, times it, and hands the outcome
+    /// to [`finish`] with the database named in an UNAVAILABLE answer.
+    async fn call<R, T, Fut>(
         &self,
         method: &'static str,
-        work: impl std::future::Future<Output = Result<T, Error>>,
-    ) -> Result<Response<T>, Status> {
+        access: Access,
+        req: Request<R>,
+        work: impl FnOnce(Request<R>) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         let start = Instant::now();
-        let r = work.await;
-        self.finish(method, start, r)
-    }
-
-    /// [`finish`], with the database named in an UNAVAILABLE answer.
-    fn finish<T>(
-        &self,
-        method: &'static str,
-        start: Instant,
-        r: Result<T, Error>,
-    ) -> Result<Response<T>, Status> {
+        let r = match check(&req, access) {
+            Ok(()) => work(req).await,
+            Err(e) => Err(e.into()),
+        };
         finish(
             method,
             start,
@@ -347,8 +346,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::CreatePoolRequest>,
     ) -> Result<Response<v1::PoolReply>, Status> {
-        require_admin(&req)?;
-        self.call("CreatePool", async {
+        self.call("CreatePool", Access::Admin, req, |req| async move {
             let msg = required(&req.get_ref().pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
             let config =
@@ -373,7 +371,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::GetPoolRequest>,
     ) -> Result<Response<v1::Pool>, Status> {
-        self.call("GetPool", async {
+        self.call("GetPool", Access::Any, req, |req| async move {
             let name = convert::pool_name(&req.get_ref().name, "name")?;
             let (pool, stale) = self
                 .read(self.store.pool(&name), |s| {
@@ -394,9 +392,9 @@ impl ControlPlane for ControlService {
 
     async fn list_pools(
         &self,
-        _req: Request<v1::ListPoolsRequest>,
+        req: Request<v1::ListPoolsRequest>,
     ) -> Result<Response<v1::ListPoolsReply>, Status> {
-        self.call("ListPools", async {
+        self.call("ListPools", Access::Any, req, |_| async move {
             let ((pools, rev), stale) = self
                 .read(self.store.pools(), |s| {
                     Ok((s.pools.values().cloned().collect(), s.revision))
@@ -415,8 +413,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::UpdatePoolRequest>,
     ) -> Result<Response<v1::PoolReply>, Status> {
-        require_admin(&req)?;
-        self.call("UpdatePool", async {
+        self.call("UpdatePool", Access::Admin, req, |req| async move {
             let req = req.get_ref();
             let msg = required(&req.pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
@@ -438,8 +435,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::DeletePoolRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        require_admin(&req)?;
-        self.call("DeletePool", async {
+        self.call("DeletePool", Access::Admin, req, |req| async move {
             let req = req.get_ref();
             let name = convert::pool_name(&req.name, "name")?;
             let rev = self
@@ -455,8 +451,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
-        require_admin(&req)?;
-        self.call("AddBackend", async {
+        self.call("AddBackend", Access::Admin, req, |req| async move {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let backend =
@@ -477,8 +472,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::UpdateBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
-        require_admin(&req)?;
-        self.call("UpdateBackend", async {
+        self.call("UpdateBackend", Access::Admin, req, |req| async move {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
@@ -514,8 +508,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::RemoveBackendRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        require_admin(&req)?;
-        self.call("RemoveBackend", async {
+        self.call("RemoveBackend", Access::Admin, req, |req| async move {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
@@ -532,8 +525,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddRouteRequest>,
     ) -> Result<Response<v1::RouteReply>, Status> {
-        require_admin(&req)?;
-        self.call("AddRoute", async {
+        self.call("AddRoute", Access::Admin, req, |req| async move {
             let route =
                 convert::route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
             let rev = self.store.add_route(route.clone()).await?;
@@ -547,9 +539,9 @@ impl ControlPlane for ControlService {
 
     async fn list_routes(
         &self,
-        _req: Request<v1::ListRoutesRequest>,
+        req: Request<v1::ListRoutesRequest>,
     ) -> Result<Response<v1::ListRoutesReply>, Status> {
-        self.call("ListRoutes", async {
+        self.call("ListRoutes", Access::Any, req, |_| async move {
             let ((routes, tcp_routes, rev), stale) = self
                 .read(self.store.routes(), |s| {
                     Ok((s.routes.clone(), s.tcp_routes.clone(), s.revision))
@@ -569,8 +561,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddTcpRouteRequest>,
     ) -> Result<Response<v1::TcpRouteReply>, Status> {
-        require_admin(&req)?;
-        self.call("AddTcpRoute", async {
+        self.call("AddTcpRoute", Access::Admin, req, |req| async move {
             let route =
                 convert::tcp_route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
             let rev = self.store.add_tcp_route(route.clone()).await?;
@@ -586,8 +577,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::DeleteTcpRouteRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        require_admin(&req)?;
-        self.call("DeleteTcpRoute", async {
+        self.call("DeleteTcpRoute", Access::Admin, req, |req| async move {
             let listen = convert::listen_addr(&req.get_ref().listen, "listen")?;
             let rev = self.store.delete_tcp_route(&listen).await?;
             Ok(v1::ChangeReply { revision: rev.0 })
@@ -599,8 +589,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::DeleteRouteRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        require_admin(&req)?;
-        self.call("DeleteRoute", async {
+        self.call("DeleteRoute", Access::Admin, req, |req| async move {
             let req = req.get_ref();
             let host = HostMatch::new(&req.host)?;
             let prefix = PathPrefix::new(&req.path_prefix)?;
@@ -614,8 +603,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddCertificateRequest>,
     ) -> Result<Response<v1::CertificateReply>, Status> {
-        require_admin(&req)?;
-        self.call("AddCertificate", async {
+        self.call("AddCertificate", Access::Admin, req, |req| async move {
             let msg = required(&req.get_ref().certificate, "certificate")?;
             let cert = convert::certificate_from_proto(msg, "certificate")?;
             let parsed = tandem_tls::check(&cert.chain_pem, cert.key_pem.expose(), now_unix_s())
@@ -639,9 +627,9 @@ impl ControlPlane for ControlService {
 
     async fn list_certificates(
         &self,
-        _req: Request<v1::ListCertificatesRequest>,
+        req: Request<v1::ListCertificatesRequest>,
     ) -> Result<Response<v1::ListCertificatesReply>, Status> {
-        self.call("ListCertificates", async {
+        self.call("ListCertificates", Access::Any, req, |_| async move {
             // Chains only: the keys stay sealed in the database.
             let from_db = async {
                 let revisions = self.store.certificate_revisions().await?;
@@ -678,8 +666,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::RemoveCertificateRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        require_admin(&req)?;
-        self.call("RemoveCertificate", async {
+        self.call("RemoveCertificate", Access::Admin, req, |req| async move {
             let name = tandem_core::CertName::new(&*req.get_ref().name)?;
             let rev = self.store.delete_certificate(&name).await?;
             Ok(v1::ChangeReply { revision: rev.0 })
@@ -691,8 +678,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::RestoreSnapshotRequest>,
     ) -> Result<Response<v1::RestoreSnapshotReply>, Status> {
-        require_admin(&req)?;
-        self.call("RestoreSnapshot", async {
+        self.call("RestoreSnapshot", Access::Admin, req, |req| async move {
             let req = req.get_ref();
             let snapshot = convert::snapshot_from_proto(required(&req.snapshot, "snapshot")?)?;
             let (rev, identity) = self
@@ -710,9 +696,9 @@ impl ControlPlane for ControlService {
 
     async fn get_snapshot(
         &self,
-        _req: Request<v1::GetSnapshotRequest>,
+        req: Request<v1::GetSnapshotRequest>,
     ) -> Result<Response<v1::Snapshot>, Status> {
-        self.call("GetSnapshot", async {
+        self.call("GetSnapshot", Access::Any, req, |_| async move {
             let (snapshot, stale) = self.read(self.store.snapshot(), |s| Ok(s.clone())).await?;
             let mut message = convert::snapshot_to_proto(&snapshot);
             // No read returns a private key.
@@ -729,81 +715,77 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let start = Instant::now();
-        let req = req.into_inner();
-        if req.node_id.is_empty() {
-            return self.finish(
-                "Watch",
-                start,
-                Err(ValidationError::new("node_id", "must be set").into()),
-            );
-        }
-        // Subscribe before reading, so nothing committed in between is missed.
-        let mut changes = self.hub.subscribe();
-        let mut health = self.consensus.subscribe();
-        let caller = convert::store_identity_from_proto(&req.store_id, req.generation);
-        let watch_start = self.watch_start(&req.node_id, Revision(req.last_revision), caller);
-        let ((at, store_at, first), stale) = match watch_start.await {
-            Ok(start) => start,
-            Err(e) => return self.finish("Watch", start, Err(e)),
-        };
-        let (tx, rx) = mpsc::channel(64);
-        let kind = node_kind_name(req.kind);
-        tracing::info!(node = %req.node_id, kind, from = req.last_revision, at = at.0, stale = stale.is_some(), "watch started");
-        if let Some(mut snapshot) = first {
-            snapshot.stale = stale;
-            let event = v1::WatchEvent {
-                revision: at.0,
-                store_id: snapshot.store_id.clone(),
-                generation: snapshot.generation,
-                event: Some(v1::watch_event::Event::Snapshot(snapshot)),
+        self.call("Watch", Access::Any, req, |req| async move {
+            let req = req.into_inner();
+            if req.node_id.is_empty() {
+                return Err(ValidationError::new("node_id", "must be set").into());
+            }
+            // Subscribe before reading, so nothing committed in between is missed.
+            let mut changes = self.hub.subscribe();
+            let mut health = self.consensus.subscribe();
+            let caller = convert::store_identity_from_proto(&req.store_id, req.generation);
+            let ((at, store_at, first), stale) = self
+                .watch_start(&req.node_id, Revision(req.last_revision), caller)
+                .await?;
+            let (tx, rx) = mpsc::channel(64);
+            let kind = node_kind_name(req.kind);
+            tracing::info!(node = %req.node_id, kind, from = req.last_revision, at = at.0, stale = stale.is_some(), "watch started");
+            if let Some(mut snapshot) = first {
+                snapshot.stale = stale;
+                let event = v1::WatchEvent {
+                    revision: at.0,
+                    store_id: snapshot.store_id.clone(),
+                    generation: snapshot.generation,
+                    event: Some(v1::watch_event::Event::Snapshot(snapshot)),
+                };
+                // The channel is new and has room.
+                let _ = tx.try_send(Ok(event));
+            }
+            let table = self.consensus.table();
+            let health_at = table.index;
+            let _ = tx.try_send(Ok(health_event(at, table.full_update())));
+            let store = self.store.clone();
+            let consensus = self.consensus.clone();
+            let mut shutdown = self.shutdown.clone();
+            let node = req.node_id.clone();
+            tokio::spawn(async move {
+                metrics::gauge!("tandem_control_watch_streams").increment(1.0);
+                let mut streams = Streams {
+                    changes: &mut changes,
+                    health: &mut health,
+                    consensus: &consensus,
+                };
+                let end = follow(
+                    &store,
+                    &mut streams,
+                    &tx,
+                    (at, store_at),
+                    health_at,
+                    &mut shutdown,
+                )
+                .await;
+                metrics::gauge!("tandem_control_watch_streams").decrement(1.0);
+                tracing::info!(%node, reason = %end, "watch ended");
+            });
+            // Private keys go to proxies only (they serve them); an agent or a
+            // CLI following the configuration gets certificates without them.
+            let stream: WatchStream = if req.kind == v1::NodeKind::Proxy as i32 {
+                Box::pin(ReceiverStream::new(rx))
+            } else {
+                use tokio_stream::StreamExt as _;
+                Box::pin(ReceiverStream::new(rx).map(|e| e.map(without_keys)))
             };
-            // The channel is new and has room.
-            let _ = tx.try_send(Ok(event));
-        }
-        let table = self.consensus.table();
-        let health_at = table.index;
-        let _ = tx.try_send(Ok(health_event(at, table.full_update())));
-        let store = self.store.clone();
-        let consensus = self.consensus.clone();
-        let mut shutdown = self.shutdown.clone();
-        let node = req.node_id.clone();
-        tokio::spawn(async move {
-            metrics::gauge!("tandem_control_watch_streams").increment(1.0);
-            let mut streams = Streams {
-                changes: &mut changes,
-                health: &mut health,
-                consensus: &consensus,
-            };
-            let end = follow(
-                &store,
-                &mut streams,
-                &tx,
-                (at, store_at),
-                health_at,
-                &mut shutdown,
-            )
-            .await;
-            metrics::gauge!("tandem_control_watch_streams").decrement(1.0);
-            tracing::info!(%node, reason = %end, "watch ended");
-        });
-        // Private keys go to proxies only (they serve them); an agent or a
-        // CLI following the configuration gets certificates without them.
-        let stream: WatchStream = if req.kind == v1::NodeKind::Proxy as i32 {
-            Box::pin(ReceiverStream::new(rx))
-        } else {
-            use tokio_stream::StreamExt as _;
-            Box::pin(ReceiverStream::new(rx).map(|e| e.map(without_keys)))
-        };
-        self.finish("Watch", start, Ok(stream))
+            Ok(stream)
+        })
+        .await
     }
 
     async fn report_applied(
         &self,
         req: Request<v1::ReportAppliedRequest>,
     ) -> Result<Response<v1::ReportAppliedReply>, Status> {
-        let peer = req.remote_addr();
-        self.call("ReportApplied", async {
+        self.call("ReportApplied", Access::Any, req, |req| async move {
+            let peer = req.remote_addr();
             let req = req.into_inner();
             if req.node_id.is_empty() {
                 return Err(ValidationError::new("node_id", "must be set").into());
@@ -862,126 +844,129 @@ impl ControlPlane for ControlService {
 
     async fn get_status(
         &self,
-        _req: Request<v1::GetStatusRequest>,
+        req: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let start = Instant::now();
-        // Answers at once while the database is known to be away: clients
-        // (tandemctl) ask this first to learn whether the replica is alive.
-        let mut cause = None;
-        if self.store.availability().is_up() {
-            let read = async {
-                let (identity, revision) = self.store.identity().await?;
-                Ok::<_, Error>((identity, revision, self.store.nodes().await?))
-            };
-            match read.await {
-                Ok((identity, revision, nodes)) => {
-                    let mut reply = status_reply(&self.replica, (revision, nodes), None);
-                    reply.store_id = identity.id;
-                    reply.generation = identity.generation;
-                    return self.finish("GetStatus", start, Ok(reply));
+        self.call("GetStatus", Access::Any, req, |_| async move {
+            // Answers at once while the database is known to be away: clients
+            // (tandemctl) ask this first to learn whether the replica is alive.
+            let mut cause = None;
+            if self.store.availability().is_up() {
+                let read = async {
+                    let (identity, revision) = self.store.identity().await?;
+                    Ok::<_, Error>((identity, revision, self.store.nodes().await?))
+                };
+                match read.await {
+                    Ok((identity, revision, nodes)) => {
+                        let mut reply = status_reply(&self.replica, (revision, nodes), None);
+                        reply.store_id = identity.id;
+                        reply.generation = identity.generation;
+                        return Ok(reply);
+                    }
+                    Err(Error::Unavailable(c)) => cause = Some(c),
+                    Err(e) => cause = Some(e.to_string()),
                 }
-                Err(Error::Unavailable(c)) => cause = Some(c),
-                Err(e) => cause = Some(e.to_string()),
             }
-        }
-        let copy = self.hub.copy();
-        let stale = self.hub.stale_read(&copy, cause);
-        let mut reply = status_reply(
-            &self.replica,
-            (copy.snapshot.revision, Vec::new()),
-            Some(stale),
-        );
-        if let Some(identity) = &copy.snapshot.store {
-            reply.store_id = identity.id.clone();
-            reply.generation = identity.generation;
-        }
-        self.finish("GetStatus", start, Ok(reply))
+            let copy = self.hub.copy();
+            let stale = self.hub.stale_read(&copy, cause);
+            let mut reply = status_reply(
+                &self.replica,
+                (copy.snapshot.revision, Vec::new()),
+                Some(stale),
+            );
+            if let Some(identity) = &copy.snapshot.store {
+                reply.store_id = identity.id.clone();
+                reply.generation = identity.generation;
+            }
+            Ok(reply)
+        })
+        .await
     }
 
     async fn report_health(
         &self,
         req: Request<v1::ReportHealthRequest>,
     ) -> Result<Response<v1::ReportHealthReply>, Status> {
-        let start = Instant::now();
-        if let Some(mut leader) = self.leader_client(&req)? {
-            // Followers forward: the leader decides.
-            metrics::counter!("tandem_control_health_reports_forwarded_total").increment(1);
-            // The leader's span of the call continues the agent's trace.
-            let mut forwarded = Request::new(req.into_inner());
-            if let Some(tp) = tandem_telemetry::spans::traceparent_of(&tracing::Span::current())
-                && let Ok(v) = tp.parse()
-            {
-                forwarded.metadata_mut().insert("traceparent", v);
+        self.call("ReportHealth", Access::Any, req, |req| async move {
+            if let Some(mut leader) = self.leader_client(&req)? {
+                // Followers forward: the leader decides.
+                metrics::counter!("tandem_control_health_reports_forwarded_total").increment(1);
+                // The leader's span of the call continues the agent's trace.
+                let mut forwarded = Request::new(req.into_inner());
+                if let Some(tp) = tandem_telemetry::spans::traceparent_of(&tracing::Span::current())
+                    && let Ok(v) = tp.parse()
+                {
+                    forwarded.metadata_mut().insert("traceparent", v);
+                }
+                return leader
+                    .report_health(forwarded)
+                    .await
+                    .map(Response::into_inner)
+                    .map_err(Error::Forwarded);
             }
-            return leader.report_health(forwarded).await;
-        }
-        let req = req.into_inner();
-        if req.agent_id.is_empty() {
-            return self.finish(
-                "ReportHealth",
-                start,
-                Err(ValidationError::new("agent_id", "must be set").into()),
-            );
-        }
-        let now = now_ms();
-        let mut batch = Vec::with_capacity(req.observations.len());
-        for (i, o) in req.observations.iter().enumerate() {
-            let field = format!("observations[{i}]");
-            let key = match (
-                convert::pool_name(&o.pool, &format!("{field}.pool")),
-                address(&o.address, &format!("{field}.address")),
-            ) {
-                (Ok(pool), Ok(address)) => BackendKey { pool, address },
-                (Err(e), _) => return self.finish("ReportHealth", start, Err(e.into())),
-                (_, Err(e)) => return self.finish("ReportHealth", start, Err(e)),
-            };
-            metrics::counter!("tandem_control_observations_total", "ok" => if o.ok { "true" } else { "false" })
-                .increment(1);
-            batch.push(Observation {
-                agent: req.agent_id.clone(),
-                zone: req.zone.clone(),
-                key,
-                ok: o.ok,
-                detail: o.detail.clone(),
-                // The decider's clock: this replica's, not the agent's.
-                at_ms: now,
-            });
-        }
-        if !self.aggregator.submit(batch) {
-            return Err(Status::resource_exhausted(
-                "the health decider is saturated; retry shortly",
-            ));
-        }
-        self.finish("ReportHealth", start, Ok(v1::ReportHealthReply {}))
+            let req = req.into_inner();
+            if req.agent_id.is_empty() {
+                return Err(ValidationError::new("agent_id", "must be set").into());
+            }
+            let now = now_ms();
+            let mut batch = Vec::with_capacity(req.observations.len());
+            for (i, o) in req.observations.iter().enumerate() {
+                let field = format!("observations[{i}]");
+                let key = match (
+                    convert::pool_name(&o.pool, &format!("{field}.pool")),
+                    address(&o.address, &format!("{field}.address")),
+                ) {
+                    (Ok(pool), Ok(address)) => BackendKey { pool, address },
+                    (Err(e), _) => return Err(e.into()),
+                    (_, Err(e)) => return Err(e),
+                };
+                metrics::counter!("tandem_control_observations_total", "ok" => if o.ok { "true" } else { "false" })
+                    .increment(1);
+                batch.push(Observation {
+                    agent: req.agent_id.clone(),
+                    zone: req.zone.clone(),
+                    key,
+                    ok: o.ok,
+                    detail: o.detail.clone(),
+                    // The decider's clock: this replica's, not the agent's.
+                    at_ms: now,
+                });
+            }
+            if !self.aggregator.submit(batch) {
+                return Err(Error::Saturated);
+            }
+            Ok(v1::ReportHealthReply {})
+        })
+        .await
     }
 
     async fn get_health(
         &self,
-        _req: Request<v1::GetHealthRequest>,
+        req: Request<v1::GetHealthRequest>,
     ) -> Result<Response<v1::HealthReply>, Status> {
-        let start = Instant::now();
-        let table = self.consensus.table();
-        let status = self.consensus.status();
-        let mut update = table.full_update();
-        let reply = v1::HealthReply {
-            index: update.index,
-            backends: std::mem::take(&mut update.backends),
-            leader: if status.leader == 0 {
-                String::new()
-            } else {
-                format!("control-{}", status.leader)
-            },
-            term: status.term,
-        };
-        self.finish("GetHealth", start, Ok(reply))
+        self.call("GetHealth", Access::Any, req, |_| async move {
+            let table = self.consensus.table();
+            let status = self.consensus.status();
+            let mut update = table.full_update();
+            let reply = v1::HealthReply {
+                index: update.index,
+                backends: std::mem::take(&mut update.backends),
+                leader: if status.leader == 0 {
+                    String::new()
+                } else {
+                    format!("control-{}", status.leader)
+                },
+                term: status.term,
+            };
+            Ok(reply)
+        })
+        .await
     }
 
     async fn explain(
         &self,
         req: Request<v1::ExplainRequest>,
     ) -> Result<Response<v1::ExplainReply>, Status> {
-        require_admin(&req)?;
-        self.call("Explain", async {
+        self.call("Explain", Access::Admin, req, |req| async move {
             let req = req.into_inner();
             for (field, value, max) in [
                 ("host", &req.host, 261),
@@ -1056,76 +1041,88 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
-        require_admin(&req)?;
-        crate::membership::add_member(&self.consensus, req).await
+        self.call("AddMember", Access::Admin, req, |req| async move {
+            crate::membership::add_member(&self.consensus, req)
+                .await
+                .map(Response::into_inner)
+                .map_err(Error::Membership)
+        })
+        .await
     }
 
     async fn remove_member(
         &self,
         req: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
-        require_admin(&req)?;
-        crate::membership::remove_member(&self.consensus, req).await
+        self.call("RemoveMember", Access::Admin, req, |req| async move {
+            crate::membership::remove_member(&self.consensus, req)
+                .await
+                .map(Response::into_inner)
+                .map_err(Error::Membership)
+        })
+        .await
     }
 
     async fn get_cluster_status(
         &self,
         req: Request<v1::GetClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        let start = Instant::now();
-        let s = self.consensus.status();
-        // Member progress is the leader's knowledge: ask it when we can
-        // (a replica that stopped applying answers for itself, to say so).
-        if s.apply_error.is_none()
-            && let Ok(Some(mut leader)) = self.leader_client(&req)
-            && let Ok(reply) = leader
-                .get_cluster_status(v1::GetClusterStatusRequest {})
-                .await
-        {
-            return Ok(reply);
-        }
-        let members = crate::membership::member_addresses(&s, &self.members)
-            .into_iter()
-            .map(|(id, addr)| {
-                let progress = s.progress.get(&id);
-                let matched = progress.map(|p| p.matched);
-                // A follower hears only from the leader: what it could say
-                // of the other followers would read as "unreachable".
-                let known = s.is_leader() || id == s.id || (id == s.leader && s.leader != 0);
-                let contact = known.then(|| self.consensus.contact(id));
-                v1::ClusterMember {
-                    id,
-                    address: addr.clone(),
-                    role: if id == s.leader {
-                        "leader".into()
-                    } else if s.is_leader() {
-                        "follower".into()
-                    } else {
-                        "unknown".into()
-                    },
-                    matched_index: matched.unwrap_or(0),
-                    lag: matched.map(|m| s.last_index.saturating_sub(m)).unwrap_or(0),
-                    reachable: contact.map(|c| c.reachable),
-                    last_heard_ms: contact
-                        .and_then(|c| c.last_heard)
-                        .map(|d| d.as_millis() as u64),
-                    progress: progress.map(|p| p.state.to_string()).unwrap_or_default(),
-                    suffrage: crate::membership::suffrage(&s, id).into(),
-                }
-            })
-            .collect();
-        let reply = v1::ClusterStatus {
-            replica_id: s.id,
-            role: s.role.to_string(),
-            leader_id: s.leader,
-            term: s.term,
-            commit_index: s.commit,
-            applied_index: s.applied,
-            members,
-            apply_error: s.apply_error.clone().unwrap_or_default(),
-            entry_format: crate::consensus::state::ENTRY_FORMAT,
-        };
-        self.finish("GetClusterStatus", start, Ok(reply))
+        self.call("GetClusterStatus", Access::Any, req, |req| async move {
+            let s = self.consensus.status();
+            // Member progress is the leader's knowledge: ask it when we can
+            // (a replica that stopped applying answers for itself, to say so).
+            if s.apply_error.is_none()
+                && let Ok(Some(mut leader)) = self.leader_client(&req)
+                && let Ok(reply) = leader
+                    .get_cluster_status(v1::GetClusterStatusRequest {})
+                    .await
+            {
+                return Ok(reply.into_inner());
+            }
+            let members = crate::membership::member_addresses(&s, &self.members)
+                .into_iter()
+                .map(|(id, addr)| {
+                    let progress = s.progress.get(&id);
+                    let matched = progress.map(|p| p.matched);
+                    // A follower hears only from the leader: what it could say
+                    // of the other followers would read as "unreachable".
+                    let known = s.is_leader() || id == s.id || (id == s.leader && s.leader != 0);
+                    let contact = known.then(|| self.consensus.contact(id));
+                    v1::ClusterMember {
+                        id,
+                        address: addr.clone(),
+                        role: if id == s.leader {
+                            "leader".into()
+                        } else if s.is_leader() {
+                            "follower".into()
+                        } else {
+                            "unknown".into()
+                        },
+                        matched_index: matched.unwrap_or(0),
+                        lag: matched.map(|m| s.last_index.saturating_sub(m)).unwrap_or(0),
+                        reachable: contact.map(|c| c.reachable),
+                        last_heard_ms: contact
+                            .and_then(|c| c.last_heard)
+                            .map(|d| d.as_millis() as u64),
+                        progress: progress.map(|p| p.state.to_string()).unwrap_or_default(),
+                        suffrage: crate::membership::suffrage(&s, id).into(),
+                    }
+                })
+                .collect();
+            let reply = v1::ClusterStatus {
+                replica_id: s.id,
+                role: s.role.to_string(),
+                leader_id: s.leader,
+                term: s.term,
+                commit_index: s.commit,
+                applied_index: s.applied,
+                members,
+                apply_error: s.apply_error.clone().unwrap_or_default(),
+                entry_format: crate::consensus::state::ENTRY_FORMAT,
+            };
+            Ok(reply)
+        })
+        .await
     }
 }
 
@@ -1158,7 +1155,7 @@ async fn follow(
         let next = tokio::select! {
             _ = tx.closed() => return "watcher left".into(),
             _ = shutdown.changed() => {
-                let _ = tx.send(Err(Status::unavailable("control replica shutting down; reconnect to another"))).await;
+                let _ = tx.send(Err(Error::ShuttingDown.into())).await;
                 return "replica shutting down".into();
             }
             h = streams.health.recv() => {
@@ -1399,9 +1396,8 @@ impl v1::raft_server::Raft for RaftService {
     async fn step(&self, req: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
         use protobuf::Message as _;
         for bytes in &req.get_ref().messages {
-            let msg = raft::prelude::Message::parse_from_bytes(bytes).map_err(|e| {
-                Status::invalid_argument(format!("messages: not a raft message: {e}"))
-            })?;
+            let msg = raft::prelude::Message::parse_from_bytes(bytes)
+                .map_err(|e| Error::NotRaft(e.to_string()))?;
             self.consensus.step(msg);
         }
         Ok(Response::new(v1::RaftAck {}))

@@ -7,12 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
+use tandem_client::{Bearer, ChannelSettings, token_value};
 use tandem_proto::v1;
 use tandem_proto::v1::control_plane_client::ControlPlaneClient;
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cli::{
     BackendCommand, BackendRef, CertCommand, ClusterCommand, Command, ExplainArgs, GlobalArgs,
@@ -27,36 +26,18 @@ mod backup;
 
 // === connecting ===
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Debug, Clone)]
-pub struct BearerToken(Option<AsciiMetadataValue>);
-
-impl BearerToken {
-    pub fn new(token: Option<&str>) -> Result<Self, CtlError> {
-        let Some(token) = token else {
-            return Ok(Self(None));
-        };
-        let mut value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-            CtlError::Usage(
-                "the token may only hold visible ASCII characters (check --token / TANDEM_TOKEN)"
-                    .into(),
-            )
-        })?;
-        value.set_sensitive(true);
-        Ok(Self(Some(value)))
-    }
+/// The bearer header for every call: `tandem_client`'s interceptor, its
+/// refusal of a bad token put in the flag's words.
+pub fn bearer(token: Option<&str>) -> Result<Bearer, CtlError> {
+    Bearer::new(token).map_err(|_| {
+        CtlError::Usage(
+            "the token may only hold visible ASCII characters (check --token / TANDEM_TOKEN)"
+                .into(),
+        )
+    })
 }
 
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            req.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Client = ControlPlaneClient<InterceptedService<Channel, BearerToken>>;
+type Client = ControlPlaneClient<InterceptedService<Channel, Bearer>>;
 
 /// How long a replica in an endpoint list gets to answer before the next one
 /// is tried (at most `--timeout`).
@@ -88,7 +69,7 @@ pub fn endpoints(list: &str) -> Result<Vec<String>, CtlError> {
 /// The token from `--token` or the file named by `--token-file`.
 pub fn load_token(global: &GlobalArgs) -> Result<Option<String>, CtlError> {
     if let Some(token) = &global.token {
-        return Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()));
+        return Ok(token_value(Some(token)).map(str::to_string));
     }
     let Some(path) = &global.token_file else {
         return Ok(None);
@@ -97,21 +78,20 @@ pub fn load_token(global: &GlobalArgs) -> Result<Option<String>, CtlError> {
 }
 
 fn read_token_file(path: &Path) -> Result<String, CtlError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let token = tandem_client::read_token_file(path).map_err(|e| {
         CtlError::Usage(format!(
             "cannot read the token file {}: {}",
             path.display(),
             innermost_cause(&e)
         ))
     })?;
-    let token = text.trim();
     if token.is_empty() {
         return Err(CtlError::Usage(format!(
             "the token file {} is empty",
             path.display()
         )));
     }
-    Ok(token.to_string())
+    Ok(token)
 }
 
 /// A connection to the first endpoint that answers, with the caller's
@@ -136,16 +116,17 @@ enum Skipped {
 impl Session {
     pub async fn connect(global: &GlobalArgs) -> Result<Self, CtlError> {
         let token = load_token(global)?;
-        let auth = BearerToken::new(token.as_deref())?;
+        let auth = bearer(token.as_deref())?;
         let mut failures = Vec::new();
         let mut answered = false;
         let endpoints = endpoints(&global.endpoint)?;
         let several = endpoints.len() > 1;
         for url in endpoints {
-            let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| {
-                CtlError::Usage(format!("invalid endpoint {url:?}: {}", innermost_cause(&e)))
-            })?;
-            let endpoint = endpoint.connect_timeout(global.timeout);
+            let endpoint = ChannelSettings::connect_within(global.timeout)
+                .endpoint(&url)
+                .map_err(|e| {
+                    CtlError::Usage(format!("invalid endpoint {url:?}: {}", innermost_cause(&e)))
+                })?;
             // connect_timeout bounds the TCP connect; this bounds the whole
             // attempt, name resolution included.
             match tokio::time::timeout(global.timeout, endpoint.connect()).await {
@@ -1330,17 +1311,10 @@ mod tests {
     }
 
     #[test]
-    fn the_bearer_header_is_added_to_every_call() {
-        let mut auth = BearerToken::new(Some("s3cret")).unwrap();
-        let req = auth.call(tonic::Request::new(())).unwrap();
-        assert_eq!(
-            req.metadata().get("authorization").unwrap(),
-            "Bearer s3cret"
-        );
-        let mut none = BearerToken::new(None).unwrap();
-        let req = none.call(tonic::Request::new(())).unwrap();
-        assert!(req.metadata().get("authorization").is_none());
-        assert!(BearerToken::new(Some("bad\ntoken")).is_err());
+    fn a_bad_token_names_the_flag() {
+        assert!(bearer(Some("s3cret")).unwrap().is_set());
+        let e = bearer(Some("bad\ntoken")).unwrap_err().to_string();
+        assert!(e.contains("--token"), "{e}");
     }
 
     fn refused(code: tonic::Code) -> CtlError {

@@ -168,25 +168,7 @@ fn one_line(s: &str) -> String {
 /// refused`, `failed to lookup address information: ...`, `no such file or
 /// directory`.
 pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost: &(dyn std::error::Error + 'static) = e;
-    while let Some(source) = innermost.source() {
-        innermost = source;
-    }
-    let text = if let Some(io) = innermost.downcast_ref::<std::io::Error>() {
-        io.to_string()
-    } else {
-        innermost.to_string()
-    };
-    // "Connection refused (os error 111)" -> "connection refused"
-    let text = match text.rfind(" (os error ") {
-        Some(i) if text.ends_with(')') => &text[..i],
-        _ => text.as_str(),
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => one_line(&e.to_string()),
-    }
+    tandem_client::innermost_cause(e).unwrap_or_else(|| one_line(&e.to_string()))
 }
 
 #[cfg(test)]

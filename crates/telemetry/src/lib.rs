@@ -311,10 +311,13 @@ pub async fn serve_admin(
         .await
 }
 
-/// Runs a node's `main` future on a runtime with `workers` threads, one
-/// meaning a single-threaded runtime (no work-stealing bookkeeping, no
+/// The start-up of every service (control, proxy, agent, shop): `main`
+/// parses its flags, checks what it can before a runtime exists, then hands
+/// its `start` future to this. Runs it on a runtime with `workers` threads,
+/// one meaning a single-threaded runtime (no work-stealing bookkeeping, no
 /// cross-thread wake-ups), and turns its outcome into the exit code: 0, or
-/// 1 with the error logged and printed as `<name>: <error>`.
+/// 1 with the error logged and printed as `<name>: <error>` (with its
+/// causes, for errors that list them under `{:#}`).
 pub fn run_node<E: std::fmt::Display>(
     name: &'static str,
     workers: usize,
@@ -341,11 +344,18 @@ pub fn run_node<E: std::fmt::Display>(
     match runtime.block_on(main) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "{name} stopped");
-            eprintln!("{name}: {e}");
+            let error = format!("{e:#}");
+            tracing::error!(%error, "{name} stopped");
+            eprintln!("{name}: {error}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// One worker per core, as `#[tokio::main]` would start (for services
+/// without a flag of their own for it).
+pub fn workers_per_core() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use tandem_client::Bearer;
+use tandem_client::ChannelSettings;
 use tandem_proto::v1;
 use tandem_proto::v1::control_plane_client::ControlPlaneClient;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -43,12 +44,14 @@ pub type AuthedClient = ControlPlaneClient<InterceptedService<Channel, Bearer>>;
 /// A client of the control plane at `endpoint`, presenting `token` (None:
 /// no token at all).
 pub async fn client_at(endpoint: &str, token: Option<&str>) -> anyhow::Result<AuthedClient> {
-    let channel = Channel::from_shared(endpoint.to_string())?
-        .connect_timeout(Duration::from_secs(5))
+    let channel = ChannelSettings::connect_within(Duration::from_secs(5))
+        .endpoint(endpoint)?
         .connect()
         .await?;
-    let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse()).transpose()?);
-    Ok(ControlPlaneClient::with_interceptor(channel, bearer))
+    Ok(ControlPlaneClient::with_interceptor(
+        channel,
+        Bearer::new(token)?,
+    ))
 }
 
 /// Declares `pool` with `addresses` as its backends and a catch-all route
@@ -85,19 +88,6 @@ pub async fn declare_pool(
         })
         .await?;
     Ok(())
-}
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
 }
 
 impl ControlPlane {

@@ -4,16 +4,13 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use widget_shop::Config;
 
-#[tokio::main]
-async fn main() {
+fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    if let Err(e) = run(config).await {
-        eprintln!("widget-shop: error: {e:#}");
-        std::process::exit(1);
-    }
+    let workers = tandem_telemetry::workers_per_core();
+    tandem_telemetry::run_node("widget-shop", workers, start(config))
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn start(config: Config) -> anyhow::Result<()> {
     let telemetry = tandem_telemetry::init("widget-shop", &config.telemetry)?;
     let settings = config.settings(telemetry.prometheus())?;
     let listener = TcpListener::bind(config.listen)

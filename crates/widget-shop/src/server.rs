@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tandem_client::{Backoff, Jitter};
 use tandem_telemetry::{PrometheusHandle, Started};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -58,14 +59,18 @@ pub async fn run(
         let migrated = migrated.clone();
         let started = started.clone();
         async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_secs(2),
+                Jitter::None,
+            );
             loop {
                 match store.migrate().await {
                     Ok(()) => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot migrate the shop database yet");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        let retry_in = backoff.next_wait();
+                        tracing::warn!(error = %e, ?retry_in, "cannot migrate the shop database yet");
+                        tokio::time::sleep(retry_in).await;
                     }
                 }
             }
@@ -75,9 +80,9 @@ pub async fn run(
             // restarted shop put into rotation with an empty pool made
             // its first shoppers queue behind a burst of logins.
             while let Err(e) = store.warm().await {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the warm database connections yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                let retry_in = backoff.next_wait();
+                tracing::warn!(error = %e, ?retry_in, "cannot open the warm database connections yet");
+                tokio::time::sleep(retry_in).await;
             }
             started.set();
             tracing::info!("database pool warm: /healthz answers ok");

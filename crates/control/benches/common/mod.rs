@@ -6,13 +6,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-use tandem_proto::v1::control_plane_client::ControlPlaneClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use std::time::Instant;
 
 /// `cargo test --all-targets` runs bench targets without `--bench`: a
 /// benchmark must not start clusters then. True when it should run.
@@ -120,25 +114,9 @@ impl PidFile {
 }
 
 /// A control-API client on its own connection, presenting `token`.
-pub type Client = ControlPlaneClient<InterceptedService<Channel, Bearer>>;
-
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
+pub type Client = tandem_testkit::AuthedClient;
 
 /// Connects a new client (one TCP connection) to `endpoint` (`http://…`).
 pub async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(endpoint.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let bearer = Bearer(format!("Bearer {token}").parse()?);
-    Ok(ControlPlaneClient::with_interceptor(channel, bearer))
+    tandem_testkit::client_at(endpoint, Some(token)).await
 }

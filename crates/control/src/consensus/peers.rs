@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
+use tandem_client::{Bearer, ChannelSettings};
 use tandem_proto::v1;
 use tandem_proto::v1::control_plane_client::ControlPlaneClient;
 use tandem_proto::v1::raft_client::RaftClient;
 use tokio::sync::mpsc;
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::node::{Consensus, Transport};
 
@@ -30,15 +31,15 @@ const QUEUE: usize = 4096;
 /// Messages sent in one call.
 const BATCH: usize = 256;
 
+/// The node token, and the mark of a forwarded call.
 #[derive(Clone)]
 pub struct Auth {
-    bearer: MetadataValue<Ascii>,
+    bearer: Bearer,
 }
 
 impl Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("authorization", self.bearer.clone());
+        self.bearer.authorize(&mut req);
         req.metadata_mut()
             .insert(FORWARDED, MetadataValue::from_static("1"));
         Ok(req)
@@ -75,8 +76,7 @@ impl Peers {
         token: &str,
         local_ip: Option<IpAddr>,
     ) -> anyhow::Result<Peers> {
-        let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
-            .parse()
+        let bearer = Bearer::new(Some(token))
             .map_err(|_| anyhow::anyhow!("the node token must be printable ASCII"))?;
         let peers = Peers {
             me,
@@ -97,12 +97,8 @@ impl Peers {
 
     /// A lazy channel to `addr` and the send loop of peer `id`.
     fn link(&self, id: u64, addr: &str) -> anyhow::Result<Link> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(3))
+        let endpoint = ChannelSettings::PEER
+            .endpoint(&format!("http://{addr}"))?
             .local_address(self.local_ip);
         let channel = endpoint.connect_lazy();
         let (queue, rx) = mpsc::channel(QUEUE);

@@ -1,0 +1,288 @@
+//! Talking to the control plane, the parts every caller shares (nodes,
+//! `tandemctl`, the test kit, the replicas' peer clients): the bearer token
+//! ([`Bearer`], [`token_value`], [`read_token_file`]), channel settings
+//! ([`ChannelSettings`]) and back-off between attempts ([`Backoff`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::Endpoint;
+
+/// The one rule for a token given as a value (flag or variable): surrounding
+/// white space is dropped, and an empty value counts as none.
+pub fn token_value(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Reads a token file with the same rule as [`token_value`]: surrounding
+/// white space (a trailing newline) is dropped; an empty file gives an empty
+/// string, which each caller refuses or ignores as it always did.
+pub fn read_token_file(path: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path)?.trim().to_string())
+}
+
+/// The token does not fit a header: not printable ASCII, or a line break.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidToken;
+
+impl std::fmt::Display for InvalidToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the token must be printable ASCII without line breaks")
+    }
+}
+
+impl std::error::Error for InvalidToken {}
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a
+/// token (an interceptor, or [`Bearer::authorize`] for one request). The
+/// header value is built once and marked sensitive (kept out of debug
+/// output).
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Self, InvalidToken> {
+        let Some(token) = token else {
+            return Ok(Self(None));
+        };
+        let mut value =
+            AsciiMetadataValue::try_from(format!("Bearer {token}")).map_err(|_| InvalidToken)?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+
+    /// Whether a token is sent.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Adds the header to one request.
+    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        self.authorize(&mut req);
+        Ok(req)
+    }
+}
+
+/// HTTP/2 keep-alive pings: a peer that vanished without closing its
+/// connections is noticed within `interval + timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Ping while no call is open too (a watch stream's idle spells).
+    pub while_idle: bool,
+}
+
+/// The settings of a control-plane channel. The presets are what each kind
+/// of caller has always used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelSettings {
+    pub connect_timeout: Duration,
+    /// A deadline for every call on the channel.
+    pub request_timeout: Option<Duration>,
+    pub keep_alive: Option<KeepAlive>,
+}
+
+impl ChannelSettings {
+    /// A node (proxy, agent) following the control plane: a short connect
+    /// timeout and keep-alives, so a control plane that vanished without
+    /// closing its connections is noticed within seconds.
+    pub const NODE: Self = Self {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: None,
+        keep_alive: Some(KeepAlive {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            while_idle: true,
+        }),
+    };
+
+    /// One replica calling another (raft messages, forwarded calls): peers
+    /// sit on one network, so everything is short.
+    pub const PEER: Self = Self {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Some(Duration::from_secs(2)),
+        keep_alive: Some(KeepAlive {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(3),
+            while_idle: false,
+        }),
+    };
+
+    /// A one-off caller (`tandemctl`, tests): only a connect timeout.
+    pub const fn connect_within(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            request_timeout: None,
+            keep_alive: None,
+        }
+    }
+
+    /// An endpoint for `url` with these settings.
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint, tonic::transport::Error> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        if let Some(timeout) = self.request_timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        if let Some(k) = self.keep_alive {
+            endpoint = endpoint
+                .http2_keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(k.while_idle);
+        }
+        Ok(endpoint)
+    }
+}
+
+/// How much of the current back-off a wait takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    /// A random time up to the current back-off (at least half the
+    /// minimum): callers that failed together do not come back in step.
+    Full,
+    /// Between half and all of the current back-off.
+    Half,
+    /// Exactly the current back-off (one caller alone, e.g. a database
+    /// reconnect: its waits are logged as `retry_in`).
+    None,
+}
+
+/// Exponential back-off with jitter and a cap: each wait doubles the next
+/// one, up to `max`, until [`Backoff::reset`].
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    jitter: Jitter,
+    current: Duration,
+}
+
+impl Backoff {
+    pub const fn new(min: Duration, max: Duration, jitter: Jitter) -> Self {
+        Self {
+            min,
+            max,
+            jitter,
+            current: min,
+        }
+    }
+
+    /// A node reconnecting to the control plane: 100 ms doubling to 10 s,
+    /// full jitter.
+    pub const fn reconnect() -> Self {
+        Self::new(
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+            Jitter::Full,
+        )
+    }
+
+    /// Progress was made: the next wait starts small again.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    /// The next wait; the back-off then doubles up to its cap.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = match self.jitter {
+            Jitter::Full => self
+                .current
+                .mul_f64(rand::random::<f64>())
+                .max(self.min / 2),
+            Jitter::Half => self.current.mul_f64(0.5 + rand::random::<f64>() / 2.0),
+            Jitter::None => self.current,
+        };
+        self.current = (self.current * 2).min(self.max);
+        wait
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::reconnect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let min = Duration::from_millis(100);
+        for (jitter, max) in [
+            (Jitter::Full, Duration::from_secs(10)),
+            (Jitter::Half, Duration::from_secs(2)),
+            (Jitter::None, Duration::from_secs(1)),
+        ] {
+            let mut b = Backoff::new(min, max, jitter);
+            let mut ceiling = min;
+            for _ in 0..12 {
+                let w = b.next_wait();
+                let floor = match jitter {
+                    Jitter::Full => min / 2,
+                    Jitter::Half => ceiling / 2,
+                    Jitter::None => ceiling,
+                };
+                assert!(
+                    w >= floor && w <= ceiling,
+                    "{jitter:?}: {w:?} not in {floor:?}..={ceiling:?}"
+                );
+                ceiling = (ceiling * 2).min(max);
+            }
+            assert_eq!(b.current, max, "{jitter:?} capped");
+            b.reset();
+            assert!(b.next_wait() <= min, "{jitter:?} reset");
+        }
+    }
+
+    #[test]
+    fn tokens_are_trimmed_once_and_become_sensitive_bearer_headers() {
+        assert_eq!(token_value(Some(" t0k \n")), Some("t0k"));
+        assert_eq!(token_value(Some("  ")), None);
+        assert_eq!(token_value(None), None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  from-file\r\n").unwrap();
+        assert_eq!(read_token_file(&file).unwrap(), "from-file");
+        std::fs::write(&file, "\n").unwrap();
+        assert_eq!(read_token_file(&file).unwrap(), "");
+        assert!(read_token_file(&dir.path().join("missing")).is_err());
+
+        let mut bearer = Bearer::new(Some("s3cret")).unwrap();
+        let req = bearer.call(tonic::Request::new(())).unwrap();
+        let value = req.metadata().get("authorization").unwrap();
+        assert_eq!(value, "Bearer s3cret");
+        assert!(value.is_sensitive());
+        let mut none = Bearer::new(None).unwrap();
+        let req = none.call(tonic::Request::new(())).unwrap();
+        assert!(req.metadata().get("authorization").is_none());
+        assert_eq!(Bearer::new(Some("two\nlines")).unwrap_err(), InvalidToken);
+    }
+
+    #[test]
+    fn channel_presets_keep_their_settings() {
+        let e = ChannelSettings::NODE
+            .endpoint("http://127.0.0.1:7400")
+            .unwrap();
+        assert!(e.get_tcp_nodelay());
+        assert!(ChannelSettings::PEER.endpoint("not a url").is_err());
+        assert!(
+            ChannelSettings::connect_within(Duration::from_secs(1))
+                .endpoint("http://[::1]:1")
+                .is_ok()
+        );
+    }
+}
