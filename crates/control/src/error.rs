@@ -67,6 +67,7 @@ pub enum Error {
 
 /// Why a call for the raft leader cannot be made here.
 #[derive(Debug, thiserror::Error)]
+#[allow(clippy::enum_variant_names)] // each is a case of "the leader"
 pub enum LeaderError {
     #[error("control-{id} is not the raft leader (leader: {leader}); retry")]
     NotLeader { id: u64, leader: u64 },
