@@ -268,6 +268,26 @@ async fn an_idempotent_request_whose_body_left_is_retried_with_it_and_a_post_is_
         statuses.iter().all(|s| *s == 502 || *s == 200),
         "{statuses:?}"
     );
+
+    // A POST carrying an Idempotency-Key: the client declared a second run
+    // safe (the backend finds the first by the key), so it goes to the
+    // other backend like a PUT.
+    let before = broken_conns.load(Ordering::SeqCst);
+    for i in 0..6 {
+        let r = client
+            .post(proxy.url("/echo"))
+            .header("idempotency-key", format!("checkout-{i}"))
+            .body(format!("order {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "keyed POST {i}");
+        assert_eq!(r.text().await.unwrap(), format!("order {i}"));
+    }
+    assert!(
+        broken_conns.load(Ordering::SeqCst) > before,
+        "round-robin sent keyed POSTs to the broken backend too"
+    );
 }
 
 #[tokio::test]

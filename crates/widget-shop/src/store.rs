@@ -306,10 +306,26 @@ impl Store {
     /// Adds `quantity` of a widget (capped at the per-line maximum). A sold
     /// out widget cannot be added.
     pub async fn add_to_cart(&self, cart: &CartId, slug: &str, quantity: Quantity) -> Result<()> {
-        self.written(self.add(cart, slug, quantity).await)
+        self.written(self.add(cart, slug, quantity, false).await)
     }
 
-    async fn add(&self, cart: &CartId, slug: &str, quantity: Quantity) -> Result<()> {
+    /// Puts exactly `quantity` of a widget in the cart, adding the line
+    /// (and the cart) when missing: the same request run twice leaves the
+    /// same cart, so a client or a proxy may send it again when its answer
+    /// was lost (PUT's promise, RFC 9110 §9.2.2). A sold out widget cannot
+    /// be put in.
+    pub async fn put_in_cart(&self, cart: &CartId, slug: &str, quantity: Quantity) -> Result<()> {
+        self.written(self.add(cart, slug, quantity, true).await)
+    }
+
+    /// Adds to the line, or with `replace` sets it.
+    async fn add(
+        &self,
+        cart: &CartId,
+        slug: &str,
+        quantity: Quantity,
+        replace: bool,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let widget: Option<(i64, String, i32)> =
             sqlx::query_as("SELECT id, name, stock FROM widgets WHERE slug = $1")
@@ -336,11 +352,15 @@ impl Store {
         .execute(&mut *tx)
         .instrument(query_span("INSERT", "carts"))
         .await?;
-        sqlx::query(
+        sqlx::query(if replace {
             "INSERT INTO cart_items (cart_id, widget_id, quantity) VALUES ($1, $2, $3)
              ON CONFLICT (cart_id, widget_id)
-             DO UPDATE SET quantity = LEAST(cart_items.quantity + EXCLUDED.quantity, $4)",
-        )
+             DO UPDATE SET quantity = LEAST(EXCLUDED.quantity, $4)"
+        } else {
+            "INSERT INTO cart_items (cart_id, widget_id, quantity) VALUES ($1, $2, $3)
+             ON CONFLICT (cart_id, widget_id)
+             DO UPDATE SET quantity = LEAST(cart_items.quantity + EXCLUDED.quantity, $4)"
+        })
         .bind(cart.as_str())
         .bind(widget_id)
         .bind(quantity.get())

@@ -124,6 +124,35 @@ async fn the_json_api_does_the_same() -> anyhow::Result<()> {
         .json()
         .await?;
     assert_eq!(cart["total_cents"], 3400 + 2 * 499);
+    // PUT sets the line, adding it when missing: sent twice (an answer
+    // lost, the request sent again), the cart is the same.
+    for _ in 0..2 {
+        let res = bot
+            .send_json(
+                Method::PUT,
+                "/api/cart/items/sprocket",
+                json!({"quantity": 3}),
+            )
+            .await?;
+        assert_eq!(res.status(), 200);
+        let cart: Value = res.json().await?;
+        let sprockets: Vec<&Value> = cart["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .filter(|l| l["slug"] == "sprocket")
+            .collect();
+        assert_eq!(sprockets.len(), 1, "{cart}");
+        assert_eq!(sprockets[0]["quantity"], 3, "{cart}");
+    }
+    let res = bot
+        .send_json(
+            Method::PUT,
+            "/api/cart/items/sprocket",
+            json!({"quantity": 0}),
+        )
+        .await?;
+    assert_eq!(res.status(), 200);
     let cart: Value = bot
         .send_json(Method::DELETE, "/api/cart/items/gizmo", json!({}))
         .await?

@@ -291,7 +291,7 @@ async fn run(
     // whole request may take.
     let body_stall = ms(cfg.request_timeout_ms);
     let mut body = ReqBody::new(body, UpstreamFraming::of(head), cfg.max_request_body_bytes);
-    let idempotent = head.idempotent();
+    let idempotent = retry::replay_safe(head);
     let max_tries = (1 + cfg.retry.attempts as usize).min(MAX_TRIES);
     let hash = client_hash(peer.addr.ip());
     let base = Forwarding {

@@ -12,11 +12,27 @@
 //!   backend's fault: the request goes again on a fresh connection to the
 //!   same backend, uncounted.
 //! - A request that left without an answer coming back may have run: only
-//!   an idempotent one whose body the proxy can send again is retried. When
-//!   it left on a kept-alive connection and nothing came back, that is the
-//!   likely keep-alive race: a fresh connection to the same backend first,
+//!   one that may run twice with the effect of once, and whose body the
+//!   proxy can send again, is retried. That is an idempotent method (RFC
+//!   9110 §9.2.2: GET, HEAD, OPTIONS, PUT, DELETE, TRACE) or a request
+//!   carrying an `Idempotency-Key` field (the client declares a retry safe,
+//!   draft-ietf-httpapi-idempotency-key-header; the backend finds the first
+//!   attempt's outcome by the key). A POST or PATCH without a key that left
+//!   is never sent again: the client gets the 502 and decides. When it left
+//!   on a kept-alive connection and nothing came back, that is the likely
+//!   keep-alive race: a fresh connection to the same backend first,
 //!   uncounted.
 //! - Everything else that failed counts against the backend.
+
+/// May the request run twice with the effect of once: an idempotent method,
+/// or a non-empty `Idempotency-Key` field.
+pub fn replay_safe(head: &tandem_http::RequestHead) -> bool {
+    head.idempotent()
+        || head
+            .fields
+            .get(b"idempotency-key")
+            .is_some_and(|v| !v.trim_ascii().is_empty())
+}
 
 /// How one try on one backend failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +55,7 @@ pub enum Failure {
 /// What is known about the request and the try.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts {
+    /// It may run twice with the effect of once ([`replay_safe`]).
     pub idempotent: bool,
     /// Everything read of the body so far is kept: it can be sent again.
     pub replayable: bool,

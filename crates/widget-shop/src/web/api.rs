@@ -5,7 +5,8 @@
 //! GET    /api/widgets/{slug}          a widget
 //! GET    /api/cart                    the cart behind the `cart` cookie
 //! POST   /api/cart/items              {"widget": "sprocket", "quantity": 2}   (sets the cookie)
-//! PUT    /api/cart/items/{slug}       {"quantity": 3}   (0 removes)
+//! PUT    /api/cart/items/{slug}       {"quantity": 3}   (0 removes; adds the line, and the
+//!                                     cart with its cookie, when missing: the idempotent add)
 //! DELETE /api/cart/items/{slug}
 //! POST   /api/checkout                {"name": "...", "email": "..."} + Idempotency-Key
 //!                                     201 and the order; 200 and `Idempotent-Replayed: true`
@@ -110,21 +111,22 @@ pub async fn set_quantity(
     Path(slug): Path<String>,
     headers: HeaderMap,
     b: Result<Json<SetQuantity>, JsonRejection>,
-) -> ApiResult<Json<CartBody>> {
+) -> ApiResult<Response> {
     let b = body(b)?;
     let store = s.store()?;
-    let cart = cart_from(&headers).ok_or(Error::NotFound {
-        what: "widget in your cart",
-        key: slug.clone(),
-    })?;
     if b.quantity == 0 {
-        store.remove_from_cart(&cart, &slug).await?;
-    } else {
-        store
-            .set_quantity(&cart, &slug, Quantity::new(b.quantity)?)
-            .await?;
+        let cart = cart_from(&headers);
+        if let Some(cart) = &cart {
+            store.remove_from_cart(cart, &slug).await?;
+        }
+        let body: CartBody = store.cart(cart.as_ref()).await?.into();
+        return Ok(Json(body).into_response());
     }
-    Ok(Json(store.cart(Some(&cart)).await?.into()))
+    let quantity = Quantity::new(b.quantity)?;
+    let (cart, cookie) = cart_or_new(&headers);
+    store.put_in_cart(&cart, &slug, quantity).await?;
+    let body: CartBody = store.cart(Some(&cart)).await?.into();
+    Ok(with_cookie(Json(body).into_response(), cookie))
 }
 
 pub async fn remove_line(

@@ -3,9 +3,11 @@
 //! a broken stage gets as many requests as a healthy one and availability
 //! is a fair share of requests.
 //!
-//! A checkout carries an Idempotency-Key and is retried with the same key
-//! until it is confirmed (as a careful client would): what the shopper saw
-//! confirmed is "placed"; what the database holds is "recorded".
+//! Every write may be sent twice with the effect of once, as a careful
+//! client makes them: the cart line is PUT (its quantity set, not added
+//! to), and a checkout carries an Idempotency-Key and is retried with the
+//! same key until it is confirmed. What the shopper saw confirmed is
+//! "placed"; what the database holds is "recorded".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -359,9 +361,16 @@ impl Shopper {
         {
             return;
         }
-        let add = json!({"widget": slug, "quantity": 1});
+        // PUT the line (idempotent: a proxy may send it again when the
+        // server it reached died before answering; a POST add may not be).
+        let put = json!({"quantity": 1});
         if self
-            .send(Method::POST, "/api/cart/items", Some(add), None)
+            .send(
+                Method::PUT,
+                &format!("/api/cart/items/{slug}"),
+                Some(put),
+                None,
+            )
             .await
             .is_none()
         {
