@@ -264,10 +264,13 @@ pub async fn run(
 /// still serves.
 fn readiness(store: &Store, hub: &Hub, migrated: bool) -> Result<String, String> {
     let availability = store.availability();
-    if availability.is_up() && hub.is_listening() {
-        return Ok("database reachable".to_string());
-    }
     let copy = hub.copy();
+    if availability.is_up() && hub.is_listening() {
+        return Ok(format!(
+            "database reachable; configuration copy in memory at revision {}",
+            copy.snapshot.revision.0
+        ));
+    }
     let serving = if copy.is_loaded() {
         format!(
             "serving reads and Watch from memory at revision {}",

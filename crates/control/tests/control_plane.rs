@@ -690,11 +690,26 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
         })
         .await?
         .into_inner();
+    // The copy in memory follows the database asynchronously (the commit's
+    // own notice, or LISTEN/NOTIFY): take the database away once it has.
+    let ready = tandem_testkit::http_client();
+    tandem_testkit::wait_until(Duration::from_secs(10), "the copy at revision 1", || {
+        let req = ready.get(cp.admin_url("/readyz")).send();
+        async move {
+            match req.await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|t| t.trim_end().ends_with("at revision 1")),
+                Err(_) => false,
+            }
+        }
+    })
+    .await?;
 
     pg.stop()?;
     // The replica notices at once (the server closes its connections) or
     // within a ping; /readyz says so and what it still serves.
-    let ready = tandem_testkit::http_client();
     tandem_testkit::wait_until(
         Duration::from_secs(5),
         "/readyz to say the database is away",

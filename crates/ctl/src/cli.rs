@@ -681,9 +681,10 @@ pub enum ClusterCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// Start after this revision: changes from the next one on (a snapshot
-    /// first if the control plane no longer has them). Default: a snapshot of
-    /// the current configuration.
+    /// Start after this revision of the store's current history: changes
+    /// from the next one on (a snapshot first if the control plane no longer
+    /// has them, or if that history was rewritten by a restore). Default: a
+    /// snapshot of the current configuration.
     #[arg(long, value_name = "REVISION", default_value_t = 0)]
     pub from_revision: u64,
 }

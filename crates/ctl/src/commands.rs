@@ -849,12 +849,23 @@ impl Session {
     /// ends (6 when the replica ends it, 8 when the connection breaks). The
     /// deadline covers opening the stream, not its life.
     async fn watch(&self, args: WatchArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+        // "From revision N" means N of the store's current history: resume
+        // with its identity (a watcher without one gets a full snapshot).
+        let (store_id, generation) = if args.from_revision > 0 {
+            let status = self
+                .unary(self.client.clone().get_status(v1::GetStatusRequest {}))
+                .await?;
+            (status.store_id, status.generation)
+        } else {
+            (String::new(), 0)
+        };
         let req = v1::WatchRequest {
             node_id: format!("tandemctl-{}", std::process::id()),
             kind: v1::NodeKind::Cli.into(),
             last_revision: args.from_revision,
             zone: String::new(),
-            ..Default::default()
+            store_id,
+            generation,
         };
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
