@@ -140,6 +140,10 @@ async fn accept(tcp: Arc<Tcp>, listener: TcpListener, listen: SocketAddr, stop: 
             () = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(conn::serve(tcp.clone(), stream, peer, listen));
+        // Boxed: the connection's future is large (both directions'
+        // state), and tokio moves an unboxed future by value several times
+        // on spawn; a box moves as a pointer (measured with
+        // scripts/bench/tcp-instructions.sh, docs/benchmarks.md).
+        tokio::spawn(Box::pin(conn::serve(tcp.clone(), stream, peer, listen)));
     }
 }

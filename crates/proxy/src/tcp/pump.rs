@@ -224,9 +224,7 @@ async fn splice_dir<F: FnOnce()>(
     mut dir: Direction<'_, F>,
 ) -> Result<(), DirError> {
     use nix::fcntl::{SpliceFFlags, splice};
-    let (pipe_r, pipe_w): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| dir.fail(true, e.into()))?;
+    let (pipe_r, pipe_w) = take_pipe().map_err(|e| dir.fail(true, e))?;
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     let size = dir.size;
     loop {
@@ -247,6 +245,10 @@ async fn splice_dir<F: FnOnce()>(
             if dir.ended() {
                 let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
             }
+            // Drained below before every read: empty, fit for another
+            // connection. (On an error or a kill it may hold bytes and is
+            // closed.)
+            give_back_pipe((pipe_r, pipe_w));
             return Ok(());
         }
         dir.moved(n);
@@ -263,4 +265,34 @@ async fn splice_dir<F: FnOnce()>(
             }
         }
     }
+}
+
+/// Empty pipes kept per thread for the next connections: creating and
+/// closing a connection's two pipes costs six syscalls, a third of what a
+/// short connection asks of the kernel otherwise (docs/benchmarks.md).
+const PIPE_CACHE: usize = 32;
+
+thread_local! {
+    static PIPES: std::cell::RefCell<Vec<(OwnedFd, OwnedFd)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A pipe (read end, write end), non-blocking: a cached one or a new one.
+fn take_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    if let Some(p) = PIPES.try_with(|c| c.borrow_mut().pop()).ok().flatten() {
+        return Ok(p);
+    }
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(io::Error::from)
+}
+
+/// Keeps an empty pipe for another connection (closes it when the cache
+/// is full).
+fn give_back_pipe(pipe: (OwnedFd, OwnedFd)) {
+    let _ = PIPES.try_with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < PIPE_CACHE {
+            c.push(pipe);
+        }
+    });
 }
