@@ -180,8 +180,11 @@ impl HealthTable {
             full: true,
             backends: self
                 .backends
-                .iter()
-                .map(|(k, h)| convert::backend_health_to_proto(k, h))
+                .keys()
+                .chain(self.overrides.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter_map(|k| self.wire(k))
                 .collect(),
         }
     }
@@ -192,14 +195,33 @@ impl HealthTable {
             traceparent: String::new(),
             index: self.index,
             full: false,
-            backends: keys
-                .iter()
-                .filter_map(|k| {
-                    self.backends
-                        .get(k)
-                        .map(|h| convert::backend_health_to_proto(k, h))
-                })
-                .collect(),
+            backends: keys.iter().filter_map(|k| self.wire(k)).collect(),
+        }
+    }
+
+    /// A backend's state as watchers see it: a draining or disabled
+    /// override takes it out of rotation (as unhealthy: proxies send it no
+    /// new requests, in-flight ones finish), with the override named in
+    /// the reason so `tandemctl status` shows it; otherwise the agents'
+    /// verdict.
+    fn wire(&self, k: &BackendKey) -> Option<v1::BackendHealth> {
+        match self.overrides.get(k) {
+            Some(s @ (AdminState::Draining | AdminState::Disabled)) => {
+                let since_ms = self.backends.get(k).map_or(0, |h| h.since_ms);
+                Some(convert::backend_health_to_proto(
+                    k,
+                    &BackendHealth {
+                        state: tandem_core::health::HealthState::Unhealthy,
+                        since_ms,
+                        reason: format!("override: {} (raft, control database down)", s.as_str()),
+                        views: Vec::new(),
+                    },
+                ))
+            }
+            _ => self
+                .backends
+                .get(k)
+                .map(|h| convert::backend_health_to_proto(k, h)),
         }
     }
 }
