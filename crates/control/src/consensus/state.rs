@@ -195,7 +195,25 @@ impl HealthTable {
             traceparent: String::new(),
             index: self.index,
             full: false,
-            backends: keys.iter().filter_map(|k| self.wire(k)).collect(),
+            backends: keys
+                .iter()
+                .map(|k| {
+                    // Neither verdict nor override (a cleared override on a
+                    // backend the agents never judged, a forgotten one):
+                    // unknown, so a proxy does not keep an override's state.
+                    self.wire(k).unwrap_or_else(|| {
+                        convert::backend_health_to_proto(
+                            k,
+                            &BackendHealth {
+                                state: tandem_core::health::HealthState::Unknown,
+                                since_ms: 0,
+                                reason: String::new(),
+                                views: Vec::new(),
+                            },
+                        )
+                    })
+                })
+                .collect(),
         }
     }
 
