@@ -91,6 +91,7 @@ async fn a_drain_with_the_database_down_reaches_both_proxies_and_reconciles_afte
     let started = Instant::now();
     let (code, out, err) = tandemctl(&endpoints, &["backend", "drain", "web", drained]);
     assert_eq!(code, 0, "drain with the database down: {out}{err}");
+    assert!(out.contains("as a runtime override"), "{out}");
     eprintln!(
         "tandemctl backend drain (db down, {:?}): {}{}",
         started.elapsed(),
@@ -135,7 +136,6 @@ async fn a_drain_with_the_database_down_reaches_both_proxies_and_reconciles_afte
     .await?;
     let (_, list, _) = tandemctl(&endpoints, &["backend", "list", "web"]);
     eprintln!("tandemctl backend list web (db back):\n{list}");
-    let _ = code;
     // Still drained, now by the declared configuration.
     let held = backends[0].requests().await?;
     traffic(&[&a, &b], 20).await?;
