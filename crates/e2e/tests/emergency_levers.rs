@@ -113,6 +113,7 @@ async fn a_drain_with_the_database_down_reaches_both_proxies_and_reconciles_afte
     );
 
     let (code, out, err) = tandemctl(&endpoints, &["status"]);
+    assert_eq!(code, 0, "status with the database down: {out}{err}");
     eprintln!("tandemctl status (db down):\n{out}{err}");
     assert!(
         out.contains("override: draining"),
