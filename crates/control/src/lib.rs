@@ -17,6 +17,7 @@ mod history;
 mod hosts;
 mod hub;
 mod membership;
+mod overrides;
 pub mod server;
 mod service;
 pub mod store;

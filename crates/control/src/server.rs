@@ -173,6 +173,11 @@ pub async fn run(
         consensus.clone(),
         stop_rx.clone(),
     ));
+    tokio::spawn(crate::overrides::reconcile(
+        store.clone(),
+        consensus.clone(),
+        stop_rx.clone(),
+    ));
 
     // The admin listener, with the status page.
     let status_page = crate::ui::Live::start(

@@ -25,7 +25,7 @@ use tandem_core::health::{BackendKey, Observation};
 use crate::auth::{Access, check};
 use crate::consensus::aggregator::now_ms;
 use crate::consensus::peers::PeerClient;
-use crate::consensus::{Aggregator, Consensus, FORWARDED, HealthEvent, Peers};
+use crate::consensus::{Aggregator, Command, Consensus, FORWARDED, HealthEvent, Peers};
 use crate::error::{Error, LeaderError, ProxyError};
 use crate::hub::{Committed, Hub, HubEvent};
 use crate::store::{ListenerReport, NodeReport, Store};
@@ -486,7 +486,7 @@ impl ControlPlane for ControlService {
                 None => None,
             };
             let order = req.order.map(|o| convert::order(o, "order")).transpose()?;
-            let (backend, rev) = self
+            let written = self
                 .store
                 .update_backend(&pool, &addr, expected(req.expected_revision), |mut b| {
                     b.weight = weight.unwrap_or(b.weight);
@@ -495,7 +495,39 @@ impl ControlPlane for ControlService {
                     b.order = order.unwrap_or(b.order);
                     b
                 })
-                .await?;
+                .await;
+            let lever_only = weight.is_none() && role.is_none() && order.is_none();
+            let (backend, rev) = match (written, state) {
+                (Err(e @ (Error::Unavailable(_) | Error::DatabaseDown(_))), Some(state))
+                    if lever_only =>
+                {
+                    // The emergency lever: the database is down, so the
+                    // admin state goes through raft as a runtime override.
+                    tracing::warn!(
+                        pool = %pool, backend = %addr, ?state, error = %e,
+                        "control database unavailable: committing the admin state as a raft override"
+                    );
+                    let key = BackendKey {
+                        pool: pool.clone(),
+                        address: addr.clone(),
+                    };
+                    self.consensus
+                        .propose(&Command::Override {
+                            key,
+                            state: Some(state),
+                        })
+                        .await
+                        .map_err(|p| {
+                            tracing::warn!(error = %p, "the raft override was not committed either");
+                            e
+                        })?;
+                    return Ok(v1::BackendReply {
+                        backend: None,
+                        revision: 0,
+                    });
+                }
+                (r, _) => r?,
+            };
             Ok(v1::BackendReply {
                 backend: Some(convert::backend_to_proto(&backend)),
                 revision: rev.0,

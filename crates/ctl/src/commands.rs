@@ -601,7 +601,20 @@ impl Session {
             expected_revision: b.expect.expected_revision,
             order: None,
         };
+        let address = req.address.clone();
         let reply = self.unary(self.client.clone().update_backend(req)).await?;
+        if reply.backend.is_none() && reply.revision == 0 {
+            // The control plane committed it as a raft override: its
+            // database is down (see README, "Emergency levers").
+            let name = output::admin_state_name(state.into());
+            writeln!(
+                out,
+                "backend {address} in pool/{} is now {name} as a runtime override \
+                 (control database unavailable; applied to the declared configuration when it returns)",
+                b.pool
+            )?;
+            return Ok(());
+        }
         let verb = format!("is now {}", output::admin_state_name(state.into()));
         self.print_backend_reply(out, &reply, &b.pool, &verb)
     }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::config::AdminState;
 use tandem_core::format::{self, VersionField, Versioned};
 use tandem_core::health::{BackendHealth, BackendKey, Transition};
 use tandem_proto::{convert, v1};
@@ -43,6 +44,16 @@ pub enum Command {
     /// so a backend declared again later starts unknown, not with the
     /// verdict it had before.
     Forget { keys: Vec<BackendKey> },
+    /// An operator's runtime override of a backend's admin state (the
+    /// emergency lever while the control database is down, like HAProxy's
+    /// `set server … state maint`): `state: None` clears it. Replicated so
+    /// every replica, and every proxy through the Watch stream's health
+    /// route, sees the same overrides.
+    Override {
+        key: BackendKey,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<AdminState>,
+    },
 }
 
 impl Command {
@@ -90,6 +101,14 @@ pub struct HealthTable {
     /// and one that catches up from a snapshot, can reach every member.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub members: BTreeMap<u64, String>,
+    /// Runtime admin-state overrides by backend (`Command::Override`),
+    /// until reconciled into the declared configuration or cleared.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "overrides_as_pairs"
+    )]
+    pub overrides: BTreeMap<BackendKey, AdminState>,
 }
 
 impl HealthTable {
@@ -116,6 +135,17 @@ impl HealthTable {
                 .filter(|k| self.backends.remove(k).is_some())
                 .cloned()
                 .collect(),
+            Command::Override { key, state } => {
+                let before = match state {
+                    Some(s) => self.overrides.insert(key.clone(), *s),
+                    None => self.overrides.remove(key),
+                };
+                if before == *state {
+                    Vec::new()
+                } else {
+                    vec![key.clone()]
+                }
+            }
         }
     }
 
@@ -150,8 +180,11 @@ impl HealthTable {
             full: true,
             backends: self
                 .backends
-                .iter()
-                .map(|(k, h)| convert::backend_health_to_proto(k, h))
+                .keys()
+                .chain(self.overrides.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter_map(|k| self.wire(k))
                 .collect(),
         }
     }
@@ -164,12 +197,49 @@ impl HealthTable {
             full: false,
             backends: keys
                 .iter()
-                .filter_map(|k| {
-                    self.backends
-                        .get(k)
-                        .map(|h| convert::backend_health_to_proto(k, h))
+                .map(|k| {
+                    // Neither verdict nor override (a cleared override on a
+                    // backend the agents never judged, a forgotten one):
+                    // unknown, so a proxy does not keep an override's state.
+                    self.wire(k).unwrap_or_else(|| {
+                        convert::backend_health_to_proto(
+                            k,
+                            &BackendHealth {
+                                state: tandem_core::health::HealthState::Unknown,
+                                since_ms: 0,
+                                reason: String::new(),
+                                views: Vec::new(),
+                            },
+                        )
+                    })
                 })
                 .collect(),
+        }
+    }
+
+    /// A backend's state as watchers see it: a draining or disabled
+    /// override takes it out of rotation (as unhealthy: proxies send it no
+    /// new requests, in-flight ones finish), with the override named in
+    /// the reason so `tandemctl status` shows it; otherwise the agents'
+    /// verdict.
+    fn wire(&self, k: &BackendKey) -> Option<v1::BackendHealth> {
+        match self.overrides.get(k) {
+            Some(s @ (AdminState::Draining | AdminState::Disabled)) => {
+                let since_ms = self.backends.get(k).map_or(0, |h| h.since_ms);
+                Some(convert::backend_health_to_proto(
+                    k,
+                    &BackendHealth {
+                        state: tandem_core::health::HealthState::Unhealthy,
+                        since_ms,
+                        reason: format!("override: {} (raft, control database down)", s.as_str()),
+                        views: Vec::new(),
+                    },
+                ))
+            }
+            _ => self
+                .backends
+                .get(k)
+                .map(|h| convert::backend_health_to_proto(k, h)),
         }
     }
 }
@@ -209,6 +279,30 @@ impl HealthTable {
 
 /// A committed health change, in wire form once for all watchers.
 pub type HealthEvent = Arc<v1::HealthUpdate>;
+
+/// The overrides map as a list of pairs, like [`as_pairs`].
+mod overrides_as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tandem_core::config::AdminState;
+    use tandem_core::health::BackendKey;
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<BackendKey, AdminState>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<BackendKey, AdminState>, D::Error> {
+        Ok(Vec::<(BackendKey, AdminState)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
+}
 
 /// JSON maps need string keys: store the map as a list of pairs.
 mod as_pairs {
@@ -282,5 +376,35 @@ mod tests {
         );
         assert_eq!(t.index, 2);
         assert_eq!(t.recent.len(), 2, "history is not rewritten");
+    }
+
+    #[test]
+    fn overrides_set_clear_and_survive_log_and_snapshot() {
+        let mut t = HealthTable::default();
+        let drain = Command::Override {
+            key: key("10.0.0.1:80"),
+            state: Some(AdminState::Draining),
+        };
+        let drain = Command::decode(&drain.encode()).unwrap();
+        assert_eq!(t.apply(1, &drain), [key("10.0.0.1:80")]);
+        assert!(
+            t.apply(2, &drain).is_empty(),
+            "the same override again changes nothing"
+        );
+        let back = HealthTable::decode(&t.encode()).unwrap();
+        assert_eq!(
+            back.overrides.get(&key("10.0.0.1:80")),
+            Some(&AdminState::Draining)
+        );
+        let clear = Command::Override {
+            key: key("10.0.0.1:80"),
+            state: None,
+        };
+        assert_eq!(t.apply(3, &clear), [key("10.0.0.1:80")]);
+        assert!(t.overrides.is_empty());
+        assert!(
+            !String::from_utf8(t.encode()).unwrap().contains("overrides"),
+            "an empty map is not written: older replicas read the snapshot"
+        );
     }
 }
