@@ -1,6 +1,8 @@
-//! A client's connection as the HTTP servers see it: plain TCP or TLS
-//! (rustls, terminated here). The servers read and write through this one
-//! type; only writes differ, since TLS records must be flushed.
+//! A connection that is plain TCP or TLS over it: [`PlainOrTls`], one type
+//! for both ends. [`ClientIo`] is a client's connection as the HTTP servers
+//! see it (TLS terminated here); `upstream::Io` a backend connection (TLS
+//! to the backend). The servers read and write through `ClientIo`; only
+//! writes differ, since TLS records must be flushed.
 
 use std::io;
 use std::pin::Pin;
@@ -11,12 +13,16 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-pub enum ClientIo {
+/// Plain TCP, or `S` (a TLS stream) over it.
+pub enum PlainOrTls<S> {
     Plain(TcpStream),
     /// Boxed: rustls's connection state is large, and most connections
-    /// are plain.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// are plain (this keeps the plain case small).
+    Tls(Box<S>),
 }
+
+/// A client's connection.
+pub type ClientIo = PlainOrTls<TlsStream<TcpStream>>;
 
 impl ClientIo {
     /// Writes all of `data` and flushes it, giving up when the client reads
@@ -56,28 +62,28 @@ impl ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + Unpin> AsyncRead for PlainOrTls<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PlainOrTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for PlainOrTls<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PlainOrTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -87,29 +93,29 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            PlainOrTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            ClientIo::Plain(s) => s.is_write_vectored(),
-            ClientIo::Tls(s) => s.is_write_vectored(),
+            PlainOrTls::Plain(s) => s.is_write_vectored(),
+            PlainOrTls::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            PlainOrTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PlainOrTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

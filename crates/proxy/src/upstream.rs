@@ -44,7 +44,7 @@ use crossbeam_queue::ArrayQueue;
 use tandem_http::chunked::{self, ChunkError};
 use tandem_http::response::{self, MAX_INTERIM, ResponseBody};
 use tandem_http::{BodyDecoder, Piece, ResponseHead, Span, UpstreamFraming};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -52,6 +52,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::body::{ClientFault, ReqBody};
 use crate::clock::{self, Deadline};
+use crate::stream::PlainOrTls;
 
 /// The largest response head a backend may send.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -68,12 +69,7 @@ const REFUSAL_WAIT: Duration = Duration::from_millis(100);
 // === connections ===
 
 /// A backend connection's byte stream: plain TCP, or TLS over it.
-pub enum Io {
-    Plain(TcpStream),
-    /// Boxed: rustls's connection state is large, and it keeps `Conn`
-    /// small for plain pools.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+pub type Io = PlainOrTls<TlsStream<TcpStream>>;
 
 impl Io {
     /// The TCP socket (under TLS, the one it runs on).
@@ -81,64 +77,6 @@ impl Io {
         match self {
             Io::Plain(s) => s,
             Io::Tls(s) => s.get_ref().0,
-        }
-    }
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
