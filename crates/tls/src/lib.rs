@@ -10,13 +10,16 @@
 //! - [`client`]: the CA bundle and client configuration for TLS from the
 //!   proxy to a pool's backends;
 //! - [`seal`]: private keys encrypted at rest with AES-256-GCM under a key
-//!   read from a file.
+//!   read from a file;
+//! - [`peer`]: the identity a component certificate carries (role and
+//!   name in a SPIFFE-shaped URI) and the request extension holding it.
 //!
 //! It never logs, and no error it makes contains key material.
 
 pub mod client;
 pub mod material;
 pub mod names;
+pub mod peer;
 pub mod seal;
 
 pub use material::{Info, Parsed, check, inspect_chain, parse};
