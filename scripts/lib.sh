@@ -133,3 +133,15 @@ free_port() {
   done
   die "no free port found"
 }
+
+# HAProxy, the reference router the database failover benchmark compares
+# Tandem's TCP routes with (scripts/bench/db-failover.sh); its package may
+# start a system service, which the benchmark does not use.
+ensure_haproxy() {
+  if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+    echo "installing HAProxy (Debian package haproxy)"
+    apt_install haproxy
+    as_root service haproxy stop >/dev/null 2>&1 || true
+  fi
+  echo "haproxy: $( (command -v haproxy || echo /usr/sbin/haproxy) | head -1)"
+}

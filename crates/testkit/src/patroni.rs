@@ -238,6 +238,9 @@ pub struct PatroniOptions {
     /// `failsafe_mode`: a primary that loses etcd stays primary while it
     /// can reach every other member.
     pub failsafe: bool,
+    /// Postgres's `fsync`: off for throwaway test data, on where a
+    /// benchmark measures what a commit costs.
+    pub fsync: bool,
 }
 
 impl PatroniOptions {
@@ -254,6 +257,7 @@ impl PatroniOptions {
             retry_timeout: 3,
             synchronous_strict: false,
             failsafe: true,
+            fsync: false,
         }
     }
 
@@ -660,8 +664,9 @@ impl PatroniCluster {
                 },
                 "parameters": {
                     "unix_socket_directories": m.dir,
-                    // Throwaway data: no fsync (replication still is real).
-                    "fsync": "off",
+                    // Throwaway data: no fsync unless asked (replication
+                    // still is real).
+                    "fsync": if o.fsync { "on" } else { "off" },
                 },
             },
         }))

@@ -168,6 +168,29 @@ pub struct DatabaseRoutes {
     pub agent: AgentProcess,
 }
 
+/// How often the database pools' members are checked on Patroni's REST
+/// API, and after how many results they change state.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseChecks {
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for DatabaseChecks {
+    /// Every 500 ms (400 ms to answer), down after 2 failures, up after 1
+    /// pass.
+    fn default() -> DatabaseChecks {
+        DatabaseChecks {
+            interval_ms: 500,
+            timeout_ms: 400,
+            rise: 1,
+            fall: 2,
+        }
+    }
+}
+
 impl DatabaseRoutes {
     /// `postgres://postgres@<primary route>/<database>`
     pub fn primary_url(&self, database: &str) -> String {
@@ -185,6 +208,16 @@ impl Tandem {
     /// 500 ms, down after 2 failures, up after 1 pass) and starts an agent
     /// and a proxy.
     pub async fn route_database(&self, cluster: &PatroniCluster) -> anyhow::Result<DatabaseRoutes> {
+        self.route_database_with(cluster, DatabaseChecks::default())
+            .await
+    }
+
+    /// [`Tandem::route_database`] with the checks' timing given.
+    pub async fn route_database_with(
+        &self,
+        cluster: &PatroniCluster,
+        checks: DatabaseChecks,
+    ) -> anyhow::Result<DatabaseRoutes> {
         let mut admin = self.control.admin_client().await?;
         let members: Vec<String> = cluster.members().iter().map(|m| m.pg.to_string()).collect();
         let (primary, replica) = (free_addr(), free_addr());
@@ -212,10 +245,10 @@ impl Tandem {
                 health_check: Some(v1::HealthCheck {
                     path: Some(check.into()),
                     port: Some(cluster.rest_port().into()),
-                    interval_ms: Some(500),
-                    timeout_ms: Some(400),
-                    rise: Some(1),
-                    fall: Some(2),
+                    interval_ms: Some(checks.interval_ms),
+                    timeout_ms: Some(checks.timeout_ms),
+                    rise: Some(checks.rise),
+                    fall: Some(checks.fall),
                     ..Default::default()
                 }),
                 connect_timeout_ms: Some(1_000),
