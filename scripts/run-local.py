@@ -10,6 +10,7 @@ rest keep running.
     run-local.py start NAME...       start it again and wait until it is ready
     run-local.py restart NAME...     stop, then start
     run-local.py logs NAME [-f]      its log (-f: follow)
+    run-local.py primary CLUSTER     the member Patroni made primary (CLUSTER: shop-db or control-db)
     run-local.py ca                  the path of the development CA (curl --cacert) for HTTPS
     run-local.py down                stop everything, as Ctrl-C in the first terminal does
 
@@ -154,12 +155,12 @@ def pg_probe(port_, timeout):
     return r.returncode == 0, first_line(r.stdout.replace(f"127.0.0.1:{port_} - ", ""))
 
 
-def port_in_use(p):
+def port_in_use(p, ip="127.0.0.1"):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # As the services bind: TIME_WAIT left by an earlier run is no conflict.
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        s.bind(("127.0.0.1", p))
+        s.bind((ip, p))
         s.listen(1)
         return False
     except OSError:
@@ -173,8 +174,17 @@ def port_in_use(p):
 
 class Component:
     def __init__(self, name, kind, argv, env=None, ports=(), probe=None, as_postgres=False, cwd=None,
-                 stop_signal=signal.SIGTERM, ports_text=""):
+                 stop_signal=signal.SIGTERM, ports_text="", ip="127.0.0.1", pg_data=None, setup=None):
         self.name = name
+        # The loopback address its ports are on (a database "host" has one
+        # of its own, 127.0.x.y, as Patroni's REST port is the same on every
+        # member).
+        self.ip = ip
+        # A Patroni member: the Postgres data directory whose postmaster is
+        # part of its "host" (Postgres runs in a session of its own, outside
+        # Patroni's process group), and what writes its configuration.
+        self.pg_data = pg_data
+        self.setup = setup
         self.kind = kind
         self.argv = argv
         self.env = env or {}
@@ -219,11 +229,58 @@ def describe_exit(code):
     return f"exited with code {code}"
 
 
-def topology(bin_dir, work):
-    """Every component in start order. Zones as in docker-compose.yml:
-    proxy-1 and agent-1 in zone-a, proxy-2 and agent-2 in zone-b."""
-    admin = os.environ["TANDEM_ADMIN_TOKEN"]
-    node = os.environ["TANDEM_NODE_TOKEN"]
+# === the data tier ===
+#
+# DATA_TIER "patroni" (the default): both databases are Patroni clusters of
+# three (Debian's patroni, Postgres streaming replication) on one
+# three-member etcd (Debian's etcd-server) under two scopes, failsafe_mode
+# on; the shop's with synchronous_mode_strict. Each member is a database
+# "host" of its own: a loopback address (127.0.1.N for the shop's, 127.0.2.N
+# for the control plane's) with its Patroni, the Postgres it runs, and
+# Patroni's REST API on the same port on every member, as HAProxy checks
+# port 8008 of each host in Patroni's reference setup. The shop reaches its
+# database through the proxies' TCP routes (writes: a single_active pool
+# checked on /primary; reads: a pool checked on /replica). The control
+# plane cannot sit behind its own proxies: its DATABASE_URL names the three
+# members (target_session_attrs=read-write). DATA_TIER "single": one plain
+# Postgres each (control-db, shop-db), as before the data tier got spares.
+
+DATA_TIER = None  # set in main
+
+ETCD_CLIENT = (12379, 12389, 12399)  # peer ports: these + 1
+CLUSTERS = {
+    # scope: (subnet of its hosts' 127.0.<subnet>.N, Postgres port, REST port, synchronous_mode_strict)
+    "control-db": (2, 15432, 18008, False),
+    "shop-db": (1, 15433, 18009, True),
+}
+SHOP_PRIMARY_ROUTE = 15533  # the TCP routes' ports on 127.0.0.1 (plus the offset)
+SHOP_REPLICA_ROUTE = 15534
+# Patroni's timers set the failover time (its defaults are 30/10/10).
+PATRONI_TTL, PATRONI_LOOP_WAIT, PATRONI_RETRY_TIMEOUT = 10, 1, 3
+
+
+def member_ip(cluster, i):
+    return f"127.0.{CLUSTERS[cluster][0]}.{i}"
+
+
+def member_pg(cluster, i):
+    return f"{member_ip(cluster, i)}:{port(CLUSTERS[cluster][1])}"
+
+
+def member_rest(cluster, i):
+    return f"{member_ip(cluster, i)}:{port(CLUSTERS[cluster][2])}"
+
+
+def control_db_url():
+    hosts = ",".join(member_pg("control-db", i) for i in (1, 2, 3))
+    return f"postgres://postgres@{hosts}/postgres?target_session_attrs=read-write"
+
+
+def etcd_endpoints():
+    return [f"127.0.0.1:{port(c)}" for c in ETCD_CLIENT]
+
+
+def single_databases(work):
     comps = []
     for name, default in (("control-db", 15432), ("shop-db", 15433)):
         p = port(default)
@@ -236,8 +293,167 @@ def topology(bin_dir, work):
             # SIGTERM is a "smart" shutdown that waits for every client.
             stop_signal=signal.SIGINT,
         ))
-    control_db = f"postgres://postgres@127.0.0.1:{port(15432)}/postgres"
-    shop_db = f"postgres://postgres@127.0.0.1:{port(15433)}/shop"
+    return comps
+
+
+def data_tier(work):
+    comps = []
+    cluster = ",".join(f"etcd-{i}=http://127.0.0.1:{port(c) + 1}" for i, c in enumerate(ETCD_CLIENT, 1))
+    for i, c in enumerate(ETCD_CLIENT, 1):
+        client, peer = port(c), port(c) + 1
+        d = os.path.join(work, f"etcd-{i}")
+        comps.append(Component(
+            f"etcd-{i}", "etcd",
+            [shutil.which("etcd") or "/usr/bin/etcd", "--name", f"etcd-{i}", "--data-dir", os.path.join(d, "data"),
+             "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", cluster, "--initial-cluster-state", "new",
+             "--initial-cluster-token", f"tandem-local-{OFFSET}", "--log-level", "warn"],
+            ports=[client, peer], ports_text=f"{client}, peer {peer}", cwd=d,
+            probe=lambda timeout=0.5, client=client: http_probe(f"http://127.0.0.1:{client}/health", timeout),
+        ))
+    for scope, (_subnet, pg, rest, strict) in CLUSTERS.items():
+        for i in (1, 2, 3):
+            name = f"{scope}-{i}"
+            d = os.path.join(work, name)
+            ip = member_ip(scope, i)
+            comps.append(Component(
+                name, "patroni", [shutil.which("patroni") or "/usr/bin/patroni", os.path.join(d, "patroni.yml")],
+                ports=[port(pg), port(rest)], ports_text=f"{ip}:{port(pg)}, REST :{port(rest)}", ip=ip,
+                probe=lambda timeout=0.5, scope=scope, i=i: patroni_probe(member_rest(scope, i), timeout),
+                as_postgres=os.getuid() == 0, cwd=d, pg_data=os.path.join(d, "data"),
+                setup=lambda d=d, scope=scope, i=i, strict=strict: patroni_config(d, scope, i, strict),
+            ))
+    return comps
+
+
+def patroni_config(d, scope, i, strict):
+    """Member i's Patroni configuration (JSON is YAML), written into d."""
+    dcs = {
+        "ttl": PATRONI_TTL, "loop_wait": PATRONI_LOOP_WAIT, "retry_timeout": PATRONI_RETRY_TIMEOUT,
+        "maximum_lag_on_failover": 1048576,
+        # The two clusters share one etcd: losing its quorum demotes neither
+        # primary while it still reaches its replicas.
+        "failsafe_mode": True,
+        "postgresql": {"use_pg_rewind": True,
+                       "parameters": {"wal_log_hints": "on", "max_connections": 200, "wal_keep_size": "128MB"}},
+    }
+    if strict:
+        # A commit waits for a synchronous replica; with none left, writes
+        # wait (plain synchronous_mode would quietly go asynchronous).
+        dcs["synchronous_mode"] = True
+        dcs["synchronous_mode_strict"] = True
+    superuser = {"username": "postgres", "password": "postgres"}
+    config = {
+        "scope": scope, "name": f"{scope}-{i}", "namespace": "/tandem-local/",
+        "log": {"level": "WARNING"},
+        "restapi": {"listen": member_rest(scope, i), "connect_address": member_rest(scope, i)},
+        "etcd3": {"hosts": etcd_endpoints()},
+        "bootstrap": {"dcs": dcs, "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}]},
+        "postgresql": {
+            "listen": member_pg(scope, i), "connect_address": member_pg(scope, i),
+            "data_dir": os.path.join(d, "data"), "bin_dir": pg_bin(), "pgpass": os.path.join(d, "pgpass"),
+            # Loopback only, and throwaway: trust.
+            "pg_hba": ["local all all trust", "host all all 127.0.0.0/8 trust",
+                       "host replication all 127.0.0.0/8 trust"],
+            "authentication": {"superuser": superuser,
+                               "replication": {"username": "replicator", "password": "replicator"},
+                               "rewind": superuser},
+            "parameters": {"unix_socket_directories": d, "fsync": "off"},
+        },
+    }
+    path = os.path.join(d, "patroni.yml")
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def patroni_probe(rest, timeout=0.5):
+    """(running, "primary" / "replica, streaming" / ...) from a member's
+    REST API: GET /patroni answers 200 while its Postgres runs."""
+    try:
+        with _no_proxy.open(f"http://{rest}/patroni", timeout=timeout) as r:
+            v = json.loads(r.read(4000).decode("utf-8", "replace"))
+    except urllib.error.HTTPError as e:
+        try:
+            v = json.loads(e.read(4000).decode("utf-8", "replace"))
+        except ValueError:
+            return False, f"HTTP {e.code}"
+        return False, f"{v.get('role', '?')}, {v.get('state', '?')}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return False, f"no answer ({getattr(e, 'reason', e)})"
+    role = {"master": "primary"}.get(v.get("role"), v.get("role", "?"))
+    note = role
+    if v.get("replication_state"):
+        note += f", {v['replication_state']}"
+    if v.get("state") != "running":
+        return False, f"{note}, {v.get('state')}"
+    return True, note
+
+
+def patroni_role(rest, path, timeout=1.0):
+    """Does the member answer 200 on `path` (/primary, /replica, /sync)?"""
+    try:
+        with _no_proxy.open(f"http://{rest}{path}", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def primary_of(scope):
+    """The member of `scope` that answers /primary, if exactly one does."""
+    found = [f"{scope}-{i}" for i in (1, 2, 3) if patroni_role(member_rest(scope, i), "/primary")]
+    return found[0] if len(found) == 1 else None
+
+
+def kill_postmaster(data_dir):
+    """SIGKILL of a member's postmaster and every process it forked: each
+    Postgres child runs in a session of its own, so no process group holds
+    them. The postmaster is stopped first so that it forks no more."""
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            pid = int(f.readline().strip())
+        # A pid left in the file by a postmaster long gone may be another
+        # process's now: only a postgres of this data directory is killed.
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if data_dir.encode() not in f.read():
+                return
+        os.kill(pid, signal.SIGSTOP)
+    except (OSError, ValueError):
+        return
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            if int(stat[stat.rindex(")") + 1:].split()[1]) == pid:
+                children.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            pass
+    for p in [pid] + children:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def topology(bin_dir, work):
+    """Every component in start order. Zones as in docker-compose.yml:
+    proxy-1 and agent-1 in zone-a, proxy-2 and agent-2 in zone-b."""
+    admin = os.environ["TANDEM_ADMIN_TOKEN"]
+    node = os.environ["TANDEM_NODE_TOKEN"]
+    comps = []
+    if DATA_TIER == "patroni":
+        comps += data_tier(work)
+        control_db = control_db_url()
+        shop_db = f"postgres://postgres@127.0.0.1:{port(SHOP_PRIMARY_ROUTE)}/shop"
+        shop_replica_db = f"postgres://postgres@127.0.0.1:{port(SHOP_REPLICA_ROUTE)}/shop"
+    else:
+        comps += single_databases(work)
+        control_db = f"postgres://postgres@127.0.0.1:{port(15432)}/postgres"
+        shop_db = f"postgres://postgres@127.0.0.1:{port(15433)}/shop"
+        shop_replica_db = None
     peers = ",".join(f"{i}=127.0.0.1:{port(7400 + 10 * (i - 1))}" for i in (1, 2, 3))
     for i in (1, 2, 3):
         grpc, adm = port(7400 + 10 * (i - 1)), port(7401 + 10 * (i - 1))
@@ -256,7 +472,8 @@ def topology(bin_dir, work):
         comps.append(Component(
             f"shop-{i}", "shop", [os.path.join(bin_dir, "widget-shop")],
             env={"DATABASE_URL": shop_db, "SHOP_LISTEN": f"127.0.0.1:{p}", "SHOP_INSTANCE": f"shop-{i}",
-                 "SHOP_ADMIN_TOKEN": os.environ["SHOP_ADMIN_TOKEN"]},
+                 "SHOP_ADMIN_TOKEN": os.environ["SHOP_ADMIN_TOKEN"],
+                 **({"SHOP_REPLICA_DATABASE_URL": shop_replica_db} if shop_replica_db else {})},
             ports=[p], probe=lambda timeout=0.5, p=p: http_probe(f"http://127.0.0.1:{p}/readyz", timeout),
         ))
     for i, zone in ((1, "zone-a"), (2, "zone-b")):
@@ -377,12 +594,16 @@ class Supervisor:
         comps = topology(self.bin_dir, self.work)
         for c in comps:
             for p in c.ports:
-                if port_in_use(p):
-                    raise PortInUse(f"port {p} ({c.name}) is in use on 127.0.0.1: another run-local "
+                if port_in_use(p, c.ip):
+                    raise PortInUse(f"port {p} ({c.name}) is in use on {c.ip}: another run-local "
                                     f"or service holds it; move every port with TANDEM_LOCAL_PORT_OFFSET=N "
                                     f"(e.g. TANDEM_LOCAL_PORT_OFFSET=1000 scripts/run-local.sh)")
         for c in comps:
             exe = c.argv[0]
+            if c.kind in ("etcd", "patroni") and not os.access(exe, os.X_OK):
+                raise Abort(f"{exe} is missing: apt-get install patroni etcd-server "
+                            "(scripts/run-local.sh installs them), or run the single-database tier "
+                            "with TANDEM_LOCAL_DATA_TIER=single")
             if not os.access(exe, os.X_OK):
                 raise Abort(f"{exe} is missing: build first (cargo build --workspace --bins), "
                             "or set TANDEM_LOCAL_BIN to where the binaries are")
@@ -402,6 +623,18 @@ class Supervisor:
         self.listener.bind(sock_path())
         self.listener.listen(16)
         self.listener.setblocking(False)
+
+    def make_dir(self, c):
+        """A Patroni member's or etcd member's directory, owned by whom it
+        runs as, with the member's configuration."""
+        os.makedirs(c.cwd, exist_ok=True)
+        if c.setup is not None:
+            c.setup()
+        if c.as_postgres:
+            pw = pwd.getpwnam("postgres")
+            for path in [c.cwd] + [os.path.join(c.cwd, f) for f in os.listdir(c.cwd)]:
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            os.chmod(c.cwd, 0o700)
 
     def initdb(self, c):
         d = c.cwd
@@ -425,7 +658,7 @@ class Supervisor:
         if c.alive():
             return
         if c.pgid is not None:
-            kill_group(c.pgid, signal.SIGKILL)  # leftovers of its last run
+            kill_component(c)  # leftovers of its last run
             self.settle(c, wait=2)
         env = dict(os.environ)
         env.update(c.env)
@@ -456,8 +689,9 @@ class Supervisor:
             if code is None:
                 continue
             self.tail(c)
-            # Whatever it left in its group (Postgres backends) goes too.
-            kill_group(c.pgid, signal.SIGKILL)
+            # Whatever it left in its group (Postgres backends) goes too,
+            # and a Patroni member's Postgres: the "host" dies as one.
+            kill_component(c)
             self.settle(c, wait=0.5)
             ran = time.monotonic() - c.started_at
             desc = describe_exit(code)
@@ -512,7 +746,7 @@ class Supervisor:
         for c in self.comps.values():
             if c.alive() and c.stop_deadline is not None and now > c.stop_deadline:
                 say(f"{c.name} did not stop within its deadline: SIGKILL")
-                kill_group(c.pgid, signal.SIGKILL)
+                kill_component(c)
                 c.stop_deadline = None
 
     # --- logs
@@ -581,19 +815,71 @@ class Supervisor:
                 raise Abort(f"{what} did not answer within {timeout} s ({url}: {note})")
 
     def boot(self):
+        if DATA_TIER == "patroni":
+            self.boot_data_tier()
+        else:
+            self.boot_single_databases()
+        self.boot_services()
+
+    def boot_data_tier(self):
+        etcds = ["etcd-1", "etcd-2", "etcd-3"]
+        step(f"starting a three-member etcd on :{port(ETCD_CLIENT[0])}, :{port(ETCD_CLIENT[1])}, "
+             f":{port(ETCD_CLIENT[2])}")
+        for n in etcds:
+            self.make_dir(self.comps[n])
+            self.spawn(self.comps[n])
+        self.wait_ready(etcds)
+        step("starting two Patroni clusters of three: control-db (127.0.2.1-3) and shop-db (127.0.1.1-3, "
+             f"synchronous_mode_strict); ttl {PATRONI_TTL} s, loop_wait {PATRONI_LOOP_WAIT} s, "
+             f"retry_timeout {PATRONI_RETRY_TIMEOUT} s")
+        # The first member of each bootstraps (initdb); the others clone it.
+        firsts = [f"{scope}-1" for scope in CLUSTERS]
+        for n in firsts:
+            self.make_dir(self.comps[n])
+            self.spawn(self.comps[n])
+        self.wait_ready(firsts, timeout=120)
+        for scope in CLUSTERS:
+            self.wait_until(lambda scope=scope: primary_of(scope) == f"{scope}-1", f"{scope}-1 to be primary", 60)
+        rest = [f"{scope}-{i}" for scope in CLUSTERS for i in (2, 3)]
+        for n in rest:
+            self.make_dir(self.comps[n])
+            self.spawn(self.comps[n])
+        self.wait_ready(rest, timeout=120)
+        # Only a synchronous standby may be promoted, and until there is
+        # one a commit waits: the shop starts once there is.
+        self.wait_until(lambda: any(patroni_role(member_rest("shop-db", i), "/sync") for i in (2, 3)),
+                        "a synchronous standby in shop-db", 60)
+        self.psql(member_pg("shop-db", 1), "CREATE DATABASE shop")
+
+    def wait_until(self, check, what, timeout):
+        deadline = time.monotonic() + timeout
+        while not check():
+            if self.stopping:
+                raise Interrupted()
+            self.tick(0.2)
+            self.check_boot()
+            if time.monotonic() > deadline:
+                raise Abort(f"no {what} within {timeout} s")
+
+    def psql(self, host_port, sql):
+        host, p = host_port.rsplit(":", 1)
+        r = subprocess.run(
+            [tool("psql"), "-h", host, "-p", p, "-U", "postgres", "-d", "postgres",
+             "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            raise Abort(f"{sql} on {host_port} failed: {r.stdout.strip()}")
+
+    def boot_single_databases(self):
         dbs = ["control-db", "shop-db"]
         step(f"starting throwaway Postgres clusters: control-db on :{port(15432)}, shop-db on :{port(15433)}")
         for n in dbs:
             self.initdb(self.comps[n])
             self.spawn(self.comps[n])
         self.wait_ready(dbs)
-        r = subprocess.run(
-            [tool("psql"), "-h", "127.0.0.1", "-p", str(port(15433)), "-U", "postgres", "-d", "postgres",
-             "-v", "ON_ERROR_STOP=1", "-q", "-c", "CREATE DATABASE shop"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if r.returncode != 0:
-            raise Abort(f"creating the shop database failed: {r.stdout.strip()}")
+        self.psql(f"127.0.0.1:{port(15433)}", "CREATE DATABASE shop")
 
+    def boot_services(self):
         controls = ["control-1", "control-2", "control-3"]
         step(f"starting three tandem-control replicas (one raft group) on "
              f":{port(7400)}, :{port(7410)}, :{port(7420)}")
@@ -602,10 +888,8 @@ class Supervisor:
         self.wait_ready(controls)
 
         shops = ["shop-1", "shop-2", "shop-3"]
-        step(f"starting three widget-shop instances on :{port(3001)}, :{port(3002)}, :{port(3003)}")
-        for n in shops:
-            self.spawn(self.comps[n])
-        self.wait_ready(shops)
+        if DATA_TIER == "single":
+            self.start_shops(shops)
 
         step("configuring the shop's pool and route through the control API (tandemctl)")
         # Probe /healthz every second (two failures out, two successes
@@ -622,21 +906,53 @@ class Supervisor:
         tls = os.path.join(self.work, "tls")
         self.ctl("cert", "add", "shop", "--cert-file", os.path.join(tls, "shop.pem"),
                  "--key-file", os.path.join(tls, "shop.key"))
+        if DATA_TIER == "patroni":
+            self.route_shop_database()
 
         proxies = ["proxy-1", "proxy-2"]
         step(f"starting two proxies on :{port(8080)} (zone-a) and :{port(8082)} (zone-b)")
         for n in proxies:
             self.spawn(self.comps[n])
         self.wait_ready(proxies)
-        for i, p in ((1, port(8080)), (2, port(8082))):
-            self.wait_http(f"http://127.0.0.1:{p}/healthz", f"the shop through proxy-{i}")
+        if DATA_TIER == "single":
+            self.wait_shop_through_proxies()
 
         agents = ["agent-1", "agent-2"]
         step("starting two health agents (zone-a, zone-b)")
         for n in agents:
             self.spawn(self.comps[n])
         self.wait_ready(agents)
+        if DATA_TIER == "patroni":
+            # The agents' checks on Patroni's REST API open the routes.
+            self.start_shops(shops, timeout=120)
+            self.wait_shop_through_proxies()
         self.booted = True
+
+    def start_shops(self, shops, timeout=90):
+        step(f"starting three widget-shop instances on :{port(3001)}, :{port(3002)}, :{port(3003)}")
+        for n in shops:
+            self.spawn(self.comps[n])
+        self.wait_ready(shops, timeout=timeout)
+
+    def wait_shop_through_proxies(self):
+        for i, p in ((1, port(8080)), (2, port(8082))):
+            self.wait_http(f"http://127.0.0.1:{p}/healthz", f"the shop through proxy-{i}")
+
+    def route_shop_database(self):
+        """The shop database's two addresses through the proxies, as HAProxy
+        gives them in Patroni's reference setup: writes to a single_active
+        pool of the members checked on /primary (connections to a demoted
+        primary closed), reads to a pool checked on /replica."""
+        rest = str(port(CLUSTERS["shop-db"][2]))
+        for pool, policy, check, route, on_unhealthy in (
+                ("shop-db-primary", "single_active", "/primary", SHOP_PRIMARY_ROUTE, "close"),
+                ("shop-db-replica", "least_connections", "/replica", SHOP_REPLICA_ROUTE, "keep")):
+            self.ctl("pool", "create", pool, "--policy", policy, "--health-path", check, "--health-port", rest,
+                     "--health-interval", "1s", "--health-timeout", "800ms", "--health-rise", "1",
+                     "--health-fall", "2", "--connect-timeout", "1s", "--on-unhealthy", on_unhealthy)
+            for i in (1, 2, 3):
+                self.ctl("backend", "add", pool, member_pg("shop-db", i))
+            self.ctl("route", "add", "--tcp", "--listen", f"127.0.0.1:{port(route)}", "--pool", pool)
 
     def ctl(self, *args):
         out(f"  tandemctl {' '.join(args)}\n")
@@ -667,15 +983,14 @@ Tandem is running (Ctrl-C stops everything):
   control API (gRPC)  {control_endpoints()}   (three replicas, one raft group)
   control admin       http://127.0.0.1:{port(7401)}/metrics  :{port(7411)}  :{port(7421)}   (/healthz /readyz /ui/)
   health agents       agent-1 (zone-a) http://127.0.0.1:{port(7501)}/metrics, agent-2 (zone-b) http://127.0.0.1:{port(7502)}/metrics
-  databases           control-db postgres://postgres@127.0.0.1:{port(15432)}/postgres
-                      shop-db    postgres://postgres@127.0.0.1:{port(15433)}/shop
+{self.databases_text()}
   logs                {self.work}/logs/
 
 Break it from another terminal; everything else keeps running:
   {p}scripts/run-local.sh ps                # every component: state, pid, ports
-  {p}scripts/run-local.sh kill shop-2       # kill -9 (also control-1..3, proxy-1..2, agent-1..2, control-db, shop-db)
+  {p}scripts/run-local.sh kill shop-2       # kill -9 (also {self.others_text()})
   {p}scripts/run-local.sh start shop-2      # start it again, waiting until it is ready
-
+{self.failover_text()}
 Break a shop server without killing it, then heal it:
   curl -X PUT -H "authorization: Bearer {token}" -H 'content-type: application/json' \\
        -d '{{"mode":"error"}}' http://127.0.0.1:{port(3002)}/admin/fault     # or "slow" (+ "delay_ms"), "hang"
@@ -687,6 +1002,30 @@ Operate Tandem:
   {self.bin_dir}/tandemctl cluster status    # the raft group: leader, term, each member's reachability and lag
 
 """)
+
+    def databases_text(self):
+        if DATA_TIER == "single":
+            return (f"  databases           control-db postgres://postgres@127.0.0.1:{port(15432)}/postgres\n"
+                    f"                      shop-db    postgres://postgres@127.0.0.1:{port(15433)}/shop")
+        members = lambda scope: "  ".join(member_pg(scope, i) for i in (1, 2, 3))
+        return (f"  shop database       postgres://postgres@127.0.0.1:{port(SHOP_PRIMARY_ROUTE)}/shop (writes: TCP route, "
+                f"single_active on /primary), 127.0.0.1:{port(SHOP_REPLICA_ROUTE)} (reads: /replica)\n"
+                f"                      shop-db-1..3 {members('shop-db')}   (Patroni, synchronous_mode_strict)\n"
+                f"  control database    control-db-1..3 {members('control-db')}   (Patroni; the control plane names all three)\n"
+                f"  etcd                {'  '.join(etcd_endpoints())}   (both clusters' store; failsafe_mode)\n"
+                f"  Patroni REST        http://{member_rest('shop-db', 1)}/cluster  http://{member_rest('control-db', 1)}/cluster")
+
+    def others_text(self):
+        if DATA_TIER == "single":
+            return "control-1..3, proxy-1..2, agent-1..2, control-db, shop-db"
+        return "control-1..3, proxy-1..2, agent-1..2, shop-db-1..3, control-db-1..3, etcd-1..3"
+
+    def failover_text(self):
+        if DATA_TIER == "single":
+            return ""
+        p = offset_prefix()
+        return (f"  {p}scripts/run-local.sh kill $({p}scripts/run-local.sh primary shop-db)   "
+                "# the shop database's primary host: Patroni promotes a replica\n")
 
     def run(self):
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -732,9 +1071,10 @@ Operate Tandem:
                 os.unlink(sock_path())
             except OSError:
                 pass
-        services = [n for n in reversed(self.order) if self.comps[n].kind != "postgres"]
-        dbs = [n for n in reversed(self.order) if self.comps[n].kind == "postgres"]
-        for names in (services, dbs):
+        services = [n for n in reversed(self.order) if self.comps[n].kind not in ("postgres", "patroni", "etcd")]
+        dbs = [n for n in reversed(self.order) if self.comps[n].kind in ("postgres", "patroni")]
+        etcd = [n for n in reversed(self.order) if self.comps[n].kind == "etcd"]
+        for names in (services, dbs, etcd):
             for n in names:
                 c = self.comps[n]
                 if c.alive():
@@ -744,7 +1084,7 @@ Operate Tandem:
                 if self.hurry or time.monotonic() > deadline:
                     for n in names:
                         if self.comps[n].alive():
-                            kill_group(self.comps[n].pgid, signal.SIGKILL)
+                            kill_component(self.comps[n])
                     self.hurry = True
                 self.reap_quietly(names)
                 self.tail_all()
@@ -752,6 +1092,8 @@ Operate Tandem:
         # Nothing may outlive us: every process group is empty.
         left = []
         for c in self.comps.values():
+            if c.pg_data is not None:
+                kill_postmaster(c.pg_data)
             if c.pgid is not None:
                 kill_group(c.pgid, signal.SIGKILL)
                 self.settle(c, wait=2)
@@ -775,7 +1117,7 @@ Operate Tandem:
         for n in names:
             c = self.comps[n]
             if c.proc is not None and c.proc.returncode is None and c.proc.poll() is not None:
-                kill_group(c.pgid, signal.SIGKILL)
+                kill_component(c)
                 self.settle(c, wait=0.5)
 
     # --- requests from other terminals
@@ -831,7 +1173,7 @@ Operate Tandem:
                     lines.append(f"{n} is not running ({c.exit_desc or 'not started'})")
                     continue
                 c.requested = "kill"
-                kill_group(c.pgid, signal.SIGKILL)
+                kill_component(c)
                 for _ in range(200):
                     if c.proc.poll() is not None:
                         break
@@ -908,6 +1250,14 @@ def supervisor_of(work):
     except (OSError, ValueError):
         return None
     return pid if b"run-local.py" in cmdline else None
+
+
+def kill_component(c):
+    """SIGKILL of everything a component runs: its process group and, for a
+    Patroni member, the Postgres it started (a "host" dies as one)."""
+    kill_group(c.pgid, signal.SIGKILL)
+    if c.pg_data is not None:
+        kill_postmaster(c.pg_data)
 
 
 def kill_group(pgid, sig):
@@ -1056,6 +1406,21 @@ def client(cmd, args):
         if not os.path.exists(path):
             die(f"no log for {args[0]!r} in {run_dir()}/logs", 2)
         os.execvp("tail", ["tail", "-n", "100", *(["-f"] if "-f" in args else []), path])
+    if cmd == "primary":
+        if len(args) != 1 or args[0] not in CLUSTERS:
+            die(f"usage: scripts/run-local.sh primary {'|'.join(CLUSTERS)}", 2)
+        # Asked of the members' REST APIs directly: it works while the
+        # supervisor is busy, and says what Patroni says.
+        deadline = time.monotonic() + 30
+        while True:
+            name = primary_of(args[0])
+            if name is not None:
+                print(name)
+                return 0
+            if time.monotonic() > deadline:
+                die(f"{args[0]} has no primary now (a failover under way, or run-local runs "
+                    "TANDEM_LOCAL_DATA_TIER=single)", 1)
+            time.sleep(0.5)
     if cmd == "ca":
         path = os.path.join(run_dir(), "tls", "ca.pem")
         if not os.path.exists(path):
@@ -1091,12 +1456,16 @@ def client(cmd, args):
 
 
 def main(argv):
-    global OFFSET
+    global OFFSET, DATA_TIER
     OFFSET = env_int("TANDEM_LOCAL_PORT_OFFSET", 0)
-    # Every port is its default (3001 to 15433) plus the offset.
-    if not -1900 <= OFFSET <= 50000:
-        die(f"TANDEM_LOCAL_PORT_OFFSET must be between -1900 and 50000 (got {OFFSET}): "
-            "every port is its default (3001 to 15433) plus the offset", 2)
+    # Every port is its default (3001 to 18009) plus the offset.
+    if not -1900 <= OFFSET <= 47000:
+        die(f"TANDEM_LOCAL_PORT_OFFSET must be between -1900 and 47000 (got {OFFSET}): "
+            "every port is its default (3001 to 18009) plus the offset", 2)
+    DATA_TIER = os.environ.get("TANDEM_LOCAL_DATA_TIER") or "patroni"
+    if DATA_TIER not in ("patroni", "single"):
+        die(f"TANDEM_LOCAL_DATA_TIER must be patroni (Patroni clusters of three, the default) "
+            f"or single (one plain Postgres per database); got {DATA_TIER!r}", 2)
     cmd = argv[1] if len(argv) > 1 else "up"
     if cmd in ("-h", "--help", "help"):
         print(__doc__)

@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Runs Tandem natively, no Docker: the whole topology as local processes on
-# loopback ports, with throwaway Postgres clusters for the control plane and
-# for the widget shop. Zones as in docker-compose.yml.
+# loopback ports, with throwaway databases for the control plane and for the
+# widget shop. Zones as in docker-compose.yml.
 #
-#   browser ─► proxy-1 :8080 (zone-a) ─┐          ┌─► shop-1 :3001 ─┐
-#          └─► proxy-2 :8082 (zone-b) ─┴─ HTTP ───┼─► shop-2 :3002 ─┼─► shop-db (Postgres :15433)
-#                 │ watch (gRPC)                   └─► shop-3 :3003 ─┘
-#                 ▼                                        ▲ HTTP probes
+#   browser ─► proxy-1 :8080 (zone-a) ─┐          ┌─► shop-1 :3001 ─┐  writes ─► TCP route :15533 (single_active, /primary) ─┐
+#          └─► proxy-2 :8082 (zone-b) ─┴─ HTTP ───┼─► shop-2 :3002 ─┼─ reads ──► TCP route :15534 (/replica) ─────────────────┤
+#                 │ watch (gRPC)                   └─► shop-3 :3003 ─┘        shop-db-1..3 (Patroni, 127.0.1.1-3:15433, sync strict)
+#                 ▼                                        ▲ HTTP probes, Patroni REST checks
 #   control-1 :7400 ◄─raft─► control-2 :7410 ◄─raft─► control-3 :7420 ◄── reports ── agent-1 (zone-a), agent-2 (zone-b)
 #         └───────────────────────┴─────────────────────────┘
-#                      control-db (Postgres :15432)
+#           control-db-1..3 (Patroni, 127.0.2.1-3:15432; DATABASE_URL names all three)
+#           etcd-1..3 (:12379 :12389 :12399), both clusters' store, failsafe_mode
+#
+# The data tier (TANDEM_LOCAL_DATA_TIER=patroni, the default) is two Patroni
+# clusters of three on one etcd; scripts/run-local.sh installs Debian's
+# patroni and etcd-server when missing. The TCP routes are served by the
+# proxies; on one machine only one proxy can hold a route's address, and the
+# other binds it (within 2 s) if that one dies. TANDEM_LOCAL_DATA_TIER=single
+# runs one plain Postgres per database instead (control-db :15432, shop-db
+# :15433), which starts faster.
 #
 # The status page (live, read-only) is on every control replica's admin
 # port: http://127.0.0.1:7401/ui/ (also :7411, :7421).
@@ -23,14 +32,16 @@
 #   scripts/run-local.sh up --no-build   # run what target/ holds
 #   PROFILE=release scripts/run-local.sh
 #
-# From another terminal (components: control-db shop-db control-1..3
-# shop-1..3 proxy-1..2 agent-1..2):
+# From another terminal (components: etcd-1..3 control-db-1..3 shop-db-1..3
+# control-1..3 shop-1..3 proxy-1..2 agent-1..2; with the single tier,
+# control-db and shop-db):
 #
 #   scripts/run-local.sh ps              # each component's state, pid, ports, readiness
 #   scripts/run-local.sh kill shop-2     # SIGKILL (a crash); several names at once work too
 #   scripts/run-local.sh start shop-2    # start it again and wait until it is ready
 #   scripts/run-local.sh stop shop-2     # graceful stop (SIGTERM; Postgres: fast shutdown)
 #   scripts/run-local.sh restart shop-2
+#   scripts/run-local.sh kill $(scripts/run-local.sh primary shop-db)   # a database failover
 #   scripts/run-local.sh logs shop-2 -f
 #   scripts/run-local.sh down            # what Ctrl-C does in the first terminal
 #
@@ -61,6 +72,9 @@ TARGET_DIR=${CARGO_TARGET_DIR:-target}
 export TANDEM_LOCAL_BIN=${TANDEM_LOCAL_BIN:-$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")}
 
 ensure_postgres_server
+if [ "${TANDEM_LOCAL_DATA_TIER:-patroni}" = patroni ]; then
+  ensure_patroni
+fi
 if [ "$build" = 1 ]; then
   step "building ($PROFILE profile)"
   cargo build --workspace --bins --profile "$PROFILE"

@@ -97,7 +97,7 @@ async fn checkouts(side: &mut Side, n: usize, round: usize) -> anyhow::Result<()
     let mut shopper = Shopper::new(&side.shop.base());
     for i in 0..n {
         shopper.add("doodad", 1).await?;
-        let key = format!("{}-{round}-{i}", side.label);
+        let key = format!("{}-{round}-{i}", side.label.replace(' ', "-"));
         let start = Instant::now();
         let res = shopper.checkout(Some(&key)).await?;
         let took = start.elapsed();
