@@ -34,9 +34,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# run-local's default ports (scripts/run-local.py; checked against `ps` below).
-DEFAULT_PORTS = [15432, 15433, 7400, 7401, 7410, 7411, 7420, 7421, 3001, 3002, 3003,
+# run-local's default ports (scripts/run-local.py; checked against `ps` below):
+# etcd's client and peer ports, the Patroni members' Postgres and REST ports
+# (the same on each member's own 127.0.x.N), then the services'.
+DEFAULT_PORTS = [12379, 12380, 12389, 12390, 12399, 12400, 15432, 18008, 15433, 18009,
+                 7400, 7401, 7410, 7411, 7420, 7421, 3001, 3002, 3003,
                  8080, 8081, 8082, 8083, 8443, 8445, 7501, 7502]
+# The shop database's TCP routes, which the proxies bind (no component's).
+ROUTE_PORTS = [15533, 15534]
 
 # (a piece of the README line, regexes its output must match, seconds to
 # retry a read-only command while they do not). A piece that matches no
@@ -55,7 +60,9 @@ EXPECT = [
     ("scripts/run-local.sh kill shop-2", [r"shop-2 \(pid \d+\) killed with SIGKILL"], 0),
     ("scripts/run-local.sh ps               # shop-2",
      [r"(?m)^shop-2\s+exited\s.*killed by SIGKILL"] +
-     [rf"(?m)^{n}\s+ready\s" for n in ("control-db", "shop-db", "control-1", "control-2", "control-3",
+     [rf"(?m)^{n}\s+ready\s" for n in ("etcd-1", "etcd-2", "etcd-3", "control-db-1", "control-db-2",
+                                        "control-db-3", "shop-db-1", "shop-db-2", "shop-db-3",
+                                        "control-1", "control-2", "control-3",
                                         "shop-1", "shop-3", "proxy-1", "proxy-2", "agent-1", "agent-2")], 10),
     ("tandemctl status                      # its backend",
      [r"(?m)^shop\s+127\.0\.0\.1:\d+\s+unhealthy\s.*connect"], 15),
@@ -66,9 +73,20 @@ EXPECT = [
     ("scripts/run-local.sh start control-1 control-2 control-3   # starts whichever",
      [r"already running", r"ready after"], 0),
     ("scripts/run-local.sh restart proxy-2", [r"proxy-2: ready after .*from disk; control plane unreachable"], 0),
+    ("scripts/run-local.sh kill $(scripts/run-local.sh primary control-db)",
+     [r"control-db-[123] \(pid \d+\) killed with SIGKILL"], 0),
     ("tandemctl status                      # database: UNREACHABLE", [r"database:\s+UNREACHABLE"], 10),
+    ("scripts/run-local.sh start control-db-1", [r"already running", r"control-db-[123]: ready after"], 0),
     ("sleep 16; tandemctl status", [r"(?m)^agent-2\s.*STALE", r"(?m)^agent-1\s+agent\s+zone-a\s(?!.*STALE)"], 0),
-    ("http://127.0.0.1:8082/", [r"^200 shop-[123]$"], 5),
+    # Within 2 s proxy-2 binds the shop database's TCP routes proxy-1 held.
+    ("http://127.0.0.1:8082/", [r"^200 shop-[123]$"], 10),
+    # The shop database's failover: browsing answers, checkout resumes.
+    ("scripts/run-local.sh kill $(scripts/run-local.sh primary shop-db)",
+     [r"shop-db-[123] \(pid \d+\) killed with SIGKILL"], 0),
+    ("# 200: browsing goes on", [r"^200$"], 0),
+    ("[ \"$code\" = 201 ] && break", [r"(?m)checkout: 201$"], 0),
+    ("scripts/run-local.sh primary shop-db  # the promoted", [r"^shop-db-[123]$"], 0),
+    ("scripts/run-local.sh start shop-db-1", [r"already running", r"shop-db-[123]: ready after"], 0),
     ("curl -H 'Host: api.local'", [r'"widgets"', r'"slug":"sprocket"'], 10),
     ("curl -s http://127.0.0.1:8080/api/widgets/sprocket", [r'"slug":"sprocket"'], 0),
     ("curl -s -b \"$jar\" http://127.0.0.1:8080/api/cart", [r'"item_count":2'], 0),
@@ -119,16 +137,20 @@ def tour_commands(readme):
 def shift_ports(command, offset):
     def move(m):
         p = int(m.group(1))
-        return f":{p + offset}" if p in DEFAULT_PORTS else m.group(0)
+        return f":{p + offset}" if p in all_ports() else m.group(0)
 
     return re.sub(r":(\d{4,5})\b", move, command)
+
+
+def all_ports():
+    return DEFAULT_PORTS + ROUTE_PORTS
 
 
 # === run-local ===
 
 
 def ports_free(offset):
-    for p in DEFAULT_PORTS:
+    for p in all_ports():
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -142,11 +164,11 @@ def ports_free(offset):
 
 
 def pick_offset():
-    # Ports 13001-32432: above every other run-local's defaults and below
+    # Ports 13001-32709: above every other run-local's defaults and below
     # Linux's ephemeral range (32768-60999), where any outgoing connection
     # (other tests', Docker's published ports) may take a port at any time.
     for _ in range(200):
-        offset = random.randrange(10000, 17000)
+        offset = random.randrange(10000, 14700)
         if ports_free(offset):
             return offset
     raise Failed("no port offset with all run-local ports free")
@@ -325,7 +347,7 @@ def run_tour(rl, commands):
                 command = command.replace("target/debug/", bin_rel + "/")
             first = command.split()[0]
             if re.fullmatch(r"[a-z][a-z0-9_-]*", first) and first not in ("tandemctl", "curl", "scripts") \
-                    and shutil.which(first) is None and first not in ("export", "while", "sleep"):
+                    and shutil.which(first) is None and first not in ("export", "while", "for", "sleep"):
                 log(f"-- skipped (no {first} installed): {original}")
                 continue
             if BACKGROUND_MARK in original:
@@ -397,7 +419,8 @@ def main():
         check_failover_loop(background)
 
         rows = wait_all_ready(rl, 90)
-        ports = sorted(p for r in rows for p in r["ports"])
+        # A set: every Patroni member of a cluster has the same ports.
+        ports = sorted({p for r in rows for p in r["ports"]})
         if ports != sorted(p + rl.offset for p in DEFAULT_PORTS):
             raise Failed(f"run-local's ports changed: {ports}; update DEFAULT_PORTS")
         log("== everything the tour broke is ready again")

@@ -405,6 +405,15 @@ def primary_of(scope):
     return found[0] if len(found) == 1 else None
 
 
+def patroni_noise(line):
+    """The traceback Patroni's REST API prints each time a checker hangs up
+    before reading the whole answer (a health check that read the status
+    line): kept in its log file, left out of the terminal."""
+    return (line.startswith((b" ", b"Traceback", b"ConnectionResetError", b"BrokenPipeError",
+                             b"Exception happened during processing"))
+            or line.strip() == b"-" * 40)
+
+
 def kill_postmaster(data_dir):
     """SIGKILL of a member's postmaster and every process it forked: each
     Postgres child runs in a session of its own, so no process group holds
@@ -764,6 +773,8 @@ class Supervisor:
         data = c.log_partial + data
         lines = data.split(b"\n")
         c.log_partial = lines.pop()
+        if c.kind == "patroni":
+            lines = [line for line in lines if not patroni_noise(line)]
         if lines:
             out("".join(f"[{c.name}] {line.decode('utf-8', 'replace')}\n" for line in lines))
 
