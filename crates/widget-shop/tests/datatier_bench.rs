@@ -208,11 +208,19 @@ struct Haproxy {
 
 impl Haproxy {
     fn start(cluster: &PatroniCluster) -> anyhow::Result<Haproxy> {
-        let program = ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .context("haproxy not found: apt-get install haproxy (scripts/bench/db-failover.sh does)")?;
-        let dir = tempfile::Builder::new().prefix("tandem-haproxy-").tempdir()?;
+        let program = [
+            "/usr/sbin/haproxy",
+            "/usr/bin/haproxy",
+            "/usr/local/sbin/haproxy",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .context(
+            "haproxy not found: apt-get install haproxy (scripts/bench/db-failover.sh does)",
+        )?;
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-haproxy-")
+            .tempdir()?;
         let listen = free_addr();
         let mut config = format!(
             "global\n  maxconn 1000\n\
