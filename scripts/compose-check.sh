@@ -28,6 +28,13 @@
 #     slower than 10 s.
 #   - After shop-2 and the replica are started again, they become healthy and
 #     shop-2 takes traffic again within 30 s.
+#   - The shop database's primary host (db-N: its etcd member and its
+#     Patroni members, the control database's too if it leads there)
+#     SIGKILLed under the same load, with a shopper checking out all along
+#     (one Idempotency-Key per order, retried on 503 or a lost answer):
+#     zero failed GETs (browsing reads from the replicas), checkouts resume
+#     within 60 s, and every order confirmed to the shopper is in the new
+#     primary's database, once (0 lost, 0 duplicated keys).
 #
 # Environment:
 #   COMPOSE_CHECK_ALLOW_MISSING   binaries that may be absent from
@@ -64,6 +71,7 @@ RATE=${COMPOSE_CHECK_RATE:-25}
 HEALTH_TIMEOUT=${COMPOSE_CHECK_TIMEOUT:-240}
 export TANDEM_IMAGE=${TANDEM_IMAGE:-tandem:local}
 export POSTGRES_IMAGE=${POSTGRES_IMAGE:-tandem/postgres:15}
+export PATRONI_IMAGE=${PATRONI_IMAGE:-tandem/patroni:local}
 export BASE_IMAGE=${BASE_IMAGE:-tandem/base:bookworm}
 # Tokens for this throwaway project only.
 export TANDEM_ADMIN_TOKEN=compose-check-admin-token-$$-0123456789
@@ -104,7 +112,7 @@ declare -A service_bin=(
   [agent-1]=tandem-agent [agent-2]=tandem-agent
   [shop-1]=widget-shop [shop-2]=widget-shop [shop-3]=widget-shop
 )
-all_services=(control-db control-1 control-2 control-3 init proxy-1 proxy-2 agent-1 agent-2 shop-db shop-1 shop-2 shop-3)
+all_services=(db-1 db-2 db-3 control-1 control-2 control-3 init proxy-1 proxy-2 agent-1 agent-2 shop-1 shop-2 shop-3)
 services=() left_out=() missing_bins=() fake_shop=0 extra_bins=()
 for b in tandem-control tandemctl tandem-proxy tandem-agent widget-shop; do
   [ -x "$BIN_DIR/$b" ] && continue
@@ -203,6 +211,7 @@ cleanup() {
   trap - EXIT INT TERM
   set +e # best effort from here on: nothing may stop the clean-up
   if [ -n "$LOAD_PID" ]; then kill "$LOAD_PID" 2>/dev/null; wait "$LOAD_PID" 2>/dev/null; fi
+  if [ -n "${SHOPPER_PID:-}" ]; then kill "$SHOPPER_PID" 2>/dev/null; wait "$SHOPPER_PID" 2>/dev/null; fi
   if [ "$passed" != 1 ] && [ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ]; then
     step "compose check FAILED: state and recent logs"
     compose ps || true
@@ -240,7 +249,7 @@ trap 'exit 130' INT TERM
 
 # --- images -----------------------------------------------------------------
 phase "images (base cached; tandem from $BIN_DIR)"
-TANDEM_EXTRA_BINARIES="${extra_bins[*]:-}" PROFILE="$PROFILE" bash scripts/images.sh base postgres tandem
+TANDEM_EXTRA_BINARIES="${extra_bins[*]:-}" PROFILE="$PROFILE" bash scripts/images.sh base tandem patroni
 
 # --- up -----------------------------------------------------------------------
 phase "up: ${services[*]}"
@@ -455,6 +464,111 @@ until python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[
 done
 event "shop-2 takes traffic again"
 sleep 3
+
+# The shop database's primary host dies under the load, a shopper checking
+# out all along through proxy-1.
+db_exec() { docker exec "$(ids_of "$1" | head -1)" "${@:2}"; }
+shop_db_primary() {
+  local h
+  for h in db-1 db-2 db-3; do
+    db_exec "$h" curl -fsS -o /dev/null --max-time 2 http://127.0.0.1:8009/primary 2>/dev/null && { echo "$h"; return 0; }
+  done
+  return 1
+}
+if [ "$fake_shop" = 0 ]; then
+  cat > "$WORK/shopper.py" <<'PY'
+# One shopper: add a doodad, check out with a key of its own; on a 503 or a
+# lost answer, retry the same key until it is confirmed (at most 60 s).
+# Every confirmed order: (key, code, time), written at the end.
+import http.client, json, os, sys, time
+port, out, stop_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+confirmed, paused, n = [], 0, 0
+def call(method, path, body=None, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request(method, path, body=json.dumps(body) if body is not None else None,
+                  headers=dict({"content-type": "application/json"}, **(headers or {})))
+        r = c.getresponse(); data = r.read()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+    finally:
+        c.close()
+while not os.path.exists(stop_file):
+    n += 1
+    key, cart, deadline = "compose-check-%d-%d" % (os.getpid(), n), None, time.time() + 60
+    while time.time() < deadline:
+        try:
+            h = {"cookie": cart} if cart else {}
+            st, hd, _ = call("POST", "/api/cart/items", {"widget": "doodad", "quantity": 1}, h)
+            if "set-cookie" in hd: cart = hd["set-cookie"].split(";")[0]
+            if st == 200:
+                break
+            paused += 1
+        except Exception:
+            paused += 1
+        time.sleep(0.3)
+    while time.time() < deadline:
+        try:
+            st, hd, data = call("POST", "/api/checkout", {"name": "Compose Check", "email": "check@example.com"},
+                                {"cookie": cart, "idempotency-key": key})
+            if st in (200, 201):
+                confirmed.append((key, json.loads(data)["code"], time.time()))
+                break
+            paused += 1
+        except Exception:
+            paused += 1
+        time.sleep(0.3)
+    else:
+        print("  [shopper] order %s: not confirmed within 60 s" % key, flush=True)
+json.dump({"confirmed": confirmed, "paused_answers": paused}, open(out, "w"))
+PY
+  python3 "$WORK/shopper.py" "$PROXY_1_PORT" "$WORK/orders.json" "$WORK/stop-shopper" &
+  SHOPPER_PID=$!
+  sleep 3
+  primary=$(shop_db_primary) || die "no shop-db member answers /primary"
+  event "kill -9 $primary, the shop database's primary host"
+  compose kill -s SIGKILL "$primary" >/dev/null 2>&1
+  t_kill=$SECONDS
+  until new=$(shop_db_primary) && [ "$new" != "$primary" ]; do
+    [ $((SECONDS - t_kill)) -lt 60 ] || die "no new shop-db primary 60 s after $primary was killed"
+    sleep 0.5
+  done
+  event "Patroni promoted $new ($((SECONDS - t_kill)) s after the kill)"
+  sleep 8
+  touch "$WORK/stop-shopper"
+  wait "$SHOPPER_PID" || die "the shopper failed"
+  SHOPPER_PID=
+  event "start $primary again"
+  compose start "$primary" >/dev/null 2>&1
+  wait_healthy "$primary" 120; event "$primary healthy (a replica again)"
+  db_exec "$new" psql -h /var/run/postgresql -p 5433 -U postgres -d shop -Atc \
+    "SELECT idempotency_key || ' ' || code FROM orders WHERE idempotency_key LIKE 'compose-check-%'" > "$WORK/recorded" ||
+    die "could not read the orders on $new"
+  if ! python3 - "$WORK/orders.json" "$WORK/recorded" "$WORK/events" "$WORK/orders-verdict" <<'PY'
+import json, sys
+o = json.load(open(sys.argv[1]))
+rows = [l.split() for l in open(sys.argv[2]) if l.strip()]
+events = [(float(l.split(" ", 1)[0]), l.split(" ", 1)[1].strip()) for l in open(sys.argv[3]) if l.strip()]
+kill = next(t for t, e in events if "the shop database's primary host" in e)
+recorded = {}
+for k, c in rows: recorded.setdefault(k, []).append(c)
+confirmed = o["confirmed"]
+lost = [(k, c) for k, c, _ in confirmed if c not in recorded.get(k, [])]
+dup = [k for k, cs in recorded.items() if len(cs) > 1]
+after = [t for _, _, t in confirmed if t > kill]
+gap = (min(after) - kill) if after else None
+print("  orders confirmed: %d (%d after the kill; first %s after it), recorded: %d, lost: %d, duplicated: %d; "
+      "paused answers (503 or no answer) retried: %d" % (len(confirmed), len(after),
+      "%.1f s" % gap if gap is not None else "none", sum(len(v) for v in recorded.values()), len(lost), len(dup),
+      o["paused_answers"]))
+open(sys.argv[4], "w").write("%d orders confirmed, %d lost, %d duplicated, checkout back %s after the kill\n" %
+    (len(confirmed), len(lost), len(dup), "%.1f s" % gap if gap is not None else "never"))
+sys.exit(0 if confirmed and after and not lost and not dup else 1)
+PY
+  then
+    die "orders across the shop database's failover: $(cat "$WORK/orders-verdict" 2>/dev/null)"
+  fi
+  event "orders: $(cat "$WORK/orders-verdict")"
+fi
 touch "$WORK/stop"
 wait "$LOAD_PID" || die "the load generator failed"
 LOAD_PID=
@@ -505,4 +619,5 @@ echo "  verified live: ${services[*]}"
 [ "$fake_shop" = 0 ] || echo "  NOT VERIFIED: widget-shop (shop-1..3 ran tandem-fake-backend)"
 [ -z "$raft_note" ] || echo "  $raft_note"
 echo "  load: $verdict"
+[ ! -f "$WORK/orders-verdict" ] || echo "  the shop database's failover: $(cat "$WORK/orders-verdict")"
 passed=1

@@ -8,8 +8,10 @@
 #             entrypoint honouring the official image's environment contract
 #   tandem    the runtime stage of deploy/Dockerfile with binaries built on
 #             this host (target/$PROFILE/), not from source
+#   patroni   a database host of the data tier (deploy/patroni/): Debian's
+#             postgresql-15, patroni and etcd-server on that base
 #
-#   scripts/images.sh                  # all three
+#   scripts/images.sh                  # all four
 #   scripts/images.sh base postgres    # some of them
 #   PROFILE=release scripts/images.sh tandem
 #
@@ -22,7 +24,7 @@
 #                (SOURCE_IMAGE, tandem:source)
 #
 # Then run the very same docker-compose.yml with the images swapped in:
-#   eval "$(scripts/images.sh --print-env)"   # TANDEM_IMAGE=... POSTGRES_IMAGE=...
+#   eval "$(scripts/images.sh --print-env)"   # TANDEM_IMAGE=... POSTGRES_IMAGE=... PATRONI_IMAGE=...
 #   docker compose up -d                      # or docker-compose
 #
 # Environment (defaults): BASE_IMAGE (tandem/base:bookworm), POSTGRES_IMAGE
@@ -38,6 +40,7 @@ source scripts/lib.sh
 
 BASE_IMAGE=${BASE_IMAGE:-tandem/base:bookworm}
 POSTGRES_IMAGE=${POSTGRES_IMAGE:-tandem/postgres:15}
+PATRONI_IMAGE=${PATRONI_IMAGE:-tandem/patroni:local}
 TANDEM_IMAGE=${TANDEM_IMAGE:-tandem:local}
 PROFILE=${PROFILE:-debug}
 [ "$PROFILE" = dev ] && PROFILE=debug
@@ -54,7 +57,7 @@ TANDEM_BINARIES+=("${extra_binaries[@]}")
 BASE_PACKAGES=ca-certificates,curl,tini,openssl
 
 if [ "${1:-}" = --print-env ]; then
-  printf 'export TANDEM_IMAGE=%q POSTGRES_IMAGE=%q\n' "$TANDEM_IMAGE" "$POSTGRES_IMAGE"
+  printf 'export TANDEM_IMAGE=%q POSTGRES_IMAGE=%q PATRONI_IMAGE=%q\n' "$TANDEM_IMAGE" "$POSTGRES_IMAGE" "$PATRONI_IMAGE"
   exit 0
 fi
 
@@ -154,6 +157,16 @@ build_postgres() {
   echo "$POSTGRES_IMAGE: ready in $((SECONDS - t0)) s ($(image_size "$POSTGRES_IMAGE"))"
 }
 
+build_patroni() {
+  image_exists "$BASE_IMAGE" || die "$BASE_IMAGE is missing: run scripts/images.sh base"
+  local t0=$SECONDS
+  echo "building $PATRONI_IMAGE on $BASE_IMAGE (deploy/patroni/)"
+  docker_build --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$PATRONI_IMAGE" deploy/patroni ||
+    die "building $PATRONI_IMAGE failed"
+  docker image prune -f --filter "label=org.opencontainers.image.title=tandem-patroni" >/dev/null 2>&1 || true
+  echo "$PATRONI_IMAGE: ready in $((SECONDS - t0)) s ($(image_size "$PATRONI_IMAGE"))"
+}
+
 build_tandem() {
   image_exists "$BASE_IMAGE" || die "$BASE_IMAGE is missing: run scripts/images.sh base"
   local bin_dir="$TARGET_DIR/$PROFILE" found=() missing=() b
@@ -237,14 +250,15 @@ build_from_source() {
 }
 
 what=("$@")
-[ ${#what[@]} -gt 0 ] || what=(base postgres tandem)
+[ ${#what[@]} -gt 0 ] || what=(base postgres tandem patroni)
 for w in "${what[@]}"; do
   case "$w" in
     base) step "image: base ($BASE_IMAGE)"; build_base ;;
     postgres) step "image: postgres ($POSTGRES_IMAGE)"; build_postgres ;;
     tandem) step "image: tandem ($TANDEM_IMAGE)"; build_tandem ;;
+    patroni) step "image: patroni ($PATRONI_IMAGE)"; build_patroni ;;
     rust) step "image: rust ($RUST_IMAGE)"; build_rust ;;
     from-source) step "image: from source ($SOURCE_IMAGE)"; build_from_source ;;
-    *) die "unknown image '$w' (base, postgres, tandem, rust, from-source, --print-env)" ;;
+    *) die "unknown image '$w' (base, postgres, tandem, patroni, rust, from-source, --print-env)" ;;
   esac
 done

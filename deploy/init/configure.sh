@@ -10,6 +10,9 @@
 #   SHOP_BACKENDS                   space-separated host:port list
 #   SHOP_HOST (*)                   the route's host: * (any), exact or *.wildcard
 #   SHOP_POLICY (round_robin)       load-balancing policy
+#   SHOP_DB_MEMBERS                 the shop database's Patroni members
+#                                   (host:port list): TCP routes :6432, :6433
+#   SHOP_DB_REST_PORT (8008)        their Patroni REST port
 #   SHOP_CERT_FILE, SHOP_KEY_FILE   the shop's certificate for HTTPS (PEM),
 #                                   declared as `shop` unless one is already
 set -eu
@@ -68,6 +71,27 @@ if [ -n "${SHOP_CERT_FILE:-}" ] && [ -n "${SHOP_KEY_FILE:-}" ]; then
   else
     ensure cert add shop --cert-file "$SHOP_CERT_FILE" --key-file "$SHOP_KEY_FILE"
   fi
+fi
+
+if [ -n "${SHOP_DB_MEMBERS:-}" ]; then
+  # The shop database's two addresses on every proxy, as HAProxy gives
+  # them in Patroni's reference setup: writes (:6432) to a single_active
+  # pool of the members checked on Patroni's /primary (connections to a
+  # demoted primary closed), reads (:6433) to a pool checked on /replica.
+  rest=${SHOP_DB_REST_PORT:-8008}
+  echo "configuring the shop database's TCP routes to: $SHOP_DB_MEMBERS (Patroni REST :$rest)"
+  ensure pool create shop-db-primary --policy single_active --health-path /primary --health-port "$rest" \
+    --health-interval 1s --health-timeout 800ms --health-rise 1 --health-fall 2 \
+    --connect-timeout 1s --on-unhealthy close
+  ensure pool create shop-db-replica --policy least_connections --health-path /replica --health-port "$rest" \
+    --health-interval 1s --health-timeout 800ms --health-rise 1 --health-fall 2 \
+    --connect-timeout 1s --on-unhealthy keep
+  for m in $SHOP_DB_MEMBERS; do
+    ensure backend add shop-db-primary "$m"
+    ensure backend add shop-db-replica "$m"
+  done
+  ensure route add --tcp --listen 0.0.0.0:6432 --pool shop-db-primary
+  ensure route add --tcp --listen 0.0.0.0:6433 --pool shop-db-replica
 fi
 
 echo
