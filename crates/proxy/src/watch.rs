@@ -174,9 +174,18 @@ fn apply_health(rt: &Runtime, update: &v1::HealthUpdate) {
     let _entered = span.enter();
     let mut states = Vec::with_capacity(update.backends.len());
     let mut notes = Vec::with_capacity(update.backends.len());
+    let mut overrides = Vec::new();
     for b in &update.backends {
-        match backend_health_from_proto(b) {
-            Ok((key, health)) => {
+        // A runtime admin-state override (raft, control database down).
+        let parsed = backend_health_from_proto(b).and_then(|h| {
+            let o = b.admin_override.map_or(Ok(None), |v| {
+                tandem_proto::convert::admin_state_from_proto(v, "admin_override")
+            })?;
+            Ok((h, o))
+        });
+        match parsed {
+            Ok(((key, health), admin_override)) => {
+                overrides.push(((key.pool.clone(), key.address.clone()), admin_override));
                 if health.state == tandem_core::health::HealthState::Unhealthy {
                     tracing::warn!(pool = %key.pool, backend = %key.address, reason = %health.reason, "backend marked unhealthy by the agents");
                 }
@@ -193,5 +202,6 @@ fn apply_health(rt: &Runtime, update: &v1::HealthUpdate) {
         }
     }
     rt.registry.note_health(update.full, notes);
+    rt.apply_overrides(update.full, overrides);
     rt.apply_health(update.full, states);
 }
