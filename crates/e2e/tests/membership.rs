@@ -363,3 +363,63 @@ async fn a_wiped_replica_refuses_its_old_id_and_is_replaced_under_a_new_one() ->
     assert!(!text.contains("learner"), "{text}");
     Ok(())
 }
+
+/// The record in the control database is the last word when no peer can
+/// answer: a voter wiped and restarted while the other replicas are down
+/// is refused by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_wiped_while_its_peers_are_down_is_refused_by_the_database_record()
+-> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let mut cluster = ControlCluster::start(&pg.url(), 3).await?;
+    let (leader, _) = cluster.leader(&[], Duration::from_secs(10)).await?;
+    let endpoints = cluster.endpoints();
+    wait_for_voters(&endpoints, &[1, 2, 3], Duration::from_secs(10)).await?;
+
+    // The leader records the membership in the control database.
+    let db = sqlx::PgPool::connect(&pg.url()).await?;
+    wait_until(Duration::from_secs(20), "the membership record", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(i64, String, String)> =
+                sqlx::query_as("SELECT id, address, suffrage FROM raft_members ORDER BY id")
+                    .fetch_all(&db)
+                    .await
+                    .unwrap_or_default();
+            rows.len() == 3
+                && rows.iter().all(|(_, a, s)| !a.is_empty() && s == "voter")
+                && rows.iter().map(|r| r.0).eq([1, 2, 3])
+        }
+    })
+    .await?;
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, address, suffrage FROM raft_members ORDER BY id")
+            .fetch_all(&db)
+            .await?;
+    eprintln!("raft_members: {rows:?}");
+
+    // Every other replica stops; the victim's disk is wiped; it comes back.
+    let victim = if leader == 1 { 2 } else { 1 };
+    for id in [1, 2, 3].into_iter().filter(|&i| i != victim) {
+        cluster.replica(id).process.kill();
+    }
+    cluster.replica(victim).respawn_wiped()?;
+    wait_until(Duration::from_secs(30), "the wiped replica exits", || {
+        let running = cluster.replicas[(victim - 1) as usize].process.is_running();
+        async move { !running }
+    })
+    .await?;
+    let logs = cluster.replica(victim).process.logs();
+    assert!(
+        logs.contains(&format!("raft id {victim} is a voter of the group"))
+            && logs.contains("as recorded in the control database")
+            && logs.contains(&format!("tandemctl cluster remove-member {victim}"))
+            && logs.contains("--join"),
+        "the database's record refuses it, saying what to do:\n{logs}"
+    );
+    assert!(
+        !logs.contains("control plane serving"),
+        "it never served:\n{logs}"
+    );
+    Ok(())
+}
