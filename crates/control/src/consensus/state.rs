@@ -409,4 +409,54 @@ mod tests {
             "an empty map is not written: older replicas read the snapshot"
         );
     }
+
+    #[test]
+    fn an_override_travels_as_an_admin_state_beside_the_agents_verdict() {
+        let mut t = HealthTable::default();
+        let verdict = Command::Transitions {
+            trace: None,
+            transitions: vec![down("10.0.0.1:80")],
+        };
+        t.apply(1, &verdict);
+        let disable = Command::Override {
+            key: key("10.0.0.1:80"),
+            state: Some(AdminState::Disabled),
+        };
+        let changed = t.apply(2, &disable);
+        let update = t.partial_update(&changed);
+        let wire = &update.backends[0];
+        assert_eq!(wire.admin_override, Some(v1::AdminState::Disabled.into()));
+        assert_eq!(
+            wire.state,
+            i32::from(v1::HealthState::Unhealthy),
+            "the verdict stays the agents'"
+        );
+        assert!(
+            wire.reason.starts_with("override: disabled (raft")
+                && wire.reason.ends_with("agents: HTTP 503 from 1/1 agent"),
+            "{}",
+            wire.reason
+        );
+        // An override on a backend the agents never judged: unknown, enabled.
+        let enable = Command::Override {
+            key: key("10.0.0.2:80"),
+            state: Some(AdminState::Enabled),
+        };
+        t.apply(3, &enable);
+        let full = t.full_update();
+        let never = full
+            .backends
+            .iter()
+            .find(|b| b.address == "10.0.0.2:80")
+            .expect("listed for its override");
+        assert_eq!(never.admin_override, Some(v1::AdminState::Enabled.into()));
+        assert_eq!(never.state, i32::from(v1::HealthState::Unknown));
+        // Cleared: the update carries no override, so proxies drop theirs.
+        let clear = Command::Override {
+            key: key("10.0.0.1:80"),
+            state: None,
+        };
+        let changed = t.apply(4, &clear);
+        assert_eq!(t.partial_update(&changed).backends[0].admin_override, None);
+    }
 }
