@@ -62,7 +62,8 @@ pub async fn run(
     let mut attempts = Reconnect::new(endpoints);
     loop {
         let (url, from) = attempts.attempt(current.as_ref());
-        let outcome = follow(&rt, &url, &me, from, &mut current, &report_tx).await;
+        let learner = attempts.learner();
+        let outcome = follow(&rt, &url, &me, from, &mut current, &report_tx, learner).await;
         rt.following.store(false, Ordering::Relaxed);
         attempts
             .ended(&url, outcome, "serving the last configuration")
@@ -78,8 +79,11 @@ async fn follow(
     from: Revision,
     current: &mut Option<Snapshot>,
     report: &watch::Sender<Option<(Channel, Revision)>>,
+    learner: tandem_client::Learner,
 ) -> Result<Progress, tandem_client::BoxError> {
     let channel = endpoint(url)?.connect().await?;
+    // Control replicas added since we started join the rotation.
+    tokio::spawn(learner.learn_from(channel.clone(), url.to_string(), me.clone()));
     let mut client = ControlPlaneClient::new(channel.clone());
     let (store_id, generation) = tandem_client::resume_identity(current.as_ref(), from);
     let mut req = tonic::Request::new(WatchRequest {
