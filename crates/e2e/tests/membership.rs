@@ -423,3 +423,73 @@ async fn a_replica_wiped_while_its_peers_are_down_is_refused_by_the_database_rec
     );
     Ok(())
 }
+
+/// A proxy configured with one replica's endpoint learns the others from
+/// the raft members' list, and follows them once that replica is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_configured_with_one_replica_learns_the_others_from_the_members()
+-> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let mut cluster = ControlCluster::start(&pg.url(), 3).await?;
+    let (leader, _) = cluster.leader(&[], Duration::from_secs(10)).await?;
+    wait_for_voters(&cluster.endpoints(), &[1, 2, 3], Duration::from_secs(10)).await?;
+    let backends = FakeBackend::start_many("web", 2).await?;
+    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
+    let pool = v1::Pool {
+        name: "web".into(),
+        ..Default::default()
+    };
+    declare_pool(
+        &mut cluster.replicas[0].admin_client().await?,
+        pool,
+        &addresses,
+    )
+    .await?;
+    // Configured with one follower only.
+    let only = if leader == 1 { 2 } else { 1 };
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != only).collect();
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &cluster.replica(only).endpoint(),
+        &[
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_WORKERS", "1".into()),
+        ],
+    )?;
+    proxy.wait_ready().await?;
+    wait_http_ok(&proxy.url("/"), Duration::from_secs(20)).await?;
+    let learned: Vec<String> = others
+        .iter()
+        .map(|&i| cluster.replica(i).endpoint())
+        .collect();
+    wait_until(
+        Duration::from_secs(20),
+        "the proxy to learn the other replicas",
+        || {
+            let logs = proxy.process.logs();
+            let all = learned.iter().all(|e| {
+                logs.lines()
+                    .any(|l| l.contains("control replica learned") && l.contains(e.as_str()))
+            });
+            async move { all }
+        },
+    )
+    .await?;
+
+    // The replica it was configured with dies; a change made through the
+    // others still reaches it.
+    cluster.replica(only).process.kill();
+    let rest = learned.join(",");
+    let (code, out) = tandemctl(&rest, &["backend", "drain", "web", &addresses[0]]).await;
+    assert_eq!(code, 0, "drain through the remaining replicas: {out}");
+    wait_until(
+        Duration::from_secs(30),
+        "the proxy to follow a learned replica",
+        || {
+            let state = proxy.backend_state("web", &addresses[0]);
+            async move { state.await.is_ok_and(|b| b["admin_state"] == "draining") }
+        },
+    )
+    .await?;
+    Ok(())
+}
