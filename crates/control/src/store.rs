@@ -1191,12 +1191,18 @@ impl Store {
         Ok(true)
     }
 
-    /// The recorded membership, by id.
+    /// The recorded membership, by id. Read over a connection of its own
+    /// to the first host (a start-up check: it must not hold up the pool
+    /// while the database is away).
     pub async fn raft_members(&self) -> Result<Vec<RecordedMember>> {
+        use sqlx::Connection as _;
+        let mut conn =
+            sqlx::PgConnection::connect_with(&with_name(self.hosts.first().clone())).await?;
         let rows: Vec<(i64, String, String)> =
             sqlx::query_as("SELECT id, address, suffrage FROM raft_members ORDER BY id")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut conn)
                 .await?;
+        let _ = conn.close().await;
         Ok(rows
             .into_iter()
             .map(|(id, address, suffrage)| RecordedMember {
