@@ -38,7 +38,8 @@ pub async fn run(endpoints: Vec<String>, me: Identity, out: watch::Sender<Option
             out.send_replace(Some(Arc::new(s.clone())));
             report_tx.send_replace(Some((channel.clone(), s.revision)));
         };
-        let outcome = follow(&url, &me, from, &mut current, publish).await;
+        let learner = attempts.learner();
+        let outcome = follow(&url, &me, from, &mut current, publish, learner).await;
         attempts
             .ended(&url, outcome, "probing the last known targets")
             .await;
@@ -52,8 +53,11 @@ async fn follow(
     from: Revision,
     current: &mut Option<Snapshot>,
     publish: impl Fn(&Snapshot, &Channel),
+    learner: tandem_client::Learner,
 ) -> Result<Progress, BoxError> {
     let channel = endpoint(url)?.connect().await?;
+    // Control replicas added since we started join the rotation.
+    tokio::spawn(learner.learn_from(channel.clone(), url.to_string(), me.clone()));
     let mut client = ControlPlaneClient::new(channel.clone());
     let (store_id, generation) = tandem_client::resume_identity(current.as_ref(), from);
     let mut req = tonic::Request::new(WatchRequest {

@@ -186,6 +186,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub struct Reconnect {
     endpoints: Vec<String>,
+    /// Control replicas learned from the members' list
+    /// ([`Learner::learn_from`]), tried after the configured ones.
+    learned: Learner,
     next: usize,
     force_full: bool,
     backoff: Backoff,
@@ -197,6 +200,10 @@ impl Reconnect {
     pub fn new(endpoints: Vec<String>) -> Self {
         assert!(!endpoints.is_empty(), "no control-plane endpoint to follow");
         Self {
+            learned: Learner {
+                configured: endpoints.clone(),
+                found: Default::default(),
+            },
             endpoints,
             next: 0,
             force_full: false,
@@ -208,13 +215,25 @@ impl Reconnect {
     /// The endpoint to try now and the revision to ask from, given what we
     /// hold.
     pub fn attempt(&mut self, current: Option<&Snapshot>) -> (String, Revision) {
-        let url = self.endpoints[self.next % self.endpoints.len()].clone();
+        let all: Vec<String> = self
+            .endpoints
+            .iter()
+            .cloned()
+            .chain(self.learned.found())
+            .collect();
+        let url = all[self.next % all.len()].clone();
         self.next += 1;
         let from = match current {
             Some(s) if !self.force_full => s.revision,
             _ => Revision::ZERO,
         };
         (url, from)
+    }
+
+    /// The handle a watch loop gives each connection to learn the control
+    /// replicas' current members from.
+    pub fn learner(&self) -> Learner {
+        self.learned.clone()
     }
 
     /// Records how the attempt at `url` ended, logs a failure (loud on the
@@ -242,6 +261,76 @@ impl Reconnect {
             }
         }
         tokio::time::sleep(self.backoff.next_wait()).await;
+    }
+}
+
+/// At most this many learned endpoints are kept.
+const MAX_LEARNED: usize = 16;
+
+/// Control replicas learned from the raft members' list (`GetClusterStatus`
+/// asked of a replica we reached): a member added after this node started
+/// joins its rotation, so it still finds the control plane once the
+/// replicas it was configured with are gone. The configured endpoints are
+/// always kept; the learned ones are replaced by each answer.
+#[derive(Debug, Clone)]
+pub struct Learner {
+    configured: Vec<String>,
+    found: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Learner {
+    fn found(&self) -> Vec<String> {
+        self.found.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes the members' addresses (`host:port`) as endpoints with the
+    /// scheme of `url` (the endpoint that answered); keeps those not
+    /// configured already. Returns the ones new to the rotation.
+    pub fn learn(&self, url: &str, addresses: &[String]) -> Vec<String> {
+        let scheme = url.split_once("://").map_or("http", |(s, _)| s);
+        let mut now: Vec<String> = Vec::new();
+        for a in addresses {
+            let valid = a.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && !host.contains(['/', '@', ' '])
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            let e = format!("{scheme}://{a}");
+            if valid
+                && !self.configured.contains(&e)
+                && !now.contains(&e)
+                && now.len() < MAX_LEARNED
+            {
+                now.push(e);
+            }
+        }
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        let new: Vec<String> = now.iter().filter(|e| !found.contains(e)).cloned().collect();
+        *found = now;
+        new
+    }
+
+    /// Asks the replica behind `channel` for the members (within a few
+    /// seconds, never failing the caller) and learns their addresses.
+    pub async fn learn_from(self, channel: Channel, url: String, me: Identity) {
+        let mut req = tonic::Request::new(v1::GetClusterStatusRequest {});
+        if me.authorize(&mut req).is_err() {
+            return;
+        }
+        let mut client = ControlPlaneClient::new(channel);
+        let ask = client.get_cluster_status(req);
+        let status = match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %url, error = %e.message(), "cannot list the control replicas");
+                return;
+            }
+            Err(_) => return,
+        };
+        let addresses: Vec<String> = status.members.into_iter().map(|m| m.address).collect();
+        for e in self.learn(&url, &addresses) {
+            tracing::info!(endpoint = %e, "control replica learned from the raft members: added to the rotation");
+        }
     }
 }
 
@@ -584,6 +673,35 @@ mod tests {
         let s = cur.unwrap();
         assert_eq!(s.revision, Revision(3));
         assert_eq!(s.store.map(|i| i.generation), Some(2));
+    }
+
+    #[test]
+    fn learned_members_join_the_rotation_after_the_configured_ones() {
+        let mut r = Reconnect::new(vec!["http://a:1".into()]);
+        let learner = r.learner();
+        let new = learner.learn(
+            "http://a:1",
+            &[
+                "a:1".into(),
+                "b:2".into(),
+                "c:3".into(),
+                "no-port".into(),
+                "evil/x:4".into(),
+                "d:0".into(),
+            ],
+        );
+        assert_eq!(new, ["http://b:2", "http://c:3"], "only valid, new ones");
+        let tried: Vec<String> = (0..3).map(|_| r.attempt(None).0).collect();
+        assert_eq!(tried, ["http://a:1", "http://b:2", "http://c:3"]);
+        // A later answer replaces the learned ones; the configured stay.
+        assert_eq!(
+            learner.learn("https://a:1", &["d:4".into()]),
+            ["https://d:4"]
+        );
+        let tried: Vec<String> = (0..2).map(|_| r.attempt(None).0).collect();
+        assert!(tried.contains(&"http://a:1".to_string()), "{tried:?}");
+        assert!(tried.contains(&"https://d:4".to_string()), "{tried:?}");
+        assert!(!tried.contains(&"http://b:2".to_string()), "{tried:?}");
     }
 
     #[tokio::test(start_paused = true)]

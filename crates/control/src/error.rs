@@ -59,10 +59,40 @@ pub enum Error {
     /// The leader's answer to a call forwarded to it, passed on as it is.
     #[error("{}", .0.message())]
     Forwarded(Status),
-    /// A membership change refused or failed, as `membership` words it
-    /// (its checks, raft-rs's refusals, the leader's answer when forwarded).
-    #[error("{}", .0.message())]
-    Membership(Status),
+    /// A membership change refused or failed (its checks, raft-rs's
+    /// refusals); the leader's answer to a forwarded one is `Forwarded`.
+    #[error("{0}")]
+    Membership(MembershipError),
+}
+
+/// Why a membership change (`tandemctl cluster add-member` /
+/// `remove-member`) was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("id: must be a positive integer")]
+    InvalidId,
+    #[error("address: {0:?} is not host:port (the new replica's gRPC address)")]
+    InvalidAddress(String),
+    #[error("{id} is the leader and no other voter is reachable to take over")]
+    NoSuccessor { id: u64 },
+    #[error("leadership did not move from {from} to {to} within {waited:?}; retry")]
+    TransferTimedOut {
+        from: u64,
+        to: u64,
+        waited: std::time::Duration,
+    },
+    /// Raft refused the change (one already in flight, a removal that
+    /// would leave no voter, ...), in raft's or the driver's words.
+    #[error("{0}")]
+    Refused(String),
+    #[error("this replica is no longer the leader (leader: {leader}); retry")]
+    NotLeader { leader: u64 },
+    #[error(
+        "leadership changed before the change was committed: check `tandemctl cluster status`, then retry"
+    )]
+    Lost,
+    #[error("the raft driver has stopped")]
+    Stopped,
 }
 
 /// Why a call for the raft leader cannot be made here.
@@ -75,6 +105,15 @@ pub enum LeaderError {
     NoLeader,
     #[error("raft leader {0} is not a known member")]
     UnknownLeader(u64),
+    /// A call to pass on to the leader, with no leader to pass it to.
+    #[error("no raft leader (no quorum of control replicas) to pass the call on to; retry")]
+    NoLeaderToAsk,
+    #[error("cannot reach the raft leader control-{leader} at {address}: {cause}")]
+    Unreachable {
+        leader: u64,
+        address: String,
+        cause: String,
+    },
 }
 
 /// Asking a proxy through its admin port (`Explain`).
@@ -181,7 +220,19 @@ impl Error {
             Error::Leader(_) | Error::ShuttingDown => Code::Unavailable,
             Error::Saturated => Code::ResourceExhausted,
             Error::NotRaft(_) => Code::InvalidArgument,
-            Error::Forwarded(status) | Error::Membership(status) => status.code(),
+            Error::Membership(m) => match m {
+                MembershipError::InvalidId | MembershipError::InvalidAddress(_) => {
+                    Code::InvalidArgument
+                }
+                MembershipError::NoSuccessor { .. } | MembershipError::Refused(_) => {
+                    Code::FailedPrecondition
+                }
+                MembershipError::TransferTimedOut { .. }
+                | MembershipError::NotLeader { .. }
+                | MembershipError::Lost
+                | MembershipError::Stopped => Code::Unavailable,
+            },
+            Error::Forwarded(status) => status.code(),
         }
     }
 }
@@ -191,7 +242,7 @@ impl From<Error> for Status {
     /// errors never reach the client.
     fn from(e: Error) -> Status {
         let e = match e {
-            Error::Forwarded(status) | Error::Membership(status) => return status,
+            Error::Forwarded(status) => return status,
             e => e,
         };
         let code = e.code();
@@ -201,8 +252,9 @@ impl From<Error> for Status {
             | Error::Leader(_)
             | Error::Saturated
             | Error::ShuttingDown
-            | Error::NotRaft(_) => Status::new(code, e.to_string()),
-            Error::Forwarded(_) | Error::Membership(_) => unreachable!("returned above"),
+            | Error::NotRaft(_)
+            | Error::Membership(_) => Status::new(code, e.to_string()),
+            Error::Forwarded(_) => unreachable!("returned above"),
             Error::Proxy(p) => {
                 tracing::debug!(error = %p, "explain");
                 Status::new(code, e.to_string())

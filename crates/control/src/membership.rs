@@ -19,8 +19,11 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::Error;
 use crate::consensus::storage::DiskStorage;
 use crate::consensus::{Consensus, FORWARDED, MemberChange, ProposeError, RaftStatus};
+use crate::error::{LeaderError, MembershipError};
+use crate::store::{RecordedMember, Store};
 
 /// How long a leader being removed waits for its successor.
 const TRANSFER_WAIT: Duration = Duration::from_secs(5);
@@ -59,23 +62,23 @@ pub fn suffrage(s: &RaftStatus, id: u64) -> &'static str {
 pub async fn add_member(
     consensus: &Consensus,
     req: Request<v1::AddMemberRequest>,
-) -> Result<Response<v1::MemberReply>, Status> {
+) -> Result<v1::MemberReply, Error> {
     let r = req.get_ref().clone();
     if r.id == 0 {
-        return Err(Status::invalid_argument("id: must be a positive integer"));
+        return Err(Error::Membership(MembershipError::InvalidId));
     }
     let address = r.address.trim();
     let valid = address
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
     if !valid {
-        return Err(Status::invalid_argument(format!(
-            "address: {address:?} is not host:port (the new replica's gRPC address)"
+        return Err(Error::Membership(MembershipError::InvalidAddress(
+            address.to_string(),
         )));
     }
     if !consensus.status().is_leader() {
         let mut leader = leader_client(consensus, &req, false).await?;
-        return leader.add_member(r).await;
+        return forwarded(leader.add_member(r).await);
     }
     let change = MemberChange::Add {
         id: r.id,
@@ -83,7 +86,7 @@ pub async fn add_member(
     };
     let index = change_members(consensus, change).await?;
     tracing::info!(id = r.id, %address, index, "member added as a learner");
-    Ok(Response::new(v1::MemberReply {
+    Ok(v1::MemberReply {
         raft_index: index,
         message: format!(
             "member {} ({address}) added as a learner at raft index {index}; start it with \
@@ -91,18 +94,18 @@ pub async fn add_member(
              caught up",
             r.id
         ),
-    }))
+    })
 }
 
 pub async fn remove_member(
     consensus: &Consensus,
     req: Request<v1::RemoveMemberRequest>,
-) -> Result<Response<v1::MemberReply>, Status> {
+) -> Result<v1::MemberReply, Error> {
     let r = *req.get_ref();
     let s = consensus.status();
     if !s.is_leader() {
         let mut leader = leader_client(consensus, &req, false).await?;
-        return leader.remove_member(r).await;
+        return forwarded(leader.remove_member(r).await);
     }
     if r.id == s.id {
         // Hand leadership over first: a leader that removes itself keeps
@@ -113,12 +116,7 @@ pub async fn remove_member(
             .copied()
             .filter(|&v| v != s.id && consensus.contact(v).reachable)
             .max_by_key(|v| s.progress.get(v).map(|p| p.matched))
-            .ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "{} is the leader and no other voter is reachable to take over",
-                    r.id
-                ))
-            })?;
+            .ok_or(Error::Membership(MembershipError::NoSuccessor { id: r.id }))?;
         tracing::info!(to, "removing the leader: handing leadership over first");
         consensus.transfer_leader(to);
         let start = Instant::now();
@@ -128,31 +126,37 @@ pub async fn remove_member(
                 break;
             }
             if start.elapsed() > TRANSFER_WAIT {
-                return Err(Status::unavailable(format!(
-                    "leadership did not move from {} to {to} within {TRANSFER_WAIT:?}; retry",
-                    s.id
-                )));
+                return Err(Error::Membership(MembershipError::TransferTimedOut {
+                    from: s.id,
+                    to,
+                    waited: TRANSFER_WAIT,
+                }));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut leader = leader_client(consensus, &req, true).await?;
-        return leader.remove_member(r).await;
+        return forwarded(leader.remove_member(r).await);
     }
     let index = change_members(consensus, MemberChange::Remove { id: r.id }).await?;
     tracing::info!(id = r.id, index, "member removed");
-    Ok(Response::new(v1::MemberReply {
+    Ok(v1::MemberReply {
         raft_index: index,
         message: format!(
             "member {} removed at raft index {index}; stop that replica (its id is not to be \
              reused: a replacement joins under a new id)",
             r.id
         ),
-    }))
+    })
+}
+
+/// The leader's answer to a call passed on to it, as it is.
+fn forwarded<T>(answer: Result<Response<T>, Status>) -> Result<T, Error> {
+    answer.map(Response::into_inner).map_err(Error::Forwarded)
 }
 
 /// Proposes `change`, waiting out a change still being applied (a new
 /// leader's first entry counts as one) for a few seconds.
-async fn change_members(consensus: &Consensus, change: MemberChange) -> Result<u64, Status> {
+async fn change_members(consensus: &Consensus, change: MemberChange) -> Result<u64, Error> {
     let start = Instant::now();
     loop {
         match consensus.change_members(change.clone()).await {
@@ -167,24 +171,18 @@ async fn change_members(consensus: &Consensus, change: MemberChange) -> Result<u
     }
 }
 
-fn refused(e: ProposeError) -> Status {
-    match e {
-        ProposeError::Membership(why) => Status::failed_precondition(why),
-        ProposeError::Refused(why) => Status::failed_precondition(why),
-        ProposeError::NotLeader { leader } => Status::unavailable(format!(
-            "this replica is no longer the leader (leader: {leader}); retry"
-        )),
-        ProposeError::Lost => Status::unavailable(
-            "leadership changed before the change was committed: check `tandemctl cluster \
-             status`, then retry",
-        ),
-        ProposeError::Stopped => Status::unavailable("the raft driver has stopped"),
-    }
+fn refused(e: ProposeError) -> Error {
+    Error::Membership(match e {
+        ProposeError::Membership(why) | ProposeError::Refused(why) => MembershipError::Refused(why),
+        ProposeError::NotLeader { leader } => MembershipError::NotLeader { leader },
+        ProposeError::Lost => MembershipError::Lost,
+        ProposeError::Stopped => MembershipError::Stopped,
+    })
 }
 
 /// Passes the caller's credentials on, marked as forwarded.
 #[derive(Clone)]
-struct PassOn {
+pub(crate) struct PassOn {
     authorization: Option<MetadataValue<Ascii>>,
 }
 
@@ -199,44 +197,46 @@ impl tonic::service::Interceptor for PassOn {
     }
 }
 
-type LeaderClient =
+pub(crate) type LeaderClient =
     ControlPlaneClient<tonic::service::interceptor::InterceptedService<Channel, PassOn>>;
 
-/// A client of the leader presenting the caller's credentials. A call
-/// already forwarded once is not forwarded again unless `again` (after
-/// this replica handed leadership over on purpose).
-async fn leader_client<T>(
+/// A client of the leader presenting the caller's credentials (for
+/// membership changes and the emergency levers). A call already forwarded
+/// once is not forwarded again unless `again` (after this replica handed
+/// leadership over on purpose).
+pub(crate) async fn leader_client<T>(
     consensus: &Consensus,
     req: &Request<T>,
     again: bool,
-) -> Result<LeaderClient, Status> {
+) -> Result<LeaderClient, Error> {
     let s = consensus.status();
     if s.leader == 0 {
-        return Err(Status::unavailable(
-            "no raft leader (no quorum of control replicas): membership cannot change now",
-        ));
+        return Err(Error::Leader(LeaderError::NoLeaderToAsk));
     }
     if req.metadata().get(FORWARDED).is_some() && !again {
-        return Err(Status::unavailable(format!(
-            "control-{} is not the raft leader (leader: {}); retry",
-            s.id, s.leader
-        )));
+        return Err(Error::Leader(LeaderError::NotLeader {
+            id: s.id,
+            leader: s.leader,
+        }));
     }
-    let addr = s.addresses.get(&s.leader).ok_or_else(|| {
-        Status::unavailable(format!("raft leader {} has no known address", s.leader))
-    })?;
+    let addr = s
+        .addresses
+        .get(&s.leader)
+        .ok_or(Error::Leader(LeaderError::UnknownLeader(s.leader)))?;
+    let unreachable = |cause: String| {
+        Error::Leader(LeaderError::Unreachable {
+            leader: s.leader,
+            address: addr.clone(),
+            cause,
+        })
+    };
     let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::internal(format!("leader address {addr:?}: {e}")))?
+        .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
         .connect()
         .await
-        .map_err(|e| {
-            Status::unavailable(format!(
-                "cannot reach the raft leader control-{} at {addr}: {e}",
-                s.leader
-            ))
-        })?;
+        .map_err(|e| unreachable(crate::error::innermost_cause(&e)))?;
     let authorization = req.metadata().get("authorization").cloned();
     Ok(ControlPlaneClient::with_interceptor(
         channel,
@@ -247,17 +247,31 @@ async fn leader_client<T>(
 /// Refuses to start a replica whose state directory is empty under an id
 /// the group already counts as a voter it has heard from: that replica
 /// has forgotten its term and vote, and could vote twice in one term.
-/// Asks the other replicas in `addresses` (their leader's view); when
-/// none answers, starts (nothing to go by).
+/// Asks the other replicas in `addresses` (their leader's view), then the
+/// membership the leader recorded in the control database ([`record`]):
+/// with neither (no replica answers, the database is away or has no
+/// record), starts, as there is nothing to go by.
 pub async fn refuse_forgotten_member(
     id: u64,
     state_dir: &Path,
     addresses: &BTreeMap<u64, String>,
     token: &str,
+    store: &Store,
 ) -> anyhow::Result<()> {
     if !DiskStorage::is_fresh(state_dir) {
         return Ok(());
     }
+    ask_peers(id, state_dir, addresses, token).await?;
+    consult_record(id, state_dir, store).await
+}
+
+/// The other replicas' view (their leader's).
+async fn ask_peers(
+    id: u64,
+    state_dir: &Path,
+    addresses: &BTreeMap<u64, String>,
+    token: &str,
+) -> anyhow::Result<()> {
     let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
         .parse()
         .map_err(|_| anyhow::anyhow!("the node token must be printable ASCII"))?;
@@ -320,4 +334,155 @@ pub async fn refuse_forgotten_member(
         "new raft state: no other replica knows this id as a voter it has heard from"
     );
     Ok(())
+}
+
+/// How long the start-up check waits for the control database.
+const RECORD_WAIT: Duration = Duration::from_secs(3);
+
+/// Refuses when the membership recorded in the control database counts
+/// `id` as a voter of a group of several (a group of one cannot vote
+/// twice: it is the only voter). An unreachable database, or one without
+/// the record yet, says nothing.
+async fn consult_record(id: u64, state_dir: &Path, store: &Store) -> anyhow::Result<()> {
+    let recorded = match tokio::time::timeout(RECORD_WAIT, store.raft_members()).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "cannot read the raft membership record; starting without it");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::info!(
+                "the control database did not answer within {RECORD_WAIT:?}: starting without \
+                 the raft membership record"
+            );
+            return Ok(());
+        }
+    };
+    if let Some(reason) = refusal_by_record(id, state_dir, &recorded) {
+        anyhow::bail!(reason);
+    }
+    Ok(())
+}
+
+/// Why the record forbids `id` to start with empty raft state, if it does.
+fn refusal_by_record(id: u64, state_dir: &Path, recorded: &[RecordedMember]) -> Option<String> {
+    let voters: Vec<u64> = recorded
+        .iter()
+        .filter(|m| m.suffrage == "voter")
+        .map(|m| m.id)
+        .collect();
+    if voters.len() < 2 || !voters.contains(&id) {
+        return None;
+    }
+    let list = voters
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "raft id {id} is a voter of the group (voters {list}, as recorded in the control \
+         database's raft_members table) but {} holds no raft state: it would have forgotten \
+         its vote. Remove it (`tandemctl cluster remove-member {id}`) and add this replica under \
+         a new id (`tandemctl cluster add-member NEW_ID ADDR`, then start it with \
+         TANDEM_RAFT_ID=NEW_ID and --join). Only when re-creating the whole group from empty \
+         state directories: clear the record first (DELETE FROM raft_members)",
+        state_dir.display()
+    ))
+}
+
+/// How often the leader compares the membership with the record.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs until shutdown: while this replica leads and its database is up,
+/// writes the membership (ids, addresses, suffrage) to the control
+/// database whenever it differs from what this replica last wrote (so at
+/// least once per leadership), for [`refuse_forgotten_member`] to consult
+/// when no other replica answers.
+pub async fn record(
+    store: Store,
+    consensus: Consensus,
+    fallback: BTreeMap<u64, String>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(RECORD_EVERY);
+    let mut written: Option<(u64, Vec<RecordedMember>)> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        let s = consensus.status();
+        if !s.is_leader() || !store.availability().is_up() {
+            continue;
+        }
+        let members: Vec<RecordedMember> = member_addresses(&s, &fallback)
+            .into_iter()
+            .map(|(id, address)| RecordedMember {
+                id,
+                suffrage: suffrage(&s, id).to_string(),
+                address,
+            })
+            .collect();
+        if written.as_ref() == Some(&(s.term, members.clone())) {
+            continue;
+        }
+        match store.record_raft_members(s.term, s.applied, &members).await {
+            Ok(newer) => {
+                if newer {
+                    tracing::info!(
+                        term = s.term,
+                        raft_index = s.applied,
+                        members = members.len(),
+                        "raft membership recorded in the control database"
+                    );
+                } else {
+                    tracing::info!("a newer raft membership record is in the database; kept");
+                }
+                written = Some((s.term, members));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the raft membership yet; will retry")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, suffrage: &str) -> RecordedMember {
+        RecordedMember {
+            id,
+            address: format!("127.0.0.1:{}", 7000 + id),
+            suffrage: suffrage.into(),
+        }
+    }
+
+    #[test]
+    fn the_record_refuses_only_a_voter_of_a_group_of_several() {
+        let dir = Path::new("/var/lib/tandem");
+        let group = [
+            member(1, "voter"),
+            member(2, "voter"),
+            member(3, "voter"),
+            member(4, "learner"),
+        ];
+        let why = refusal_by_record(2, dir, &group).expect("a known voter is refused");
+        assert!(why.contains("raft id 2 is a voter"), "{why}");
+        assert!(why.contains("voters 1, 2, 3"), "{why}");
+        assert!(why.contains("remove-member 2"), "{why}");
+        assert_eq!(
+            refusal_by_record(4, dir, &group),
+            None,
+            "a learner has no vote"
+        );
+        assert_eq!(refusal_by_record(9, dir, &group), None, "a new id");
+        assert_eq!(
+            refusal_by_record(1, dir, &[member(1, "voter")]),
+            None,
+            "a group of one"
+        );
+        assert_eq!(refusal_by_record(1, dir, &[]), None, "no record");
+    }
 }

@@ -72,8 +72,14 @@ pub async fn run(
 
     // A new state directory under an id the group already has would
     // start with a forgotten vote: refuse, saying what to do.
-    crate::membership::refuse_forgotten_member(raft.id, &raft.state_dir, &members, &peer_token)
-        .await?;
+    crate::membership::refuse_forgotten_member(
+        raft.id,
+        &raft.state_dir,
+        &members,
+        &peer_token,
+        &store,
+    )
+    .await?;
     // Always a transport, even for a cluster of one: members can be added.
     let peers = {
         let local_ip = Some(grpc.local_addr()?.ip()).filter(|ip| !ip.is_unspecified());
@@ -176,6 +182,12 @@ pub async fn run(
     tokio::spawn(crate::overrides::reconcile(
         store.clone(),
         consensus.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::membership::record(
+        store.clone(),
+        consensus.clone(),
+        members.clone(),
         stop_rx.clone(),
     ));
 

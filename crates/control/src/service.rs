@@ -463,6 +463,7 @@ impl ControlPlane for ControlService {
             Ok(v1::BackendReply {
                 backend: Some(convert::backend_to_proto(&backend)),
                 revision: rev.0,
+                ..Default::default()
             })
         })
         .await
@@ -472,8 +473,8 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::UpdateBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
-        self.call("UpdateBackend", Access::Admin, req, |req| async move {
-            let req = req.get_ref();
+        self.call("UpdateBackend", Access::Admin, req, |full| async move {
+            let req = full.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
             let weight = req.weight.map(tandem_core::Weight::new).transpose()?;
@@ -511,19 +512,38 @@ impl ControlPlane for ControlService {
                         pool: pool.clone(),
                         address: addr.clone(),
                     };
-                    self.consensus
+                    let proposed = self
+                        .consensus
                         .propose(&Command::Override {
                             key,
                             state: Some(state),
                         })
-                        .await
-                        .map_err(|p| {
+                        .await;
+                    let index = match proposed {
+                        Ok(index) => index,
+                        // Only the leader proposes: a follower passes the
+                        // call on with the caller's own credentials (the
+                        // leader checks them, and tries its database first).
+                        Err(crate::consensus::ProposeError::NotLeader { leader }) => {
+                            tracing::info!(leader, "passing the override on to the raft leader");
+                            let mut to =
+                                crate::membership::leader_client(&self.consensus, &full, false)
+                                    .await?;
+                            return to
+                                .update_backend(req.clone())
+                                .await
+                                .map(Response::into_inner)
+                                .map_err(Error::Forwarded);
+                        }
+                        Err(p) => {
                             tracing::warn!(error = %p, "the raft override was not committed either");
-                            e
-                        })?;
+                            return Err(e);
+                        }
+                    };
                     return Ok(v1::BackendReply {
                         backend: None,
                         revision: 0,
+                        override_raft_index: Some(index),
                     });
                 }
                 (r, _) => r?,
@@ -531,6 +551,7 @@ impl ControlPlane for ControlService {
             Ok(v1::BackendReply {
                 backend: Some(convert::backend_to_proto(&backend)),
                 revision: rev.0,
+                ..Default::default()
             })
         })
         .await
@@ -1074,10 +1095,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::AddMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
         self.call("AddMember", Access::Admin, req, |req| async move {
-            crate::membership::add_member(&self.consensus, req)
-                .await
-                .map(Response::into_inner)
-                .map_err(Error::Membership)
+            crate::membership::add_member(&self.consensus, req).await
         })
         .await
     }
@@ -1087,10 +1105,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
         self.call("RemoveMember", Access::Admin, req, |req| async move {
-            crate::membership::remove_member(&self.consensus, req)
-                .await
-                .map(Response::into_inner)
-                .map_err(Error::Membership)
+            crate::membership::remove_member(&self.consensus, req).await
         })
         .await
     }

@@ -1137,3 +1137,79 @@ impl Store {
 fn with_name(options: PgConnectOptions) -> PgConnectOptions {
     options.application_name("tandem-control")
 }
+
+// === the raft membership record (see `membership::record`) ===
+
+/// One raft member as recorded in the control database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedMember {
+    pub id: u64,
+    pub address: String,
+    /// "voter" or "learner".
+    pub suffrage: String,
+}
+
+impl Store {
+    /// Replaces the recorded membership with `members`, as the leader saw
+    /// it at (`term`, `raft_index`); a record written at a later point is
+    /// kept (returns false).
+    pub async fn record_raft_members(
+        &self,
+        term: u64,
+        raft_index: u64,
+        members: &[RecordedMember],
+    ) -> Result<bool> {
+        self.writable()?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE raft_members IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let newest: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT term, raft_index FROM raft_members ORDER BY term DESC, raft_index DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if newest.is_some_and(|(t, i)| (t as u64, i as u64) > (term, raft_index)) {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM raft_members")
+            .execute(&mut *tx)
+            .await?;
+        for m in members {
+            sqlx::query(
+                "INSERT INTO raft_members (id, address, suffrage, term, raft_index) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(m.id as i64)
+            .bind(&m.address)
+            .bind(&m.suffrage)
+            .bind(term as i64)
+            .bind(raft_index as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The recorded membership, by id. Read over a connection of its own
+    /// to the first host (a start-up check: it must not hold up the pool
+    /// while the database is away).
+    pub async fn raft_members(&self) -> Result<Vec<RecordedMember>> {
+        use sqlx::Connection as _;
+        let mut conn =
+            sqlx::PgConnection::connect_with(&with_name(self.hosts.first().clone())).await?;
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, address, suffrage FROM raft_members ORDER BY id")
+                .fetch_all(&mut conn)
+                .await?;
+        let _ = conn.close().await;
+        Ok(rows
+            .into_iter()
+            .map(|(id, address, suffrage)| RecordedMember {
+                id: id as u64,
+                address,
+                suffrage,
+            })
+            .collect())
+    }
+}

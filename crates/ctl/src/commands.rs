@@ -603,17 +603,29 @@ impl Session {
         };
         let address = req.address.clone();
         let reply = self.unary(self.client.clone().update_backend(req)).await?;
-        if reply.backend.is_none() && reply.revision == 0 {
+        if reply.override_raft_index.is_some() || (reply.backend.is_none() && reply.revision == 0) {
             // The control plane committed it as a raft override: its
             // database is down (see README, "Emergency levers").
             let name = output::admin_state_name(state.into());
-            writeln!(
+            let index = reply.override_raft_index.unwrap_or(0);
+            return self.print(
                 out,
-                "backend {address} in pool/{} is now {name} as a runtime override \
-                 (control database unavailable; applied to the declared configuration when it returns)",
-                b.pool
-            )?;
-            return Ok(());
+                || {
+                    format!(
+                        "backend {address} in pool/{} is now {name} as a runtime override \
+                         (control database unavailable; applied to the declared configuration \
+                         when it returns; raft index {index})",
+                        b.pool
+                    )
+                },
+                || output::OverrideReplyJson {
+                    pool: &b.pool,
+                    address: &address,
+                    admin_state: name,
+                    runtime_override: true,
+                    raft_index: index,
+                },
+            );
         }
         let verb = format!("is now {}", output::admin_state_name(state.into()));
         self.print_backend_reply(out, &reply, &b.pool, &verb)

@@ -363,3 +363,133 @@ async fn a_wiped_replica_refuses_its_old_id_and_is_replaced_under_a_new_one() ->
     assert!(!text.contains("learner"), "{text}");
     Ok(())
 }
+
+/// The record in the control database is the last word when no peer can
+/// answer: a voter wiped and restarted while the other replicas are down
+/// is refused by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_wiped_while_its_peers_are_down_is_refused_by_the_database_record()
+-> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let mut cluster = ControlCluster::start(&pg.url(), 3).await?;
+    let (leader, _) = cluster.leader(&[], Duration::from_secs(10)).await?;
+    let endpoints = cluster.endpoints();
+    wait_for_voters(&endpoints, &[1, 2, 3], Duration::from_secs(10)).await?;
+
+    // The leader records the membership in the control database.
+    let db = sqlx::PgPool::connect(&pg.url()).await?;
+    wait_until(Duration::from_secs(20), "the membership record", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(i64, String, String)> =
+                sqlx::query_as("SELECT id, address, suffrage FROM raft_members ORDER BY id")
+                    .fetch_all(&db)
+                    .await
+                    .unwrap_or_default();
+            rows.len() == 3
+                && rows.iter().all(|(_, a, s)| !a.is_empty() && s == "voter")
+                && rows.iter().map(|r| r.0).eq([1, 2, 3])
+        }
+    })
+    .await?;
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, address, suffrage FROM raft_members ORDER BY id")
+            .fetch_all(&db)
+            .await?;
+    eprintln!("raft_members: {rows:?}");
+
+    // Every other replica stops; the victim's disk is wiped; it comes back.
+    let victim = if leader == 1 { 2 } else { 1 };
+    for id in [1, 2, 3].into_iter().filter(|&i| i != victim) {
+        cluster.replica(id).process.kill();
+    }
+    cluster.replica(victim).respawn_wiped()?;
+    wait_until(Duration::from_secs(30), "the wiped replica exits", || {
+        let running = cluster.replicas[(victim - 1) as usize].process.is_running();
+        async move { !running }
+    })
+    .await?;
+    let logs = cluster.replica(victim).process.logs();
+    assert!(
+        logs.contains(&format!("raft id {victim} is a voter of the group"))
+            && logs.contains("as recorded in the control database")
+            && logs.contains(&format!("tandemctl cluster remove-member {victim}"))
+            && logs.contains("--join"),
+        "the database's record refuses it, saying what to do:\n{logs}"
+    );
+    assert!(
+        !logs.contains("control plane serving"),
+        "it never served:\n{logs}"
+    );
+    Ok(())
+}
+
+/// A proxy configured with one replica's endpoint learns the others from
+/// the raft members' list, and follows them once that replica is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_configured_with_one_replica_learns_the_others_from_the_members()
+-> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let mut cluster = ControlCluster::start(&pg.url(), 3).await?;
+    let (leader, _) = cluster.leader(&[], Duration::from_secs(10)).await?;
+    wait_for_voters(&cluster.endpoints(), &[1, 2, 3], Duration::from_secs(10)).await?;
+    let backends = FakeBackend::start_many("web", 2).await?;
+    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
+    let pool = v1::Pool {
+        name: "web".into(),
+        ..Default::default()
+    };
+    declare_pool(
+        &mut cluster.replicas[0].admin_client().await?,
+        pool,
+        &addresses,
+    )
+    .await?;
+    // Configured with one follower only.
+    let only = if leader == 1 { 2 } else { 1 };
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != only).collect();
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &cluster.replica(only).endpoint(),
+        &[
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_WORKERS", "1".into()),
+        ],
+    )?;
+    proxy.wait_ready().await?;
+    wait_http_ok(&proxy.url("/"), Duration::from_secs(20)).await?;
+    let learned: Vec<String> = others
+        .iter()
+        .map(|&i| cluster.replica(i).endpoint())
+        .collect();
+    wait_until(
+        Duration::from_secs(20),
+        "the proxy to learn the other replicas",
+        || {
+            let logs = proxy.process.logs();
+            let all = learned.iter().all(|e| {
+                logs.lines()
+                    .any(|l| l.contains("control replica learned") && l.contains(e.as_str()))
+            });
+            async move { all }
+        },
+    )
+    .await?;
+
+    // The replica it was configured with dies; a change made through the
+    // others still reaches it.
+    cluster.replica(only).process.kill();
+    let rest = learned.join(",");
+    let (code, out) = tandemctl(&rest, &["backend", "drain", "web", &addresses[0]]).await;
+    assert_eq!(code, 0, "drain through the remaining replicas: {out}");
+    wait_until(
+        Duration::from_secs(30),
+        "the proxy to follow a learned replica",
+        || {
+            let state = proxy.backend_state("web", &addresses[0]);
+            async move { state.await.is_ok_and(|b| b["admin_state"] == "draining") }
+        },
+    )
+    .await?;
+    Ok(())
+}

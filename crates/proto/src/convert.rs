@@ -652,6 +652,7 @@ pub fn backend_health_to_proto(key: &BackendKey, h: &BackendHealth) -> v1::Backe
                 live: v.live,
             })
             .collect(),
+        admin_override: None,
     }
 }
 

@@ -40,7 +40,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tandem_core::Snapshot;
+use tandem_core::{AdminState, Snapshot};
 use tokio::net::TcpListener;
 use tokio::sync::watch as channel;
 
@@ -62,6 +62,9 @@ pub(crate) struct Runtime {
     /// Were control-plane endpoints configured at all?
     pub has_control_plane: bool,
     pub registry: Registry,
+    /// The configuration installed last, as declared, and the runtime
+    /// admin-state overrides (raft, control database down) served over it.
+    overrides: std::sync::Mutex<Overrides>,
     persist: Option<channel::Sender<Option<Arc<Snapshot>>>>,
     revision: metrics::Gauge,
     from_disk: metrics::Gauge,
@@ -91,6 +94,7 @@ impl Runtime {
             has_control_plane: !settings.control.is_empty(),
             registry: Registry::new(settings.upstream_max_idle)
                 .with_sampling(settings.sampling.clone()),
+            overrides: std::sync::Mutex::new(Overrides::default()),
             persist: settings.state_dir.clone().map(spawn_persister),
             revision: metrics::gauge!("tandem_proxy_config_revision"),
             from_disk: metrics::gauge!("tandem_proxy_config_from_disk"),
@@ -106,9 +110,12 @@ impl Runtime {
     /// Builds the table for `snapshot` and swaps it in; requests already
     /// running keep the table they started with.
     pub fn install(&self, snapshot: Snapshot, source: Source) {
-        let table = Arc::new(self.registry.build(&snapshot, source));
-        self.proxy.table.store(Some(table.clone()));
-        self.tcp.install(&snapshot, table);
+        let snapshot = Arc::new(snapshot);
+        {
+            let mut o = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+            o.installed = Some((snapshot.clone(), source));
+            self.swap_tables(&o);
+        }
         if let Some(tls) = &self.tls {
             tls.install(&snapshot);
             let served = tls.served();
@@ -134,9 +141,79 @@ impl Runtime {
         if source == Source::ControlPlane
             && let Some(tx) = &self.persist
         {
-            tx.send_replace(Some(Arc::new(snapshot)));
+            tx.send_replace(Some(snapshot));
         }
     }
+
+    /// Builds the HTTP and TCP tables from the installed configuration
+    /// with the overrides' admin states in place of the declared ones,
+    /// exactly as if they had been declared (the balancers, panic mode
+    /// and the TCP supervisor see the same thing).
+    fn swap_tables(&self, o: &Overrides) {
+        let Some((snapshot, source)) = &o.installed else {
+            return;
+        };
+        let patched;
+        let serve = if o.states.is_empty() {
+            snapshot.as_ref()
+        } else {
+            let mut s = Snapshot::clone(snapshot);
+            for ((pool, address), state) in &o.states {
+                if let Some(b) = s
+                    .pools
+                    .get_mut(pool)
+                    .and_then(|p| p.backends.iter_mut().find(|b| &b.address == address))
+                {
+                    b.admin_state = *state;
+                }
+            }
+            patched = s;
+            &patched
+        };
+        let table = Arc::new(self.registry.build(serve, *source));
+        self.proxy.table.store(Some(table.clone()));
+        self.tcp.install(serve, table);
+    }
+
+    /// Applies the runtime admin-state overrides of a health update
+    /// (`full`: they replace every override; otherwise `None` clears one),
+    /// rebuilding the tables when one changed.
+    pub fn apply_overrides(&self, full: bool, states: Vec<(BackendKey, Option<AdminState>)>) {
+        let mut o = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        let before = o.states.clone();
+        if full {
+            o.states.clear();
+        }
+        for ((pool, address), state) in states {
+            match state {
+                Some(s) => o.states.insert((pool, address), s),
+                None => o.states.remove(&(pool, address)),
+            };
+        }
+        if o.states == before {
+            return;
+        }
+        for ((pool, address), state) in &o.states {
+            if before.get(&(pool.clone(), address.clone())) != Some(state) {
+                tracing::warn!(%pool, backend = %address, state = state.as_str(), "runtime admin-state override (raft, control database down)");
+            }
+        }
+        for (pool, address) in before.keys() {
+            if !o.states.contains_key(&(pool.clone(), address.clone())) {
+                tracing::info!(%pool, backend = %address, "runtime admin-state override cleared");
+            }
+        }
+        self.swap_tables(&o);
+    }
+}
+
+type BackendKey = (tandem_core::PoolName, tandem_core::BackendAddr);
+
+/// The configuration installed last and the overrides served over it.
+#[derive(Default)]
+struct Overrides {
+    installed: Option<(Arc<Snapshot>, Source)>,
+    states: std::collections::BTreeMap<BackendKey, AdminState>,
 }
 
 impl Runtime {

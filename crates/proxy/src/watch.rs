@@ -62,7 +62,8 @@ pub async fn run(
     let mut attempts = Reconnect::new(endpoints);
     loop {
         let (url, from) = attempts.attempt(current.as_ref());
-        let outcome = follow(&rt, &url, &me, from, &mut current, &report_tx).await;
+        let learner = attempts.learner();
+        let outcome = follow(&rt, &url, &me, from, &mut current, &report_tx, learner).await;
         rt.following.store(false, Ordering::Relaxed);
         attempts
             .ended(&url, outcome, "serving the last configuration")
@@ -78,8 +79,11 @@ async fn follow(
     from: Revision,
     current: &mut Option<Snapshot>,
     report: &watch::Sender<Option<(Channel, Revision)>>,
+    learner: tandem_client::Learner,
 ) -> Result<Progress, tandem_client::BoxError> {
     let channel = endpoint(url)?.connect().await?;
+    // Control replicas added since we started join the rotation.
+    tokio::spawn(learner.learn_from(channel.clone(), url.to_string(), me.clone()));
     let mut client = ControlPlaneClient::new(channel.clone());
     let (store_id, generation) = tandem_client::resume_identity(current.as_ref(), from);
     let mut req = tonic::Request::new(WatchRequest {
@@ -174,9 +178,18 @@ fn apply_health(rt: &Runtime, update: &v1::HealthUpdate) {
     let _entered = span.enter();
     let mut states = Vec::with_capacity(update.backends.len());
     let mut notes = Vec::with_capacity(update.backends.len());
+    let mut overrides = Vec::new();
     for b in &update.backends {
-        match backend_health_from_proto(b) {
-            Ok((key, health)) => {
+        // A runtime admin-state override (raft, control database down).
+        let parsed = backend_health_from_proto(b).and_then(|h| {
+            let o = b.admin_override.map_or(Ok(None), |v| {
+                tandem_proto::convert::admin_state_from_proto(v, "admin_override")
+            })?;
+            Ok((h, o))
+        });
+        match parsed {
+            Ok(((key, health), admin_override)) => {
+                overrides.push(((key.pool.clone(), key.address.clone()), admin_override));
                 if health.state == tandem_core::health::HealthState::Unhealthy {
                     tracing::warn!(pool = %key.pool, backend = %key.address, reason = %health.reason, "backend marked unhealthy by the agents");
                 }
@@ -193,5 +206,6 @@ fn apply_health(rt: &Runtime, update: &v1::HealthUpdate) {
         }
     }
     rt.registry.note_health(update.full, notes);
+    rt.apply_overrides(update.full, overrides);
     rt.apply_health(update.full, states);
 }

@@ -217,30 +217,32 @@ impl HealthTable {
         }
     }
 
-    /// A backend's state as watchers see it: a draining or disabled
-    /// override takes it out of rotation (as unhealthy: proxies send it no
-    /// new requests, in-flight ones finish), with the override named in
-    /// the reason so `tandemctl status` shows it; otherwise the agents'
-    /// verdict.
+    /// A backend's state as watchers see it: the agents' verdict, and an
+    /// override's admin state (`admin_override`) that proxies put in place
+    /// of the declared one: a drain or a disable there is the same as a
+    /// declared one (no new requests, not even in panic mode; a disabled
+    /// backend's TCP connections closed as the pool says), an enable puts
+    /// the backend back under the agents' verdict. The reason names the
+    /// override so `tandemctl status` shows it.
     fn wire(&self, k: &BackendKey) -> Option<v1::BackendHealth> {
-        match self.overrides.get(k) {
-            Some(s @ (AdminState::Draining | AdminState::Disabled)) => {
-                let since_ms = self.backends.get(k).map_or(0, |h| h.since_ms);
-                Some(convert::backend_health_to_proto(
-                    k,
-                    &BackendHealth {
-                        state: tandem_core::health::HealthState::Unhealthy,
-                        since_ms,
-                        reason: format!("override: {} (raft, control database down)", s.as_str()),
-                        views: Vec::new(),
-                    },
-                ))
-            }
-            _ => self
-                .backends
-                .get(k)
-                .map(|h| convert::backend_health_to_proto(k, h)),
+        let verdict = self.backends.get(k);
+        let Some(s) = self.overrides.get(k) else {
+            return verdict.map(|h| convert::backend_health_to_proto(k, h));
+        };
+        let unknown = BackendHealth {
+            state: tandem_core::health::HealthState::Unknown,
+            since_ms: 0,
+            reason: String::new(),
+            views: Vec::new(),
+        };
+        let mut wire = convert::backend_health_to_proto(k, verdict.unwrap_or(&unknown));
+        let agents = std::mem::take(&mut wire.reason);
+        wire.reason = format!("override: {} (raft, control database down)", s.as_str());
+        if !agents.is_empty() {
+            wire.reason = format!("{}; agents: {agents}", wire.reason);
         }
+        wire.admin_override = Some(convert::admin_state_to_proto(*s).into());
+        Some(wire)
     }
 }
 
@@ -406,5 +408,55 @@ mod tests {
             !String::from_utf8(t.encode()).unwrap().contains("overrides"),
             "an empty map is not written: older replicas read the snapshot"
         );
+    }
+
+    #[test]
+    fn an_override_travels_as_an_admin_state_beside_the_agents_verdict() {
+        let mut t = HealthTable::default();
+        let verdict = Command::Transitions {
+            trace: None,
+            transitions: vec![down("10.0.0.1:80")],
+        };
+        t.apply(1, &verdict);
+        let disable = Command::Override {
+            key: key("10.0.0.1:80"),
+            state: Some(AdminState::Disabled),
+        };
+        let changed = t.apply(2, &disable);
+        let update = t.partial_update(&changed);
+        let wire = &update.backends[0];
+        assert_eq!(wire.admin_override, Some(v1::AdminState::Disabled.into()));
+        assert_eq!(
+            wire.state,
+            i32::from(v1::HealthState::Unhealthy),
+            "the verdict stays the agents'"
+        );
+        assert!(
+            wire.reason.starts_with("override: disabled (raft")
+                && wire.reason.ends_with("agents: HTTP 503 from 1/1 agent"),
+            "{}",
+            wire.reason
+        );
+        // An override on a backend the agents never judged: unknown, enabled.
+        let enable = Command::Override {
+            key: key("10.0.0.2:80"),
+            state: Some(AdminState::Enabled),
+        };
+        t.apply(3, &enable);
+        let full = t.full_update();
+        let never = full
+            .backends
+            .iter()
+            .find(|b| b.address == "10.0.0.2:80")
+            .expect("listed for its override");
+        assert_eq!(never.admin_override, Some(v1::AdminState::Enabled.into()));
+        assert_eq!(never.state, i32::from(v1::HealthState::Unknown));
+        // Cleared: the update carries no override, so proxies drop theirs.
+        let clear = Command::Override {
+            key: key("10.0.0.1:80"),
+            state: None,
+        };
+        let changed = t.apply(4, &clear);
+        assert_eq!(t.partial_update(&changed).backends[0].admin_override, None);
     }
 }

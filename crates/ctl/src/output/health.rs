@@ -114,6 +114,7 @@ pub fn with_unreported(
                     since_unix_ms: 0,
                     reason: NOT_REPORTED.into(),
                     agents: Vec::new(),
+                    admin_override: None,
                 });
             }
         }

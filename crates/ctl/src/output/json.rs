@@ -321,6 +321,19 @@ pub struct BackendReplyJson<'a> {
     pub revision: u64,
 }
 
+/// `backend drain|disable|enable` committed as a runtime override (the
+/// control database was down).
+#[derive(Debug, Serialize)]
+pub struct OverrideReplyJson<'a> {
+    pub pool: &'a str,
+    pub address: &'a str,
+    pub admin_state: &'a str,
+    /// Always true: tells this answer from a declared change's.
+    pub runtime_override: bool,
+    /// The raft index it was committed at (0: not told, an older replica).
+    pub raft_index: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct RouteReplyJson<'a> {
     pub route: Option<RouteJson<'a>>,

@@ -39,9 +39,9 @@ pub use health::{
 };
 pub use json::{
     BackendJson, BackendReplyJson, BackendsJson, CertificateJson, CertificateReplyJson,
-    CertificatesJson, ChangeReplyJson, ClusterStatusJson, HealthJson, PoolJson, PoolReplyJson,
-    PoolsJson, RouteJson, RouteReplyJson, RoutesJson, SnapshotJson, StaleJson, StatusJson,
-    TcpRouteJson, TcpRouteReplyJson, WatchEventJson, to_json, to_json_line,
+    CertificatesJson, ChangeReplyJson, ClusterStatusJson, HealthJson, OverrideReplyJson, PoolJson,
+    PoolReplyJson, PoolsJson, RouteJson, RouteReplyJson, RoutesJson, SnapshotJson, StaleJson,
+    StatusJson, TcpRouteJson, TcpRouteReplyJson, WatchEventJson, to_json, to_json_line,
 };
 pub use names::{admin_state_name, route_host};
 pub use status::{stale_warning, status};

@@ -89,6 +89,7 @@ pub(super) fn failing() -> v1::BackendHealth {
             agent("agent-2", Some(false), "HTTP 503", true),
             agent("agent-3", Some(true), "HTTP 200", false),
         ],
+        admin_override: None,
     }
 }
 
@@ -100,6 +101,7 @@ pub(super) fn health_of(pool: &str, address: &str, state: v1::HealthState) -> v1
         since_unix_ms: 1_000_000,
         reason: String::new(),
         agents: vec![],
+        admin_override: None,
     }
 }
 
