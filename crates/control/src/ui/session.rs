@@ -225,22 +225,31 @@ pub fn clear_cookie(secure: bool) -> String {
 
 /// Refuses a request another site made the browser send: a
 /// `Sec-Fetch-Site` other than `same-origin` (or `none`, typed by the
-/// person), or an `Origin` that is not this page's. A request with neither
+/// person), or an `Origin` that is not this page's (`null` only with
+/// `Sec-Fetch-Site: same-origin`). A request with neither
 /// header (not a browser) still needs the session cookie and its CSRF
 /// token.
 pub fn same_origin(headers: &HeaderMap) -> Result<(), String> {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        let site = site.to_str().unwrap_or("?");
-        if !matches!(site, "same-origin" | "none") {
-            return Err(format!(
-                "the request came from another site (Sec-Fetch-Site: {site})"
-            ));
-        }
+    let site = headers
+        .get("sec-fetch-site")
+        .map(|s| s.to_str().unwrap_or("?"));
+    if let Some(site) = site
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Err(format!(
+            "the request came from another site (Sec-Fetch-Site: {site})"
+        ));
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("?");
+    // The page's `Referrer-Policy: no-referrer` makes a browser send
+    // `Origin: null` with its own forms; it then says where the request
+    // came from in `Sec-Fetch-Site`, which no page's script can set.
+    if origin == "null" && site == Some("same-origin") {
+        return Ok(());
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -382,9 +391,19 @@ mod tests {
         assert!(same_origin(&headers(&[host])).is_ok());
         assert!(same_origin(&headers(&[host, ("origin", "http://127.0.0.1:7401")])).is_ok());
         assert!(same_origin(&headers(&[host, ("sec-fetch-site", "same-origin")])).is_ok());
+        // What Chromium sends with the page's own forms (no-referrer).
+        assert!(
+            same_origin(&headers(&[
+                host,
+                ("origin", "null"),
+                ("sec-fetch-site", "same-origin")
+            ]))
+            .is_ok()
+        );
         for bad in [
             vec![host, ("origin", "http://evil.example")],
             vec![host, ("origin", "null")],
+            vec![host, ("origin", "null"), ("sec-fetch-site", "cross-site")],
             vec![host, ("origin", "http://127.0.0.1:7402")],
             vec![("origin", "http://127.0.0.1:7401")],
             vec![host, ("sec-fetch-site", "cross-site")],
