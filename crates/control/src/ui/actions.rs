@@ -121,21 +121,21 @@ fn authorize(
     headers: &HeaderMap,
     csrf: Option<&str>,
     what: &str,
-) -> Result<Session, Response> {
+) -> Result<Session, Box<Response>> {
     let session = signed_in(ui, headers).map(|(_, s)| s);
     let viewer = viewer_of(session.as_ref());
     if let Err(why) = session::same_origin(headers) {
         tracing::warn!(%why, "status page: refused a cross-origin {what}");
-        return Err(refuse(
+        return Err(Box::new(refuse(
             ui,
             &viewer,
             StatusCode::FORBIDDEN,
             "Refused",
             &format!("Refused to {what}: {why}. Use the page itself."),
-        ));
+        )));
     }
     let Some(session) = session else {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             ui,
             &viewer,
             StatusCode::UNAUTHORIZED,
@@ -143,11 +143,11 @@ fn authorize(
             &format!(
                 "Refused to {what}: this browser is not signed in (or its session ended after 30 minutes without a request, or this replica restarted). Sign in with an admin credential, then try again."
             ),
-        ));
+        )));
     };
     if !csrf.is_some_and(|c| session::same_token(c, &session.csrf)) {
         tracing::warn!(user = %session.user, "status page: refused a {what} without its CSRF token");
-        return Err(refuse(
+        return Err(Box::new(refuse(
             ui,
             &viewer,
             StatusCode::FORBIDDEN,
@@ -155,7 +155,7 @@ fn authorize(
             &format!(
                 "Refused to {what}: the form did not carry this session's CSRF token. Reload the page and use its buttons."
             ),
-        ));
+        )));
     }
     Ok(session)
 }
@@ -241,7 +241,7 @@ pub async fn sign_out(
     let csrf = form.as_ref().ok().and_then(|f| f.csrf.as_deref());
     let session = match authorize(&ui, &headers, csrf, "sign out") {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     ui.access.sessions.close(&id);
     tracing::info!(user = %session.user, "status page: signed out");
@@ -275,7 +275,7 @@ pub async fn act(
     };
     let session = match authorize(&ui, &headers, form.csrf.as_deref(), &what) {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let viewer = viewer_of(Some(&session));
     let Some(action) = Action::parse(&action) else {

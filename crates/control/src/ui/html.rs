@@ -1156,7 +1156,7 @@ pub struct Confirm<'a> {
 }
 
 pub fn confirm(c: &Confirm<'_>) -> String {
-    let Viewer::Admin { csrf, .. } = c.viewer else {
+    let Viewer::Admin { user, csrf } = c.viewer else {
         return String::new();
     };
     let now = match c.current {
@@ -1166,7 +1166,7 @@ pub fn confirm(c: &Confirm<'_>) -> String {
     let content = format!(
         r#"<div class="panel confirm" id="confirm" data-action="{name}"><h1>{verb} <span class="mono">{addr}</span> in pool {pool}?</h1>
 <p>{effect} {now}</p>
-<p class="meta">A new revision of the configuration, recorded as by <code>ui:</code> and your user, that every proxy applies.</p>
+<p class="meta">A new revision of the configuration, which every proxy applies; this replica logs it as done by <code>ui:{user}</code>.</p>
 <div class="actions">{form}<a class="button quiet" href="{back}" id="cancel">Cancel</a></div></div>"#,
         name = c.action.name(),
         verb = c.action.verb(),
@@ -1175,6 +1175,7 @@ pub fn confirm(c: &Confirm<'_>) -> String {
         effect = action_effect(c.action),
         form = action_form(c.pool, c.address, c.action, csrf, true),
         back = backend_href(c.pool, c.address),
+        user = esc(user),
     );
     page(
         &format!("{} {}?", c.action.verb(), c.address),
