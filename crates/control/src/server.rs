@@ -214,7 +214,7 @@ pub async fn run(
         tandem_telemetry::Started::already(),
         Some(health_metrics),
     )
-    .merge(crate::ui::router(status_page));
+    .merge(crate::ui::router(status_page, tokens.clone()));
     let admin_task = tokio::spawn(tandem_telemetry::serve_admin(admin, admin_router, {
         let mut stop = stop_rx.clone();
         async move {

@@ -265,6 +265,90 @@ fn required<'a, T>(v: &'a Option<T>, field: &str) -> Result<&'a T, Error> {
         .ok_or_else(|| ValidationError::new(field, "must be set").into())
 }
 
+/// What UpdateBackend changes of a backend; `None` keeps the current value.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BackendPatch {
+    pub weight: Option<tandem_core::Weight>,
+    pub role: Option<tandem_core::BackendRole>,
+    pub admin_state: Option<tandem_core::AdminState>,
+    pub order: Option<u32>,
+}
+
+/// The write behind UpdateBackend (`tandemctl backend drain/enable/disable`
+/// and the status page's actions): the declared configuration, or, when the
+/// database is down and only the admin state changes, the emergency lever,
+/// a raft override (`None`: no revision yet; `overrides` applies it to the
+/// declared configuration when the database returns).
+pub(crate) async fn update_backend(
+    store: &Store,
+    consensus: &Consensus,
+    pool: &tandem_core::PoolName,
+    addr: &BackendAddr,
+    expected: Option<Revision>,
+    patch: BackendPatch,
+) -> Result<BackendWrite, Error> {
+    let BackendPatch {
+        weight,
+        role,
+        admin_state: state,
+        order,
+    } = patch;
+    let written = store
+        .update_backend(pool, addr, expected, |mut b| {
+            b.weight = weight.unwrap_or(b.weight);
+            b.role = role.unwrap_or(b.role);
+            b.admin_state = state.unwrap_or(b.admin_state);
+            b.order = order.unwrap_or(b.order);
+            b
+        })
+        .await;
+    let lever_only = weight.is_none() && role.is_none() && order.is_none();
+    match (written, state) {
+        (Err(e @ (Error::Unavailable(_) | Error::DatabaseDown(_))), Some(state)) if lever_only => {
+            // The emergency lever: the database is down, so the
+            // admin state goes through raft as a runtime override.
+            tracing::warn!(
+                pool = %pool, backend = %addr, ?state, error = %e,
+                "control database unavailable: committing the admin state as a raft override"
+            );
+            let key = BackendKey {
+                pool: pool.clone(),
+                address: addr.clone(),
+            };
+            match consensus
+                .propose(&Command::Override {
+                    key,
+                    state: Some(state),
+                })
+                .await
+            {
+                Ok(raft_index) => Ok(BackendWrite::Override { raft_index }),
+                // Only the leader proposes.
+                Err(crate::consensus::ProposeError::NotLeader { leader }) => {
+                    Ok(BackendWrite::NotLeader { leader, cause: e })
+                }
+                Err(p) => {
+                    tracing::warn!(error = %p, "the raft override was not committed either");
+                    Err(e)
+                }
+            }
+        }
+        (r, _) => r.map(|(backend, rev)| BackendWrite::Declared(backend, rev)),
+    }
+}
+
+/// What [`update_backend`] did.
+pub(crate) enum BackendWrite {
+    /// Written into the declared configuration at this revision.
+    Declared(tandem_core::Backend, Revision),
+    /// The database is down: committed as a raft override at this index.
+    Override { raft_index: u64 },
+    /// The database is down and this replica is not the raft leader, which
+    /// alone may propose the override (`cause` is why the database write
+    /// failed).
+    NotLeader { leader: u64, cause: Error },
+}
+
 fn expected(v: Option<u64>) -> Option<Revision> {
     v.map(Revision)
 }
@@ -487,66 +571,43 @@ impl ControlPlane for ControlService {
                 None => None,
             };
             let order = req.order.map(|o| convert::order(o, "order")).transpose()?;
-            let written = self
-                .store
-                .update_backend(&pool, &addr, expected(req.expected_revision), |mut b| {
-                    b.weight = weight.unwrap_or(b.weight);
-                    b.role = role.unwrap_or(b.role);
-                    b.admin_state = state.unwrap_or(b.admin_state);
-                    b.order = order.unwrap_or(b.order);
-                    b
-                })
-                .await;
-            let lever_only = weight.is_none() && role.is_none() && order.is_none();
-            let (backend, rev) = match (written, state) {
-                (Err(e @ (Error::Unavailable(_) | Error::DatabaseDown(_))), Some(state))
-                    if lever_only =>
-                {
-                    // The emergency lever: the database is down, so the
-                    // admin state goes through raft as a runtime override.
-                    tracing::warn!(
-                        pool = %pool, backend = %addr, ?state, error = %e,
-                        "control database unavailable: committing the admin state as a raft override"
-                    );
-                    let key = BackendKey {
-                        pool: pool.clone(),
-                        address: addr.clone(),
-                    };
-                    let proposed = self
-                        .consensus
-                        .propose(&Command::Override {
-                            key,
-                            state: Some(state),
-                        })
-                        .await;
-                    let index = match proposed {
-                        Ok(index) => index,
-                        // Only the leader proposes: a follower passes the
-                        // call on with the caller's own credentials (the
-                        // leader checks them, and tries its database first).
-                        Err(crate::consensus::ProposeError::NotLeader { leader }) => {
-                            tracing::info!(leader, "passing the override on to the raft leader");
-                            let mut to =
-                                crate::membership::leader_client(&self.consensus, &full, false)
-                                    .await?;
-                            return to
-                                .update_backend(req.clone())
-                                .await
-                                .map(Response::into_inner)
-                                .map_err(Error::Forwarded);
-                        }
-                        Err(p) => {
-                            tracing::warn!(error = %p, "the raft override was not committed either");
-                            return Err(e);
-                        }
-                    };
+            let patch = BackendPatch {
+                weight,
+                role,
+                admin_state: state,
+                order,
+            };
+            let written = update_backend(
+                &self.store,
+                &self.consensus,
+                &pool,
+                &addr,
+                expected(req.expected_revision),
+                patch,
+            )
+            .await?;
+            let (backend, rev) = match written {
+                BackendWrite::Declared(backend, rev) => (backend, rev),
+                BackendWrite::Override { raft_index } => {
                     return Ok(v1::BackendReply {
                         backend: None,
                         revision: 0,
-                        override_raft_index: Some(index),
+                        override_raft_index: Some(raft_index),
                     });
                 }
-                (r, _) => r?,
+                // A follower passes the call on with the caller's own
+                // credentials (the leader checks them, and tries its
+                // database first).
+                BackendWrite::NotLeader { leader, .. } => {
+                    tracing::info!(leader, "passing the override on to the raft leader");
+                    let mut to =
+                        crate::membership::leader_client(&self.consensus, &full, false).await?;
+                    return to
+                        .update_backend(req.clone())
+                        .await
+                        .map(Response::into_inner)
+                        .map_err(Error::Forwarded);
+                }
             };
             Ok(v1::BackendReply {
                 backend: Some(convert::backend_to_proto(&backend)),

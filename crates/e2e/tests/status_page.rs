@@ -28,8 +28,8 @@ use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::tcp::{Echo, PrimaryResponder, primary_pool};
 use tandem_testkit::{
-    ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr, http_client,
-    wait_until,
+    ADMIN_TOKEN, ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr,
+    http_client, wait_until,
 };
 
 /// How soon a killed backend must show as unhealthy on the open page: the
@@ -520,4 +520,366 @@ async fn a_tcp_pool_its_listeners_and_a_split_brain_alert_show_on_the_page() -> 
     );
     drop(taken);
     Ok(())
+}
+
+/// A client that shows redirects instead of following them, and keeps no
+/// cookies: each request carries exactly what the test gives it.
+fn bare_client() -> reqwest::Client {
+    tandem_testkit::init_crypto();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("building a reqwest client")
+}
+
+/// A URL-encoded form body (this reqwest is built without its `form`).
+fn form(req: reqwest::RequestBuilder, pairs: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let body: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    req.header("content-type", "application/x-www-form-urlencoded")
+        .body(body.join("&"))
+}
+
+/// The value of the hidden `csrf` input on a page.
+fn csrf_of(page: &str) -> Option<String> {
+    let at = page.find(r#"name="csrf" value=""#)? + r#"name="csrf" value=""#.len();
+    Some(page[at..].split('"').next()?.to_string())
+}
+
+/// Requests sent through the proxy: how many each backend answered.
+async fn spread(
+    proxy: &ProxyProcess,
+    backends: &[FakeBackend],
+    n: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let mut before = Vec::new();
+    for b in backends {
+        before.push(b.requests().await?);
+    }
+    let client = http_client();
+    for _ in 0..n {
+        let r = client.get(proxy.url("/")).send().await?;
+        ensure!(r.status() == 200, "through the proxy: {}", r.status());
+    }
+    let mut after = Vec::new();
+    for b in backends {
+        after.push(b.requests().await?);
+    }
+    Ok(after.iter().zip(&before).map(|(a, b)| a - b).collect())
+}
+
+async fn pool_state(
+    admin: &mut tandem_testkit::AuthedClient,
+    address: &str,
+) -> anyhow::Result<(i32, u64)> {
+    let p = admin
+        .get_pool(v1::GetPoolRequest {
+            name: "shop".into(),
+        })
+        .await?
+        .into_inner();
+    let b = p
+        .backends
+        .iter()
+        .find(|b| b.address == address)
+        .context("the backend in its pool")?;
+    Ok((b.admin_state, p.revision))
+}
+
+/// Signed in with the admin token, a person drains a backend from its page:
+/// a confirmation first, then the new revision; the page shows it
+/// draining and the proxy stops sending it requests. Without a session,
+/// without the session's CSRF token or with a wrong one, and from another
+/// origin, the same POST is refused and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_drains_a_backend_from_the_page_and_others_are_refused() -> anyhow::Result<()> {
+    tandem_testkit::init_crypto();
+    let driver = ChromeDriver::start().await?;
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let backends = FakeBackend::start_many("web", 2).await?;
+    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
+    let victim = addresses[0].clone();
+    let mut admin = cp.admin_client().await?;
+    declare_pool(
+        &mut admin,
+        v1::Pool {
+            name: "shop".into(),
+            health_check: Some(v1::HealthCheck {
+                path: Some("/healthz".into()),
+                interval_ms: Some(500),
+                timeout_ms: Some(250),
+                rise: Some(2),
+                fall: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        &addresses,
+    )
+    .await?;
+    let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
+    let proxy = ProxyProcess::start(
+        tempfile::tempdir()?,
+        &cp.endpoint(),
+        &[
+            ("TANDEM_TOKEN", NODE_TOKEN.into()),
+            ("TANDEM_NODE_ID", "proxy-1".into()),
+            ("TANDEM_WORKERS", "1".into()),
+        ],
+    )?;
+    proxy.wait_ready().await?;
+    wait_until(
+        Duration::from_secs(20),
+        "both backends take requests through the proxy",
+        || async {
+            spread(&proxy, &backends, 10)
+                .await
+                .is_ok_and(|s| s.iter().all(|n| *n > 0))
+        },
+    )
+    .await?;
+
+    // Refusals, as any client could send them.
+    let client = bare_client();
+    let url = |path: &str| cp.admin_url(path);
+    let drain = url(&format!("/ui/pools/shop/backends/{victim}/drain"));
+    let (state0, rev0) = pool_state(&mut admin, &victim).await?;
+    ensure!(state0 == v1::AdminState::Enabled as i32);
+    let r = form(client.post(&drain), &[("csrf", "x"), ("confirm", "yes")])
+        .send()
+        .await?;
+    ensure!(r.status() == 401, "without a session: {}", r.status());
+    ensure!(r.text().await?.contains("not signed in"));
+    let r = form(client.post(url("/ui/signin")), &[("token", NODE_TOKEN)])
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 401,
+        "the node token is no admin credential: {}",
+        r.status()
+    );
+    ensure!(r.headers().get("set-cookie").is_none());
+    ensure!(r.text().await?.contains("not an admin credential"));
+    let r = form(
+        client
+            .post(url("/ui/signin"))
+            .header("origin", "http://evil.example"),
+        &[("token", ADMIN_TOKEN)],
+    )
+    .send()
+    .await?;
+    ensure!(r.status() == 403, "a cross-origin sign-in: {}", r.status());
+    let r = form(client.post(url("/ui/signin")), &[("token", ADMIN_TOKEN)])
+        .send()
+        .await?;
+    ensure!(r.status() == 303, "signing in: {}", r.status());
+    let set_cookie = r
+        .headers()
+        .get("set-cookie")
+        .context("a session cookie")?
+        .to_str()?
+        .to_string();
+    ensure!(
+        set_cookie.contains("HttpOnly")
+            && set_cookie.contains("SameSite=Strict")
+            && set_cookie.contains("Path=/ui")
+            && !set_cookie.contains(ADMIN_TOKEN),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap_or("").to_string();
+    let page = client
+        .get(url("/ui/"))
+        .header("cookie", &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(page.contains("Signed in as admin"), "signed in: {page}");
+    ensure!(!page.contains(ADMIN_TOKEN));
+    let csrf = csrf_of(&page).context("the page's CSRF token")?;
+    let post = |headers: &[(&str, &str)], pairs: &[(&str, &str)]| {
+        let mut req = client.post(&drain).header("cookie", &cookie);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        form(req, pairs).send()
+    };
+    let wrong = "0".repeat(64);
+    for (what, headers, form) in [
+        ("no CSRF token", vec![], vec![("confirm", "yes")]),
+        (
+            "a wrong CSRF token",
+            vec![],
+            vec![("csrf", wrong.as_str()), ("confirm", "yes")],
+        ),
+        (
+            "another origin",
+            vec![("origin", "http://evil.example")],
+            vec![("csrf", csrf.as_str()), ("confirm", "yes")],
+        ),
+        (
+            "a cross-site fetch",
+            vec![("sec-fetch-site", "cross-site")],
+            vec![("csrf", csrf.as_str()), ("confirm", "yes")],
+        ),
+    ] {
+        let r = post(&headers, &form).await?;
+        ensure!(r.status() == 403, "{what}: {}", r.status());
+        let text = r.text().await?;
+        ensure!(text.contains("Refused"), "{what}: {text}");
+    }
+    // Unconfirmed, it only asks.
+    let r = post(&[], &[("csrf", csrf.as_str())]).await?;
+    ensure!(r.status() == 200);
+    let text = r.text().await?;
+    ensure!(
+        text.contains(&format!(
+            r#"Drain <span class="mono">{victim}</span> in pool shop?"#
+        )),
+        "{text}"
+    );
+    ensure!(
+        pool_state(&mut admin, &victim).await? == (state0, rev0),
+        "nothing changed before a confirmed, same-origin POST with the token"
+    );
+
+    // In the browser: sign in, open the backend, drain it.
+    let browser = driver.browser(1100).await?;
+    let result = drain_in_the_browser(&browser, &cp.admin_url("/ui/"), &victim).await;
+    let _ = browser.close().await;
+    let revision = result?;
+    let (state, rev) = pool_state(&mut admin, &victim).await?;
+    ensure!(
+        state == v1::AdminState::Draining as i32,
+        "declared draining"
+    );
+    ensure!(
+        rev == revision && rev > rev0,
+        "the revision shown, {revision}, is the pool's, {rev}"
+    );
+    // The proxy sends it no new request.
+    wait_until(
+        Duration::from_secs(10),
+        "the proxy stops sending the drained backend requests",
+        || async { spread(&proxy, &backends, 10).await.is_ok_and(|s| s[0] == 0) },
+    )
+    .await?;
+    let sent = spread(&proxy, &backends, 30).await?;
+    ensure!(sent == vec![0, 30], "after the drain: {sent:?}");
+    Ok(())
+}
+
+/// Signs in, drains `victim` from its page; the revision the page shows.
+async fn drain_in_the_browser(browser: &Client, page: &str, victim: &str) -> anyhow::Result<u64> {
+    browser.goto(page).await?;
+    browser.find(Locator::Id("read-only")).await?;
+    ensure!(
+        browser
+            .find_all(Locator::Css("button[data-action]"))
+            .await?
+            .is_empty(),
+        "no action without a session"
+    );
+    browser.find(Locator::Id("sign-in")).await?.click().await?;
+    browser
+        .find(Locator::Id("token"))
+        .await?
+        .send_keys(tandem_testkit::ADMIN_TOKEN)
+        .await?;
+    browser
+        .find(Locator::Id("sign-in-button"))
+        .await?
+        .click()
+        .await?;
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("signed-in"))
+        .await
+        .context("signed in")?;
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(r#"#live[data-state="live"]"#))
+        .await?;
+    let row = format!(r#"tr[data-backend="shop/{victim}"]"#);
+    ensure!(
+        attr(browser, &row, "data-admin").await?.as_deref() == Some("enabled"),
+        "enabled at first"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    save_screenshot(browser, "status-signed-in.png").await?;
+    browser
+        .find(Locator::Css(&format!("{row} td.addr a")))
+        .await?
+        .click()
+        .await?;
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(r#"#actions button[data-action="drain"]"#))
+        .await?
+        .click()
+        .await?;
+    let confirm = browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("confirm"))
+        .await?;
+    let asks = confirm.text().await?;
+    ensure!(
+        asks.contains(&format!("Drain {victim} in pool shop?")),
+        "the confirmation: {asks}"
+    );
+    save_screenshot(browser, "status-confirm.png").await?;
+    browser
+        .find(Locator::Id("confirm-button"))
+        .await?
+        .click()
+        .await?;
+    let done = browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("done"))
+        .await?;
+    let revision: u64 = done
+        .attr("data-revision")
+        .await?
+        .context("the revision")?
+        .parse()?;
+    let said = done.text().await?;
+    ensure!(
+        said.contains("is now draining") && said.contains(&format!("revision {revision}")),
+        "{said}"
+    );
+    // The status page shows it draining, live.
+    browser.goto(page).await?;
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(&format!(r#"{row}[data-admin="draining"]"#)))
+        .await
+        .context("the row shows it draining")?;
+    let feed = browser.find(Locator::Id("feed-list")).await?.text().await?;
+    ensure!(
+        feed.contains(&format!("revision={revision}")),
+        "the change in the feed: {feed}"
+    );
+    Ok(revision)
 }

@@ -14,6 +14,7 @@ use tandem_core::health::HealthState;
 use tandem_core::lb::Tier;
 use tandem_core::{AdminState, BackendRole};
 
+use super::actions::Action;
 use super::assets;
 use super::view::{
     AgentLine, Alert, AlertWhat, BackendPage, BackendState, BackendView, CopyFrom, FeedEntry,
@@ -100,7 +101,14 @@ const LOCK: &str = r##"<svg width="16" height="16" viewBox="0 0 16 16" aria-hidd
 
 /// A whole page: the bar naming the replica that answers, the read-only
 /// notice, `content`, the footer. `events` is the live stream's path.
-pub fn page(title: &str, replica: &str, now_ms: u64, events: &str, content: &str) -> String {
+pub fn page(
+    title: &str,
+    replica: &str,
+    now_ms: u64,
+    events: &str,
+    viewer: &Viewer,
+    content: &str,
+) -> String {
     format!(
         r##"<!doctype html>
 <html lang="en">
@@ -123,7 +131,7 @@ pub fn page(title: &str, replica: &str, now_ms: u64, events: &str, content: &str
 </div>
 </div></header>
 <main id="main">
-<p class="readonly" id="read-only">{LOCK}<span><strong>Read-only.</strong> This page shows the platform; change it with <code>tandemctl</code>. Actions here (drain, enable, disable) come once components have identities and the page an admin credential.</span></p>
+{notice}
 {content}
 </main>
 <footer><div class="bar">
@@ -139,6 +147,7 @@ pub fn page(title: &str, replica: &str, now_ms: u64, events: &str, content: &str
         events = esc(events),
         hue = hue(replica),
         replica = esc(replica),
+        notice = notice(viewer),
         // Pages that follow nothing say nothing of being live.
         live = if events.is_empty() {
             String::new()
@@ -153,7 +162,7 @@ pub fn page(title: &str, replica: &str, now_ms: u64, events: &str, content: &str
 
 // === the overview ===
 
-pub fn overview(o: &Overview, feed: &[Arc<FeedEntry>]) -> String {
+pub fn overview(o: &Overview, feed: &[Arc<FeedEntry>], viewer: &Viewer) -> String {
     let pools_count = o.pools.len();
     let backends: usize = o.pools.iter().map(|p| p.backends.len()).sum();
     let body = format!(
@@ -190,6 +199,7 @@ pub fn overview(o: &Overview, feed: &[Arc<FeedEntry>]) -> String {
         &o.platform.replica,
         o.platform.now_ms,
         "/ui/events",
+        viewer,
         &body,
     )
 }
@@ -852,13 +862,13 @@ pub fn feed_item(e: &FeedEntry) -> String {
 
 // === a backend's page ===
 
-pub fn backend_page(page_: &BackendPage) -> String {
+pub fn backend_page(page_: &BackendPage, viewer: &Viewer) -> String {
     let b = &page_.state;
     let events = format!("{}/events", backend_href(&b.pool, &b.address));
     let content = format!(
         r#"<p class="crumbs"><a href="/ui/">Status</a> / <a href="/ui/#pool-{pool}">{pool}</a> / <span class="mono">{addr}</span></p>
 <div id="backend-body">{body}</div>
-<section class="block" id="history" aria-labelledby="history-h">
+{actions}<section class="block" id="history" aria-labelledby="history-h">
 <h2 id="history-h">Health history <span class="sub">{from}</span></h2>
 <div class="panel scroll"><table>
 <caption class="visually-hidden">Health transitions of {addr} in pool {pool}, newest first</caption>
@@ -869,6 +879,11 @@ pub fn backend_page(page_: &BackendPage) -> String {
         pool = esc(&b.pool),
         addr = esc(&b.address),
         body = backend_body(b),
+        actions = match (viewer, &b.backend) {
+            (Viewer::Admin { user, csrf }, Some(v)) =>
+                actions(&b.pool, &b.address, v.admin, user, csrf),
+            _ => String::new(),
+        },
         from = match &page_.history_from {
             HistoryFrom::Database => "newest first, from the control database".to_string(),
             HistoryFrom::Memory { why } => format!(
@@ -883,6 +898,7 @@ pub fn backend_page(page_: &BackendPage) -> String {
         &b.replica,
         b.now_ms,
         &events,
+        viewer,
         &content,
     )
 }
@@ -1010,7 +1026,7 @@ fn state_word(s: &str) -> String {
 // === small pages ===
 
 /// `/` on the admin listener: what is here.
-pub fn index(replica: &str, now_ms: u64) -> String {
+pub fn index(replica: &str, now_ms: u64, viewer: &Viewer) -> String {
     let content = r#"<div class="panel"><h1>Admin listener</h1>
 <ul>
 <li><a href="/ui/"><strong>Status page</strong></a>: the platform, pools, proxies and agents, changes as they happen</li>
@@ -1018,15 +1034,245 @@ pub fn index(replica: &str, now_ms: u64) -> String {
 <li><a href="/readyz">/readyz</a>: ready while the control database is reachable (says what is served otherwise)</li>
 <li><a href="/healthz">/healthz</a>: the process answers</li>
 </ul></div>"#;
-    page(&format!("{replica} admin"), replica, now_ms, "", content)
+    page(
+        &format!("{replica} admin"),
+        replica,
+        now_ms,
+        "",
+        viewer,
+        content,
+    )
 }
 
-pub fn not_found(replica: &str, now_ms: u64, what: &str) -> String {
+pub fn not_found(replica: &str, now_ms: u64, what: &str, viewer: &Viewer) -> String {
     let content = format!(
         r#"<div class="panel" id="not-found"><h1>Not found</h1><p>{}</p><p><a href="/ui/">Back to the status page</a></p></div>"#,
         esc(what)
     );
-    page("Not found", replica, now_ms, "", &content)
+    page("Not found", replica, now_ms, "", viewer, &content)
+}
+
+// === signing in and actions ===
+
+/// Who looks at a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// Not signed in: the page only shows.
+    ReadOnly,
+    /// Signed in with an admin credential; every form carries `csrf`.
+    Admin { user: String, csrf: String },
+}
+
+impl Viewer {
+    /// Whether pages for this viewer hold forms (the CSP allows them then).
+    pub fn has_forms(&self) -> bool {
+        matches!(self, Viewer::Admin { .. })
+    }
+}
+
+fn csrf_input(csrf: &str) -> String {
+    format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(csrf))
+}
+
+/// Under the bar: read-only and how to sign in, or who is signed in.
+fn notice(viewer: &Viewer) -> String {
+    match viewer {
+        Viewer::ReadOnly => format!(
+            r#"<p class="readonly" id="read-only">{LOCK}<span><strong>Read-only.</strong> This page shows the platform; change it with <code>tandemctl</code>, or <a href="/ui/signin" id="sign-in">sign in</a> with an admin credential to drain, enable or disable a backend here.</span></p>"#
+        ),
+        Viewer::Admin { user, csrf } => format!(
+            r#"<div class="signedin" id="signed-in"><span><strong>Signed in as {user}.</strong> A backend's page (click its address) can drain, enable or disable it; each asks for confirmation.</span><form method="post" action="/ui/signout">{csrf}<button type="submit" class="button quiet" id="sign-out">Sign out</button></form></div>"#,
+            user = esc(user),
+            csrf = csrf_input(csrf),
+        ),
+    }
+}
+
+/// A form that posts `action` on a backend (`confirm`: the confirmed one).
+fn action_form(pool: &str, address: &str, action: Action, csrf: &str, confirm: bool) -> String {
+    let (extra, label, id) = if confirm {
+        (
+            r#"<input type="hidden" name="confirm" value="yes">"#,
+            "Confirm",
+            r#" id="confirm-button""#,
+        )
+    } else {
+        ("", action.verb(), "")
+    };
+    format!(
+        r#"<form method="post" action="{href}/{name}">{csrf}{extra}<button type="submit" class="button {class}" data-action="{name}"{id}>{label}</button></form>"#,
+        href = backend_href(pool, address),
+        name = action.name(),
+        csrf = csrf_input(csrf),
+        class = if action == Action::Enable {
+            "go"
+        } else {
+            "stop"
+        },
+    )
+}
+
+/// A signed-in admin's actions on a backend's page.
+fn actions(pool: &str, address: &str, current: AdminState, user: &str, csrf: &str) -> String {
+    let forms: String = Action::ALL
+        .iter()
+        .filter(|a| a.state() != current)
+        .map(|a| action_form(pool, address, *a, csrf, false))
+        .collect();
+    format!(
+        r#"<section class="block" id="actions" aria-labelledby="actions-h">
+<h2 id="actions-h">Actions <span class="sub">as {user}; each asks for confirmation, then makes a new configuration revision as <code>tandemctl backend drain/enable/disable</code> does</span></h2>
+<div class="panel"><div class="actions">{forms}</div>
+<p class="note">Declared <strong>{current}</strong> when this page was loaded. Drain: no new requests or connections; the ones open finish. Disable: out of rotation at once. Enable: back in rotation.</p></div>
+</section>
+"#,
+        user = esc(user),
+        current = current.as_str(),
+    )
+}
+
+/// What an action does, in a sentence.
+fn action_effect(action: Action) -> &'static str {
+    match action {
+        Action::Drain => {
+            "The proxies stop sending it new requests and connections; the ones open finish."
+        }
+        Action::Disable => "The proxies take it out of rotation at once.",
+        Action::Enable => "The proxies send it traffic again (while its health check passes).",
+    }
+}
+
+/// The confirmation an action asks for (a page: it works without script).
+#[derive(Debug, Clone)]
+pub struct Confirm<'a> {
+    pub replica: &'a str,
+    pub now_ms: u64,
+    pub viewer: &'a Viewer,
+    pub pool: &'a str,
+    pub address: &'a str,
+    pub action: Action,
+    /// Its declared admin state now, if the replica knows the backend.
+    pub current: Option<AdminState>,
+}
+
+pub fn confirm(c: &Confirm<'_>) -> String {
+    let Viewer::Admin { user, csrf } = c.viewer else {
+        return String::new();
+    };
+    let now = match c.current {
+        Some(s) => format!("It is declared <strong>{}</strong> now.", s.as_str()),
+        None => "This replica does not know its declared state now.".to_string(),
+    };
+    let content = format!(
+        r#"<div class="panel confirm" id="confirm" data-action="{name}"><h1>{verb} <span class="mono">{addr}</span> in pool {pool}?</h1>
+<p>{effect} {now}</p>
+<p class="meta">A new revision of the configuration, which every proxy applies; this replica logs it as done by <code>ui:{user}</code>.</p>
+<div class="actions">{form}<a class="button quiet" href="{back}" id="cancel">Cancel</a></div></div>"#,
+        name = c.action.name(),
+        verb = c.action.verb(),
+        addr = esc(c.address),
+        pool = esc(c.pool),
+        effect = action_effect(c.action),
+        form = action_form(c.pool, c.address, c.action, csrf, true),
+        back = backend_href(c.pool, c.address),
+        user = esc(user),
+    );
+    page(
+        &format!("{} {}?", c.action.verb(), c.address),
+        c.replica,
+        c.now_ms,
+        "",
+        c.viewer,
+        &content,
+    )
+}
+
+/// What an action committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new revision of the declared configuration.
+    Revision(u64),
+    /// The database is down: a raft override, declared when it returns.
+    Override,
+}
+
+/// The page after an action: what it did and the revision it made.
+pub fn done(
+    replica: &str,
+    now_ms: u64,
+    viewer: &Viewer,
+    pool: &str,
+    address: &str,
+    action: Action,
+    outcome: Outcome,
+) -> String {
+    let (revision, how) = match outcome {
+        Outcome::Revision(r) => (
+            r.to_string(),
+            format!(r#"Configuration revision <strong id="revision">{r}</strong>."#),
+        ),
+        Outcome::Override => (
+            "override".to_string(),
+            "Committed as a runtime override: the control database is unavailable, and the change goes into the declared configuration (a new revision) when it returns.".to_string(),
+        ),
+    };
+    let content = format!(
+        r#"<div class="panel done" id="done" data-revision="{revision}" data-state="{state}"><h1><span class="mono">{addr}</span> in pool {pool} is now {state}</h1>
+<p>{how}</p>
+<p><a href="{back}" id="back">Back to the backend</a> · <a href="/ui/">Status</a></p></div>"#,
+        state = action.state().as_str(),
+        addr = esc(address),
+        pool = esc(pool),
+        back = backend_href(pool, address),
+    );
+    page(
+        &format!("{address} {}", action.state().as_str()),
+        replica,
+        now_ms,
+        "",
+        viewer,
+        &content,
+    )
+}
+
+/// The sign-in page; `error` says why the last attempt failed.
+pub fn sign_in(replica: &str, now_ms: u64, viewer: &Viewer, error: Option<&str>) -> String {
+    let body = match viewer {
+        Viewer::Admin { user, .. } => format!(
+            r#"<p>You are signed in as <strong>{}</strong>. <a href="/ui/">Back to the status page</a></p>"#,
+            esc(user)
+        ),
+        Viewer::ReadOnly => format!(
+            r#"{error}<form method="post" action="/ui/signin" class="signin"><label for="token">Admin token</label><input type="password" id="token" name="token" autocomplete="current-password" required><button type="submit" class="button go" id="sign-in-button">Sign in</button></form>"#,
+            error = error
+                .map(|e| format!(
+                    r#"<p class="alert" id="sign-in-error" role="alert">{}</p>"#,
+                    esc(e)
+                ))
+                .unwrap_or_default(),
+        ),
+    };
+    let content = format!(
+        r#"<div class="panel" id="signin"><h1>Sign in</h1>
+<p>With an admin credential: the control plane's admin token, as <code>tandemctl</code> uses. It is checked once and kept nowhere; this browser gets a session on this replica that ends after 30 minutes without a request, or when you sign out.</p>
+{body}</div>"#
+    );
+    page("Sign in", replica, now_ms, "", viewer, &content)
+}
+
+/// A refusal or failure, as a page.
+pub fn message(replica: &str, now_ms: u64, viewer: &Viewer, title: &str, text: &str) -> String {
+    let sign_in = if viewer.has_forms() {
+        ""
+    } else {
+        r#" · <a href="/ui/signin">Sign in</a>"#
+    };
+    let content = format!(
+        r#"<div class="panel" id="message"><h1>{title}</h1><p>{text}</p><p><a href="/ui/">Back to the status page</a>{sign_in}</p></div>"#,
+        title = esc(title),
+        text = esc(text),
+    );
+    page(title, replica, now_ms, "", viewer, &content)
 }
 
 #[cfg(test)]
@@ -1255,16 +1501,53 @@ mod tests {
         };
         let mut gone = page.state.clone();
         gone.backend = None;
+        // Signed in as a user named `s`, with `s` for a CSRF token.
+        let admin = Viewer::Admin {
+            user: s.into(),
+            csrf: s.into(),
+        };
+        let ro = Viewer::ReadOnly;
+        let confirm_page = |action, current| {
+            confirm(&Confirm {
+                replica: s,
+                now_ms: 1_000,
+                viewer: &admin,
+                pool: s,
+                address: s,
+                action,
+                current,
+            })
+        };
         vec![
-            overview(&o, &feed),
+            overview(&o, &feed, &ro),
             alerts(&super::super::view::alerts(&o.pools, &o.nodes)),
             alerts(&super::super::view::alerts(&known.pools, &known.nodes)),
             pools(&o.pools, &o.agents_from),
             nodes(&known.nodes),
             feed_items(&feed),
-            backend_page(&page),
+            backend_page(&page, &ro),
             backend_body(&gone),
-            not_found(s, 1_000, s),
+            not_found(s, 1_000, s, &ro),
+            overview(&o, &feed, &admin),
+            backend_page(&page, &admin),
+            not_found(s, 1_000, s, &admin),
+            index(s, 1_000, &admin),
+            confirm_page(Action::Drain, Some(AdminState::Enabled)),
+            confirm_page(Action::Enable, None),
+            done(
+                s,
+                1_000,
+                &admin,
+                s,
+                s,
+                Action::Disable,
+                Outcome::Revision(7),
+            ),
+            done(s, 1_000, &admin, s, s, Action::Drain, Outcome::Override),
+            sign_in(s, 1_000, &ro, Some(s)),
+            sign_in(s, 1_000, &admin, None),
+            message(s, 1_000, &ro, s, s),
+            message(s, 1_000, &admin, s, s),
         ]
     }
 

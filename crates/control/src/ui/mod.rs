@@ -15,62 +15,129 @@
 //! allows nothing else. It answers from memory, so it keeps working, and
 //! says what it cannot know, while the database is away.
 //!
-//! Read-only: it has no action and accepts only GET. Actions come with
-//! component identities and an admin credential (issue 18).
+//! Read-only by default. A person who signs in with an admin credential
+//! ([`session`]) can drain, enable or disable a backend from its page
+//! ([`actions`]): POST forms with a CSRF token, same-origin only, each
+//! confirmed on a page of its own, through the same write as `tandemctl`.
 
+pub mod actions;
 pub mod assets;
 mod data;
 pub mod html;
 pub mod live;
+pub mod session;
 pub mod view;
+
+use std::sync::Arc;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tandem_core::health::BackendKey;
 use tandem_core::{BackendAddr, PoolName};
 
 pub use live::{Live, Sources};
 
+use crate::auth::Tokens;
 use crate::consensus::aggregator::now_ms;
+use html::Viewer;
 use view::{BackendPage, HistoryFrom};
 
 /// Transitions a backend's page shows.
 const HISTORY_LEN: usize = 200;
 
-/// The page's routes, to merge into the admin router.
-pub fn router(live: Live) -> Router {
+/// What the page's handlers share: the live view, and who may act.
+#[derive(Clone)]
+pub struct Ui {
+    live: Live,
+    access: Arc<Access>,
+}
+
+/// The credentials the page checks and the sessions it opened.
+#[derive(Debug)]
+struct Access {
+    tokens: Tokens,
+    sessions: session::Sessions,
+}
+
+impl FromRef<Ui> for Live {
+    fn from_ref(ui: &Ui) -> Live {
+        ui.live.clone()
+    }
+}
+
+/// Forms the page posts are small: a token, a CSRF token, a confirmation.
+const FORM_LIMIT: usize = 8 * 1024;
+
+/// The page's routes, to merge into the admin router. `tokens`: the
+/// credentials a person signs in with.
+pub fn router(live: Live, tokens: Tokens) -> Router {
+    let ui = Ui {
+        live,
+        access: Arc::new(Access {
+            tokens,
+            sessions: session::Sessions::default(),
+        }),
+    };
     Router::new()
         .route("/", get(index))
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(overview))
         .route("/ui/events", get(overview_events))
+        .route(
+            "/ui/signin",
+            get(actions::sign_in_page).post(actions::sign_in),
+        )
+        .route("/ui/signout", post(actions::sign_out))
         .route("/ui/pools/{pool}/backends/{address}", get(backend))
         .route(
             "/ui/pools/{pool}/backends/{address}/events",
             get(backend_events),
         )
+        .route(
+            "/ui/pools/{pool}/backends/{address}/{action}",
+            post(actions::act),
+        )
         .route("/ui/assets/{name}", get(asset))
         .route("/ui/{*rest}", get(not_found))
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(axum::middleware::map_response(protect))
-        .with_state(live)
+        .with_state(ui)
+}
+
+/// Marks an answer whose page holds forms: its policy lets them post here.
+#[derive(Debug, Clone, Copy)]
+struct Forms;
+
+/// An HTML page as an answer; `forms` when it holds any.
+pub(crate) fn page_response(status: StatusCode, page: String, forms: bool) -> Response {
+    let mut res = (status, Html(page)).into_response();
+    if forms {
+        res.extensions_mut().insert(Forms);
+    }
+    res
 }
 
 /// Headers on every answer: only this origin's stylesheet and script run,
-/// the page cannot be framed, nothing is sniffed or leaks a referrer.
+/// forms post only here and only from pages that hold them, the page
+/// cannot be framed, nothing is sniffed or leaks a referrer.
 async fn protect(mut res: Response) -> Response {
+    let forms = res.extensions().get::<Forms>().is_some();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+        HeaderValue::from_static(if forms {
             "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; \
-             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        ),
+             img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        } else {
+            "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        }),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -87,14 +154,23 @@ async fn protect(mut res: Response) -> Response {
     res
 }
 
-async fn index(State(live): State<Live>) -> Html<String> {
-    Html(html::index(live.replica(), now_ms()))
+/// Who asks, from the request's session cookie.
+fn viewer(ui: &Ui, headers: &HeaderMap) -> Viewer {
+    actions::viewer_of(actions::signed_in(ui, headers).map(|(_, s)| s).as_ref())
 }
 
-async fn overview(State(live): State<Live>) -> Html<String> {
-    let overview = live.overview().await;
-    let feed = live.feed();
-    Html(html::overview(&overview, &feed.entries))
+async fn index(State(ui): State<Ui>, headers: HeaderMap) -> Response {
+    let viewer = viewer(&ui, &headers);
+    let page = html::index(ui.live.replica(), now_ms(), &viewer);
+    page_response(StatusCode::OK, page, viewer.has_forms())
+}
+
+async fn overview(State(ui): State<Ui>, headers: HeaderMap) -> Response {
+    let viewer = viewer(&ui, &headers);
+    let overview = ui.live.overview().await;
+    let feed = ui.live.feed();
+    let page = html::overview(&overview, &feed.entries, &viewer);
+    page_response(StatusCode::OK, page, viewer.has_forms())
 }
 
 fn too_many() -> Response {
@@ -135,12 +211,16 @@ fn backend_key(pool: &str, address: &str) -> Option<BackendKey> {
 }
 
 async fn backend(
-    State(live): State<Live>,
+    State(ui): State<Ui>,
     Path((pool, address)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    let viewer = viewer(&ui, &headers);
+    let live = &ui.live;
     let Some(key) = backend_key(&pool, &address) else {
         return missing(
-            &live,
+            live,
+            &viewer,
             &format!(
                 "There is no backend {address:?} in pool {pool:?}: not a pool name and a host:port."
             ),
@@ -148,22 +228,26 @@ async fn backend(
     };
     let overview = live.overview().await;
     let state = view::backend_state(&overview, key.pool.as_str(), key.address.as_str());
-    let (history, history_from) = history(&live, &key).await;
+    let (history, history_from) = history(live, &key).await;
     if state.backend.is_none() && history.is_empty() {
         return missing(
-            &live,
+            live,
+            &viewer,
             &format!(
                 "Pool {} has no backend {} and none was ever recorded.",
                 key.pool, key.address
             ),
         );
     }
-    Html(html::backend_page(&BackendPage {
-        state,
-        history,
-        history_from,
-    }))
-    .into_response()
+    let page = html::backend_page(
+        &BackendPage {
+            state,
+            history,
+            history_from,
+        },
+        &viewer,
+    );
+    page_response(StatusCode::OK, page, viewer.has_forms())
 }
 
 /// A backend's recorded history; from memory while the database cannot
@@ -232,14 +316,16 @@ async fn asset(Path(name): Path<String>, Query(q): Query<AssetQuery>) -> Respons
         .into_response()
 }
 
-fn missing(live: &Live, what: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Html(html::not_found(live.replica(), now_ms(), what)),
-    )
-        .into_response()
+fn missing(live: &Live, viewer: &Viewer, what: &str) -> Response {
+    let page = html::not_found(live.replica(), now_ms(), what, viewer);
+    page_response(StatusCode::NOT_FOUND, page, viewer.has_forms())
 }
 
-async fn not_found(State(live): State<Live>) -> Response {
-    missing(&live, "The status page has nothing at this address.")
+async fn not_found(State(ui): State<Ui>, headers: HeaderMap) -> Response {
+    let viewer = viewer(&ui, &headers);
+    missing(
+        &ui.live,
+        &viewer,
+        "The status page has nothing at this address.",
+    )
 }
