@@ -637,26 +637,18 @@ impl Store {
         host: &HostMatch,
         path_prefix: &PathPrefix,
     ) -> Result<Revision> {
-        let (mut tx, rev) = self.begin_change().await?;
-        let deleted = sqlx::query("DELETE FROM routes WHERE host = $1 AND path_prefix = $2")
+        let query = sqlx::query("DELETE FROM routes WHERE host = $1 AND path_prefix = $2")
             .bind(host.to_string())
-            .bind(path_prefix.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(Domain::UnknownRoute {
-                host: host.to_string(),
-                path_prefix: path_prefix.to_string(),
-            }
-            .into());
-        }
+            .bind(path_prefix.as_str());
+        let unknown = || Domain::UnknownRoute {
+            host: host.to_string(),
+            path_prefix: path_prefix.to_string(),
+        };
         let change = ConfigChange::RouteDeleted {
             host: host.clone(),
             path_prefix: path_prefix.clone(),
         };
-        self.finish_change(tx, rev, &change).await?;
-        Ok(rev)
+        self.delete_change(query, unknown, change).await
     }
 
     /// Adds a TCP route. One whose address could not be bound beside an
@@ -694,21 +686,13 @@ impl Store {
     }
 
     pub async fn delete_tcp_route(&self, listen: &ListenAddr) -> Result<Revision> {
-        let (mut tx, rev) = self.begin_change().await?;
-        let deleted = sqlx::query("DELETE FROM tcp_routes WHERE listen = $1")
-            .bind(listen.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(Domain::UnknownTcpRoute {
-                listen: listen.to_string(),
-            }
-            .into());
-        }
-        self.finish_change(tx, rev, &ConfigChange::TcpRouteDeleted { listen: *listen })
-            .await?;
-        Ok(rev)
+        let query =
+            sqlx::query("DELETE FROM tcp_routes WHERE listen = $1").bind(listen.to_string());
+        let unknown = || Domain::UnknownTcpRoute {
+            listen: listen.to_string(),
+        };
+        let change = ConfigChange::TcpRouteDeleted { listen: *listen };
+        self.delete_change(query, unknown, change).await
     }
 
     /// Adds a certificate or replaces the one with the same name (the
@@ -732,21 +716,12 @@ impl Store {
     }
 
     pub async fn delete_certificate(&self, name: &CertName) -> Result<Revision> {
-        let (mut tx, rev) = self.begin_change().await?;
-        let deleted = sqlx::query("DELETE FROM certificates WHERE name = $1")
-            .bind(name.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(Domain::UnknownCertificate {
-                name: name.to_string(),
-            }
-            .into());
-        }
+        let query = sqlx::query("DELETE FROM certificates WHERE name = $1").bind(name.as_str());
+        let unknown = || Domain::UnknownCertificate {
+            name: name.to_string(),
+        };
         let change = ConfigChange::CertificateDeleted { name: name.clone() };
-        self.finish_change(tx, rev, &change).await?;
-        Ok(rev)
+        self.delete_change(query, unknown, change).await
     }
 
     // === nodes ===
@@ -846,6 +821,22 @@ impl Store {
 // === transaction helpers ===
 
 impl Store {
+    /// One change that deletes the rows `query` matches; when it matches
+    /// none, the change is not made and the error is `unknown()`.
+    async fn delete_change<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+        unknown: impl FnOnce() -> Domain,
+        change: ConfigChange,
+    ) -> Result<Revision> {
+        let (mut tx, rev) = self.begin_change().await?;
+        if query.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Err(unknown().into());
+        }
+        self.finish_change(tx, rev, &change).await?;
+        Ok(rev)
+    }
+
     async fn finish_change(
         &self,
         tx: Transaction<'static, Postgres>,

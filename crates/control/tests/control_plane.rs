@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tandem_proto::v1;
+use tandem_testkit::certs::{KeyKind, TestCa};
 use tandem_testkit::{ControlPlane, ControlPlaneOptions, Postgres};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -182,6 +183,82 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
         .into_inner();
     assert!(snap.pools.is_empty() && snap.routes.is_empty());
     assert_eq!(snap.revision, 9);
+    Ok(())
+}
+
+/// Deleting a route, a TCP route or a certificate: one that exists goes in
+/// one revision; one that does not is `NotFound` and writes nothing.
+#[tokio::test]
+async fn deletes_remove_what_exists_and_name_what_does_not() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut c = cp.admin_client().await?;
+    c.create_pool(v1::CreatePoolRequest {
+        pool: Some(pool("shop")),
+    })
+    .await?;
+    c.add_route(v1::AddRouteRequest {
+        route: Some(v1::Route {
+            host: "shop.local".into(),
+            path_prefix: "/".into(),
+            pool: "shop".into(),
+            ..Default::default()
+        }),
+    })
+    .await?;
+    c.add_tcp_route(v1::AddTcpRouteRequest {
+        route: Some(v1::TcpRoute {
+            listen: "127.0.0.1:5432".into(),
+            pool: "shop".into(),
+        }),
+    })
+    .await?;
+    let issued = TestCa::new("deletes-test-ca")?.issue(&["shop.local"], KeyKind::EcP256)?;
+    c.add_certificate(v1::AddCertificateRequest {
+        certificate: Some(v1::Certificate {
+            name: "shop".into(),
+            chain_pem: issued.chain_pem,
+            key_pem: issued.key_pem,
+        }),
+    })
+    .await?;
+
+    for round in 0..2 {
+        let route = c
+            .delete_route(v1::DeleteRouteRequest {
+                host: "shop.local".into(),
+                path_prefix: "/".into(),
+            })
+            .await;
+        let tcp_route = c
+            .delete_tcp_route(v1::DeleteTcpRouteRequest {
+                listen: "127.0.0.1:5432".into(),
+            })
+            .await;
+        let certificate = c
+            .remove_certificate(v1::RemoveCertificateRequest {
+                name: "shop".into(),
+            })
+            .await;
+        if round == 0 {
+            let revisions = [route?, tcp_route?, certificate?].map(|r| r.into_inner().revision);
+            assert_eq!(revisions, [5, 6, 7]);
+        } else {
+            for (what, err) in [
+                ("route", route.unwrap_err()),
+                ("tcp route", tcp_route.unwrap_err()),
+                ("certificate", certificate.unwrap_err()),
+            ] {
+                assert_eq!(err.code(), Code::NotFound, "{what}: {err:?}");
+            }
+        }
+    }
+    let snap = c
+        .get_snapshot(v1::GetSnapshotRequest {})
+        .await?
+        .into_inner();
+    assert!(snap.routes.is_empty() && snap.tcp_routes.is_empty() && snap.certificates.is_empty());
+    assert_eq!(snap.revision, 7, "a delete of nothing writes nothing");
     Ok(())
 }
 
