@@ -615,18 +615,7 @@ impl Store {
             }
             .into());
         }
-        sqlx::query(
-            "INSERT INTO routes (host, path_prefix, pool, revision, redirect_https, hsts_max_age_s)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(route.host.to_string())
-        .bind(route.path_prefix.as_str())
-        .bind(route.pool.as_str())
-        .bind(rev.0 as i64)
-        .bind(route.redirect_https)
-        .bind(i32::try_from(route.hsts_max_age_s).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
-        .await?;
+        insert_route(&mut tx, &route, rev).await?;
         self.finish_change(tx, rev, &ConfigChange::RouteUpserted(route))
             .await?;
         Ok(rev)
@@ -674,12 +663,7 @@ impl Store {
             }
             .into());
         }
-        sqlx::query("INSERT INTO tcp_routes (listen, pool, revision) VALUES ($1, $2, $3)")
-            .bind(route.listen.to_string())
-            .bind(route.pool.as_str())
-            .bind(rev.0 as i64)
-            .execute(&mut *tx)
-            .await?;
+        insert_tcp_route(&mut tx, &route, rev).await?;
         self.finish_change(tx, rev, &ConfigChange::TcpRouteUpserted(route))
             .await?;
         Ok(rev)
@@ -963,6 +947,42 @@ async fn write_backend(
     .execute(&mut **tx)
     .await?;
     touch_pool(tx, pool, rev).await
+}
+
+/// Writes a route's row (the caller has checked it is new).
+async fn insert_route(
+    tx: &mut Transaction<'static, Postgres>,
+    route: &Route,
+    rev: Revision,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO routes (host, path_prefix, pool, revision, redirect_https, hsts_max_age_s)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(route.host.to_string())
+    .bind(route.path_prefix.as_str())
+    .bind(route.pool.as_str())
+    .bind(rev.0 as i64)
+    .bind(route.redirect_https)
+    .bind(i32::try_from(route.hsts_max_age_s).unwrap_or(i32::MAX))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes a TCP route's row (the caller has checked it conflicts with none).
+async fn insert_tcp_route(
+    tx: &mut Transaction<'static, Postgres>,
+    route: &TcpRoute,
+    rev: Revision,
+) -> Result<()> {
+    sqlx::query("INSERT INTO tcp_routes (listen, pool, revision) VALUES ($1, $2, $3)")
+        .bind(route.listen.to_string())
+        .bind(route.pool.as_str())
+        .bind(rev.0 as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// A backend change is a change of its pool too (for expected_revision).
