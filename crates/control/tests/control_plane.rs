@@ -16,6 +16,18 @@ fn pool(name: &str) -> v1::Pool {
     }
 }
 
+/// A proxy's watch from `last_revision` (no store identity: set
+/// `store_id` and `generation` by struct update).
+fn watch_request(node_id: impl Into<String>, zone: &str, last_revision: u64) -> v1::WatchRequest {
+    v1::WatchRequest {
+        node_id: node_id.into(),
+        kind: v1::NodeKind::Proxy.into(),
+        last_revision,
+        zone: zone.into(),
+        ..Default::default()
+    }
+}
+
 fn backend(addr: &str) -> v1::Backend {
     v1::Backend {
         address: addr.into(),
@@ -583,13 +595,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
 
     let mut watcher = b.node_client().await?;
     let mut stream = watcher
-        .watch(v1::WatchRequest {
-            node_id: "proxy-test".into(),
-            kind: v1::NodeKind::Proxy.into(),
-            last_revision: 0,
-            zone: "z1".into(),
-            ..Default::default()
-        })
+        .watch(watch_request("proxy-test", "z1", 0))
         .await?
         .into_inner();
     let first = next_event(&mut stream).await?;
@@ -628,13 +634,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
         })
         .await?;
     let mut stream = watcher
-        .watch(v1::WatchRequest {
-            node_id: "proxy-test".into(),
-            kind: v1::NodeKind::Proxy.into(),
-            last_revision: 21,
-            zone: "z1".into(),
-            ..Default::default()
-        })
+        .watch(watch_request("proxy-test", "z1", 21))
         .await?
         .into_inner();
     let ev = next_event(&mut stream).await?;
@@ -648,13 +648,10 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
     // Up to date: no snapshot, just the next change.
     let mut stream = watcher
         .watch(v1::WatchRequest {
-            node_id: "proxy-test".into(),
-            kind: v1::NodeKind::Proxy.into(),
-            last_revision: 22,
-            zone: "z1".into(),
             // The store identity the snapshot came with: revision 22 of it.
             store_id: s.store_id.clone(),
             generation: s.generation,
+            ..watch_request("proxy-test", "z1", 22)
         })
         .await?
         .into_inner();
@@ -680,12 +677,9 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
     for (store_id, generation) in [(s.store_id.clone(), s.generation + 1), (String::new(), 0)] {
         let mut stream = watcher
             .watch(v1::WatchRequest {
-                node_id: "proxy-other".into(),
-                kind: v1::NodeKind::Proxy.into(),
-                last_revision: 23,
-                zone: "z1".into(),
                 store_id,
                 generation,
+                ..watch_request("proxy-other", "z1", 23)
             })
             .await?
             .into_inner();
@@ -758,12 +752,9 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
         .node_client()
         .await?
         .watch(v1::WatchRequest {
-            node_id: "w".into(),
-            kind: 1,
-            last_revision: 1,
-            zone: String::new(),
             store_id: status.store_id,
             generation: status.generation,
+            ..watch_request("w", "", 1)
         })
         .await?
         .into_inner();
@@ -877,13 +868,11 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
             let stream = cp
                 .node_client()
                 .await?
-                .watch(v1::WatchRequest {
-                    node_id: format!("w-{last_revision}"),
-                    kind: 1,
+                .watch(watch_request(
+                    format!("w-{last_revision}"),
+                    "",
                     last_revision,
-                    zone: String::new(),
-                    ..Default::default()
-                })
+                ))
                 .await?
                 .into_inner();
             anyhow::Ok(stream)
@@ -988,13 +977,7 @@ async fn a_replica_that_never_reached_its_database_says_so_clearly() -> anyhow::
     let err = cp
         .node_client()
         .await?
-        .watch(v1::WatchRequest {
-            node_id: "w".into(),
-            kind: 1,
-            last_revision: 0,
-            zone: String::new(),
-            ..Default::default()
-        })
+        .watch(watch_request("w", "", 0))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -1122,15 +1105,7 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
 
     // An open watch stream does not keep SIGTERM from finishing.
     let mut w = cp.node_client().await?;
-    let _stream = w
-        .watch(v1::WatchRequest {
-            node_id: "w".into(),
-            kind: 1,
-            last_revision: 0,
-            zone: String::new(),
-            ..Default::default()
-        })
-        .await?;
+    let _stream = w.watch(watch_request("w", "", 0)).await?;
     let status = cp.process.terminate(Duration::from_secs(15))?;
     assert!(status.success(), "exit status {status:?}");
     let logs = cp.process.logs();
