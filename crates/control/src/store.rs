@@ -530,13 +530,8 @@ impl Store {
             let last = pool.backends.iter().map(|b| b.order).max().unwrap_or(0);
             backend.order = last.saturating_add(1);
         }
-        write_backend(&mut tx, pool_name, &backend, rev).await?;
-        let change = ConfigChange::BackendUpserted {
-            pool: pool_name.clone(),
-            backend: backend.clone(),
-        };
-        self.finish_change(tx, rev, &change).await?;
-        Ok((backend, rev))
+        self.upsert_backend_change(tx, rev, pool_name, backend)
+            .await
     }
 
     pub async fn update_backend(
@@ -557,13 +552,8 @@ impl Store {
                 address: address.to_string(),
             })?;
         let backend = update(current);
-        write_backend(&mut tx, pool_name, &backend, rev).await?;
-        let change = ConfigChange::BackendUpserted {
-            pool: pool_name.clone(),
-            backend: backend.clone(),
-        };
-        self.finish_change(tx, rev, &change).await?;
-        Ok((backend, rev))
+        self.upsert_backend_change(tx, rev, pool_name, backend)
+            .await
     }
 
     pub async fn remove_backend(
@@ -805,6 +795,23 @@ impl Store {
 // === transaction helpers ===
 
 impl Store {
+    /// Writes `backend` into its pool and commits that as the change.
+    async fn upsert_backend_change(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        rev: Revision,
+        pool_name: &PoolName,
+        backend: Backend,
+    ) -> Result<(Backend, Revision)> {
+        write_backend(&mut tx, pool_name, &backend, rev).await?;
+        let change = ConfigChange::BackendUpserted {
+            pool: pool_name.clone(),
+            backend: backend.clone(),
+        };
+        self.finish_change(tx, rev, &change).await?;
+        Ok((backend, rev))
+    }
+
     /// One change that deletes the rows `query` matches; when it matches
     /// none, the change is not made and the error is `unknown()`.
     async fn delete_change<'q>(
@@ -860,14 +867,7 @@ async fn commit_change(
         .bind(rev.0 as i64)
         .execute(&mut *tx)
         .await?;
-    // Delivered to listeners when (and only if) the transaction commits.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(rev.0.to_string())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    metrics::gauge!("tandem_control_revision").set(rev.0 as f64);
+    commit_notifying(tx, rev).await?;
     tracing::info!(
         revision = rev.0,
         change = change_kind(change),
@@ -947,6 +947,19 @@ async fn write_backend(
     .execute(&mut **tx)
     .await?;
     touch_pool(tx, pool, rev).await
+}
+
+/// Commits `tx`, the change to revision `rev`: listeners hear of it when
+/// (and only if) it commits, and the revision gauge follows.
+async fn commit_notifying(mut tx: Transaction<'static, Postgres>, rev: Revision) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(rev.0.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics::gauge!("tandem_control_revision").set(rev.0 as f64);
+    Ok(())
 }
 
 /// Writes a route's row (the caller has checked it is new).

@@ -5,7 +5,9 @@
 use sqlx::Row;
 use tandem_core::{Error as Domain, Revision, Snapshot, StoreIdentity, ValidationError};
 
-use super::{NOTIFY_CHANNEL, Result, Store, insert_route, insert_tcp_route, write_backend};
+use super::{
+    NOTIFY_CHANNEL, Result, Store, commit_notifying, insert_route, insert_tcp_route, write_backend,
+};
 use crate::error::Error;
 
 /// The identity and the revision, as one query reads them.
@@ -172,13 +174,7 @@ impl Store {
         .await?;
         let row = sqlx::query(IDENTITY_QUERY).fetch_one(&mut *tx).await?;
         let (identity, _) = identity_from_row(&row)?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(rev.0.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        metrics::gauge!("tandem_control_revision").set(rev.0 as f64);
+        commit_notifying(tx, rev).await?;
         metrics::counter!("tandem_control_store_generations_total").increment(1);
         tracing::warn!(revision = rev.0, store = %identity.id, generation = identity.generation, pools = snapshot.pools.len(), "restored the configuration from a snapshot: a new store generation");
         Ok((rev, identity))
