@@ -28,6 +28,20 @@ fn watch_request(node_id: impl Into<String>, zone: &str, last_revision: u64) -> 
     }
 }
 
+/// A fresh control plane on its own Postgres, pool `shop` created (revision
+/// 1), and an admin client.
+async fn control_with_shop()
+-> anyhow::Result<(Postgres, ControlPlane, tandem_testkit::AuthedClient)> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut c = cp.admin_client().await?;
+    c.create_pool(v1::CreatePoolRequest {
+        pool: Some(pool("shop")),
+    })
+    .await?;
+    Ok((pg, cp, c))
+}
+
 fn backend(addr: &str) -> v1::Backend {
     v1::Backend {
         address: addr.into(),
@@ -202,13 +216,7 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
 /// one revision; one that does not is `NotFound` and writes nothing.
 #[tokio::test]
 async fn deletes_remove_what_exists_and_name_what_does_not() -> anyhow::Result<()> {
-    let pg = Postgres::start()?;
-    let cp = ControlPlane::start(&pg.url()).await?;
-    let mut c = cp.admin_client().await?;
-    c.create_pool(v1::CreatePoolRequest {
-        pool: Some(pool("shop")),
-    })
-    .await?;
+    let (_pg, _cp, mut c) = control_with_shop().await?;
     c.add_route(v1::AddRouteRequest {
         route: Some(v1::Route {
             host: "shop.local".into(),
@@ -276,13 +284,7 @@ async fn deletes_remove_what_exists_and_name_what_does_not() -> anyhow::Result<(
 
 #[tokio::test]
 async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::Result<()> {
-    let pg = Postgres::start()?;
-    let cp = ControlPlane::start(&pg.url()).await?;
-    let mut c = cp.admin_client().await?;
-    c.create_pool(v1::CreatePoolRequest {
-        pool: Some(pool("shop")),
-    })
-    .await?;
+    let (_pg, _cp, mut c) = control_with_shop().await?;
 
     let hc = |h: v1::HealthCheck| v1::Pool {
         health_check: Some(h),
