@@ -181,10 +181,7 @@ async fn adding_a_fourth_member_and_removing_the_leader_under_load_fails_no_requ
     .await?;
 
     let outcome = load.stop().await?;
-    eprintln!(
-        "member 4 added, leader {leader} removed (new leader {new_leader}); {} requests, {} failed",
-        outcome.ok, outcome.failed
-    );
+    eprintln!("member 4 added, leader {leader} removed (new leader {new_leader}); {outcome}");
     outcome.assert_none_failed(100);
     Ok(())
 }

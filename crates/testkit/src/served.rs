@@ -2,6 +2,7 @@
 //! the control plane underneath it (a leader killed, members added or
 //! removed), and waits on the health the control plane decided.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,17 +25,42 @@ pub async fn wait_health(
     what: &str,
     want: impl Fn(&[v1::BackendHealth]) -> bool,
 ) -> anyhow::Result<()> {
-    let want = &want;
-    wait_until(timeout, what, || {
-        let mut client = client.clone();
-        async move {
-            client
-                .get_health(v1::GetHealthRequest {})
-                .await
-                .is_ok_and(|h| want(&h.into_inner().backends))
-        }
+    let read = |mut c: AuthedClient| async move { c.get_health(v1::GetHealthRequest {}).await };
+    wait_reply(client, timeout, what, read, |h| want(&h.backends)).await
+}
+
+/// Waits until what `read` gets from a clone of `client` is as `want`
+/// says (an error is not).
+async fn wait_reply<T, Fut>(
+    client: &AuthedClient,
+    timeout: Duration,
+    what: &str,
+    read: impl Fn(AuthedClient) -> Fut,
+    want: impl Fn(T) -> bool,
+) -> anyhow::Result<()>
+where
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let (read, want) = (&read, &want);
+    wait_until(timeout, what, || async move {
+        read(client.clone())
+            .await
+            .is_ok_and(|r| want(r.into_inner()))
     })
     .await
+}
+
+/// A health check of `GET /healthz` every 500 ms with `timeout_ms`, up
+/// after 2 passes and down after 2 failures: quick enough to wait for.
+pub fn quick_health_check(timeout_ms: u32) -> v1::HealthCheck {
+    v1::HealthCheck {
+        path: Some("/healthz".into()),
+        interval_ms: Some(500),
+        timeout_ms: Some(timeout_ms),
+        rise: Some(2),
+        fall: Some(2),
+        ..Default::default()
+    }
 }
 
 /// For [`wait_health`]: exactly `n` backends, all healthy.
@@ -77,14 +103,7 @@ impl ServedPool {
         let mut admin = cluster.replicas[0].admin_client().await?;
         let pool = v1::Pool {
             name: "web".into(),
-            health_check: Some(v1::HealthCheck {
-                path: Some("/healthz".into()),
-                interval_ms: Some(500),
-                timeout_ms: Some(250),
-                rise: Some(2),
-                fall: Some(2),
-                ..Default::default()
-            }),
+            health_check: Some(quick_health_check(250)),
             ..Default::default()
         };
         let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
@@ -200,6 +219,12 @@ impl SteadyLoad {
     }
 }
 
+impl std::fmt::Display for LoadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} requests, {} failed", self.ok, self.failed)
+    }
+}
+
 impl LoadOutcome {
     /// Panics unless more than `min_ok` requests succeeded (the load ran)
     /// and none failed, showing the first failures.
@@ -225,20 +250,9 @@ pub async fn wait_node(
     node_id: &str,
     want: impl Fn(&v1::NodeStatus) -> bool,
 ) -> anyhow::Result<()> {
-    let want = &want;
-    wait_until(timeout, what, || {
-        let mut client = client.clone();
-        async move {
-            client
-                .get_status(v1::GetStatusRequest {})
-                .await
-                .is_ok_and(|s| {
-                    s.into_inner()
-                        .nodes
-                        .iter()
-                        .any(|n| n.node_id == node_id && want(n))
-                })
-        }
+    let read = |mut c: AuthedClient| async move { c.get_status(v1::GetStatusRequest {}).await };
+    wait_reply(client, timeout, what, read, |s| {
+        s.nodes.iter().any(|n| n.node_id == node_id && want(n))
     })
     .await
 }
