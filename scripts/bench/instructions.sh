@@ -23,11 +23,13 @@
 #   baseline  BASELINE_BIN, tracing off
 #
 # Usage: scripts/bench/instructions.sh
+#        BENCH_PROFILE=debug DURATION=1s ROUNDS=1 CONFIGS=off scripts/bench/instructions.sh  (checks the script only)
 #        ROUNDS=3 CONFIGS="off trace1 logged" scripts/bench/instructions.sh
 #        BASELINE_BIN=/tmp/tandem-proxy-before CONFIGS="baseline off" scripts/bench/instructions.sh
 # Not a test: nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
 
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-10}
@@ -36,31 +38,12 @@ CONFIGS=${CONFIGS:-off trace1 trace100}
 BASELINE_BIN=${BASELINE_BIN:-}
 BASE_PORT=${BASE_PORT:-18300}
 
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get install -y "${need[@]}" >/dev/null 2>&1 ||
-    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${need[@]}" >/dev/null; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+bench_need nginx wrk valgrind
 
-echo "building tandem-proxy and the OTLP receiver (release)"
-cargo build --release -q -p tandem-proxy -p tandem-telemetry --bins --example otlp_sink
-TANDEM=target/release/tandem-proxy
+bench_build "tandem-proxy and the OTLP receiver" -p tandem-proxy -p tandem-telemetry --bins --example otlp_sink
+TANDEM=$BUILD/tandem-proxy
 
-WORK=$(mktemp -d -t tandem-ins-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_work tandem-ins
 
 wait_http() { # url
   for _ in $(seq 1 600); do
@@ -73,45 +56,12 @@ wait_http() { # url
 
 BACKEND_PORT=$BASE_PORT
 OTLP_PORT=$((BASE_PORT + 1))
-mkdir -p "$WORK/backend"
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / { return 200 "ok\n"; }
-  }
-}
-EOF
-"$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
-target/release/examples/otlp_sink "127.0.0.1:$OTLP_PORT" >"$WORK/otlp.log" 2>&1 &
+start_backend_nginx "$BACKEND_PORT"
+PIDS+=("$BACKEND_PID")
+"$BUILD/examples/otlp_sink" "127.0.0.1:$OTLP_PORT" >"$WORK/otlp.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$BACKEND_PORT/"
 
-snapshot() {
-  cat <<EOF
-{"revision": 1,
- "pools": {"bench": {
-   "config": {"name": "bench", "policy": "round_robin",
-     "health_check": {"kind": "http", "path": "/", "method": "GET", "host": "",
-       "expected_status_min": 200, "expected_status_max": 399,
-       "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
-     "connect_timeout_ms": 1000, "request_timeout_ms": 30000,
-     "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
-     "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
-     "panic_threshold_percent": 50},
-   "backends": [{"address": "127.0.0.1:$BACKEND_PORT", "weight": 1, "role": "primary", "admin_state": "enabled"}],
-   "revision": 1}},
- "routes": [{"host": "*", "path_prefix": "/", "pool": "bench"}]}
-EOF
-}
 
 # Starts one configuration under callgrind; sets PORT, ADMIN, VG_PID.
 start() { # config index
@@ -120,7 +70,7 @@ start() { # config index
   ADMIN=$((PORT + 1))
   local dir=$WORK/$config
   mkdir -p "$dir"
-  snapshot >"$dir/snapshot.json"
+  bench_snapshot "$BACKEND_PORT" >"$dir/snapshot.json"
   local otlp=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$OTLP_PORT OTEL_SERVICE_NAME=bench)
   case $config in
     off) ;;
@@ -132,8 +82,8 @@ start() { # config index
       bin=$BASELINE_BIN ;;
     *) echo "unknown configuration $config" >&2; exit 2 ;;
   esac
-  env TANDEM_LISTEN=127.0.0.1:$PORT TANDEM_ADMIN_LISTEN=127.0.0.1:$ADMIN \
-    TANDEM_STATE_DIR="$dir" TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn "${extra[@]}" \
+  tandem_env "$PORT" "$ADMIN" "$dir"
+  env "${TANDEM_ENV[@]}" "${extra[@]}" \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" \
     "$bin" >"$dir/log" 2>&1 &
   VG_PID=$!
@@ -150,13 +100,7 @@ served() { # admin port: requests the proxy answered so far
 count() { # config command...
   local c=$1
   shift
-  rm -f "$WORK/$c"/callgrind.out.*
-  callgrind_control -i on "$VG_PID" >/dev/null 2>&1
-  "$@" >/dev/null
-  callgrind_control -i off "$VG_PID" >/dev/null 2>&1
-  callgrind_control -d "$VG_PID" >/dev/null 2>&1
-  sleep 0.5
-  cat "$WORK/$c"/callgrind.out.* 2>/dev/null | awk '/^totals:/ { t += $2 } END { print t + 0 }'
+  callgrind_count "$WORK/$c" "$@"
 }
 
 declare -A INS

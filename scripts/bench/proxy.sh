@@ -26,12 +26,14 @@
 # ratios taken within each round (steadier under noise).
 #
 # Usage: scripts/bench/proxy.sh            (DURATION=10s CONNS=50 ROUNDS=1)
+#        BENCH_PROFILE=debug DURATION=1s TRACES=0 scripts/bench/proxy.sh  (checks the script only)
 #        DURATION=30s CONNS=100 ROUNDS=3 scripts/bench/proxy.sh
 #        BASELINE_BIN=/tmp/tandem-proxy-before ROUNDS=3 scripts/bench/proxy.sh
 #        ACCESS_LOG=json ROUNDS=3 scripts/bench/proxy.sh
 # Not a test: numbers depend on the machine; nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
@@ -54,99 +56,28 @@ TANDEM_ADMIN_PORT=${TANDEM_ADMIN_PORT:-18102}
 NGINX_PORT=${NGINX_PORT:-18103}
 HAPROXY_PORT=${HAPROXY_PORT:-18104}
 
-# === prerequisites (idempotent) ===
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get install -y "${need[@]}" >/dev/null 2>&1 ||
-    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${need[@]}" >/dev/null; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+bench_need nginx haproxy wrk
+NGINX=$(tool_path nginx)
+HAPROXY=$(tool_path haproxy)
 CORES=$(nproc)
 if [ "$CORES" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
 
-echo "building tandem-proxy (release)"
 if [ "$TRACES" = 1 ]; then
   # One build for both, so the proxy's dependencies are built once.
-  cargo build --release -q -p tandem-proxy -p tandem-telemetry --bins --example otlp_sink
+  bench_build tandem-proxy -p tandem-proxy -p tandem-telemetry --bins --example otlp_sink
 else
-  cargo build --release -q -p tandem-proxy
+  bench_build tandem-proxy -p tandem-proxy
 fi
-TANDEM=target/release/tandem-proxy
+TANDEM=$BUILD/tandem-proxy
 
-WORK=$(mktemp -d -t tandem-bench-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.2
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
+bench_work tandem-bench
 
 # === the backend: nginx, one worker, on the load core ===
-mkdir -p "$WORK/backend"
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT reuseport;
-    location / { return 200 "ok\n"; }
-  }
-}
-EOF
-taskset -c "$LOAD_CORE" "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
-wait_port "$BACKEND_PORT"
+start_backend_nginx "$BACKEND_PORT" "$LOAD_CORE"
+PIDS+=("$BACKEND_PID")
 
 # === the proxies ===
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend {
-    server 127.0.0.1:$BACKEND_PORT;
-    keepalive 128;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-EOF
+nginx_proxy_conf "$WORK/nginx" "$NGINX_PORT"
 taskset -c "$PROXY_CORE" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
 NGINX_PID=$!
 PIDS+=($NGINX_PID)
@@ -174,21 +105,7 @@ HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
 
 mkdir -p "$WORK/tandem"
-cat >"$WORK/tandem/snapshot.json" <<EOF
-{"revision": 1,
- "pools": {"bench": {
-   "config": {"name": "bench", "policy": "round_robin",
-     "health_check": {"kind": "http", "path": "/", "method": "GET", "host": "",
-       "expected_status_min": 200, "expected_status_max": 399,
-       "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
-     "connect_timeout_ms": 1000, "request_timeout_ms": 30000,
-     "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
-     "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
-     "panic_threshold_percent": 50},
-   "backends": [{"address": "127.0.0.1:$BACKEND_PORT", "weight": 1, "role": "primary", "admin_state": "enabled"}],
-   "revision": 1}},
- "routes": [{"host": "*", "path_prefix": "/", "pool": "bench"}]}
-EOF
+bench_snapshot "$BACKEND_PORT" >"$WORK/tandem/snapshot.json"
 start_tandem() { # binary port admin_port state_dir log [VAR=value...]
   local bin=$1 port=$2 admin=$3 dir=$4 log=$5
   shift 5
@@ -196,8 +113,8 @@ start_tandem() { # binary port admin_port state_dir log [VAR=value...]
     mkdir -p "$dir"
     cp "$WORK/tandem/snapshot.json" "$dir/"
   fi
-  env TANDEM_LISTEN=127.0.0.1:$port TANDEM_ADMIN_LISTEN=127.0.0.1:$admin \
-    TANDEM_STATE_DIR=$dir TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn "$@" \
+  tandem_env "$port" "$admin" "$dir"
+  env "${TANDEM_ENV[@]}" "$@" \
     taskset -c "$PROXY_CORE" "$bin" >"$log" 2>&1 &
 }
 start_tandem "$TANDEM" "$TANDEM_PORT" "$TANDEM_ADMIN_PORT" "$WORK/tandem" "$WORK/tandem.log"
@@ -213,7 +130,7 @@ if [ -n "$BASELINE_BIN" ]; then
   PORTS="$PORTS $BASELINE_PORT"
 fi
 if [ "$TRACES" = 1 ]; then
-  taskset -c "$LOAD_CORE" target/release/examples/otlp_sink "127.0.0.1:$OTLP_PORT" >"$WORK/otlp.log" 2>&1 &
+  taskset -c "$LOAD_CORE" "$BUILD/examples/otlp_sink" "127.0.0.1:$OTLP_PORT" >"$WORK/otlp.log" 2>&1 &
   PIDS+=($!)
   wait_port "$OTLP_PORT"
   otlp=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$OTLP_PORT OTEL_SERVICE_NAME=bench)
@@ -246,14 +163,6 @@ done
 # === measuring ===
 # All pids of a process tree (nginx master + worker).
 tree_pids() { echo "$1"; pgrep -P "$1" || true; }
-cpu_ticks() { # utime + stime of a process tree, in clock ticks
-  local t=0
-  for p in $(tree_pids "$1"); do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
 rss_kb() {
   local t=0
   for p in $(tree_pids "$1"); do
@@ -268,7 +177,6 @@ to_ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") in ms
     if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n = n * 1000
     printf "%.3f", n }'
 }
-TICK=$(getconf CLK_TCK)
 
 declare -A RPS P50 P99 CPU RSS ERR
 run() { # name round port [pid]; figures are kept per round as "name.round"

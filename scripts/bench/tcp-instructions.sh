@@ -21,11 +21,13 @@
 # printed.
 #
 # Usage: scripts/bench/tcp-instructions.sh
+#        BENCH_PROFILE=debug SHORT=20 TRIPS=20 scripts/bench/tcp-instructions.sh  (checks the script only)
 #        ROUNDS=3 SHORT=2000 TRIPS=5000 TARGETS="haproxy tandem-copy" scripts/bench/tcp-instructions.sh
 #        BASELINE_BIN=/tmp/tandem-proxy-before TARGETS="baseline-copy tandem-copy" scripts/bench/tcp-instructions.sh
 # Not a test: nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
 
 SHORT=${SHORT:-1000}
 TRIPS=${TRIPS:-2000}
@@ -34,40 +36,16 @@ TARGETS=${TARGETS:-haproxy tandem-copy tandem-splice}
 BASELINE_BIN=${BASELINE_BIN:-}
 BASE_PORT=${BASE_PORT:-18400}
 
-need=()
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get install -y "${need[@]}" >/dev/null 2>&1 ||
-    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${need[@]}" >/dev/null; }
-fi
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+bench_need haproxy valgrind python3
+HAPROXY=$(tool_path haproxy)
 
-echo "building tandem-proxy and the benchmark backend (release)"
-cargo build --release -q -p tandem-proxy --bin tandem-proxy --example tcp_bench
-TANDEM=target/release/tandem-proxy
-BENCH=target/release/examples/tcp_bench
+bench_build "tandem-proxy and the benchmark backend" -p tandem-proxy --bin tandem-proxy --example tcp_bench
+TANDEM=$BUILD/tandem-proxy
+BENCH=$BUILD/examples/tcp_bench
 
-WORK=$(mktemp -d -t tandem-tcp-ins-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
+bench_work tandem-tcp-ins
+# Under callgrind a process starts slowly: up to 60 s.
+wait_port_vg() { wait_port "$1" 600 0.1; }
 
 # The fixed load (one client, one thing at a time; the client's own cost
 # is not counted: only the proxy runs under callgrind).
@@ -106,7 +84,7 @@ load() { python3 "$WORK/load.py" "$@"; }
 BACKEND_PORT=$BASE_PORT
 "$BENCH" serve "127.0.0.1:$BACKEND_PORT" &
 PIDS+=($!)
-wait_port "$BACKEND_PORT"
+wait_port_vg "$BACKEND_PORT"
 
 # Starts one target under callgrind; sets PORT, VG_PID, DIR.
 start() { # target index
@@ -118,21 +96,7 @@ start() { # target index
   local vg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$DIR/callgrind.out")
   case $target in
     haproxy)
-      cat >"$DIR/haproxy.cfg" <<CFG
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode tcp
-  timeout connect 1s
-  timeout client 30m
-  timeout server 30m
-frontend fe
-  bind 127.0.0.1:$PORT
-  default_backend be
-backend be
-  server b1 127.0.0.1:$BACKEND_PORT
-CFG
+      haproxy_tcp_cfg "$PORT" "$BACKEND_PORT" >"$DIR/haproxy.cfg"
       "${vg[@]}" "$HAPROXY" -f "$DIR/haproxy.cfg" -db >"$DIR/log" 2>&1 &
       ;;
     tandem-copy | tandem-splice | baseline-copy | baseline-splice)
@@ -141,42 +105,20 @@ CFG
         [ -n "$BASELINE_BIN" ] || { echo "$target needs BASELINE_BIN" >&2; exit 2; }
         bin=$BASELINE_BIN
       fi
-      cat >"$DIR/snapshot.json" <<SNAP
-{"revision": 1,
- "pools": {"bench": {"config": {"name": "bench", "policy": "round_robin",
-     "health_check": {"kind": "tcp", "path": "/", "method": "GET", "host": "",
-       "expected_status_min": 200, "expected_status_max": 399,
-       "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
-     "connect_timeout_ms": 1000, "request_timeout_ms": 30000,
-     "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
-     "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
-     "panic_threshold_percent": 50},
-   "backends": [{"address": "127.0.0.1:$BACKEND_PORT", "weight": 1, "role": "primary", "admin_state": "enabled"}],
-   "revision": 1}},
- "routes": [],
- "tcp_routes": [{"listen": "127.0.0.1:$PORT", "pool": "bench"}]}
-SNAP
-      env TANDEM_LISTEN=127.0.0.1:$((PORT + 1)) TANDEM_ADMIN_LISTEN=127.0.0.1:$((PORT + 100)) \
-        TANDEM_STATE_DIR="$DIR" TANDEM_CONTROL= TANDEM_WORKERS=1 TANDEM_TCP_COPY="$mode" RUST_LOG=warn \
+      bench_snapshot "$BACKEND_PORT" "127.0.0.1:$PORT" >"$DIR/snapshot.json"
+      tandem_env $((PORT + 1)) $((PORT + 100)) "$DIR"
+      env "${TANDEM_ENV[@]}" TANDEM_TCP_COPY="$mode" \
         "${vg[@]}" "$bin" >"$DIR/log" 2>&1 &
       ;;
     *) echo "unknown target $target (haproxy, tandem-copy, tandem-splice, baseline-copy, baseline-splice)" >&2; exit 2 ;;
   esac
   VG_PID=$!
   PIDS+=($VG_PID)
-  wait_port "$PORT"
+  wait_port_vg "$PORT"
 }
 
 # Instructions the process executes while "$@" runs.
-count() { # command...
-  rm -f "$DIR"/callgrind.out.*
-  callgrind_control -i on "$VG_PID" >/dev/null 2>&1
-  "$@" >/dev/null
-  callgrind_control -i off "$VG_PID" >/dev/null 2>&1
-  callgrind_control -d "$VG_PID" >/dev/null 2>&1
-  sleep 0.5
-  cat "$DIR"/callgrind.out.* 2>/dev/null | awk '/^totals:/ { t += $2 } END { print t + 0 }'
-}
+count() { callgrind_count "$DIR" "$@"; }
 # Instructions per unit of a load, less the idle process's for as long.
 per() { # n command...
   local n=$1 t0 t1 busy idle

@@ -22,10 +22,12 @@
 # throughput, below 1 better for latency).
 #
 # Usage: scripts/bench/tcp.sh                 (SECONDS_EACH=5 ROUNDS=3)
+#        BENCH_PROFILE=debug SECONDS_EACH=1 ROUNDS=1 scripts/bench/tcp.sh  (checks the script only)
 #        SECONDS_EACH=10 ROUNDS=5 CONCURRENCY=32 scripts/bench/tcp.sh
 # Not a test: numbers depend on the machine; nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
 
 SECS=${SECONDS_EACH:-5}
 ROUNDS=${ROUNDS:-3}
@@ -38,57 +40,21 @@ COPY_PORT=${COPY_PORT:-18201}
 SPLICE_PORT=${SPLICE_PORT:-18202}
 HAPROXY_PORT=${HAPROXY_PORT:-18203}
 
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || {
-  echo "installing haproxy"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get install -y haproxy >/dev/null 2>&1 ||
-    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y haproxy >/dev/null; }
-}
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+bench_need haproxy
+HAPROXY=$(tool_path haproxy)
 [ "$(nproc)" -lt 2 ] && { PROXY_CORE=0; LOAD_CORE=0; }
 
-echo "building tandem-proxy and the benchmark tool (release)"
-cargo build --release -q -p tandem-proxy --bin tandem-proxy --example tcp_bench
-TANDEM=target/release/tandem-proxy
-BENCH=target/release/examples/tcp_bench
+bench_build "tandem-proxy and the benchmark tool" -p tandem-proxy --bin tandem-proxy --example tcp_bench
+TANDEM=$BUILD/tandem-proxy
+BENCH=$BUILD/examples/tcp_bench
 
-WORK=$(mktemp -d -t tandem-tcp-bench-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.2
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
+bench_work tandem-tcp-bench
 
 taskset -c "$LOAD_CORE" "$BENCH" serve "127.0.0.1:$BACKEND_PORT" &
 PIDS+=($!)
 wait_port "$BACKEND_PORT"
 
-cat >"$WORK/haproxy.cfg" <<CFG
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode tcp
-  timeout connect 1s
-  timeout client 30m
-  timeout server 30m
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend be
-backend be
-  server b1 127.0.0.1:$BACKEND_PORT
-CFG
+haproxy_tcp_cfg "$HAPROXY_PORT" "$BACKEND_PORT" >"$WORK/haproxy.cfg"
 taskset -c "$PROXY_CORE" "$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 PIDS+=($!)
 declare -A PID
@@ -97,23 +63,9 @@ PID[haproxy]=$!
 start_tandem() { # mode port admin_port
   local dir=$WORK/tandem-$1
   mkdir -p "$dir"
-  cat >"$dir/snapshot.json" <<SNAP
-{"revision": 1,
- "pools": {"bench": {"config": {"name": "bench", "policy": "round_robin",
-     "health_check": {"kind": "tcp", "path": "/", "method": "GET", "host": "",
-       "expected_status_min": 200, "expected_status_max": 399,
-       "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
-     "connect_timeout_ms": 1000, "request_timeout_ms": 30000,
-     "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
-     "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
-     "panic_threshold_percent": 50},
-   "backends": [{"address": "127.0.0.1:$BACKEND_PORT", "weight": 1, "role": "primary", "admin_state": "enabled"}],
-   "revision": 1}},
- "routes": [],
- "tcp_routes": [{"listen": "127.0.0.1:$2", "pool": "bench"}]}
-SNAP
-  TANDEM_LISTEN=127.0.0.1:$(($2 + 100)) TANDEM_ADMIN_LISTEN=127.0.0.1:$3 \
-    TANDEM_STATE_DIR=$dir TANDEM_CONTROL= TANDEM_WORKERS=1 TANDEM_TCP_COPY=$1 RUST_LOG=warn \
+  bench_snapshot "$BACKEND_PORT" "127.0.0.1:$2" >"$dir/snapshot.json"
+  tandem_env $(($2 + 100)) "$3" "$dir"
+  env "${TANDEM_ENV[@]}" TANDEM_TCP_COPY="$1" \
     taskset -c "$PROXY_CORE" "$TANDEM" >"$WORK/tandem-$1.log" 2>&1 &
   PIDS+=($!)
   PID[tandem-$1]=$!
@@ -122,10 +74,8 @@ start_tandem copy "$COPY_PORT" 18211
 start_tandem splice "$SPLICE_PORT" 18212
 for p in $HAPROXY_PORT $COPY_PORT $SPLICE_PORT; do wait_port "$p"; done
 
-# CPU time of a process (HAProxy, tandem-proxy: all threads), in clock
-# ticks: the figure that noise from other processes moves least.
-cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
-TICK=$(getconf CLK_TCK)
+# CPU time (cpu_ticks: HAProxy, tandem-proxy, all threads) is the figure
+# that noise from other processes moves least.
 declare -A MB CPS P50 P99 CPU_GB CPU_CONN
 measure() { # name round port
   local key=$1.$2 port=$3 out before after

@@ -31,6 +31,7 @@
 # Not a test: numbers depend on the machine; nothing here asserts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
@@ -47,18 +48,8 @@ TANDEM_PORT=$((BASE + 2))
 TANDEM_HTTP_PORT=$((BASE + 3))
 TANDEM_ADMIN_PORT=$((BASE + 4))
 
-# === prerequisites (idempotent) ===
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get install -y "${need[@]}" >/dev/null 2>&1 ||
-    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${need[@]}" >/dev/null; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+bench_need nginx wrk openssl
+NGINX=$(tool_path nginx)
 if [ "$(nproc)" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
 
 # TANDEM_BIN: a tandem-proxy already built (a debug one proves the script
@@ -66,29 +57,13 @@ if [ "$(nproc)" -lt 2 ]; then PROXY_CORE=0; LOAD_CORE=0; fi
 if [ -n "${TANDEM_BIN:-}" ]; then
   TANDEM=$TANDEM_BIN
 else
-  echo "building tandem-proxy (release)"
-  cargo build --release -q -p tandem-proxy
-  TANDEM=target/release/tandem-proxy
+  bench_build tandem-proxy -p tandem-proxy
+  TANDEM=$BUILD/tandem-proxy
 fi
 
-WORK=$(mktemp -d -t tandem-tls-bench-XXXXXX)
-PIDS=()
-stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.2
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap 'stop_all; kill "${BACKEND_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
+bench_work tandem-tls-bench
+# The backend lives through every key type's proxies (stop_pids).
+trap 'stop_pids; kill "${BACKEND_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # === certificates: one CA, a leaf for localhost per key type ===
 (
@@ -107,89 +82,31 @@ wait_port() {
 )
 
 # === the backend: nginx, one worker, plain HTTP, on the load core ===
-mkdir -p "$WORK/backend"
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT reuseport;
-    location / { return 200 "ok\n"; }
-  }
-}
-EOF
-taskset -c "$LOAD_CORE" "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-BACKEND_PID=$!
-wait_port "$BACKEND_PORT"
+start_backend_nginx "$BACKEND_PORT" "$LOAD_CORE"
 
 start_proxies() { # key type: starts nginx and tandem with that certificate
   local k=$1
-  mkdir -p "$WORK/nginx-$k"
-  cat >"$WORK/nginx-$k/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx-$k/nginx.pid;
-error_log $WORK/nginx-$k/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend {
-    server 127.0.0.1:$BACKEND_PORT;
-    keepalive 128;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT ssl http2;
-    ssl_certificate $WORK/$k.pem;
+  nginx_proxy_conf "$WORK/nginx-$k" "$NGINX_PORT" "ssl http2" "    ssl_certificate $WORK/$k.pem;
     ssl_certificate_key $WORK/$k.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto https;
-    }
-  }
-}
-EOF
+    ssl_protocols TLSv1.2 TLSv1.3;" "      proxy_set_header X-Forwarded-Proto https;"
   taskset -c "$PROXY_CORE" "$NGINX" -p "$WORK/nginx-$k" -c "$WORK/nginx-$k/nginx.conf" &
   NGINX_PID=$!
   PIDS+=("$NGINX_PID")
 
   mkdir -p "$WORK/tandem-$k"
-  python3 - "$WORK" "$k" "$BACKEND_PORT" >"$WORK/tandem-$k/snapshot.json" <<'PY'
+  bench_snapshot "$BACKEND_PORT" >"$WORK/tandem-$k/snapshot.json"
+  python3 - "$WORK" "$k" <<'PY'
 import json, sys
-work, k, port = sys.argv[1], sys.argv[2], sys.argv[3]
-print(json.dumps({
-  "revision": 1,
-  "pools": {"bench": {
-    "config": {"name": "bench", "policy": "round_robin",
-      "health_check": {"kind": "http", "path": "/", "method": "GET", "host": "",
-        "expected_status_min": 200, "expected_status_max": 399,
-        "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
-      "connect_timeout_ms": 1000, "request_timeout_ms": 30000,
-      "retry": {"attempts": 1, "per_try_timeout_ms": 5000, "budget_percent": 20},
-      "outlier": {"consecutive_failures": 5, "base_ejection_ms": 30000, "max_ejected_percent": 50},
-      "panic_threshold_percent": 50},
-    "backends": [{"address": f"127.0.0.1:{port}", "weight": 1, "role": "primary", "admin_state": "enabled"}],
-    "revision": 1}},
-  "routes": [{"host": "*", "path_prefix": "/", "pool": "bench"}],
-  "certificates": {"bench": {"name": "bench",
-    "chain_pem": open(f"{work}/{k}.pem").read(),
-    "key_pem": open(f"{work}/{k}.key").read()}},
-}))
+work, k = sys.argv[1], sys.argv[2]
+path = f"{work}/tandem-{k}/snapshot.json"
+snapshot = json.load(open(path))
+snapshot["certificates"] = {"bench": {"name": "bench",
+  "chain_pem": open(f"{work}/{k}.pem").read(),
+  "key_pem": open(f"{work}/{k}.key").read()}}
+json.dump(snapshot, open(path, "w"))
 PY
-  TANDEM_LISTEN=127.0.0.1:$TANDEM_HTTP_PORT TANDEM_TLS_LISTEN=127.0.0.1:$TANDEM_PORT \
-    TANDEM_ADMIN_LISTEN=127.0.0.1:$TANDEM_ADMIN_PORT \
-    TANDEM_STATE_DIR=$WORK/tandem-$k TANDEM_CONTROL= TANDEM_WORKERS=1 RUST_LOG=warn \
+  tandem_env "$TANDEM_HTTP_PORT" "$TANDEM_ADMIN_PORT" "$WORK/tandem-$k"
+  env "${TANDEM_ENV[@]}" TANDEM_TLS_LISTEN="127.0.0.1:$TANDEM_PORT" \
     taskset -c "$PROXY_CORE" "$TANDEM" >"$WORK/tandem-$k.log" 2>&1 &
   TANDEM_PID=$!
   PIDS+=("$TANDEM_PID")
@@ -206,16 +123,6 @@ PY
 }
 
 # === measuring ===
-tree_pids() { echo "$1"; pgrep -P "$1" || true; }
-cpu_ticks() {
-  local t=0
-  for p in $(tree_pids "$1"); do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-TICK=$(getconf CLK_TCK)
 
 declare -A RPS CPU ERR
 seconds() { # 10s, 500ms, 2m -> seconds
@@ -274,7 +181,7 @@ for k in $KEYS; do
       measure "$k" "$mode" tandem "$r" "$TANDEM_PORT" "$TANDEM_PID"
     done
   done
-  stop_all
+  stop_pids
   sleep 0.3
 done
 

@@ -530,13 +530,8 @@ impl Store {
             let last = pool.backends.iter().map(|b| b.order).max().unwrap_or(0);
             backend.order = last.saturating_add(1);
         }
-        write_backend(&mut tx, pool_name, &backend, rev).await?;
-        let change = ConfigChange::BackendUpserted {
-            pool: pool_name.clone(),
-            backend: backend.clone(),
-        };
-        self.finish_change(tx, rev, &change).await?;
-        Ok((backend, rev))
+        self.upsert_backend_change(tx, rev, pool_name, backend)
+            .await
     }
 
     pub async fn update_backend(
@@ -557,13 +552,8 @@ impl Store {
                 address: address.to_string(),
             })?;
         let backend = update(current);
-        write_backend(&mut tx, pool_name, &backend, rev).await?;
-        let change = ConfigChange::BackendUpserted {
-            pool: pool_name.clone(),
-            backend: backend.clone(),
-        };
-        self.finish_change(tx, rev, &change).await?;
-        Ok((backend, rev))
+        self.upsert_backend_change(tx, rev, pool_name, backend)
+            .await
     }
 
     pub async fn remove_backend(
@@ -615,18 +605,7 @@ impl Store {
             }
             .into());
         }
-        sqlx::query(
-            "INSERT INTO routes (host, path_prefix, pool, revision, redirect_https, hsts_max_age_s)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(route.host.to_string())
-        .bind(route.path_prefix.as_str())
-        .bind(route.pool.as_str())
-        .bind(rev.0 as i64)
-        .bind(route.redirect_https)
-        .bind(i32::try_from(route.hsts_max_age_s).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
-        .await?;
+        insert_route(&mut tx, &route, rev).await?;
         self.finish_change(tx, rev, &ConfigChange::RouteUpserted(route))
             .await?;
         Ok(rev)
@@ -637,26 +616,18 @@ impl Store {
         host: &HostMatch,
         path_prefix: &PathPrefix,
     ) -> Result<Revision> {
-        let (mut tx, rev) = self.begin_change().await?;
-        let deleted = sqlx::query("DELETE FROM routes WHERE host = $1 AND path_prefix = $2")
+        let query = sqlx::query("DELETE FROM routes WHERE host = $1 AND path_prefix = $2")
             .bind(host.to_string())
-            .bind(path_prefix.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(Domain::UnknownRoute {
-                host: host.to_string(),
-                path_prefix: path_prefix.to_string(),
-            }
-            .into());
-        }
+            .bind(path_prefix.as_str());
+        let unknown = || Domain::UnknownRoute {
+            host: host.to_string(),
+            path_prefix: path_prefix.to_string(),
+        };
         let change = ConfigChange::RouteDeleted {
             host: host.clone(),
             path_prefix: path_prefix.clone(),
         };
-        self.finish_change(tx, rev, &change).await?;
-        Ok(rev)
+        self.delete_change(query, unknown, change).await
     }
 
     /// Adds a TCP route. One whose address could not be bound beside an
@@ -682,33 +653,20 @@ impl Store {
             }
             .into());
         }
-        sqlx::query("INSERT INTO tcp_routes (listen, pool, revision) VALUES ($1, $2, $3)")
-            .bind(route.listen.to_string())
-            .bind(route.pool.as_str())
-            .bind(rev.0 as i64)
-            .execute(&mut *tx)
-            .await?;
+        insert_tcp_route(&mut tx, &route, rev).await?;
         self.finish_change(tx, rev, &ConfigChange::TcpRouteUpserted(route))
             .await?;
         Ok(rev)
     }
 
     pub async fn delete_tcp_route(&self, listen: &ListenAddr) -> Result<Revision> {
-        let (mut tx, rev) = self.begin_change().await?;
-        let deleted = sqlx::query("DELETE FROM tcp_routes WHERE listen = $1")
-            .bind(listen.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(Domain::UnknownTcpRoute {
-                listen: listen.to_string(),
-            }
-            .into());
-        }
-        self.finish_change(tx, rev, &ConfigChange::TcpRouteDeleted { listen: *listen })
-            .await?;
-        Ok(rev)
+        let query =
+            sqlx::query("DELETE FROM tcp_routes WHERE listen = $1").bind(listen.to_string());
+        let unknown = || Domain::UnknownTcpRoute {
+            listen: listen.to_string(),
+        };
+        let change = ConfigChange::TcpRouteDeleted { listen: *listen };
+        self.delete_change(query, unknown, change).await
     }
 
     /// Adds a certificate or replaces the one with the same name (the
@@ -732,21 +690,12 @@ impl Store {
     }
 
     pub async fn delete_certificate(&self, name: &CertName) -> Result<Revision> {
-        let (mut tx, rev) = self.begin_change().await?;
-        let deleted = sqlx::query("DELETE FROM certificates WHERE name = $1")
-            .bind(name.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(Domain::UnknownCertificate {
-                name: name.to_string(),
-            }
-            .into());
-        }
+        let query = sqlx::query("DELETE FROM certificates WHERE name = $1").bind(name.as_str());
+        let unknown = || Domain::UnknownCertificate {
+            name: name.to_string(),
+        };
         let change = ConfigChange::CertificateDeleted { name: name.clone() };
-        self.finish_change(tx, rev, &change).await?;
-        Ok(rev)
+        self.delete_change(query, unknown, change).await
     }
 
     // === nodes ===
@@ -846,6 +795,39 @@ impl Store {
 // === transaction helpers ===
 
 impl Store {
+    /// Writes `backend` into its pool and commits that as the change.
+    async fn upsert_backend_change(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        rev: Revision,
+        pool_name: &PoolName,
+        backend: Backend,
+    ) -> Result<(Backend, Revision)> {
+        write_backend(&mut tx, pool_name, &backend, rev).await?;
+        let change = ConfigChange::BackendUpserted {
+            pool: pool_name.clone(),
+            backend: backend.clone(),
+        };
+        self.finish_change(tx, rev, &change).await?;
+        Ok((backend, rev))
+    }
+
+    /// One change that deletes the rows `query` matches; when it matches
+    /// none, the change is not made and the error is `unknown()`.
+    async fn delete_change<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+        unknown: impl FnOnce() -> Domain,
+        change: ConfigChange,
+    ) -> Result<Revision> {
+        let (mut tx, rev) = self.begin_change().await?;
+        if query.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Err(unknown().into());
+        }
+        self.finish_change(tx, rev, &change).await?;
+        Ok(rev)
+    }
+
     async fn finish_change(
         &self,
         tx: Transaction<'static, Postgres>,
@@ -885,14 +867,7 @@ async fn commit_change(
         .bind(rev.0 as i64)
         .execute(&mut *tx)
         .await?;
-    // Delivered to listeners when (and only if) the transaction commits.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(rev.0.to_string())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    metrics::gauge!("tandem_control_revision").set(rev.0 as f64);
+    commit_notifying(tx, rev).await?;
     tracing::info!(
         revision = rev.0,
         change = change_kind(change),
@@ -972,6 +947,55 @@ async fn write_backend(
     .execute(&mut **tx)
     .await?;
     touch_pool(tx, pool, rev).await
+}
+
+/// Commits `tx`, the change to revision `rev`: listeners hear of it when
+/// (and only if) it commits, and the revision gauge follows.
+async fn commit_notifying(mut tx: Transaction<'static, Postgres>, rev: Revision) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(rev.0.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics::gauge!("tandem_control_revision").set(rev.0 as f64);
+    Ok(())
+}
+
+/// Writes a route's row (the caller has checked it is new).
+async fn insert_route(
+    tx: &mut Transaction<'static, Postgres>,
+    route: &Route,
+    rev: Revision,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO routes (host, path_prefix, pool, revision, redirect_https, hsts_max_age_s)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(route.host.to_string())
+    .bind(route.path_prefix.as_str())
+    .bind(route.pool.as_str())
+    .bind(rev.0 as i64)
+    .bind(route.redirect_https)
+    .bind(i32::try_from(route.hsts_max_age_s).unwrap_or(i32::MAX))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes a TCP route's row (the caller has checked it conflicts with none).
+async fn insert_tcp_route(
+    tx: &mut Transaction<'static, Postgres>,
+    route: &TcpRoute,
+    rev: Revision,
+) -> Result<()> {
+    sqlx::query("INSERT INTO tcp_routes (listen, pool, revision) VALUES ($1, $2, $3)")
+        .bind(route.listen.to_string())
+        .bind(route.pool.as_str())
+        .bind(rev.0 as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// A backend change is a change of its pool too (for expected_revision).

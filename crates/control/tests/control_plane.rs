@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tandem_proto::v1;
+use tandem_testkit::certs::{KeyKind, TestCa};
 use tandem_testkit::{ControlPlane, ControlPlaneOptions, Postgres};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -13,6 +14,32 @@ fn pool(name: &str) -> v1::Pool {
         name: name.into(),
         ..Default::default()
     }
+}
+
+/// A proxy's watch from `last_revision` (no store identity: set
+/// `store_id` and `generation` by struct update).
+fn watch_request(node_id: impl Into<String>, zone: &str, last_revision: u64) -> v1::WatchRequest {
+    v1::WatchRequest {
+        node_id: node_id.into(),
+        kind: v1::NodeKind::Proxy.into(),
+        last_revision,
+        zone: zone.into(),
+        ..Default::default()
+    }
+}
+
+/// A fresh control plane on its own Postgres, pool `shop` created (revision
+/// 1), and an admin client.
+async fn control_with_shop()
+-> anyhow::Result<(Postgres, ControlPlane, tandem_testkit::AuthedClient)> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut c = cp.admin_client().await?;
+    c.create_pool(v1::CreatePoolRequest {
+        pool: Some(pool("shop")),
+    })
+    .await?;
+    Ok((pg, cp, c))
 }
 
 fn backend(addr: &str) -> v1::Backend {
@@ -185,15 +212,79 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deleting a route, a TCP route or a certificate: one that exists goes in
+/// one revision; one that does not is `NotFound` and writes nothing.
 #[tokio::test]
-async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::Result<()> {
-    let pg = Postgres::start()?;
-    let cp = ControlPlane::start(&pg.url()).await?;
-    let mut c = cp.admin_client().await?;
-    c.create_pool(v1::CreatePoolRequest {
-        pool: Some(pool("shop")),
+async fn deletes_remove_what_exists_and_name_what_does_not() -> anyhow::Result<()> {
+    let (_pg, _cp, mut c) = control_with_shop().await?;
+    c.add_route(v1::AddRouteRequest {
+        route: Some(v1::Route {
+            host: "shop.local".into(),
+            path_prefix: "/".into(),
+            pool: "shop".into(),
+            ..Default::default()
+        }),
     })
     .await?;
+    c.add_tcp_route(v1::AddTcpRouteRequest {
+        route: Some(v1::TcpRoute {
+            listen: "127.0.0.1:5432".into(),
+            pool: "shop".into(),
+        }),
+    })
+    .await?;
+    let issued = TestCa::new("deletes-test-ca")?.issue(&["shop.local"], KeyKind::EcP256)?;
+    c.add_certificate(v1::AddCertificateRequest {
+        certificate: Some(v1::Certificate {
+            name: "shop".into(),
+            chain_pem: issued.chain_pem,
+            key_pem: issued.key_pem,
+        }),
+    })
+    .await?;
+
+    for round in 0..2 {
+        let route = c
+            .delete_route(v1::DeleteRouteRequest {
+                host: "shop.local".into(),
+                path_prefix: "/".into(),
+            })
+            .await;
+        let tcp_route = c
+            .delete_tcp_route(v1::DeleteTcpRouteRequest {
+                listen: "127.0.0.1:5432".into(),
+            })
+            .await;
+        let certificate = c
+            .remove_certificate(v1::RemoveCertificateRequest {
+                name: "shop".into(),
+            })
+            .await;
+        if round == 0 {
+            let revisions = [route?, tcp_route?, certificate?].map(|r| r.into_inner().revision);
+            assert_eq!(revisions, [5, 6, 7]);
+        } else {
+            for (what, err) in [
+                ("route", route.unwrap_err()),
+                ("tcp route", tcp_route.unwrap_err()),
+                ("certificate", certificate.unwrap_err()),
+            ] {
+                assert_eq!(err.code(), Code::NotFound, "{what}: {err:?}");
+            }
+        }
+    }
+    let snap = c
+        .get_snapshot(v1::GetSnapshotRequest {})
+        .await?
+        .into_inner();
+    assert!(snap.routes.is_empty() && snap.tcp_routes.is_empty() && snap.certificates.is_empty());
+    assert_eq!(snap.revision, 7, "a delete of nothing writes nothing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::Result<()> {
+    let (_pg, _cp, mut c) = control_with_shop().await?;
 
     let hc = |h: v1::HealthCheck| v1::Pool {
         health_check: Some(h),
@@ -506,13 +597,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
 
     let mut watcher = b.node_client().await?;
     let mut stream = watcher
-        .watch(v1::WatchRequest {
-            node_id: "proxy-test".into(),
-            kind: v1::NodeKind::Proxy.into(),
-            last_revision: 0,
-            zone: "z1".into(),
-            ..Default::default()
-        })
+        .watch(watch_request("proxy-test", "z1", 0))
         .await?
         .into_inner();
     let first = next_event(&mut stream).await?;
@@ -551,13 +636,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
         })
         .await?;
     let mut stream = watcher
-        .watch(v1::WatchRequest {
-            node_id: "proxy-test".into(),
-            kind: v1::NodeKind::Proxy.into(),
-            last_revision: 21,
-            zone: "z1".into(),
-            ..Default::default()
-        })
+        .watch(watch_request("proxy-test", "z1", 21))
         .await?
         .into_inner();
     let ev = next_event(&mut stream).await?;
@@ -571,13 +650,10 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
     // Up to date: no snapshot, just the next change.
     let mut stream = watcher
         .watch(v1::WatchRequest {
-            node_id: "proxy-test".into(),
-            kind: v1::NodeKind::Proxy.into(),
-            last_revision: 22,
-            zone: "z1".into(),
             // The store identity the snapshot came with: revision 22 of it.
             store_id: s.store_id.clone(),
             generation: s.generation,
+            ..watch_request("proxy-test", "z1", 22)
         })
         .await?
         .into_inner();
@@ -603,12 +679,9 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
     for (store_id, generation) in [(s.store_id.clone(), s.generation + 1), (String::new(), 0)] {
         let mut stream = watcher
             .watch(v1::WatchRequest {
-                node_id: "proxy-other".into(),
-                kind: v1::NodeKind::Proxy.into(),
-                last_revision: 23,
-                zone: "z1".into(),
                 store_id,
                 generation,
+                ..watch_request("proxy-other", "z1", 23)
             })
             .await?
             .into_inner();
@@ -681,12 +754,9 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
         .node_client()
         .await?
         .watch(v1::WatchRequest {
-            node_id: "w".into(),
-            kind: 1,
-            last_revision: 1,
-            zone: String::new(),
             store_id: status.store_id,
             generation: status.generation,
+            ..watch_request("w", "", 1)
         })
         .await?
         .into_inner();
@@ -800,13 +870,11 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
             let stream = cp
                 .node_client()
                 .await?
-                .watch(v1::WatchRequest {
-                    node_id: format!("w-{last_revision}"),
-                    kind: 1,
+                .watch(watch_request(
+                    format!("w-{last_revision}"),
+                    "",
                     last_revision,
-                    zone: String::new(),
-                    ..Default::default()
-                })
+                ))
                 .await?
                 .into_inner();
             anyhow::Ok(stream)
@@ -911,13 +979,7 @@ async fn a_replica_that_never_reached_its_database_says_so_clearly() -> anyhow::
     let err = cp
         .node_client()
         .await?
-        .watch(v1::WatchRequest {
-            node_id: "w".into(),
-            kind: 1,
-            last_revision: 0,
-            zone: String::new(),
-            ..Default::default()
-        })
+        .watch(watch_request("w", "", 0))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -1045,15 +1107,7 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
 
     // An open watch stream does not keep SIGTERM from finishing.
     let mut w = cp.node_client().await?;
-    let _stream = w
-        .watch(v1::WatchRequest {
-            node_id: "w".into(),
-            kind: 1,
-            last_revision: 0,
-            zone: String::new(),
-            ..Default::default()
-        })
-        .await?;
+    let _stream = w.watch(watch_request("w", "", 0)).await?;
     let status = cp.process.terminate(Duration::from_secs(15))?;
     assert!(status.success(), "exit status {status:?}");
     let logs = cp.process.logs();

@@ -19,6 +19,7 @@ use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::quick_health_check;
 use tandem_testkit::{
     ADMIN_TOKEN, ControlPlane, NODE_TOKEN, Postgres, bin_path, declare_pool, http_client,
     wait_until,
@@ -71,14 +72,7 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
     let web = FakeBackend::start_many("web", 3).await?;
     let addr: Vec<String> = web.iter().map(|b| b.address()).collect();
     let mut admin = control.admin_client().await?;
-    let check = || v1::HealthCheck {
-        path: Some("/healthz".into()),
-        interval_ms: Some(500),
-        timeout_ms: Some(400),
-        rise: Some(2),
-        fall: Some(2),
-        ..Default::default()
-    };
+    let check = || quick_health_check(400);
     // Pool `shop` (every host, `/`): web-1 and web-2, web-3 a backup.
     declare_pool(
         &mut admin,

@@ -7,16 +7,10 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tandem_proto::v1;
-use tandem_testkit::backend::FakeBackend;
-use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::{
-    ADMIN_TOKEN, ControlCluster, NODE_TOKEN, Postgres, Process, bin_path, declare_pool, free_addr,
-    http_client, wait_http_ok, wait_until,
-};
+use tandem_testkit::served::{ServedPool, SteadyLoad, all_healthy, unhealthy, wait_health};
+use tandem_testkit::{ADMIN_TOKEN, ControlCluster, Postgres, bin_path, free_addr, wait_until};
 
 /// `tandemctl ARGS` against `endpoints` with the admin token: (exit code,
 /// stdout + stderr).
@@ -110,87 +104,11 @@ async fn adding_a_fourth_member_and_removing_the_leader_under_load_fails_no_requ
     let mut cluster = ControlCluster::start(&pg.url(), 3).await?;
     let (leader, _) = cluster.leader(&[], Duration::from_secs(10)).await?;
 
-    let backends = FakeBackend::start_many("web", 3).await?;
-    let mut admin = cluster.replicas[0].admin_client().await?;
-    let pool = v1::Pool {
-        name: "web".into(),
-        health_check: Some(v1::HealthCheck {
-            path: Some("/healthz".into()),
-            interval_ms: Some(500),
-            timeout_ms: Some(250),
-            rise: Some(2),
-            fall: Some(2),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
-    declare_pool(&mut admin, pool, &addresses).await?;
-
+    let served = ServedPool::start(&cluster).await?;
     let endpoints = cluster.endpoints();
-    let agent_admin = free_addr();
-    let _agent = Process::spawn(
-        "agent-1",
-        "tandem-agent",
-        &[],
-        &[
-            ("TANDEM_CONTROL", endpoints.clone()),
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "agent-1".into()),
-            ("TANDEM_ADMIN_LISTEN", agent_admin.to_string()),
-        ],
-    )?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
-        &endpoints,
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_WORKERS", "1".into()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
-    let url = proxy.url("/");
-    wait_http_ok(&url, Duration::from_secs(20)).await?;
-    let health = cluster.replicas[0].node_client().await?;
-    let all_healthy = |client: tandem_testkit::AuthedClient| async move {
-        let mut client = client;
-        let Ok(h) = client.get_health(v1::GetHealthRequest {}).await else {
-            return false;
-        };
-        let h = h.into_inner();
-        h.backends.len() == 3
-            && h.backends
-                .iter()
-                .all(|b| b.state == v1::HealthState::Healthy as i32)
-    };
-    wait_until(Duration::from_secs(15), "all backends healthy", || {
-        all_healthy(health.clone())
-    })
-    .await?;
 
     // Steady load through the pool: four clients back to back.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
-        clients.push(tokio::spawn(async move {
-            let client = http_client();
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(format!("{other:?}"));
-                    }
-                }
-            }
-            errors
-        }));
-    }
+    let load = SteadyLoad::start(&served.url, 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Add a fourth member: announced first, then started with --join.
@@ -213,10 +131,11 @@ async fn adding_a_fourth_member_and_removing_the_leader_under_load_fails_no_requ
     wait_for_voters(&endpoints, &[1, 2, 3, 4], Duration::from_secs(30)).await?;
     // It caught up: it holds the committed health table.
     let fourth = cluster.replica(4).node_client().await?;
-    wait_until(
+    wait_health(
+        &fourth,
         Duration::from_secs(10),
         "the fourth member applied the health table",
-        || all_healthy(fourth.clone()),
+        all_healthy(3),
     )
     .await?;
 
@@ -250,45 +169,20 @@ async fn adding_a_fourth_member_and_removing_the_leader_under_load_fails_no_requ
 
     // The smaller group still decides health: a backend that fails is
     // taken out.
-    let sick = &backends[2];
+    let sick = &served.backends[2];
     sick.set_healthy(false).await?;
     let health = cluster.replica(4).node_client().await?;
-    wait_until(
+    wait_health(
+        &health,
         Duration::from_secs(10),
         "the sick backend decided unhealthy",
-        || {
-            let mut health = health.clone();
-            let addr = sick.address();
-            async move {
-                let Ok(h) = health.get_health(v1::GetHealthRequest {}).await else {
-                    return false;
-                };
-                h.into_inner()
-                    .backends
-                    .iter()
-                    .any(|b| b.address == addr && b.state == v1::HealthState::Unhealthy as i32)
-            }
-        },
+        unhealthy(sick.address()),
     )
     .await?;
 
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for c in clients {
-        errors.extend(c.await?);
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!(
-        "member 4 added, leader {leader} removed (new leader {new_leader}); {ok} requests, {failed} failed"
-    );
-    assert!(ok > 100, "the load ran ({ok} requests)");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed: {:?}",
-        ok + failed,
-        &errors[..errors.len().min(5)]
-    );
+    let outcome = load.stop().await?;
+    eprintln!("member 4 added, leader {leader} removed (new leader {new_leader}); {outcome}");
+    outcome.assert_none_failed(100);
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::browser::{ChromeDriver, save_screenshot};
 use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::{all_healthy, quick_health_check, wait_health};
 use tandem_testkit::tcp::{Echo, PrimaryResponder, primary_pool};
 use tandem_testkit::{
     ADMIN_TOKEN, ControlCluster, ControlPlane, NODE_TOKEN, Postgres, declare_pool, free_addr,
@@ -50,14 +51,7 @@ async fn a_killed_backend_turns_unhealthy_on_the_open_page_without_a_reload() ->
     let mut backends = FakeBackend::start_many("web", 3).await?;
     let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
     let mut admin = cluster.replicas[0].admin_client().await?;
-    let check = || v1::HealthCheck {
-        path: Some("/healthz".into()),
-        interval_ms: Some(500),
-        timeout_ms: Some(250),
-        rise: Some(2),
-        fall: Some(2),
-        ..Default::default()
-    };
+    let check = || quick_health_check(250);
     declare_pool(
         &mut admin,
         v1::Pool {
@@ -86,19 +80,12 @@ async fn a_killed_backend_turns_unhealthy_on_the_open_page_without_a_reload() ->
     )?;
     proxy.wait_ready().await?;
     let health = cluster.replicas[0].node_client().await?;
-    wait_until(Duration::from_secs(20), "every backend healthy", || {
-        let mut health = health.clone();
-        async move {
-            let Ok(h) = health.get_health(v1::GetHealthRequest {}).await else {
-                return false;
-            };
-            let h = h.into_inner();
-            h.backends.len() == 6
-                && h.backends
-                    .iter()
-                    .all(|b| b.state == v1::HealthState::Healthy as i32)
-        }
-    })
+    wait_health(
+        &health,
+        Duration::from_secs(20),
+        "every backend healthy",
+        all_healthy(6),
+    )
     .await?;
     // Nodes report every 5 s: wait for the proxy's and agents' first.
     wait_until(

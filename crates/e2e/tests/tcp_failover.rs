@@ -23,8 +23,9 @@ use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::wait_node;
 use tandem_testkit::tcp::{PrimaryResponder, primary_pool};
-use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, free_addr, wait_until};
+use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, free_addr};
 
 /// The port of the server a connection reached (each member has its own).
 async fn server_port(conn: &mut PgConnection) -> anyhow::Result<u16> {
@@ -178,22 +179,15 @@ async fn clients_follow_the_primary_through_one_address_and_old_connections_are_
         assert_eq!(server_port(&mut c).await?, dbs[0].port());
     }
     let status = cp.node_client().await?;
-    wait_until(
+    wait_node(
+        &status,
         Duration::from_secs(15),
         "the proxy's split-brain alert",
-        || {
-            let mut status = status.clone();
-            async move {
-                let Ok(s) = status.get_status(v1::GetStatusRequest {}).await else {
-                    return false;
-                };
-                s.into_inner().nodes.iter().any(|n| {
-                    n.node_id == "proxy-1"
-                        && n.alerts
-                            .iter()
-                            .any(|a| a.contains("2 members pass the health check"))
-                })
-            }
+        "proxy-1",
+        |n| {
+            n.alerts
+                .iter()
+                .any(|a| a.contains("2 members pass the health check"))
         },
     )
     .await?;

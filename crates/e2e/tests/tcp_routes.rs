@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tandem_proto::v1;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::wait_node;
 use tandem_testkit::tcp::Echo;
 use tandem_testkit::{
     ADMIN_TOKEN, ControlPlane, NODE_TOKEN, Postgres, bin_path, free_addr, wait_until,
@@ -178,22 +179,15 @@ async fn tcp_routes_open_and_close_on_a_running_proxy_and_unbindable_ports_are_r
         ],
     )?;
     let mut status = cp.node_client().await?;
-    wait_until(
+    wait_node(
+        &status,
         Duration::from_secs(15),
         "the unbound listener in status",
-        || {
-            let mut status = status.clone();
-            async move {
-                let Ok(s) = status.get_status(v1::GetStatusRequest {}).await else {
-                    return false;
-                };
-                s.into_inner().nodes.iter().any(|n| {
-                    n.node_id == "proxy-1"
-                        && n.listeners.iter().any(|l| {
-                            l.listen == busy.to_string() && !l.bound && l.error.contains("in use")
-                        })
-                })
-            }
+        "proxy-1",
+        |n| {
+            n.listeners
+                .iter()
+                .any(|l| l.listen == busy.to_string() && !l.bound && l.error.contains("in use"))
         },
     )
     .await?;

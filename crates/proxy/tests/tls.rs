@@ -88,51 +88,38 @@ fn resolve(host: &str, tls: SocketAddr) -> String {
     format!("{host}:{}:127.0.0.1", tls.port())
 }
 
+impl Site {
+    /// curl for `https://HOST:PORT/PATH` on the TLS listener (HOST resolved
+    /// to it), trusting the test CA, with `extra` arguments.
+    async fn curl_https(&self, host: &str, path: &str, extra: &[&str]) -> (i32, String, String) {
+        let ca = self.ca.cert_path().display().to_string();
+        let resolve = resolve(host, self.tls);
+        let url = format!("https://{host}:{}{path}", self.tls.port());
+        let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args).await
+    }
+}
+
 #[tokio::test]
 async fn curl_gets_https_with_the_right_ca_and_refuses_without_it() {
     let s = site().await;
-    let ca = s.ca.cert_path().display().to_string();
     let url = format!("https://www.shop.test:{}/hello", s.tls.port());
     let fmt = "\n%{http_code} %{http_version}";
 
-    let (code, out, err) = curl(&[
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve("www.shop.test", s.tls),
-        "-w",
-        fmt,
-        &url,
-    ])
-    .await;
+    let (code, out, err) = s.curl_https("www.shop.test", "/hello", &["-w", fmt]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("\n200 2"), "HTTP/2 by ALPN: {out}");
-    let (code, out, err) = curl(&[
-        "--http1.1",
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve("www.shop.test", s.tls),
-        "-w",
-        fmt,
-        &url,
-    ])
-    .await;
+    let (code, out, err) = s
+        .curl_https("www.shop.test", "/hello", &["--http1.1", "-w", fmt])
+        .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("\n200 1.1"), "{out}");
     // TLS 1.2 too.
-    let (code, out, err) = curl(&[
-        "--tls-max",
-        "1.2",
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve("www.shop.test", s.tls),
-        "-w",
-        fmt,
-        &url,
-    ])
-    .await;
+    let (code, out, err) = s
+        .curl_https("www.shop.test", "/hello", &["--tls-max", "1.2", "-w", fmt])
+        .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("\n200 2"), "{out}");
 
@@ -148,16 +135,13 @@ async fn curl_gets_https_with_the_right_ca_and_refuses_without_it() {
         );
     }
     // A client that sets X-Forwarded-Proto itself is not believed.
-    let (code, _, err) = curl(&[
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve("www.shop.test", s.tls),
-        "-H",
-        "X-Forwarded-Proto: http",
-        &url,
-    ])
-    .await;
+    let (code, _, err) = s
+        .curl_https(
+            "www.shop.test",
+            "/hello",
+            &["-H", "X-Forwarded-Proto: http"],
+        )
+        .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         s.backend
@@ -185,14 +169,7 @@ async fn curl_gets_https_with_the_right_ca_and_refuses_without_it() {
     let (code, _, err) = curl(&["--resolve", &resolve("www.shop.test", s.tls), &url]).await;
     assert_eq!(code, 60, "certificate problem expected: {err}");
     // A name the certificate does not cover, even with the right CA.
-    let (code, _, err) = curl(&[
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve("a.b.shop.test", s.tls),
-        &format!("https://a.b.shop.test:{}/", s.tls.port()),
-    ])
-    .await;
+    let (code, _, err) = s.curl_https("a.b.shop.test", "/", &[]).await;
     assert!(
         code == 60 || code == 51,
         "name mismatch expected ({code}): {err}"

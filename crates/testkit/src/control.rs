@@ -62,6 +62,28 @@ pub async fn declare_pool(
     addresses: &[String],
 ) -> anyhow::Result<()> {
     let name = pool.name.clone();
+    create_pool_with(admin, pool, addresses).await?;
+    admin
+        .add_route(v1::AddRouteRequest {
+            route: Some(v1::Route {
+                host: "*".into(),
+                path_prefix: "/".into(),
+                pool: name,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Creates `pool` and adds `addresses` as its backends, in order (no
+/// route).
+pub async fn create_pool_with(
+    admin: &mut AuthedClient,
+    pool: v1::Pool,
+    addresses: &[String],
+) -> anyhow::Result<()> {
+    let name = pool.name.clone();
     admin
         .create_pool(v1::CreatePoolRequest { pool: Some(pool) })
         .await?;
@@ -77,16 +99,6 @@ pub async fn declare_pool(
             })
             .await?;
     }
-    admin
-        .add_route(v1::AddRouteRequest {
-            route: Some(v1::Route {
-                host: "*".into(),
-                path_prefix: "/".into(),
-                pool: name,
-                ..Default::default()
-            }),
-        })
-        .await?;
     Ok(())
 }
 

@@ -17,11 +17,12 @@ mod postgres;
 mod process;
 pub mod proxy;
 pub mod recording;
+pub mod served;
 pub mod tcp;
 
 pub use control::{
     ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
-    TEST_SECRETS_KEY, client_at, declare_pool,
+    TEST_SECRETS_KEY, client_at, create_pool_with, declare_pool,
 };
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};

@@ -5,7 +5,9 @@
 use sqlx::Row;
 use tandem_core::{Error as Domain, Revision, Snapshot, StoreIdentity, ValidationError};
 
-use super::{NOTIFY_CHANNEL, Result, Store, write_backend};
+use super::{
+    NOTIFY_CHANNEL, Result, Store, commit_notifying, insert_route, insert_tcp_route, write_backend,
+};
 use crate::error::Error;
 
 /// The identity and the revision, as one query reads them.
@@ -142,26 +144,10 @@ impl Store {
             }
         }
         for route in &snapshot.routes {
-            sqlx::query(
-                "INSERT INTO routes (host, path_prefix, pool, revision, redirect_https, hsts_max_age_s)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(route.host.to_string())
-            .bind(route.path_prefix.as_str())
-            .bind(route.pool.as_str())
-            .bind(rev.0 as i64)
-            .bind(route.redirect_https)
-            .bind(i32::try_from(route.hsts_max_age_s).unwrap_or(i32::MAX))
-            .execute(&mut *tx)
-            .await?;
+            insert_route(&mut tx, route, rev).await?;
         }
         for route in &snapshot.tcp_routes {
-            sqlx::query("INSERT INTO tcp_routes (listen, pool, revision) VALUES ($1, $2, $3)")
-                .bind(route.listen.to_string())
-                .bind(route.pool.as_str())
-                .bind(rev.0 as i64)
-                .execute(&mut *tx)
-                .await?;
+            insert_tcp_route(&mut tx, route, rev).await?;
         }
         for (cert, key) in &sealed {
             sqlx::query(
@@ -188,13 +174,7 @@ impl Store {
         .await?;
         let row = sqlx::query(IDENTITY_QUERY).fetch_one(&mut *tx).await?;
         let (identity, _) = identity_from_row(&row)?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(rev.0.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        metrics::gauge!("tandem_control_revision").set(rev.0 as f64);
+        commit_notifying(tx, rev).await?;
         metrics::counter!("tandem_control_store_generations_total").increment(1);
         tracing::warn!(revision = rev.0, store = %identity.id, generation = identity.generation, pools = snapshot.pools.len(), "restored the configuration from a snapshot: a new store generation");
         Ok((rev, identity))

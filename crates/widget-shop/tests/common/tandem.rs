@@ -258,21 +258,7 @@ impl Tandem {
                 }),
                 ..Default::default()
             };
-            admin
-                .create_pool(v1::CreatePoolRequest { pool: Some(pool) })
-                .await?;
-            for address in &members {
-                admin
-                    .add_backend(v1::AddBackendRequest {
-                        pool: name.into(),
-                        backend: Some(v1::Backend {
-                            address: address.clone(),
-                            ..Default::default()
-                        }),
-                        expected_revision: None,
-                    })
-                    .await?;
-            }
+            tandem_testkit::create_pool_with(&mut admin, pool, &members).await?;
             admin
                 .add_tcp_route(v1::AddTcpRouteRequest {
                     route: Some(v1::TcpRoute {
