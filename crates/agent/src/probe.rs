@@ -46,6 +46,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri};
+use rustls::pki_types::ServerName;
 use tandem_core::health::BackendKey;
 use tandem_core::{HealthCheckKind, HealthCheckSpec};
 use tandem_http::ResponseBody;
@@ -147,6 +148,23 @@ impl Outcome {
         }
     }
 
+    /// A TCP check of a TLS backend: the handshake was the check.
+    pub(crate) fn tls_handshake_ok() -> Outcome {
+        Outcome {
+            class: Class::Ok,
+            detail: "TLS handshake ok".into(),
+        }
+    }
+
+    /// The TLS handshake failed: "tls: certificate signed by unknown
+    /// authority" (see [`tandem_tls::client::describe`]).
+    pub(crate) fn tls(what: &str) -> Outcome {
+        Outcome {
+            class: Class::Error,
+            detail: format!("tls: {what}").into(),
+        }
+    }
+
     /// The HTTP exchange failed after the connect: "http: connection
     /// reset", "http: not an HTTP/1 status line".
     pub(crate) fn http(what: &str) -> Outcome {
@@ -211,6 +229,20 @@ pub(crate) enum Dest {
     Name(String),
 }
 
+/// How a target's probes speak TLS: its pool's client configuration,
+/// shared by the pool's targets so that its session cache serves them all
+/// (a new connection resumes rather than pays for a full handshake), and
+/// the server name sent and verified.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+/// A target's TLS: ready, or why it cannot be (a CA bundle that does not
+/// parse, a server name that is not one), which every probe then reports.
+pub type ProbeTls = Result<TlsClient, Arc<str>>;
+
 /// Everything a probe of one backend needs, prepared once per target.
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -218,6 +250,9 @@ pub struct Check {
     pub key: Arc<BackendKey>,
     pub spec: HealthCheckSpec,
     pub(crate) dest: Dest,
+    /// Set when the probe speaks TLS: an HTTP check's request goes inside
+    /// it, a TCP check is the handshake.
+    pub(crate) tls: Option<ProbeTls>,
     /// The HTTP request, the same bytes for every probe.
     pub(crate) request: Box<[u8]>,
     /// A `HEAD` request: its answer has no body, whatever its headers say.
@@ -226,7 +261,7 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn new(key: BackendKey, spec: HealthCheckSpec) -> Check {
+    pub fn new(key: BackendKey, spec: HealthCheckSpec, tls: Option<ProbeTls>) -> Check {
         // The pool's check may target another port of the backend's host.
         let target = spec.target_address(&key.address);
         let address = target.as_str();
@@ -254,6 +289,7 @@ impl Check {
             key: Arc::new(key),
             spec,
             dest,
+            tls,
             request,
             head_request: method == Method::HEAD,
             timeout,
@@ -409,7 +445,7 @@ mod tests {
                 pool: PoolName::new("shop").unwrap(),
                 address: BackendAddr::new(addr.to_string()).unwrap(),
             };
-            engine.add_unscheduled(key.clone(), spec);
+            engine.add_unscheduled(key.clone(), spec, None);
             Harness { engine, queue, key }
         }
 
