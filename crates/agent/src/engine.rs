@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use rustls::ClientConnection;
+use rustls::{ClientConnection, HandshakeKind};
 use tandem_core::health::BackendKey;
 use tandem_core::{HealthCheckKind, HealthCheckSpec};
 
@@ -696,7 +696,11 @@ impl Loop {
                         continue;
                     };
                     match handshake(tls, &mut c.stream) {
-                        Ok(true) => p.stage = Stage::Connected,
+                        Ok(true) => {
+                            let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
+                            self.ctx.metrics.tls_handshake(resumed);
+                            p.stage = Stage::Connected;
+                        }
                         Ok(false) => return,
                         Err(o) => {
                             self.finish(slot, o, false);

@@ -115,7 +115,7 @@ const SESSIONS: usize = 1024;
 
 /// The client configuration for a pool's probes: the proxy's, with a
 /// session cache sized for many backends.
-fn pool_config(settings: &BackendTls) -> PoolTls {
+pub(crate) fn pool_config(settings: &BackendTls) -> PoolTls {
     let mut config =
         tandem_tls::client::client_config(settings).map_err(|e| Arc::<str>::from(e.to_string()))?;
     config.resumption = Resumption::in_memory_sessions(SESSIONS);
