@@ -16,6 +16,13 @@
 #   TARGETS=2000 WINDOW=60 scripts/bench/agent.sh
 #   TANDEM_PROBE_FRESH_CONNECTION_EVERY=1 scripts/bench/agent.sh   # a new connection per probe
 #   AGENT_BIN=/tmp/tandem-agent-before scripts/bench/agent.sh   # compare builds
+#   TLS=1 scripts/bench/agent.sh   # TLS backends (ECDSA P-256, a CA of the run's own):
+#                                  # HTTP checks inside TLS, TCP checks as handshakes
+#
+# With TLS=1 the backends serve HTTPS (rustls) and the pool verifies them
+# against the run's CA with SNI localhost; the figures add the handshakes
+# (tandem_agent_tls_handshakes_total, resumed or full). HAProxy checks them
+# with `check-ssl verify required ca-file` and the same SNI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib.sh
@@ -23,6 +30,7 @@ source scripts/lib.sh
 TARGETS=${TARGETS:-1000}
 INTERVAL_MS=${INTERVAL_MS:-1000}
 KIND=${KIND:-http}
+TLS=${TLS:-0}
 WARMUP=${WARMUP:-5}
 WINDOW=${WINDOW:-30}
 GOAL_PERCENT=${GOAL_PERCENT:-2}
@@ -98,8 +106,23 @@ TANDEM_STATE_DIR="$WORK/control-state" RUST_LOG=warn \
 PIDS+=($!)
 wait_http "http://127.0.0.1:$CONTROL_ADMIN_PORT/readyz"
 
+TLS_ARGS=()
+if [ "$TLS" = 1 ]; then
+  (
+    cd "$WORK"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+      -out ca.pem -days 2 -subj "/CN=tandem agent bench CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >leaf.ext
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out leaf.key 2>/dev/null
+    openssl req -new -key leaf.key -subj /CN=localhost -out leaf.csr
+    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile leaf.ext -out leaf.pem 2>/dev/null
+  )
+  TLS_ARGS=(--tls-cert "$WORK/leaf.pem" --tls-key "$WORK/leaf.key" --tls-ca "$WORK/ca.pem")
+fi
 "$TARGET_DIR/release/examples/bench_backends" --listeners "$TARGETS" --interval-ms "$INTERVAL_MS" --kind "$KIND" \
-  --control "http://127.0.0.1:$CONTROL_PORT" --token "$ADMIN_TOKEN" >"$WORK/backends.log" 2>&1 &
+  "${TLS_ARGS[@]}" --control "http://127.0.0.1:$CONTROL_PORT" --token "$ADMIN_TOKEN" >"$WORK/backends.log" 2>&1 &
 BACKENDS_PID=$!
 PIDS+=($BACKENDS_PID)
 for _ in $(seq 1 600); do grep -q '^ready' "$WORK/backends.log" && break; sleep 0.2; done
@@ -122,20 +145,24 @@ step "measuring for ${WINDOW}s"
 clk=$(getconf CLK_TCK)
 scrape; p0=$(metric_sum tandem_agent_probes_total); ok0=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
 r0=$(metric_sum tandem_agent_reports_total); c0=$(metric_sum tandem_agent_probe_connections_total)
+hf0=$(metric_sum 'tandem_agent_tls_handshakes_total{resumed="false"'); hr0=$(metric_sum 'tandem_agent_tls_handshakes_total{resumed="true"')
 a0=$(cpu_ticks "$AGENT_PID"); s0=$(sys_ticks "$AGENT_PID"); e0=$(engine_ticks "$AGENT_PID"); w0=$(sleeps "$AGENT_PID"); b0=$(cpu_ticks "$BACKENDS_PID"); t0=$(now)
 sleep "$WINDOW"
 a1=$(cpu_ticks "$AGENT_PID"); s1=$(sys_ticks "$AGENT_PID"); e1=$(engine_ticks "$AGENT_PID"); w1=$(sleeps "$AGENT_PID"); b1=$(cpu_ticks "$BACKENDS_PID"); t1=$(now)
 scrape; p1=$(metric_sum tandem_agent_probes_total); ok1=$(metric_sum "tandem_agent_probes_total{kind=\"$KIND\",result=\"ok\"")
 r1=$(metric_sum tandem_agent_reports_total); c1=$(metric_sum tandem_agent_probe_connections_total)
+hf1=$(metric_sum 'tandem_agent_tls_handshakes_total{resumed="false"'); hr1=$(metric_sum 'tandem_agent_tls_handshakes_total{resumed="true"')
 rss=$(awk '/VmRSS/ { print $2 }' "/proc/$AGENT_PID/status")
 
 AGENT_SHARE=$(awk -v a=$((a1 - a0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.4f", 100 * a / clk / (t1 - t0) }')
 awk -v a=$((a1 - a0)) -v sys=$((s1 - s0)) -v engine=$((e1 - e0)) -v wakes=$((w1 - w0)) -v conns=$((c1 - c0)) -v every="${TANDEM_PROBE_FRESH_CONNECTION_EVERY:-default}" -v b=$((b1 - b0)) -v clk="$clk" -v t0="$t0" -v t1="$t1" \
     -v probes=$((p1 - p0)) -v ok=$((ok1 - ok0)) -v reports=$((r1 - r0)) -v targets="$TARGETS" -v kind="$KIND" \
-    -v interval="$INTERVAL_MS" -v goal="$GOAL_PERCENT" -v rss="$rss" -v cores="$(nproc)" 'BEGIN {
+    -v interval="$INTERVAL_MS" -v goal="$GOAL_PERCENT" -v rss="$rss" -v cores="$(nproc)" \
+    -v tls="$TLS" -v full=$((hf1 - hf0)) -v resumed=$((hr1 - hr0)) 'BEGIN {
   wall = t1 - t0
   share = 100 * a / clk / wall
-  printf "\n%d %s targets every %d ms, %.1f s window, %s cores\n", targets, toupper(kind), interval, wall, cores
+  printf "\n%d %s%s targets every %d ms, %.1f s window, %s cores\n", targets, toupper(kind), (tls == 1 ? " over TLS" : ""), interval, wall, cores
+  if (tls == 1) printf "  TLS handshakes:  %d full, %d resumed (%.1f/s)\n", full, resumed, (full + resumed) / wall
   printf "  probes:          %d (%.0f/s, %d ok), %d reports (%.1f/s)\n", probes, probes / wall, ok, reports, reports / wall
   printf "  connections:     %d opened (%.0f/s; fresh connection every: %s; 0 from a build without the metric)\n", conns, conns / wall, every
   printf "  agent CPU:       %.2f%% of one core (%.1f us per probe), RSS %.1f MiB\n", share, (probes ? 1e6 * a / clk / probes : 0), rss / 1024
@@ -166,7 +193,11 @@ wait "$AGENT_PID" 2>/dev/null || true
   echo "  default_backend be"
   echo "backend be"
   [ "$KIND" = http ] && echo "  option httpchk GET /healthz" && echo "  http-check expect status 200"
-  echo "  default-server check inter ${INTERVAL_MS}ms fall 2 rise 2"
+  if [ "$TLS" = 1 ]; then
+    echo "  default-server check inter ${INTERVAL_MS}ms fall 2 rise 2 check-ssl verify required ca-file $WORK/ca.pem check-sni localhost verifyhost localhost"
+  else
+    echo "  default-server check inter ${INTERVAL_MS}ms fall 2 rise 2"
+  fi
   awk '$1 == "backend" { printf "  server s%d %s\n", NR, $2 }' "$WORK/backends.log"
 } >"$WORK/haproxy.cfg"
 "$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &

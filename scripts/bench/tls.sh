@@ -9,22 +9,40 @@
 # - the certificate: a leaf for `localhost` signed by a throwaway CA, made
 #   with openssl, once ECDSA P-256 and once RSA 2048 (the same files for
 #   both proxies);
-# - load, on core 1:
+# - load, on the load core(s) (LOAD_CORE: core 1 on two cores, every core
+#   but the proxies' on four or more), never on the proxies' core:
 #   * keep-alive: wrk (OpenSSL), one thread, $CONNS connections for
 #     $DURATION, many requests each (TLS 1.2: what wrk negotiates);
-#   * handshakes: openssl s_time -new, $HS_CLIENTS processes at once, on
-#     core 1: every request a new TCP connection and a full TLS 1.3
-#     handshake (never resumed), HTTP/1.0 GET / read to the close. Not wrk:
-#     with `Connection: close` wrk resumes the session on every reconnect
-#     (SSL_clear keeps it; nginx logged 2535 of 2539 reused), so it
-#     measured resumptions, not new handshakes. The client does as much
-#     crypto as the server: on 2 cores handshakes/s may be the client's
-#     limit, and CPU per handshake is the figure that compares;
+#   * handshakes: every request a new TCP connection and a full TLS 1.3
+#     handshake (never resumed), then HTTP/1.0 GET / read to the close
+#     (HS_GET=0: the handshake alone). The client (HS_CLIENT):
+#     - `rustls` (default): crates/tls/examples/handshakes.rs, $HS_CLIENTS
+#       threads; rustls with ring, no session resumption, and it checks
+#       neither the chain nor the handshake signature, so its share of a
+#       handshake is an X25519 exchange and the records: far less than
+#       the server's, so that the server, not the client, is the limit;
+#     - `s_time`: $HS_CLIENTS `openssl s_time -new` processes. OpenSSL 3.0
+#       spends more CPU per handshake than either proxy, so on two cores
+#       it was the limit (both proxies stopped at 600-690 handshakes/s
+#       using 0.3-0.5 of their core).
+#     Not wrk: with `Connection: close` wrk resumes the session on every
+#     reconnect (SSL_clear keeps it; nginx logged 2535 of 2539 reused), so
+#     it measured resumptions, not new handshakes;
 # - CPU per request from the proxy's utime+stime (/proc, every process of
-#   it), ROUNDS rounds with the targets interleaved; the table shows each
-#   figure's median, and the median of the per-round ratios tandem/nginx.
+#   it), and how busy the proxies' core and the load cores were
+#   (/proc/stat) over the same interval; ROUNDS rounds with the targets
+#   interleaved; the table shows each figure's median, and the median of
+#   the per-round ratios tandem/nginx;
+# - the headline for handshakes is handshakes per proxy CPU-second (1e6 /
+#   CPU us per handshake), which does not depend on who ran out of CPU
+#   first. Handshakes per second compare only when the proxy's core is the
+#   one saturated: a row whose load cores were >= 90% busy while the proxy
+#   used < 90% of its core is marked `client-bound`; one whose proxy core
+#   was >= 90% busy while the proxy used < 80% of it, `proxy-core-shared`
+#   (something else ran there: not a quiet machine, not a figure).
 #
-# Usage: scripts/bench/tls.sh          (DURATION=10s CONNS=50 HS_CLIENTS=8 ROUNDS=3)
+# Usage: scripts/bench/tls.sh          (DURATION=10s CONNS=50 HS_CLIENTS=8 ROUNDS=3
+#                                       HS_CLIENT=rustls HS_GET=1)
 #        DURATION=20s ROUNDS=5 scripts/bench/tls.sh
 #        ROUNDS=1 DURATION=2s WARMUP=1s TANDEM_BIN=target/debug/tandem-proxy \
 #          scripts/bench/tls.sh                  (checks the script only)
@@ -39,8 +57,12 @@ CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 KEYS=${KEYS:-"ecdsa rsa"}
 HS_CLIENTS=${HS_CLIENTS:-8}
+HS_CLIENT=${HS_CLIENT:-rustls}
+HS_GET=${HS_GET:-1}
 PROXY_CORE=${PROXY_CORE:-0}
-LOAD_CORE=${LOAD_CORE:-1}
+if [ -z "${LOAD_CORE:-}" ]; then
+  if [ "$(nproc)" -ge 4 ]; then LOAD_CORE="1-$(($(nproc) - 1))"; else LOAD_CORE=1; fi
+fi
 BASE=${TLS_BENCH_PORT_BASE:-$((20000 + RANDOM % 20000))}
 BACKEND_PORT=$BASE
 NGINX_PORT=$((BASE + 1))
@@ -60,6 +82,22 @@ else
   bench_build tandem-proxy -p tandem-proxy
   TANDEM=$BUILD/tandem-proxy
 fi
+case $HS_CLIENT in
+  rustls)
+    # The handshake client, built like the proxy (debug with a debug
+    # TANDEM_BIN: the script check; release for figures).
+    if [ -n "${HS_BIN:-}" ]; then
+      :
+    elif [ -n "${TANDEM_BIN:-}" ] && [[ $TANDEM_BIN == *debug* ]]; then
+      cargo build -q -p tandem-tls --example handshakes
+      HS_BIN=target/debug/examples/handshakes
+    else
+      cargo build --release -q -p tandem-tls --example handshakes
+      HS_BIN=target/release/examples/handshakes
+    fi ;;
+  s_time) ;;
+  *) echo "HS_CLIENT must be rustls or s_time (got $HS_CLIENT)" >&2; exit 2 ;;
+esac
 
 bench_work tandem-tls-bench
 # The backend lives through every key type's proxies (stop_pids).
@@ -123,19 +161,48 @@ PY
 }
 
 # === measuring ===
+# cpu_ticks and TICK: scripts/bench/lib.sh.
+cores_of() { # "1-3,5" -> "1 2 3 5"
+  local part out=()
+  IFS=, read -ra parts <<<"$1"
+  for part in "${parts[@]}"; do
+    if [[ $part == *-* ]]; then out+=($(seq "${part%-*}" "${part#*-}")); else out+=("$part"); fi
+  done
+  echo "${out[@]}"
+}
+LOAD_CORES=$(cores_of "$LOAD_CORE")
+core_times() { # cores -> "busy total" jiffies, summed over them
+  local c pattern=""
+  for c in $1; do pattern+="^cpu$c |"; done
+  grep -E "${pattern%|}" /proc/stat |
+    awk '{ for (i = 2; i <= NF; i++) t += $i; b += $2 + $3 + $4 + $7 + $8 + $9 } END { print b, t }'
+}
+busy_pct() { # "busy total" before, after -> percent busy (of all those cores)
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    if (y[2] > x[2]) printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2]); else print "-" }'
+}
 
-declare -A RPS CPU ERR
+declare -A RPS CPU ERR PCORE LCORE PROXY
 seconds() { # 10s, 500ms, 2m -> seconds
   awk -v d="$1" 'BEGIN { n = d + 0; if (d ~ /ms$/) n /= 1000; else if (d ~ /m$/) n *= 60; print (n < 1 ? 1 : int(n)) }'
 }
-# New handshakes: HS_CLIENTS `openssl s_time -new` at once for $1; prints
-# the connections they completed, summed. Run it in a subshell (its
-# `wait` must see only its own clients).
+# New handshakes for $1, by HS_CLIENT; prints the connections completed.
+# Run it in a subshell (s_time's `wait` must see only its own clients).
 handshakes() { # duration port
-  local secs i out=$WORK/s_time
+  local secs i out=$WORK/s_time www=()
   secs=$(seconds "$1")
+  if [ "$HS_CLIENT" = rustls ]; then
+    local get=()
+    [ "$HS_GET" = 1 ] || get=(--no-get)
+    taskset -c "$LOAD_CORE" "$HS_BIN" "127.0.0.1:$2" "$secs" "$HS_CLIENTS" "${get[@]}" 2>"$out.err" |
+      awk '/handshakes in/ { print $1 }'
+    if grep -q "first error" "$out.err"; then head -c 300 "$out.err" >&2; fi
+    rm -f "$out.err"
+    return
+  fi
+  [ "$HS_GET" = 1 ] && www=(-www /)
   for i in $(seq 1 "$HS_CLIENTS"); do
-    taskset -c "$LOAD_CORE" openssl s_time -connect "127.0.0.1:$2" -new -time "$secs" -www / \
+    taskset -c "$LOAD_CORE" openssl s_time -connect "127.0.0.1:$2" -new -time "$secs" "${www[@]}" \
       >"$out.$i" 2>&1 &
   done
   wait
@@ -144,34 +211,46 @@ handshakes() { # duration port
 }
 measure() { # key mode target round port pid
   local name=$1.$2.$3.$4 port=$5 pid=$6
-  local before out requests after start end
+  local before out requests after start end pc0 pc1 lc0 lc1
   if [ "$2" = handshake ]; then
     (handshakes "$WARMUP" "$port" >/dev/null)
     before=$(cpu_ticks "$pid")
+    pc0=$(core_times "$PROXY_CORE") lc0=$(core_times "$LOAD_CORES")
     start=$(date +%s.%N)
     requests=$(handshakes "$DURATION" "$port")
     end=$(date +%s.%N)
     after=$(cpu_ticks "$pid")
+    pc1=$(core_times "$PROXY_CORE") lc1=$(core_times "$LOAD_CORES")
     RPS[$name]=$(awk -v n="$requests" -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", n / (b - a) }')
     ERR[$name]=""
     [ "$requests" -gt 0 ] || ERR[$name]="no handshake completed"
   else
     taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$WARMUP" "https://localhost:$port/" >/dev/null
     before=$(cpu_ticks "$pid")
+    pc0=$(core_times "$PROXY_CORE") lc0=$(core_times "$LOAD_CORES")
+    start=$(date +%s.%N)
     out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$DURATION" "https://localhost:$port/")
+    end=$(date +%s.%N)
     after=$(cpu_ticks "$pid")
+    pc1=$(core_times "$PROXY_CORE") lc1=$(core_times "$LOAD_CORES")
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
     RPS[$name]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
     ERR[$name]=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   fi
   CPU[$name]=$(awk -v a="$after" -v b="$before" -v n="$requests" -v t="$TICK" \
     'BEGIN { if (n > 0) printf "%.1f", (a - b) / t / n * 1e6; else print "-" }')
+  # The proxy's CPU over the interval in % of one core, and how busy its
+  # core and the load cores were.
+  PROXY[$name]=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v s="$start" -v e="$end" \
+    'BEGIN { printf "%.0f", 100 * (a - b) / t / (e - s) }')
+  PCORE[$name]=$(busy_pct "$pc0" "$pc1")
+  LCORE[$name]=$(busy_pct "$lc0" "$lc1")
 }
 
 median() { awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
-echo "load: keep-alive wrk -t1 -c$CONNS -d$DURATION, handshakes $HS_CLIENTS x openssl s_time -new; $ROUNDS round(s); proxies on core $PROXY_CORE, backend and clients on core $LOAD_CORE"
+echo "load: keep-alive wrk -t1 -c$CONNS -d$DURATION, handshakes $HS_CLIENTS x $HS_CLIENT (HS_GET=$HS_GET); $ROUNDS round(s); proxies on core $PROXY_CORE, backend and clients on core(s) $LOAD_CORE"
 for k in $KEYS; do
   start_proxies "$k"
   for r in $(seq 1 "$ROUNDS"); do
@@ -185,24 +264,38 @@ for k in $KEYS; do
   sleep 0.3
 done
 
-printf "\n%-6s %-10s %-7s %10s %12s %s\n" key mode target req/s cpu_us/req errors
+per_cpu_s() { awk -v c="$1" 'BEGIN { if (c > 0) printf "%.0f", 1e6 / c; else print "-" }'; }
+printf "\n%-6s %-10s %-7s %10s %12s %12s %7s %7s %7s %s\n" key mode target req/s cpu_us/req per_cpu_s proxy% pcore% load% notes
 for k in $KEYS; do
   for mode in keepalive handshake; do
     for t in nginx tandem; do
-      rps=$(for r in $(seq 1 "$ROUNDS"); do echo "${RPS[$k.$mode.$t.$r]}"; done | sort -g | median)
-      cpu=$(for r in $(seq 1 "$ROUNDS"); do echo "${CPU[$k.$mode.$t.$r]}"; done | sort -g | median)
+      col() {
+        local -n a=$1
+        for r in $(seq 1 "$ROUNDS"); do echo "${a[$k.$mode.$t.$r]}"; done | sort -g | median
+      }
+      rps=$(col RPS) cpu=$(col CPU) proxy=$(col PROXY) pcore=$(col PCORE) load=$(col LCORE)
       err=$(for r in $(seq 1 "$ROUNDS"); do echo -n "${ERR[$k.$mode.$t.$r]}"; done)
-      printf "%-6s %-10s %-7s %10s %12s %s\n" "$k" "$mode" "$t" "$rps" "$cpu" "$err"
+      # The proxy's core busy with others: the machine is not quiet. The
+      # load cores saturated while the proxy had room: the client's limit.
+      note=$(awk -v l="$load" -v p="$proxy" -v c="$pcore" 'BEGIN {
+        if (c + 0 >= 90 && p + 0 < 80) print "proxy-core-shared "
+        else if (l + 0 >= 90 && p + 0 < 90) print "client-bound " }')
+      printf "%-6s %-10s %-7s %10s %12s %12s %7s %7s %7s %s\n" "$k" "$mode" "$t" "$rps" "$cpu" \
+        "$(per_cpu_s "$cpu")" "$proxy" "$pcore" "$load" "$note$err"
     done
   done
 done
 echo
-echo "tandem/nginx, median of per-round ratios (throughput; cpu per request):"
+echo "per_cpu_s: requests (handshakes) per second of the proxy's CPU; proxy%: the proxy's CPU in % of"
+echo "one core; pcore%/load%: how busy the proxies' core ($PROXY_CORE) and the load cores ($LOAD_CORE) were."
+echo "handshake client: $HS_CLIENT x$HS_CLIENTS, $([ "$HS_GET" = 1 ] && echo 'handshake + GET /' || echo 'handshake only')"
+echo
+echo "tandem/nginx, median of per-round ratios (throughput; per proxy CPU-second, the headline for handshakes):"
 for k in $KEYS; do
   for mode in keepalive handshake; do
     tr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${RPS[$k.$mode.tandem.$r]}" "${RPS[$k.$mode.nginx.$r]}"; echo; done | sort -g | median)
-    cr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${CPU[$k.$mode.tandem.$r]}" "${CPU[$k.$mode.nginx.$r]}"; echo; done | sort -g | median)
-    printf "  %-6s %-10s throughput %sx, cpu/req %sx\n" "$k" "$mode" "$tr" "$cr"
+    cr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${CPU[$k.$mode.nginx.$r]}" "${CPU[$k.$mode.tandem.$r]}"; echo; done | sort -g | median)
+    printf "  %-6s %-10s throughput %sx, per CPU-second %sx\n" "$k" "$mode" "$tr" "$cr"
   done
 done
 kill "$BACKEND_PID" 2>/dev/null || true

@@ -6,8 +6,13 @@
 //! processes: a thousand processes would cost more memory and scheduler
 //! noise than the agent being measured. It prints `ready <n>` once every
 //! backend is declared, then serves until killed.
+//!
+//! With `--tls-cert`, `--tls-key` and `--tls-ca` (PEM files) every listener
+//! serves HTTPS (rustls) and the pool speaks TLS to its backends, verified
+//! against the CA with SNI `localhost`: the agent's probes are then TLS.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tandem_client::{Bearer, ChannelSettings};
 use tandem_proto::v1::{self, control_plane_client::ControlPlaneClient};
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -39,6 +45,15 @@ struct Args {
     /// Check kind: `http` (GET /healthz) or `tcp` (connect only).
     #[arg(long, default_value = "http")]
     kind: String,
+    /// Serve HTTPS with this certificate chain (PEM file).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM file).
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA the pool verifies the backends against (PEM file).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,11 +65,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(acceptor(cert, key)?),
+        _ => None,
+    };
+    let backend_tls = match &args.tls_ca {
+        Some(ca) if tls.is_some() => Some(v1::BackendTls {
+            enabled: Some(true),
+            ca_pem: Some(std::fs::read_to_string(ca).context("--tls-ca")?),
+            sni: Some("localhost".into()),
+            ..Default::default()
+        }),
+        _ => None,
+    };
     let mut addrs = Vec::with_capacity(args.listeners);
     for _ in 0..args.listeners {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         addrs.push(l.local_addr()?);
-        tokio::spawn(serve(l));
+        tokio::spawn(serve(l, tls.clone()));
     }
 
     let channel = ChannelSettings::connect_within(Duration::from_secs(5))
@@ -78,6 +106,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     timeout_ms: Some(args.interval_ms.min(1_000)),
                     ..Default::default()
                 }),
+                backend_tls,
                 ..Default::default()
             }),
         })
@@ -103,18 +132,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(listener: tokio::net::TcpListener) {
+/// A TLS acceptor for the certificate and key in these PEM files.
+fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .context("--tls-cert")?
+        .collect::<Result<Vec<_>, _>>()
+        .context("--tls-cert")?;
+    let key = PrivateKeyDer::from_pem_file(key).context("--tls-key")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve(listener: tokio::net::TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(|_req| async {
                 Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok\n"))))
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(tls) => {
+                    let Ok(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }

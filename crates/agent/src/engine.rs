@@ -35,11 +35,12 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::{ClientConnection, HandshakeKind};
 use tandem_core::health::BackendKey;
 use tandem_core::{HealthCheckKind, HealthCheckSpec};
 
 use crate::metrics::ProbeMetrics;
-use crate::probe::{Check, Dest, Head, Outcome, body_end, io_text, parse_head};
+use crate::probe::{Check, Dest, Head, Outcome, ProbeTls, body_end, io_text, parse_head};
 use crate::report::{Observation, ReportQueue, settled_hold};
 use crate::schedule::Cadence;
 
@@ -80,6 +81,7 @@ enum Command {
     Add {
         key: BackendKey,
         spec: HealthCheckSpec,
+        tls: Option<ProbeTls>,
         scheduled: bool,
     },
     Remove(BackendKey),
@@ -154,13 +156,15 @@ impl Engine {
         })
     }
 
-    /// Probes `key` with `spec` on its interval, from a random point of the
-    /// first interval on. A key already probed is replaced (its connection
-    /// closed, its schedule started over).
-    pub fn add(&self, key: BackendKey, spec: HealthCheckSpec) {
+    /// Probes `key` with `spec` (over TLS when `tls` is set) on its
+    /// interval, from a random point of the first interval on. A key
+    /// already probed is replaced (its connection closed, its schedule
+    /// started over).
+    pub fn add(&self, key: BackendKey, spec: HealthCheckSpec, tls: Option<ProbeTls>) {
         self.shared.send(Command::Add {
             key,
             spec,
+            tls,
             scheduled: true,
         });
     }
@@ -168,10 +172,16 @@ impl Engine {
     /// Adds `key` without a schedule: it is probed only by
     /// [`Engine::probe_now`]. For tests, which probe one at a time.
     #[cfg(test)]
-    pub(crate) fn add_unscheduled(&self, key: BackendKey, spec: HealthCheckSpec) {
+    pub(crate) fn add_unscheduled(
+        &self,
+        key: BackendKey,
+        spec: HealthCheckSpec,
+        tls: Option<ProbeTls>,
+    ) {
         self.shared.send(Command::Add {
             key,
             spec,
+            tls,
             scheduled: false,
         });
     }
@@ -204,6 +214,9 @@ impl Drop for Engine {
 /// HTTP, and with an answer read to its end.
 struct Conn {
     stream: TcpStream,
+    /// The TLS session on the stream, for a TLS target, from the connect
+    /// on. Boxed: a plain target's connection stays small.
+    tls: Option<Box<ClientConnection>>,
     /// Probes this connection carried.
     uses: u32,
 }
@@ -215,6 +228,10 @@ enum Stage {
     Resolving,
     /// The connect is under way.
     Connecting,
+    /// Connected; the TLS handshake is under way.
+    Handshake,
+    /// Connected (and through the handshake, for TLS): the check starts.
+    Connected,
     /// The request is being written; this much of it is out.
     Writing(usize),
     /// Reading the answer's head.
@@ -380,8 +397,9 @@ impl Loop {
                 Command::Add {
                     key,
                     spec,
+                    tls,
                     scheduled,
-                } => self.add(key, spec, scheduled),
+                } => self.add(key, spec, tls, scheduled),
                 Command::Remove(key) => {
                     if let Some(slot) = self.slots.remove(&key) {
                         self.running.retain(|&s| s != slot);
@@ -407,7 +425,13 @@ impl Loop {
         }
     }
 
-    fn add(&mut self, key: BackendKey, spec: HealthCheckSpec, scheduled: bool) {
+    fn add(
+        &mut self,
+        key: BackendKey,
+        spec: HealthCheckSpec,
+        tls: Option<ProbeTls>,
+        scheduled: bool,
+    ) {
         let slot = match self.slots.get(&key) {
             Some(&slot) => slot,
             None => {
@@ -420,7 +444,7 @@ impl Loop {
             }
         };
         let id = self.id();
-        let check = Check::new(key, spec);
+        let check = Check::new(key, spec, tls);
         let cadence = scheduled.then(|| {
             Cadence::new(
                 check.interval(),
@@ -497,6 +521,12 @@ impl Loop {
         let runtime = self.runtime.clone();
         let shared = self.shared.clone();
         let Some(t) = self.target(slot) else { return };
+        if let Some(Err(why)) = &t.check.tls {
+            // No connection can pass: say why without making one.
+            let o = Outcome::tls(why);
+            self.finish(slot, o, false);
+            return;
+        }
         let dest = match &t.check.dest {
             Dest::Ip(a) => Ok(*a),
             Dest::Name(name) => Err(name.clone()),
@@ -565,7 +595,11 @@ impl Loop {
             match opened {
                 Ok(stream) => {
                     p.stage = Stage::Connecting;
-                    t.conn = Some(Conn { stream, uses: 0 });
+                    t.conn = Some(Conn {
+                        stream,
+                        tls: None,
+                        uses: 0,
+                    });
                     // Readiness comes as an event, even when the connect
                     // already completed.
                     return;
@@ -592,10 +626,15 @@ impl Loop {
         // send); either way it is not used again. A write-ready event is
         // not news.
         let Some(c) = t.conn.as_mut() else { return };
-        match c.stream.read(&mut [0u8; 1]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            _ => t.conn = None,
+        let keep = match c.tls.as_deref_mut() {
+            None => matches!(
+                c.stream.read(&mut [0u8; 1]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+            ),
+            Some(tls) => idle_tls_keeps(tls, &mut c.stream),
+        };
+        if !keep {
+            t.conn = None;
         }
     }
 
@@ -633,9 +672,52 @@ impl Loop {
                         }
                     }
                     p.opened += 1;
+                    let Some(tls) = &t.check.tls else {
+                        p.stage = Stage::Connected;
+                        continue;
+                    };
+                    // `open` fails a probe whose TLS is not ready.
+                    let Ok(client) = tls else { return };
+                    match ClientConnection::new(client.config.clone(), client.name.clone()) {
+                        Ok(session) => {
+                            c.tls = Some(Box::new(session));
+                            p.stage = Stage::Handshake;
+                        }
+                        Err(e) => {
+                            let o = Outcome::tls(&tandem_tls::client::describe(&e));
+                            self.finish(slot, o, false);
+                            return;
+                        }
+                    }
+                }
+                Stage::Handshake => {
+                    let Some(tls) = c.tls.as_deref_mut() else {
+                        p.stage = Stage::Connected;
+                        continue;
+                    };
+                    match handshake(tls, &mut c.stream) {
+                        Ok(true) => {
+                            let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
+                            self.ctx.metrics.tls_handshake(resumed);
+                            p.stage = Stage::Connected;
+                        }
+                        Ok(false) => return,
+                        Err(o) => {
+                            self.finish(slot, o, false);
+                            return;
+                        }
+                    }
+                }
+                Stage::Connected => {
                     if t.check.kind() == HealthCheckKind::Tcp {
-                        // The connect was the check; closing resets it.
-                        self.finish(slot, Outcome::tcp_connected(), false);
+                        // The connect (and the handshake) was the check;
+                        // closing resets it.
+                        let o = if c.tls.is_some() {
+                            Outcome::tls_handshake_ok()
+                        } else {
+                            Outcome::tcp_connected()
+                        };
+                        self.finish(slot, o, false);
                         return;
                     }
                     c.uses = 1;
@@ -646,7 +728,7 @@ impl Loop {
                     }
                     p.stage = Stage::Writing(0);
                 }
-                Stage::Writing(at) => match c.stream.write(&t.check.request[at..]) {
+                Stage::Writing(at) => match send(c, &t.check.request, at) {
                     Ok(n) if at + n == t.check.request.len() => {
                         // The answer cannot be there yet: wait for its
                         // arrival, which is an edge of its own, rather
@@ -665,7 +747,7 @@ impl Loop {
                 },
                 Stage::Head => {
                     let heard = !t.buf.is_empty();
-                    match read(&mut c.stream, &mut self.scratch, &mut t.buf) {
+                    match recv(c, &mut self.scratch, &mut t.buf) {
                         Ok(n) if n > 0 => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -707,7 +789,7 @@ impl Loop {
                     let keep = match body_end(head.body, &t.buf[head.len..]) {
                         Ok(Some(end)) => end == read_so_far,
                         Err(()) => false,
-                        Ok(None) => match read(&mut c.stream, &mut self.scratch, &mut t.buf) {
+                        Ok(None) => match recv(c, &mut self.scratch, &mut t.buf) {
                             Ok(n) if n > 0 => continue,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -813,12 +895,124 @@ impl Loop {
     }
 }
 
-/// Reads what arrived (through `scratch`) to the end of `buf`; 0 at the
-/// end of the stream.
-fn read(stream: &mut TcpStream, scratch: &mut [u8], buf: &mut Vec<u8>) -> io::Result<usize> {
-    let n = stream.read(scratch)?;
-    buf.extend_from_slice(&scratch[..n]);
-    Ok(n)
+/// Reads what arrived (through `scratch`) to the end of `buf`, decrypted
+/// on a TLS connection; 0 at the end of the stream.
+fn recv(c: &mut Conn, scratch: &mut [u8], buf: &mut Vec<u8>) -> io::Result<usize> {
+    let Some(tls) = c.tls.as_deref_mut() else {
+        let n = c.stream.read(scratch)?;
+        buf.extend_from_slice(&scratch[..n]);
+        return Ok(n);
+    };
+    // The request's records, if the socket did not take them all at once.
+    flush_some(tls, &mut c.stream)?;
+    loop {
+        // Plaintext already decrypted first; at the end of the stream this
+        // is 0 (after the peer's close_notify) or an unexpected end.
+        match tls.reader().read(scratch) {
+            Ok(n) => {
+                buf.extend_from_slice(&scratch[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        tls.read_tls(&mut c.stream)?;
+        tls.process_new_packets()
+            .map_err(|e| io::Error::other(format!("tls: {}", tandem_tls::client::describe(&e))))?;
+        // What the records asked for (a key update's answer).
+        flush_some(tls, &mut c.stream)?;
+    }
+}
+
+/// Writes the request from byte `at` on: straight to the socket, or into
+/// the TLS session, which takes it whole (it is a few hundred bytes) and
+/// sends it encrypted. Records the socket cannot take yet go out from
+/// [`recv`], on the writable edge that follows.
+fn send(c: &mut Conn, request: &[u8], at: usize) -> io::Result<usize> {
+    let Some(tls) = c.tls.as_deref_mut() else {
+        return c.stream.write(&request[at..]);
+    };
+    tls.writer().write_all(&request[at..])?;
+    flush_some(tls, &mut c.stream)?;
+    Ok(request.len() - at)
+}
+
+/// [`flush`], as far as the socket takes it now.
+fn flush_some(tls: &mut ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+    match flush(tls, stream) {
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Sends the TLS records the session has queued.
+fn flush(tls: &mut ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Moves a TLS handshake on as far as the socket lets it: `Ok(true)` once
+/// it is done, `Ok(false)` while it waits for the socket, the probe's
+/// failure otherwise ("tls: certificate signed by unknown authority").
+fn handshake(tls: &mut ClientConnection, stream: &mut TcpStream) -> Result<bool, Outcome> {
+    let failed = |e: &io::Error| Outcome::tls(&format!("handshake: {}", io_text(e)));
+    loop {
+        match flush(tls, stream) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(failed(&e)),
+        }
+        if !tls.is_handshaking() {
+            return Ok(true);
+        }
+        match tls.read_tls(stream) {
+            Ok(0) => {
+                return Err(Outcome::tls(
+                    "the backend closed the connection during the handshake",
+                ));
+            }
+            Ok(_) => {
+                if let Err(e) = tls.process_new_packets() {
+                    // Tell the backend why, if the socket takes it.
+                    let _ = tls.write_tls(stream);
+                    return Err(Outcome::tls(&tandem_tls::client::describe(&e)));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+}
+
+/// A kept TLS connection spoke between probes: records the session takes
+/// quietly (a TLS 1.3 session ticket) keep it; anything else (the end of
+/// the stream, a close_notify, an error, data no request asked for) does
+/// not.
+fn idle_tls_keeps(tls: &mut ClientConnection, stream: &mut TcpStream) -> bool {
+    loop {
+        match tls.read_tls(stream) {
+            Ok(0) => return false,
+            Ok(_) => {
+                if tls.process_new_packets().is_err() {
+                    return false;
+                }
+                match tls.reader().read(&mut [0u8; 1]) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    _ => return false,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A non-blocking connect to `addr`, from `source` when set; its outcome

@@ -34,6 +34,10 @@ pub struct ProbeMetrics {
     /// passing TCP probe, none for an HTTP probe on its kept-alive
     /// connection.
     connections: [Counter; KINDS.len()],
+    /// `tandem_agent_tls_handshakes_total{resumed="true"|"false"}`: TLS
+    /// handshakes completed by probes of TLS pools; resumed ones skip the
+    /// certificate and most of the cost.
+    tls_handshakes: [Counter; 2],
     /// `tandem_agent_targets`: backends being probed.
     pub targets: Gauge,
 }
@@ -50,8 +54,15 @@ impl ProbeMetrics {
             connections: KINDS.map(|k| {
                 counter!("tandem_agent_probe_connections_total", "kind" => kind_str(k))
             }),
+            tls_handshakes: ["false", "true"]
+                .map(|r| counter!("tandem_agent_tls_handshakes_total", "resumed" => r)),
             targets: gauge!("tandem_agent_targets"),
         }
+    }
+
+    /// A probe's TLS handshake completed.
+    pub fn tls_handshake(&self, resumed: bool) {
+        self.tls_handshakes[usize::from(resumed)].increment(1);
     }
 
     /// One probe: its result, how long it took and the connections it

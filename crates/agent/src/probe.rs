@@ -46,6 +46,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri};
+use rustls::pki_types::ServerName;
 use tandem_core::health::BackendKey;
 use tandem_core::{HealthCheckKind, HealthCheckSpec};
 use tandem_http::ResponseBody;
@@ -147,6 +148,23 @@ impl Outcome {
         }
     }
 
+    /// A TCP check of a TLS backend: the handshake was the check.
+    pub(crate) fn tls_handshake_ok() -> Outcome {
+        Outcome {
+            class: Class::Ok,
+            detail: "TLS handshake ok".into(),
+        }
+    }
+
+    /// The TLS handshake failed: "tls: certificate signed by unknown
+    /// authority" (see [`tandem_tls::client::describe`]).
+    pub(crate) fn tls(what: &str) -> Outcome {
+        Outcome {
+            class: Class::Error,
+            detail: format!("tls: {what}").into(),
+        }
+    }
+
     /// The HTTP exchange failed after the connect: "http: connection
     /// reset", "http: not an HTTP/1 status line".
     pub(crate) fn http(what: &str) -> Outcome {
@@ -211,6 +229,20 @@ pub(crate) enum Dest {
     Name(String),
 }
 
+/// How a target's probes speak TLS: its pool's client configuration,
+/// shared by the pool's targets so that its session cache serves them all
+/// (a new connection resumes rather than pays for a full handshake), and
+/// the server name sent and verified.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+/// A target's TLS: ready, or why it cannot be (a CA bundle that does not
+/// parse, a server name that is not one), which every probe then reports.
+pub type ProbeTls = Result<TlsClient, Arc<str>>;
+
 /// Everything a probe of one backend needs, prepared once per target.
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -218,6 +250,9 @@ pub struct Check {
     pub key: Arc<BackendKey>,
     pub spec: HealthCheckSpec,
     pub(crate) dest: Dest,
+    /// Set when the probe speaks TLS: an HTTP check's request goes inside
+    /// it, a TCP check is the handshake.
+    pub(crate) tls: Option<ProbeTls>,
     /// The HTTP request, the same bytes for every probe.
     pub(crate) request: Box<[u8]>,
     /// A `HEAD` request: its answer has no body, whatever its headers say.
@@ -226,7 +261,7 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn new(key: BackendKey, spec: HealthCheckSpec) -> Check {
+    pub fn new(key: BackendKey, spec: HealthCheckSpec, tls: Option<ProbeTls>) -> Check {
         // The pool's check may target another port of the backend's host.
         let target = spec.target_address(&key.address);
         let address = target.as_str();
@@ -254,6 +289,7 @@ impl Check {
             key: Arc::new(key),
             spec,
             dest,
+            tls,
             request,
             head_request: method == Method::HEAD,
             timeout,
@@ -396,6 +432,17 @@ mod tests {
         /// HTTP probes open a fresh connection at least every
         /// `fresh_every` probes.
         fn start(addr: SocketAddr, spec: HealthCheckSpec, fresh_every: u32) -> Harness {
+            Harness::start_as(&addr.to_string(), spec, fresh_every, None)
+        }
+
+        /// Probes `address` (`host:port`), over TLS with these settings
+        /// when given.
+        fn start_as(
+            address: &str,
+            spec: HealthCheckSpec,
+            fresh_every: u32,
+            tls: Option<tandem_core::BackendTls>,
+        ) -> Harness {
             let queue = Arc::new(ReportQueue::new(16));
             let engine = Engine::start(Arc::new(Context {
                 origin: std::time::Instant::now(),
@@ -407,9 +454,16 @@ mod tests {
             .unwrap();
             let key = BackendKey {
                 pool: PoolName::new("shop").unwrap(),
-                address: BackendAddr::new(addr.to_string()).unwrap(),
+                address: BackendAddr::new(address).unwrap(),
             };
-            engine.add_unscheduled(key.clone(), spec);
+            // As the prober makes it.
+            let tls = tls.map(|settings| {
+                let config = crate::prober::pool_config(&settings)?;
+                let name =
+                    tandem_tls::client::server_name(settings.server_name(&key.address)).unwrap();
+                Ok(TlsClient { config, name })
+            });
+            engine.add_unscheduled(key.clone(), spec, tls);
             Harness { engine, queue, key }
         }
 
@@ -877,6 +931,178 @@ mod tests {
         };
         let h = Harness::start(b.addr, s, 10);
         assert_eq!(h.probes(&b, 3).await, [(Pass, 1), (Pass, 1), (Pass, 1)]);
+    }
+
+    // === TLS ===
+
+    mod tls {
+        use tandem_core::BackendTls;
+        use tandem_testkit::certs::{KeyKind, TestCa};
+        use tandem_testkit::recording::RecordingBackend;
+
+        use super::*;
+
+        /// A TLS backend with a certificate for `api.test` and `localhost`
+        /// from `ca`, as `localhost:port`.
+        async fn backend(ca: &TestCa) -> (RecordingBackend, String) {
+            let issued = ca
+                .issue(&["api.test", "localhost"], KeyKind::EcP256)
+                .unwrap();
+            let b = RecordingBackend::start_tls(&issued.chain_pem, &issued.key_pem)
+                .await
+                .unwrap();
+            let port = b.address().rsplit_once(':').unwrap().1.to_string();
+            (b, format!("localhost:{port}"))
+        }
+
+        fn verified(ca: &TestCa, sni: &str) -> BackendTls {
+            BackendTls {
+                ca_pem: ca.cert_pem.clone(),
+                sni: sni.into(),
+                insecure: false,
+            }
+        }
+
+        async fn probe(address: &str, spec: HealthCheckSpec, tls: BackendTls) -> Outcome {
+            Harness::start_as(address, spec, 10, Some(tls))
+                .probe()
+                .await
+        }
+
+        #[tokio::test]
+        async fn the_right_ca_passes_on_one_kept_connection_with_the_sni_sent() {
+            let ca = TestCa::new("backend CA").unwrap();
+            let (b, address) = backend(&ca).await;
+            let h = Harness::start_as(&address, spec(), 10, Some(verified(&ca, "api.test")));
+            for _ in 0..3 {
+                assert_eq!(h.probe().await, Outcome::from_status(200, &spec()));
+            }
+            assert_eq!(b.connections(), 1, "{:?}", b.handshake_failures());
+            let seen = b.requests();
+            assert_eq!(seen.len(), 3);
+            for r in &seen {
+                assert_eq!(r.sni.as_deref(), Some("api.test"));
+                assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/healthz"));
+            }
+            // No SNI configured: the backend's host is sent and verified.
+            let o = probe(&address, spec(), verified(&ca, "")).await;
+            assert_eq!(o, Outcome::from_status(200, &spec()));
+            assert_eq!(
+                b.requests().last().unwrap().sni.as_deref(),
+                Some("localhost")
+            );
+        }
+
+        #[tokio::test]
+        async fn fresh_connections_each_shake_hands_again() {
+            let ca = TestCa::new("backend CA").unwrap();
+            let (b, address) = backend(&ca).await;
+            let h = Harness::start_as(&address, spec(), 1, Some(verified(&ca, "api.test")));
+            for _ in 0..3 {
+                assert_eq!(h.probe().await.class, Pass);
+            }
+            assert_eq!(b.connections(), 3);
+            assert_eq!(b.requests().len(), 3);
+        }
+
+        #[tokio::test]
+        async fn another_ca_fails_naming_the_reason() {
+            let ca = TestCa::new("backend CA").unwrap();
+            let other = TestCa::new("someone else").unwrap();
+            let (b, address) = backend(&ca).await;
+            let o = probe(&address, spec(), verified(&other, "api.test")).await;
+            assert_eq!(
+                o,
+                Outcome::tls("certificate signed by unknown authority"),
+                "{o:?}"
+            );
+            // The backend heard why (the client's alert), and no request.
+            assert!(b.requests().is_empty());
+            // The Mozilla roots do not know a private CA either.
+            let o = probe(&address, spec(), BackendTls::default()).await;
+            assert_eq!(o, Outcome::tls("certificate signed by unknown authority"));
+        }
+
+        #[tokio::test]
+        async fn a_name_the_certificate_does_not_hold_fails() {
+            let ca = TestCa::new("backend CA").unwrap();
+            let (b, address) = backend(&ca).await;
+            let o = probe(&address, spec(), verified(&ca, "db.test")).await;
+            assert_eq!(o.class, Class::Error, "{o:?}");
+            assert_eq!(
+                o.detail,
+                "tls: certificate is not valid for \"db.test\" (it names api.test, localhost)"
+            );
+            assert!(b.requests().is_empty());
+        }
+
+        #[tokio::test]
+        async fn insecure_accepts_any_certificate() {
+            let ca = TestCa::new("backend CA").unwrap();
+            let (_b, address) = backend(&ca).await;
+            let insecure = BackendTls {
+                sni: "db.test".into(),
+                insecure: true,
+                ..Default::default()
+            };
+            let o = probe(&address, spec(), insecure).await;
+            assert_eq!(o, Outcome::from_status(200, &spec()));
+        }
+
+        #[tokio::test]
+        async fn a_tcp_check_of_a_tls_backend_is_a_handshake() {
+            let ca = TestCa::new("backend CA").unwrap();
+            let other = TestCa::new("someone else").unwrap();
+            let (b, address) = backend(&ca).await;
+            let tcp = HealthCheckSpec {
+                kind: HealthCheckKind::Tcp,
+                ..spec()
+            };
+            let o = probe(&address, tcp.clone(), verified(&ca, "api.test")).await;
+            assert_eq!(o, Outcome::tls_handshake_ok());
+            let o = probe(&address, tcp, verified(&other, "api.test")).await;
+            assert_eq!(o, Outcome::tls("certificate signed by unknown authority"));
+            assert!(b.requests().is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_plain_text_port_is_not_tls() {
+            // hyper, which answers a ClientHello with a 400.
+            let b = RecordingBackend::start().await.unwrap();
+            let o = probe(
+                &b.address(),
+                spec(),
+                BackendTls {
+                    insecure: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+            assert_eq!(
+                o,
+                Outcome::tls("the backend does not speak TLS on this port")
+            );
+        }
+
+        #[tokio::test]
+        async fn a_silent_tls_port_times_out_and_settings_that_give_no_tls_fail_every_probe() {
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let address = l.local_addr().unwrap().to_string();
+            let o = probe(&address, spec(), BackendTls::default()).await;
+            assert_eq!(o, Outcome::timeout(500));
+            // A CA bundle the control plane would refuse.
+            let broken = BackendTls {
+                ca_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+                ..Default::default()
+            };
+            let o = probe(&address, spec(), broken).await;
+            assert_eq!(o.class, Class::Error, "{o:?}");
+            assert!(
+                o.detail
+                    .starts_with("tls: ca_pem: certificate 1 is not a usable trust anchor"),
+                "{o:?}"
+            );
+        }
     }
 
     // === Parsing answers ===

@@ -2,16 +2,31 @@
 //! check may name another port of the backend's host (Patroni's REST API
 //! beside Postgres, say): the probe goes there, and its result is reported
 //! for the backend ([`HealthCheckSpec::target_address`]).
+//!
+//! A pool with TLS to its backends is probed over TLS with the pool's
+//! settings (CA bundle, SNI, `insecure`), HAProxy's `check-ssl` with
+//! `verify required`: an HTTP check sends its request inside TLS, a TCP
+//! check is a TLS handshake. That holds for the traffic port only, as
+//! HAProxy's `ssl` does: a check on another port (`--health-port`, a
+//! plain-text status endpoint beside the TLS one) stays plain.
 
 use std::collections::BTreeMap;
 
 use tandem_core::health::BackendKey;
-use tandem_core::{AdminState, HealthCheckKind, HealthCheckSpec, PoolConfig, Snapshot};
+use tandem_core::{AdminState, BackendTls, HealthCheckSpec, PoolConfig, Snapshot};
+
+/// One backend's probe: its pool's check, and the pool's TLS settings when
+/// the probe speaks TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub spec: HealthCheckSpec,
+    pub tls: Option<BackendTls>,
+}
 
 /// The probe targets of a configuration, by backend. Disabled backends are
 /// not probed (nobody may route to them); draining ones are, since they
 /// still finish requests and may be enabled again at any time.
-pub fn targets(snapshot: &Snapshot) -> BTreeMap<BackendKey, HealthCheckSpec> {
+pub fn targets(snapshot: &Snapshot) -> BTreeMap<BackendKey, Target> {
     snapshot
         .pools
         .values()
@@ -20,34 +35,31 @@ pub fn targets(snapshot: &Snapshot) -> BTreeMap<BackendKey, HealthCheckSpec> {
                 .iter()
                 .filter(|b| b.admin_state != AdminState::Disabled)
                 .map(|b| {
-                    (
-                        BackendKey {
-                            pool: pool.config.name.clone(),
-                            address: b.address.clone(),
-                        },
-                        check_of(&pool.config),
-                    )
+                    let key = BackendKey {
+                        pool: pool.config.name.clone(),
+                        address: b.address.clone(),
+                    };
+                    let target = target_of(&pool.config, &key);
+                    (key, target)
                 })
         })
         .collect()
 }
 
-/// A pool's check as the agent runs it. The agent's HTTP probes speak
-/// plain HTTP/1.1 only: for a pool with TLS to its backends, an HTTP check
-/// would send plain text to a TLS port and fail every backend, so it runs
-/// as a TCP connect check instead (the proxies' own handshakes, counted by
-/// outlier detection, catch certificate problems).
-fn check_of(pool: &PoolConfig) -> HealthCheckSpec {
-    let mut spec = pool.health_check.clone();
-    if pool.backend_tls.is_some() && spec.kind == HealthCheckKind::Http {
-        spec.kind = HealthCheckKind::Tcp;
-    }
-    spec
+/// A backend's probe: its pool's check, over TLS when the pool speaks TLS
+/// to its backends and the check goes to the traffic port.
+fn target_of(pool: &PoolConfig, key: &BackendKey) -> Target {
+    let spec = pool.health_check.clone();
+    let on_traffic_port = spec.port.is_none_or(|p| p == key.address.port());
+    let tls = pool.backend_tls.clone().filter(|_| on_traffic_port);
+    Target { spec, tls }
 }
 
 #[cfg(test)]
 mod tests {
-    use tandem_core::{Backend, BackendAddr, ConfigChange, PoolConfig, PoolName, Revision};
+    use tandem_core::{
+        Backend, BackendAddr, ConfigChange, HealthCheckKind, PoolConfig, PoolName, Revision,
+    };
 
     use super::*;
 
@@ -103,14 +115,38 @@ mod tests {
             pool: api,
             address: BackendAddr::new("10.0.0.1:80").unwrap(),
         };
-        assert_eq!(t[&api_key], api_cfg.health_check);
+        assert_eq!(
+            t[&api_key],
+            Target {
+                spec: api_cfg.health_check,
+                tls: None
+            }
+        );
     }
 
     #[test]
-    fn pools_with_tls_to_backends_are_checked_by_connect() {
+    fn pools_with_tls_to_backends_are_probed_over_tls_on_the_traffic_port_only() {
         let mut c = PoolConfig::new(PoolName::new("tls").unwrap());
-        assert_eq!(check_of(&c).kind, HealthCheckKind::Http);
-        c.backend_tls = Some(tandem_core::BackendTls::default());
-        assert_eq!(check_of(&c).kind, HealthCheckKind::Tcp);
+        let key = BackendKey {
+            pool: c.name.clone(),
+            address: BackendAddr::new("10.0.0.1:8443").unwrap(),
+        };
+        assert_eq!(target_of(&c, &key).tls, None);
+        let tls = tandem_core::BackendTls {
+            sni: "api.internal".into(),
+            ..Default::default()
+        };
+        c.backend_tls = Some(tls.clone());
+        let t = target_of(&c, &key);
+        assert_eq!(
+            (t.spec.kind, t.tls),
+            (HealthCheckKind::Http, Some(tls.clone()))
+        );
+        // The check names the traffic port: the same.
+        c.health_check.port = Some(8443);
+        assert_eq!(target_of(&c, &key).tls, Some(tls));
+        // Another port: a plain-text status endpoint.
+        c.health_check.port = Some(8080);
+        assert_eq!(target_of(&c, &key).tls, None);
     }
 }

@@ -138,6 +138,10 @@ impl Health {
     }
 
     async fn of(&mut self, b: &FakeBackend) -> anyhow::Result<Option<v1::BackendHealth>> {
+        self.of_address(&b.address()).await
+    }
+
+    async fn of_address(&mut self, address: &str) -> anyhow::Result<Option<v1::BackendHealth>> {
         let mut req = tonic::Request::new(v1::GetHealthRequest {});
         req.metadata_mut()
             .insert("authorization", format!("Bearer {NODE_TOKEN}").parse()?);
@@ -145,7 +149,7 @@ impl Health {
         Ok(reply
             .backends
             .into_iter()
-            .find(|h| h.pool == "web" && h.address == b.address()))
+            .find(|h| h.pool == "web" && h.address == address))
     }
 
     /// Polls until `b` is in `state`; returns how long that took and the
@@ -156,10 +160,21 @@ impl Health {
         state: v1::HealthState,
         within: Duration,
     ) -> anyhow::Result<(Duration, v1::BackendHealth)> {
+        self.wait_for_address(&b.address(), b.name(), state, within)
+            .await
+    }
+
+    async fn wait_for_address(
+        &mut self,
+        address: &str,
+        name: &str,
+        state: v1::HealthState,
+        within: Duration,
+    ) -> anyhow::Result<(Duration, v1::BackendHealth)> {
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < within {
-            if let Some(h) = self.of(b).await? {
+            if let Some(h) = self.of_address(address).await? {
                 if h.state == state as i32 {
                     return Ok((start.elapsed(), h));
                 }
@@ -167,10 +182,7 @@ impl Health {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        bail!(
-            "{} not {state:?} within {within:?}; last seen: {last:?}",
-            b.name()
-        )
+        bail!("{name} not {state:?} within {within:?}; last seen: {last:?}")
     }
 }
 
@@ -545,5 +557,160 @@ async fn the_agent_follows_configuration_changes() -> anyhow::Result<()> {
         .is_ok_and(|n| n > 0.0)
     })
     .await?;
+    Ok(())
+}
+
+/// A pool with TLS to its backends is probed over TLS with the pool's own
+/// settings: both backends pass while their certificates hold the name the
+/// pool sends; when the pool's SNI changes to a name only one of them
+/// holds, the other fails its handshake, is marked unhealthy with the
+/// handshake's reason, and the proxy stops sending to it (outlier detection
+/// off: the agents' verdict alone takes it out).
+#[tokio::test]
+async fn a_tls_backend_whose_handshake_fails_is_unhealthy_and_gets_no_traffic() -> anyhow::Result<()>
+{
+    use tandem_testkit::certs::{KeyKind, TestCa};
+    use tandem_testkit::recording::RecordingBackend;
+
+    let ca = TestCa::new("backend CA")?;
+    let both = ca.issue(&["api.test", "new.test"], KeyKind::EcP256)?;
+    let old = ca.issue(&["api.test"], KeyKind::EcP256)?;
+    let b1 = RecordingBackend::start_tls(&both.chain_pem, &both.key_pem).await?;
+    let b2 = RecordingBackend::start_tls(&old.chain_pem, &old.key_pem).await?;
+    let (a1, a2) = (b1.address(), b2.address());
+
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    let mut admin = cp.admin_client().await?;
+    let pool = v1::Pool {
+        name: "web".into(),
+        health_check: Some(v1::HealthCheck {
+            kind: Some(v1::HealthCheckKind::Http.into()),
+            path: Some("/healthz".into()),
+            interval_ms: Some(INTERVAL.as_millis() as u32),
+            timeout_ms: Some(TIMEOUT_MS),
+            rise: Some(RISE),
+            fall: Some(FALL),
+            ..Default::default()
+        }),
+        outlier: Some(v1::OutlierDetection {
+            consecutive_failures: Some(0),
+            ..Default::default()
+        }),
+        backend_tls: Some(v1::BackendTls {
+            enabled: Some(true),
+            ca_pem: Some(ca.cert_pem.clone()),
+            sni: Some("api.test".into()),
+            ..Default::default()
+        }),
+        panic_threshold_percent: Some(0),
+        ..Default::default()
+    };
+    declare_pool(&mut admin, pool, &[a1.clone(), a2.clone()]).await?;
+    let proxy = Proxy::start(&cp).await?;
+    let agent = Agent::start("agent-1", &cp, &[]).await?;
+    let mut health = Health::connect(&cp).await?;
+
+    for (a, name) in [(&a1, "b1"), (&a2, "b2")] {
+        let (_, h) = health
+            .wait_for_address(a, name, v1::HealthState::Healthy, Duration::from_secs(15))
+            .await
+            .with_context(|| agent.process.logs())?;
+        assert_eq!(h.agents[0].last_detail, "HTTP 200", "{h:?}");
+    }
+    // The probes came over TLS with the pool's name.
+    for b in [&b1, &b2] {
+        let probes = b.requests();
+        assert!(!probes.is_empty());
+        assert!(
+            probes
+                .iter()
+                .all(|r| r.target == "/healthz" && r.sni.as_deref() == Some("api.test")),
+            "{probes:?}"
+        );
+    }
+    let client = tandem_testkit::http_client();
+    let send = |n: usize| {
+        let (client, listen) = (client.clone(), proxy.listen);
+        async move {
+            let mut failed = 0;
+            for i in 0..n {
+                let r = client.get(format!("http://{listen}/work/{i}")).send().await;
+                if !r.is_ok_and(|r| r.status().is_success()) {
+                    failed += 1;
+                }
+            }
+            failed
+        }
+    };
+    let work = |b: &RecordingBackend| {
+        b.requests()
+            .iter()
+            .filter(|r| r.target.starts_with("/work/"))
+            .count()
+    };
+    assert_eq!(send(10).await, 0);
+    assert!(work(&b1) > 0 && work(&b2) > 0, "both serve");
+
+    // The pool now sends a name only b1's certificate holds.
+    let changed = Instant::now();
+    admin
+        .update_pool(v1::UpdatePoolRequest {
+            pool: Some(v1::Pool {
+                name: "web".into(),
+                backend_tls: Some(v1::BackendTls {
+                    enabled: Some(true),
+                    sni: Some("new.test".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            expected_revision: None,
+        })
+        .await?;
+    let (took, h) = health
+        .wait_for_address(&a2, "b2", v1::HealthState::Unhealthy, detection_bound(FALL))
+        .await
+        .with_context(|| agent.process.logs())?;
+    assert_eq!(
+        h.reason,
+        "tls: certificate is not valid for \"new.test\" (it names api.test) from 1/1 agent",
+        "{h:?}"
+    );
+    eprintln!("b2's certificate no longer matches → unhealthy after {took:?}");
+    let h1 = health.of_address(&a1).await?.context("b1")?;
+    assert!(is(&h1, v1::HealthState::Healthy), "{h1:?}");
+
+    // The proxy stops trying b2: its failed handshakes stop growing.
+    let stopped = loop {
+        let before = b2.handshake_failures().len();
+        send(4).await;
+        if b2.handshake_failures().len() == before {
+            break changed.elapsed();
+        }
+        if changed.elapsed() > detection_bound(FALL) + Duration::from_secs(2) {
+            bail!(
+                "the proxy still connects to b2 {:?} after the change",
+                changed.elapsed()
+            );
+        }
+    };
+    eprintln!("→ no more connections from the proxy to b2 after {stopped:?}");
+    let (before1, before2) = (work(&b1), b2.handshake_failures().len());
+    assert_eq!(send(20).await, 0, "every request served");
+    assert_eq!(work(&b1), before1 + 20);
+    assert_eq!(
+        b2.handshake_failures().len(),
+        before2,
+        "b2 got no connection"
+    );
+
+    let metrics = agent.metrics().await?;
+    for needle in [
+        r#"tandem_agent_tls_handshakes_total{resumed="false"}"#,
+        r#"tandem_agent_probes_total{kind="http",result="error"}"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+    }
     Ok(())
 }

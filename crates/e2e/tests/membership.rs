@@ -9,8 +9,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_proto::v1;
+use tandem_testkit::backend::FakeBackend;
+use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::served::{ServedPool, SteadyLoad, all_healthy, unhealthy, wait_health};
-use tandem_testkit::{ADMIN_TOKEN, ControlCluster, Postgres, bin_path, free_addr, wait_until};
+use tandem_testkit::{
+    ADMIN_TOKEN, ControlCluster, NODE_TOKEN, Postgres, bin_path, declare_pool, free_addr,
+    wait_http_ok, wait_until,
+};
 
 /// `tandemctl ARGS` against `endpoints` with the admin token: (exit code,
 /// stdout + stderr).

@@ -69,6 +69,76 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, Error> {
         .map_err(|_| Error::invalid("sni", format!("{name:?} is not a DNS name or IP address")))
 }
 
+/// A failed handshake in words an operator reads (the agents' health
+/// reason): "certificate signed by unknown authority", "certificate is not
+/// valid for \"api.internal\"", "the backend does not speak TLS on this
+/// port". Certificate errors are named the way Go's and curl's clients
+/// name them; anything rarer is rustls's own text.
+pub fn describe(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "certificate signed by unknown authority".into(),
+            C::NotValidForNameContext {
+                expected,
+                presented,
+            } => format!(
+                "certificate is not valid for {:?} (it names {})",
+                expected.to_str(),
+                presented_names(presented)
+            ),
+            C::NotValidForName => "certificate is not valid for the server name sent".into(),
+            C::Expired | C::ExpiredContext { .. } => "certificate has expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => "certificate is not valid yet".into(),
+            C::Revoked => "certificate has been revoked".into(),
+            C::BadSignature | C::UnsupportedSignatureAlgorithmContext { .. } => {
+                "certificate signature cannot be verified".into()
+            }
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "certificate is not for server authentication".into()
+            }
+            C::BadEncoding => "certificate cannot be parsed".into(),
+            other => format!("invalid certificate: {other:?}"),
+        },
+        rustls::Error::AlertReceived(a) => format!("the backend refused the handshake ({a:?})"),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "the backend does not speak TLS on this port".into()
+        }
+        rustls::Error::PeerIncompatible(p) => {
+            format!("no protocol version or cipher in common with the backend ({p:?})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The names a certificate presented, as webpki lists them
+/// (`DnsName("shop.test")`), for a reason: the first few, bare, with no
+/// control characters (they come from the peer).
+fn presented_names(presented: &[String]) -> String {
+    const SHOWN: usize = 3;
+    if presented.is_empty() {
+        return "no name".into();
+    }
+    let mut names: Vec<String> = presented
+        .iter()
+        .take(SHOWN)
+        .map(|n| {
+            let bare = n
+                .strip_prefix("DnsName(\"")
+                .and_then(|n| n.strip_suffix("\")"))
+                .unwrap_or(n);
+            bare.chars()
+                .take(100)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect()
+        })
+        .collect();
+    if presented.len() > SHOWN {
+        names.push(format!("{} more", presented.len() - SHOWN));
+    }
+    names.join(", ")
+}
+
 /// `--backend-tls-insecure`: any certificate is accepted, but the
 /// handshake's signatures are still checked (the peer holds the key of
 /// the certificate it sent).
@@ -152,5 +222,31 @@ mod tests {
         assert!(server_name("10.0.0.1").is_ok());
         assert!(server_name("api.internal").is_ok());
         assert!(server_name("not a name").is_err());
+    }
+
+    #[test]
+    fn handshake_failures_read_like_other_clients_name_them() {
+        use rustls::CertificateError as C;
+        let bad = |c| describe(&rustls::Error::InvalidCertificate(c));
+        assert_eq!(
+            bad(C::UnknownIssuer),
+            "certificate signed by unknown authority"
+        );
+        assert_eq!(bad(C::Expired), "certificate has expired");
+        assert_eq!(
+            bad(C::NotValidForNameContext {
+                expected: server_name("api.internal").unwrap(),
+                presented: vec![
+                    "DnsName(\"shop.test\")".into(),
+                    "IpAddress(10.0.0.1)".into()
+                ],
+            }),
+            "certificate is not valid for \"api.internal\" (it names shop.test, IpAddress(10.0.0.1))"
+        );
+        let plain = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        assert_eq!(
+            describe(&plain),
+            "the backend does not speak TLS on this port"
+        );
     }
 }
