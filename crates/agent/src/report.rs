@@ -327,6 +327,7 @@ mod tests {
             node_id: "a1".into(),
             zone: String::new(),
             token: Some("t".into()),
+            tls: None,
         }
     }
 
