@@ -174,7 +174,7 @@ impl Reporter {
             .map(|u| {
                 Ok((
                     u.clone(),
-                    ControlPlaneClient::new(lazy_channel(u, timeout)?),
+                    ControlPlaneClient::new(lazy_channel(u, &me, timeout)?),
                 ))
             })
             .collect::<Result<Vec<_>, Error>>()?;

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use tandem_client::{
-    BoxError, Identity, Progress, Reconnect, apply_event, endpoint, report_applied,
+    BoxError, Identity, Progress, Reconnect, apply_event, report_applied,
 };
 use tandem_core::{Revision, Snapshot};
 use tandem_proto::v1::{NodeKind, WatchRequest, control_plane_client::ControlPlaneClient};
@@ -53,7 +53,7 @@ async fn follow(
     current: &mut Option<Snapshot>,
     publish: impl Fn(&Snapshot, &Channel),
 ) -> Result<Progress, BoxError> {
-    let channel = endpoint(url)?.connect().await?;
+    let channel = tandem_client::connect(url, me).await?;
     let mut client = ControlPlaneClient::new(channel.clone());
     let (store_id, generation) = tandem_client::resume_identity(current.as_ref(), from);
     let mut req = tonic::Request::new(WatchRequest {

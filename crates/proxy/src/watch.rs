@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 pub use tandem_client::Identity;
-use tandem_client::{Progress, Reconnect, apply_event, endpoint, report_applied_with};
+use tandem_client::{Progress, Reconnect, apply_event, report_applied_with};
 use tandem_core::{Revision, Snapshot};
 use tandem_proto::convert::{backend_health_from_proto, backend_traffic_to_proto};
 use tandem_proto::v1::{
@@ -79,7 +79,7 @@ async fn follow(
     current: &mut Option<Snapshot>,
     report: &watch::Sender<Option<(Channel, Revision)>>,
 ) -> Result<Progress, tandem_client::BoxError> {
-    let channel = endpoint(url)?.connect().await?;
+    let channel = tandem_client::connect(url, me).await?;
     let mut client = ControlPlaneClient::new(channel.clone());
     let (store_id, generation) = tandem_client::resume_identity(current.as_ref(), from);
     let mut req = tonic::Request::new(WatchRequest {
