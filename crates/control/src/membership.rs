@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use tandem_proto::v1;
 use tandem_proto::v1::control_plane_client::ControlPlaneClient;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tandem_client::{ChannelSettings, ClientTls};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::consensus::peers::peer_url;
 use crate::consensus::storage::DiskStorage;
 use crate::consensus::{Consensus, FORWARDED, MemberChange, ProposeError, RaftStatus};
 
@@ -58,6 +60,7 @@ pub fn suffrage(s: &RaftStatus, id: u64) -> &'static str {
 
 pub async fn add_member(
     consensus: &Consensus,
+    tls: Option<&ClientTls>,
     req: Request<v1::AddMemberRequest>,
 ) -> Result<Response<v1::MemberReply>, Status> {
     let r = req.get_ref().clone();
@@ -74,7 +77,7 @@ pub async fn add_member(
         )));
     }
     if !consensus.status().is_leader() {
-        let mut leader = leader_client(consensus, &req, false).await?;
+        let mut leader = leader_client(consensus, tls, &req, false).await?;
         return leader.add_member(r).await;
     }
     let change = MemberChange::Add {
@@ -96,12 +99,13 @@ pub async fn add_member(
 
 pub async fn remove_member(
     consensus: &Consensus,
+    tls: Option<&ClientTls>,
     req: Request<v1::RemoveMemberRequest>,
 ) -> Result<Response<v1::MemberReply>, Status> {
     let r = *req.get_ref();
     let s = consensus.status();
     if !s.is_leader() {
-        let mut leader = leader_client(consensus, &req, false).await?;
+        let mut leader = leader_client(consensus, tls, &req, false).await?;
         return leader.remove_member(r).await;
     }
     if r.id == s.id {
@@ -135,7 +139,7 @@ pub async fn remove_member(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut leader = leader_client(consensus, &req, true).await?;
+        let mut leader = leader_client(consensus, tls, &req, true).await?;
         return leader.remove_member(r).await;
     }
     let index = change_members(consensus, MemberChange::Remove { id: r.id }).await?;
@@ -207,6 +211,7 @@ type LeaderClient =
 /// this replica handed leadership over on purpose).
 async fn leader_client<T>(
     consensus: &Consensus,
+    tls: Option<&ClientTls>,
     req: &Request<T>,
     again: bool,
 ) -> Result<LeaderClient, Status> {
@@ -225,11 +230,13 @@ async fn leader_client<T>(
     let addr = s.addresses.get(&s.leader).ok_or_else(|| {
         Status::unavailable(format!("raft leader {} has no known address", s.leader))
     })?;
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::internal(format!("leader address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .connect()
+    let settings = ChannelSettings {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Some(Duration::from_secs(30)),
+        keep_alive: None,
+    };
+    let channel = settings
+        .connect(&peer_url(addr, tls), tls)
         .await
         .map_err(|e| {
             Status::unavailable(format!(
@@ -254,6 +261,7 @@ pub async fn refuse_forgotten_member(
     state_dir: &Path,
     addresses: &BTreeMap<u64, String>,
     token: &str,
+    tls: Option<&ClientTls>,
 ) -> anyhow::Result<()> {
     if !DiskStorage::is_fresh(state_dir) {
         return Ok(());
@@ -268,10 +276,8 @@ pub async fn refuse_forgotten_member(
             let bearer = bearer.clone();
             async move {
                 let ask = async {
-                    let channel = Endpoint::from_shared(format!("http://{addr}"))
-                        .ok()?
-                        .connect_timeout(Duration::from_secs(1))
-                        .connect()
+                    let channel = ChannelSettings::connect_within(Duration::from_secs(1))
+                        .connect(&peer_url(addr, tls), tls)
                         .await
                         .ok()?;
                     let mut client =

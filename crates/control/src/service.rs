@@ -104,6 +104,11 @@ type WatchStart = (Revision, Option<StoreIdentity>, Option<v1::Snapshot>);
 // === impl ControlService: calls and reads ===
 
 impl ControlService {
+    /// This replica's certificate for calls to the others (mTLS), if any.
+    fn peer_tls(&self) -> Option<&tandem_client::ClientTls> {
+        self.peers.as_ref().and_then(Peers::tls)
+    }
+
     /// Where a new Watch stream starts for a caller at `last`: the
     /// revision, and the snapshot to send first (none when the caller is
     /// already there). From the copy in memory, a caller ahead of it is
@@ -1074,7 +1079,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::AddMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
         self.call("AddMember", Access::Admin, req, |req| async move {
-            crate::membership::add_member(&self.consensus, req)
+            crate::membership::add_member(&self.consensus, self.peer_tls(), req)
                 .await
                 .map(Response::into_inner)
                 .map_err(Error::Membership)
@@ -1087,7 +1092,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
         self.call("RemoveMember", Access::Admin, req, |req| async move {
-            crate::membership::remove_member(&self.consensus, req)
+            crate::membership::remove_member(&self.consensus, self.peer_tls(), req)
                 .await
                 .map(Response::into_inner)
                 .map_err(Error::Membership)
