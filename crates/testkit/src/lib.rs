@@ -20,8 +20,8 @@ pub mod recording;
 pub mod tcp;
 
 pub use control::{
-    ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
-    TEST_SECRETS_KEY, client_at, declare_pool,
+    ADMIN_TOKEN, AuthedClient, ComponentCerts, ControlCluster, ControlPlane, ControlPlaneOptions,
+    NODE_TOKEN, TEST_SECRETS_KEY, client_at, client_at_tls, declare_pool,
 };
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};
