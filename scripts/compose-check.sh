@@ -410,7 +410,14 @@ if [ ${#leaders[@]} -eq 1 ] && [ -z "$raft_note" ]; then
   victim=${leaders[0]}; leader_note="control-$victim, the raft leader (term $(raft_gauge "$victim" term))"
 fi
 survivors=(); for i in 1 2 3; do [ "$i" = "$victim" ] || survivors+=("$i"); done
-surviving_endpoints=$(for i in "${survivors[@]}"; do printf 'http://127.0.0.1:%s,' "$(host_port "control-$i" 7400)"; done)
+surviving_endpoints=$(for i in "${survivors[@]}"; do printf 'https://127.0.0.1:%s,' "$(host_port "control-$i" 7400)"; done)
+# mTLS: tandemctl presents the admin certificate the dev-tls service made.
+certs=$(mktemp -d)
+for f in ca.pem admin.pem admin-key.pem; do
+  compose run --rm --no-deps --entrypoint cat dev-tls "/tls/components/$f" > "$certs/$f" 2>/dev/null ||
+    die "cannot copy $f out of the dev-tls volume"
+done
+export TANDEM_TLS_CA_FILE=$certs/ca.pem TANDEM_TLS_CERT_FILE=$certs/admin.pem TANDEM_TLS_KEY_FILE=$certs/admin-key.pem
 surviving_endpoints=${surviving_endpoints%,}
 event "kill -9 $leader_note"
 compose kill -s SIGKILL "control-$victim" >/dev/null 2>&1
