@@ -143,7 +143,7 @@ raft_note=
 probe_dir=$(mktemp -d -t tandem-peers-probe.XXXXXX)
 peers_probe=$(timeout 3 env DATABASE_URL=postgres://probe@127.0.0.1:1/probe \
   TANDEM_ADMIN_TOKEN=probe-token-0123456789 TANDEM_RAFT_ID=1 TANDEM_STATE_DIR="$probe_dir" \
-  TANDEM_LISTEN=127.0.0.1:0 TANDEM_ADMIN_LISTEN=127.0.0.1:0 \
+  TANDEM_LISTEN=127.0.0.1:0 TANDEM_ADMIN_LISTEN=127.0.0.1:0 TANDEM_INSECURE_PLAINTEXT=true \
   TANDEM_PEERS=1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3 \
   "$BIN_DIR/tandem-control" 2>&1 | grep -i -m1 'raft.*not available' || true)
 rm -rf "$probe_dir"

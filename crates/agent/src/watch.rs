@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use tandem_client::{
-    BoxError, Identity, Progress, Reconnect, apply_event, report_applied,
-};
+use tandem_client::{BoxError, Identity, Progress, Reconnect, apply_event, report_applied};
 use tandem_core::{Revision, Snapshot};
 use tandem_proto::v1::{NodeKind, WatchRequest, control_plane_client::ControlPlaneClient};
 use tokio::sync::watch;

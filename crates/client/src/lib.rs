@@ -99,7 +99,10 @@ impl ControlArgs {
                 format!("endpoints must be http://host:port or https://host:port (got {c:?})"),
             ));
         }
-        let tls = self.tls.client().map_err(|e| bad("TANDEM_TLS_CERT_FILE", e))?;
+        let tls = self
+            .tls
+            .client()
+            .map_err(|e| bad("TANDEM_TLS_CERT_FILE", e))?;
         if tls.is_none()
             && let Some(c) = control.iter().find(|c| c.starts_with("https://"))
         {

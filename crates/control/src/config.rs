@@ -205,10 +205,12 @@ impl Config {
                 );
                 Ok(None)
             }
-            (None, false) => Err("no certificate: set TANDEM_TLS_CA_FILE, TANDEM_TLS_CERT_FILE \
+            (None, false) => Err(
+                "no certificate: set TANDEM_TLS_CA_FILE, TANDEM_TLS_CERT_FILE \
                  and TANDEM_TLS_KEY_FILE (make them with `tandemctl certs init DIR`), or pass \
                  --insecure-plaintext (TANDEM_INSECURE_PLAINTEXT=true) to serve plain TCP"
-                .to_string()),
+                    .to_string(),
+            ),
         }
     }
 

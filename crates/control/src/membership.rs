@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tandem_client::{ChannelSettings, ClientTls};
 use tandem_proto::v1;
 use tandem_proto::v1::control_plane_client::ControlPlaneClient;
 use tonic::metadata::{Ascii, MetadataValue};
-use tandem_client::{ChannelSettings, ClientTls};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 

@@ -15,13 +15,9 @@ use tandem_testkit::{
 };
 use tokio_rustls::rustls;
 
-async fn status(
-    endpoint: &str,
-    tls: Option<&ClientTls>,
-) -> anyhow::Result<v1::ClusterStatus> {
+async fn status(endpoint: &str, tls: Option<&ClientTls>) -> anyhow::Result<v1::ClusterStatus> {
     let mut c = client_at_tls(endpoint, Some(ADMIN_TOKEN), tls).await?;
-    Ok(c
-        .get_cluster_status(v1::GetClusterStatusRequest {})
+    Ok(c.get_cluster_status(v1::GetClusterStatusRequest {})
         .await?
         .into_inner())
 }
@@ -103,10 +99,17 @@ async fn only_clients_with_a_certificate_from_the_ca_are_served_and_rotation_nee
         &["127.0.0.1".to_string(), "localhost".to_string()],
     )?;
     let after = served_leaf(cp.grpc, &certs).await;
-    assert_ne!(before, after, "a new handshake still saw the old certificate");
+    assert_ne!(
+        before, after,
+        "a new handshake still saw the old certificate"
+    );
     let (cert_file, _) = certs.paths("control-1");
     let on_disk = rustls::pki_types::CertificateDer::from_pem_file(&cert_file)?;
-    assert_eq!(after, on_disk.to_vec(), "the new handshake saw the new file");
+    assert_eq!(
+        after,
+        on_disk.to_vec(),
+        "the new handshake saw the new file"
+    );
     old.get_cluster_status(v1::GetClusterStatusRequest {})
         .await
         .expect("the established connection continues");

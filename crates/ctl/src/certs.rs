@@ -169,7 +169,10 @@ fn init(args: &CertsInit, out: &mut (impl Write + ?Sized)) -> Result<(), CtlErro
         let (c, k) = cert_paths(dir, &p.name);
         paths.extend([c, k]);
     }
-    refuse_existing(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(), args.force)?;
+    refuse_existing(
+        &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        args.force,
+    )?;
     std::fs::create_dir_all(dir)
         .map_err(|e| usage(format!("cannot create {}: {e}", dir.display())))?;
     let ca = Ca::generate("Tandem development CA").map_err(usage)?;
@@ -220,7 +223,9 @@ fn create(args: &CertsCreate, out: &mut (impl Write + ?Sized)) -> Result<(), Ctl
     let dir = args.out.as_ref().unwrap_or(&args.ca);
     let (cert, key) = cert_paths(dir, &p.name);
     refuse_existing(&[&cert, &key], args.force)?;
-    let issued = ca.issue(&p.role, &p.name, &p.hosts, args.days).map_err(usage)?;
+    let issued = ca
+        .issue(&p.role, &p.name, &p.hosts, args.days)
+        .map_err(usage)?;
     std::fs::create_dir_all(dir)
         .map_err(|e| usage(format!("cannot create {}: {e}", dir.display())))?;
     write_pair(dir, &p, &issued, out)

@@ -4,8 +4,8 @@
 //! addresses it is reached at.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -199,8 +199,8 @@ mod tests {
             .unwrap();
         let info = crate::inspect_chain(&issued.cert_pem).unwrap();
         assert_eq!(info.sans, vec!["control-1".to_string()]);
-        let der = rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
-            .unwrap();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let uris: Vec<String> = cert
             .subject_alternative_name()
