@@ -117,7 +117,12 @@ pub struct Config {
     /// Serve gRPC over plain TCP, without TLS: anyone who reaches the port
     /// talks to the control plane with only a token. For tests and local
     /// experiments; logs a warning at start.
-    #[arg(long, env = "TANDEM_INSECURE_PLAINTEXT")]
+    #[arg(
+        long,
+        env = "TANDEM_INSECURE_PLAINTEXT",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub insecure_plaintext: bool,
 
     #[command(flatten)]
