@@ -152,7 +152,7 @@ raft_note=
 probe_dir=$(mktemp -d -t tandem-peers-probe.XXXXXX)
 peers_probe=$(timeout 3 env DATABASE_URL=postgres://probe@127.0.0.1:1/probe \
   TANDEM_ADMIN_TOKEN=probe-token-0123456789 TANDEM_RAFT_ID=1 TANDEM_STATE_DIR="$probe_dir" \
-  TANDEM_LISTEN=127.0.0.1:0 TANDEM_ADMIN_LISTEN=127.0.0.1:0 \
+  TANDEM_LISTEN=127.0.0.1:0 TANDEM_ADMIN_LISTEN=127.0.0.1:0 TANDEM_INSECURE_PLAINTEXT=true \
   TANDEM_PEERS=1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3 \
   "$BIN_DIR/tandem-control" 2>&1 | grep -i -m1 'raft.*not available' || true)
 rm -rf "$probe_dir"
@@ -420,7 +420,14 @@ if [ ${#leaders[@]} -eq 1 ] && [ -z "$raft_note" ]; then
   victim=${leaders[0]}; leader_note="control-$victim, the raft leader (term $(raft_gauge "$victim" term))"
 fi
 survivors=(); for i in 1 2 3; do [ "$i" = "$victim" ] || survivors+=("$i"); done
-surviving_endpoints=$(for i in "${survivors[@]}"; do printf 'http://127.0.0.1:%s,' "$(host_port "control-$i" 7400)"; done)
+surviving_endpoints=$(for i in "${survivors[@]}"; do printf 'https://127.0.0.1:%s,' "$(host_port "control-$i" 7400)"; done)
+# mTLS: tandemctl presents the admin certificate the dev-tls service made.
+certs=$(mktemp -d)
+for f in ca.pem admin.pem admin-key.pem; do
+  compose run --rm --no-deps --entrypoint cat dev-tls "/tls/components/$f" > "$certs/$f" 2>/dev/null ||
+    die "cannot copy $f out of the dev-tls volume"
+done
+export TANDEM_TLS_CA_FILE=$certs/ca.pem TANDEM_TLS_CERT_FILE=$certs/admin.pem TANDEM_TLS_KEY_FILE=$certs/admin-key.pem
 surviving_endpoints=${surviving_endpoints%,}
 event "kill -9 $leader_note"
 compose kill -s SIGKILL "control-$victim" >/dev/null 2>&1

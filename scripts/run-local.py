@@ -12,6 +12,7 @@ rest keep running.
     run-local.py logs NAME [-f]      its log (-f: follow)
     run-local.py primary CLUSTER     the member Patroni made primary (CLUSTER: shop-db or control-db)
     run-local.py ca                  the path of the development CA (curl --cacert) for HTTPS
+    run-local.py certs               the directory of the components' certificates (mTLS; admin.pem for tandemctl)
     run-local.py down                stop everything, as Ctrl-C in the first terminal does
 
 `up` is what scripts/run-local.sh runs after building; the other commands
@@ -472,7 +473,8 @@ def topology(bin_dir, work):
                  "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}", "TANDEM_RAFT_ID": str(i),
                  "TANDEM_PEERS": peers, "TANDEM_STATE_DIR": os.path.join(work, f"control-{i}"),
                  "TANDEM_ADMIN_TOKEN": admin, "TANDEM_NODE_TOKEN": node,
-                 "TANDEM_SECRETS_KEY_FILE": os.path.join(work, "tls", "secrets.key")},
+                 "TANDEM_SECRETS_KEY_FILE": os.path.join(work, "tls", "secrets.key"),
+                 **mtls_env(work, f"control-{i}")},
             ports=[grpc, adm], ports_text=f"{grpc}, admin {adm}",
             probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
         ))
@@ -494,7 +496,8 @@ def topology(bin_dir, work):
                  "TANDEM_TLS_LISTEN": f"127.0.0.1:{tls}",
                  "TANDEM_CONTROL": control_endpoints(), "TANDEM_TOKEN": node,
                  "TANDEM_NODE_ID": f"proxy-{i}", "TANDEM_ZONE": zone,
-                 "TANDEM_STATE_DIR": os.path.join(work, f"proxy-{i}"), "TANDEM_WORKERS": "1"},
+                 "TANDEM_STATE_DIR": os.path.join(work, f"proxy-{i}"), "TANDEM_WORKERS": "1",
+                 **mtls_env(work, f"proxy-{i}")},
             ports=[p, adm, tls], ports_text=f"{p}, https {tls}, admin {adm}",
             probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
         ))
@@ -504,7 +507,7 @@ def topology(bin_dir, work):
             f"agent-{i}", "agent", [os.path.join(bin_dir, "tandem-agent")],
             env={"TANDEM_CONTROL": control_endpoints(), "TANDEM_TOKEN": node,
                  "TANDEM_NODE_ID": f"agent-{i}", "TANDEM_ZONE": zone,
-                 "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}"},
+                 "TANDEM_ADMIN_LISTEN": f"127.0.0.1:{adm}", **mtls_env(work, f"agent-{i}")},
             ports=[adm], ports_text=f"admin {adm}",
             probe=lambda timeout=0.5, adm=adm: http_probe(f"http://127.0.0.1:{adm}/readyz", timeout),
         ))
@@ -539,7 +542,32 @@ def dev_tls(d):
 
 
 def control_endpoints():
-    return ",".join(f"http://127.0.0.1:{port(7400 + 10 * i)}" for i in range(3))
+    return ",".join(f"https://127.0.0.1:{port(7400 + 10 * i)}" for i in range(3))
+
+
+def certs_dir(work):
+    """Where `tandemctl certs init` writes this run's component certificates."""
+    return os.path.join(work, "tls", "components")
+
+
+def mtls_env(work, name):
+    """TANDEM_TLS_* for a component presenting `name`'s certificate."""
+    d = certs_dir(work)
+    return {"TANDEM_TLS_CA_FILE": os.path.join(d, "ca.pem"),
+            "TANDEM_TLS_CERT_FILE": os.path.join(d, f"{name}.pem"),
+            "TANDEM_TLS_KEY_FILE": os.path.join(d, f"{name}-key.pem")}
+
+
+def component_certs(bin_dir, work):
+    """A CA and one certificate per component for mTLS between them
+    (`tandemctl certs init`), for this run only."""
+    argv = [os.path.join(bin_dir, "tandemctl"), "certs", "init", certs_dir(work),
+            "--replica", "control-1", "--replica", "control-2", "--replica", "control-3",
+            "--proxy", "proxy-1,proxy-2", "--agent", "agent-1,agent-2"]
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise Abort(f"tandemctl certs init failed: {r.stdout.strip()}")
 
 
 # === the supervisor ===
@@ -619,6 +647,7 @@ class Supervisor:
         os.makedirs(os.path.join(self.work, "logs"))
         self.owned = True
         dev_tls(os.path.join(self.work, "tls"))
+        component_certs(self.bin_dir, self.work)
         # Postgres runs as `postgres` when we are root: let it in.
         os.chmod(self.work, 0o755)
         for c in comps:
@@ -967,7 +996,8 @@ class Supervisor:
 
     def ctl(self, *args):
         out(f"  tandemctl {' '.join(args)}\n")
-        env = dict(os.environ, TANDEM_ENDPOINT=control_endpoints(), TANDEM_TOKEN=os.environ["TANDEM_ADMIN_TOKEN"])
+        env = dict(os.environ, TANDEM_ENDPOINT=control_endpoints(), TANDEM_TOKEN=os.environ["TANDEM_ADMIN_TOKEN"],
+                   **mtls_env(self.work, "admin"))
         for attempt in range(20):
             r = subprocess.run([os.path.join(self.bin_dir, "tandemctl"), *args], env=env,
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -991,7 +1021,7 @@ Tandem is running (Ctrl-C stops everything):
   ... over HTTPS      https://localhost:{port(8443)}/  :{port(8445)}   (development CA: curl --cacert $({p}scripts/run-local.sh ca))
   shop servers        http://127.0.0.1:{port(3001)}/  :{port(3002)}  :{port(3003)}   (direct; /healthz /readyz /metrics)
   proxy admin         http://127.0.0.1:{port(8081)}/config  http://127.0.0.1:{port(8083)}/config   (/metrics /readyz)
-  control API (gRPC)  {control_endpoints()}   (three replicas, one raft group)
+  control API (gRPC)  {control_endpoints()}   (three replicas, one raft group; mTLS: certificates in {certs_dir(self.work)})
   control admin       http://127.0.0.1:{port(7401)}/metrics  :{port(7411)}  :{port(7421)}   (/healthz /readyz /ui/)
   health agents       agent-1 (zone-a) http://127.0.0.1:{port(7501)}/metrics, agent-2 (zone-b) http://127.0.0.1:{port(7502)}/metrics
 {self.databases_text()}
@@ -1009,6 +1039,7 @@ Break a shop server without killing it, then heal it:
 
 Operate Tandem:
   export TANDEM_ENDPOINT={control_endpoints()} TANDEM_TOKEN={os.environ["TANDEM_ADMIN_TOKEN"]}
+  export TANDEM_TLS_CA_FILE={certs_dir(self.work)}/ca.pem TANDEM_TLS_CERT_FILE={certs_dir(self.work)}/admin.pem TANDEM_TLS_KEY_FILE={certs_dir(self.work)}/admin-key.pem
   {self.bin_dir}/tandemctl status            # proxies, agents and backend health
   {self.bin_dir}/tandemctl cluster status    # the raft group: leader, term, each member's reachability and lag
 
@@ -1432,6 +1463,12 @@ def client(cmd, args):
                 die(f"{args[0]} has no primary now (a failover under way, or run-local runs "
                     "TANDEM_LOCAL_DATA_TIER=single)", 1)
             time.sleep(0.5)
+    if cmd == "certs":
+        path = certs_dir(run_dir())
+        if not os.path.exists(path):
+            die(f"no run-local with port offset {OFFSET} is running (no {path})", 1)
+        print(path)
+        return 0
     if cmd == "ca":
         path = os.path.join(run_dir(), "tls", "ca.pem")
         if not os.path.exists(path):

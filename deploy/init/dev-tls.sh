@@ -6,6 +6,10 @@
 #   ca.pem        a development CA (its key, ca.key, stays here)
 #   shop.pem      a certificate it signs for localhost, shop.localhost,
 #   shop.key      proxy-1, proxy-2 and 127.0.0.1, which `init` declares
+#   components/   mTLS between Tandem's components (`tandemctl certs init`):
+#                 ca.pem, and NAME.pem + NAME-key.pem for control-1..3,
+#                 proxy-1..2, agent-1..2, admin and operator (ca-key.pem
+#                 stays root's)
 # Nothing is made again while the files exist; `docker compose down -v`
 # forgets them. Development only: put real keys and certificates in place
 # of these (tandemctl cert add) for anything else.
@@ -29,6 +33,14 @@ if [ ! -s shop.pem ] || [ ! -s shop.key ] || [ ! -s ca.pem ]; then
   rm -f shop.csr shop.ext
   echo "made a development CA (ca.pem) and the shop's certificate (shop.pem, shop.key)"
 fi
+if [ ! -s components/ca.pem ]; then
+  tandemctl certs init /tls/components --force \
+    --replica control-1 --replica control-2 --replica control-3 \
+    --proxy proxy-1,proxy-2 --agent agent-1,agent-2
+fi
+chmod 755 components
+chown -R tandem:tandem components
+chown root:root components/ca-key.pem
 chmod 644 ca.pem shop.pem
 chmod 600 secrets.key ca.key shop.key
 # The services run as the image's `tandem` user.

@@ -10,9 +10,12 @@ pub use tandem_client::Identity;
 use crate::Error;
 
 /// A channel that connects on first use and reconnects by itself.
-pub fn lazy_channel(url: &str, timeout: Duration) -> Result<Channel, Error> {
-    Ok(tandem_client::endpoint(url)
-        .map_err(Error::Config)?
-        .timeout(timeout)
-        .connect_lazy())
+/// `https://` is mTLS with `me`'s certificate.
+pub fn lazy_channel(url: &str, me: &Identity, timeout: Duration) -> Result<Channel, Error> {
+    tandem_client::ChannelSettings {
+        request_timeout: Some(timeout),
+        ..tandem_client::ChannelSettings::NODE
+    }
+    .connect_lazy(url, me.tls.as_ref(), None)
+    .map_err(|e| Error::Config(format!("TANDEM_CONTROL: {url:?}: {e}")))
 }

@@ -174,7 +174,7 @@ impl Reporter {
             .map(|u| {
                 Ok((
                     u.clone(),
-                    ControlPlaneClient::new(lazy_channel(u, timeout)?),
+                    ControlPlaneClient::new(lazy_channel(u, &me, timeout)?),
                 ))
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -327,6 +327,7 @@ mod tests {
             node_id: "a1".into(),
             zone: String::new(),
             token: Some("t".into()),
+            tls: None,
         }
     }
 

@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use tandem_client::{
-    BoxError, Identity, Progress, Reconnect, apply_event, endpoint, report_applied,
-};
+use tandem_client::{BoxError, Identity, Progress, Reconnect, apply_event, report_applied};
 use tandem_core::{Revision, Snapshot};
 use tandem_proto::v1::{NodeKind, WatchRequest, control_plane_client::ControlPlaneClient};
 use tokio::sync::watch;
@@ -55,7 +53,7 @@ async fn follow(
     publish: impl Fn(&Snapshot, &Channel),
     learner: tandem_client::Learner,
 ) -> Result<Progress, BoxError> {
-    let channel = endpoint(url)?.connect().await?;
+    let channel = tandem_client::connect(url, me).await?;
     // Control replicas added since we started join the rotation.
     tokio::spawn(learner.learn_from(channel.clone(), url.to_string(), me.clone()));
     let mut client = ControlPlaneClient::new(channel.clone());

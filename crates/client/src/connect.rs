@@ -1,14 +1,171 @@
 //! Talking to the control plane, the parts every caller shares (nodes,
 //! `tandemctl`, the test kit, the replicas' peer clients): the bearer token
 //! ([`Bearer`], [`token_value`], [`read_token_file`]), channel settings
-//! ([`ChannelSettings`]) and back-off between attempts ([`Backoff`]).
+//! ([`ChannelSettings`]), mTLS to the control plane ([`TlsArgs`],
+//! [`ClientTls`]: `https://` endpoints) and back-off between attempts
+//! ([`Backoff`]).
 
-use std::path::Path;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// An error of any kind, for connecting.
+pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The flags of every component's certificate (flatten them into a
+/// binary's `Args`): the CA bundle the other side must chain to, and this
+/// component's certificate and key. The certificate and key are read again
+/// when their files change (rotation without restart).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM bundle of the CA that signs component certificates (mTLS
+    /// between Tandem's components; see `tandemctl certs init`).
+    #[arg(long, env = "TANDEM_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// This component's certificate (PEM, leaf first), signed by that CA.
+    #[arg(long, env = "TANDEM_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// This component's private key (PEM).
+    #[arg(long, env = "TANDEM_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The three files, all or none: one or two of them set is an error
+    /// naming the missing ones.
+    pub fn files(&self) -> Result<Option<tandem_tls::component::Files>, String> {
+        match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(tandem_tls::component::Files {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (ca, cert, key) => {
+                let missing: Vec<&str> = [
+                    ("TANDEM_TLS_CA_FILE", ca.is_none()),
+                    ("TANDEM_TLS_CERT_FILE", cert.is_none()),
+                    ("TANDEM_TLS_KEY_FILE", key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, missing)| missing.then_some(name))
+                .collect();
+                Err(format!(
+                    "mTLS needs all three of TANDEM_TLS_CA_FILE, TANDEM_TLS_CERT_FILE and \
+                     TANDEM_TLS_KEY_FILE: {} unset",
+                    missing.join(" and ")
+                ))
+            }
+        }
+    }
+
+    /// The client side, when the files are set.
+    pub fn client(&self) -> Result<Option<ClientTls>, String> {
+        self.files()?.map(|f| ClientTls::from_files(&f)).transpose()
+    }
+}
+
+/// mTLS to the control plane: the server's certificate checked against
+/// the CA, ours presented (and read again when its files change).
+#[derive(Clone)]
+pub struct ClientTls(Arc<tokio_rustls::rustls::ClientConfig>);
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls")
+    }
+}
+
+impl ClientTls {
+    pub fn from_files(files: &tandem_tls::component::Files) -> Result<Self, String> {
+        tandem_tls::component::client_config(files)
+            .map(|c| Self(Arc::new(c)))
+            .map_err(|e| format!("TANDEM_TLS_*: {e}"))
+    }
+
+    pub fn from_config(config: tokio_rustls::rustls::ClientConfig) -> Self {
+        Self(Arc::new(config))
+    }
+}
+
+/// Opens TCP (from `local_ip` when set) and TLS to an `https://` URI's
+/// host; the server's certificate must name that host.
+#[derive(Clone)]
+struct TlsConnect {
+    tls: TlsConnector,
+    local_ip: Option<IpAddr>,
+}
+
+impl tower::Service<Uri> for TlsConnect {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| format!("{uri}: no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| format!("{host:?} is not a DNS name or IP address"))?;
+            let mut last = None;
+            let mut tcp = None;
+            for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
+                match connect_from(addr, this.local_ip).await {
+                    Ok(s) => {
+                        tcp = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let tcp = match (tcp, last) {
+                (Some(tcp), _) => tcp,
+                (None, Some(e)) => return Err(e.into()),
+                (None, None) => return Err(format!("{host}: no address").into()),
+            };
+            tcp.set_nodelay(true)?;
+            let tls = this.tls.connect(name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+async fn connect_from(addr: SocketAddr, local_ip: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = local_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
 
 /// The one rule for a token given as a value (flag or variable): surrounding
 /// white space is dropped, and an empty value counts as none.
@@ -144,6 +301,58 @@ impl ChannelSettings {
         }
         Ok(endpoint)
     }
+
+    /// A channel to `url` that connects on first use: `https://` is mTLS
+    /// with `tls` (an error without it), `http://` plain TCP. `local_ip`,
+    /// when set, is the source address.
+    pub fn connect_lazy(
+        &self,
+        url: &str,
+        tls: Option<&ClientTls>,
+        local_ip: Option<IpAddr>,
+    ) -> Result<Channel, ConnectError> {
+        let endpoint = self.endpoint(url)?.local_address(local_ip);
+        Ok(match https(url, tls)? {
+            Some(tls) => endpoint.connect_with_connector_lazy(TlsConnect {
+                tls: TlsConnector::from(tls.0.clone()),
+                local_ip,
+            }),
+            None => endpoint.connect_lazy(),
+        })
+    }
+
+    /// A channel to `url`, connected now (see [`Self::connect_lazy`]).
+    pub async fn connect(
+        &self,
+        url: &str,
+        tls: Option<&ClientTls>,
+    ) -> Result<Channel, ConnectError> {
+        let endpoint = self.endpoint(url)?;
+        Ok(match https(url, tls)? {
+            Some(tls) => {
+                endpoint
+                    .connect_with_connector(TlsConnect {
+                        tls: TlsConnector::from(tls.0.clone()),
+                        local_ip: None,
+                    })
+                    .await?
+            }
+            None => endpoint.connect().await?,
+        })
+    }
+}
+
+/// The TLS to use for `url`: `https://` needs it.
+fn https<'a>(url: &str, tls: Option<&'a ClientTls>) -> Result<Option<&'a ClientTls>, String> {
+    if !url.starts_with("https://") {
+        return Ok(None);
+    }
+    tls.map(Some).ok_or_else(|| {
+        format!(
+            "{url} is https:// (mTLS): set TANDEM_TLS_CA_FILE, TANDEM_TLS_CERT_FILE and \
+             TANDEM_TLS_KEY_FILE (see `tandemctl certs init`)"
+        )
+    })
 }
 
 /// How much of the current back-off a wait takes.

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 mod connect;
 pub use connect::{
-    Backoff, Bearer, ChannelSettings, InvalidToken, Jitter, KeepAlive, read_token_file, token_value,
+    Backoff, Bearer, ChannelSettings, ClientTls, ConnectError, InvalidToken, Jitter, KeepAlive,
+    TlsArgs, read_token_file, token_value,
 };
 
 use tandem_core::{Revision, Snapshot};
@@ -55,6 +56,10 @@ pub struct ControlArgs {
     /// Locality label reported to the control plane.
     #[arg(long, env = "TANDEM_ZONE", default_value = "")]
     pub zone: String,
+
+    /// This node's certificate, for `https://` endpoints (mTLS).
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// A flag with a value that cannot be used, named by its variable.
@@ -91,7 +96,22 @@ impl ControlArgs {
         {
             return Err(bad(
                 "TANDEM_CONTROL",
-                format!("endpoints must be http://host:port (got {c:?})"),
+                format!("endpoints must be http://host:port or https://host:port (got {c:?})"),
+            ));
+        }
+        let tls = self
+            .tls
+            .client()
+            .map_err(|e| bad("TANDEM_TLS_CERT_FILE", e))?;
+        if tls.is_none()
+            && let Some(c) = control.iter().find(|c| c.starts_with("https://"))
+        {
+            return Err(bad(
+                "TANDEM_TLS_CA_FILE",
+                format!(
+                    "{c} is https:// (mTLS): set TANDEM_TLS_CA_FILE, TANDEM_TLS_CERT_FILE and \
+                     TANDEM_TLS_KEY_FILE"
+                ),
             ));
         }
         let token = match (token_value(self.token.as_deref()), &self.token_file) {
@@ -123,6 +143,7 @@ impl ControlArgs {
             node_id,
             zone: self.zone.clone(),
             token,
+            tls,
         };
         Ok((control, me))
     }
@@ -144,6 +165,8 @@ pub struct Identity {
     pub node_id: String,
     pub zone: String,
     pub token: Option<String>,
+    /// Our certificate, for `https://` endpoints.
+    pub tls: Option<ClientTls>,
 }
 
 impl Identity {
@@ -165,6 +188,12 @@ pub fn endpoint(url: &str) -> Result<Endpoint, String> {
     ChannelSettings::NODE
         .endpoint(url)
         .map_err(|e| format!("TANDEM_CONTROL: {url:?} is not a valid URL: {e}"))
+}
+
+/// A channel to the control plane at `url` with the node settings,
+/// connected now: mTLS with `me`'s certificate for `https://`.
+pub async fn connect(url: &str, me: &Identity) -> Result<Channel, ConnectError> {
+    ChannelSettings::NODE.connect(url, me.tls.as_ref()).await
 }
 
 /// How one `Watch` stream ended, when it ended without an error.
@@ -739,7 +768,7 @@ mod tests {
     fn flags_resolve_to_endpoints_and_an_identity() {
         let (control, me) = control_args(&[
             "--control",
-            " http://a:1 ,,https://b:2",
+            " http://a:1 ,,http://b:2",
             "--token",
             " t0k ",
             "--node-id",
@@ -749,7 +778,7 @@ mod tests {
         ])
         .resolve("proxy")
         .unwrap();
-        assert_eq!(control, ["http://a:1", "https://b:2"]);
+        assert_eq!(control, ["http://a:1", "http://b:2"]);
         assert_eq!(
             (me.node_id.as_str(), me.zone.as_str(), me.token.as_deref()),
             ("edge-1", "z1", Some("t0k"))
@@ -777,6 +806,16 @@ mod tests {
             "TANDEM_TOKEN_FILE"
         );
         assert_eq!(variable(&["--token", "two\nlines"]), "TANDEM_TOKEN");
+        assert_eq!(
+            variable(&["--control", "https://a:1"]),
+            "TANDEM_TLS_CA_FILE",
+            "https:// without a certificate"
+        );
+        assert_eq!(
+            variable(&["--tls-ca-file", "/ca.pem"]),
+            "TANDEM_TLS_CERT_FILE",
+            "one of the three files"
+        );
     }
 
     #[test]
@@ -785,6 +824,7 @@ mod tests {
             node_id: "n".into(),
             zone: "z".into(),
             token: Some("s3cret".into()),
+            tls: None,
         };
         let mut req = tonic::Request::new(());
         me.authorize(&mut req).unwrap();

@@ -108,6 +108,23 @@ pub struct Config {
     #[arg(long, env = "TANDEM_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
 
+    /// This replica's certificate and the CA (mTLS on the gRPC listener:
+    /// clients must present a certificate from that CA; and to the other
+    /// replicas).
+    #[command(flatten)]
+    pub tls: tandem_client::TlsArgs,
+
+    /// Serve gRPC over plain TCP, without TLS: anyone who reaches the port
+    /// talks to the control plane with only a token. For tests and local
+    /// experiments; logs a warning at start.
+    #[arg(
+        long,
+        env = "TANDEM_INSECURE_PLAINTEXT",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_plaintext: bool,
+
     #[command(flatten)]
     pub telemetry: tandem_telemetry::TelemetryArgs,
 }
@@ -160,7 +177,9 @@ impl Config {
             election_ticks: self.raft_election_ticks,
             heartbeat_ticks: self.raft_heartbeat_ticks,
         };
+        let tls = self.replica_tls().map_err(anyhow::Error::msg)?;
         Ok(Settings {
+            tls,
             store,
             peer_token: tokens.peer_token(),
             tokens,
@@ -170,6 +189,34 @@ impl Config {
             raft,
             members,
         })
+    }
+
+    /// mTLS from the TANDEM_TLS_* files; plain TCP only with
+    /// `--insecure-plaintext`, and a warning.
+    pub fn replica_tls(&self) -> Result<Option<crate::mtls::ReplicaTls>, String> {
+        match (self.tls.files()?, self.insecure_plaintext) {
+            (Some(files), insecure) => {
+                if insecure {
+                    tracing::warn!(
+                        "TANDEM_INSECURE_PLAINTEXT is set but so are TANDEM_TLS_*: serving mTLS"
+                    );
+                }
+                crate::mtls::ReplicaTls::from_files(&files).map(Some)
+            }
+            (None, true) => {
+                tracing::warn!(
+                    "serving gRPC over plain TCP (TANDEM_INSECURE_PLAINTEXT): no certificates \
+                     are checked, and traffic between components can be read and forged"
+                );
+                Ok(None)
+            }
+            (None, false) => Err(
+                "no certificate: set TANDEM_TLS_CA_FILE, TANDEM_TLS_CERT_FILE \
+                 and TANDEM_TLS_KEY_FILE (make them with `tandemctl certs init DIR`), or pass \
+                 --insecure-plaintext (TANDEM_INSECURE_PLAINTEXT=true) to serve plain TCP"
+                    .to_string(),
+            ),
+        }
     }
 
     /// This replica's raft id: TANDEM_RAFT_ID, else the deprecated

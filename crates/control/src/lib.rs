@@ -17,6 +17,7 @@ mod history;
 mod hosts;
 mod hub;
 mod membership;
+pub mod mtls;
 mod overrides;
 pub mod server;
 mod service;

@@ -13,13 +13,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tandem_client::{ChannelSettings, ClientTls};
 use tandem_proto::v1;
 use tandem_proto::v1::control_plane_client::ControlPlaneClient;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
+use crate::consensus::peers::peer_url;
 use crate::consensus::storage::DiskStorage;
 use crate::consensus::{Consensus, FORWARDED, MemberChange, ProposeError, RaftStatus};
 use crate::error::{LeaderError, MembershipError};
@@ -61,6 +63,7 @@ pub fn suffrage(s: &RaftStatus, id: u64) -> &'static str {
 
 pub async fn add_member(
     consensus: &Consensus,
+    tls: Option<&ClientTls>,
     req: Request<v1::AddMemberRequest>,
 ) -> Result<v1::MemberReply, Error> {
     let r = req.get_ref().clone();
@@ -77,7 +80,7 @@ pub async fn add_member(
         )));
     }
     if !consensus.status().is_leader() {
-        let mut leader = leader_client(consensus, &req, false).await?;
+        let mut leader = leader_client(consensus, tls, &req, false).await?;
         return forwarded(leader.add_member(r).await);
     }
     let change = MemberChange::Add {
@@ -99,12 +102,13 @@ pub async fn add_member(
 
 pub async fn remove_member(
     consensus: &Consensus,
+    tls: Option<&ClientTls>,
     req: Request<v1::RemoveMemberRequest>,
 ) -> Result<v1::MemberReply, Error> {
     let r = *req.get_ref();
     let s = consensus.status();
     if !s.is_leader() {
-        let mut leader = leader_client(consensus, &req, false).await?;
+        let mut leader = leader_client(consensus, tls, &req, false).await?;
         return forwarded(leader.remove_member(r).await);
     }
     if r.id == s.id {
@@ -134,7 +138,7 @@ pub async fn remove_member(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut leader = leader_client(consensus, &req, true).await?;
+        let mut leader = leader_client(consensus, tls, &req, true).await?;
         return forwarded(leader.remove_member(r).await);
     }
     let index = change_members(consensus, MemberChange::Remove { id: r.id }).await?;
@@ -206,6 +210,7 @@ pub(crate) type LeaderClient =
 /// leadership over on purpose).
 pub(crate) async fn leader_client<T>(
     consensus: &Consensus,
+    tls: Option<&ClientTls>,
     req: &Request<T>,
     again: bool,
 ) -> Result<LeaderClient, Error> {
@@ -230,13 +235,15 @@ pub(crate) async fn leader_client<T>(
             cause,
         })
     };
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| unreachable(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .connect()
+    let settings = ChannelSettings {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Some(Duration::from_secs(30)),
+        keep_alive: None,
+    };
+    let channel = settings
+        .connect(&peer_url(addr, tls), tls)
         .await
-        .map_err(|e| unreachable(crate::error::innermost_cause(&e)))?;
+        .map_err(|e| unreachable(crate::error::innermost_cause(&*e)))?;
     let authorization = req.metadata().get("authorization").cloned();
     Ok(ControlPlaneClient::with_interceptor(
         channel,
@@ -257,11 +264,12 @@ pub async fn refuse_forgotten_member(
     addresses: &BTreeMap<u64, String>,
     token: &str,
     store: &Store,
+    tls: Option<&ClientTls>,
 ) -> anyhow::Result<()> {
     if !DiskStorage::is_fresh(state_dir) {
         return Ok(());
     }
-    ask_peers(id, state_dir, addresses, token).await?;
+    ask_peers(id, state_dir, addresses, token, tls).await?;
     consult_record(id, state_dir, store).await
 }
 
@@ -271,6 +279,7 @@ async fn ask_peers(
     state_dir: &Path,
     addresses: &BTreeMap<u64, String>,
     token: &str,
+    tls: Option<&ClientTls>,
 ) -> anyhow::Result<()> {
     let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
         .parse()
@@ -282,10 +291,8 @@ async fn ask_peers(
             let bearer = bearer.clone();
             async move {
                 let ask = async {
-                    let channel = Endpoint::from_shared(format!("http://{addr}"))
-                        .ok()?
-                        .connect_timeout(Duration::from_secs(1))
-                        .connect()
+                    let channel = ChannelSettings::connect_within(Duration::from_secs(1))
+                        .connect(&peer_url(addr, tls), tls)
                         .await
                         .ok()?;
                     let mut client =

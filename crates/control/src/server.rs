@@ -35,6 +35,9 @@ pub struct Settings {
     pub members: BTreeMap<u64, String>,
     /// The token this replica presents to its peers.
     pub peer_token: String,
+    /// mTLS on the gRPC listener and to the peers; `None`: plain TCP
+    /// (`--insecure-plaintext`).
+    pub tls: Option<crate::mtls::ReplicaTls>,
 }
 
 /// Runs a control-plane replica until `shutdown` resolves, then drains.
@@ -58,7 +61,9 @@ pub async fn run(
         raft,
         members,
         peer_token,
+        tls,
     } = settings;
+    let peer_tls = tls.as_ref().map(|t| t.client.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Hub::new(&replica, store.availability().clone());
     // What it served survives a restart: a database found behind it then
@@ -78,12 +83,19 @@ pub async fn run(
         &members,
         &peer_token,
         &store,
+        peer_tls.as_ref(),
     )
     .await?;
     // Always a transport, even for a cluster of one: members can be added.
     let peers = {
         let local_ip = Some(grpc.local_addr()?.ip()).filter(|ip| !ip.is_unspecified());
-        Some(Peers::new(raft.id, &members, &peer_token, local_ip)?)
+        Some(Peers::new(
+            raft.id,
+            &members,
+            &peer_token,
+            local_ip,
+            peer_tls.clone(),
+        )?)
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -237,9 +249,15 @@ pub async fn run(
     });
     let control = ControlPlaneServer::with_interceptor(service, Authenticate::deferred(tokens));
 
-    tracing::info!(grpc = %grpc.local_addr()?, %replica, "control plane serving");
+    tracing::info!(
+        grpc = %grpc.local_addr()?,
+        %replica,
+        mtls = tls.is_some(),
+        "control plane serving"
+    );
     let mut stop_signal = stop_rx.clone();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
+        .layer(crate::mtls::PeerLayer)
         .trace_fn(|req| tandem_telemetry::request_span("POST", req.uri().path(), req.headers()))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -247,15 +265,24 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(control)
-        .add_service(raft_service)
+        .add_service(raft_service);
+    let stopped = async move {
+        let _ = stop_signal.changed().await;
+    };
+    type Serving = std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'static>,
+    >;
+    let server: Serving = match tls {
+        Some(tls) => Box::pin(
+            router.serve_with_incoming_shutdown(crate::mtls::incoming(grpc, tls.server), stopped),
+        ),
         // No Nagle: small raft and watch writes must not wait for a
         // delayed ACK (it cost ~40 ms per election step and watch burst).
-        .serve_with_incoming_shutdown(
+        None => Box::pin(router.serve_with_incoming_shutdown(
             TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            async move {
-                let _ = stop_signal.changed().await;
-            },
-        );
+            stopped,
+        )),
+    };
     let mut server = tokio::spawn(server);
 
     tokio::select! {

@@ -104,6 +104,11 @@ type WatchStart = (Revision, Option<StoreIdentity>, Option<v1::Snapshot>);
 // === impl ControlService: calls and reads ===
 
 impl ControlService {
+    /// This replica's certificate for calls to the others (mTLS), if any.
+    fn peer_tls(&self) -> Option<&tandem_client::ClientTls> {
+        self.peers.as_ref().and_then(Peers::tls)
+    }
+
     /// Where a new Watch stream starts for a caller at `last`: the
     /// revision, and the snapshot to send first (none when the caller is
     /// already there). From the copy in memory, a caller ahead of it is
@@ -601,7 +606,8 @@ impl ControlPlane for ControlService {
                 BackendWrite::NotLeader { leader, .. } => {
                     tracing::info!(leader, "passing the override on to the raft leader");
                     let mut to =
-                        crate::membership::leader_client(&self.consensus, &full, false).await?;
+                        crate::membership::leader_client(&self.consensus, self.peer_tls(), &full, false)
+                            .await?;
                     return to
                         .update_backend(req.clone())
                         .await
@@ -1156,7 +1162,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::AddMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
         self.call("AddMember", Access::Admin, req, |req| async move {
-            crate::membership::add_member(&self.consensus, req).await
+            crate::membership::add_member(&self.consensus, self.peer_tls(), req).await
         })
         .await
     }
@@ -1166,7 +1172,7 @@ impl ControlPlane for ControlService {
         req: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
         self.call("RemoveMember", Access::Admin, req, |req| async move {
-            crate::membership::remove_member(&self.consensus, req).await
+            crate::membership::remove_member(&self.consensus, self.peer_tls(), req).await
         })
         .await
     }

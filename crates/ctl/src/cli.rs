@@ -115,6 +115,10 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 
+    /// This client's certificate, for https:// endpoints (mTLS).
+    #[command(flatten)]
+    pub tls: tandem_client::TlsArgs,
+
     /// Time allowed for connecting and for each call (e.g. 10s, 500ms).
     #[arg(long, global = true, value_parser = parse_timeout, default_value = "10s")]
     pub timeout: Duration,
@@ -214,6 +218,76 @@ pub enum Command {
     /// list, remove. Private keys are stored encrypted and never shown.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Certificates Tandem's components present to each other (mTLS): a
+    /// development CA and one certificate per component, written into a
+    /// directory (no control plane needed).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a new development CA (ca.pem, ca-key.pem) and one certificate
+    /// and key (NAME.pem, NAME-key.pem) per component into DIR. Refuses to
+    /// overwrite any of them without --force.
+    Init(CertsInit),
+    /// Issue one more certificate with the CA in --ca DIR.
+    Create(CertsCreate),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsInit {
+    /// Directory to write into (created if missing).
+    pub dir: PathBuf,
+    /// Control-plane replicas as NAME[=HOST,HOST...] (repeatable): each
+    /// certificate serves for its name, localhost, 127.0.0.1 and the hosts
+    /// given. Default: control-1, control-2, control-3.
+    #[arg(long, value_name = "NAME[=HOSTS]")]
+    pub replica: Vec<String>,
+    /// Proxy names (comma-separated or repeated). Default: proxy-1, proxy-2.
+    #[arg(long, value_delimiter = ',')]
+    pub proxy: Vec<String>,
+    /// Agent names. Default: agent-1, agent-2, agent-3.
+    #[arg(long, value_delimiter = ',')]
+    pub agent: Vec<String>,
+    /// Admin names. Default: admin.
+    #[arg(long, value_delimiter = ',')]
+    pub admin: Vec<String>,
+    /// Read-only operator names. Default: operator.
+    #[arg(long, value_delimiter = ',')]
+    pub operator: Vec<String>,
+    /// Validity of the component certificates, in days (the CA: 3650).
+    #[arg(long, default_value_t = tandem_tls::issue::LEAF_DAYS)]
+    pub days: i64,
+    /// Replace files that exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsCreate {
+    /// Directory holding ca.pem and ca-key.pem.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// admin, operator, replica, proxy or agent.
+    #[arg(long)]
+    pub role: String,
+    /// The component's name (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub name: String,
+    /// A host name or address it serves as (repeatable; replicas always
+    /// get their name, localhost and 127.0.0.1).
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Where to write NAME.pem and NAME-key.pem (default: the CA's directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Validity in days.
+    #[arg(long, default_value_t = tandem_tls::issue::LEAF_DAYS)]
+    pub days: i64,
+    /// Replace files that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

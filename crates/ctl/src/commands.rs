@@ -120,6 +120,15 @@ impl Session {
         let mut failures = Vec::new();
         let mut answered = false;
         let endpoints = endpoints(&global.endpoint)?;
+        let tls = global.tls.client().map_err(CtlError::Usage)?;
+        if tls.is_none()
+            && let Some(url) = endpoints.iter().find(|u| u.starts_with("https://"))
+        {
+            return Err(CtlError::Usage(format!(
+                "{url} is https:// (mTLS): set TANDEM_TLS_CA_FILE, TANDEM_TLS_CERT_FILE and \
+                 TANDEM_TLS_KEY_FILE (see tandemctl certs init)"
+            )));
+        }
         let several = endpoints.len() > 1;
         for url in endpoints {
             let endpoint = ChannelSettings::connect_within(global.timeout)
@@ -129,7 +138,10 @@ impl Session {
                 })?;
             // connect_timeout bounds the TCP connect; this bounds the whole
             // attempt, name resolution included.
-            match tokio::time::timeout(global.timeout, endpoint.connect()).await {
+            drop(endpoint);
+            let settings = ChannelSettings::connect_within(global.timeout);
+            let connect = settings.connect(&url, tls.as_ref());
+            match tokio::time::timeout(global.timeout, connect).await {
                 Ok(Ok(channel)) => {
                     let session = Self {
                         client: ControlPlaneClient::with_interceptor(channel, auth.clone()),
@@ -150,7 +162,7 @@ impl Session {
                         Err(Skipped::NoAnswer(why)) => failures.push((url, why)),
                     }
                 }
-                Ok(Err(e)) => failures.push((url, innermost_cause(&e))),
+                Ok(Err(e)) => failures.push((url, innermost_cause(&*e))),
                 Err(_) => failures.push((
                     url,
                     format!("timed out after {}", format_duration(global.timeout)),
@@ -283,6 +295,7 @@ impl Session {
             }
             Command::Explain(args) => self.explain(args, out).await,
             Command::Cert(c) => self.cert(c, out).await,
+            Command::Certs(c) => crate::certs::run(c, out),
         }
     }
 

@@ -8,6 +8,7 @@
 //! plane's, so its errors (naming the field) are shown as they come, and each
 //! gRPC code family maps to its own exit code (see [`error::exit`]).
 
+mod certs;
 mod cli;
 mod commands;
 mod duration;
@@ -23,6 +24,10 @@ pub use error::CtlError;
 /// Runs one command against the control plane, writing its output to stdout.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     commands::preflight(&cli.command)?;
+    if let cli::Command::Certs(c) = cli.command {
+        let stdout = std::io::stdout();
+        return certs::run(c, &mut stdout.lock());
+    }
     // `explain --admin` asks a proxy directly: no control plane needed.
     if let cli::Command::Explain(args) = &cli.command
         && let Some(admin) = &args.admin

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 pub use tandem_client::Identity;
-use tandem_client::{Progress, Reconnect, apply_event, endpoint, report_applied_with};
+use tandem_client::{Progress, Reconnect, apply_event, report_applied_with};
 use tandem_core::{Revision, Snapshot};
 use tandem_proto::convert::{backend_health_from_proto, backend_traffic_to_proto};
 use tandem_proto::v1::{
@@ -81,7 +81,7 @@ async fn follow(
     report: &watch::Sender<Option<(Channel, Revision)>>,
     learner: tandem_client::Learner,
 ) -> Result<Progress, tandem_client::BoxError> {
-    let channel = endpoint(url)?.connect().await?;
+    let channel = tandem_client::connect(url, me).await?;
     // Control replicas added since we started join the rotation.
     tokio::spawn(learner.learn_from(channel.clone(), url.to_string(), me.clone()));
     let mut client = ControlPlaneClient::new(channel.clone());

@@ -27,6 +27,99 @@ pub struct ControlPlaneOptions {
     /// Fixed listeners (default: free ports on 127.0.0.1).
     pub grpc: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// mTLS with these certificates (the replica presents
+    /// `control-<raft id>`, test clients `admin`); `None`: plain TCP
+    /// (`TANDEM_INSECURE_PLAINTEXT`).
+    pub tls: Option<std::sync::Arc<ComponentCerts>>,
+}
+
+/// A CA and component certificates in a temporary directory, made like
+/// `tandemctl certs init` does: `control-1`..`control-5` (serving as
+/// 127.0.0.1 and localhost), `admin`, `operator`, `proxy-1`, `proxy-2`,
+/// `agent-1`, `agent-2`.
+pub struct ComponentCerts {
+    pub dir: tempfile::TempDir,
+    pub ca: tandem_tls::issue::Ca,
+}
+
+impl std::fmt::Debug for ComponentCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentCerts")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ComponentCerts {
+    pub fn new() -> anyhow::Result<Self> {
+        let ca = tandem_tls::issue::Ca::generate("Tandem test CA")?;
+        let dir = tempfile::Builder::new().prefix("tandem-certs-").tempdir()?;
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem)?;
+        let certs = ComponentCerts { dir, ca };
+        let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+        for i in 1..=5 {
+            certs.issue("replica", &format!("control-{i}"), &hosts)?;
+        }
+        for (role, name) in [
+            ("admin", "admin"),
+            ("operator", "operator"),
+            ("proxy", "proxy-1"),
+            ("proxy", "proxy-2"),
+            ("agent", "agent-1"),
+            ("agent", "agent-2"),
+        ] {
+            certs.issue(role, name, &[])?;
+        }
+        Ok(certs)
+    }
+
+    /// Issues (or re-issues, replacing the files) `name`'s certificate.
+    pub fn issue(&self, role: &str, name: &str, hosts: &[String]) -> anyhow::Result<()> {
+        let issued = self.ca.issue(role, name, hosts, 30)?;
+        let (cert, key) = self.paths(name);
+        // Through a rename, as a rotation would: never half a file.
+        for (path, pem) in [(cert, issued.cert_pem), (key, issued.key_pem)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, pem)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(())
+    }
+
+    /// `name`'s certificate and key files.
+    pub fn paths(&self, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}-key.pem")),
+        )
+    }
+
+    pub fn files(&self, name: &str) -> tandem_tls::component::Files {
+        let (cert, key) = self.paths(name);
+        tandem_tls::component::Files {
+            ca: self.dir.path().join("ca.pem"),
+            cert,
+            key,
+        }
+    }
+
+    /// `TANDEM_TLS_*` for a process presenting `name`.
+    pub fn env(&self, name: &str) -> Vec<(String, String)> {
+        let f = self.files(name);
+        [
+            ("TANDEM_TLS_CA_FILE", f.ca),
+            ("TANDEM_TLS_CERT_FILE", f.cert),
+            ("TANDEM_TLS_KEY_FILE", f.key),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned()))
+        .collect()
+    }
+
+    /// A client presenting `name`.
+    pub fn client(&self, name: &str) -> anyhow::Result<tandem_client::ClientTls> {
+        tandem_client::ClientTls::from_files(&self.files(name)).map_err(anyhow::Error::msg)
+    }
 }
 
 pub struct ControlPlane {
@@ -44,10 +137,19 @@ pub type AuthedClient = ControlPlaneClient<InterceptedService<Channel, Bearer>>;
 /// A client of the control plane at `endpoint`, presenting `token` (None:
 /// no token at all).
 pub async fn client_at(endpoint: &str, token: Option<&str>) -> anyhow::Result<AuthedClient> {
+    client_at_tls(endpoint, token, None).await
+}
+
+/// [`client_at`], presenting `tls` to an `https://` endpoint.
+pub async fn client_at_tls(
+    endpoint: &str,
+    token: Option<&str>,
+    tls: Option<&tandem_client::ClientTls>,
+) -> anyhow::Result<AuthedClient> {
     let channel = ChannelSettings::connect_within(Duration::from_secs(5))
-        .endpoint(endpoint)?
-        .connect()
-        .await?;
+        .connect(endpoint, tls)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(ControlPlaneClient::with_interceptor(
         channel,
         Bearer::new(token)?,
@@ -139,9 +241,17 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// `http://127.0.0.1:<grpc port>`
+    /// `http://127.0.0.1:<grpc port>` (`https://` with mTLS)
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
+        match self.options.tls {
+            Some(_) => format!("https://{}", self.grpc),
+            None => format!("http://{}", self.grpc),
+        }
+    }
+
+    /// The certificates of an mTLS replica.
+    pub fn certs(&self) -> Option<&std::sync::Arc<ComponentCerts>> {
+        self.options.tls.as_ref()
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -154,8 +264,13 @@ impl ControlPlane {
     }
 
     /// A client presenting `token` (None: no token at all).
+    /// With mTLS, it presents the `admin` certificate.
     pub async fn client_with(&self, token: Option<&str>) -> anyhow::Result<AuthedClient> {
-        client_at(&self.endpoint(), token).await
+        let tls = match &self.options.tls {
+            Some(certs) => Some(certs.client("admin")?),
+            None => None,
+        };
+        client_at_tls(&self.endpoint(), token, tls.as_ref()).await
     }
 
     /// A client with the admin token.
@@ -229,6 +344,11 @@ fn spawn(
         ("TANDEM_RAFT_ID", raft_id.clone()),
         ("TANDEM_STATE_DIR", state_dir.to_string_lossy().into_owned()),
     ];
+    let tls_env = match &o.tls {
+        Some(certs) => certs.env(&format!("control-{raft_id}")),
+        None => vec![("TANDEM_INSECURE_PLAINTEXT".into(), "true".into())],
+    };
+    env.extend(tls_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     env.extend(o.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     Process::spawn(&format!("control-{raft_id}"), "tandem-control", &[], &env)
 }
@@ -258,6 +378,17 @@ impl ControlCluster {
         ips: &[std::net::IpAddr],
         env: &[(&str, &str)],
     ) -> anyhow::Result<ControlCluster> {
+        Self::start_with_tls(database_url, ips, env, None).await
+    }
+
+    /// [`Self::start_on`], with mTLS between the replicas and to them when
+    /// `tls` is given.
+    pub async fn start_with_tls(
+        database_url: &str,
+        ips: &[std::net::IpAddr],
+        env: &[(&str, &str)],
+        tls: Option<std::sync::Arc<ComponentCerts>>,
+    ) -> anyhow::Result<ControlCluster> {
         let grpcs: Vec<SocketAddr> = ips.iter().map(|ip| free_addr_on(*ip)).collect();
         let peers = grpcs
             .iter()
@@ -276,6 +407,7 @@ impl ControlCluster {
                 raft_id: Some((i + 1).to_string()),
                 env,
                 grpc: Some(*grpc),
+                tls: tls.clone(),
                 ..Default::default()
             };
             starting.push(ControlPlane::start_with(database_url, options));

@@ -21,8 +21,8 @@ pub mod served;
 pub mod tcp;
 
 pub use control::{
-    ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
-    TEST_SECRETS_KEY, client_at, create_pool_with, declare_pool,
+    ADMIN_TOKEN, AuthedClient, ComponentCerts, ControlCluster, ControlPlane, ControlPlaneOptions,
+    NODE_TOKEN, TEST_SECRETS_KEY, client_at, client_at_tls, create_pool_with, declare_pool,
 };
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};

@@ -11,12 +11,20 @@
 //!   proxy to a pool's backends;
 //! - [`seal`]: private keys encrypted at rest with AES-256-GCM under a key
 //!   read from a file;
+//! - [`component`]: mTLS between Tandem's own components: the rustls
+//!   server and client configurations, with a certificate and key read
+//!   again from their files when they change (rotation without restart);
+//! - [`issue`]: a development CA and the component certificates it signs
+//!   (`tandemctl certs`);
 //! - [`peer`]: the identity a component certificate carries (role and
 //!   name in a SPIFFE-shaped URI) and the request extension holding it.
 //!
-//! It never logs, and no error it makes contains key material.
+//! It logs only when a rotated component certificate is picked up or does
+//! not load, and no error it makes contains key material.
 
 pub mod client;
+pub mod component;
+pub mod issue;
 pub mod material;
 pub mod names;
 pub mod peer;

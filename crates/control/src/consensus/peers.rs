@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use tandem_client::{Bearer, ChannelSettings};
+use tandem_client::{Bearer, ChannelSettings, ClientTls};
 use tandem_proto::v1;
 use tandem_proto::v1::control_plane_client::ControlPlaneClient;
 use tandem_proto::v1::raft_client::RaftClient;
@@ -48,6 +48,14 @@ impl Interceptor for Auth {
 
 pub type PeerClient = ControlPlaneClient<InterceptedService<Channel, Auth>>;
 
+/// The URL of a replica at `addr`: `https://` when replicas speak mTLS.
+pub fn peer_url(addr: &str, tls: Option<&ClientTls>) -> String {
+    match tls {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    }
+}
+
 /// Every other replica, by raft id. Members come and go with membership
 /// changes ([`Transport::set_members`]).
 #[derive(Clone)]
@@ -56,6 +64,8 @@ pub struct Peers {
     links: Arc<RwLock<BTreeMap<u64, Link>>>,
     auth: Auth,
     local_ip: Option<IpAddr>,
+    /// This replica's certificate, for mTLS to the others.
+    tls: Option<ClientTls>,
     consensus: Arc<OnceLock<Consensus>>,
 }
 
@@ -75,6 +85,7 @@ impl Peers {
         members: &BTreeMap<u64, String>,
         token: &str,
         local_ip: Option<IpAddr>,
+        tls: Option<ClientTls>,
     ) -> anyhow::Result<Peers> {
         let bearer = Bearer::new(Some(token))
             .map_err(|_| anyhow::anyhow!("the node token must be printable ASCII"))?;
@@ -83,6 +94,7 @@ impl Peers {
             links: Arc::new(RwLock::new(BTreeMap::new())),
             auth: Auth { bearer },
             local_ip,
+            tls,
             consensus: Arc::new(OnceLock::new()),
         };
         let mut links = BTreeMap::new();
@@ -97,10 +109,10 @@ impl Peers {
 
     /// A lazy channel to `addr` and the send loop of peer `id`.
     fn link(&self, id: u64, addr: &str) -> anyhow::Result<Link> {
-        let endpoint = ChannelSettings::PEER
-            .endpoint(&format!("http://{addr}"))?
-            .local_address(self.local_ip);
-        let channel = endpoint.connect_lazy();
+        let tls = self.tls.as_ref();
+        let channel = ChannelSettings::PEER
+            .connect_lazy(&peer_url(addr, tls), tls, self.local_ip)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (queue, rx) = mpsc::channel(QUEUE);
         let client = RaftClient::with_interceptor(channel.clone(), self.auth.clone());
         tokio::spawn(send_loop(
@@ -120,6 +132,11 @@ impl Peers {
     /// Lets the send loops report unreachable peers and snapshot results.
     pub fn attach(&self, consensus: Consensus) {
         let _ = self.consensus.set(consensus);
+    }
+
+    /// This replica's certificate for calls to the others (mTLS), if any.
+    pub fn tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
     }
 
     pub fn me(&self) -> u64 {
