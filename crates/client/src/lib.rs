@@ -14,7 +14,8 @@ use std::time::Duration;
 
 mod connect;
 pub use connect::{
-    Backoff, Bearer, ChannelSettings, InvalidToken, Jitter, KeepAlive, read_token_file, token_value,
+    Backoff, Bearer, ChannelSettings, EXAMPLE_SECRET_MARK, InvalidToken, Jitter, KeepAlive,
+    read_token_file, refuse_example_secrets, token_value,
 };
 
 use tandem_core::{Revision, Snapshot};
