@@ -23,6 +23,7 @@ pub use control::{
     ADMIN_TOKEN, AuthedClient, ControlCluster, ControlPlane, ControlPlaneOptions, NODE_TOKEN,
     TEST_SECRETS_KEY, client_at, declare_pool,
 };
+pub use control::{Grant, PEER_TOKEN, token_sha256, write_access_file};
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};
 
