@@ -1105,7 +1105,11 @@ def main(argv):
         bin_dir = os.environ.get("TANDEM_LOCAL_BIN") or os.path.join(ROOT, "target", "debug")
         for var, default in (("TANDEM_ADMIN_TOKEN", "local-admin-token-change-me"),
                              ("TANDEM_NODE_TOKEN", "local-node-token-change-me"),
-                             ("SHOP_ADMIN_TOKEN", "local-shop-admin-token-change-me")):
+                             ("SHOP_ADMIN_TOKEN", "local-shop-admin-token-change-me"),
+                             # Development mode: the services accept the
+                             # *-change-me tokens above (they refuse them
+                             # otherwise).
+                             ("TANDEM_DEV", "1")):
             os.environ.setdefault(var, default)
         return Supervisor(os.path.abspath(bin_dir)).run()
     return client(cmd, argv[2:])
