@@ -542,6 +542,13 @@ impl Credentials {
         }
     }
 
+    /// What the control plane presents to a proxy's admin port (Explain
+    /// asks its `/explain`): the node token proxies hold, else the admin
+    /// token (which nodes then use).
+    pub fn proxy_admin_token(&self) -> String {
+        String::from_utf8_lossy(self.node.as_ref().unwrap_or(&self.admin)).into_owned()
+    }
+
     /// The token replicas present to each other (role replica).
     pub fn peer_token(&self) -> String {
         String::from_utf8_lossy(&self.peer).into_owned()

@@ -222,6 +222,7 @@ pub async fn run(
         members,
         replica: replica.clone(),
         shutdown: stop_rx.clone(),
+        proxy_admin_token: credentials.proxy_admin_token(),
     });
     let control = ControlPlaneServer::with_interceptor(service, Authenticate::new(credentials));
 

@@ -42,6 +42,8 @@ pub struct ControlService {
     members: Arc<BTreeMap<u64, String>>,
     replica: Arc<str>,
     shutdown: watch::Receiver<bool>,
+    /// Presented to a proxy's admin port by Explain.
+    proxy_admin_token: Arc<str>,
 }
 
 /// What a replica needs to serve the API.
@@ -54,6 +56,8 @@ pub struct Parts {
     pub members: BTreeMap<u64, String>,
     pub replica: String,
     pub shutdown: watch::Receiver<bool>,
+    /// What Explain presents to a proxy's admin port.
+    pub proxy_admin_token: String,
 }
 
 impl ControlService {
@@ -67,6 +71,7 @@ impl ControlService {
             members: Arc::new(p.members),
             replica: p.replica.into(),
             shutdown: p.shutdown,
+            proxy_admin_token: p.proxy_admin_token.into(),
         }
     }
 
@@ -1048,7 +1053,7 @@ impl ControlPlane for ControlService {
                         })
                     })?,
             };
-            use tandem_telemetry::admin_client::{encode, get};
+            use tandem_telemetry::admin_client::{encode, get_with_token};
             let mut path = format!("/explain?host={}", encode(&req.host));
             if !req.path.is_empty() {
                 path.push_str(&format!("&path={}", encode(&req.path)));
@@ -1063,7 +1068,8 @@ impl ControlPlane for ControlService {
                     cause,
                 })
             };
-            let (status, body) = get(&address, &path, Duration::from_secs(5))
+            let token = Some(&*self.proxy_admin_token);
+            let (status, body) = get_with_token(&address, &path, Duration::from_secs(5), token)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             match status {
