@@ -477,14 +477,12 @@ pub fn authorize<T: Subject>(
                     claimed: claimed.to_string(),
                 });
             }
-            (Role::Node, _) => {
-                if !NODE_TOKEN_REPORTS.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "a report arrived with the shared node token: the reporter's id is not \
-                         checked (one token can report for every agent); give each proxy and agent \
-                         its own identity (access file or certificate)"
-                    );
-                }
+            (Role::Node, _) if !NODE_TOKEN_REPORTS.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(
+                    "a report arrived with the shared node token: the reporter's id is not \
+                     checked (one token can report for every agent); give each proxy and agent \
+                     its own identity (access file or certificate)"
+                );
             }
             _ => {}
         },
