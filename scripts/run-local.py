@@ -1020,7 +1020,7 @@ Tandem is running (Ctrl-C stops everything):
   the shop            http://127.0.0.1:{port(8080)}/   (through proxy-1, zone-a; proxy-2, zone-b: http://127.0.0.1:{port(8082)}/)
   ... over HTTPS      https://localhost:{port(8443)}/  :{port(8445)}   (development CA: curl --cacert $({p}scripts/run-local.sh ca))
   shop servers        http://127.0.0.1:{port(3001)}/  :{port(3002)}  :{port(3003)}   (direct; /healthz /readyz /metrics)
-  proxy admin         http://127.0.0.1:{port(8081)}/config  http://127.0.0.1:{port(8083)}/config   (/metrics /readyz)
+  proxy admin         http://127.0.0.1:{port(8081)}/config  http://127.0.0.1:{port(8083)}/config   (/config needs -H "Authorization: Bearer $TANDEM_NODE_TOKEN"; /metrics /readyz open)
   control API (gRPC)  {control_endpoints()}   (three replicas, one raft group; mTLS: certificates in {certs_dir(self.work)})
   control admin       http://127.0.0.1:{port(7401)}/metrics  :{port(7411)}  :{port(7421)}   (/healthz /readyz /ui/)
   health agents       agent-1 (zone-a) http://127.0.0.1:{port(7501)}/metrics, agent-2 (zone-b) http://127.0.0.1:{port(7502)}/metrics
@@ -1522,7 +1522,11 @@ def main(argv):
         bin_dir = os.environ.get("TANDEM_LOCAL_BIN") or os.path.join(ROOT, "target", "debug")
         for var, default in (("TANDEM_ADMIN_TOKEN", "local-admin-token-change-me"),
                              ("TANDEM_NODE_TOKEN", "local-node-token-change-me"),
-                             ("SHOP_ADMIN_TOKEN", "local-shop-admin-token-change-me")):
+                             ("SHOP_ADMIN_TOKEN", "local-shop-admin-token-change-me"),
+                             # Development mode: the services accept the
+                             # *-change-me tokens above (they refuse them
+                             # otherwise).
+                             ("TANDEM_DEV", "1")):
             os.environ.setdefault(var, default)
         return Supervisor(os.path.abspath(bin_dir)).run()
     return client(cmd, argv[2:])

@@ -495,3 +495,51 @@ mod tests {
         );
     }
 }
+
+/// The mark of the example secrets Tandem ships (compose's `.env.example`,
+/// `scripts/run-local.py`): fine on a laptop, never in production.
+pub const EXAMPLE_SECRET_MARK: &str = "change-me";
+
+/// Refuses the shipped example tokens and passwords (`*-change-me`, in a
+/// value or inside a URL) unless `dev` (`TANDEM_DEV=1` / `--dev`), naming
+/// the first setting that holds one, in one line.
+pub fn refuse_example_secrets(dev: bool, settings: &[(&str, Option<&str>)]) -> Result<(), String> {
+    if dev {
+        return Ok(());
+    }
+    match settings
+        .iter()
+        .find(|(_, v)| v.is_some_and(|v| v.contains(EXAMPLE_SECRET_MARK)))
+    {
+        Some((name, _)) => Err(format!(
+            "refusing to start: {name} holds a shipped example secret (*-{EXAMPLE_SECRET_MARK}); \
+             set your own, or TANDEM_DEV=1 (--dev) for a development setup"
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod example_secrets {
+    use super::*;
+
+    #[test]
+    fn example_secrets_are_refused_unless_dev() {
+        let settings = [
+            ("TANDEM_ADMIN_TOKEN", Some("a-real-one")),
+            (
+                "DATABASE_URL",
+                Some("postgres://t:db-password-change-me@db/t"),
+            ),
+        ];
+        let e = refuse_example_secrets(false, &settings).unwrap_err();
+        assert!(
+            e.starts_with("refusing to start: DATABASE_URL holds"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+        assert!(refuse_example_secrets(true, &settings).is_ok());
+        assert!(refuse_example_secrets(false, &settings[..1]).is_ok());
+        assert!(refuse_example_secrets(false, &[("X", None)]).is_ok());
+    }
+}

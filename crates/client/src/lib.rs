@@ -14,8 +14,8 @@ use std::time::Duration;
 
 mod connect;
 pub use connect::{
-    Backoff, Bearer, ChannelSettings, ClientTls, ConnectError, InvalidToken, Jitter, KeepAlive,
-    TlsArgs, read_token_file, token_value,
+    Backoff, Bearer, ChannelSettings, ClientTls, ConnectError, EXAMPLE_SECRET_MARK, InvalidToken,
+    Jitter, KeepAlive, TlsArgs, read_token_file, refuse_example_secrets, token_value,
 };
 
 use tandem_core::{Revision, Snapshot};
@@ -60,6 +60,10 @@ pub struct ControlArgs {
     /// This node's certificate, for `https://` endpoints (mTLS).
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Development mode: allows the shipped example tokens (`*-change-me`).
+    /// Never in production.
+    #[arg(long, env = "TANDEM_DEV", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub dev: bool,
 }
 
 /// A flag with a value that cannot be used, named by its variable.
@@ -131,6 +135,19 @@ impl ControlArgs {
             return Err(bad(
                 "TANDEM_TOKEN",
                 "must be printable ASCII without line breaks".into(),
+            ));
+        }
+        if !self.dev
+            && token
+                .as_deref()
+                .is_some_and(|t| t.contains(EXAMPLE_SECRET_MARK))
+        {
+            return Err(bad(
+                "TANDEM_TOKEN",
+                format!(
+                    "refusing to start with a shipped example secret (*-{EXAMPLE_SECRET_MARK}); \
+                     set your own, or TANDEM_DEV=1 (--dev) for a development setup"
+                ),
             ));
         }
         let node_id = self
@@ -762,6 +779,21 @@ mod tests {
         let mut argv = vec!["node"];
         argv.extend_from_slice(args);
         <Cli as clap::Parser>::try_parse_from(argv).unwrap().control
+    }
+
+    #[test]
+    fn an_example_token_is_refused_unless_dev() {
+        let e = control_args(&["--token", "compose-node-token-change-me"])
+            .resolve("proxy")
+            .unwrap_err();
+        assert_eq!(e.variable, "TANDEM_TOKEN");
+        assert!(
+            e.to_string()
+                .starts_with("TANDEM_TOKEN: refusing to start with a shipped example secret"),
+            "{e}"
+        );
+        let args = ["--token", "compose-node-token-change-me", "--dev"];
+        assert!(control_args(&args).resolve("proxy").is_ok());
     }
 
     #[test]

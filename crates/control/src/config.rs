@@ -50,6 +50,26 @@ pub struct Config {
     #[arg(long, env = "TANDEM_NODE_TOKEN_FILE")]
     pub node_token_file: Option<PathBuf>,
 
+    /// Token the replicas present to each other (role replica: the raft
+    /// transport, forwarded calls). Every replica needs the same one.
+    /// Unset: derived from the admin token.
+    #[arg(long, env = "TANDEM_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
+
+    /// File holding the peer token.
+    #[arg(long, env = "TANDEM_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
+
+    /// JSON file of per-name credentials (name, role, SHA-256 of the token,
+    /// an admin's pools) and revoked names; re-read when it changes.
+    #[arg(long, env = "TANDEM_ACCESS_FILE")]
+    pub access_file: Option<PathBuf>,
+
+    /// Development mode: allows the shipped example tokens and passwords
+    /// (`*-change-me`). Never in production.
+    #[arg(long, env = "TANDEM_DEV", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub dev: bool,
+
     /// File holding the key TLS private keys are sealed under in the
     /// database: 64 hex digits (`openssl rand -hex 32`). Every replica
     /// needs the same one. Unset: certificates cannot be added.
@@ -141,7 +161,7 @@ impl Config {
     /// deprecated ones). The database is not contacted: the replica starts,
     /// not ready, while it is down.
     pub fn settings(&self, prometheus: PrometheusHandle) -> anyhow::Result<Settings> {
-        let tokens = self.tokens().map_err(anyhow::Error::msg)?;
+        let credentials = self.credentials().map_err(anyhow::Error::msg)?;
         let mut store = Store::connect_lazy(&self.database_url, self.db_max_connections)?;
         if let Some(path) = &self.secrets_key_file {
             let key = tandem_tls::SecretsKey::from_file(path)
@@ -181,8 +201,8 @@ impl Config {
         Ok(Settings {
             tls,
             store,
-            peer_token: tokens.peer_token(),
-            tokens,
+            peer_token: credentials.peer_token(),
+            credentials,
             replica: format!("control-{id}"),
             prometheus,
             drain: Duration::from_secs(self.drain_seconds),
@@ -311,14 +331,30 @@ impl Config {
         Ok(members)
     }
 
-    /// Resolves the tokens from flags, env or files.
-    pub fn tokens(&self) -> Result<crate::auth::Tokens, String> {
+    /// Resolves the tokens from flags, env or files, and loads the access
+    /// file. The shipped example secrets (`*-change-me`) are refused
+    /// unless `--dev`.
+    pub fn credentials(&self) -> Result<crate::auth::Credentials, String> {
         let admin =
             read_token("admin", &self.admin_token, &self.admin_token_file)?.ok_or_else(|| {
                 "no admin token: set TANDEM_ADMIN_TOKEN or TANDEM_ADMIN_TOKEN_FILE".to_string()
             })?;
         let node = read_token("node", &self.node_token, &self.node_token_file)?;
-        for (role, t) in [("admin", Some(&admin)), ("node", node.as_ref())] {
+        let peer = read_token("peer", &self.peer_token, &self.peer_token_file)?;
+        tandem_client::refuse_example_secrets(
+            self.dev,
+            &[
+                ("TANDEM_ADMIN_TOKEN", Some(admin.as_str())),
+                ("TANDEM_NODE_TOKEN", node.as_deref()),
+                ("TANDEM_PEER_TOKEN", peer.as_deref()),
+                ("DATABASE_URL", Some(self.database_url.as_str())),
+            ],
+        )?;
+        for (role, t) in [
+            ("admin", Some(&admin)),
+            ("node", node.as_ref()),
+            ("peer", peer.as_ref()),
+        ] {
             if t.is_some_and(|t| t.len() < 16) {
                 tracing::warn!(
                     role,
@@ -326,7 +362,12 @@ impl Config {
                 );
             }
         }
-        Ok(crate::auth::Tokens::new(admin, node))
+        let access = self
+            .access_file
+            .as_deref()
+            .map(crate::auth::AccessFile::load)
+            .transpose()?;
+        Ok(crate::auth::Credentials::new(admin, node, peer, access))
     }
 }
 

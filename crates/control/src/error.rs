@@ -39,8 +39,8 @@ pub enum Error {
     /// not the one it was sealed under.
     #[error("{0}")]
     Secrets(String),
-    /// The caller may not make this call (no token, a bad one, or not the
-    /// admin role).
+    /// The caller may not make this call (no credentials, bad ones, or
+    /// not what the authorization table allows).
     #[error(transparent)]
     Auth(#[from] AuthError),
     /// The call needs the raft leader and this replica cannot reach one
@@ -215,7 +215,7 @@ impl Error {
                 ProxyError::Unreachable { .. } => Code::Unavailable,
             },
             Error::Secrets(_) => Code::FailedPrecondition,
-            Error::Auth(AuthError::NotAdmin) => Code::PermissionDenied,
+            Error::Auth(a) if a.is_denied() => Code::PermissionDenied,
             Error::Auth(_) => Code::Unauthenticated,
             Error::Leader(_) | Error::ShuttingDown => Code::Unavailable,
             Error::Saturated => Code::ResourceExhausted,

@@ -59,9 +59,15 @@ pub struct Committed {
 }
 
 impl Committed {
-    /// A change committed at `revision` of the store `store`.
-    pub fn new(store: Option<&StoreIdentity>, revision: Revision, change: ConfigChange) -> Self {
+    /// A change committed at `revision` of the store `store` by `actor`.
+    pub fn new(
+        store: Option<&StoreIdentity>,
+        revision: Revision,
+        change: ConfigChange,
+        actor: Option<&str>,
+    ) -> Self {
         let event = v1::WatchEvent {
+            actor: actor.unwrap_or_default().to_string(),
             revision: revision.0,
             event: Some(v1::watch_event::Event::Change(convert::change_to_proto(
                 &change,
@@ -264,6 +270,7 @@ impl Hub {
                 store_id: message.store_id.clone(),
                 generation: message.generation,
                 event: Some(v1::watch_event::Event::Snapshot(message)),
+                ..Default::default()
             }
         });
         self.inner.copy.store(Arc::new(copy));
@@ -281,7 +288,7 @@ impl Hub {
     /// A change this replica just committed: applied and broadcast now if
     /// it is the next one, else left to the log (the hub is catching up,
     /// or another replica's change came between).
-    pub fn committed(&self, revision: Revision, change: &ConfigChange) {
+    pub fn committed(&self, revision: Revision, change: &ConfigChange, actor: Option<&str>) {
         let Ok(mut followed) = self.inner.followed.try_lock() else {
             return;
         };
@@ -299,6 +306,7 @@ impl Hub {
                 config.store.as_ref(),
                 revision,
                 change.clone(),
+                actor,
             ))));
         self.inner.copy.store(Arc::new(ConfigCopy {
             snapshot: Arc::new(config),
@@ -537,9 +545,9 @@ impl Hub {
         let identity = config.store.clone();
         let mut diverged = false;
         loop {
-            let batch = store.changes_since(from, 1000).await?;
+            let batch = store.changes_with_actors_since(from, 1000).await?;
             let n = batch.len();
-            for (revision, change) in batch {
+            for (revision, change, actor) in batch {
                 from = revision;
                 if !diverged && config.apply(revision, &change).is_err() {
                     diverged = true;
@@ -552,6 +560,7 @@ impl Hub {
                         identity.as_ref(),
                         revision,
                         change,
+                        actor.as_deref(),
                     ))));
             }
             if n < 1000 {
@@ -677,21 +686,21 @@ mod tests {
 
         // Not the next revision (another replica's change came between):
         // left to the log.
-        hub.committed(Revision(5), &pool("web"));
+        hub.committed(Revision(5), &pool("web"), None);
         assert_eq!(hub.latest(), Revision(3));
         assert!(events.try_recv().is_err());
 
         // The next one: applied and broadcast once.
-        hub.committed(Revision(4), &pool("shop"));
+        hub.committed(Revision(4), &pool("shop"), None);
         assert_eq!(hub.latest(), Revision(4));
         assert_eq!(hub.config().pools.len(), 1);
         assert!(matches!(events.try_recv(), Ok(HubEvent::Change(c)) if c.revision == Revision(4)));
-        hub.committed(Revision(4), &pool("shop"));
+        hub.committed(Revision(4), &pool("shop"), None);
         assert!(events.try_recv().is_err(), "not twice");
 
         // While the hub reads the log, it is left to the log.
         let held = hub.inner.followed.lock().await;
-        hub.committed(Revision(5), &pool("web"));
+        hub.committed(Revision(5), &pool("web"), None);
         drop(held);
         assert_eq!(hub.latest(), Revision(4));
     }

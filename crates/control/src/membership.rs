@@ -188,12 +188,18 @@ fn refused(e: ProposeError) -> Error {
 #[derive(Clone)]
 pub(crate) struct PassOn {
     authorization: Option<MetadataValue<Ascii>>,
+    /// Who this replica speaks for, when it presents its own certificate.
+    on_behalf: Option<MetadataValue<Ascii>>,
 }
 
 impl tonic::service::Interceptor for PassOn {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(a) = &self.authorization {
             req.metadata_mut().insert("authorization", a.clone());
+        }
+        if let Some(who) = &self.on_behalf {
+            req.metadata_mut()
+                .insert(crate::auth::FORWARDED_FOR, who.clone());
         }
         req.metadata_mut()
             .insert(FORWARDED, MetadataValue::from_static("1"));
@@ -247,7 +253,10 @@ pub(crate) async fn leader_client<T>(
     let authorization = req.metadata().get("authorization").cloned();
     Ok(ControlPlaneClient::with_interceptor(
         channel,
-        PassOn { authorization },
+        PassOn {
+            authorization,
+            on_behalf: crate::auth::forwarded_for(req),
+        },
     ))
 }
 

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
-use crate::auth::{Authenticate, Tokens};
+use crate::auth::{Authenticate, Credentials};
 use crate::consensus::{Aggregator, Consensus, NoPeers, Peers, RaftSettings, Transport};
 use crate::history;
 use crate::hub::Hub;
@@ -24,7 +24,7 @@ use tandem_proto::v1::raft_server::RaftServer;
 /// Everything a replica needs besides its listeners.
 pub struct Settings {
     pub store: Store,
-    pub tokens: Tokens,
+    pub credentials: Credentials,
     /// This replica's name in status and logs.
     pub replica: String,
     pub prometheus: PrometheusHandle,
@@ -54,7 +54,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let Settings {
         store,
-        tokens,
+        credentials,
         replica,
         prometheus,
         drain,
@@ -71,7 +71,7 @@ pub async fn run(
     hub.remember_served_in(&raft.state_dir);
     store.on_commit(Box::new({
         let hub = hub.clone();
-        move |revision, change| hub.committed(revision, change)
+        move |revision, change, actor| hub.committed(revision, change, actor)
     }));
     let migrated = Arc::new(AtomicBool::new(false));
 
@@ -226,7 +226,7 @@ pub async fn run(
         tandem_telemetry::Started::already(),
         Some(health_metrics),
     )
-    .merge(crate::ui::router(status_page, tokens.clone()));
+    .merge(crate::ui::router(status_page, credentials.clone()));
     let admin_task = tokio::spawn(tandem_telemetry::serve_admin(admin, admin_router, {
         let mut stop = stop_rx.clone();
         async move {
@@ -235,7 +235,7 @@ pub async fn run(
     }));
     let raft_service = RaftServer::with_interceptor(
         RaftService::new(consensus.clone()),
-        Authenticate::refusing(tokens.clone()),
+        Authenticate::new(credentials.clone()),
     );
     let service = ControlService::new(Parts {
         store,
@@ -246,8 +246,9 @@ pub async fn run(
         members,
         replica: replica.clone(),
         shutdown: stop_rx.clone(),
+        proxy_admin_token: credentials.proxy_admin_token(),
     });
-    let control = ControlPlaneServer::with_interceptor(service, Authenticate::deferred(tokens));
+    let control = ControlPlaneServer::with_interceptor(service, Authenticate::new(credentials));
 
     tracing::info!(
         grpc = %grpc.local_addr()?,

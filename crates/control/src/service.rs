@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use tandem_core::health::{BackendKey, Observation};
 
-use crate::auth::{Access, check};
+use crate::auth::{Identity, Subject, authorize, authorize_raft};
 use crate::consensus::aggregator::now_ms;
 use crate::consensus::peers::PeerClient;
 use crate::consensus::{Aggregator, Command, Consensus, FORWARDED, HealthEvent, Peers};
@@ -42,6 +42,8 @@ pub struct ControlService {
     members: Arc<BTreeMap<u64, String>>,
     replica: Arc<str>,
     shutdown: watch::Receiver<bool>,
+    /// Presented to a proxy's admin port by Explain.
+    proxy_admin_token: Arc<str>,
 }
 
 /// What a replica needs to serve the API.
@@ -54,6 +56,8 @@ pub struct Parts {
     pub members: BTreeMap<u64, String>,
     pub replica: String,
     pub shutdown: watch::Receiver<bool>,
+    /// What Explain presents to a proxy's admin port.
+    pub proxy_admin_token: String,
 }
 
 impl ControlService {
@@ -67,6 +71,7 @@ impl ControlService {
             members: Arc::new(p.members),
             replica: p.replica.into(),
             shutdown: p.shutdown,
+            proxy_admin_token: p.proxy_admin_token.into(),
         }
     }
 
@@ -184,21 +189,28 @@ impl ControlService {
     }
 
     /// Every call of the API goes through here: checks that the caller may
-    /// make it (`access`), runs its work, times it, and hands the outcome
-    /// to [`finish`] with the database named in an UNAVAILABLE answer.
-    async fn call<R, T, Fut>(
+    /// make it (the authorization table, [`authorize`]), runs its work with
+    /// the caller's identity in the request's extensions and as the actor
+    /// of any change it commits, times it, and hands the outcome to
+    /// [`finish`] with the database named in an UNAVAILABLE answer.
+    async fn call<R: Subject, T, Fut>(
         &self,
         method: &'static str,
-        access: Access,
-        req: Request<R>,
+        mut req: Request<R>,
         work: impl FnOnce(Request<R>) -> Fut,
     ) -> Result<Response<T>, Status>
     where
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
         let start = Instant::now();
-        let r = match check(&req, access) {
-            Ok(()) => work(req).await,
+        let r = match authorize("ControlPlane", method, &req, || {
+            self.hub.copy().snapshot.clone()
+        }) {
+            Ok(who) => {
+                let actor = who.actor();
+                req.extensions_mut().insert(who);
+                crate::store::as_actor(actor, work(req)).await
+            }
             Err(e) => Err(e.into()),
         };
         finish(
@@ -435,7 +447,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::CreatePoolRequest>,
     ) -> Result<Response<v1::PoolReply>, Status> {
-        self.call("CreatePool", Access::Admin, req, |req| async move {
+        self.call("CreatePool", req, |req| async move {
             let msg = required(&req.get_ref().pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
             let config =
@@ -460,7 +472,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::GetPoolRequest>,
     ) -> Result<Response<v1::Pool>, Status> {
-        self.call("GetPool", Access::Any, req, |req| async move {
+        self.call("GetPool", req, |req| async move {
             let name = convert::pool_name(&req.get_ref().name, "name")?;
             let (pool, stale) = self
                 .read(self.store.pool(&name), |s| {
@@ -483,7 +495,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ListPoolsRequest>,
     ) -> Result<Response<v1::ListPoolsReply>, Status> {
-        self.call("ListPools", Access::Any, req, |_| async move {
+        self.call("ListPools", req, |_| async move {
             let ((pools, rev), stale) = self
                 .read(self.store.pools(), |s| {
                     Ok((s.pools.values().cloned().collect(), s.revision))
@@ -502,7 +514,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::UpdatePoolRequest>,
     ) -> Result<Response<v1::PoolReply>, Status> {
-        self.call("UpdatePool", Access::Admin, req, |req| async move {
+        self.call("UpdatePool", req, |req| async move {
             let req = req.get_ref();
             let msg = required(&req.pool, "pool")?;
             let name = convert::pool_name(&msg.name, "pool.name")?;
@@ -524,7 +536,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::DeletePoolRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        self.call("DeletePool", Access::Admin, req, |req| async move {
+        self.call("DeletePool", req, |req| async move {
             let req = req.get_ref();
             let name = convert::pool_name(&req.name, "name")?;
             let rev = self
@@ -540,7 +552,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
-        self.call("AddBackend", Access::Admin, req, |req| async move {
+        self.call("AddBackend", req, |req| async move {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let backend =
@@ -562,7 +574,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::UpdateBackendRequest>,
     ) -> Result<Response<v1::BackendReply>, Status> {
-        self.call("UpdateBackend", Access::Admin, req, |full| async move {
+        self.call("UpdateBackend", req, |full| async move {
             let req = full.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
@@ -605,9 +617,13 @@ impl ControlPlane for ControlService {
                 // database first).
                 BackendWrite::NotLeader { leader, .. } => {
                     tracing::info!(leader, "passing the override on to the raft leader");
-                    let mut to =
-                        crate::membership::leader_client(&self.consensus, self.peer_tls(), &full, false)
-                            .await?;
+                    let mut to = crate::membership::leader_client(
+                        &self.consensus,
+                        self.peer_tls(),
+                        &full,
+                        false,
+                    )
+                    .await?;
                     return to
                         .update_backend(req.clone())
                         .await
@@ -628,7 +644,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::RemoveBackendRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        self.call("RemoveBackend", Access::Admin, req, |req| async move {
+        self.call("RemoveBackend", req, |req| async move {
             let req = req.get_ref();
             let pool = convert::pool_name(&req.pool, "pool")?;
             let addr = address(&req.address, "address")?;
@@ -645,7 +661,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddRouteRequest>,
     ) -> Result<Response<v1::RouteReply>, Status> {
-        self.call("AddRoute", Access::Admin, req, |req| async move {
+        self.call("AddRoute", req, |req| async move {
             let route =
                 convert::route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
             let rev = self.store.add_route(route.clone()).await?;
@@ -661,7 +677,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ListRoutesRequest>,
     ) -> Result<Response<v1::ListRoutesReply>, Status> {
-        self.call("ListRoutes", Access::Any, req, |_| async move {
+        self.call("ListRoutes", req, |_| async move {
             let ((routes, tcp_routes, rev), stale) = self
                 .read(self.store.routes(), |s| {
                     Ok((s.routes.clone(), s.tcp_routes.clone(), s.revision))
@@ -681,7 +697,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddTcpRouteRequest>,
     ) -> Result<Response<v1::TcpRouteReply>, Status> {
-        self.call("AddTcpRoute", Access::Admin, req, |req| async move {
+        self.call("AddTcpRoute", req, |req| async move {
             let route =
                 convert::tcp_route_from_proto(required(&req.get_ref().route, "route")?, "route")?;
             let rev = self.store.add_tcp_route(route.clone()).await?;
@@ -697,7 +713,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::DeleteTcpRouteRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        self.call("DeleteTcpRoute", Access::Admin, req, |req| async move {
+        self.call("DeleteTcpRoute", req, |req| async move {
             let listen = convert::listen_addr(&req.get_ref().listen, "listen")?;
             let rev = self.store.delete_tcp_route(&listen).await?;
             Ok(v1::ChangeReply { revision: rev.0 })
@@ -709,7 +725,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::DeleteRouteRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        self.call("DeleteRoute", Access::Admin, req, |req| async move {
+        self.call("DeleteRoute", req, |req| async move {
             let req = req.get_ref();
             let host = HostMatch::new(&req.host)?;
             let prefix = PathPrefix::new(&req.path_prefix)?;
@@ -723,7 +739,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddCertificateRequest>,
     ) -> Result<Response<v1::CertificateReply>, Status> {
-        self.call("AddCertificate", Access::Admin, req, |req| async move {
+        self.call("AddCertificate", req, |req| async move {
             let msg = required(&req.get_ref().certificate, "certificate")?;
             let cert = convert::certificate_from_proto(msg, "certificate")?;
             let parsed = tandem_tls::check(&cert.chain_pem, cert.key_pem.expose(), now_unix_s())
@@ -749,7 +765,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ListCertificatesRequest>,
     ) -> Result<Response<v1::ListCertificatesReply>, Status> {
-        self.call("ListCertificates", Access::Any, req, |_| async move {
+        self.call("ListCertificates", req, |_| async move {
             // Chains only: the keys stay sealed in the database.
             let from_db = async {
                 let revisions = self.store.certificate_revisions().await?;
@@ -786,7 +802,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::RemoveCertificateRequest>,
     ) -> Result<Response<v1::ChangeReply>, Status> {
-        self.call("RemoveCertificate", Access::Admin, req, |req| async move {
+        self.call("RemoveCertificate", req, |req| async move {
             let name = tandem_core::CertName::new(&*req.get_ref().name)?;
             let rev = self.store.delete_certificate(&name).await?;
             Ok(v1::ChangeReply { revision: rev.0 })
@@ -798,7 +814,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::RestoreSnapshotRequest>,
     ) -> Result<Response<v1::RestoreSnapshotReply>, Status> {
-        self.call("RestoreSnapshot", Access::Admin, req, |req| async move {
+        self.call("RestoreSnapshot", req, |req| async move {
             let req = req.get_ref();
             let snapshot = convert::snapshot_from_proto(required(&req.snapshot, "snapshot")?)?;
             let (rev, identity) = self
@@ -818,7 +834,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::GetSnapshotRequest>,
     ) -> Result<Response<v1::Snapshot>, Status> {
-        self.call("GetSnapshot", Access::Any, req, |_| async move {
+        self.call("GetSnapshot", req, |_| async move {
             let (snapshot, stale) = self.read(self.store.snapshot(), |s| Ok(s.clone())).await?;
             let mut message = convert::snapshot_to_proto(&snapshot);
             // No read returns a private key.
@@ -835,7 +851,11 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.call("Watch", Access::Any, req, |req| async move {
+        self.call("Watch", req, |req| async move {
+            let keys = req
+                .extensions()
+                .get::<Identity>()
+                .is_some_and(Identity::may_see_keys);
             let req = req.into_inner();
             if req.node_id.is_empty() {
                 return Err(ValidationError::new("node_id", "must be set").into());
@@ -857,6 +877,7 @@ impl ControlPlane for ControlService {
                     store_id: snapshot.store_id.clone(),
                     generation: snapshot.generation,
                     event: Some(v1::watch_event::Event::Snapshot(snapshot)),
+                    ..Default::default()
                 };
                 // The channel is new and has room.
                 let _ = tx.try_send(Ok(event));
@@ -888,8 +909,9 @@ impl ControlPlane for ControlService {
                 tracing::info!(%node, reason = %end, "watch ended");
             });
             // Private keys go to proxies only (they serve them); an agent or a
-            // CLI following the configuration gets certificates without them.
-            let stream: WatchStream = if req.kind == v1::NodeKind::Proxy as i32 {
+            // CLI following the configuration gets certificates without them,
+            // and so does any caller whose identity may not see them.
+            let stream: WatchStream = if req.kind == v1::NodeKind::Proxy as i32 && keys {
                 Box::pin(ReceiverStream::new(rx))
             } else {
                 use tokio_stream::StreamExt as _;
@@ -904,7 +926,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ReportAppliedRequest>,
     ) -> Result<Response<v1::ReportAppliedReply>, Status> {
-        self.call("ReportApplied", Access::Any, req, |req| async move {
+        self.call("ReportApplied", req, |req| async move {
             let peer = req.remote_addr();
             let req = req.into_inner();
             if req.node_id.is_empty() {
@@ -966,7 +988,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        self.call("GetStatus", Access::Any, req, |_| async move {
+        self.call("GetStatus", req, |_| async move {
             // Answers at once while the database is known to be away: clients
             // (tandemctl) ask this first to learn whether the replica is alive.
             let mut cause = None;
@@ -1006,7 +1028,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ReportHealthRequest>,
     ) -> Result<Response<v1::ReportHealthReply>, Status> {
-        self.call("ReportHealth", Access::Any, req, |req| async move {
+        self.call("ReportHealth", req, |req| async move {
             if let Some(mut leader) = self.leader_client(&req)? {
                 // Followers forward: the leader decides.
                 metrics::counter!("tandem_control_health_reports_forwarded_total").increment(1);
@@ -1063,7 +1085,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::GetHealthRequest>,
     ) -> Result<Response<v1::HealthReply>, Status> {
-        self.call("GetHealth", Access::Any, req, |_| async move {
+        self.call("GetHealth", req, |_| async move {
             let table = self.consensus.table();
             let status = self.consensus.status();
             let mut update = table.full_update();
@@ -1086,7 +1108,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::ExplainRequest>,
     ) -> Result<Response<v1::ExplainReply>, Status> {
-        self.call("Explain", Access::Admin, req, |req| async move {
+        self.call("Explain", req, |req| async move {
             let req = req.into_inner();
             for (field, value, max) in [
                 ("host", &req.host, 261),
@@ -1123,7 +1145,7 @@ impl ControlPlane for ControlService {
                         })
                     })?,
             };
-            use tandem_telemetry::admin_client::{encode, get};
+            use tandem_telemetry::admin_client::{encode, get_with_token};
             let mut path = format!("/explain?host={}", encode(&req.host));
             if !req.path.is_empty() {
                 path.push_str(&format!("&path={}", encode(&req.path)));
@@ -1138,7 +1160,8 @@ impl ControlPlane for ControlService {
                     cause,
                 })
             };
-            let (status, body) = get(&address, &path, Duration::from_secs(5))
+            let token = Some(&*self.proxy_admin_token);
+            let (status, body) = get_with_token(&address, &path, Duration::from_secs(5), token)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             match status {
@@ -1161,7 +1184,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::AddMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
-        self.call("AddMember", Access::Admin, req, |req| async move {
+        self.call("AddMember", req, |req| async move {
             crate::membership::add_member(&self.consensus, self.peer_tls(), req).await
         })
         .await
@@ -1171,7 +1194,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::MemberReply>, Status> {
-        self.call("RemoveMember", Access::Admin, req, |req| async move {
+        self.call("RemoveMember", req, |req| async move {
             crate::membership::remove_member(&self.consensus, self.peer_tls(), req).await
         })
         .await
@@ -1181,7 +1204,7 @@ impl ControlPlane for ControlService {
         &self,
         req: Request<v1::GetClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        self.call("GetClusterStatus", Access::Any, req, |req| async move {
+        self.call("GetClusterStatus", req, |req| async move {
             let s = self.consensus.status();
             // Member progress is the leader's knowledge: ask it when we can
             // (a replica that stopped applying answers for itself, to say so).
@@ -1338,6 +1361,7 @@ async fn follow(
                                 store_id: message.store_id.clone(),
                                 generation: message.generation,
                                 event: Some(v1::watch_event::Event::Snapshot(message)),
+                                ..Default::default()
                             };
                             if tx.send(Ok(event)).await.is_err() {
                                 return "watcher left".into();
@@ -1362,14 +1386,12 @@ async fn follow(
                     return "database unavailable while catching up".into();
                 }
             }
-            match store.changes_since(at, 10_000).await {
+            match store.changes_with_actors_since(at, 10_000).await {
                 Ok(batch) => {
-                    for (rev, change) in batch {
-                        if tx
-                            .send(Ok(Committed::new(store_at.as_ref(), rev, change).event))
-                            .await
-                            .is_err()
-                        {
+                    for (rev, change, actor) in batch {
+                        let event =
+                            Committed::new(store_at.as_ref(), rev, change, actor.as_deref());
+                        if tx.send(Ok(event.event)).await.is_err() {
                             return "watcher left".into();
                         }
                         at = rev;
@@ -1509,6 +1531,7 @@ impl RaftService {
 impl v1::raft_server::Raft for RaftService {
     async fn step(&self, req: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
         use protobuf::Message as _;
+        authorize_raft(&req)?;
         for bytes in &req.get_ref().messages {
             let msg = raft::prelude::Message::parse_from_bytes(bytes)
                 .map_err(|e| Error::NotRaft(e.to_string()))?;

@@ -65,8 +65,24 @@ pub struct Store {
     secrets: Option<Arc<tandem_tls::SecretsKey>>,
 }
 
-/// Told of each change this replica commits, right after the commit.
-pub type OnCommit = Box<dyn Fn(Revision, &ConfigChange) + Send + Sync>;
+/// Told of each change this replica commits, right after the commit,
+/// with its actor.
+pub type OnCommit = Box<dyn Fn(Revision, &ConfigChange, Option<&str>) + Send + Sync>;
+
+tokio::task_local! {
+    /// Who makes the changes of the current call (`name (how)`).
+    static ACTOR: String;
+}
+
+/// Runs `work` with `actor` recorded in `change_log` as the actor of the
+/// changes it commits (the service's call wrapper sets it for each call).
+pub async fn as_actor<F: std::future::Future>(actor: String, work: F) -> F::Output {
+    ACTOR.scope(actor, work).await
+}
+
+fn current_actor() -> Option<String> {
+    ACTOR.try_with(Clone::clone).ok()
+}
 
 /// What a proxy or agent last said about itself.
 #[derive(Debug, Clone)]
@@ -408,8 +424,23 @@ impl Store {
         after: Revision,
         limit: i64,
     ) -> Result<Vec<(Revision, ConfigChange)>> {
+        Ok(self
+            .changes_with_actors_since(after, limit)
+            .await?
+            .into_iter()
+            .map(|(rev, change, _)| (rev, change))
+            .collect())
+    }
+
+    /// [`Store::changes_since`] with each change's actor (None: not
+    /// recorded).
+    pub async fn changes_with_actors_since(
+        &self,
+        after: Revision,
+        limit: i64,
+    ) -> Result<Vec<(Revision, ConfigChange, Option<String>)>> {
         let rows = sqlx::query(
-            "SELECT revision, change, format_version FROM change_log WHERE revision > $1 ORDER BY revision LIMIT $2",
+            "SELECT revision, change, format_version, actor FROM change_log WHERE revision > $1 ORDER BY revision LIMIT $2",
         )
         .bind(after.0 as i64)
         .bind(limit)
@@ -418,7 +449,8 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let (rev, change) = logged_change_from_row(r)?;
-                Ok((rev, self.open_log_form(change)?))
+                let actor: Option<String> = r.try_get("actor")?;
+                Ok((rev, self.open_log_form(change)?, actor))
             })
             .collect()
     }
@@ -841,11 +873,12 @@ impl Store {
             revision = rev.0,
             change = change_kind(change),
         );
-        commit_change(tx, rev, self.log_form(change)?, change)
+        let actor = current_actor();
+        commit_change(tx, rev, self.log_form(change)?, change, actor.as_deref())
             .instrument(span)
             .await?;
         if let Some(f) = self.on_commit.get() {
-            f(rev, change);
+            f(rev, change, actor.as_deref());
         }
         Ok(())
     }
@@ -856,13 +889,17 @@ async fn commit_change(
     rev: Revision,
     logged: serde_json::Value,
     change: &ConfigChange,
+    actor: Option<&str>,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO change_log (revision, change, format_version) VALUES ($1, $2, $3)")
-        .bind(rev.0 as i64)
-        .bind(Json(logged))
-        .bind(CHANGE_FORMAT as i32)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO change_log (revision, change, format_version, actor) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(rev.0 as i64)
+    .bind(Json(logged))
+    .bind(CHANGE_FORMAT as i32)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("UPDATE config_revision SET revision = $1")
         .bind(rev.0 as i64)
         .execute(&mut *tx)

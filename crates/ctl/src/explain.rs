@@ -50,17 +50,18 @@ pub fn split_url(url: &str) -> Result<(String, String), CtlError> {
 pub async fn direct(
     args: &ExplainArgs,
     admin: &str,
+    token: Option<&str>,
     timeout: Duration,
     output: Output,
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
-    use tandem_telemetry::admin_client::{encode, get};
+    use tandem_telemetry::admin_client::{encode, get_with_token};
     let (host, path) = split_url(&args.url)?;
     let mut query = format!("/explain?host={}&path={}", encode(&host), encode(&path));
     if let Some(c) = &args.client {
         query.push_str(&format!("&client={}", encode(c)));
     }
-    let (status, body) = get(admin, &query, timeout)
+    let (status, body) = get_with_token(admin, &query, timeout, token)
         .await
         .map_err(|e| CtlError::Unreachable {
             failures: vec![(admin.to_string(), e.to_string())],
@@ -70,6 +71,10 @@ pub async fn direct(
         200 => print(None, admin, &body, output, out),
         400 => Err(CtlError::Usage(format!(
             "the proxy refused the question: {}",
+            body.trim()
+        ))),
+        401 => Err(CtlError::Usage(format!(
+            "the proxy refused: {} (pass it with --token)",
             body.trim()
         ))),
         other => Err(CtlError::Unreachable {

@@ -33,9 +33,13 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         && let Some(admin) = &args.admin
     {
         let stdout = std::io::stdout();
+        // The proxy's /explain asks for a token (its TANDEM_ADMIN_TOKEN or
+        // its control-plane token): the one tandemctl has, if any.
+        let token = commands::load_token(&cli.global)?;
         return explain::direct(
             args,
             admin,
+            token.as_deref(),
             cli.global.timeout,
             cli.global.output,
             &mut stdout.lock(),

@@ -139,7 +139,12 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
     proxy.wait_ready().await?;
     let explain_json = |url: &str| {
         let admin = proxy.admin.to_string();
-        let ran = tandemctl(&control, &["explain", url, "--admin", &admin, "-o", "json"]);
+        // The proxy's /explain asks for its admin token.
+        let token = tandem_testkit::proxy::PROXY_ADMIN_TOKEN;
+        let args = [
+            "explain", url, "--admin", &admin, "--token", token, "-o", "json",
+        ];
+        let ran = tandemctl(&control, &args);
         ok(ran).and_then(|s| Ok(serde_json::from_str::<Value>(&s)?))
     };
 
@@ -253,6 +258,8 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
             "www.example.com",
             "--admin",
             &admin_addr,
+            "--token",
+            tandem_testkit::proxy::PROXY_ADMIN_TOKEN,
             "--client",
             "not-an-ip",
         ],

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::Query;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -18,8 +18,10 @@ pub async fn serve(
     listener: TcpListener,
     rt: Arc<Runtime>,
     prometheus: tandem_telemetry::PrometheusHandle,
+    tokens: Vec<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let tokens: Arc<[String]> = tokens.into();
     let ready_rt = rt.clone();
     let ready = tandem_telemetry::ready_check(move || {
         let rt = ready_rt.clone();
@@ -58,22 +60,78 @@ pub async fn serve(
         "/explain",
         get({
             let rt = rt.clone();
-            move |Query(q): Query<ExplainQuery>| {
+            let tokens = tokens.clone();
+            move |headers: HeaderMap, Query(q): Query<ExplainQuery>| {
                 let rt = rt.clone();
-                async move { explain(&rt, q) }
+                let tokens = tokens.clone();
+                async move {
+                    match authorized(&tokens, &headers, "/explain") {
+                        Ok(()) => explain(&rt, q),
+                        Err(refused) => refused,
+                    }
+                }
             }
         }),
     )
     .route(
         "/config",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let rt = rt.clone();
-            async move { config(&rt) }
+            let tokens = tokens.clone();
+            async move {
+                match authorized(&tokens, &headers, "/config") {
+                    Ok(()) => config(&rt),
+                    Err(refused) => refused,
+                }
+            }
         }),
     );
     tandem_telemetry::serve_admin(listener, router, shutdown)
         .await
         .map_err(Error::Admin)
+}
+
+/// Whether a request for `what` (which reveals the topology) carries one
+/// of `tokens` as `Authorization: Bearer <token>`; 401 saying what is
+/// needed otherwise. No token configured: refused too.
+#[allow(clippy::result_large_err)]
+fn authorized(tokens: &[String], headers: &HeaderMap, what: &str) -> Result<(), Response> {
+    if tokens.is_empty() {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{what} reveals the topology and this proxy has no token to ask for: set \
+                 TANDEM_ADMIN_TOKEN (or TANDEM_TOKEN)\n"
+            ),
+        )
+            .into_response());
+    }
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    // Compare with every token, so the time taken says nothing.
+    let ok = presented.is_some_and(|p| {
+        tokens
+            .iter()
+            .fold(false, |ok, t| ok | constant_time_eq(p, t.as_bytes()))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{what} needs `Authorization: Bearer <token>`: the proxy's TANDEM_ADMIN_TOKEN or \
+                 its control-plane token\n"
+            ),
+        )
+            .into_response())
+    }
+}
+
+/// Equality whose running time depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Series rendered from the live table at each scrape: each pool's

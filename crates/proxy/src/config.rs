@@ -26,9 +26,19 @@ pub struct Args {
     #[arg(long, env = "TANDEM_TLS_LISTEN")]
     pub tls_listen: Option<SocketAddr>,
 
-    /// Admin listener for /metrics, /healthz, /readyz and /config (host:port).
-    #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    /// Admin listener for /metrics, /healthz, /readyz, /config and /explain
+    /// (host:port). On this machine only unless set otherwise: /config and
+    /// /explain reveal the topology (they need a token, see
+    /// TANDEM_ADMIN_TOKEN).
+    #[arg(long, env = "TANDEM_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
+
+    /// Token the admin port's /config and /explain ask for (`Authorization:
+    /// Bearer <token>`); the proxy's control-plane token (TANDEM_TOKEN) is
+    /// accepted too, which is what the control plane's Explain presents.
+    /// /metrics, /healthz and /readyz stay open.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 
     #[command(flatten)]
     pub control: tandem_client::ControlArgs,
@@ -198,6 +208,8 @@ pub struct Settings {
     pub encoded_slashes: EncodedSlashes,
     pub access_log: Option<crate::access_log::Options>,
     pub sampling: Sampling,
+    /// The tokens the admin port's /config and /explain accept.
+    pub admin_tokens: Vec<String>,
 }
 
 impl Settings {
@@ -268,7 +280,24 @@ impl Args {
             pools: crate::sampling::parse_pool_ratios(&self.trace_sample_pools)
                 .map_err(|e| bad("TANDEM_TRACE_SAMPLE_POOLS", e))?,
         };
+        let admin_token = tandem_client::token_value(self.admin_token.as_deref());
+        if !self.control.dev
+            && admin_token.is_some_and(|t| t.contains(tandem_client::EXAMPLE_SECRET_MARK))
+        {
+            return Err(bad(
+                "TANDEM_ADMIN_TOKEN",
+                "refusing to start with a shipped example secret (*-change-me); set your own, \
+                 or TANDEM_DEV=1 (--dev) for a development setup"
+                    .into(),
+            ));
+        }
+        let admin_tokens = admin_token
+            .into_iter()
+            .map(str::to_string)
+            .chain(identity.token.clone())
+            .collect();
         Ok(Settings {
+            admin_tokens,
             https_port: self.tls_listen.map(|a| a.port()),
             control,
             identity,

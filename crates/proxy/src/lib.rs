@@ -337,12 +337,19 @@ pub async fn run(
     tokio::spawn(tcp::listeners::run(rt.tcp.clone(), down_rx.clone()));
     tokio::spawn(tcp::supervisor::run(rt.tcp.clone()));
     let (stop_tx, stop_rx) = channel::channel(false);
-    let admin = tokio::spawn(admin::serve(admin_listener, rt.clone(), prometheus, {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    }));
+    let admin_tokens = settings.admin_tokens.clone();
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        rt.clone(),
+        prometheus,
+        admin_tokens,
+        {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        },
+    ));
     tracing::info!(
         listen = %listener.local_addr().map_err(Error::Admin)?,
         node_id = %settings.identity.node_id,

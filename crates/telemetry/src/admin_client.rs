@@ -18,6 +18,26 @@ pub async fn get(
     path_and_query: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    get_with_token(addr, path_and_query, timeout, None).await
+}
+
+/// [`get`] presenting `token` as `Authorization: Bearer <token>` (a
+/// proxy's `/explain` and `/config` need one).
+pub async fn get_with_token(
+    addr: &str,
+    path_and_query: &str,
+    timeout: Duration,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    if token.is_some_and(|t| t.bytes().any(|b| !(0x21..=0x7e).contains(&b))) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a token is printable ASCII without spaces",
+        ));
+    }
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let invalid =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     if addr
@@ -33,8 +53,9 @@ pub async fn get(
     }
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request =
-            format!("GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
         (&mut stream)

@@ -15,6 +15,9 @@ use crate::{Process, free_addr, free_addr_on, wait_http_ok};
 /// Tokens every test control plane accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const NODE_TOKEN: &str = "test-node-token-0123456789";
+/// What test replicas present to each other (`TANDEM_PEER_TOKEN`, role
+/// replica: the raft transport and forwarded calls).
+pub const PEER_TOKEN: &str = "test-peer-token-0123456789";
 
 #[derive(Debug, Clone, Default)]
 pub struct ControlPlaneOptions {
@@ -341,6 +344,7 @@ fn spawn(
         ("TANDEM_ADMIN_LISTEN", admin.to_string()),
         ("TANDEM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ("TANDEM_NODE_TOKEN", NODE_TOKEN.to_string()),
+        ("TANDEM_PEER_TOKEN", PEER_TOKEN.to_string()),
         ("TANDEM_RAFT_ID", raft_id.clone()),
         ("TANDEM_STATE_DIR", state_dir.to_string_lossy().into_owned()),
     ];
@@ -515,4 +519,51 @@ impl ControlCluster {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+// === per-name credentials ===
+
+/// The SHA-256 of `token` in hex, as the access file stores it.
+pub fn token_sha256(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One identity of an access file: name, role, token, and an admin's pools.
+pub struct Grant<'a> {
+    pub name: &'a str,
+    pub role: &'a str,
+    pub token: &'a str,
+    pub pools: Option<&'a [&'a str]>,
+}
+
+/// Writes an access file (`TANDEM_ACCESS_FILE`) granting `grants` and
+/// revoking `revoked`, replacing `path` at once (a new file renamed over
+/// it), as a configuration tool would.
+pub fn write_access_file(
+    path: &std::path::Path,
+    grants: &[Grant<'_>],
+    revoked: &[&str],
+) -> std::io::Result<()> {
+    let identities: Vec<serde_json::Value> = grants
+        .iter()
+        .map(|g| {
+            let mut e = serde_json::json!({
+                "name": g.name,
+                "role": g.role,
+                "token_sha256": token_sha256(g.token),
+            });
+            if let Some(pools) = g.pools {
+                e["pools"] = serde_json::json!(pools);
+            }
+            e
+        })
+        .collect();
+    let text = serde_json::json!({ "identities": identities, "revoked": revoked }).to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }

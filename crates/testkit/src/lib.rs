@@ -24,6 +24,7 @@ pub use control::{
     ADMIN_TOKEN, AuthedClient, ComponentCerts, ControlCluster, ControlPlane, ControlPlaneOptions,
     NODE_TOKEN, TEST_SECRETS_KEY, client_at, client_at_tls, create_pool_with, declare_pool,
 };
+pub use control::{Grant, PEER_TOKEN, token_sha256, write_access_file};
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};
 

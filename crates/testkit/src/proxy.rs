@@ -9,6 +9,10 @@ use tandem_core::Snapshot;
 
 use crate::{Process, free_addr, http_client, wait_http_ok};
 
+/// The admin token of test proxies (`TANDEM_ADMIN_TOKEN`): their
+/// `/config` and `/explain` ask for it.
+pub const PROXY_ADMIN_TOKEN: &str = "test-proxy-admin-token-0123456789";
+
 pub struct ProxyProcess {
     pub process: Process,
     pub addr: SocketAddr,
@@ -54,6 +58,7 @@ impl ProxyProcess {
             ("TANDEM_STATE_DIR", state_dir.path().display().to_string()),
             ("TANDEM_NODE_ID", "proxy-test".to_string()),
             ("TANDEM_WORKERS", "2".to_string()),
+            ("TANDEM_ADMIN_TOKEN", PROXY_ADMIN_TOKEN.to_string()),
         ];
         for (k, v) in env {
             all.retain(|(key, _)| key != k);
@@ -82,8 +87,14 @@ impl ProxyProcess {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// A GET on the admin port with the proxy's admin token (`/config`
+    /// and `/explain` need it).
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let r = http_client().get(self.admin_url(path)).send().await?;
+        let r = http_client()
+            .get(self.admin_url(path))
+            .bearer_auth(PROXY_ADMIN_TOKEN)
+            .send()
+            .await?;
         Ok((r.status().as_u16(), r.text().await?))
     }
 

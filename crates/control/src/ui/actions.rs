@@ -204,7 +204,7 @@ pub async fn sign_in(
     let user = if token.len() > 4096 {
         None
     } else {
-        session::admin_from_token(&ui.access.tokens, token)
+        session::admin_from_token(&ui.access.credentials, token)
     };
     let Some(user) = user else {
         tracing::warn!("status page: a failed sign-in");
@@ -324,16 +324,17 @@ pub async fn act(
         admin_state: Some(action.state()),
         ..Default::default()
     };
-    let outcome = match update_backend(
+    // Recorded in change_log as the change's actor, as the API's callers are.
+    let recorded = format!("{} (status page)", session.user);
+    let written = update_backend(
         &src.store,
         &src.consensus,
         &key.pool,
         &key.address,
         None,
         patch,
-    )
-    .await
-    {
+    );
+    let outcome = match crate::store::as_actor(recorded, written).await {
         Ok(BackendWrite::Declared(_, revision)) => {
             tracing::info!(
                 %actor, pool, backend = address, action = action.name(), revision = revision.0,

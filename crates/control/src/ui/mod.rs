@@ -43,7 +43,7 @@ use tandem_core::{BackendAddr, PoolName};
 
 pub use live::{Live, Sources};
 
-use crate::auth::Tokens;
+use crate::auth::Credentials;
 use crate::consensus::aggregator::now_ms;
 use html::Viewer;
 use view::{BackendPage, HistoryFrom};
@@ -61,7 +61,7 @@ pub struct Ui {
 /// The credentials the page checks and the sessions it opened.
 #[derive(Debug)]
 struct Access {
-    tokens: Tokens,
+    credentials: Credentials,
     sessions: session::Sessions,
 }
 
@@ -74,13 +74,13 @@ impl FromRef<Ui> for Live {
 /// Forms the page posts are small: a token, a CSRF token, a confirmation.
 const FORM_LIMIT: usize = 8 * 1024;
 
-/// The page's routes, to merge into the admin router. `tokens`: the
-/// credentials a person signs in with.
-pub fn router(live: Live, tokens: Tokens) -> Router {
+/// The page's routes, to merge into the admin router. `credentials`: what
+/// a person signs in with (the replica's, as for the gRPC API).
+pub fn router(live: Live, credentials: Credentials) -> Router {
     let ui = Ui {
         live,
         access: Arc::new(Access {
-            tokens,
+            credentials,
             sessions: session::Sessions::default(),
         }),
     };

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, header};
 
-use crate::auth::{Role, Tokens};
+use crate::auth::{Credentials, Role};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "tandem_ui_session";
@@ -35,18 +35,19 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub const FAILURE_DELAY: Duration = Duration::from_secs(1);
 
 /// The one place the page turns a credential into who signed in: `Some`
-/// user name for an admin credential, `None` otherwise. Today there is one
-/// admin token and so one user, "admin"; per-name identities with roles
-/// replace this function's body and nothing else.
-pub fn admin_from_token(tokens: &Tokens, token: &str) -> Option<String> {
+/// user name for a token of an admin whose scope is every pool (the
+/// admin token or an access-file admin without `pools`; a revoked name is
+/// refused), `None` otherwise. Pool-scoped admins and operators use
+/// `tandemctl`.
+pub fn admin_from_token(credentials: &Credentials, token: &str) -> Option<String> {
     let token = token.trim();
     if token.is_empty() {
         return None;
     }
-    match tokens.role_of(token.as_bytes()) {
-        Some(Role::Admin) => Some("admin".to_string()),
-        Some(Role::Node) | None => None,
-    }
+    credentials
+        .admitted_by_token(token.as_bytes())
+        .filter(|who| who.role == Role::Admin && who.pools.is_none())
+        .map(|who| who.name)
 }
 
 /// A signed-in browser.
@@ -271,7 +272,12 @@ mod tests {
 
     #[test]
     fn only_the_admin_token_signs_in() {
-        let t = Tokens::new("admin-secret".into(), Some("node-secret".into()));
+        let t = Credentials::new(
+            "admin-secret".into(),
+            Some("node-secret".into()),
+            None,
+            None,
+        );
         assert_eq!(
             admin_from_token(&t, " admin-secret\n").as_deref(),
             Some("admin")

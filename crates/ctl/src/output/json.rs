@@ -687,6 +687,10 @@ pub struct WatchEventJson<'a> {
     pub change: Option<ChangeJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthUpdateJson<'a>>,
+    /// Who made the change (`alice (access-file token)`); absent when not
+    /// recorded.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub actor: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -758,6 +762,7 @@ impl<'a> From<&'a v1::WatchEvent> for WatchEventJson<'a> {
             snapshot,
             change,
             health,
+            actor: &e.actor,
         }
     }
 }
@@ -831,6 +836,18 @@ mod tests {
             json!({"revision": 9, "change": {"pool_deleted": "shop"}})
         );
         assert_eq!(watch_line(&e), "revision=9 pool_deleted pool=shop");
+        let by = v1::WatchEvent {
+            actor: "alice (access-file token)".into(),
+            ..e.clone()
+        };
+        assert_eq!(
+            parse(&to_json_line(&WatchEventJson::from(&by))),
+            json!({"revision": 9, "change": {"pool_deleted": "shop"}, "actor": "alice (access-file token)"})
+        );
+        assert_eq!(
+            watch_line(&by),
+            "revision=9 pool_deleted pool=shop actor=\"alice (access-file token)\""
+        );
 
         let e = change(Change::BackendUpserted(v1::BackendUpserted {
             pool: "shop".into(),

@@ -84,7 +84,7 @@ impl WatchText {
 }
 
 /// One line per watch event, logfmt-like so it greps well:
-/// `revision=8 pool_upserted pool=shop policy=ip_hash`. Health events are
+/// `revision=8 pool_upserted pool=shop policy=ip_hash actor="alice (admin token)"`. Health events are
 /// rendered by [`WatchText`], which knows the previous states; alone, a
 /// transition reads as coming from `unknown`.
 pub fn watch_line(e: &v1::WatchEvent) -> String {
@@ -145,7 +145,11 @@ pub fn watch_line(e: &v1::WatchEvent) -> String {
         },
         None => "unknown_event".into(),
     };
-    format!("revision={} {what}", e.revision)
+    if e.actor.is_empty() {
+        format!("revision={} {what}", e.revision)
+    } else {
+        format!("revision={} {what} actor={:?}", e.revision, e.actor)
+    }
 }
 
 #[cfg(test)]
