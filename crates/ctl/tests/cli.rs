@@ -514,9 +514,11 @@ async fn watch_prints_each_change_with_its_revision() -> anyhow::Result<()> {
         change["change"]["backend_upserted"]["backend"]["address"],
         "127.0.0.1:3001"
     );
+    // Every change names who made it (here the admin token).
+    assert_eq!(change["actor"], "admin (admin token)");
     assert_eq!(
         text.next_line(),
-        "revision=3 backend_upserted pool=web address=127.0.0.1:3001 weight=1 role=primary state=enabled"
+        "revision=3 backend_upserted pool=web address=127.0.0.1:3001 weight=1 role=primary state=enabled actor=\"admin (admin token)\""
     );
 
     // Resuming at the current revision: no snapshot, just what comes next.
@@ -527,7 +529,7 @@ async fn watch_prints_each_change_with_its_revision() -> anyhow::Result<()> {
     // If the drain committed before the watch was live, the control plane
     // sends a snapshot at 4 instead; either way nothing older is replayed.
     assert!(
-        line == "revision=4 backend_upserted pool=web address=127.0.0.1:3001 weight=1 role=primary state=draining"
+        line == "revision=4 backend_upserted pool=web address=127.0.0.1:3001 weight=1 role=primary state=draining actor=\"admin (admin token)\""
             || line.starts_with("revision=4 snapshot "),
         "{line}"
     );
