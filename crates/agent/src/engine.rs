@@ -40,7 +40,11 @@ use tandem_core::health::BackendKey;
 use tandem_core::{HealthCheckKind, HealthCheckSpec};
 
 use crate::metrics::ProbeMetrics;
-use crate::probe::{Check, Dest, Head, Outcome, ProbeTls, body_end, io_text, parse_head};
+use crate::probe::{Body, Check, Dest, Head, Outcome, ProbeTls, body_end, io_text, parse_head};
+
+/// A body this short is read to its end before a connection that is not
+/// kept closes (see the `Stage::Head` step).
+const SHORT_BODY: u64 = 4096;
 use crate::report::{Observation, ReportQueue, settled_hold};
 use crate::schedule::Cadence;
 
@@ -774,8 +778,14 @@ impl Loop {
                         Ok(Some(head)) => {
                             let outcome = Outcome::from_status(head.status, &t.check.spec);
                             // The outcome is decided. Reading the rest of
-                            // the answer only serves the next probe.
-                            if outcome.ok() && c.uses < fresh_every && head.keep_alive {
+                            // the answer serves the next probe, and, for
+                            // a short body, the backend: a connection reset
+                            // while it still writes its answer makes it log
+                            // an error for every probe (Patroni's REST API
+                            // writes the body after the head, and closes).
+                            let reuse = outcome.ok() && c.uses < fresh_every && head.keep_alive;
+                            let short = matches!(head.body, Body::Length(n) if n <= SHORT_BODY);
+                            if reuse || short {
                                 p.stage = Stage::Body(head);
                             } else {
                                 self.finish(slot, outcome, false);
@@ -799,6 +809,7 @@ impl Loop {
                         },
                     };
                     let o = Outcome::from_status(head.status, &t.check.spec);
+                    let keep = keep && o.ok() && c.uses < fresh_every && head.keep_alive;
                     self.finish(slot, o, keep);
                     return;
                 }

@@ -591,6 +591,46 @@ mod tests {
         assert!(head.contains("host: shop.example.com\r\n"), "{head}");
     }
 
+    /// Patroni's REST API answers HTTP/1.0: the head, then the body in a
+    /// write of its own, then it closes. A probe that reset the connection
+    /// as soon as it had the status made it log a traceback for every
+    /// probe; a short body is now read to its end first, whatever the
+    /// status and though the connection is not kept.
+    #[tokio::test]
+    async fn a_short_body_is_read_before_a_connection_that_is_not_kept_closes() {
+        for (status, healthy) in [("200 OK", true), ("503 Service Unavailable", false)] {
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let (tx, body_written) = oneshot::channel();
+            tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let head = format!("HTTP/1.0 {status}\r\ncontent-length: 17\r\n\r\n");
+                s.write_all(head.as_bytes()).await.unwrap();
+                // Long enough for a probe that closes at once to have reset
+                // the connection before the body goes.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let r = s.write_all(b"{\"role\":\"master\"}").await;
+                let _ = tx.send(r.map_err(|e| e.kind()));
+            });
+            let o = probe_once(addr, spec()).await;
+            assert_eq!(o.ok(), healthy, "{o:?}");
+            assert_eq!(
+                body_written.await.unwrap(),
+                Ok(()),
+                "the backend could write its body ({status})"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_refused_for_tcp_and_http() {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
