@@ -784,7 +784,10 @@ impl Loop {
                             // an error for every probe (Patroni's REST API
                             // writes the body after the head, and closes).
                             let reuse = outcome.ok() && c.uses < fresh_every && head.keep_alive;
-                            let short = matches!(head.body, Body::Length(n) if n <= SHORT_BODY);
+                            let short = matches!(
+                                head.body,
+                                Body::Length(n) if n <= SHORT_BODY
+                            ) || head.body == Body::UntilClose;
                             if reuse || short {
                                 p.stage = Stage::Body(head);
                             } else {
@@ -792,6 +795,22 @@ impl Loop {
                                 return;
                             }
                         }
+                    }
+                }
+                Stage::Body(head) if head.body == Body::UntilClose => {
+                    // Read to the backend's close (the connection goes
+                    // anyway), or until the body is longer than a short one.
+                    let ended = t.buf.len() - head.len > SHORT_BODY as usize
+                        || match recv(c, &mut self.scratch, &mut t.buf) {
+                            Ok(n) if n > 0 => false,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+                            _ => true,
+                        };
+                    if ended {
+                        let o = Outcome::from_status(head.status, &t.check.spec);
+                        self.finish(slot, o, false);
+                        return;
                     }
                 }
                 Stage::Body(head) => {

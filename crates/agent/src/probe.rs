@@ -598,7 +598,13 @@ mod tests {
     /// status and though the connection is not kept.
     #[tokio::test]
     async fn a_short_body_is_read_before_a_connection_that_is_not_kept_closes() {
-        for (status, healthy) in [("200 OK", true), ("503 Service Unavailable", false)] {
+        for (status, healthy, length) in [
+            ("200 OK", true, "content-length: 17\r\n"),
+            ("503 Service Unavailable", false, "content-length: 17\r\n"),
+            // Patroni's own: no length, the body ends at the close.
+            ("200 OK", true, ""),
+            ("503 Service Unavailable", false, ""),
+        ] {
             let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
             let addr = l.local_addr().unwrap();
             let (tx, body_written) = oneshot::channel();
@@ -613,13 +619,14 @@ mod tests {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let head = format!("HTTP/1.0 {status}\r\ncontent-length: 17\r\n\r\n");
+                let head = format!("HTTP/1.0 {status}\r\n{length}\r\n");
                 s.write_all(head.as_bytes()).await.unwrap();
                 // Long enough for a probe that closes at once to have reset
                 // the connection before the body goes.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let r = s.write_all(b"{\"role\":\"master\"}").await;
                 let _ = tx.send(r.map_err(|e| e.kind()));
+                drop(s);
             });
             let o = probe_once(addr, spec()).await;
             assert_eq!(o.ok(), healthy, "{o:?}");
