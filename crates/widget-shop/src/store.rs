@@ -614,18 +614,22 @@ impl Store {
         let Some(cart) = cart else {
             return Err(not_found());
         };
+        // The order and its lines on one connection: behind a balanced
+        // replica address two connections may reach two replicas, one of
+        // which has replayed the order and the other not yet (an order
+        // with no lines). One replica shows a transaction whole or not at all.
         let find = |pool: PgPool| async move {
+            let mut conn = pool.acquire().await?;
             let row: Option<OrderRow> = sqlx::query_as(
                 "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
                    FROM orders WHERE code = $1 AND cart_id = $2",
             )
             .bind(code.as_str())
             .bind(cart.as_str())
-            .fetch_optional(&pool)
+            .fetch_optional(&mut *conn)
             .instrument(query_span("SELECT", "orders"))
             .await?;
             let row = row.ok_or_else(not_found)?;
-            let mut conn = pool.acquire().await?;
             with_lines(&mut conn, row).await
         };
         match self.read(Prefer::Replica, find).await {
