@@ -507,6 +507,20 @@ mod tests {
         }
     }
 
+    /// Reads a request's head (up to the blank line, or the close).
+    async fn read_request_head(s: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
     /// A one-shot HTTP server answering `status`; hands back the request
     /// head it read.
     async fn answer_once(status_line: &'static str) -> (SocketAddr, oneshot::Receiver<String>) {
@@ -515,16 +529,8 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut chunk).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+            let head = read_request_head(&mut s).await;
+            let _ = tx.send(head);
             let resp = format!("HTTP/1.1 {status_line}\r\ncontent-length: 2\r\n\r\nok");
             let _ = s.write_all(resp.as_bytes()).await;
         });
@@ -610,15 +616,7 @@ mod tests {
             let (tx, body_written) = oneshot::channel();
             tokio::spawn(async move {
                 let (mut s, _) = l.accept().await.unwrap();
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut chunk).await.unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
+                read_request_head(&mut s).await;
                 let head = format!("HTTP/1.0 {status}\r\n{length}\r\n");
                 s.write_all(head.as_bytes()).await.unwrap();
                 // Long enough for a probe that closes at once to have reset

@@ -167,6 +167,18 @@ async fn connect_from(addr: SocketAddr, local_ip: Option<IpAddr>) -> std::io::Re
     socket.connect(addr).await
 }
 
+/// Compares a presented secret (token, CSRF token) with an expected one in
+/// time that depends only on their lengths, so how long a refusal takes
+/// says nothing of how much of the secret was right. The one comparison of
+/// secrets in the workspace.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
 /// The one rule for a token given as a value (flag or variable): surrounding
 /// white space is dropped, and an empty value counts as none.
 pub fn token_value(value: Option<&str>) -> Option<&str> {
@@ -426,6 +438,17 @@ impl Default for Backoff {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(!constant_time_eq(b"a", b""));
+        assert!(constant_time_eq(b"", b""));
+    }
     use super::*;
 
     #[test]

@@ -15,7 +15,8 @@ use std::time::Duration;
 mod connect;
 pub use connect::{
     Backoff, Bearer, ChannelSettings, ClientTls, ConnectError, EXAMPLE_SECRET_MARK, InvalidToken,
-    Jitter, KeepAlive, TlsArgs, read_token_file, refuse_example_secrets, token_value,
+    Jitter, KeepAlive, TlsArgs, constant_time_eq, read_token_file, refuse_example_secrets,
+    token_value,
 };
 
 use tandem_core::{Revision, Snapshot};

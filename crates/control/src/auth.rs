@@ -555,12 +555,12 @@ impl Credentials {
     /// The identity a bearer token stands for.
     pub fn identity_of_token(&self, presented: &[u8]) -> Option<Identity> {
         // Check all so the time taken does not reveal which one matched.
-        let admin = constant_time_eq(presented, &self.admin);
+        let admin = tandem_client::constant_time_eq(presented, &self.admin);
         let node = self
             .node
             .as_ref()
-            .is_some_and(|n| constant_time_eq(presented, n));
-        let peer = constant_time_eq(presented, &self.peer);
+            .is_some_and(|n| tandem_client::constant_time_eq(presented, n));
+        let peer = tandem_client::constant_time_eq(presented, &self.peer);
         let listed = self.access.as_ref().and_then(|a| a.identity(presented));
         if admin {
             Some(Identity::new("admin", Role::Admin, Via::AdminToken))
@@ -595,15 +595,6 @@ impl Credentials {
         }
         Ok(who)
     }
-}
-
-/// Equality whose running time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
-    }
-    diff == 0
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -734,7 +725,7 @@ impl AccessFile {
             let mut found = None;
             // Every entry is compared, so the time taken says nothing.
             for e in &access.identities {
-                if constant_time_eq(&hash, &e.token_sha256) && found.is_none() {
+                if tandem_client::constant_time_eq(&hash, &e.token_sha256) && found.is_none() {
                     found = Some(Identity {
                         name: e.name.clone(),
                         role: e.role,

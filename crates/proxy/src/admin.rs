@@ -111,9 +111,9 @@ fn authorized(tokens: &[String], headers: &HeaderMap, what: &str) -> Result<(), 
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     // Compare with every token, so the time taken says nothing.
     let ok = presented.is_some_and(|p| {
-        tokens
-            .iter()
-            .fold(false, |ok, t| ok | constant_time_eq(p, t.as_bytes()))
+        tokens.iter().fold(false, |ok, t| {
+            ok | tandem_client::constant_time_eq(p, t.as_bytes())
+        })
     });
     if ok {
         Ok(())
@@ -127,11 +127,6 @@ fn authorized(tokens: &[String], headers: &HeaderMap, what: &str) -> Result<(), 
         )
             .into_response())
     }
-}
-
-/// Equality whose running time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Series rendered from the live table at each scrape: each pool's

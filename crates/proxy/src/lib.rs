@@ -40,6 +40,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tandem_core::health::BackendKey;
 use tandem_core::{AdminState, Snapshot};
 use tokio::net::TcpListener;
 use tokio::sync::watch as channel;
@@ -158,11 +159,11 @@ impl Runtime {
             snapshot.as_ref()
         } else {
             let mut s = Snapshot::clone(snapshot);
-            for ((pool, address), state) in &o.states {
+            for (key, state) in &o.states {
                 if let Some(b) = s
                     .pools
-                    .get_mut(pool)
-                    .and_then(|p| p.backends.iter_mut().find(|b| &b.address == address))
+                    .get_mut(&key.pool)
+                    .and_then(|p| p.backends.iter_mut().find(|b| b.address == key.address))
                 {
                     b.admin_state = *state;
                 }
@@ -184,30 +185,26 @@ impl Runtime {
         if full {
             o.states.clear();
         }
-        for ((pool, address), state) in states {
+        for (key, state) in states {
             match state {
-                Some(s) => o.states.insert((pool, address), s),
-                None => o.states.remove(&(pool, address)),
+                Some(s) => o.states.insert(key, s),
+                None => o.states.remove(&key),
             };
         }
         if o.states == before {
             return;
         }
-        for ((pool, address), state) in &o.states {
-            if before.get(&(pool.clone(), address.clone())) != Some(state) {
-                tracing::warn!(%pool, backend = %address, state = state.as_str(), "runtime admin-state override (raft, control database down)");
+        for (key, state) in &o.states {
+            if before.get(key) != Some(state) {
+                tracing::warn!(pool = %key.pool, backend = %key.address, state = state.as_str(), "runtime admin-state override (raft, control database down)");
             }
         }
-        for (pool, address) in before.keys() {
-            if !o.states.contains_key(&(pool.clone(), address.clone())) {
-                tracing::info!(%pool, backend = %address, "runtime admin-state override cleared");
-            }
+        for key in before.keys().filter(|k| !o.states.contains_key(*k)) {
+            tracing::info!(pool = %key.pool, backend = %key.address, "runtime admin-state override cleared");
         }
         self.swap_tables(&o);
     }
 }
-
-type BackendKey = (tandem_core::PoolName, tandem_core::BackendAddr);
 
 /// The configuration installed last and the overrides served over it.
 #[derive(Default)]

@@ -189,7 +189,7 @@ fn apply_health(rt: &Runtime, update: &v1::HealthUpdate) {
         });
         match parsed {
             Ok(((key, health), admin_override)) => {
-                overrides.push(((key.pool.clone(), key.address.clone()), admin_override));
+                overrides.push((key.clone(), admin_override));
                 if health.state == tandem_core::health::HealthState::Unhealthy {
                     tracing::warn!(pool = %key.pool, backend = %key.address, reason = %health.reason, "backend marked unhealthy by the agents");
                 }

@@ -115,7 +115,7 @@ impl Faults {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(Denied::NoToken)?;
-        if constant_time_eq(presented.as_bytes(), token) {
+        if tandem_client::constant_time_eq(presented.as_bytes(), token) {
             Ok(())
         } else {
             Err(Denied::WrongToken)
@@ -147,14 +147,6 @@ impl IntoResponse for Denied {
             Denied::WrongToken => (StatusCode::FORBIDDEN, "wrong admin token\n").into_response(),
         }
     }
-}
-
-/// Equality whose running time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Middleware: misbehaves as the current fault says.
@@ -255,10 +247,16 @@ mod tests {
 
     #[test]
     fn tokens_compare_exactly() {
-        assert!(constant_time_eq(b"secret-token", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-token", b"secret-tokem"));
-        assert!(!constant_time_eq(b"secret", b"secret-token"));
-        assert!(!constant_time_eq(b"", b"x"));
+        assert!(tandem_client::constant_time_eq(
+            b"secret-token",
+            b"secret-token"
+        ));
+        assert!(!tandem_client::constant_time_eq(
+            b"secret-token",
+            b"secret-tokem"
+        ));
+        assert!(!tandem_client::constant_time_eq(b"secret", b"secret-token"));
+        assert!(!tandem_client::constant_time_eq(b"", b"x"));
     }
 
     #[tokio::test]

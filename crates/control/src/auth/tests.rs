@@ -448,15 +448,6 @@ fn the_access_file_names_what_is_wrong() {
     assert!(AccessFile::load(Path::new("/nonexistent/access.json")).is_err());
 }
 
-#[test]
-fn constant_time_eq_is_eq() {
-    assert!(constant_time_eq(b"abc", b"abc"));
-    assert!(!constant_time_eq(b"abc", b"abd"));
-    assert!(!constant_time_eq(b"abc", b"ab"));
-    assert!(!constant_time_eq(b"", b"a"));
-    assert!(constant_time_eq(b"", b""));
-}
-
 /// A request carrying `token` and a FORWARDED_FOR of `on_behalf`'s caller.
 fn passed_on<T>(
     auth: &mut Authenticate,
