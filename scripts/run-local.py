@@ -197,16 +197,20 @@ class Component:
         self.stop_signal = stop_signal
         self.proc = None
         self.pgid = None
-        self.started_at = None
+        self.new_run(started_at=None)
+        self.log_path = None
+        self.log_pos = 0
+        self.log_partial = b""
+
+    def new_run(self, started_at):
+        """Forgets what the last run did: a run started at `started_at`."""
+        self.started_at = started_at
         self.ready_at = None
         self.last_probe = 0.0
         self.exit_desc = None
         self.exited_at = None
         self.requested = None  # "kill" / "stop": why it is going away
         self.stop_deadline = None
-        self.log_path = None
-        self.log_pos = 0
-        self.log_partial = b""
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -708,13 +712,7 @@ class Supervisor:
                 c.argv, env=env, cwd=c.cwd or ROOT, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=set_pdeathsig, **kwargs)
         c.pgid = c.proc.pid
-        c.started_at = time.monotonic()
-        c.ready_at = None
-        c.last_probe = 0.0
-        c.exit_desc = None
-        c.exited_at = None
-        c.requested = None
-        c.stop_deadline = None
+        c.new_run(started_at=time.monotonic())
 
     def reap(self):
         for name in self.order:
@@ -827,32 +825,44 @@ class Supervisor:
         self.escalate()
         self.tail_all()
 
-    def wait_ready(self, names, timeout=90):
+    def wait_for(self, check, timeout, failure, interval=0.1):
+        """Runs the supervisor (every `interval` s) until `check()` is true;
+        after `timeout` s, aborts with the message `failure()` gives."""
         deadline = time.monotonic() + timeout
         while True:
             if self.stopping:
                 raise Interrupted()
-            self.tick(0.1)
+            self.tick(interval)
             self.check_boot()
-            if all(self.comps[n].ready_at for n in names):
+            if check():
                 return
             if time.monotonic() > deadline:
-                late = [n for n in names if not self.comps[n].ready_at]
-                notes = "; ".join(f"{n}: {self.comps[n].probe()[1]}" for n in late)
-                raise Abort(f"not ready within {timeout} s: {notes}")
+                raise Abort(failure())
+
+    def wait_ready(self, names, timeout=90):
+        def failure():
+            late = [n for n in names if not self.comps[n].ready_at]
+            notes = "; ".join(f"{n}: {self.comps[n].probe()[1]}" for n in late)
+            return f"not ready within {timeout} s: {notes}"
+        self.wait_for(lambda: all(self.comps[n].ready_at for n in names), timeout, failure)
 
     def wait_http(self, url, what, timeout=60):
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.stopping:
-                raise Interrupted()
-            self.tick(0.1)
-            self.check_boot()
-            ok, note = http_probe(url)
-            if ok:
-                return
-            if time.monotonic() > deadline:
-                raise Abort(f"{what} did not answer within {timeout} s ({url}: {note})")
+        last = {"note": ""}
+
+        def answers():
+            ok, last["note"] = http_probe(url)
+            return ok
+        self.wait_for(answers, timeout,
+                      lambda: f"{what} did not answer within {timeout} s ({url}: {last['note']})")
+
+    def start(self, names, timeout=90, prepare=None):
+        """Starts the components `names` (after `prepare(component)`, when
+        given) and waits until all are ready."""
+        for n in names:
+            if prepare is not None:
+                prepare(self.comps[n])
+            self.spawn(self.comps[n])
+        self.wait_ready(names, timeout=timeout)
 
     def boot(self):
         if DATA_TIER == "patroni":
@@ -865,26 +875,17 @@ class Supervisor:
         etcds = ["etcd-1", "etcd-2", "etcd-3"]
         step(f"starting a three-member etcd on :{port(ETCD_CLIENT[0])}, :{port(ETCD_CLIENT[1])}, "
              f":{port(ETCD_CLIENT[2])}")
-        for n in etcds:
-            self.make_dir(self.comps[n])
-            self.spawn(self.comps[n])
-        self.wait_ready(etcds)
+        self.start(etcds, prepare=self.make_dir)
         step("starting two Patroni clusters of three: control-db (127.0.2.1-3) and shop-db (127.0.1.1-3, "
              f"synchronous_mode_strict); ttl {PATRONI_TTL} s, loop_wait {PATRONI_LOOP_WAIT} s, "
              f"retry_timeout {PATRONI_RETRY_TIMEOUT} s")
         # The first member of each bootstraps (initdb); the others clone it.
         firsts = [f"{scope}-1" for scope in CLUSTERS]
-        for n in firsts:
-            self.make_dir(self.comps[n])
-            self.spawn(self.comps[n])
-        self.wait_ready(firsts, timeout=120)
+        self.start(firsts, timeout=120, prepare=self.make_dir)
         for scope in CLUSTERS:
             self.wait_until(lambda scope=scope: primary_of(scope) == f"{scope}-1", f"{scope}-1 to be primary", 60)
         rest = [f"{scope}-{i}" for scope in CLUSTERS for i in (2, 3)]
-        for n in rest:
-            self.make_dir(self.comps[n])
-            self.spawn(self.comps[n])
-        self.wait_ready(rest, timeout=120)
+        self.start(rest, timeout=120, prepare=self.make_dir)
         # Only a synchronous standby may be promoted, and until there is
         # one a commit waits: the shop starts once there is.
         self.wait_until(lambda: any(patroni_role(member_rest("shop-db", i), "/sync") for i in (2, 3)),
@@ -892,14 +893,8 @@ class Supervisor:
         self.psql(member_pg("shop-db", 1), "CREATE DATABASE shop")
 
     def wait_until(self, check, what, timeout):
-        deadline = time.monotonic() + timeout
-        while not check():
-            if self.stopping:
-                raise Interrupted()
-            self.tick(0.2)
-            self.check_boot()
-            if time.monotonic() > deadline:
-                raise Abort(f"no {what} within {timeout} s")
+        if not check():
+            self.wait_for(check, timeout, lambda: f"no {what} within {timeout} s", interval=0.2)
 
     def psql(self, host_port, sql):
         host, p = host_port.rsplit(":", 1)
@@ -913,19 +908,14 @@ class Supervisor:
     def boot_single_databases(self):
         dbs = ["control-db", "shop-db"]
         step(f"starting throwaway Postgres clusters: control-db on :{port(15432)}, shop-db on :{port(15433)}")
-        for n in dbs:
-            self.initdb(self.comps[n])
-            self.spawn(self.comps[n])
-        self.wait_ready(dbs)
+        self.start(dbs, prepare=self.initdb)
         self.psql(f"127.0.0.1:{port(15433)}", "CREATE DATABASE shop")
 
     def boot_services(self):
         controls = ["control-1", "control-2", "control-3"]
         step(f"starting three tandem-control replicas (one raft group) on "
              f":{port(7400)}, :{port(7410)}, :{port(7420)}")
-        for n in controls:
-            self.spawn(self.comps[n])
-        self.wait_ready(controls)
+        self.start(controls)
 
         shops = ["shop-1", "shop-2", "shop-3"]
         if DATA_TIER == "single":
@@ -951,17 +941,13 @@ class Supervisor:
 
         proxies = ["proxy-1", "proxy-2"]
         step(f"starting two proxies on :{port(8080)} (zone-a) and :{port(8082)} (zone-b)")
-        for n in proxies:
-            self.spawn(self.comps[n])
-        self.wait_ready(proxies)
+        self.start(proxies)
         if DATA_TIER == "single":
             self.wait_shop_through_proxies()
 
         agents = ["agent-1", "agent-2"]
         step("starting two health agents (zone-a, zone-b)")
-        for n in agents:
-            self.spawn(self.comps[n])
-        self.wait_ready(agents)
+        self.start(agents)
         if DATA_TIER == "patroni":
             # The agents' checks on Patroni's REST API open the routes.
             self.start_shops(shops, timeout=120)
@@ -970,9 +956,7 @@ class Supervisor:
 
     def start_shops(self, shops, timeout=90):
         step(f"starting three widget-shop instances on :{port(3001)}, :{port(3002)}, :{port(3003)}")
-        for n in shops:
-            self.spawn(self.comps[n])
-        self.wait_ready(shops, timeout=timeout)
+        self.start(shops, timeout=timeout)
 
     def wait_shop_through_proxies(self):
         for i, p in ((1, port(8080)), (2, port(8082))):
@@ -1209,11 +1193,7 @@ Operate Tandem:
             return {"ok": False, "error": "still starting up; try again once the first terminal says it is running"}
         lines = []
         if cmd == "kill":
-            for n in names:
-                c = self.comps[n]
-                if not c.alive():
-                    lines.append(f"{n} is not running ({c.exit_desc or 'not started'})")
-                    continue
+            for n, c in self.running(names, lines):
                 c.requested = "kill"
                 kill_component(c)
                 for _ in range(200):
@@ -1223,11 +1203,7 @@ Operate Tandem:
                 lines.append(f"{n} (pid {c.proc.pid}) killed with SIGKILL")
             self.reap()
         elif cmd == "stop":
-            for n in names:
-                c = self.comps[n]
-                if not c.alive():
-                    lines.append(f"{n} is not running ({c.exit_desc or 'not started'})")
-                    continue
+            for n, c in self.running(names, lines):
                 c.requested = "stop"
                 signal_leader(c, c.stop_signal)
                 c.stop_deadline = time.monotonic() + 15
@@ -1244,6 +1220,18 @@ Operate Tandem:
         else:
             return {"ok": False, "usage": True, "error": f"unknown command {cmd!r}"}
         return {"ok": True, "lines": lines}
+
+    def running(self, names, lines):
+        """The named components that are running, as (name, component);
+        a line in `lines` for each that is not."""
+        up = []
+        for n in names:
+            c = self.comps[n]
+            if c.alive():
+                up.append((n, c))
+            else:
+                lines.append(f"{n} is not running ({c.exit_desc or 'not started'})")
+        return up
 
     def row(self, c, probe):
         now = time.monotonic()
