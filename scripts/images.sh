@@ -146,26 +146,21 @@ cleanup_rootfs() {
   ROOTFS=
 }
 
-build_postgres() {
+# build_on_base IMAGE DIR TITLE: IMAGE from deploy/DIR on BASE_IMAGE; the
+# image it replaces (labelled TITLE, now untagged) is dropped.
+build_on_base() {
+  local image=$1 dir=$2 title=$3 t0=$SECONDS
   image_exists "$BASE_IMAGE" || die "$BASE_IMAGE is missing: run scripts/images.sh base"
-  local t0=$SECONDS
-  echo "building $POSTGRES_IMAGE on $BASE_IMAGE (deploy/postgres/)"
-  docker_build --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$POSTGRES_IMAGE" deploy/postgres ||
-    die "building $POSTGRES_IMAGE failed"
+  echo "building $image on $BASE_IMAGE (deploy/$dir/)"
+  docker_build --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$image" "deploy/$dir" ||
+    die "building $image failed"
   # A changed entrypoint leaves the previous image untagged: drop it.
-  docker image prune -f --filter "label=org.opencontainers.image.title=tandem-postgres" >/dev/null 2>&1 || true
-  echo "$POSTGRES_IMAGE: ready in $((SECONDS - t0)) s ($(image_size "$POSTGRES_IMAGE"))"
+  docker image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null 2>&1 || true
+  echo "$image: ready in $((SECONDS - t0)) s ($(image_size "$image"))"
 }
 
-build_patroni() {
-  image_exists "$BASE_IMAGE" || die "$BASE_IMAGE is missing: run scripts/images.sh base"
-  local t0=$SECONDS
-  echo "building $PATRONI_IMAGE on $BASE_IMAGE (deploy/patroni/)"
-  docker_build --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$PATRONI_IMAGE" deploy/patroni ||
-    die "building $PATRONI_IMAGE failed"
-  docker image prune -f --filter "label=org.opencontainers.image.title=tandem-patroni" >/dev/null 2>&1 || true
-  echo "$PATRONI_IMAGE: ready in $((SECONDS - t0)) s ($(image_size "$PATRONI_IMAGE"))"
-}
+build_postgres() { build_on_base "$POSTGRES_IMAGE" postgres tandem-postgres; }
+build_patroni() { build_on_base "$PATRONI_IMAGE" patroni tandem-patroni; }
 
 build_tandem() {
   image_exists "$BASE_IMAGE" || die "$BASE_IMAGE is missing: run scripts/images.sh base"

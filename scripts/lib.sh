@@ -59,6 +59,23 @@ ensure_tls_tools() {
   command -v curl >/dev/null || apt_install curl
 }
 
+# test_ca DIR CN: a throwaway CA in DIR (ca.pem, ca.key; P-256, two days)
+# named CN, for test_leaf.
+test_ca() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1/ca.key" \
+    -out "$1/ca.pem" -days 2 -subj "/CN=$2" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+}
+
+# test_leaf DIR NAME: DIR/NAME.pem, a server certificate for localhost
+# signed by test_ca's CA in DIR, for the key DIR/NAME.key.
+test_leaf() {
+  printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$1/leaf.ext"
+  openssl req -new -key "$1/$2.key" -subj /CN=localhost -out "$1/$2.csr"
+  openssl x509 -req -in "$1/$2.csr" -CA "$1/ca.pem" -CAkey "$1/ca.key" -CAcreateserial -days 2 \
+    -extfile "$1/leaf.ext" -out "$1/$2.pem" 2>/dev/null
+}
+
 # Headless Chromium and its WebDriver, for the widget shop's browser test.
 ensure_chromium() {
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

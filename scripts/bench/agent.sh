@@ -108,17 +108,9 @@ wait_http "http://127.0.0.1:$CONTROL_ADMIN_PORT/readyz"
 
 TLS_ARGS=()
 if [ "$TLS" = 1 ]; then
-  (
-    cd "$WORK"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-      -out ca.pem -days 2 -subj "/CN=tandem agent bench CA" \
-      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
-    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >leaf.ext
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out leaf.key 2>/dev/null
-    openssl req -new -key leaf.key -subj /CN=localhost -out leaf.csr
-    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile leaf.ext -out leaf.pem 2>/dev/null
-  )
+  test_ca "$WORK" "tandem agent bench CA"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/leaf.key" 2>/dev/null
+  test_leaf "$WORK" leaf
   TLS_ARGS=(--tls-cert "$WORK/leaf.pem" --tls-key "$WORK/leaf.key" --tls-ca "$WORK/ca.pem")
 fi
 "$TARGET_DIR/release/examples/bench_backends" --listeners "$TARGETS" --interval-ms "$INTERVAL_MS" --kind "$KIND" \

@@ -104,20 +104,10 @@ bench_work tandem-tls-bench
 trap 'stop_pids; kill "${BACKEND_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # === certificates: one CA, a leaf for localhost per key type ===
-(
-  cd "$WORK"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-    -out ca.pem -days 2 -subj "/CN=tandem bench CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
-  printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >leaf.ext
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ecdsa.key 2>/dev/null
-  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rsa.key 2>/dev/null
-  for k in ecdsa rsa; do
-    openssl req -new -key "$k.key" -subj /CN=localhost -out "$k.csr"
-    openssl x509 -req -in "$k.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile leaf.ext -out "$k.pem" 2>/dev/null
-  done
-)
+test_ca "$WORK" "tandem bench CA"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/ecdsa.key" 2>/dev/null
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rsa.key" 2>/dev/null
+for k in ecdsa rsa; do test_leaf "$WORK" "$k"; done
 
 # === the backend: nginx, one worker, plain HTTP, on the load core ===
 start_backend_nginx "$BACKEND_PORT" "$LOAD_CORE"
