@@ -133,8 +133,7 @@ echo
 first=${CONFIGS%% *}
 printf "%-9s %14s %10s\n" config "instr/request" "vs $first"
 for c in $CONFIGS; do
-  med=$(for r in $(seq 1 "$ROUNDS"); do echo "${INS[$c.$r]}"; done | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  med=$(for r in $(seq 1 "$ROUNDS"); do echo "${INS[$c.$r]}"; done | median)
   INS[$c]=$med
   printf "%-9s %14s %10s\n" "$c" "$med" "$(awk -v a="$med" -v b="${INS[$first]}" 'BEGIN { printf "%.3fx", a / b }')"
 done

@@ -1,7 +1,7 @@
 # Shared set-up for scripts/bench/*.sh (sourced, not run, from the
 # repository's root): prerequisites, builds, the work directory and the
 # processes to stop at exit, the nginx backend, tandem-proxy's snapshot and
-# environment, HAProxy in TCP mode, CPU time and callgrind counts.
+# environment, HAProxy in TCP mode, CPU time and callgrind counts, medians.
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
@@ -177,6 +177,14 @@ frontend fe
 backend be
   server b1 127.0.0.1:$2
 CFG
+}
+
+# median [FORMAT]: the median of the numbers on stdin (one a line, or
+# several apart); of an even count, the mean of the middle two, printed
+# with FORMAT (%.0f by default).
+median() {
+  tr -s ' \t' '\n' | awk 'NF' | sort -g | awk -v f="${1:-%.0f}" '{ v[NR] = $1 } END {
+    if (NR % 2) print v[(NR + 1) / 2]; else printf f "\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # cpu_ticks PID: utime + stime of a process and its children (nginx's

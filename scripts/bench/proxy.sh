@@ -224,19 +224,17 @@ for r in $(seq 1 "$ROUNDS"); do
   fi
 done
 
-# The median of one figure over the rounds ("-" stays "-").
-median() { # array-name target
+# The median of one figure over the rounds ("-" in any round: "-").
+round_median() { # array-name target
   local -n arr=$1
   local r vals=()
   for r in $(seq 1 "$ROUNDS"); do vals+=("${arr[$2.$r]}"); done
-  printf '%s\n' "${vals[@]}" | sort -g | awk '{ v[NR] = $1 } END {
-    if (v[1] == "-") { print "-"; exit }
-    if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  if [[ " ${vals[*]} " == *" - "* ]]; then echo -; else printf '%s\n' "${vals[@]}" | median %.3f; fi
 }
 for n in $TARGETS; do
   for m in RPS P50 P99 CPU RSS; do
     declare -n ref=$m
-    ref[$n]=$(median "$m" "$n")
+    ref[$n]=$(round_median "$m" "$n")
     unset -n ref
   done
   ERR[$n]=$(for r in $(seq 1 "$ROUNDS"); do echo -n "${ERR[$n.$r]}"; done)
@@ -293,8 +291,7 @@ if [ "$ROUNDS" -gt 1 ]; then
     local -n arr=$1
     local r vals=()
     for r in $(seq 1 "$ROUNDS"); do vals+=("$(ratio "${arr[$2.$r]}" "${arr[$3.$r]}")"); done
-    printf '%s\n' "${vals[@]}" | sort -g | awk '{ v[NR] = $1 } END {
-      if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    printf '%s\n' "${vals[@]}" | median %.2f
   }
   echo
   echo "median of per-round ratios:"

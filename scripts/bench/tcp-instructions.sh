@@ -152,7 +152,6 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo
 printf "%-16s %16s %10s %16s %10s\n" target "instr/short conn" "vs first" "instr/round trip" "vs first"
 first=${TARGETS%% *}

@@ -110,12 +110,11 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 med() { # array name
   local -n arr=$1
   local vals=""
   for r in $(seq 1 "$ROUNDS"); do vals="$vals ${arr[$2.$r]}"; done
-  echo "$vals" | median
+  echo "$vals" | median %.6g
 }
 printf '\n%-14s %10s %10s %10s %12s %10s %10s %10s %10s\n' target "bulk MB/s" "CPU ms/GB" "conns/s" "CPU µs/conn" "p50 µs" "p99 µs" "+p50 µs" "+p99 µs"
 declare -A M

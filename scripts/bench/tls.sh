@@ -237,7 +237,6 @@ measure() { # key mode target round port pid
   LCORE[$name]=$(busy_pct "$lc0" "$lc1")
 }
 
-median() { awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 echo "load: keep-alive wrk -t1 -c$CONNS -d$DURATION, handshakes $HS_CLIENTS x $HS_CLIENT (HS_GET=$HS_GET); $ROUNDS round(s); proxies on core $PROXY_CORE, backend and clients on core(s) $LOAD_CORE"
@@ -261,7 +260,7 @@ for k in $KEYS; do
     for t in nginx tandem; do
       col() {
         local -n a=$1
-        for r in $(seq 1 "$ROUNDS"); do echo "${a[$k.$mode.$t.$r]}"; done | sort -g | median
+        for r in $(seq 1 "$ROUNDS"); do echo "${a[$k.$mode.$t.$r]}"; done | median %.2f
       }
       rps=$(col RPS) cpu=$(col CPU) proxy=$(col PROXY) pcore=$(col PCORE) load=$(col LCORE)
       err=$(for r in $(seq 1 "$ROUNDS"); do echo -n "${ERR[$k.$mode.$t.$r]}"; done)
@@ -283,8 +282,8 @@ echo
 echo "tandem/nginx, median of per-round ratios (throughput; per proxy CPU-second, the headline for handshakes):"
 for k in $KEYS; do
   for mode in keepalive handshake; do
-    tr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${RPS[$k.$mode.tandem.$r]}" "${RPS[$k.$mode.nginx.$r]}"; echo; done | sort -g | median)
-    cr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${CPU[$k.$mode.nginx.$r]}" "${CPU[$k.$mode.tandem.$r]}"; echo; done | sort -g | median)
+    tr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${RPS[$k.$mode.tandem.$r]}" "${RPS[$k.$mode.nginx.$r]}"; echo; done | median %.2f)
+    cr=$(for r in $(seq 1 "$ROUNDS"); do ratio "${CPU[$k.$mode.nginx.$r]}" "${CPU[$k.$mode.tandem.$r]}"; echo; done | median %.2f)
     printf "  %-6s %-10s throughput %sx, per CPU-second %sx\n" "$k" "$mode" "$tr" "$cr"
   done
 done
