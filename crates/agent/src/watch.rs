@@ -9,9 +9,11 @@
 
 use std::sync::Arc;
 
-use tandem_client::{BoxError, Identity, Progress, Reconnect, apply_event, report_applied};
+use tandem_client::{
+    BoxError, Identity, Progress, Reconnect, apply_event, open_watch, report_applied,
+};
 use tandem_core::{Revision, Snapshot};
-use tandem_proto::v1::{NodeKind, WatchRequest, control_plane_client::ControlPlaneClient};
+use tandem_proto::v1::NodeKind;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -53,21 +55,8 @@ async fn follow(
     publish: impl Fn(&Snapshot, &Channel),
     learner: tandem_client::Learner,
 ) -> Result<Progress, BoxError> {
-    let channel = tandem_client::connect(url, me).await?;
-    // Control replicas added since we started join the rotation.
-    tokio::spawn(learner.learn_from(channel.clone(), url.to_string(), me.clone()));
-    let mut client = ControlPlaneClient::new(channel.clone());
-    let (store_id, generation) = tandem_client::resume_identity(current.as_ref(), from);
-    let mut req = tonic::Request::new(WatchRequest {
-        node_id: me.node_id.clone(),
-        kind: NodeKind::Agent.into(),
-        last_revision: from.0,
-        zone: me.zone.clone(),
-        store_id,
-        generation,
-    });
-    me.authorize(&mut req)?;
-    let mut stream = client.watch(req).await?.into_inner();
+    let (channel, mut stream) =
+        open_watch(url, me, NodeKind::Agent, from, current.as_ref(), learner).await?;
     tracing::info!(endpoint = %url, from_revision = from.0, "watching the control plane");
 
     let mut progress = Progress::Nothing;

@@ -2,7 +2,8 @@
 //! say where it is and who we are ([`ControlArgs`]), our identity and bearer
 //! token ([`Identity`]), the settings of every control-plane
 //! connection ([`endpoint`], [`ChannelSettings`]), the bearer token
-//! ([`Bearer`]), jittered back-off between attempts ([`Backoff`]), applying `Watch` events to a [`Snapshot`] ([`apply_event`])
+//! ([`Bearer`]), jittered back-off between attempts ([`Backoff`]), opening a
+//! `Watch` stream ([`open_watch`]), applying its events to a [`Snapshot`] ([`apply_event`])
 //! and reporting the applied revision ([`report_applied`]).
 //!
 //! The proxy and the agent each keep their own watch loop around these
@@ -381,9 +382,39 @@ impl Learner {
     }
 }
 
+/// Opens a `Watch` stream at `url` for `me`, a node of `kind`, from
+/// revision `from`, resuming with the store identity of `current`; the
+/// connected replica is asked for its members on the side (`learner`).
+/// Returns the channel (for the node's reports) and the stream.
+pub async fn open_watch(
+    url: &str,
+    me: &Identity,
+    kind: NodeKind,
+    from: Revision,
+    current: Option<&Snapshot>,
+    learner: Learner,
+) -> Result<(Channel, tonic::Streaming<v1::WatchEvent>), BoxError> {
+    let channel = connect(url, me).await?;
+    // Control replicas added since we started join the rotation.
+    tokio::spawn(learner.learn_from(channel.clone(), url.to_string(), me.clone()));
+    let mut client = ControlPlaneClient::new(channel.clone());
+    let (store_id, generation) = resume_identity(current, from);
+    let mut req = tonic::Request::new(v1::WatchRequest {
+        node_id: me.node_id.clone(),
+        kind: kind.into(),
+        last_revision: from.0,
+        zone: me.zone.clone(),
+        store_id,
+        generation,
+    });
+    me.authorize(&mut req)?;
+    let stream = client.watch(req).await?.into_inner();
+    Ok((channel, stream))
+}
+
 /// The store identity to resume a `Watch` from `from` with (empty and 0
 /// when unknown, or when asking for a full snapshot anyway).
-pub fn resume_identity(current: Option<&Snapshot>, from: Revision) -> (String, u64) {
+fn resume_identity(current: Option<&Snapshot>, from: Revision) -> (String, u64) {
     match current.and_then(|s| s.store.as_ref()) {
         Some(store) if from != Revision::ZERO => (store.id.clone(), store.generation),
         _ => (String::new(), 0),

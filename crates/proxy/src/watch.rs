@@ -15,12 +15,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 pub use tandem_client::Identity;
-use tandem_client::{Progress, Reconnect, apply_event, report_applied_with};
+use tandem_client::{Progress, Reconnect, apply_event, open_watch, report_applied_with};
 use tandem_core::{Revision, Snapshot};
 use tandem_proto::convert::{backend_health_from_proto, backend_traffic_to_proto};
-use tandem_proto::v1::{
-    self, NodeKind, WatchRequest, control_plane_client::ControlPlaneClient, watch_event::Event,
-};
+use tandem_proto::v1::{self, NodeKind, watch_event::Event};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -81,21 +79,8 @@ async fn follow(
     report: &watch::Sender<Option<(Channel, Revision)>>,
     learner: tandem_client::Learner,
 ) -> Result<Progress, tandem_client::BoxError> {
-    let channel = tandem_client::connect(url, me).await?;
-    // Control replicas added since we started join the rotation.
-    tokio::spawn(learner.learn_from(channel.clone(), url.to_string(), me.clone()));
-    let mut client = ControlPlaneClient::new(channel.clone());
-    let (store_id, generation) = tandem_client::resume_identity(current.as_ref(), from);
-    let mut req = tonic::Request::new(WatchRequest {
-        node_id: me.node_id.clone(),
-        kind: NodeKind::Proxy.into(),
-        last_revision: from.0,
-        zone: me.zone.clone(),
-        store_id,
-        generation,
-    });
-    me.authorize(&mut req)?;
-    let mut stream = client.watch(req).await?.into_inner();
+    let (channel, mut stream) =
+        open_watch(url, me, NodeKind::Proxy, from, current.as_ref(), learner).await?;
     rt.following.store(true, Ordering::Relaxed);
     tracing::info!(endpoint = %url, from_revision = from.0, "watching the control plane");
 
