@@ -12,17 +12,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let settings = match args.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tandem-agent: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let settings = args.settings();
     // Probes are I/O-bound: one thread by default is both enough and the
     // cheapest (no cross-thread wake-ups).
     let workers = args.workers;
-    tandem_telemetry::run_node("tandem-agent", workers, start(args, settings))
+    tandem_telemetry::run_node_with("tandem-agent", workers, settings, |s| start(args, s))
 }
 
 async fn start(args: Args, settings: tandem_agent::Settings) -> Result<(), Error> {

@@ -11,16 +11,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let settings = match args.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tandem-proxy: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let settings = args.settings();
     // One worker: a single-threaded runtime, like one nginx worker.
     let workers = args.worker_threads();
-    tandem_telemetry::run_node("tandem-proxy", workers, start(args, settings))
+    tandem_telemetry::run_node_with("tandem-proxy", workers, settings, |s| start(args, s))
 }
 
 async fn start(args: Args, settings: tandem_proxy::Settings) -> Result<(), Error> {

@@ -354,6 +354,30 @@ pub fn run_node<E: std::fmt::Display>(
 
 /// One worker per core, as `#[tokio::main]` would start (for services
 /// without a flag of their own for it).
+/// [`run_node`] for a service whose flags are checked into `settings`
+/// before a runtime exists: if they are wrong, prints `<name>: <error>` and
+/// exits with 2 (a usage error) without starting anything; otherwise runs
+/// `start(settings)`.
+pub fn run_node_with<S, E, F, Fut>(
+    name: &'static str,
+    workers: usize,
+    settings: Result<S, E>,
+    start: F,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    F: FnOnce(S) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    match settings {
+        Ok(settings) => run_node(name, workers, start(settings)),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 pub fn workers_per_core() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
