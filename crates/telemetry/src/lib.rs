@@ -3,7 +3,8 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, a Prometheus recorder for the
 //! `metrics` facade, the admin HTTP endpoints (`/metrics`, `/healthz`,
 //! `/readyz`), a lock-free latency histogram for hot paths
-//! ([`LatencyHistogram`]), and the shutdown signal.
+//! ([`LatencyHistogram`]), the shutdown signal, and HTML escaping and cookie
+//! reading for the services' own pages ([`web`]).
 //!
 //! It holds no business logic.
 
@@ -28,6 +29,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub mod admin_client;
 pub mod histogram;
 pub mod spans;
+pub mod web;
 pub use histogram::LatencyHistogram;
 pub use spans::SpanSink;
 
@@ -352,8 +354,6 @@ pub fn run_node<E: std::fmt::Display>(
     }
 }
 
-/// One worker per core, as `#[tokio::main]` would start (for services
-/// without a flag of their own for it).
 /// [`run_node`] for a service whose flags are checked into `settings`
 /// before a runtime exists: if they are wrong, prints `<name>: <error>` and
 /// exits with 2 (a usage error) without starting anything; otherwise runs
@@ -378,6 +378,8 @@ where
     }
 }
 
+/// One worker per core, as `#[tokio::main]` would start (for services
+/// without a flag of their own for it).
 pub fn workers_per_core() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }

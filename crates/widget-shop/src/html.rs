@@ -7,21 +7,7 @@ use std::fmt::Write as _;
 use crate::error::Public;
 use crate::model::{Cart, Order, Widget};
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use tandem_telemetry::web::esc;
 
 const STYLE: &str = r#"
 :root{--ink:#1f2328;--muted:#656d76;--line:#e3e6ea;--bg:#f6f7f9;--accent:#d9480f;--accent-dark:#b53c0c;--ok:#2b8a3e;--bad:#c92a2a}

@@ -22,24 +22,7 @@ use super::view::{
     RouteRef, SeenBy, ViewsFrom,
 };
 
-/// Escapes text for HTML element content and quoted attribute values. A
-/// carriage return becomes a character reference too, so no value can end
-/// a server-sent event's line.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use tandem_telemetry::web::esc;
 
 /// A path segment: percent-encodes everything but unreserved characters.
 pub fn path_segment(s: &str) -> String {

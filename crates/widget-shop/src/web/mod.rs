@@ -326,14 +326,7 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
 
 /// The cart named by the request's cookie, if it is one we could have issued.
 pub fn cart_from(headers: &HeaderMap) -> Option<CartId> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == CART_COOKIE)
-        .and_then(|(_, value)| CartId::parse(value.trim()))
+    tandem_telemetry::web::cookie(headers, CART_COOKIE).and_then(CartId::parse)
 }
 
 /// The request's cart, or a new one and the cookie that names it.
