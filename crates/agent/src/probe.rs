@@ -770,18 +770,10 @@ mod tests {
         heads: Arc<Mutex<Vec<String>>>,
     ) {
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
         loop {
-            let end = loop {
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break i + 4;
-                }
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
+            let Some(head) = tandem_testkit::read_head(&mut s, &mut buf).await else {
+                return;
             };
-            let head: Vec<u8> = buf.drain(..end).collect();
             heads
                 .lock()
                 .unwrap()

@@ -6,6 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::wire::{masked_text_frame, websocket_upgrade};
 use common::*;
 use tandem_core::LbPolicy;
 use tandem_testkit::backend::FakeBackend;
@@ -349,31 +350,15 @@ async fn an_answer_before_the_end_of_an_upload_reaches_the_client() {
 #[tokio::test]
 async fn websocket_upgrades_pass_through() {
     let (proxy, _b) = proxy_with_one_backend("ws", &[]).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let (mut s, head) = websocket_upgrade(proxy.addr).await;
+    let head = head.to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
         head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "{head}"
     );
     // A masked text frame "hello", echoed back unmasked.
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | 5];
-    frame.extend_from_slice(&mask);
-    frame.extend(b"hello".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
-    s.write_all(&frame).await.unwrap();
+    s.write_all(&masked_text_frame(b"hello")).await.unwrap();
     let mut echo = [0u8; 7];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
         .await
@@ -406,14 +391,7 @@ async fn http2_clients_and_request_bodies() {
     // A large body streams through both ways, over HTTP/1.1 and HTTP/2.
     let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     for client in [http_client(), h2] {
-        let r = client
-            .post(proxy.url("/echo"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert!(r.bytes().await.unwrap() == body);
+        assert!(echo(&client, &proxy, body.clone()).await == body);
     }
 }
 

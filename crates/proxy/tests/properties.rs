@@ -735,19 +735,11 @@ async fn scripted_backend() -> SocketAddr {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
                 loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some(head) = tandem_testkit::read_head(&mut s, &mut buf).await else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end);
+                    let head = String::from_utf8_lossy(&head);
                     let target = head.split(' ').nth(1).unwrap_or("/");
                     let mut parts = target.trim_start_matches('/').split('/');
                     let kind = parts.next().and_then(|k| k.parse::<usize>().ok());

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use common::h2raw;
-use common::wire::{self, Answer, talk};
+use common::wire::{self, Answer, masked_text_frame, talk, websocket_upgrade};
 use common::*;
 use tandem_core::LbPolicy;
 use tandem_testkit::backend::FakeBackend;
@@ -442,29 +442,10 @@ async fn an_upgraded_connection_closes_after_the_pools_tunnel_idle_timeout() {
     let proxy = ProxyProcess::with_snapshot(&single_pool(config, vec![backend(&ws.address())]))
         .await
         .unwrap();
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let (mut s, head) = websocket_upgrade(proxy.addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Traffic keeps it open past the timeout...
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | 2];
-    frame.extend_from_slice(&mask);
-    frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+    let frame = masked_text_frame(b"hi");
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(600)).await;
         s.write_all(&frame).await.unwrap();

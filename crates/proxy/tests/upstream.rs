@@ -35,18 +35,8 @@ impl Seen {
 /// Reads one request (head, and a Content-Length body) off `s`; `None`
 /// when the peer closed first.
 async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
-    let mut chunk = [0u8; 16 * 1024];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let head = tandem_testkit::read_head(s, buf).await?;
+    let head = String::from_utf8_lossy(&head).into_owned();
     let length = head
         .lines()
         .find_map(|l| {
@@ -55,15 +45,15 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
                 .then(|| v.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
-    while buf.len() < head_end + length {
+    let mut chunk = [0u8; 16 * 1024];
+    while buf.len() < length {
         let n = s.read(&mut chunk).await.ok()?;
         if n == 0 {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let body = buf[head_end..head_end + length].to_vec();
-    buf.drain(..head_end + length);
+    let body = buf.drain(..length).collect();
     Some(Seen { head, body })
 }
 

@@ -113,6 +113,27 @@ pub fn http_client() -> reqwest::Client {
         .expect("building a reqwest client")
 }
 
+/// Reads off `s` into `buf` until `buf` holds a whole HTTP/1 head (through
+/// the blank line), then takes the head out of `buf`, leaving whatever
+/// followed it. `None` when the peer closes or the read fails first.
+pub async fn read_head<S>(s: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    Some(buf.drain(..end).collect())
+}
+
 /// Waits until `GET url` answers 200.
 pub async fn wait_http_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
     let client = http_client();

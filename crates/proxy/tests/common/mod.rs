@@ -211,6 +211,11 @@ pub async fn concurrent(url: &str, n: usize, concurrency: usize) -> Tally {
             t
         }));
     }
+    merged(tasks).await
+}
+
+/// The clients' tallies, added up (a client task that panicked adds nothing).
+async fn merged(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     let mut all = Tally::default();
     for task in tasks {
         if let Ok(t) = task.await {
@@ -218,6 +223,19 @@ pub async fn concurrent(url: &str, n: usize, concurrency: usize) -> Tally {
         }
     }
     all
+}
+
+/// POSTs `body` to the backend's `/echo` through `proxy`; asserts a 200
+/// and returns the body that came back.
+pub async fn echo(client: &reqwest::Client, proxy: &ProxyProcess, body: Vec<u8>) -> Vec<u8> {
+    let r = client
+        .post(proxy.url("/echo"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap().to_vec()
 }
 
 /// Steady load from `concurrency` clients until the returned flag is set.
@@ -242,13 +260,7 @@ pub fn steady_load(
                 t
             }));
         }
-        let mut all = Tally::default();
-        for task in tasks {
-            if let Ok(t) = task.await {
-                all.merge(t);
-            }
-        }
-        all
+        merged(tasks).await
     });
     (stop, handle)
 }

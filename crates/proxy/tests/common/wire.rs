@@ -66,6 +66,39 @@ pub async fn connect_from(local: Option<IpAddr>, addr: SocketAddr) -> TcpStream 
     }
 }
 
+/// Asks for a WebSocket on `/ws` at `addr` (with RFC 6455's sample key) and
+/// reads the answer's head, exactly (nothing after it): the connection and
+/// the head.
+pub async fn websocket_upgrade(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("write the upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)
+            .await
+            .expect("read the answer's head");
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A WebSocket text frame carrying `text` (under 126 bytes), masked as a
+/// client must.
+pub fn masked_text_frame(text: &[u8]) -> Vec<u8> {
+    assert!(text.len() < 126, "a one-byte payload length");
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+    frame
+}
+
 /// The answers in `bytes`, in order; the ones to HEAD requests (by
 /// position in `heads`) have no body. Stops at the first incomplete one.
 pub fn answers(bytes: &[u8], heads: &[bool]) -> Vec<Answer> {
