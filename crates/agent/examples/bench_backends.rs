@@ -12,7 +12,6 @@
 //! against the CA with SNI `localhost`: the agent's probes are then TLS.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -134,20 +133,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// A TLS acceptor for the certificate and key in these PEM files.
 fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .context("--tls-cert")?
-        .collect::<Result<Vec<_>, _>>()
-        .context("--tls-cert")?;
-    let key = PrivateKeyDer::from_pem_file(key).context("--tls-key")?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let chain = std::fs::read_to_string(cert).context("--tls-cert")?;
+    let key = std::fs::read_to_string(key).context("--tls-key")?;
+    tandem_testkit::certs::http1_acceptor(&chain, &key).context("--tls-cert, --tls-key")
 }
 
 async fn serve(listener: tokio::net::TcpListener, tls: Option<TlsAcceptor>) {

@@ -233,3 +233,21 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A TLS acceptor (rustls with ring, TLS 1.2 and 1.3, ALPN `http/1.1`)
+/// serving this certificate chain and key (PEM), as the test backends do.
+pub fn http1_acceptor(chain_pem: &str, key_pem: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the certificate chain (PEM)")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("the private key (PEM)")?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}

@@ -67,18 +67,8 @@ impl RecordingBackend {
     /// Starts one serving HTTPS (HTTP/1.1 over TLS, rustls) with this
     /// certificate chain and key (PEM), recording each connection's SNI.
     pub async fn start_tls(chain_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain =
-            CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        let acceptor = crate::certs::http1_acceptor(chain_pem, key_pem)?;
+        Self::start_with(Some(acceptor)).await
     }
 
     async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<Self> {
