@@ -7,23 +7,20 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::consensus::Consensus;
+use crate::leader::{Ticks, on_duty};
 use crate::store::Store;
 
 const EVERY: Duration = Duration::from_millis(500);
 
 /// Runs until shutdown.
-pub async fn record(store: Store, consensus: Consensus, mut shutdown: watch::Receiver<bool>) {
+pub async fn record(store: Store, consensus: Consensus, shutdown: watch::Receiver<bool>) {
     // The highest raft index known to be in the table (None: ask).
     let mut recorded: Option<u64> = None;
-    let mut ticker = tokio::time::interval(EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticks = Ticks::new(EVERY, shutdown);
+    while ticks.next().await {
         // Not while the database is known to be away: the hub says when it
         // is back, and the table's recent list covers the gap.
-        if !consensus.status().is_leader() || !store.availability().is_up() {
+        if on_duty(&consensus, &store).is_none() {
             recorded = None;
             continue;
         }

@@ -16,6 +16,7 @@ mod error;
 mod history;
 mod hosts;
 mod hub;
+mod leader;
 mod membership;
 pub mod mtls;
 mod overrides;

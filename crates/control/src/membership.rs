@@ -418,19 +418,14 @@ pub async fn record(
     store: Store,
     consensus: Consensus,
     fallback: BTreeMap<u64, String>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(RECORD_EVERY);
+    let mut ticks = crate::leader::Ticks::new(RECORD_EVERY, shutdown);
     let mut written: Option<(u64, Vec<RecordedMember>)> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = ticker.tick() => {}
-        }
-        let s = consensus.status();
-        if !s.is_leader() || !store.availability().is_up() {
+    while ticks.next().await {
+        let Some(s) = crate::leader::on_duty(&consensus, &store) else {
             continue;
-        }
+        };
         let members: Vec<RecordedMember> = member_addresses(&s, &fallback)
             .into_iter()
             .map(|(id, address)| RecordedMember {

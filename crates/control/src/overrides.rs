@@ -12,19 +12,16 @@ use tokio::sync::watch;
 
 use crate::Error;
 use crate::consensus::{Command, Consensus};
+use crate::leader::{Ticks, on_duty};
 use crate::store::Store;
 
 const EVERY: Duration = Duration::from_millis(500);
 
 /// Runs until shutdown.
-pub async fn reconcile(store: Store, consensus: Consensus, mut shutdown: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = ticker.tick() => {}
-        }
-        if !consensus.status().is_leader() || !store.availability().is_up() {
+pub async fn reconcile(store: Store, consensus: Consensus, shutdown: watch::Receiver<bool>) {
+    let mut ticks = Ticks::new(EVERY, shutdown);
+    while ticks.next().await {
+        if on_duty(&consensus, &store).is_none() {
             continue;
         }
         let table = consensus.table();

@@ -900,10 +900,6 @@ async fn commit_change(
     .bind(actor)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE config_revision SET revision = $1")
-        .bind(rev.0 as i64)
-        .execute(&mut *tx)
-        .await?;
     commit_notifying(tx, rev).await?;
     tracing::info!(
         revision = rev.0,
@@ -986,9 +982,14 @@ async fn write_backend(
     touch_pool(tx, pool, rev).await
 }
 
-/// Commits `tx`, the change to revision `rev`: listeners hear of it when
-/// (and only if) it commits, and the revision gauge follows.
+/// Commits `tx`, the change to revision `rev`: sets the configuration's
+/// revision to `rev`; listeners hear of it when (and only if) it commits,
+/// and the revision gauge follows.
 async fn commit_notifying(mut tx: Transaction<'static, Postgres>, rev: Revision) -> Result<()> {
+    sqlx::query("UPDATE config_revision SET revision = $1")
+        .bind(rev.0 as i64)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(NOTIFY_CHANNEL)
         .bind(rev.0.to_string())

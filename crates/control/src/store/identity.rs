@@ -161,10 +161,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE config_revision SET revision = $1")
-            .bind(rev.0 as i64)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "UPDATE store_identity SET generation = generation + 1, since_revision = $1,
                  reason = 'restore', changed_at = now()",
