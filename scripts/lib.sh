@@ -76,6 +76,18 @@ test_leaf() {
     -extfile "$1/leaf.ext" -out "$1/$2.pem" 2>/dev/null
 }
 
+# haproxy_cfg MODE PORT MAXCONN [DEFAULTS_LINE...]: the head of an HAProxy
+# configuration for the benchmarks: one thread (like the one-worker proxies
+# it is compared with), MODE (http or tcp) and the given lines in
+# `defaults`, a frontend on 127.0.0.1:PORT, and the `backend be` line: the
+# caller writes that backend's lines after it.
+haproxy_cfg() {
+  local line
+  printf 'global\n  nbthread 1\n  maxconn %s\ndefaults\n  mode %s\n' "$3" "$1"
+  for line in "${@:4}"; do printf '  %s\n' "$line"; done
+  printf 'frontend fe\n  bind 127.0.0.1:%s\n  default_backend be\nbackend be\n' "$2"
+}
+
 # Headless Chromium and its WebDriver, for the widget shop's browser test.
 ensure_chromium() {
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

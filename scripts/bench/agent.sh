@@ -170,20 +170,9 @@ step "the same checks by HAProxy, for comparison"
 kill -TERM "$AGENT_PID" 2>/dev/null || true
 wait "$AGENT_PID" 2>/dev/null || true
 {
-  echo "global"
-  echo "  nbthread 1"
-  echo "  maxconn 4000"
-  echo "defaults"
-  echo "  mode $([ "$KIND" = http ] && echo http || echo tcp)"
-  echo "  timeout connect 1s"
-  echo "  timeout client 30s"
-  echo "  timeout server 30s"
-  echo "  timeout check 1s"
-  # A listener HAProxy insists on; nothing connects to it.
-  echo "frontend fe"
-  echo "  bind 127.0.0.1:$(free_port)"
-  echo "  default_backend be"
-  echo "backend be"
+  # The frontend is a listener HAProxy insists on; nothing connects to it.
+  haproxy_cfg "$([ "$KIND" = http ] && echo http || echo tcp)" "$(free_port)" 4000 \
+    "timeout connect 1s" "timeout client 30s" "timeout server 30s" "timeout check 1s"
   [ "$KIND" = http ] && echo "  option httpchk GET /healthz" && echo "  http-check expect status 200"
   if [ "$TLS" = 1 ]; then
     echo "  default-server check inter ${INTERVAL_MS}ms fall 2 rise 2 check-ssl verify required ca-file $WORK/ca.pem check-sni localhost verifyhost localhost"

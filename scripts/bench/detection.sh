@@ -96,27 +96,17 @@ for p in "${BACKEND_PORTS[@]}"; do wait_http "http://127.0.0.1:$p/healthz" "back
 
 step "starting HAProxy (inter 1s fall 2 rise 2)"
 HAPROXY_PORT=$(free_port)
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  timeout check 500ms
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend be
-backend be
+{
+  haproxy_cfg http "$HAPROXY_PORT" 4096 "option http-keep-alive" \
+    "timeout connect 1s" "timeout client 30s" "timeout server 30s" "timeout check 500ms"
+  cat <<EOF
   balance roundrobin
   option httpchk GET /healthz
   server b1 127.0.0.1:${BACKEND_PORTS[0]} check inter 1s fall 2 rise 2
   server b2 127.0.0.1:${BACKEND_PORTS[1]} check inter 1s fall 2 rise 2
   server b3 127.0.0.1:${BACKEND_PORTS[2]} check inter 1s fall 2 rise 2
 EOF
+} >"$WORK/haproxy.cfg"
 start haproxy "$HAPROXY" -f "$WORK/haproxy.cfg" -db
 
 step "starting Postgres, tandem-control, tandem-agent, tandem-proxy"

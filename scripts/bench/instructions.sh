@@ -133,7 +133,7 @@ echo
 first=${CONFIGS%% *}
 printf "%-9s %14s %10s\n" config "instr/request" "vs $first"
 for c in $CONFIGS; do
-  med=$(for r in $(seq 1 "$ROUNDS"); do echo "${INS[$c.$r]}"; done | median)
+  med=$(for r in $(seq 1 "$ROUNDS"); do echo "${INS[$c.$r]}"; done | median %.0f)
   INS[$c]=$med
   printf "%-9s %14s %10s\n" "$c" "$med" "$(awk -v a="$med" -v b="${INS[$first]}" 'BEGIN { printf "%.3fx", a / b }')"
 done

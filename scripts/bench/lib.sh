@@ -162,21 +162,8 @@ tandem_env() {
 # haproxy_tcp_cfg PORT BACKEND_PORT: HAProxy `mode tcp`, one thread, from
 # 127.0.0.1:PORT to the backend.
 haproxy_tcp_cfg() {
-  cat <<CFG
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode tcp
-  timeout connect 1s
-  timeout client 30m
-  timeout server 30m
-frontend fe
-  bind 127.0.0.1:$1
-  default_backend be
-backend be
-  server b1 127.0.0.1:$2
-CFG
+  haproxy_cfg tcp "$1" 8000 "timeout connect 1s" "timeout client 30m" "timeout server 30m"
+  echo "  server b1 127.0.0.1:$2"
 }
 
 # median [FORMAT]: the median of the numbers on stdin (one a line, or

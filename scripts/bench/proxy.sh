@@ -82,24 +82,11 @@ taskset -c "$PROXY_CORE" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
 NGINX_PID=$!
 PIDS+=($NGINX_PID)
 
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend be
-backend be
-  server b1 127.0.0.1:$BACKEND_PORT
-EOF
+{
+  haproxy_cfg http "$HAPROXY_PORT" 4096 "option http-keep-alive" "option forwardfor" "http-reuse always" \
+    "timeout connect 1s" "timeout client 30s" "timeout server 30s"
+  echo "  server b1 127.0.0.1:$BACKEND_PORT"
+} >"$WORK/haproxy.cfg"
 taskset -c "$PROXY_CORE" "$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)

@@ -158,7 +158,7 @@ first=${TARGETS%% *}
 declare -A MED
 for t in $TARGETS; do
   for k in short kept; do
-    MED[$t.$k]=$(for r in $(seq 1 "$ROUNDS"); do echo "${INS[$t.$k.$r]}"; done | median)
+    MED[$t.$k]=$(for r in $(seq 1 "$ROUNDS"); do echo "${INS[$t.$k.$r]}"; done | median %.0f)
   done
   printf "%-16s %16s %10s %16s %10s\n" "$t" "${MED[$t.short]}" \
     "$(awk -v a="${MED[$t.short]}" -v b="${MED[$first.short]}" 'BEGIN { printf "%.2fx", a / b }')" \
