@@ -1094,12 +1094,7 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
         .await?
         .list_pools(v1::ListPoolsRequest {})
         .await?;
-    let metrics = tandem_testkit::http_client()
-        .get(cp.admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = cp.metrics().await?;
     assert!(
         metrics.contains("tandem_control_requests_total"),
         "{metrics}"

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::served::web_pool;
-use tandem_testkit::served::{ServedPool, SteadyLoad, all_healthy, unhealthy, wait_health};
+
+use tandem_testkit::served::{
+    ServedPool, SteadyLoad, all_healthy, fail_until_unhealthy, wait_health, web_pool,
+};
 use tandem_testkit::{ControlCluster, Postgres, free_addr, wait_http_ok, wait_until};
 
 /// `tandemctl ARGS` against `endpoints` with the admin token, off the
@@ -158,16 +160,8 @@ async fn adding_a_fourth_member_and_removing_the_leader_under_load_fails_no_requ
 
     // The smaller group still decides health: a backend that fails is
     // taken out.
-    let sick = &served.backends[2];
-    sick.set_healthy(false).await?;
     let health = cluster.replica(4).node_client().await?;
-    wait_health(
-        &health,
-        Duration::from_secs(10),
-        "the sick backend decided unhealthy",
-        unhealthy(sick.address()),
-    )
-    .await?;
+    fail_until_unhealthy(&served.backends[2], &health).await?;
 
     let outcome = load.stop().await?;
     eprintln!("member 4 added, leader {leader} removed (new leader {new_leader}); {outcome}");

@@ -269,6 +269,15 @@ impl ControlPlane {
         }
     }
 
+    /// The replica's `/metrics` page (Prometheus text).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let res = crate::http_client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await?;
+        Ok(res.text().await?)
+    }
+
     /// The certificates of an mTLS replica.
     pub fn certs(&self) -> Option<&std::sync::Arc<ComponentCerts>> {
         self.options.tls.as_ref()

@@ -72,6 +72,22 @@ pub fn quick_health_check(timeout_ms: u32) -> v1::HealthCheck {
     }
 }
 
+/// Makes `backend` fail its health check and waits up to 10 s until the
+/// replica `health` reads from has decided it unhealthy.
+pub async fn fail_until_unhealthy(
+    backend: &FakeBackend,
+    health: &AuthedClient,
+) -> anyhow::Result<()> {
+    backend.set_healthy(false).await?;
+    wait_health(
+        health,
+        Duration::from_secs(10),
+        "the sick backend decided unhealthy",
+        unhealthy(backend.address()),
+    )
+    .await
+}
+
 /// For [`wait_health`]: exactly `n` backends, all healthy.
 pub fn all_healthy(n: usize) -> impl Fn(&[v1::BackendHealth]) -> bool {
     move |backends| {
