@@ -167,3 +167,14 @@ pub async fn wait_for(browser: &Client, at: Locator<'_>) -> anyhow::Result<Eleme
         .for_element(at)
         .await?)
 }
+
+/// The text of the element `at` finds.
+pub async fn text(browser: &Client, at: Locator<'_>) -> anyhow::Result<String> {
+    Ok(browser.find(at).await?.text().await?)
+}
+
+/// Types `keys` into the element `at` finds.
+pub async fn type_into(browser: &Client, at: Locator<'_>, keys: &str) -> anyhow::Result<()> {
+    browser.find(at).await?.send_keys(keys).await?;
+    Ok(())
+}
