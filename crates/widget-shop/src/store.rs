@@ -620,17 +620,11 @@ impl Store {
         // with no lines). One replica shows a transaction whole or not at all.
         let find = |pool: PgPool| async move {
             let mut conn = pool.acquire().await?;
-            let row: Option<OrderRow> = sqlx::query_as(
-                "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
-                   FROM orders WHERE code = $1 AND cart_id = $2",
-            )
-            .bind(code.as_str())
-            .bind(cart.as_str())
-            .fetch_optional(&mut *conn)
-            .instrument(query_span("SELECT", "orders"))
-            .await?;
-            let row = row.ok_or_else(not_found)?;
-            with_lines(&mut conn, row).await
+            let sql = "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
+                         FROM orders WHERE code = $1 AND cart_id = $2";
+            order_with_lines(&mut conn, sql, code.as_str(), cart.as_str())
+                .await?
+                .ok_or_else(not_found)
         };
         match self.read(Prefer::Replica, find).await {
             // A replica may not have replayed an order placed a moment
@@ -652,19 +646,9 @@ impl Store {
         cart: &CartId,
         key: &IdempotencyKey,
     ) -> Result<Option<Order>> {
-        let row: Option<OrderRow> = sqlx::query_as(
-            "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
-               FROM orders WHERE cart_id = $1 AND idempotency_key = $2",
-        )
-        .bind(cart.as_str())
-        .bind(key.as_str())
-        .fetch_optional(&mut *conn)
-        .instrument(query_span("SELECT", "orders"))
-        .await?;
-        match row {
-            Some(row) => Ok(Some(with_lines(conn, row).await?)),
-            None => Ok(None),
-        }
+        let sql = "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
+                     FROM orders WHERE cart_id = $1 AND idempotency_key = $2";
+        order_with_lines(conn, sql, cart.as_str(), key.as_str()).await
     }
 }
 
@@ -681,6 +665,26 @@ fn replay(order: Order, customer: &Customer, key: &IdempotencyKey) -> Result<Pla
         order,
         replayed: true,
     })
+}
+
+/// The order `sql` selects (an [`OrderRow`], with `$1` and `$2` bound to
+/// `first` and `second`) and its lines, read on `conn`.
+async fn order_with_lines(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    first: &str,
+    second: &str,
+) -> Result<Option<Order>> {
+    let row: Option<OrderRow> = sqlx::query_as(sql)
+        .bind(first)
+        .bind(second)
+        .fetch_optional(&mut *conn)
+        .instrument(query_span("SELECT", "orders"))
+        .await?;
+    match row {
+        Some(row) => Ok(Some(with_lines(conn, row).await?)),
+        None => Ok(None),
+    }
 }
 
 async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<Order> {
