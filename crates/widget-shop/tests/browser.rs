@@ -34,11 +34,7 @@ async fn a_person_buys_a_widget_in_a_real_browser() -> anyhow::Result<()> {
     let _ = browser.close().await;
     let code = result?;
 
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE code = $1")
-        .bind(&code)
-        .fetch_one(&db)
-        .await?;
-    assert_eq!(recorded, 1, "the order the browser saw is in the database");
+    assert_recorded(&db, &code).await?;
     assert_eq!(count_orders(&db).await?, 1);
     Ok(())
 }
@@ -92,11 +88,7 @@ async fn a_person_buys_a_widget_over_https() -> anyhow::Result<()> {
     let _ = browser.close().await;
     let code = result?;
 
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE code = $1")
-        .bind(&code)
-        .fetch_one(&db)
-        .await?;
-    assert_eq!(recorded, 1, "the order the browser saw is in the database");
+    assert_recorded(&db, &code).await?;
     // The browser spoke HTTP/2 over TLS 1.3 (ALPN).
     let (_, metrics) = proxy.admin_get("/metrics").await?;
     ensure!(
@@ -105,6 +97,16 @@ async fn a_person_buys_a_widget_over_https() -> anyhow::Result<()> {
             .any(|l| l.starts_with(r#"tandem_proxy_tls_handshakes_total{version="1.3",alpn="h2"}"#)),
         "no TLS 1.3 h2 handshake counted:\n{metrics}"
     );
+    Ok(())
+}
+
+/// The order the browser saw is in the database.
+async fn assert_recorded(db: &sqlx::PgPool, code: &str) -> anyhow::Result<()> {
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE code = $1")
+        .bind(code)
+        .fetch_one(db)
+        .await?;
+    assert_eq!(recorded, 1, "the order the browser saw is in the database");
     Ok(())
 }
 
