@@ -288,14 +288,7 @@ impl Tandem {
                 ..Default::default()
             };
             tandem_testkit::create_pool_with(&mut admin, pool, &members).await?;
-            admin
-                .add_tcp_route(v1::AddTcpRouteRequest {
-                    route: Some(v1::TcpRoute {
-                        listen: listen.to_string(),
-                        pool: name.into(),
-                    }),
-                })
-                .await?;
+            tandem_testkit::add_tcp_route(&mut admin, listen, name).await?;
         }
         let agent = AgentProcess::start("agent-1", "zone-a", &self.control.endpoint()).await?;
         let state = tempfile::Builder::new()
