@@ -27,8 +27,9 @@ where
         .block_on(run(args))
 }
 
-/// The arguments every benchmark takes besides its own
-/// (`#[command(flatten)]`).
+// The arguments every benchmark takes besides its own
+// (`#[command(flatten)]`); a plain comment, since clap would show a doc
+// comment as the benchmark's description.
 #[derive(Debug, clap::Args)]
 pub struct Shared {
     /// Child pids are appended here (the shell entry point cleans up).
