@@ -425,16 +425,22 @@ impl Store {
         let Some(cart) = cart else {
             return Err(Error::EmptyCart);
         };
-        self.written(self.checkout_cart(cart, customer, key, placed_by).await)
+        let checkout = Checkout {
+            cart,
+            customer,
+            key,
+            placed_by,
+        };
+        self.written(self.checkout_cart(checkout).await)
     }
 
-    async fn checkout_cart(
-        &self,
-        cart: &CartId,
-        customer: &Customer,
-        key: Option<&IdempotencyKey>,
-        placed_by: &str,
-    ) -> Result<Placed> {
+    async fn checkout_cart(&self, checkout: Checkout<'_>) -> Result<Placed> {
+        let Checkout {
+            cart,
+            customer,
+            key,
+            ..
+        } = checkout;
         // Fast path for a retry whose first attempt committed.
         if let Some(key) = key
             && let Some(order) = self
@@ -443,7 +449,7 @@ impl Store {
         {
             return replay(order, customer, key);
         }
-        match self.place(cart, customer, key, placed_by).await {
+        match self.place(checkout).await {
             Err(Error::Database(sqlx::Error::Database(db)))
                 if db.constraint() == Some(IDEMPOTENCY_CONSTRAINT) =>
             {
@@ -462,13 +468,13 @@ impl Store {
         }
     }
 
-    async fn place(
-        &self,
-        cart: &CartId,
-        customer: &Customer,
-        key: Option<&IdempotencyKey>,
-        placed_by: &str,
-    ) -> Result<Placed> {
+    async fn place(&self, checkout: Checkout<'_>) -> Result<Placed> {
+        let Checkout {
+            cart,
+            customer,
+            key,
+            placed_by,
+        } = checkout;
         let mut tx = self.pool.begin().await?;
         // Serialises checkouts of one cart: a concurrent retry waits here,
         // then finds the order below instead of an empty cart.
@@ -665,6 +671,15 @@ fn replay(order: Order, customer: &Customer, key: &IdempotencyKey) -> Result<Pla
         order,
         replayed: true,
     })
+}
+
+/// One checkout of a cart, as [`Store::checkout`] hands it on.
+#[derive(Clone, Copy)]
+struct Checkout<'a> {
+    cart: &'a CartId,
+    customer: &'a Customer,
+    key: Option<&'a IdempotencyKey>,
+    placed_by: &'a str,
 }
 
 /// The order `sql` selects (an [`OrderRow`], with `$1` and `$2` bound to
