@@ -186,19 +186,25 @@ impl Health {
     }
 }
 
+/// The tests' check: `GET /healthz` every [`INTERVAL`], [`TIMEOUT_MS`],
+/// [`RISE`] and [`FALL`].
+fn http_check() -> v1::HealthCheck {
+    v1::HealthCheck {
+        kind: Some(v1::HealthCheckKind::Http.into()),
+        path: Some("/healthz".into()),
+        interval_ms: Some(INTERVAL.as_millis() as u32),
+        timeout_ms: Some(TIMEOUT_MS),
+        rise: Some(RISE),
+        fall: Some(FALL),
+        ..Default::default()
+    }
+}
+
 async fn setup_pool(cp: &ControlPlane, backends: &[&FakeBackend]) -> anyhow::Result<()> {
     let mut admin = cp.admin_client().await?;
     let pool = v1::Pool {
         name: "web".into(),
-        health_check: Some(v1::HealthCheck {
-            kind: Some(v1::HealthCheckKind::Http.into()),
-            path: Some("/healthz".into()),
-            interval_ms: Some(INTERVAL.as_millis() as u32),
-            timeout_ms: Some(TIMEOUT_MS),
-            rise: Some(RISE),
-            fall: Some(FALL),
-            ..Default::default()
-        }),
+        health_check: Some(http_check()),
         // Two backends, one of them down, is exactly the case
         // panic mode exists for: keep it out of this story.
         panic_threshold_percent: Some(0),
@@ -584,15 +590,7 @@ async fn a_tls_backend_whose_handshake_fails_is_unhealthy_and_gets_no_traffic() 
     let mut admin = cp.admin_client().await?;
     let pool = v1::Pool {
         name: "web".into(),
-        health_check: Some(v1::HealthCheck {
-            kind: Some(v1::HealthCheckKind::Http.into()),
-            path: Some("/healthz".into()),
-            interval_ms: Some(INTERVAL.as_millis() as u32),
-            timeout_ms: Some(TIMEOUT_MS),
-            rise: Some(RISE),
-            fall: Some(FALL),
-            ..Default::default()
-        }),
+        health_check: Some(http_check()),
         outlier: Some(v1::OutlierDetection {
             consecutive_failures: Some(0),
             ..Default::default()

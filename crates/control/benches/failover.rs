@@ -71,24 +71,12 @@ struct Args {
     /// Measure etcd only.
     #[arg(long)]
     skip_tandem: bool,
-    /// Child pids are appended here (the shell entry point cleans up).
-    #[arg(long)]
-    pid_file: Option<PathBuf>,
-    /// Passed by `cargo bench`.
-    #[arg(long, hide = true)]
-    bench: bool,
+    #[command(flatten)]
+    shared: common::Shared,
 }
 
 fn main() -> anyhow::Result<()> {
-    if !common::invoked_as_benchmark() {
-        return Ok(());
-    }
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    common::main(run)
 }
 
 /// What one failover measured, in ms after the kill (None: timed out).
@@ -210,7 +198,7 @@ impl Outcome {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     tandem_testkit::init_crypto();
-    let pids = PidFile::new(args.pid_file.clone());
+    let pids = PidFile::new(args.shared.pid_file.clone());
     let clock = Clock::new();
     anyhow::ensure!(
         args.settle_min_ms <= args.settle_max_ms,

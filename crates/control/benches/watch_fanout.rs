@@ -20,7 +20,6 @@
 mod common;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -65,24 +64,12 @@ struct Args {
     /// Extra environment for tandem-control, KEY=VALUE (repeatable).
     #[arg(long, value_parser = common::key_value)]
     control_env: Vec<(String, String)>,
-    /// Child pids are appended here (the shell entry point cleans up).
-    #[arg(long)]
-    pid_file: Option<PathBuf>,
-    /// Passed by `cargo bench`.
-    #[arg(long, hide = true)]
-    bench: bool,
+    #[command(flatten)]
+    shared: common::Shared,
 }
 
 fn main() -> anyhow::Result<()> {
-    if !common::invoked_as_benchmark() {
-        return Ok(());
-    }
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    common::main(run)
 }
 
 // === arrival times ===
@@ -156,7 +143,7 @@ impl Timeline {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     tandem_testkit::init_crypto();
-    let pids = PidFile::new(args.pid_file.clone());
+    let pids = PidFile::new(args.shared.pid_file.clone());
     let clock = Clock::new();
     let objects = args.pools * (1 + args.backends_per_pool);
     println!(

@@ -130,12 +130,7 @@ async fn a_new_leader_takes_over_when_the_leader_is_killed() -> anyhow::Result<(
         "{status:?}"
     );
     // /metrics on the leader says the same.
-    let metrics = tandem_testkit::http_client()
-        .get(cluster.replicas[(leader - 1) as usize].admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = cluster.replicas[(leader - 1) as usize].metrics().await?;
     for name in [
         "tandem_raft_term",
         "tandem_raft_is_leader 1",

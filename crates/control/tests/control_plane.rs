@@ -42,6 +42,18 @@ async fn control_with_shop()
     Ok((pg, cp, c))
 }
 
+/// A request for a route from `host` and `prefix` to `pool`.
+fn route(host: &str, prefix: &str, pool: &str) -> v1::AddRouteRequest {
+    v1::AddRouteRequest {
+        route: Some(v1::Route {
+            host: host.into(),
+            path_prefix: prefix.into(),
+            pool: pool.into(),
+            ..Default::default()
+        }),
+    }
+}
+
 fn backend(addr: &str) -> v1::Backend {
     v1::Backend {
         address: addr.into(),
@@ -102,15 +114,7 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    c.add_route(v1::AddRouteRequest {
-        route: Some(v1::Route {
-            host: "shop.local".into(),
-            path_prefix: "/".into(),
-            pool: "shop".into(),
-            ..Default::default()
-        }),
-    })
-    .await?;
+    c.add_route(route("shop.local", "/", "shop")).await?;
     let updated = c
         .update_pool(v1::UpdatePoolRequest {
             pool: Some(v1::Pool {
@@ -217,15 +221,7 @@ async fn crud_round_trip_survives_a_restart() -> anyhow::Result<()> {
 #[tokio::test]
 async fn deletes_remove_what_exists_and_name_what_does_not() -> anyhow::Result<()> {
     let (_pg, _cp, mut c) = control_with_shop().await?;
-    c.add_route(v1::AddRouteRequest {
-        route: Some(v1::Route {
-            host: "shop.local".into(),
-            path_prefix: "/".into(),
-            pool: "shop".into(),
-            ..Default::default()
-        }),
-    })
-    .await?;
+    c.add_route(route("shop.local", "/", "shop")).await?;
     c.add_tcp_route(v1::AddTcpRouteRequest {
         route: Some(v1::TcpRoute {
             listen: "127.0.0.1:5432".into(),
@@ -282,98 +278,67 @@ async fn deletes_remove_what_exists_and_name_what_does_not() -> anyhow::Result<(
     Ok(())
 }
 
+/// `value` after `change`: one field set wrong in a table of bad inputs.
+fn changed<T>(mut value: T, change: impl FnOnce(&mut T)) -> T {
+    change(&mut value);
+    value
+}
+
+/// A refusal as INVALID_ARGUMENT whose message starts with the `field`.
+fn assert_names_field(err: &tonic::Status, field: &str) {
+    assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+    assert!(
+        err.message().starts_with(&format!("{field}:")),
+        "{field}: {}",
+        err.message()
+    );
+}
+
 #[tokio::test]
 async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::Result<()> {
     let (_pg, _cp, mut c) = control_with_shop().await?;
 
-    let hc = |h: v1::HealthCheck| v1::Pool {
-        health_check: Some(h),
+    let web = |change: fn(&mut v1::Pool)| changed(pool("web"), change);
+    let checked = |change: fn(&mut v1::HealthCheck)| v1::Pool {
+        health_check: Some(changed(v1::HealthCheck::default(), change)),
         ..pool("web")
     };
-    let bad_pools: Vec<(v1::Pool, &str)> = vec![
+    let bad_pools = [
         (pool("Bad_Name"), "pool.name"),
         (pool(""), "pool.name"),
+        (web(|p| p.policy = 99), "pool.policy"),
         (
-            v1::Pool {
-                policy: 99,
-                ..pool("web")
-            },
-            "pool.policy",
-        ),
-        (
-            hc(v1::HealthCheck {
-                interval_ms: Some(10),
-                ..Default::default()
-            }),
+            checked(|h| h.interval_ms = Some(10)),
             "pool.health_check.interval_ms",
         ),
         (
-            hc(v1::HealthCheck {
-                timeout_ms: Some(5000),
-                ..Default::default()
-            }),
+            checked(|h| h.timeout_ms = Some(5000)),
             "pool.health_check.timeout_ms",
         ),
+        (checked(|h| h.rise = Some(0)), "pool.health_check.rise"),
+        (checked(|h| h.fall = Some(1000)), "pool.health_check.fall"),
         (
-            hc(v1::HealthCheck {
-                rise: Some(0),
-                ..Default::default()
-            }),
-            "pool.health_check.rise",
-        ),
-        (
-            hc(v1::HealthCheck {
-                fall: Some(1000),
-                ..Default::default()
-            }),
-            "pool.health_check.fall",
-        ),
-        (
-            hc(v1::HealthCheck {
-                path: Some("nope".into()),
-                ..Default::default()
-            }),
+            checked(|h| h.path = Some("nope".into())),
             "pool.health_check.path",
         ),
         (
-            hc(v1::HealthCheck {
-                expected_status_min: Some(700),
-                ..Default::default()
-            }),
+            checked(|h| h.expected_status_min = Some(700)),
             "pool.health_check.expected_status_min",
         ),
         (
-            v1::Pool {
-                connect_timeout_ms: Some(0),
-                ..pool("web")
-            },
+            web(|p| p.connect_timeout_ms = Some(0)),
             "pool.connect_timeout_ms",
         ),
         (
-            v1::Pool {
-                panic_threshold_percent: Some(150),
-                ..pool("web")
-            },
+            web(|p| p.panic_threshold_percent = Some(150)),
             "pool.panic_threshold_percent",
         ),
         (
-            v1::Pool {
-                retry: Some(v1::RetryPolicy {
-                    attempts: Some(9),
-                    ..Default::default()
-                }),
-                ..pool("web")
-            },
+            web(|p| p.retry.get_or_insert_default().attempts = Some(9)),
             "pool.retry.attempts",
         ),
         (
-            v1::Pool {
-                outlier: Some(v1::OutlierDetection {
-                    max_ejected_percent: Some(101),
-                    ..Default::default()
-                }),
-                ..pool("web")
-            },
+            web(|p| p.outlier.get_or_insert_default().max_ejected_percent = Some(101)),
             "pool.outlier.max_ejected_percent",
         ),
     ];
@@ -382,12 +347,7 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::R
             .create_pool(v1::CreatePoolRequest { pool: Some(p) })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(
-            err.message().starts_with(&format!("{field}:")),
-            "{field}: {}",
-            err.message()
-        );
+        assert_names_field(&err, field);
     }
     let err = c
         .create_pool(v1::CreatePoolRequest { pool: None })
@@ -395,38 +355,15 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::R
         .unwrap_err();
     assert!(err.message().starts_with("pool:"), "{}", err.message());
 
-    let bad_backends: Vec<(v1::Backend, &str)> = vec![
+    let at = |change: fn(&mut v1::Backend)| changed(backend("10.0.0.1:80"), change);
+    let bad_backends = [
         (backend("10.0.0.1"), "backend.address"),
         (backend("10.0.0.1:0"), "backend.address"),
         (backend("not a host:80"), "backend.address"),
-        (
-            v1::Backend {
-                weight: Some(0),
-                ..backend("10.0.0.1:80")
-            },
-            "backend.weight",
-        ),
-        (
-            v1::Backend {
-                weight: Some(1001),
-                ..backend("10.0.0.1:80")
-            },
-            "backend.weight",
-        ),
-        (
-            v1::Backend {
-                role: 7,
-                ..backend("10.0.0.1:80")
-            },
-            "backend.role",
-        ),
-        (
-            v1::Backend {
-                admin_state: 7,
-                ..backend("10.0.0.1:80")
-            },
-            "backend.admin_state",
-        ),
+        (at(|b| b.weight = Some(0)), "backend.weight"),
+        (at(|b| b.weight = Some(1001)), "backend.weight"),
+        (at(|b| b.role = 7), "backend.role"),
+        (at(|b| b.admin_state = 7), "backend.admin_state"),
     ];
     for (b, field) in bad_backends {
         let err = c
@@ -437,22 +374,9 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::R
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(
-            err.message().starts_with(&format!("{field}:")),
-            "{field}: {}",
-            err.message()
-        );
+        assert_names_field(&err, field);
     }
 
-    let route = |host: &str, prefix: &str, pool: &str| v1::AddRouteRequest {
-        route: Some(v1::Route {
-            host: host.into(),
-            path_prefix: prefix.into(),
-            pool: pool.into(),
-            ..Default::default()
-        }),
-    };
     for (r, field) in [
         (route("a.*.com", "/", "shop"), "route.host"),
         (route("shop.local", "api", "shop"), "route.path_prefix"),
@@ -460,12 +384,7 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() -> anyhow::R
         (route("shop.local", "/", "Nope!"), "route.pool"),
     ] {
         let err = c.add_route(r).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(
-            err.message().starts_with(&format!("{field}:")),
-            "{field}: {}",
-            err.message()
-        );
+        assert_names_field(&err, field);
     }
     // Well-formed but wrong: not found / already exists.
     let err = c
@@ -548,6 +467,21 @@ async fn concurrent_updates_with_the_same_expected_revision_exactly_one_wins() -
     Ok(())
 }
 
+/// The next configuration event, which must be a snapshot: its revision
+/// and the snapshot.
+async fn next_snapshot(
+    stream: &mut tonic::Streaming<v1::WatchEvent>,
+) -> anyhow::Result<(u64, v1::Snapshot)> {
+    let ev = next_event(stream).await?;
+    match ev.event {
+        Some(v1::watch_event::Event::Snapshot(s)) => Ok((ev.revision, s)),
+        other => anyhow::bail!(
+            "expected a snapshot, got {other:?} at revision {}",
+            ev.revision
+        ),
+    }
+}
+
 /// The next configuration event (health events are skipped).
 async fn next_event(
     stream: &mut tonic::Streaming<v1::WatchEvent>,
@@ -600,10 +534,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
         .watch(watch_request("proxy-test", "z1", 0))
         .await?
         .into_inner();
-    let first = next_event(&mut stream).await?;
-    let Some(v1::watch_event::Event::Snapshot(s)) = first.event else {
-        panic!("expected a snapshot first, got {first:?}");
-    };
+    let (_, s) = next_snapshot(&mut stream).await?;
     assert_eq!(s.revision, 1);
     assert_eq!(s.pools.len(), 1);
 
@@ -625,25 +556,13 @@ async fn a_watcher_on_one_replica_sees_changes_made_on_another_in_order() -> any
 
     // Reconnect with the last revision while more changes happen meanwhile:
     // the watcher catches up with a snapshot, then continues in order.
-    writer
-        .add_route(v1::AddRouteRequest {
-            route: Some(v1::Route {
-                host: "*".into(),
-                path_prefix: "/".into(),
-                pool: "shop".into(),
-                ..Default::default()
-            }),
-        })
-        .await?;
+    writer.add_route(route("*", "/", "shop")).await?;
     let mut stream = watcher
         .watch(watch_request("proxy-test", "z1", 21))
         .await?
         .into_inner();
-    let ev = next_event(&mut stream).await?;
-    let Some(v1::watch_event::Event::Snapshot(s)) = ev.event else {
-        panic!("behind: expected a snapshot, got {ev:?}");
-    };
-    assert_eq!(s.revision, 22);
+    let (_, s) = next_snapshot(&mut stream).await?;
+    assert_eq!(s.revision, 22, "behind: a snapshot");
     assert_eq!(s.routes.len(), 1);
     assert_eq!(s.pools[0].backends.len(), 20);
 
@@ -881,11 +800,8 @@ async fn a_database_outage_serves_reads_from_memory_fails_writes_fast_and_loses_
         }
     };
     let mut fresh = watch_from(0).await?;
-    let first = next_event(&mut fresh).await?;
-    let Some(v1::watch_event::Event::Snapshot(s)) = first.event else {
-        panic!("a snapshot first: {first:?}");
-    };
-    assert_eq!((first.revision, s.pools.len()), (1, 1));
+    let (revision, s) = next_snapshot(&mut fresh).await?;
+    assert_eq!((revision, s.pools.len()), (1, 1));
     assert_eq!(s.stale.map(|s| s.replica), Some("control-1".into()));
     let mut ahead = watch_from(5).await?;
     assert!(
@@ -1094,12 +1010,7 @@ async fn stock_tools_see_health_and_reflection_and_sigterm_drains() -> anyhow::R
         .await?
         .list_pools(v1::ListPoolsRequest {})
         .await?;
-    let metrics = tandem_testkit::http_client()
-        .get(cp.admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = cp.metrics().await?;
     assert!(
         metrics.contains("tandem_control_requests_total"),
         "{metrics}"

@@ -9,14 +9,20 @@ use common::obs;
 use std::time::Duration;
 
 use tandem_proto::v1;
+use tandem_proto::v1::HealthState::{Healthy, Unhealthy};
 use tandem_testkit::{ControlPlane, Postgres};
 use tokio_stream::StreamExt;
 
 const A: &str = "127.0.0.1:9101";
 const B: &str = "127.0.0.1:9102";
 
-async fn setup(cp: &ControlPlane) -> anyhow::Result<()> {
-    common::shop_pool(cp, 2, 2, &[A, B]).await
+/// Postgres and a control plane with pool `shop` of A and B (rise and
+/// fall 2).
+async fn started() -> anyhow::Result<(Postgres, ControlPlane)> {
+    let pg = Postgres::start()?;
+    let cp = ControlPlane::start(&pg.url()).await?;
+    common::shop_pool(&cp, 2, 2, &[A, B]).await?;
+    Ok((pg, cp))
 }
 
 async fn report(cp: &ControlPlane, agent: &str, o: Vec<v1::Observation>) -> anyhow::Result<()> {
@@ -29,6 +35,16 @@ async fn report(cp: &ControlPlane, agent: &str, o: Vec<v1::Observation>) -> anyh
         })
         .await?;
     Ok(())
+}
+
+/// A and B pass their health checks.
+fn both_up() -> Vec<v1::Observation> {
+    vec![obs(A, true), obs(B, true)]
+}
+
+/// A passes, B fails.
+fn b_down() -> Vec<v1::Observation> {
+    vec![obs(A, true), obs(B, false)]
 }
 
 /// A Watch stream as a proxy opens it, from revision 0.
@@ -89,32 +105,16 @@ async fn report_until(
 
 #[tokio::test]
 async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::Result<()> {
-    let pg = Postgres::start()?;
-    let cp = ControlPlane::start(&pg.url()).await?;
-    setup(&cp).await?;
+    let (pg, cp) = started().await?;
     let mut stream = watch_as_proxy(&cp).await?;
 
     // Two probes each (rise 2): both healthy. (A probe that arrives before
     // the control plane has B in its configuration does not count for B,
     // so wait for B.)
-    report_until(
-        &cp,
-        &mut stream,
-        vec![obs(A, true), obs(B, true)],
-        B,
-        v1::HealthState::Healthy,
-    )
-    .await?;
+    report_until(&cp, &mut stream, both_up(), B, Healthy).await?;
 
     // B fails twice (fall 2): unhealthy, with the reason and the agent's view.
-    let b = report_until(
-        &cp,
-        &mut stream,
-        vec![obs(A, true), obs(B, false)],
-        B,
-        v1::HealthState::Unhealthy,
-    )
-    .await?;
+    let b = report_until(&cp, &mut stream, b_down(), B, Unhealthy).await?;
     assert_eq!(b.reason, "HTTP 503 from 1/1 agent");
     assert_eq!(b.agents.len(), 1);
     assert_eq!(b.agents[0].healthy, Some(false));
@@ -129,19 +129,12 @@ async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::R
             .find(|b| b.address == addr)
             .map(|b| b.state)
     };
-    assert_eq!(state_of(A), Some(v1::HealthState::Healthy as i32));
-    assert_eq!(state_of(B), Some(v1::HealthState::Unhealthy as i32));
+    assert_eq!(state_of(A), Some(Healthy as i32));
+    assert_eq!(state_of(B), Some(Unhealthy as i32));
 
     // Postgres goes away: health keeps flowing through raft.
     pg.stop()?;
-    report_until(
-        &cp,
-        &mut stream,
-        vec![obs(A, true), obs(B, true)],
-        B,
-        v1::HealthState::Healthy,
-    )
-    .await?;
+    report_until(&cp, &mut stream, both_up(), B, Healthy).await?;
     pg.restart()?;
 
     // History catches up: B healthy, B unhealthy, B healthy again (and A).
@@ -173,9 +166,7 @@ async fn health_decided_through_raft_reaches_watchers_and_history() -> anyhow::R
 
 #[tokio::test]
 async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
-    let pg = Postgres::start()?;
-    let mut cp = ControlPlane::start(&pg.url()).await?;
-    setup(&cp).await?;
+    let (_pg, mut cp) = started().await?;
     // Report the way an agent does, every interval, until it is decided.
     let mut term_before = 0;
     let mut decided = false;
@@ -185,7 +176,7 @@ async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
         term_before = h.term;
         if h.backends
             .iter()
-            .any(|b| b.address == A && b.state == v1::HealthState::Unhealthy as i32)
+            .any(|b| b.address == A && b.state == Unhealthy as i32)
         {
             decided = true;
             break;
@@ -216,7 +207,7 @@ async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
         .iter()
         .find(|b| b.address == A)
         .unwrap_or_else(|| panic!("A is not known: {}", cp.process.logs()));
-    assert_eq!(a.state, v1::HealthState::Unhealthy as i32);
+    assert_eq!(a.state, Unhealthy as i32);
     assert!(
         h.term >= term_before,
         "the term never goes backwards ({} < {term_before})",
@@ -227,18 +218,9 @@ async fn health_survives_a_control_plane_restart() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_backend_removed_from_the_configuration_has_its_health_forgotten() -> anyhow::Result<()> {
-    let pg = Postgres::start()?;
-    let cp = ControlPlane::start(&pg.url()).await?;
-    setup(&cp).await?;
+    let (_pg, cp) = started().await?;
     let mut stream = watch_as_proxy(&cp).await?;
-    report_until(
-        &cp,
-        &mut stream,
-        vec![obs(A, true), obs(B, false)],
-        B,
-        v1::HealthState::Unhealthy,
-    )
-    .await?;
+    report_until(&cp, &mut stream, b_down(), B, Unhealthy).await?;
     // Both have a verdict before B goes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -250,7 +232,7 @@ async fn a_backend_removed_from_the_configuration_has_its_health_forgotten() -> 
             tokio::time::Instant::now() < deadline,
             "no verdict for both: {h:?}"
         );
-        report(&cp, "agent-1", vec![obs(A, true), obs(B, false)]).await?;
+        report(&cp, "agent-1", b_down()).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

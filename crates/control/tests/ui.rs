@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use tandem_proto::v1;
-use tandem_testkit::{ControlPlane, Postgres, http_client, wait_until};
+use tandem_testkit::{AuthedClient, ControlPlane, Postgres, http_client, wait_until};
 
 /// Nothing listens here: the backend the rogue agent reports on.
 const BACKEND: &str = "127.0.0.1:1";
@@ -153,6 +153,20 @@ impl Stream {
     }
 }
 
+/// Declares pool `shop` of [`BACKEND`] behind a catch-all route, probed
+/// every 200 ms and decided on one result.
+async fn declare_shop(admin: &mut AuthedClient) -> anyhow::Result<()> {
+    let check = v1::HealthCheck {
+        interval_ms: Some(200),
+        timeout_ms: Some(100),
+        rise: Some(1),
+        fall: Some(1),
+        ..Default::default()
+    };
+    let pool = tandem_testkit::served::checked_pool("shop", check);
+    tandem_testkit::declare_pool(admin, pool, &[BACKEND.to_string()]).await
+}
+
 /// A proxy's report of revision 2, with no TCP listener and no alert.
 fn proxy_report(node_id: &str, zone: &str, detail: &str) -> v1::ReportAppliedRequest {
     v1::ReportAppliedRequest {
@@ -188,22 +202,7 @@ async fn hostile_text_from_agents_and_nodes_stays_text_in_pages_and_the_live_str
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
     let mut admin = cp.admin_client().await?;
-    tandem_testkit::declare_pool(
-        &mut admin,
-        v1::Pool {
-            name: "shop".into(),
-            health_check: Some(v1::HealthCheck {
-                interval_ms: Some(200),
-                timeout_ms: Some(100),
-                rise: Some(1),
-                fall: Some(1),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        &[BACKEND.to_string()],
-    )
-    .await?;
+    declare_shop(&mut admin).await?;
 
     // The page answers on the admin listener, linked from `/`, with a
     // policy that lets nothing but its own files run.
@@ -464,22 +463,7 @@ async fn the_page_answers_from_memory_while_the_database_is_away() -> anyhow::Re
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
     let mut admin = cp.admin_client().await?;
-    tandem_testkit::declare_pool(
-        &mut admin,
-        v1::Pool {
-            name: "shop".into(),
-            health_check: Some(v1::HealthCheck {
-                interval_ms: Some(200),
-                timeout_ms: Some(100),
-                rise: Some(1),
-                fall: Some(1),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        &[BACKEND.to_string()],
-    )
-    .await?;
+    declare_shop(&mut admin).await?;
     let mut node = cp.node_client().await?;
     node.report_applied(proxy_report(
         "proxy-1",

@@ -768,6 +768,11 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// Parses `tandemctl <line>`, the line split at spaces.
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tandemctl").chain(line.split_whitespace()))
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
@@ -839,16 +844,7 @@ mod tests {
 
     #[test]
     fn global_flags_go_anywhere() {
-        let cli = Cli::try_parse_from([
-            "tandemctl",
-            "pool",
-            "list",
-            "-o",
-            "json",
-            "--endpoint",
-            "http://a:1,http://b:2",
-        ])
-        .unwrap();
+        let cli = parse("pool list -o json --endpoint http://a:1,http://b:2").unwrap();
         assert_eq!(cli.global.output, Output::Json);
         assert_eq!(cli.global.endpoint, "http://a:1,http://b:2");
         assert_eq!(cli.global.timeout, Duration::from_secs(10));
@@ -856,22 +852,10 @@ mod tests {
 
     #[test]
     fn pool_flags_parse_into_settings() {
-        let cli = Cli::try_parse_from([
-            "tandemctl",
-            "pool",
-            "create",
-            "shop",
-            "--policy",
-            "least_connections",
-            "--health-path",
-            "/healthz",
-            "--health-interval",
-            "1s",
-            "--health-status",
-            "200-299",
-            "--retry-budget",
-            "20%",
-        ])
+        let cli = parse(
+            "pool create shop --policy least_connections --health-path /healthz \
+             --health-interval 1s --health-status 200-299 --retry-budget 20%",
+        )
         .unwrap();
         let Command::Pool(PoolCommand::Create { name, settings }) = cli.command else {
             panic!("not pool create");
@@ -889,17 +873,7 @@ mod tests {
 
     #[test]
     fn tcp_routes_parse_and_exclude_http_flags() {
-        let cli = Cli::try_parse_from([
-            "tandemctl",
-            "route",
-            "add",
-            "--tcp",
-            "--listen",
-            "0.0.0.0:5432",
-            "--pool",
-            "db",
-        ])
-        .unwrap();
+        let cli = parse("route add --tcp --listen 0.0.0.0:5432 --pool db").unwrap();
         let Command::Route(RouteCommand::Add {
             tcp, listen, pool, ..
         }) = cli.command
@@ -931,15 +905,7 @@ mod tests {
             let args = std::iter::once("tandemctl").chain(bad.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
         }
-        let cli = Cli::try_parse_from([
-            "tandemctl",
-            "route",
-            "delete",
-            "--tcp",
-            "--listen",
-            "0.0.0.0:5432",
-        ])
-        .unwrap();
+        let cli = parse("route delete --tcp --listen 0.0.0.0:5432").unwrap();
         assert!(matches!(
             cli.command,
             Command::Route(RouteCommand::Delete { tcp: true, .. })
@@ -948,42 +914,25 @@ mod tests {
 
     #[test]
     fn bad_durations_are_usage_errors() {
-        let e = Cli::try_parse_from([
-            "tandemctl",
-            "pool",
-            "create",
-            "shop",
-            "--health-interval",
-            "soon",
-        ])
-        .unwrap_err();
+        let e = parse("pool create shop --health-interval soon").unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("invalid duration \"soon\""), "{e}");
     }
 
     #[test]
     fn force_and_expected_revision_exclude_each_other() {
-        let e = Cli::try_parse_from([
-            "tandemctl",
-            "pool",
-            "update",
-            "shop",
-            "--force",
-            "--expected-revision",
-            "3",
-        ])
-        .unwrap_err();
+        let e = parse("pool update shop --force --expected-revision 3").unwrap_err();
         assert_eq!(e.exit_code(), 2);
     }
 
     #[test]
     fn health_and_cluster_commands_parse() {
-        let cli = Cli::try_parse_from(["tandemctl", "health", "--pool", "shop"]).unwrap();
+        let cli = parse("health --pool shop").unwrap();
         let Command::Health(args) = cli.command else {
             panic!("not health");
         };
         assert_eq!(args.pool.as_deref(), Some("shop"));
-        let cli = Cli::try_parse_from(["tandemctl", "health", "-o", "json"]).unwrap();
+        let cli = parse("health -o json").unwrap();
         assert!(matches!(
             cli.command,
             Command::Health(HealthArgs { pool: None })

@@ -23,6 +23,11 @@ const UNAVAILABLE: i32 = 6;
 const AUTH: i32 = 7;
 const NO_ANSWER: i32 = 8;
 
+/// The arguments of a command line without quotes: `line` split at spaces.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// `tandemctl` pointed at one control plane with one token.
 struct Ctl {
     endpoint: String,
@@ -196,23 +201,10 @@ async fn an_operator_sets_up_a_pool_and_scripts_read_it_back() -> anyhow::Result
     let ctl = Ctl::new(&cp, ADMIN_TOKEN);
 
     // Create a pool with health-check flags; unset settings take defaults.
-    let out = ctl.ok(&[
-        "pool",
-        "create",
-        "shop",
-        "--policy",
-        "least_connections",
-        "--health-path",
-        "/healthz",
-        "--health-interval",
-        "1s",
-        "--health-fall",
-        "2",
-        "--health-rise",
-        "2",
-        "--max-request-body",
-        "1MiB",
-    ]);
+    let out = ctl.ok(&words(
+        "pool create shop --policy least_connections --health-path /healthz \
+         --health-interval 1s --health-fall 2 --health-rise 2 --max-request-body 1MiB",
+    ));
     assert!(out.starts_with("pool/shop created (revision "), "{out}");
 
     // Two backends, one a backup; drain the primary; route a host to it.
@@ -225,16 +217,7 @@ async fn an_operator_sets_up_a_pool_and_scripts_read_it_back() -> anyhow::Result
     assert_eq!(added["backend"]["role"], "backup");
     let out = ctl.ok(&["backend", "drain", "shop", "127.0.0.1:3001"]);
     assert!(out.contains("in pool/shop is now draining"), "{out}");
-    let out = ctl.ok(&[
-        "route",
-        "add",
-        "--host",
-        "shop.local",
-        "--prefix",
-        "/",
-        "--pool",
-        "shop",
-    ]);
+    let out = ctl.ok(&words("route add --host shop.local --prefix / --pool shop"));
     assert!(
         out.contains("route shop.local / -> pool/shop added"),
         "{out}"
@@ -581,19 +564,10 @@ async fn an_operator_sees_what_the_agents_decided() -> anyhow::Result<()> {
     let pg = Postgres::start()?;
     let cp = ControlPlane::start(&pg.url()).await?;
     let ctl = Ctl::new(&cp, ADMIN_TOKEN);
-    ctl.ok(&[
-        "pool",
-        "create",
-        "shop",
-        "--health-interval",
-        "200ms",
-        "--health-timeout",
-        "100ms",
-        "--health-fall",
-        "2",
-        "--health-rise",
-        "2",
-    ]);
+    ctl.ok(&words(
+        "pool create shop --health-interval 200ms --health-timeout 100ms \
+         --health-fall 2 --health-rise 2",
+    ));
 
     // Two watchers, for people and for scripts: live once they printed the
     // snapshot and the (empty) health state.
@@ -762,16 +736,7 @@ async fn with_the_database_down_reads_warn_and_writes_exit_6_naming_it() -> anyh
     let database = format!("127.0.0.1:{}/postgres", pg.port());
     let ctl = Ctl::new(&cp, ADMIN_TOKEN);
     ctl.ok(&["pool", "create", "shop"]);
-    ctl.ok(&[
-        "route",
-        "add",
-        "--host",
-        "shop.local",
-        "--prefix",
-        "/",
-        "--pool",
-        "shop",
-    ]);
+    ctl.ok(&words("route add --host shop.local --prefix / --pool shop"));
 
     pg.stop()?;
     let readyz = tandem_testkit::http_client();

@@ -21,9 +21,9 @@ use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::certs::{KeyKind, TestCa};
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::{checked_pool, quick_health_check};
 use tandem_testkit::{
-    ControlPlane, NODE_TOKEN, Postgres, Process, declare_pool, free_addr, http_client,
-    wait_http_ok, wait_until,
+    ControlPlane, Postgres, Process, declare_pool, free_addr, http_client, wait_http_ok, wait_until,
 };
 
 /// The fault-injection token the shops accept.
@@ -58,18 +58,7 @@ async fn alert_rules_and_dashboards_hold_against_a_live_platform() -> anyhow::Re
     let mut admin = control.admin_client().await?;
     declare_pool(
         &mut admin,
-        v1::Pool {
-            name: "shop".into(),
-            health_check: Some(v1::HealthCheck {
-                path: Some("/healthz".into()),
-                interval_ms: Some(500),
-                timeout_ms: Some(400),
-                rise: Some(2),
-                fall: Some(2),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        checked_pool("shop", quick_health_check(400)),
         &shops.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
     )
     .await?;
@@ -87,16 +76,11 @@ async fn alert_rules_and_dashboards_hold_against_a_live_platform() -> anyhow::Re
         })
         .await?;
     let agent = AgentProcess::start("agent-1", "zone-a", &control.endpoint()).await?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
+    let proxy = ProxyProcess::following(
         &control.endpoint(),
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-            ("TANDEM_TLS_LISTEN", free_addr().to_string()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
+        &[("TANDEM_TLS_LISTEN", free_addr().to_string())],
+    )
+    .await?;
     wait_http_ok(&proxy.url("/api/widgets"), Duration::from_secs(20)).await?;
 
     // Prometheus, scraping all of it every second with the rules loaded.

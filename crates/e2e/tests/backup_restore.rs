@@ -11,38 +11,15 @@
 //!   longer exists, and later changes reach it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tandem_proto::v1;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::tandemctl;
 use tandem_testkit::{
-    ADMIN_TOKEN, AuthedClient, ControlPlane, NODE_TOKEN, Postgres, bin_path, declare_pool,
-    wait_http_ok, wait_until,
+    AuthedClient, ControlPlane, NODE_TOKEN, Postgres, declare_pool, wait_http_ok, wait_until,
 };
-
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn tandemctl(endpoint: &str, args: &[&str]) -> Ran {
-    let out = Command::new(bin_path("tandemctl"))
-        .args(args)
-        .env("TANDEM_ENDPOINT", endpoint)
-        .env("TANDEM_TOKEN", ADMIN_TOKEN)
-        .env_remove("TANDEM_TOKEN_FILE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("tandemctl runs (cargo build --workspace --bins)");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn start_proxy(name: &str, endpoint: &str) -> anyhow::Result<(ProxyProcess, PathBuf)> {
     let dir = tempfile::tempdir()?;

@@ -83,12 +83,7 @@ async fn configuration_writes_resume_by_themselves_after_a_patroni_failover() ->
     assert_eq!(names, ["after", "before"]);
 
     // The replica counted the move (ControlDatabaseFailedOver's metric).
-    let metrics = tandem_testkit::http_client()
-        .get(cp.admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = cp.metrics().await?;
     let changes = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tandem_control_database_primary_changes_total "))

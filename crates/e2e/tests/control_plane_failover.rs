@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_testkit::served::{ServedPool, SteadyLoad, unhealthy, wait_health};
+use tandem_testkit::served::{ServedPool, SteadyLoad, fail_until_unhealthy};
 use tandem_testkit::{ControlCluster, Postgres};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,18 +36,11 @@ async fn killing_the_raft_leader_under_load_fails_no_request() -> anyhow::Result
     // agent reports to a surviving replica, the new leader decides, and
     // the proxy stops sending it traffic.
     let sick = &served.backends[1];
-    sick.set_healthy(false).await?;
     let survivor = (0..3)
         .find(|i| *i as u64 + 1 != leader)
         .expect("two survivors");
     let health = cluster.replicas[survivor].node_client().await?;
-    wait_health(
-        &health,
-        Duration::from_secs(10),
-        "the sick backend decided unhealthy",
-        unhealthy(sick.address()),
-    )
-    .await?;
+    fail_until_unhealthy(sick, &health).await?;
     // Out of rotation: it gets no more proxied requests.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = sick.requests().await?;

@@ -6,43 +6,16 @@
 //! write exits 6 at once naming the database. The database back, everything
 //! resumes without a restart.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tandem_proto::v1;
-use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::web_pool;
+use tandem_testkit::tandemctl;
 use tandem_testkit::{
-    ADMIN_TOKEN, ControlCluster, ControlPlane, NODE_TOKEN, Postgres, bin_path, declare_pool,
-    http_client, wait_http_ok, wait_until,
+    ControlCluster, ControlPlane, Postgres, http_client, wait_http_ok, wait_until,
 };
-
-/// What `tandemctl` printed and how it exited.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-fn tandemctl(endpoints: &str, args: &[&str]) -> Ran {
-    let started = Instant::now();
-    let out = Command::new(bin_path("tandemctl"))
-        .args(args)
-        .env("TANDEM_ENDPOINT", endpoints)
-        .env("TANDEM_TOKEN", ADMIN_TOKEN)
-        .env_remove("TANDEM_TOKEN_FILE")
-        .output()
-        .expect("tandemctl runs (cargo build --workspace --bins)");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: started.elapsed(),
-    }
-}
 
 /// `tandemctl -o json ...` that must succeed; its JSON and its stderr.
 fn tandemctl_json(endpoints: &str, args: &[&str]) -> (serde_json::Value, String) {
@@ -68,24 +41,10 @@ async fn with_the_database_down_replicas_answer_from_memory_and_resume_after() -
     cluster.leader(&[], Duration::from_secs(10)).await?;
     let endpoints = cluster.endpoints();
 
-    let backends = FakeBackend::start_many("web", 2).await?;
-    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
-    let pool = v1::Pool {
-        name: "web".into(),
-        ..Default::default()
-    };
-    declare_pool(
-        &mut cluster.replicas[0].admin_client().await?,
-        pool,
-        &addresses,
-    )
-    .await?;
-    let proxy_env = [
-        ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
-        ("TANDEM_WORKERS", "1".to_string()),
-    ];
-    let proxy = ProxyProcess::start(tempfile::tempdir()?, &endpoints, &proxy_env)?;
-    proxy.wait_ready().await?;
+    let (_backends, addresses) =
+        web_pool(&mut cluster.replicas[0].admin_client().await?, 2).await?;
+    let one_worker = [("TANDEM_WORKERS", "1".to_string())];
+    let proxy = ProxyProcess::following(&endpoints, &one_worker).await?;
     wait_http_ok(&proxy.url("/"), Duration::from_secs(20)).await?;
     // Every replica's copy has the whole configuration (revision 4: the
     // pool, two backends, the route) before the database goes.
@@ -166,13 +125,11 @@ async fn with_the_database_down_replicas_answer_from_memory_and_resume_after() -
     }
 
     // A write: exit 6 within a second, naming the database.
+    let started = Instant::now();
     let r = tandemctl(&endpoints, &["pool", "create", "api"]);
+    let took = started.elapsed();
     assert_eq!(r.code, 6, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.took < Duration::from_secs(1),
-        "answered after {:?}",
-        r.took
-    );
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
     assert!(
         r.stderr
             .starts_with("error: UNAVAILABLE: the control-plane database ")
@@ -185,7 +142,7 @@ async fn with_the_database_down_replicas_answer_from_memory_and_resume_after() -
     eprintln!(
         "tandemctl pool create (exit {} after {:?}): {}",
         r.code,
-        r.took,
+        took,
         r.stderr.trim_end()
     );
 
@@ -214,8 +171,7 @@ async fn with_the_database_down_replicas_answer_from_memory_and_resume_after() -
 
     // A fresh proxy with an empty state directory, following only that
     // replica, gets the configuration and serves.
-    let fresh = ProxyProcess::start(tempfile::tempdir()?, &only_three, &proxy_env)?;
-    fresh.wait_ready().await?;
+    let fresh = ProxyProcess::following(&only_three, &one_worker).await?;
     let res = http_client().get(fresh.url("/")).send().await?;
     assert!(res.status().is_success(), "{}", res.status());
 

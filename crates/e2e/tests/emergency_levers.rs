@@ -9,31 +9,16 @@
 //! a declared-disabled backend back in rotation, and `-o json` answers in
 //! JSON.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tandem_proto::v1;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::web_pool;
 use tandem_testkit::{
-    ADMIN_TOKEN, ControlCluster, NODE_TOKEN, Postgres, bin_path, declare_pool, http_client,
-    wait_http_ok, wait_until,
+    ControlCluster, Postgres, declare_pool, http_client, wait_http_ok, wait_until,
 };
-
-fn tandemctl(endpoints: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin_path("tandemctl"))
-        .args(args)
-        .env("TANDEM_ENDPOINT", endpoints)
-        .env("TANDEM_TOKEN", ADMIN_TOKEN)
-        .env_remove("TANDEM_TOKEN_FILE")
-        .output()
-        .expect("tandemctl runs (cargo build --workspace --bins)");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use tandem_testkit::{Ran, tandemctl};
 
 /// Sends `n` requests through each proxy; all must succeed.
 async fn traffic(proxies: &[&ProxyProcess], n: usize) -> anyhow::Result<()> {
@@ -58,26 +43,11 @@ async fn a_drain_with_the_database_down_reaches_both_proxies_and_reconciles_afte
     let follower = if leader == 1 { 2 } else { 1 };
     let follower_endpoint = cluster.replica(follower).endpoint();
 
-    let backends = FakeBackend::start_many("web", 2).await?;
-    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
-    let pool = v1::Pool {
-        name: "web".into(),
-        ..Default::default()
-    };
-    declare_pool(
-        &mut cluster.replicas[0].admin_client().await?,
-        pool,
-        &addresses,
-    )
-    .await?;
-    let proxy_env = [
-        ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
-        ("TANDEM_WORKERS", "1".to_string()),
-    ];
-    let a = ProxyProcess::start(tempfile::tempdir()?, &endpoints, &proxy_env)?;
-    let b = ProxyProcess::start(tempfile::tempdir()?, &endpoints, &proxy_env)?;
+    let (backends, addresses) = web_pool(&mut cluster.replicas[0].admin_client().await?, 2).await?;
+    let one_worker = [("TANDEM_WORKERS", "1".to_string())];
+    let a = ProxyProcess::following(&endpoints, &one_worker).await?;
+    let b = ProxyProcess::following(&endpoints, &one_worker).await?;
     for p in [&a, &b] {
-        p.wait_ready().await?;
         wait_http_ok(&p.url("/"), Duration::from_secs(20)).await?;
     }
     // Both backends take traffic from both proxies before.
@@ -96,7 +66,11 @@ async fn a_drain_with_the_database_down_reaches_both_proxies_and_reconciles_afte
     pg.stop()?;
     let drained = addresses[0].as_str();
     let started = Instant::now();
-    let (code, out, err) = tandemctl(&follower_endpoint, &["backend", "drain", "web", drained]);
+    let Ran {
+        code,
+        stdout: out,
+        stderr: err,
+    } = tandemctl(&follower_endpoint, &["backend", "drain", "web", drained]);
     assert_eq!(
         code, 0,
         "drain sent to follower control-{follower} with the database down: {out}{err}"
@@ -126,7 +100,11 @@ async fn a_drain_with_the_database_down_reaches_both_proxies_and_reconciles_afte
         "the other backend took them"
     );
 
-    let (code, out, err) = tandemctl(&endpoints, &["status"]);
+    let Ran {
+        code,
+        stdout: out,
+        stderr: err,
+    } = tandemctl(&endpoints, &["status"]);
     assert_eq!(code, 0, "status with the database down: {out}{err}");
     eprintln!("tandemctl status (db down):\n{out}{err}");
     assert!(
@@ -136,20 +114,8 @@ async fn a_drain_with_the_database_down_reaches_both_proxies_and_reconciles_afte
 
     // === the database returns: the override becomes declared ===
     pg.restart()?;
-    wait_until(
-        Duration::from_secs(30),
-        "the override to be reconciled",
-        || {
-            let e = endpoints.clone();
-            async move {
-                let (_, status, _) = tandemctl(&e, &["status"]);
-                let (code, list, _) = tandemctl(&e, &["backend", "list", "web"]);
-                code == 0 && !status.contains("override:") && list.contains("draining")
-            }
-        },
-    )
-    .await?;
-    let (_, list, _) = tandemctl(&endpoints, &["backend", "list", "web"]);
+    wait_reconciled(&endpoints, "web", "draining").await?;
+    let list = tandemctl(&endpoints, &["backend", "list", "web"]).stdout;
     eprintln!("tandemctl backend list web (db back):\n{list}");
     // Still drained, now by the declared configuration.
     let held = backends[0].requests().await?;
@@ -162,11 +128,30 @@ async fn a_drain_with_the_database_down_reaches_both_proxies_and_reconciles_afte
     Ok(())
 }
 
+/// Waits until `status` shows no runtime override and `backend list pool`
+/// shows `state`: the override became declared configuration.
+async fn wait_reconciled(endpoint: &str, pool: &str, state: &str) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        "the override to be reconciled",
+        || async {
+            let status = tandemctl(endpoint, &["status"]).stdout;
+            let list = tandemctl(endpoint, &["backend", "list", pool]);
+            list.code == 0 && !status.contains("override:") && list.stdout.contains(state)
+        },
+    )
+    .await
+}
+
 /// `tandemctl -o json ARGS` against `endpoint`: the parsed answer.
 fn tandemctl_json(endpoint: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let mut all = vec!["-o", "json"];
     all.extend_from_slice(args);
-    let (code, out, err) = tandemctl(endpoint, &all);
+    let Ran {
+        code,
+        stdout: out,
+        stderr: err,
+    } = tandemctl(endpoint, &all);
     anyhow::ensure!(code == 0, "tandemctl {args:?}: exit {code}: {out}{err}");
     serde_json::from_str(out.trim())
         .map_err(|e| anyhow::anyhow!("tandemctl -o json {args:?} printed no JSON ({e}): {out}"))
@@ -211,17 +196,13 @@ async fn disable_and_enable_with_the_database_down_act_as_declared_ones() -> any
         std::slice::from_ref(&address),
     )
     .await?;
-    let proxy_env = [
-        ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
-        ("TANDEM_WORKERS", "1".to_string()),
-    ];
-    let proxy = ProxyProcess::start(tempfile::tempdir()?, &endpoint, &proxy_env)?;
-    proxy.wait_ready().await?;
+    let one_worker = [("TANDEM_WORKERS", "1".to_string())];
+    let proxy = ProxyProcess::following(&endpoint, &one_worker).await?;
     wait_http_ok(&proxy.url("/"), Duration::from_secs(20)).await?;
 
     // Declared disabled while the database is up: nothing reaches it.
-    let (code, out, err) = tandemctl(&endpoint, &["backend", "disable", "solo", &address]);
-    assert_eq!(code, 0, "declared disable: {out}{err}");
+    let r = tandemctl(&endpoint, &["backend", "disable", "solo", &address]);
+    assert_eq!(r.code, 0, "declared disable: {}{}", r.stdout, r.stderr);
     wait_until(Duration::from_secs(10), "the declared disable", || {
         let p = proxy.url("/");
         async move {
@@ -278,19 +259,7 @@ async fn disable_and_enable_with_the_database_down_act_as_declared_ones() -> any
 
     // === the database returns: the disable becomes declared ===
     pg.restart()?;
-    wait_until(
-        Duration::from_secs(30),
-        "the override to be reconciled",
-        || {
-            let e = endpoint.clone();
-            async move {
-                let (_, status, _) = tandemctl(&e, &["status"]);
-                let (code, list, _) = tandemctl(&e, &["backend", "list", "solo"]);
-                code == 0 && !status.contains("override:") && list.contains("disabled")
-            }
-        },
-    )
-    .await?;
+    wait_reconciled(&endpoint, "solo", "disabled").await?;
     let held = backend.requests().await?;
     assert_eq!(
         successes(&proxy, 10).await?,

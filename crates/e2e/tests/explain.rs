@@ -10,7 +10,6 @@
 //! now: which must be the backend the next request goes to, explain after
 //! explain (asking does not move the balancer).
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -19,11 +18,10 @@ use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::checked_pool;
 use tandem_testkit::served::quick_health_check;
-use tandem_testkit::{
-    ADMIN_TOKEN, ControlPlane, NODE_TOKEN, Postgres, bin_path, declare_pool, http_client,
-    wait_until,
-};
+use tandem_testkit::{ControlPlane, Postgres, declare_pool, http_client, wait_until};
+use tandem_testkit::{Ran, tandemctl};
 
 /// One backend's entry in an explain answer.
 fn backend<'a>(v: &'a Value, address: &str) -> &'a Value {
@@ -33,29 +31,9 @@ fn backend<'a>(v: &'a Value, address: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn tandemctl(cp: &ControlPlane, args: &[&str]) -> Ran {
-    let out = Command::new(bin_path("tandemctl"))
-        .args(args)
-        .env("TANDEM_ENDPOINT", cp.endpoint())
-        .env("TANDEM_TOKEN", ADMIN_TOKEN)
-        .output()
-        .expect("tandemctl runs");
-    Ran {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 fn ok(ran: Ran) -> anyhow::Result<String> {
     ensure!(
-        ran.code == Some(0),
+        ran.code == 0,
         "tandemctl failed ({:?}):\n{}{}",
         ran.code,
         ran.stdout,
@@ -74,16 +52,7 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
     let mut admin = control.admin_client().await?;
     let check = || quick_health_check(400);
     // Pool `shop` (every host, `/`): web-1 and web-2, web-3 a backup.
-    declare_pool(
-        &mut admin,
-        v1::Pool {
-            name: "shop".into(),
-            health_check: Some(check()),
-            ..Default::default()
-        },
-        &addr,
-    )
-    .await?;
+    declare_pool(&mut admin, checked_pool("shop", check()), &addr).await?;
     admin
         .update_backend(v1::UpdateBackendRequest {
             pool: "shop".into(),
@@ -95,11 +64,7 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
     // Pool `api` for api.example.com/v1, and a wildcard route to `shop`.
     admin
         .create_pool(v1::CreatePoolRequest {
-            pool: Some(v1::Pool {
-                name: "api".into(),
-                health_check: Some(check()),
-                ..Default::default()
-            }),
+            pool: Some(checked_pool("api", check())),
         })
         .await?;
     admin
@@ -128,15 +93,7 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
             .await?;
     }
     let _agent = AgentProcess::start("agent-1", "zone-a", &control.endpoint()).await?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
-        &control.endpoint(),
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
+    let proxy = ProxyProcess::following(&control.endpoint(), &[]).await?;
     let explain_json = |url: &str| {
         let admin = proxy.admin.to_string();
         // The proxy's /explain asks for its admin token.
@@ -144,7 +101,7 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
         let args = [
             "explain", url, "--admin", &admin, "--token", token, "-o", "json",
         ];
-        let ran = tandemctl(&control, &args);
+        let ran = tandemctl(&control.endpoint(), &args);
         ok(ran).and_then(|s| Ok(serde_json::from_str::<Value>(&s)?))
     };
 
@@ -160,7 +117,7 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
 
     // The route: an exact host beats the wildcard and any host.
     let out = ok(tandemctl(
-        &control,
+        &control.endpoint(),
         &["explain", "http://API.example.com:8080/v1/orders?x=1"],
     ))?;
     ensure!(
@@ -226,7 +183,7 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
     );
     ensure!(backend(&v, &addr[2])["tier"] == "backup", "{v}");
     let out = ok(tandemctl(
-        &control,
+        &control.endpoint(),
         &["explain", "www.example.com", "--proxy", "proxy-1"],
     ))?;
     println!("{out}");
@@ -242,17 +199,17 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
 
     // Bad questions are refused, naming what is wrong.
     let ran = tandemctl(
-        &control,
+        &control.endpoint(),
         &["explain", "www.example.com", "--proxy", "proxy-9"],
     );
     ensure!(
-        ran.code == Some(3) && ran.stderr.contains("proxy-1"),
+        ran.code == 3 && ran.stderr.contains("proxy-1"),
         "{}",
         ran.stderr
     );
     let admin_addr = proxy.admin.to_string();
     let ran = tandemctl(
-        &control,
+        &control.endpoint(),
         &[
             "explain",
             "www.example.com",
@@ -265,13 +222,16 @@ async fn explain_names_the_route_the_states_and_the_next_requests_backend() -> a
         ],
     );
     ensure!(
-        ran.code == Some(2) && ran.stderr.contains("client"),
+        ran.code == 2 && ran.stderr.contains("client"),
         "{}",
         ran.stderr
     );
-    let ran = tandemctl(&control, &["explain", "http://www.example.com/%2F"]);
+    let ran = tandemctl(
+        &control.endpoint(),
+        &["explain", "http://www.example.com/%2F"],
+    );
     ensure!(
-        ran.code == Some(4) && ran.stderr.contains("path"),
+        ran.code == 4 && ran.stderr.contains("path"),
         "{}",
         ran.stderr
     );

@@ -5,40 +5,25 @@
 //! disk was wiped refuses to come back under its old id, saying what to
 //! do, and is replaced by a new id.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_proto::v1;
-use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::served::{ServedPool, SteadyLoad, all_healthy, unhealthy, wait_health};
-use tandem_testkit::{
-    ADMIN_TOKEN, ControlCluster, NODE_TOKEN, Postgres, bin_path, declare_pool, free_addr,
-    wait_http_ok, wait_until,
-};
 
-/// `tandemctl ARGS` against `endpoints` with the admin token: (exit code,
-/// stdout + stderr).
+use tandem_testkit::served::{
+    ServedPool, SteadyLoad, all_healthy, fail_until_unhealthy, wait_health, web_pool,
+};
+use tandem_testkit::{ControlCluster, Postgres, free_addr, wait_http_ok, wait_until};
+
+/// `tandemctl ARGS` against `endpoints` with the admin token, off the
+/// async threads: (exit code, stdout + stderr).
 async fn tandemctl(endpoints: &str, args: &[&str]) -> (i32, String) {
     let endpoints = endpoints.to_string();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(bin_path("tandemctl"))
-            .args(&args)
-            .env("TANDEM_ENDPOINT", endpoints)
-            .env("TANDEM_TOKEN", ADMIN_TOKEN)
-            .env_remove("TANDEM_TOKEN_FILE")
-            .output()
-            .expect("tandemctl runs (cargo build --workspace --bins)");
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = tandem_testkit::tandemctl(&endpoints, &args);
+        (r.code, r.stdout + &r.stderr)
     })
     .await
     .expect("tandemctl task")
@@ -175,16 +160,8 @@ async fn adding_a_fourth_member_and_removing_the_leader_under_load_fails_no_requ
 
     // The smaller group still decides health: a backend that fails is
     // taken out.
-    let sick = &served.backends[2];
-    sick.set_healthy(false).await?;
     let health = cluster.replica(4).node_client().await?;
-    wait_health(
-        &health,
-        Duration::from_secs(10),
-        "the sick backend decided unhealthy",
-        unhealthy(sick.address()),
-    )
-    .await?;
+    fail_until_unhealthy(&served.backends[2], &health).await?;
 
     let outcome = load.stop().await?;
     eprintln!("member 4 added, leader {leader} removed (new leader {new_leader}); {outcome}");
@@ -333,30 +310,16 @@ async fn a_proxy_configured_with_one_replica_learns_the_others_from_the_members(
     let mut cluster = ControlCluster::start(&pg.url(), 3).await?;
     let (leader, _) = cluster.leader(&[], Duration::from_secs(10)).await?;
     wait_for_voters(&cluster.endpoints(), &[1, 2, 3], Duration::from_secs(10)).await?;
-    let backends = FakeBackend::start_many("web", 2).await?;
-    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
-    let pool = v1::Pool {
-        name: "web".into(),
-        ..Default::default()
-    };
-    declare_pool(
-        &mut cluster.replicas[0].admin_client().await?,
-        pool,
-        &addresses,
-    )
-    .await?;
+    let (_backends, addresses) =
+        web_pool(&mut cluster.replicas[0].admin_client().await?, 2).await?;
     // Configured with one follower only.
     let only = if leader == 1 { 2 } else { 1 };
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != only).collect();
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
+    let proxy = ProxyProcess::following(
         &cluster.replica(only).endpoint(),
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_WORKERS", "1".into()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
+        &[("TANDEM_WORKERS", "1".to_string())],
+    )
+    .await?;
     wait_http_ok(&proxy.url("/"), Duration::from_secs(20)).await?;
     let learned: Vec<String> = others
         .iter()

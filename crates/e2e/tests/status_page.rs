@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use fantoccini::{Client, Locator};
 use tandem_proto::v1;
+use tandem_testkit::add_tcp_route;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::backend::FakeBackend;
-use tandem_testkit::browser::{ChromeDriver, save_screenshot};
+use tandem_testkit::browser::{ChromeDriver, click, save_screenshot, wait_for};
 use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
+use tandem_testkit::served::checked_pool;
 use tandem_testkit::served::{all_healthy, quick_health_check, wait_health};
 use tandem_testkit::tcp::{Echo, PrimaryResponder, primary_pool};
 use tandem_testkit::{
@@ -52,33 +54,21 @@ async fn a_killed_backend_turns_unhealthy_on_the_open_page_without_a_reload() ->
     let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
     let mut admin = cluster.replicas[0].admin_client().await?;
     let check = || quick_health_check(250);
-    declare_pool(
-        &mut admin,
-        v1::Pool {
-            name: "shop".into(),
-            health_check: Some(check()),
-            ..Default::default()
-        },
-        &addresses,
-    )
-    .await?;
+    declare_pool(&mut admin, checked_pool("shop", check()), &addresses).await?;
     api_pool(&mut admin, &addresses, check()).await?;
 
     let _agents = [
         AgentProcess::start("agent-1", "zone-a", &endpoints).await?,
         AgentProcess::start("agent-2", "zone-b", &endpoints).await?,
     ];
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
+    let _proxy = ProxyProcess::following(
         &endpoints,
         &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-            ("TANDEM_ZONE", "zone-a".into()),
-            ("TANDEM_WORKERS", "1".into()),
+            ("TANDEM_ZONE", "zone-a".to_string()),
+            ("TANDEM_WORKERS", "1".to_string()),
         ],
-    )?;
-    proxy.wait_ready().await?;
+    )
+    .await?;
     let health = cluster.replicas[0].node_client().await?;
     wait_health(
         &health,
@@ -194,10 +184,7 @@ async fn watch_a_backend_die(
     browser.goto(page).await?;
     let title = browser.title().await?;
     ensure!(title.contains("Tandem"), "title {title:?}");
-    let live = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(r#"#live[data-state="live"]"#))
+    let live = wait_for(browser, Locator::Css(r#"#live[data-state="live"]"#))
         .await
         .context("the page goes live")?;
     ensure!(live.text().await? == "Live");
@@ -282,16 +269,16 @@ async fn watch_a_backend_die(
     save_screenshot(browser, "status-unhealthy.png").await?;
 
     // Its own page: the transition in its history, each agent's view.
-    browser
-        .find(Locator::Css(&format!("{} td.addr a", row(&address))))
-        .await?
-        .click()
-        .await?;
-    browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(r#"#backend-body [data-health="unhealthy"]"#))
-        .await?;
+    click(
+        browser,
+        Locator::Css(&format!("{} td.addr a", row(&address))),
+    )
+    .await?;
+    wait_for(
+        browser,
+        Locator::Css(r#"#backend-body [data-health="unhealthy"]"#),
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let history = browser
@@ -390,26 +377,11 @@ async fn a_tcp_pool_its_listeners_and_a_split_brain_alert_show_on_the_page() -> 
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let busy = taken.local_addr()?;
     for at in [listen, busy] {
-        admin
-            .add_tcp_route(v1::AddTcpRouteRequest {
-                route: Some(v1::TcpRoute {
-                    listen: at.to_string(),
-                    pool: "db".into(),
-                }),
-            })
-            .await?;
+        add_tcp_route(&mut admin, at, "db").await?;
     }
     let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
-        &cp.endpoint(),
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-            ("TANDEM_WORKERS", "1".into()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
+    let _proxy =
+        ProxyProcess::following(&cp.endpoint(), &[("TANDEM_WORKERS", "1".to_string())]).await?;
 
     let url = cp.admin_url("/ui/");
     let bound = format!(r#"<li data-listen="{listen}" data-bound="true">"#);
@@ -605,32 +577,13 @@ async fn an_admin_drains_a_backend_from_the_page_and_others_are_refused() -> any
     let mut admin = cp.admin_client().await?;
     declare_pool(
         &mut admin,
-        v1::Pool {
-            name: "shop".into(),
-            health_check: Some(v1::HealthCheck {
-                path: Some("/healthz".into()),
-                interval_ms: Some(500),
-                timeout_ms: Some(250),
-                rise: Some(2),
-                fall: Some(2),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        checked_pool("shop", quick_health_check(250)),
         &addresses,
     )
     .await?;
     let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
-        &cp.endpoint(),
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-            ("TANDEM_WORKERS", "1".into()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
+    let proxy =
+        ProxyProcess::following(&cp.endpoint(), &[("TANDEM_WORKERS", "1".to_string())]).await?;
     wait_until(
         Duration::from_secs(20),
         "both backends take requests through the proxy",
@@ -783,28 +736,17 @@ async fn drain_in_the_browser(browser: &Client, page: &str, victim: &str) -> any
             .is_empty(),
         "no action without a session"
     );
-    browser.find(Locator::Id("sign-in")).await?.click().await?;
+    click(browser, Locator::Id("sign-in")).await?;
     browser
         .find(Locator::Id("token"))
         .await?
         .send_keys(tandem_testkit::ADMIN_TOKEN)
         .await?;
-    browser
-        .find(Locator::Id("sign-in-button"))
-        .await?
-        .click()
-        .await?;
-    browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("signed-in"))
+    click(browser, Locator::Id("sign-in-button")).await?;
+    wait_for(browser, Locator::Id("signed-in"))
         .await
         .context("signed in")?;
-    browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(r#"#live[data-state="live"]"#))
-        .await?;
+    wait_for(browser, Locator::Css(r#"#live[data-state="live"]"#)).await?;
     let row = format!(r#"tr[data-backend="shop/{victim}"]"#);
     ensure!(
         attr(browser, &row, "data-admin").await?.as_deref() == Some("enabled"),
@@ -812,39 +754,23 @@ async fn drain_in_the_browser(browser: &Client, page: &str, victim: &str) -> any
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     save_screenshot(browser, "status-signed-in.png").await?;
-    browser
-        .find(Locator::Css(&format!("{row} td.addr a")))
-        .await?
-        .click()
-        .await?;
-    browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(r#"#actions button[data-action="drain"]"#))
-        .await?
-        .click()
-        .await?;
-    let confirm = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("confirm"))
-        .await?;
+    click(browser, Locator::Css(&format!("{row} td.addr a"))).await?;
+    wait_for(
+        browser,
+        Locator::Css(r#"#actions button[data-action="drain"]"#),
+    )
+    .await?
+    .click()
+    .await?;
+    let confirm = wait_for(browser, Locator::Id("confirm")).await?;
     let asks = confirm.text().await?;
     ensure!(
         asks.contains(&format!("Drain {victim} in pool shop?")),
         "the confirmation: {asks}"
     );
     save_screenshot(browser, "status-confirm.png").await?;
-    browser
-        .find(Locator::Id("confirm-button"))
-        .await?
-        .click()
-        .await?;
-    let done = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("done"))
-        .await?;
+    click(browser, Locator::Id("confirm-button")).await?;
+    let done = wait_for(browser, Locator::Id("done")).await?;
     let revision: u64 = done
         .attr("data-revision")
         .await?
@@ -857,12 +783,12 @@ async fn drain_in_the_browser(browser: &Client, page: &str, victim: &str) -> any
     );
     // The status page shows it draining, live.
     browser.goto(page).await?;
-    browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(&format!(r#"{row}[data-admin="draining"]"#)))
-        .await
-        .context("the row shows it draining")?;
+    wait_for(
+        browser,
+        Locator::Css(&format!(r#"{row}[data-admin="draining"]"#)),
+    )
+    .await
+    .context("the row shows it draining")?;
     let feed = browser.find(Locator::Id("feed-list")).await?.text().await?;
     ensure!(
         feed.contains(&format!("revision={revision}")),

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
-use tandem_proto::v1;
 use tandem_testkit::agent::AgentProcess;
 use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::served::wait_node;
 use tandem_testkit::tcp::{PrimaryResponder, primary_pool};
-use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, free_addr};
+use tandem_testkit::{ControlPlane, Postgres, free_addr};
+use tandem_testkit::{add_tcp_route, create_pool_with};
 
 /// The port of the server a connection reached (each member has its own).
 async fn server_port(conn: &mut PgConnection) -> anyhow::Result<u16> {
@@ -74,43 +74,13 @@ async fn clients_follow_the_primary_through_one_address_and_old_connections_are_
 
     // The pool, as an operator would declare it.
     let mut admin = cp.admin_client().await?;
-    admin
-        .create_pool(v1::CreatePoolRequest {
-            pool: Some(primary_pool("db", health_port, 2)),
-        })
-        .await?;
-    for db in &dbs {
-        admin
-            .add_backend(v1::AddBackendRequest {
-                pool: "db".into(),
-                backend: Some(v1::Backend {
-                    address: db.addr().to_string(),
-                    ..Default::default()
-                }),
-                expected_revision: None,
-            })
-            .await?;
-    }
+    let addresses: Vec<String> = dbs.iter().map(|db| db.addr().to_string()).collect();
+    create_pool_with(&mut admin, primary_pool("db", health_port, 2), &addresses).await?;
     let listen = free_addr();
-    admin
-        .add_tcp_route(v1::AddTcpRouteRequest {
-            route: Some(v1::TcpRoute {
-                listen: listen.to_string(),
-                pool: "db".into(),
-            }),
-        })
-        .await?;
+    add_tcp_route(&mut admin, listen, "db").await?;
 
     let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
-        &cp.endpoint(),
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
+    let proxy = ProxyProcess::following(&cp.endpoint(), &[]).await?;
     let url = format!("postgres://postgres@{listen}/postgres");
 
     // 1. Clients reach the designated primary, db1.

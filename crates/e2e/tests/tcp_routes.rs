@@ -83,15 +83,7 @@ async fn tcp_routes_open_and_close_on_a_running_proxy_and_unbindable_ports_are_r
         &["pool", "create", "echo", "--policy", "least_connections"],
     )?;
     tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
-        &cp.endpoint(),
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
+    let proxy = ProxyProcess::following(&cp.endpoint(), &[]).await?;
 
     // A route added while the proxy runs: it listens within moments.
     let (a, b) = (free_addr(), free_addr());

@@ -5,7 +5,6 @@
 //! goes on; no private key shows in a read, the database or a log.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,32 +13,17 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tandem_testkit::backend::FakeBackend;
 use tandem_testkit::certs::{KeyKind, TestCa, write_files};
 use tandem_testkit::proxy::ProxyProcess;
-use tandem_testkit::{
-    ADMIN_TOKEN, ControlPlane, NODE_TOKEN, Postgres, bin_path, free_addr, wait_until,
-};
+use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, free_addr, wait_until};
+use tandem_testkit::{Ran, tandemctl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-/// `tandemctl` against `cp`: exit code, stdout, stderr.
-fn tandemctl(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin_path("tandemctl"))
-        .args(args)
-        .env("TANDEM_ENDPOINT", cp.endpoint())
-        .env("TANDEM_TOKEN", ADMIN_TOKEN)
-        .output()
-        .expect("tandemctl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
+/// `tandemctl args` against `cp`, which must succeed: its stdout.
 fn ok(cp: &ControlPlane, args: &[&str]) -> String {
-    let (code, out, err) = tandemctl(cp, args);
-    assert_eq!(code, 0, "tandemctl {args:?}: {out}{err}");
-    out
+    let r = tandemctl(&cp.endpoint(), args);
+    assert_eq!(r.code, 0, "tandemctl {args:?}: {}{}", r.stdout, r.stderr);
+    r.stdout
 }
 
 async fn curl(ca: &str, tls: SocketAddr) -> (i32, String) {
@@ -170,8 +154,12 @@ async fn certificates_are_checked_stored_sealed_served_and_rotated() -> anyhow::
             "certificate.chain_pem: the leaf (CN=shop.test) expired on",
         ),
     ] {
-        let (code, out, err) = tandemctl(
-            &cp,
+        let Ran {
+            code,
+            stdout: out,
+            stderr: err,
+        } = tandemctl(
+            &cp.endpoint(),
             &[
                 "cert",
                 "add",
@@ -186,7 +174,7 @@ async fn certificates_are_checked_stored_sealed_served_and_rotated() -> anyhow::
         assert!(err.contains(problem), "{problem:?} not in {err}");
         assert!(!err.contains("PRIVATE KEY-----"), "{err}");
     }
-    let (_, list, _) = tandemctl(&cp, &["cert", "list"]);
+    let list = tandemctl(&cp.endpoint(), &["cert", "list"]).stdout;
     assert!(list.starts_with("no certificates"), "{list}");
 
     let out = ok(
@@ -227,12 +215,13 @@ async fn certificates_are_checked_stored_sealed_served_and_rotated() -> anyhow::
         Duration::from_secs(15),
         "cert list to name proxy-1",
         || async {
-            let (_, out, _) = tandemctl(&cp, &["cert", "list"]);
-            out.contains("proxy-1")
+            tandemctl(&cp.endpoint(), &["cert", "list"])
+                .stdout
+                .contains("proxy-1")
         },
     )
     .await?;
-    let (_, list, _) = tandemctl(&cp, &["cert", "list"]);
+    let list = tandemctl(&cp.endpoint(), &["cert", "list"]).stdout;
     assert!(
         list.contains("shop") && list.contains("shop.test") && list.contains("ECDSA P-256"),
         "{list}"
@@ -277,12 +266,12 @@ async fn certificates_are_checked_stored_sealed_served_and_rotated() -> anyhow::
     assert_eq!(get(&mut before).await?, 200);
 
     // No private key in any read, in the database, or in a log.
-    let (_, snapshot, _) = tandemctl(&cp, &["snapshot", "-o", "json"]);
+    let snapshot = tandemctl(&cp.endpoint(), &["snapshot", "-o", "json"]).stdout;
     assert!(
         snapshot.contains("shop.test") || snapshot.contains("BEGIN CERTIFICATE"),
         "{snapshot}"
     );
-    let (_, watch_list, _) = tandemctl(&cp, &["cert", "list", "-o", "json"]);
+    let watch_list = tandemctl(&cp.endpoint(), &["cert", "list", "-o", "json"]).stdout;
     for text in [&snapshot, &watch_list] {
         assert!(!text.contains("PRIVATE KEY"), "{text}");
     }

@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
 
 /// `chromedriver` in a process group of its own with the browsers it
 /// starts: all of them are killed on drop, even when the test fails
@@ -149,5 +150,31 @@ pub async fn save_screenshot(browser: &Client, name: &str) -> anyhow::Result<()>
     }
     std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("screenshot: {}", path.display());
+    Ok(())
+}
+
+/// Clicks the element `at` finds on the page `browser` shows.
+pub async fn click(browser: &Client, at: Locator<'_>) -> anyhow::Result<()> {
+    browser.find(at).await?.click().await?;
+    Ok(())
+}
+
+/// Waits up to 10 s for an element `at` finds to appear.
+pub async fn wait_for(browser: &Client, at: Locator<'_>) -> anyhow::Result<Element> {
+    Ok(browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(at)
+        .await?)
+}
+
+/// The text of the element `at` finds.
+pub async fn text(browser: &Client, at: Locator<'_>) -> anyhow::Result<String> {
+    Ok(browser.find(at).await?.text().await?)
+}
+
+/// Types `keys` into the element `at` finds.
+pub async fn type_into(browser: &Client, at: Locator<'_>, keys: &str) -> anyhow::Result<()> {
+    browser.find(at).await?.send_keys(keys).await?;
     Ok(())
 }

@@ -181,6 +181,23 @@ pub async fn declare_pool(
     Ok(())
 }
 
+/// Adds a TCP route: connections to `listen` go to `pool`.
+pub async fn add_tcp_route(
+    admin: &mut AuthedClient,
+    listen: std::net::SocketAddr,
+    pool: &str,
+) -> anyhow::Result<()> {
+    admin
+        .add_tcp_route(v1::AddTcpRouteRequest {
+            route: Some(v1::TcpRoute {
+                listen: listen.to_string(),
+                pool: pool.into(),
+            }),
+        })
+        .await?;
+    Ok(())
+}
+
 /// Creates `pool` and adds `addresses` as its backends, in order (no
 /// route).
 pub async fn create_pool_with(
@@ -250,6 +267,15 @@ impl ControlPlane {
             Some(_) => format!("https://{}", self.grpc),
             None => format!("http://{}", self.grpc),
         }
+    }
+
+    /// The replica's `/metrics` page (Prometheus text).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let res = crate::http_client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await?;
+        Ok(res.text().await?)
     }
 
     /// The certificates of an mTLS replica.

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod browser;
 pub mod certs;
 mod control;
+mod ctl;
 pub mod golden;
 pub mod otlp;
 pub mod patroni;
@@ -22,9 +23,11 @@ pub mod tcp;
 
 pub use control::{
     ADMIN_TOKEN, AuthedClient, ComponentCerts, ControlCluster, ControlPlane, ControlPlaneOptions,
-    NODE_TOKEN, TEST_SECRETS_KEY, client_at, client_at_tls, create_pool_with, declare_pool,
+    NODE_TOKEN, TEST_SECRETS_KEY, add_tcp_route, client_at, client_at_tls, create_pool_with,
+    declare_pool,
 };
 pub use control::{Grant, PEER_TOKEN, token_sha256, write_access_file};
+pub use ctl::{Ran, tandemctl};
 pub use postgres::Postgres;
 pub use process::{Process, bin_path};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tandem_core::Snapshot;
 
-use crate::{Process, free_addr, http_client, wait_http_ok};
+use crate::{NODE_TOKEN, Process, free_addr, http_client, wait_http_ok};
 
 /// The admin token of test proxies (`TANDEM_ADMIN_TOKEN`): their
 /// `/config` and `/explain` ask for it.
@@ -40,6 +40,20 @@ impl ProxyProcess {
             serde_json::to_vec_pretty(snapshot)?,
         )?;
         let p = Self::start(dir, NO_CONTROL_PLANE, env)?;
+        p.wait_ready().await?;
+        Ok(p)
+    }
+
+    /// A proxy following `control` (comma-separated endpoints) with the
+    /// node token as node `proxy-1`, in a fresh state directory, once
+    /// ready; `env` adds or overrides settings.
+    pub async fn following(control: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut all = vec![
+            ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
+            ("TANDEM_NODE_ID", "proxy-1".to_string()),
+        ];
+        all.extend(env.iter().cloned());
+        let p = Self::start(tempfile::tempdir()?, control, &all)?;
         p.wait_ready().await?;
         Ok(p)
     }

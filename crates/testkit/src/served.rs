@@ -50,6 +50,15 @@ where
     .await
 }
 
+/// A pool named `name` checked by `check`, with defaults otherwise.
+pub fn checked_pool(name: &str, check: v1::HealthCheck) -> v1::Pool {
+    v1::Pool {
+        name: name.into(),
+        health_check: Some(check),
+        ..Default::default()
+    }
+}
+
 /// A health check of `GET /healthz` every 500 ms with `timeout_ms`, up
 /// after 2 passes and down after 2 failures: quick enough to wait for.
 pub fn quick_health_check(timeout_ms: u32) -> v1::HealthCheck {
@@ -61,6 +70,22 @@ pub fn quick_health_check(timeout_ms: u32) -> v1::HealthCheck {
         fall: Some(2),
         ..Default::default()
     }
+}
+
+/// Makes `backend` fail its health check and waits up to 10 s until the
+/// replica `health` reads from has decided it unhealthy.
+pub async fn fail_until_unhealthy(
+    backend: &FakeBackend,
+    health: &AuthedClient,
+) -> anyhow::Result<()> {
+    backend.set_healthy(false).await?;
+    wait_health(
+        health,
+        Duration::from_secs(10),
+        "the sick backend decided unhealthy",
+        unhealthy(backend.address()),
+    )
+    .await
 }
 
 /// For [`wait_health`]: exactly `n` backends, all healthy.
@@ -80,6 +105,23 @@ pub fn unhealthy(address: String) -> impl Fn(&[v1::BackendHealth]) -> bool {
             .iter()
             .any(|b| b.address == address && b.state == v1::HealthState::Unhealthy as i32)
     }
+}
+
+/// `n` fake backends (`web-1`, ...) declared through `admin` as pool
+/// `web`, with no health check, behind a catch-all route; and their
+/// addresses.
+pub async fn web_pool(
+    admin: &mut AuthedClient,
+    n: usize,
+) -> anyhow::Result<(Vec<FakeBackend>, Vec<String>)> {
+    let backends = FakeBackend::start_many("web", n).await?;
+    let addresses: Vec<String> = backends.iter().map(|b| b.address()).collect();
+    let pool = v1::Pool {
+        name: "web".into(),
+        ..Default::default()
+    };
+    declare_pool(admin, pool, &addresses).await?;
+    Ok((backends, addresses))
 }
 
 /// Pool "web" of three fake backends served by a proxy, with an agent

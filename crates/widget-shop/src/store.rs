@@ -425,16 +425,22 @@ impl Store {
         let Some(cart) = cart else {
             return Err(Error::EmptyCart);
         };
-        self.written(self.checkout_cart(cart, customer, key, placed_by).await)
+        let checkout = Checkout {
+            cart,
+            customer,
+            key,
+            placed_by,
+        };
+        self.written(self.checkout_cart(checkout).await)
     }
 
-    async fn checkout_cart(
-        &self,
-        cart: &CartId,
-        customer: &Customer,
-        key: Option<&IdempotencyKey>,
-        placed_by: &str,
-    ) -> Result<Placed> {
+    async fn checkout_cart(&self, checkout: Checkout<'_>) -> Result<Placed> {
+        let Checkout {
+            cart,
+            customer,
+            key,
+            ..
+        } = checkout;
         // Fast path for a retry whose first attempt committed.
         if let Some(key) = key
             && let Some(order) = self
@@ -443,7 +449,7 @@ impl Store {
         {
             return replay(order, customer, key);
         }
-        match self.place(cart, customer, key, placed_by).await {
+        match self.place(checkout).await {
             Err(Error::Database(sqlx::Error::Database(db)))
                 if db.constraint() == Some(IDEMPOTENCY_CONSTRAINT) =>
             {
@@ -462,13 +468,13 @@ impl Store {
         }
     }
 
-    async fn place(
-        &self,
-        cart: &CartId,
-        customer: &Customer,
-        key: Option<&IdempotencyKey>,
-        placed_by: &str,
-    ) -> Result<Placed> {
+    async fn place(&self, checkout: Checkout<'_>) -> Result<Placed> {
+        let Checkout {
+            cart,
+            customer,
+            key,
+            placed_by,
+        } = checkout;
         let mut tx = self.pool.begin().await?;
         // Serialises checkouts of one cart: a concurrent retry waits here,
         // then finds the order below instead of an empty cart.
@@ -620,17 +626,11 @@ impl Store {
         // with no lines). One replica shows a transaction whole or not at all.
         let find = |pool: PgPool| async move {
             let mut conn = pool.acquire().await?;
-            let row: Option<OrderRow> = sqlx::query_as(
-                "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
-                   FROM orders WHERE code = $1 AND cart_id = $2",
-            )
-            .bind(code.as_str())
-            .bind(cart.as_str())
-            .fetch_optional(&mut *conn)
-            .instrument(query_span("SELECT", "orders"))
-            .await?;
-            let row = row.ok_or_else(not_found)?;
-            with_lines(&mut conn, row).await
+            let sql = "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
+                         FROM orders WHERE code = $1 AND cart_id = $2";
+            order_with_lines(&mut conn, sql, code.as_str(), cart.as_str())
+                .await?
+                .ok_or_else(not_found)
         };
         match self.read(Prefer::Replica, find).await {
             // A replica may not have replayed an order placed a moment
@@ -652,19 +652,9 @@ impl Store {
         cart: &CartId,
         key: &IdempotencyKey,
     ) -> Result<Option<Order>> {
-        let row: Option<OrderRow> = sqlx::query_as(
-            "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
-               FROM orders WHERE cart_id = $1 AND idempotency_key = $2",
-        )
-        .bind(cart.as_str())
-        .bind(key.as_str())
-        .fetch_optional(&mut *conn)
-        .instrument(query_span("SELECT", "orders"))
-        .await?;
-        match row {
-            Some(row) => Ok(Some(with_lines(conn, row).await?)),
-            None => Ok(None),
-        }
+        let sql = "SELECT id, code, customer_name, email, total_cents, placed_by, created_at
+                     FROM orders WHERE cart_id = $1 AND idempotency_key = $2";
+        order_with_lines(conn, sql, cart.as_str(), key.as_str()).await
     }
 }
 
@@ -681,6 +671,35 @@ fn replay(order: Order, customer: &Customer, key: &IdempotencyKey) -> Result<Pla
         order,
         replayed: true,
     })
+}
+
+/// One checkout of a cart, as [`Store::checkout`] hands it on.
+#[derive(Clone, Copy)]
+struct Checkout<'a> {
+    cart: &'a CartId,
+    customer: &'a Customer,
+    key: Option<&'a IdempotencyKey>,
+    placed_by: &'a str,
+}
+
+/// The order `sql` selects (an [`OrderRow`], with `$1` and `$2` bound to
+/// `first` and `second`) and its lines, read on `conn`.
+async fn order_with_lines(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    first: &str,
+    second: &str,
+) -> Result<Option<Order>> {
+    let row: Option<OrderRow> = sqlx::query_as(sql)
+        .bind(first)
+        .bind(second)
+        .fetch_optional(&mut *conn)
+        .instrument(query_span("SELECT", "orders"))
+        .await?;
+    match row {
+        Some(row) => Ok(Some(with_lines(conn, row).await?)),
+        None => Ok(None),
+    }
 }
 
 async fn with_lines(conn: &mut PgConnection, row: OrderRow) -> Result<Order> {

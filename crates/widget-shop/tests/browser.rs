@@ -13,10 +13,10 @@ mod common;
 use std::time::Duration;
 
 use anyhow::ensure;
-use common::tandem::Tandem;
-use common::{Shop, count_orders, db, shop_database};
+use common::tandem::ShopsBehindTandem;
+use common::{count_orders, db};
 use fantoccini::{Client, Locator};
-use tandem_testkit::browser::{ChromeDriver, save_screenshot};
+use tandem_testkit::browser::{ChromeDriver, click, save_screenshot, text, type_into, wait_for};
 use tandem_testkit::certs::{KeyKind, TestCa, spki_sha256_base64};
 use tandem_testkit::free_addr;
 
@@ -25,26 +25,16 @@ async fn a_person_buys_a_widget_in_a_real_browser() -> anyhow::Result<()> {
     let driver = ChromeDriver::start().await?;
     // One Postgres cluster, two databases: the shop's and the control
     // plane's (`postgres`), never shared.
-    let (pg, url) = shop_database()?;
-    let shops = [
-        Shop::start("shop-1", &url).await?,
-        Shop::start("shop-2", &url).await?,
-    ];
-    let tandem = Tandem::start_on(&pg.url()).await?;
-    tandem.configure_shop_pool(&[&shops[0], &shops[1]]).await?;
-    let proxy = tandem.proxy("proxy-1").await?;
-    let db = db(&url).await?;
+    let site = ShopsBehindTandem::start().await?;
+    let proxy = site.tandem.proxy("proxy-1").await?;
+    let db = db(&site.url).await?;
 
     let browser = driver.browser(1000).await?;
     let result = shop_in(&browser, &proxy.url(""), "").await;
     let _ = browser.close().await;
     let code = result?;
 
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE code = $1")
-        .bind(&code)
-        .fetch_one(&db)
-        .await?;
-    assert_eq!(recorded, 1, "the order the browser saw is in the database");
+    assert_recorded(&db, &code).await?;
     assert_eq!(count_orders(&db).await?, 1);
     Ok(())
 }
@@ -52,24 +42,19 @@ async fn a_person_buys_a_widget_in_a_real_browser() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_person_buys_a_widget_over_https() -> anyhow::Result<()> {
     let driver = ChromeDriver::start().await?;
-    let (pg, url) = shop_database()?;
-    let shops = [
-        Shop::start("shop-1", &url).await?,
-        Shop::start("shop-2", &url).await?,
-    ];
-    let tandem = Tandem::start_on(&pg.url()).await?;
-    tandem.configure_shop_pool(&[&shops[0], &shops[1]]).await?;
+    let site = ShopsBehindTandem::start().await?;
     // The certificate goes through the control API, as an operator's would.
     let ca = TestCa::new("Tandem browser test CA")?;
     let cert = ca.issue(&["shop.test"], KeyKind::EcP256)?;
-    tandem
+    site.tandem
         .add_certificate("shop", &cert.chain_pem, &cert.key_pem)
         .await?;
     let tls = free_addr();
-    let proxy = tandem
+    let proxy = site
+        .tandem
         .proxy_with("proxy-1", &[("TANDEM_TLS_LISTEN", &tls.to_string())])
         .await?;
-    let db = db(&url).await?;
+    let db = db(&site.url).await?;
 
     // Chromium trusts exactly this certificate's key, and finds shop.test
     // on loopback; nothing else about TLS is relaxed.
@@ -103,11 +88,7 @@ async fn a_person_buys_a_widget_over_https() -> anyhow::Result<()> {
     let _ = browser.close().await;
     let code = result?;
 
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE code = $1")
-        .bind(&code)
-        .fetch_one(&db)
-        .await?;
-    assert_eq!(recorded, 1, "the order the browser saw is in the database");
+    assert_recorded(&db, &code).await?;
     // The browser spoke HTTP/2 over TLS 1.3 (ALPN).
     let (_, metrics) = proxy.admin_get("/metrics").await?;
     ensure!(
@@ -119,68 +100,46 @@ async fn a_person_buys_a_widget_over_https() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The order the browser saw is in the database.
+async fn assert_recorded(db: &sqlx::PgPool, code: &str) -> anyhow::Result<()> {
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE code = $1")
+        .bind(code)
+        .fetch_one(db)
+        .await?;
+    assert_eq!(recorded, 1, "the order the browser saw is in the database");
+    Ok(())
+}
+
 /// What a person does: look at the catalogue, add a widget, check out, read
 /// the order. Returns the order code shown.
 async fn shop_in(browser: &Client, base: &str, shots: &str) -> anyhow::Result<String> {
     browser.goto(base).await?;
     let title = browser.title().await?;
     ensure!(title.contains("Widget Works"), "title {title:?}");
-    let badge = browser.find(Locator::Id("served-by")).await?.text().await?;
+    let badge = text(browser, Locator::Id("served-by")).await?;
     ensure!(badge.starts_with("served by shop-"), "badge {badge:?}");
     save_screenshot(browser, &format!("{shots}shop.png")).await?;
 
-    browser
-        .find(Locator::Css(r#"button[data-add="flux-capacitor"]"#))
-        .await?
-        .click()
-        .await?;
-    browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("cart-lines"))
-        .await?;
-    let total = browser
-        .find(Locator::Id("cart-total"))
-        .await?
-        .text()
-        .await?;
+    click(
+        browser,
+        Locator::Css(r#"button[data-add="flux-capacitor"]"#),
+    )
+    .await?;
+    wait_for(browser, Locator::Id("cart-lines")).await?;
+    let total = text(browser, Locator::Id("cart-total")).await?;
     ensure!(total == "$88.00", "cart total {total:?}");
 
-    browser
-        .find(Locator::Id("name"))
-        .await?
-        .send_keys("Grace Hopper")
-        .await?;
-    browser
-        .find(Locator::Id("email"))
-        .await?
-        .send_keys("grace@example.com")
-        .await?;
+    type_into(browser, Locator::Id("name"), "Grace Hopper").await?;
+    type_into(browser, Locator::Id("email"), "grace@example.com").await?;
     save_screenshot(browser, &format!("{shots}shop-cart.png")).await?;
-    browser
-        .find(Locator::Id("place-order"))
-        .await?
-        .click()
-        .await?;
+    click(browser, Locator::Id("place-order")).await?;
 
-    let confirmed = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("order-confirmed"))
-        .await?;
-    let text = confirmed.text().await?;
-    ensure!(text.contains("Thank you, Grace Hopper!"), "{text}");
-    let code = browser
-        .find(Locator::Id("order-code"))
-        .await?
-        .text()
-        .await?;
+    let confirmed = wait_for(browser, Locator::Id("order-confirmed")).await?;
+    let thanks = confirmed.text().await?;
+    ensure!(thanks.contains("Thank you, Grace Hopper!"), "{thanks}");
+    let code = text(browser, Locator::Id("order-code")).await?;
     ensure!(code.starts_with("W-"), "order code {code:?}");
-    let order_total = browser
-        .find(Locator::Id("order-total"))
-        .await?
-        .text()
-        .await?;
+    let order_total = text(browser, Locator::Id("order-total")).await?;
     ensure!(order_total == "$88.00", "order total {order_total:?}");
     save_screenshot(browser, &format!("{shots}shop-order.png")).await?;
     Ok(code)

@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::tandem::Tandem;
-use common::{Shop, Shopper, client, count_orders, db, shop_database, stock_of};
+use common::tandem::ShopsBehindTandem;
+use common::{Shopper, assert_api_error, client, count_orders, db, stock_of};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -28,16 +28,10 @@ fn assert_nothing_of_adas(body: &str, ada_order: Option<&str>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_or_an_order_code_never_hands_out_someone_elses_order()
 -> anyhow::Result<()> {
-    let (pg, url) = shop_database()?;
-    let shops = [
-        Shop::start("shop-1", &url).await?,
-        Shop::start("shop-2", &url).await?,
-    ];
-    let tandem = Tandem::start_on(&pg.url()).await?;
-    tandem.configure_shop_pool(&[&shops[0], &shops[1]]).await?;
-    let proxy = tandem.proxy("proxy-1").await?;
+    let site = ShopsBehindTandem::start().await?;
+    let proxy = site.tandem.proxy("proxy-1").await?;
     let base = proxy.url("");
-    let db = db(&url).await?;
+    let db = db(&site.url).await?;
 
     // Ada checks out with a key.
     let mut ada = Shopper::new(&base);
@@ -89,15 +83,13 @@ async fn an_idempotency_key_or_an_order_code_never_hands_out_someone_elses_order
     let res = ada
         .checkout_as(Some(key), ADA.0, "someone@else.example")
         .await?;
-    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let err: Value = res.json().await?;
-    assert_eq!(err["error"]["code"], "idempotency_key_reused");
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(key)),
-        "{err}"
-    );
+    assert_api_error(
+        res,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        key,
+    )
+    .await?;
 
     // Ada's order by its code: hers to see, on both servers, and kept out
     // of shared caches.

@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Shop, Shopper, client, count_orders, db, hidden_field, served_by, shop_database, stock_of,
+    Shop, Shopper, assert_api_error, client, count_orders, db, hidden_field, served_by,
+    shop_database, stock_of,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -168,14 +169,7 @@ async fn the_json_api_does_the_same() -> anyhow::Result<()> {
             json!({"widget": "gizmo", "quantity": 500}),
         )
         .await?;
-    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let err: Value = res.json().await?;
-    assert_eq!(err["error"]["code"], "invalid");
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("quantity"))
-    );
+    assert_api_error(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid", "quantity").await?;
 
     let res = bot.checkout(None).await?;
     assert_eq!(res.status(), StatusCode::CREATED);
@@ -334,15 +328,14 @@ async fn a_retried_checkout_with_the_same_idempotency_key_places_one_order() -> 
     let res = ada
         .checkout_as(Some("retry-me"), "Ada Byron", "ada@example.com")
         .await?;
-    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let err: Value = res.json().await?;
-    assert_eq!(err["error"]["code"], "idempotency_key_reused");
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("\"retry-me\"")),
-        "{err}"
-    );
+    let reused = "idempotency_key_reused";
+    assert_api_error(
+        res,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        reused,
+        "\"retry-me\"",
+    )
+    .await?;
     assert_eq!(count_orders(&db).await?, 3);
     Ok(())
 }

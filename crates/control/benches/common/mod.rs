@@ -8,6 +8,38 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// A benchmark's `main`: under `cargo test` nothing (see
+/// [`invoked_as_benchmark`]); under `cargo bench` or its shell entry point,
+/// `run` with the parsed arguments on a two-thread runtime.
+pub fn main<A, F>(run: impl FnOnce(A) -> F) -> anyhow::Result<()>
+where
+    A: clap::Parser,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if !invoked_as_benchmark() {
+        return Ok(());
+    }
+    let args = A::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+// The arguments every benchmark takes besides its own
+// (`#[command(flatten)]`); a plain comment, since clap would show a doc
+// comment as the benchmark's description.
+#[derive(Debug, clap::Args)]
+pub struct Shared {
+    /// Child pids are appended here (the shell entry point cleans up).
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 /// `cargo test --all-targets` runs bench targets without `--bench`: a
 /// benchmark must not start clusters then. True when it should run.
 pub fn invoked_as_benchmark() -> bool {

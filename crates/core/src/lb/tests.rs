@@ -66,6 +66,16 @@ impl Rng {
     }
 }
 
+/// A pick context on `cursor` with nothing excluded.
+fn context(cursor: &AtomicU64, hash: u64, random: [u64; 2]) -> PickContext<'_> {
+    PickContext {
+        cursor,
+        hash,
+        exclude: &[],
+        random,
+    }
+}
+
 fn counts(
     b: &Balancer,
     eps: &[Ep],
@@ -76,12 +86,7 @@ fn counts(
     let mut rng = Rng(7);
     let mut out = HashMap::new();
     for k in 0..n {
-        let cx = PickContext {
-            cursor: &cursor,
-            hash: hash(k),
-            exclude: &[],
-            random: [rng.next(), rng.next()],
-        };
+        let cx = context(&cursor, hash(k), [rng.next(), rng.next()]);
         let p = b.pick(eps, &cx).expect("a backend");
         *out.entry(p.index).or_default() += 1;
     }
@@ -154,12 +159,7 @@ fn least_connections_prefers_fewest_in_flight_relative_to_weight() {
     eps[2].in_flight.set(1);
     let b = Balancer::new(LbPolicy::LeastConnections, &eps, 50);
     let cursor = AtomicU64::new(0);
-    let cx = PickContext {
-        cursor: &cursor,
-        hash: 0,
-        exclude: &[],
-        random: [0, 0],
-    };
+    let cx = context(&cursor, 0, [0, 0]);
     assert_eq!(b.pick(&eps, &cx).unwrap().index, 2);
     // Simulate requests that never finish: load follows weight, 1:2:1.
     for e in &eps {
@@ -212,19 +212,7 @@ fn ip_hash_is_stable_and_honours_weights() {
     ];
     let b = Balancer::new(LbPolicy::IpHash, &eps, 50);
     let cursor = AtomicU64::new(0);
-    let pick = |h: u64| {
-        b.pick(
-            &eps,
-            &PickContext {
-                cursor: &cursor,
-                hash: h,
-                exclude: &[],
-                random: [1, 2],
-            },
-        )
-        .unwrap()
-        .index
-    };
+    let pick = |h: u64| b.pick(&eps, &context(&cursor, h, [1, 2])).unwrap().index;
     for k in 0..1_000 {
         assert_eq!(
             pick(client(k)),
@@ -235,12 +223,7 @@ fn ip_hash_is_stable_and_honours_weights() {
     // A rebuilt balancer (a config reload, another proxy) agrees.
     let again = Balancer::new(LbPolicy::IpHash, &eps, 50);
     for k in 0..1_000 {
-        let cx = PickContext {
-            cursor: &cursor,
-            hash: client(k),
-            exclude: &[],
-            random: [0, 0],
-        };
+        let cx = context(&cursor, client(k), [0, 0]);
         assert_eq!(again.pick(&eps, &cx).unwrap().index, pick(client(k)));
     }
     let n = 60_000;
@@ -270,12 +253,7 @@ fn ip_hash_removing_one_of_n_moves_about_one_nth() {
     let after = Balancer::new(LbPolicy::IpHash, &fewer, 50);
     let cursor = AtomicU64::new(0);
     let key_of = |eps: &[Ep], b: &Balancer, h: u64| {
-        let cx = PickContext {
-            cursor: &cursor,
-            hash: h,
-            exclude: &[],
-            random: [0, 0],
-        };
+        let cx = context(&cursor, h, [0, 0]);
         eps[b.pick(eps, &cx).unwrap().index].key.clone()
     };
     let clients = 20_000;
@@ -310,12 +288,7 @@ fn ip_hash_ejection_moves_only_that_backends_clients() {
     let b = Balancer::new(LbPolicy::IpHash, &eps, 0);
     let cursor = AtomicU64::new(0);
     let pick = |eps: &[Ep], h: u64| {
-        let cx = PickContext {
-            cursor: &cursor,
-            hash: h,
-            exclude: &[],
-            random: [0, 0],
-        };
+        let cx = context(&cursor, h, [0, 0]);
         b.pick(eps, &cx).unwrap().index
     };
     let before: Vec<usize> = (0..5_000).map(|k| pick(&eps, client(k))).collect();
@@ -386,12 +359,7 @@ fn backups_take_traffic_only_when_no_primary_is_usable() {
         );
         eps[2].healthy = false;
         let cursor = AtomicU64::new(0);
-        let cx = PickContext {
-            cursor: &cursor,
-            hash: 1,
-            exclude: &[],
-            random: [1, 2],
-        };
+        let cx = context(&cursor, 1, [1, 2]);
         assert_eq!(
             b.pick(&eps, &cx),
             None,
@@ -453,12 +421,7 @@ fn retries_exclude_tried_backends() {
         let b = Balancer::new(policy, &eps, 50);
         let cursor = AtomicU64::new(0);
         for h in 0..100u64 {
-            let cx = PickContext {
-                cursor: &cursor,
-                hash: mix64(h),
-                exclude: &[],
-                random: [mix64(h), mix64(h + 1)],
-            };
+            let cx = context(&cursor, mix64(h), [mix64(h), mix64(h + 1)]);
             let first = b.pick(&eps, &cx).unwrap().index;
             let tried = [first];
             let cx = PickContext {
@@ -556,12 +519,7 @@ fn single_active_never_sends_to_a_member_whose_check_has_not_passed() {
     eps[1].checked = true;
     let p = Balancer::new(LbPolicy::SingleActive, &eps, 0);
     let cursor = AtomicU64::new(0);
-    let cx = PickContext {
-        cursor: &cursor,
-        hash: 0,
-        exclude: &[],
-        random: [0, 0],
-    };
+    let cx = context(&cursor, 0, [0, 0]);
     assert_eq!(
         p.pick(&eps, &cx),
         Some(Picked {
@@ -575,12 +533,7 @@ fn single_active_never_sends_to_a_member_whose_check_has_not_passed() {
 fn a_full_member_is_waited_for_not_passed_over() {
     let eps = vec![member("a:1", 1, true), member("b:1", 2, true)];
     let cursor = AtomicU64::new(0);
-    let cx = PickContext {
-        cursor: &cursor,
-        hash: 0,
-        exclude: &[],
-        random: [0, 0],
-    };
+    let cx = context(&cursor, 0, [0, 0]);
     let full_a = |i: usize| i != 0;
     let b = Balancer::new(LbPolicy::SingleActive, &eps, 0);
     assert_eq!(b.pick_admitted(&eps, &cx, &full_a), None, "wait for a");

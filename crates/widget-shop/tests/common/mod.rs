@@ -315,3 +315,23 @@ pub fn served_by(res: &reqwest::Response) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
+
+/// An API error answer: `status`, error `code`, and a message that
+/// mentions `mentions`.
+pub async fn assert_api_error(
+    res: reqwest::Response,
+    status: StatusCode,
+    code: &str,
+    mentions: &str,
+) -> anyhow::Result<()> {
+    assert_eq!(res.status(), status);
+    let err: Value = res.json().await?;
+    assert_eq!(err["error"]["code"], code);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(mentions)),
+        "{err}"
+    );
+    Ok(())
+}

@@ -17,6 +17,35 @@ use super::Shop;
 /// The pool every test and stage puts the shop servers in.
 pub const SHOP_POOL: &str = "shop";
 
+/// Two shop servers on one database, behind a Tandem control plane on
+/// the same Postgres cluster, with the `shop` pool of both configured.
+/// Fields drop in order: Tandem, the shops, then Postgres.
+pub struct ShopsBehindTandem {
+    pub tandem: Tandem,
+    pub shops: [Shop; 2],
+    /// The shop database's URL.
+    pub url: String,
+    _pg: Postgres,
+}
+
+impl ShopsBehindTandem {
+    pub async fn start() -> anyhow::Result<ShopsBehindTandem> {
+        let (pg, url) = super::shop_database()?;
+        let shops = [
+            Shop::start("shop-1", &url).await?,
+            Shop::start("shop-2", &url).await?,
+        ];
+        let tandem = Tandem::start_on(&pg.url()).await?;
+        tandem.configure_shop_pool(&[&shops[0], &shops[1]]).await?;
+        Ok(ShopsBehindTandem {
+            tandem,
+            shops,
+            url,
+            _pg: pg,
+        })
+    }
+}
+
 /// A control plane with its own database.
 pub struct Tandem {
     pub control: ControlPlane,
@@ -259,14 +288,7 @@ impl Tandem {
                 ..Default::default()
             };
             tandem_testkit::create_pool_with(&mut admin, pool, &members).await?;
-            admin
-                .add_tcp_route(v1::AddTcpRouteRequest {
-                    route: Some(v1::TcpRoute {
-                        listen: listen.to_string(),
-                        pool: name.into(),
-                    }),
-                })
-                .await?;
+            tandem_testkit::add_tcp_route(&mut admin, listen, name).await?;
         }
         let agent = AgentProcess::start("agent-1", "zone-a", &self.control.endpoint()).await?;
         let state = tempfile::Builder::new()

@@ -190,6 +190,30 @@ async fn wait_for_db(db: &ShopDb) -> anyhow::Result<()> {
     .await
 }
 
+/// The end of a stage that killed the database's host: stops the load,
+/// brings the database back and counts what it recorded.
+async fn result_after_db_restart(
+    name: &'static str,
+    topology: &str,
+    phases: Vec<String>,
+    load: Load,
+    db: &ShopDb,
+    prefix: &str,
+) -> anyhow::Result<StageResult> {
+    let report = load.stop().await?;
+    db.restart()?;
+    wait_for_db(db).await?;
+    let (recorded, stock_consistent) = recorded(&db.url, prefix).await?;
+    Ok(StageResult {
+        name,
+        topology: topology.into(),
+        phases,
+        load: report,
+        recorded,
+        stock_consistent,
+    })
+}
+
 // === stage 1 ===
 
 /// One server: the shop and its database on the same host. Kill the host:
@@ -210,19 +234,8 @@ pub async fn stage_1(run: &RunConfig) -> anyhow::Result<StageResult> {
     db.crash()?;
     phases.push("host-1 killed (shop-1 and the database)".into());
     tokio::time::sleep(run.phase).await;
-    let report = load.stop().await?;
-
-    db.restart()?;
-    wait_for_db(&db).await?;
-    let (recorded, stock_consistent) = recorded(&db.url, prefix).await?;
-    Ok(StageResult {
-        name: "1",
-        topology: "one server: shop-1 + database".into(),
-        phases,
-        load: report,
-        recorded,
-        stock_consistent,
-    })
+    let topology = "one server: shop-1 + database";
+    result_after_db_restart("1", topology, phases, load, &db, prefix).await
 }
 
 // === stage 2 ===
@@ -262,19 +275,8 @@ pub async fn stage_2(run: &RunConfig) -> anyhow::Result<StageResult> {
     db.crash()?;
     phases.push("host-2 killed (shop-2 and the database)".into());
     tokio::time::sleep(run.phase).await;
-    let report = load.stop().await?;
-
-    db.restart()?;
-    wait_for_db(&db).await?;
-    let (recorded, stock_consistent) = recorded(&db.url, prefix).await?;
-    Ok(StageResult {
-        name: "2",
-        topology: "proxy-1 → shop-1, shop-2; database on host-2".into(),
-        phases,
-        load: report,
-        recorded,
-        stock_consistent,
-    })
+    let topology = "proxy-1 → shop-1, shop-2; database on host-2";
+    result_after_db_restart("2", topology, phases, load, &db, prefix).await
 }
 
 // === stage 3 ===
