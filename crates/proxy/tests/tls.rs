@@ -219,6 +219,20 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     assert!(out.contains("ALPN protocol: h2"), "{out}");
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
     assert!(out.contains("Server public key is 2048 bit"), "RSA: {out}");
+    assert!(out.contains("Peer signature type: RSA-PSS"), "{out}");
+    // TLS 1.2 with a client offering only PKCS#1 v1.5 signatures: the RSA
+    // key (AWS-LC's, tandem_tls::signing) signs those too.
+    let out = s_client(
+        s.tls,
+        &[
+            &["-servername", "other.test", "-tls1_2", "-sigalgs", "RSA+SHA256"][..],
+            &verify,
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(out.contains("Peer signature type: RSA\n"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
 
     let out = s_client(
         s.tls,
