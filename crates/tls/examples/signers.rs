@@ -8,15 +8,20 @@
 //! round, the signers interleaved, and prints the median over `ROUNDS`
 //! rounds. CPU time is the thread's own (`/proc/thread-self/schedstat`),
 //! so the figures hold on a busy machine better than rates would. The
-//! `tandem` rows sign through the keys `tandem_tls::signing::load` makes,
-//! as the proxy's handshakes do.
+//! signers are rustls's signing keys, as a handshake uses them: `ring`,
+//! rustls's ring provider's; `tandem`, those `tandem_tls::signing::load`
+//! makes (AWS-LC's for RSA); and AWS-LC's ECDSA, which tandem does not use.
 //!
 //! Usage: `signers [SECONDS [ROUNDS]]` (default 1 s, 5 rounds); build it
 //! with `--release`.
 
+use std::sync::Arc;
+
 use aws_lc_rs::encoding::AsDer;
 use rustls::SignatureScheme;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::SigningKey;
+use tandem_tls::signing;
 
 type Sign = Box<dyn Fn(&[u8])>;
 
@@ -30,75 +35,55 @@ fn main() {
         .expect("an RSA-2048 key")
         .as_ref()
         .to_vec();
-    let ring_rng = ring::rand::SystemRandom::new();
     let p256 = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
-    let ec_pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(p256, &ring_rng)
-        .expect("a P-256 key")
-        .as_ref()
-        .to_vec();
+    let ec_pkcs8 =
+        ring::signature::EcdsaKeyPair::generate_pkcs8(p256, &ring::rand::SystemRandom::new())
+            .expect("a P-256 key")
+            .as_ref()
+            .to_vec();
 
-    let ring_rsa = ring::signature::RsaKeyPair::from_pkcs8(&rsa_pkcs8).expect("ring: RSA key");
-    let lc_rsa = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&rsa_pkcs8).expect("aws-lc: RSA key");
-    let ring_ec = ring::signature::EcdsaKeyPair::from_pkcs8(p256, &ec_pkcs8, &ring_rng)
-        .expect("ring: P-256 key");
+    // Keys as rustls signs with them: ring's (rustls's ring provider, the
+    // proxy's before AWS-LC) and the ones tandem_tls::signing makes.
+    let signer = |key: Result<Arc<dyn SigningKey>, rustls::Error>, scheme| -> Sign {
+        let signer = key
+            .expect("a signing key")
+            .choose_scheme(&[scheme])
+            .expect("a signer");
+        Box::new(move |m| {
+            signer.sign(m).expect("a signature");
+        })
+    };
+    let (rsa, ec) = (pkcs8(&rsa_pkcs8), pkcs8(&ec_pkcs8));
+    let (pss, p256_sha256) = (
+        SignatureScheme::RSA_PSS_SHA256,
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+    );
+    let ring_key = rustls::crypto::ring::sign::any_supported_type;
+    // AWS-LC's ECDSA, which tandem does not use: the figure that says so.
     let lc_ec = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
         &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
         &ec_pkcs8,
     )
     .expect("aws-lc: P-256 key");
-    let tandem = |pkcs8: &[u8], scheme| {
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
-        let key = tandem_tls::signing::load(&der).expect("tandem: key");
-        key.choose_scheme(&[scheme]).expect("tandem: a signer")
-    };
-    let tandem_rsa = tandem(&rsa_pkcs8, SignatureScheme::RSA_PSS_SHA256);
-    let tandem_ec = tandem(&ec_pkcs8, SignatureScheme::ECDSA_NISTP256_SHA256);
-
     let signers: Vec<(&str, Sign)> = vec![
+        ("RSA-2048 PSS-SHA256  ring", signer(ring_key(&rsa), pss)),
         (
-            "RSA-2048 PSS-SHA256   ring",
-            Box::new(move |m| {
-                let mut sig = vec![0; ring_rsa.public().modulus_len()];
-                let rng = ring::rand::SystemRandom::new();
-                ring_rsa
-                    .sign(&ring::signature::RSA_PSS_SHA256, &rng, m, &mut sig)
-                    .expect("ring: RSA signature");
-            }),
+            "RSA-2048 PSS-SHA256  tandem",
+            signer(signing::load(&rsa), pss),
         ),
         (
-            "RSA-2048 PSS-SHA256   aws-lc",
-            Box::new(move |m| {
-                let mut sig = vec![0; lc_rsa.public_modulus_len()];
-                let rng = aws_lc_rs::rand::SystemRandom::new();
-                lc_rsa
-                    .sign(&aws_lc_rs::signature::RSA_PSS_SHA256, &rng, m, &mut sig)
-                    .expect("aws-lc: RSA signature");
-            }),
+            "ECDSA P-256 SHA256   ring",
+            signer(ring_key(&ec), p256_sha256),
         ),
         (
-            "RSA-2048 PSS-SHA256   tandem",
-            Box::new(move |m| {
-                tandem_rsa.sign(m).expect("tandem: RSA signature");
-            }),
+            "ECDSA P-256 SHA256   tandem",
+            signer(signing::load(&ec), p256_sha256),
         ),
         (
-            "ECDSA P-256 SHA256    ring",
-            Box::new(move |m| {
-                let rng = ring::rand::SystemRandom::new();
-                ring_ec.sign(&rng, m).expect("ring: ECDSA signature");
-            }),
-        ),
-        (
-            "ECDSA P-256 SHA256    aws-lc",
+            "ECDSA P-256 SHA256   aws-lc",
             Box::new(move |m| {
                 let rng = aws_lc_rs::rand::SystemRandom::new();
                 lc_ec.sign(&rng, m).expect("aws-lc: ECDSA signature");
-            }),
-        ),
-        (
-            "ECDSA P-256 SHA256    tandem",
-            Box::new(move |m| {
-                tandem_ec.sign(m).expect("tandem: ECDSA signature");
             }),
         ),
     ];
@@ -125,6 +110,10 @@ fn main() {
         let median = rates[rates.len() / 2];
         println!("{name:<30} {median:>12.0} {:>10.1}", 1e6 / median);
     }
+}
+
+fn pkcs8(der: &[u8]) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()))
 }
 
 /// Signatures per second of this thread's CPU time.
