@@ -17,10 +17,12 @@
 #     handshake (never resumed), then HTTP/1.0 GET / read to the close
 #     (HS_GET=0: the handshake alone). The client (HS_CLIENT):
 #     - `rustls` (default): crates/tls/examples/handshakes.rs, $HS_CLIENTS
-#       threads; rustls with ring, no session resumption, and it checks
-#       neither the chain nor the handshake signature, so its share of a
-#       handshake is an X25519 exchange and the records: far less than
-#       the server's, so that the server, not the client, is the limit;
+#       threads; the proxy's client for `--backend-tls-insecure` backends
+#       (rustls with ring), no session resumption, no ALPN: it does not
+#       check the chain, only the handshake signature, so its share of a
+#       handshake is an X25519 exchange, one signature check and the
+#       records: far less than the server's, so that the server, not the
+#       client, is the limit;
 #     - `s_time`: $HS_CLIENTS `openssl s_time -new` processes. OpenSSL 3.0
 #       spends more CPU per handshake than either proxy, so on two cores
 #       it was the limit (both proxies stopped at 600-690 handshakes/s

@@ -6,7 +6,8 @@
 //! and swaps it in (`ArcSwap`): a handshake reads the set once, lock-free,
 //! so a rotated certificate applies to new handshakes only, and connections
 //! already established keep theirs. ALPN offers `h2` and `http/1.1`; TLS 1.3
-//! and 1.2 with rustls's default (ring) cipher suites.
+//! and 1.2 with rustls's default (ring) cipher suites; RSA keys sign with
+//! AWS-LC, the others with ring ([`tandem_tls::signing`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -92,7 +93,7 @@ pub struct Tls {
 impl Tls {
     pub fn new() -> Result<Self, rustls::Error> {
         let certs = Arc::new(ArcSwap::from_pointee(Certs::default()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(tandem_tls::signing::provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()

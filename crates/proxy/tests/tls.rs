@@ -7,19 +7,10 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use tandem_core::{CertName, Certificate, LbPolicy, PrivateKeyPem, Snapshot};
-use tandem_testkit::certs::{Issued, KeyKind, TestCa};
-use tandem_testkit::free_addr;
+use tandem_core::{LbPolicy, Snapshot};
+use tandem_testkit::certs::{KeyKind, TestCa};
 use tandem_testkit::recording::RecordingBackend;
 use tokio::process::Command;
-
-fn cert(name: &str, issued: &Issued) -> Certificate {
-    Certificate {
-        name: CertName::new(name).unwrap(),
-        chain_pem: issued.chain_pem.clone(),
-        key_pem: PrivateKeyPem::new(issued.key_pem.clone()),
-    }
-}
 
 struct Site {
     proxy: ProxyProcess,
@@ -37,39 +28,21 @@ async fn site() -> Site {
         .unwrap();
     let other = ca.issue(&["other.test"], KeyKind::Rsa2048).unwrap();
     let backend = RecordingBackend::start().await.unwrap();
-    let mut snapshot: Snapshot = single_pool(
+    let snapshot = single_pool(
         pool_config("web", LbPolicy::RoundRobin),
         vec![common::backend(&backend.address())],
     );
-    for c in [cert("shop", &shop), cert("other", &other)] {
-        snapshot.certificates.insert(c.name.clone(), c);
-    }
-    let tls = free_addr();
-    let proxy =
-        ProxyProcess::with_snapshot_env(&snapshot, &[("TANDEM_TLS_LISTEN", tls.to_string())])
-            .await
-            .unwrap();
+    let (proxy, tls) = tls_proxy(
+        snapshot,
+        [certificate("shop", &shop), certificate("other", &other)],
+    )
+    .await;
     Site {
         proxy,
         tls,
         backend,
         ca,
     }
-}
-
-/// curl's exit code, what it wrote (`-w` output last) and its stderr.
-async fn curl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .await
-        .expect("curl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `openssl s_client`'s report of one handshake.
@@ -99,6 +72,17 @@ impl Site {
         args.extend_from_slice(extra);
         args.push(&url);
         curl(&args).await
+    }
+
+    /// `openssl s_client` with `extra` arguments, trusting the test CA and
+    /// refusing what it cannot verify: its report of a handshake that
+    /// verified.
+    async fn s_client_verified(&self, extra: &[&str]) -> String {
+        let ca = self.ca.cert_path().display().to_string();
+        let verify = ["-CAfile", ca.as_str(), "-verify_return_error"];
+        let out = s_client(self.tls, &[extra, &verify].concat()).await;
+        assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+        out
     }
 }
 
@@ -143,25 +127,15 @@ async fn curl_gets_https_with_the_right_ca_and_refuses_without_it() {
         )
         .await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        s.backend
-            .requests()
-            .last()
-            .unwrap()
-            .all("x-forwarded-proto"),
-        ["https"]
-    );
+    let last_proto = || {
+        let last = s.backend.requests().pop().unwrap();
+        last.all("x-forwarded-proto").join(", ")
+    };
+    assert_eq!(last_proto(), "https");
     // The plain listener still says http.
     let (code, _, err) = curl(&[&s.proxy.url("/plain")]).await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        s.backend
-            .requests()
-            .last()
-            .unwrap()
-            .header("x-forwarded-proto"),
-        Some("http")
-    );
+    assert_eq!(last_proto(), "http");
 
     // Without the CA (the system's store only): curl refuses the
     // certificate, and nothing reaches the backend.
@@ -203,41 +177,37 @@ async fn curl_gets_https_with_the_right_ca_and_refuses_without_it() {
 #[tokio::test]
 async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     let s = site().await;
-    let ca = s.ca.cert_path().display().to_string();
-    let verify = ["-CAfile", ca.as_str(), "-verify_return_error"];
 
-    let out = s_client(
-        s.tls,
-        &[
-            &["-servername", "other.test", "-alpn", "h2,http/1.1"][..],
-            &verify,
-        ]
-        .concat(),
-    )
-    .await;
+    let out = s
+        .s_client_verified(&["-servername", "other.test", "-alpn", "h2,http/1.1"])
+        .await;
     assert!(out.contains("subject=CN = other.test"), "{out}");
     assert!(out.contains("ALPN protocol: h2"), "{out}");
-    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
     assert!(out.contains("Server public key is 2048 bit"), "RSA: {out}");
+    assert!(out.contains("Peer signature type: RSA-PSS"), "{out}");
+    // TLS 1.2 with a client offering only PKCS#1 v1.5 signatures: the RSA
+    // key (AWS-LC's, tandem_tls::signing) signs those too.
+    let out = s
+        .s_client_verified(&[
+            "-servername",
+            "other.test",
+            "-tls1_2",
+            "-sigalgs",
+            "RSA+SHA256",
+        ])
+        .await;
+    assert!(out.contains("Peer signature type: RSA\n"), "{out}");
 
-    let out = s_client(
-        s.tls,
-        &[
-            &["-servername", "api.shop.test", "-alpn", "http/1.1"][..],
-            &verify,
-        ]
-        .concat(),
-    )
-    .await;
+    let out = s
+        .s_client_verified(&["-servername", "api.shop.test", "-alpn", "http/1.1"])
+        .await;
     assert!(out.contains("subject=CN = shop.test"), "wildcard: {out}");
     assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
     assert!(out.contains("Server public key is 256 bit"), "ECDSA: {out}");
 
-    let out = s_client(
-        s.tls,
-        &[&["-servername", "shop.test", "-tls1_2"][..], &verify].concat(),
-    )
-    .await;
+    let out = s
+        .s_client_verified(&["-servername", "shop.test", "-tls1_2"])
+        .await;
     assert!(
         out.contains("Protocol  : TLSv1.2") || out.contains("TLSv1.2, Cipher"),
         "{out}"
@@ -272,14 +242,7 @@ async fn routes_redirect_plain_http_to_https_and_send_hsts_over_tls() {
         r.redirect_https = true;
         r.hsts_max_age_s = 31_536_000;
     }
-    snapshot
-        .certificates
-        .insert(CertName::new("shop").unwrap(), cert("shop", &shop));
-    let tls = free_addr();
-    let proxy =
-        ProxyProcess::with_snapshot_env(&snapshot, &[("TANDEM_TLS_LISTEN", tls.to_string())])
-            .await
-            .unwrap();
+    let (proxy, tls) = tls_proxy(snapshot, [certificate("shop", &shop)]).await;
 
     // Plain HTTP: 308 to the same URL on https (the TLS listener's port),
     // nothing forwarded, no HSTS (it means nothing over plain HTTP).

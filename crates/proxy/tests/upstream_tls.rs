@@ -12,9 +12,8 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use tandem_core::{BackendTls, CertName, Certificate, LbPolicy, PrivateKeyPem, Snapshot};
+use tandem_core::{BackendTls, LbPolicy};
 use tandem_testkit::certs::{KeyKind, TestCa};
-use tandem_testkit::free_addr;
 use tandem_testkit::recording::RecordingBackend;
 use tandem_testkit::{http_client, wait_until};
 
@@ -44,22 +43,11 @@ async fn setup(
     let mut config = pool_config("api", LbPolicy::RoundRobin);
     config.outlier.consecutive_failures = outlier_failures;
     config.backend_tls = Some(tls);
-    let mut snapshot: Snapshot =
-        single_pool(config, vec![common::backend(&format!("{host}:{port}"))]);
+    let snapshot = single_pool(config, vec![common::backend(&format!("{host}:{port}"))]);
     // A TLS listener of its own, for the X-Forwarded-Proto check.
     let front_ca = TestCa::new("front CA").unwrap();
     let front = front_ca.issue(&["shop.test"], KeyKind::EcP256).unwrap();
-    let cert = Certificate {
-        name: CertName::new("shop").unwrap(),
-        chain_pem: front.chain_pem,
-        key_pem: PrivateKeyPem::new(front.key_pem),
-    };
-    snapshot.certificates.insert(cert.name.clone(), cert);
-    let tls = free_addr();
-    let proxy =
-        ProxyProcess::with_snapshot_env(&snapshot, &[("TANDEM_TLS_LISTEN", tls.to_string())])
-            .await
-            .unwrap();
+    let (proxy, tls) = tls_proxy(snapshot, [certificate("shop", &front)]).await;
     Setup {
         proxy,
         backend,
@@ -83,30 +71,11 @@ async fn get(url: &str) -> (u16, String) {
 
 /// curl over the proxy's TLS listener: (exit code, status, stderr).
 async fn curl_https(s: &Setup, path: &str) -> (i32, String, String) {
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(["--cacert", &s.front_ca.cert_path().display().to_string()])
-        .args([
-            "--resolve",
-            &format!("shop.test:{}:127.0.0.1", s.tls.port()),
-        ])
-        .arg(format!("https://shop.test:{}{path}", s.tls.port()))
-        .output()
-        .await
-        .expect("curl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let ca = s.front_ca.cert_path().display().to_string();
+    let resolve = format!("shop.test:{}:127.0.0.1", s.tls.port());
+    let url = format!("https://shop.test:{}{path}", s.tls.port());
+    let args = ["-o", "/dev/null", "-w", "%{http_code}", "--cacert", &ca];
+    curl(&[&args[..], &["--resolve", &resolve, &url]].concat()).await
 }
 
 #[tokio::test]

@@ -5,15 +5,17 @@
 //!
 //! It exists because `openssl s_time` (OpenSSL 3.0) spends more CPU per
 //! handshake than either proxy it measures, so on a two-core machine the
-//! figure was the client's. This client is cheaper on purpose: rustls with
-//! ring, and it checks neither the server's chain nor its handshake
+//! figure was the client's. This client is cheaper on purpose: it is the
+//! proxy's client for `--backend-tls-insecure` backends (rustls with ring,
+//! [`tandem_tls::client::client_config`]) without session resumption and
+//! without ALPN: it does not check the server's chain, only its handshake
 //! signature (the server's work is the same; the client's share is an
-//! X25519 exchange and the record layer). It measures servers; it is not a
-//! client anyone should copy.
+//! X25519 exchange, one signature check and the record layer). It measures
+//! servers; it is not a client anyone should copy.
 //!
 //! Usage: `handshakes HOST:PORT SECONDS THREADS [--no-get] [--sni NAME]`.
 //! Prints `N handshakes in S s, E errors` (the first error, if any, on
-//! stderr).
+//! stderr); a handshake that is not TLS 1.3 is an error.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -22,9 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::client::Resumption;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ProtocolVersion};
+use tandem_core::BackendTls;
 
 fn main() {
     if let Err(e) = run() {
@@ -55,14 +57,13 @@ fn run() -> Result<(), String> {
     }
     let name = ServerName::try_from(sni).map_err(|e| e.to_string())?;
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-        .with_no_client_auth();
+    let insecure = BackendTls {
+        insecure: true,
+        ..BackendTls::default()
+    };
+    let mut config = tandem_tls::client::client_config(&insecure).map_err(|e| e.to_string())?;
     config.resumption = Resumption::disabled();
+    config.alpn_protocols.clear();
     let config = Arc::new(config);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -119,6 +120,12 @@ fn one(
     while conn.is_handshaking() {
         conn.complete_io(&mut sock)?;
     }
+    // Both versions are offered (the proxy's client offers them); both
+    // servers pick 1.3.
+    if conn.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+        let version = conn.protocol_version();
+        return Err(io::Error::other(format!("not TLS 1.3: {version:?}")));
+    }
     if get {
         let mut tls = rustls::Stream::new(&mut conn, &mut sock);
         tls.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
@@ -142,43 +149,4 @@ fn one(
         let _ = conn.write_tls(&mut sock);
     }
     Ok(())
-}
-
-/// No checks at all: the client measures servers.
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

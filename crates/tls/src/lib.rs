@@ -9,6 +9,8 @@
 //!   first, then one-label wildcards);
 //! - [`client`]: the CA bundle and client configuration for TLS from the
 //!   proxy to a pool's backends;
+//! - [`signing`]: which library signs a certificate's handshakes (RSA
+//!   with AWS-LC, the rest with ring) and the server's crypto provider;
 //! - [`seal`]: private keys encrypted at rest with AES-256-GCM under a key
 //!   read from a file;
 //! - [`component`]: mTLS between Tandem's own components: the rustls
@@ -29,6 +31,7 @@ pub mod material;
 pub mod names;
 pub mod peer;
 pub mod seal;
+pub mod signing;
 
 pub use material::{Info, Parsed, check, inspect_chain, parse};
 pub use names::Names;

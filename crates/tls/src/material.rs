@@ -48,7 +48,7 @@ pub fn parse(chain_pem: &str, key_pem: &str) -> Result<Parsed, Error> {
         };
         Error::invalid("key_pem", why)
     })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|_| {
+    let signing = crate::signing::load(&key).map_err(|_| {
         Error::invalid(
             "key_pem",
             "unsupported private key (use ECDSA P-256/P-384, RSA of 2048 bits or more, or Ed25519)",

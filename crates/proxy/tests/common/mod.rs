@@ -8,16 +8,17 @@ pub mod h2raw;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tandem_core::{
-    AdminState, Backend, BackendAddr, BackendRole, HostMatch, LbPolicy, PathPrefix, Pool,
-    PoolConfig, PoolName, Revision, Route, Snapshot, Weight,
+    AdminState, Backend, BackendAddr, BackendRole, CertName, Certificate, HostMatch, LbPolicy,
+    PathPrefix, Pool, PoolConfig, PoolName, PrivateKeyPem, Revision, Route, Snapshot, Weight,
 };
 use tandem_testkit::backend::FakeBackend;
+use tandem_testkit::certs::Issued;
 use tandem_testkit::recording::RecordingBackend;
 use tandem_testkit::{free_addr, http_client};
 
@@ -304,4 +305,47 @@ pub async fn recorded_proxy(
         .await
         .expect("proxy starts");
     (p, b)
+}
+
+// === TLS ===
+
+/// A certificate named `name` as the control plane would declare it.
+pub fn certificate(name: &str, issued: &Issued) -> Certificate {
+    Certificate {
+        name: CertName::new(name).unwrap(),
+        chain_pem: issued.chain_pem.clone(),
+        key_pem: PrivateKeyPem::new(issued.key_pem.clone()),
+    }
+}
+
+/// A proxy serving `snapshot` with `certificates` added, and the address
+/// of its TLS listener.
+pub async fn tls_proxy(
+    mut snapshot: Snapshot,
+    certificates: impl IntoIterator<Item = Certificate>,
+) -> (ProxyProcess, SocketAddr) {
+    for c in certificates {
+        snapshot.certificates.insert(c.name.clone(), c);
+    }
+    let tls = free_addr();
+    let proxy =
+        ProxyProcess::with_snapshot_env(&snapshot, &[("TANDEM_TLS_LISTEN", tls.to_string())])
+            .await
+            .expect("proxy starts");
+    (proxy, tls)
+}
+
+/// curl's exit code, what it wrote (`-w` output last) and its stderr.
+pub async fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
