@@ -25,7 +25,7 @@ use tandem_testkit::patroni::port_free_on;
 use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::served::wait_node;
 use tandem_testkit::tcp::{PrimaryResponder, primary_pool};
-use tandem_testkit::{ControlPlane, NODE_TOKEN, Postgres, free_addr};
+use tandem_testkit::{ControlPlane, Postgres, free_addr};
 
 /// The port of the server a connection reached (each member has its own).
 async fn server_port(conn: &mut PgConnection) -> anyhow::Result<u16> {
@@ -102,15 +102,7 @@ async fn clients_follow_the_primary_through_one_address_and_old_connections_are_
         .await?;
 
     let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
-        &cp.endpoint(),
-        &[
-            ("TANDEM_TOKEN", NODE_TOKEN.into()),
-            ("TANDEM_NODE_ID", "proxy-1".into()),
-        ],
-    )?;
-    proxy.wait_ready().await?;
+    let proxy = ProxyProcess::joined("proxy-1", &cp.endpoint(), &[]).await?;
     let url = format!("postgres://postgres@{listen}/postgres");
 
     // 1. Clients reach the designated primary, db1.

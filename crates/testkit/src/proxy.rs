@@ -73,6 +73,20 @@ impl ProxyProcess {
         })
     }
 
+    /// A proxy that joins the control plane at `control` as node `id`
+    /// with the nodes' token, once it is ready (it may not have its first
+    /// configuration yet).
+    pub async fn joined(id: &str, control: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut all = vec![
+            ("TANDEM_TOKEN", crate::NODE_TOKEN.to_string()),
+            ("TANDEM_NODE_ID", id.to_string()),
+        ];
+        all.extend(env.iter().cloned());
+        let p = Self::start(tempfile::tempdir()?, control, &all)?;
+        p.wait_ready().await?;
+        Ok(p)
+    }
+
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         wait_http_ok(&self.admin_url("/readyz"), Duration::from_secs(20))
             .await
