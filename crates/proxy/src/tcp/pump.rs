@@ -122,14 +122,15 @@ pub async fn run(
 /// Runs the two directions (until both end, or either fails), the kill
 /// switch and the idle timer, whichever ends the connection first.
 ///
-/// Each of the four parts is polled with a waker of its own, and only when
-/// that waker fired: a wake-up for the client's bytes polls the copy from
-/// the client and nothing else. A `select!` over a `try_join!` polls all
-/// four on every wake-up, and polling a part that did not wake is not
+/// Each direction is polled with a waker of its own, and only when that
+/// waker fired: a wake-up for the client's bytes polls the copy from the
+/// client and nothing else. A `select!` over a `try_join!` polled every
+/// part on every wake-up, and polling a part that did not wake is not
 /// free: the other socket's readiness check locks its waiter list, the
 /// kill switch locks its own mutex and then its `Notify`'s waiter list,
 /// the idle timer checks its entry. That was most of what the proxy spent
-/// per round trip beyond HAProxy (docs/benchmarks.md).
+/// per round trip beyond HAProxy (docs/benchmarks.md). The kill switch and
+/// the idle timer rarely fire: they share the third waker.
 async fn drive<D>(up: D, down: D, kill: &CancellationToken, idle: impl Future<Output = ()>) -> End
 where
     D: Future<Output = Result<(), DirError>>,
@@ -143,14 +144,18 @@ where
     let mut copying = UP | DOWN;
     poll_fn(|cx| {
         let woken = wakers.take(cx.waker());
-        if woken & KILL != 0 && killed.as_mut().poll(&mut wakers.context(KILL)).is_ready() {
+        let mut stop_cx = Context::from_waker(&wakers.stop);
+        if woken & STOP != 0 && killed.as_mut().poll(&mut stop_cx).is_ready() {
             return Poll::Ready(End::Killed);
         }
-        for (part, dir) in [(UP, up.as_mut()), (DOWN, down.as_mut())] {
+        for (part, dir, waker) in [
+            (UP, up.as_mut(), &wakers.up),
+            (DOWN, down.as_mut(), &wakers.down),
+        ] {
             if woken & copying & part == 0 {
                 continue;
             }
-            match dir.poll(&mut wakers.context(part)) {
+            match dir.poll(&mut Context::from_waker(waker)) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => {
                     copying &= !part;
@@ -164,7 +169,7 @@ where
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e.error)),
             }
         }
-        if woken & IDLE != 0 && idle.as_mut().poll(&mut wakers.context(IDLE)).is_ready() {
+        if woken & STOP != 0 && idle.as_mut().poll(&mut stop_cx).is_ready() {
             return Poll::Ready(End::Idle);
         }
         Poll::Pending
@@ -172,61 +177,81 @@ where
     .await
 }
 
-// The parts of a connection, as bits of `Woken::parts`.
+// What woke, as bits of `Woken::parts`: a direction, or the kill switch
+// or the idle timer.
 const UP: u8 = 1;
 const DOWN: u8 = 2;
-const KILL: u8 = 4;
-const IDLE: u8 = 8;
+const STOP: u8 = 4;
 
 /// Which parts woke since the connection was last polled, and the task's
-/// waker to pass their wake-ups on to.
+/// waker to pass their wake-ups on to. Its own waker is the one the kill
+/// switch and the idle timer register.
 struct Woken {
     parts: AtomicU8,
     task: AtomicWaker,
 }
 
-/// The waker one part registers (with its socket, the kill switch, the
-/// timer): marks the part woken, then wakes the task.
-struct PartWaker {
+impl Woken {
+    fn mark(&self, parts: u8) {
+        self.parts.fetch_or(parts, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.mark(STOP);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.mark(STOP);
+    }
+}
+
+/// The waker a direction registers with its two sockets.
+struct DirectionWaker {
     woken: Arc<Woken>,
     part: u8,
 }
 
-impl Wake for PartWaker {
+impl Wake for DirectionWaker {
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        self.woken.mark(self.part);
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.parts.fetch_or(self.part, Ordering::Release);
-        self.woken.task.wake();
+        self.woken.mark(self.part);
     }
 }
 
-/// A connection's four wakers, made once (five small allocations) and
-/// registered again and again: a registration that finds its own waker
-/// already in place keeps it.
+/// A connection's three wakers, made once (three small allocations: each
+/// costs ~100 instructions, a short connection notices) and registered
+/// again and again: a registration that finds its own waker already in
+/// place keeps it.
 struct Wakers {
     woken: Arc<Woken>,
-    /// By part: UP, DOWN, KILL, IDLE.
-    parts: [Waker; 4],
+    up: Waker,
+    down: Waker,
+    stop: Waker,
 }
 
 impl Wakers {
     /// Every part counts as woken until first polled.
     fn new() -> Self {
         let woken = Arc::new(Woken {
-            parts: AtomicU8::new(UP | DOWN | KILL | IDLE),
+            parts: AtomicU8::new(UP | DOWN | STOP),
             task: AtomicWaker::new(),
         });
-        let waker = |part| {
-            Waker::from(Arc::new(PartWaker {
+        let direction = |part| {
+            Waker::from(Arc::new(DirectionWaker {
                 woken: woken.clone(),
                 part,
             }))
         };
         Self {
-            parts: [waker(UP), waker(DOWN), waker(KILL), waker(IDLE)],
+            up: direction(UP),
+            down: direction(DOWN),
+            stop: Waker::from(woken.clone()),
             woken,
         }
     }
@@ -237,10 +262,6 @@ impl Wakers {
     fn take(&self, task: &Waker) -> u8 {
         self.woken.task.register(task);
         self.woken.parts.swap(0, Ordering::Acquire)
-    }
-
-    fn context(&self, part: u8) -> Context<'_> {
-        Context::from_waker(&self.parts[part.trailing_zeros() as usize])
     }
 }
 
