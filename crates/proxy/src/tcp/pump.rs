@@ -370,7 +370,12 @@ async fn splice_dir<F: FnOnce()>(
         // Socket → pipe. The pipe is empty here (drained below), so
         // "would block" can only mean the socket has nothing to read.
         let n = loop {
-            from.readable().await.map_err(|e| dir.fail(true, e))?;
+            // `poll_read_ready` keeps one waker per socket and direction,
+            // which is all a pump needs (one direction reads each socket);
+            // `readable()` would queue a waiter in a locked list each time.
+            poll_fn(|cx| from.poll_read_ready(cx))
+                .await
+                .map_err(|e| dir.fail(true, e))?;
             match from.try_io(Interest::READABLE, || {
                 splice(from.as_fd(), None, pipe_w.as_fd(), None, size, flags)
                     .map_err(io::Error::from)
@@ -394,7 +399,9 @@ async fn splice_dir<F: FnOnce()>(
         // Pipe → the other socket, until the pipe is empty.
         let mut left = n;
         while left > 0 {
-            to.writable().await.map_err(|e| dir.fail(false, e))?;
+            poll_fn(|cx| to.poll_write_ready(cx))
+                .await
+                .map_err(|e| dir.fail(false, e))?;
             match to.try_io(Interest::WRITABLE, || {
                 splice(pipe_r.as_fd(), None, to.as_fd(), None, left, flags).map_err(io::Error::from)
             }) {
