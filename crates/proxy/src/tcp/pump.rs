@@ -177,12 +177,6 @@ where
     .await
 }
 
-// What woke, as bits of `Woken::parts`: a direction, or the kill switch
-// or the idle timer.
-const UP: u8 = 1;
-const DOWN: u8 = 2;
-const STOP: u8 = 4;
-
 /// Which parts woke since the connection was last polled, and the task's
 /// waker to pass their wake-ups on to. Its own waker is the one the kill
 /// switch and the idle timer register.
@@ -190,6 +184,12 @@ struct Woken {
     parts: AtomicU8,
     task: AtomicWaker,
 }
+
+// What woke, as bits of `Woken::parts`: a direction, or the kill switch
+// or the idle timer.
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+const STOP: u8 = 4;
 
 impl Woken {
     fn mark(&self, parts: u8) {
