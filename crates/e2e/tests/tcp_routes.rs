@@ -13,9 +13,7 @@ use tandem_proto::v1;
 use tandem_testkit::proxy::ProxyProcess;
 use tandem_testkit::served::wait_node;
 use tandem_testkit::tcp::Echo;
-use tandem_testkit::{
-    ADMIN_TOKEN, ControlPlane, NODE_TOKEN, Postgres, bin_path, free_addr, wait_until,
-};
+use tandem_testkit::{ADMIN_TOKEN, ControlPlane, Postgres, bin_path, free_addr, wait_until};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -35,6 +33,17 @@ fn tandemctl(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// `tandemctl route add --tcp`: a route from `listen` to the pool `echo`.
+fn add_route(cp: &ControlPlane, listen: SocketAddr) -> anyhow::Result<String> {
+    let listen = listen.to_string();
+    tandemctl(
+        cp,
+        &[
+            "route", "add", "--tcp", "--listen", &listen, "--pool", "echo",
+        ],
+    )
+}
+
 /// A connection through `addr` that has read its greeting.
 async fn open(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
     let mut r = BufReader::new(TcpStream::connect(addr).await?);
@@ -52,12 +61,10 @@ async fn echoes(c: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the connection no longer echoes (closed by the proxy).
-async fn until_closed(
-    c: &mut BufReader<TcpStream>,
-    within: Duration,
-    what: &str,
-) -> anyhow::Result<()> {
+/// Waits (up to 10 s) until the connection no longer echoes (closed by
+/// the proxy).
+async fn until_closed(c: &mut BufReader<TcpStream>, what: &str) -> anyhow::Result<()> {
+    let within = Duration::from_secs(10);
     let start = std::time::Instant::now();
     while start.elapsed() < within {
         if echoes(c).await.is_err() {
@@ -66,6 +73,18 @@ async fn until_closed(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("timed out after {within:?} waiting for {what}")
+}
+
+/// The connection still echoes after `wait` (`what` says why it should).
+async fn open_after(
+    c: &mut BufReader<TcpStream>,
+    wait: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    tokio::time::sleep(wait).await;
+    echoes(c)
+        .await
+        .map_err(|e| anyhow::anyhow!("closed after {wait:?} ({what}): {e}"))
 }
 
 async fn serves(addr: SocketAddr) -> bool {
@@ -87,18 +106,7 @@ async fn tcp_routes_open_and_close_on_a_running_proxy_and_unbindable_ports_are_r
 
     // A route added while the proxy runs: it listens within moments.
     let (a, b) = (free_addr(), free_addr());
-    let out = tandemctl(
-        &cp,
-        &[
-            "route",
-            "add",
-            "--tcp",
-            "--listen",
-            &a.to_string(),
-            "--pool",
-            "echo",
-        ],
-    )?;
+    let out = add_route(&cp, a)?;
     assert!(
         out.starts_with(&format!("tcp route {a} -> pool/echo added")),
         "{out}"
@@ -110,18 +118,7 @@ async fn tcp_routes_open_and_close_on_a_running_proxy_and_unbindable_ports_are_r
     let mut long_lived = open(a).await?;
 
     // A second route: the first's connection is not disturbed.
-    tandemctl(
-        &cp,
-        &[
-            "route",
-            "add",
-            "--tcp",
-            "--listen",
-            &b.to_string(),
-            "--pool",
-            "echo",
-        ],
-    )?;
+    add_route(&cp, b)?;
     wait_until(Duration::from_secs(10), "the second route to serve", || {
         serves(b)
     })
@@ -158,18 +155,7 @@ async fn tcp_routes_open_and_close_on_a_running_proxy_and_unbindable_ports_are_r
     // A port the proxy cannot bind: reported for that proxy in status.
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let busy = taken.local_addr()?;
-    tandemctl(
-        &cp,
-        &[
-            "route",
-            "add",
-            "--tcp",
-            "--listen",
-            &busy.to_string(),
-            "--pool",
-            "echo",
-        ],
-    )?;
+    add_route(&cp, busy)?;
     let mut status = cp.node_client().await?;
     wait_node(
         &status,
@@ -259,25 +245,9 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
     )?;
     tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
     let listen = free_addr();
-    tandemctl(
-        &cp,
-        &[
-            "route",
-            "add",
-            "--tcp",
-            "--listen",
-            &listen.to_string(),
-            "--pool",
-            "echo",
-        ],
-    )?;
+    add_route(&cp, listen)?;
     let _agent = AgentProcess::start("agent-1", "zone-a", &cp.endpoint()).await?;
-    let proxy = ProxyProcess::start(
-        tempfile::tempdir()?,
-        &cp.endpoint(),
-        &[("TANDEM_TOKEN", NODE_TOKEN.into())],
-    )?;
-    proxy.wait_ready().await?;
+    let proxy = ProxyProcess::following(&cp.endpoint(), &[]).await?;
     let health = cp.node_client().await?;
     let state_is = |want: v1::HealthState| {
         let health = health.clone();
@@ -323,27 +293,15 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
     // closed a few seconds later.
     let mut conn = healthy_and_open("the backend healthy").await?;
     fails_its_check("the backend unhealthy").await?;
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    echoes(&mut conn)
-        .await
-        .map_err(|e| anyhow::anyhow!("closed before the grace ended: {e}"))?;
-    until_closed(
-        &mut conn,
-        Duration::from_secs(10),
-        "the connection closed after the grace",
-    )
-    .await?;
+    let second = Duration::from_secs(1);
+    open_after(&mut conn, second, "the grace is 2 s").await?;
+    until_closed(&mut conn, "the connection closed after the grace").await?;
 
     // Removing the backend closes what is open to it (close, 2 s grace).
     check.set_primary(true);
     let mut last = healthy_and_open("healthy again").await?;
     tandemctl(&cp, &["backend", "remove", "echo", &echo.address()])?;
-    until_closed(
-        &mut last,
-        Duration::from_secs(10),
-        "the removed backend's connection closed",
-    )
-    .await?;
+    until_closed(&mut last, "the removed backend's connection closed").await?;
 
     // keep: the connection outlives the backend's health. (Added again,
     // the backend starts afresh: the control plane forgot its history.)
@@ -351,10 +309,8 @@ async fn connections_to_an_unhealthy_or_removed_backend_close_after_the_grace_or
     tandemctl(&cp, &["backend", "add", "echo", &echo.address()])?;
     let mut kept = healthy_and_open("healthy once added again").await?;
     fails_its_check("unhealthy again").await?;
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
-    echoes(&mut kept)
-        .await
-        .map_err(|e| anyhow::anyhow!("kept connection closed: {e}"))?;
+    let grace_and_more = Duration::from_secs(3);
+    open_after(&mut kept, grace_and_more, "on-unhealthy keep").await?;
     let (_, metrics) = proxy.admin_get("/metrics").await?;
     for reason in ["unhealthy", "removed"] {
         assert!(

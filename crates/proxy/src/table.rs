@@ -231,6 +231,14 @@ impl Endpoint for BackendRt {
     fn key(&self) -> &str {
         self.declared.address.as_str()
     }
+    /// Known to pass, not merely not known to fail: `single_active` never
+    /// sends to a member whose check has not passed yet.
+    fn passes_check(&self) -> bool {
+        self.state.health() == HealthState::Healthy
+    }
+    fn order(&self) -> u32 {
+        self.declared.order
+    }
 }
 
 impl PoolRt {

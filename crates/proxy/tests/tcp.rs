@@ -35,6 +35,19 @@ fn tcp_snapshot(
 }
 
 /// Connects through the proxy and reads the backend's greeting.
+/// A proxy serving `snapshot`, once its TCP listener on `listen` accepts.
+async fn serving(snapshot: &Snapshot, listen: SocketAddr, env: &[(&str, String)]) -> ProxyProcess {
+    let proxy = ProxyProcess::with_snapshot_env(snapshot, env)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
+        TcpStream::connect(listen).await.is_ok()
+    })
+    .await
+    .unwrap();
+    proxy
+}
+
 async fn greeting(addr: SocketAddr) -> anyhow::Result<(String, BufReader<TcpStream>)> {
     let s = TcpStream::connect(addr).await?;
     let mut r = BufReader::new(s);
@@ -69,14 +82,7 @@ async fn tcp_routes_balance_connections_and_carry_bytes_both_ways_in_either_copy
     for mode in ["copy", "splice"] {
         let listen = free_addr();
         let snapshot = tcp_snapshot(pool_config("db", LbPolicy::RoundRobin), &addrs, listen);
-        let proxy = ProxyProcess::with_snapshot_env(&snapshot, &[("TANDEM_TCP_COPY", mode.into())])
-            .await
-            .unwrap();
-        wait_until(Duration::from_secs(10), "the tcp listener", || async move {
-            TcpStream::connect(listen).await.is_ok()
-        })
-        .await
-        .unwrap();
+        let proxy = serving(&snapshot, listen, &[("TANDEM_TCP_COPY", mode.into())]).await;
 
         // The readiness probe above took one pick: let it land first.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -139,12 +145,7 @@ async fn a_refused_connect_goes_to_the_next_backend_and_repeated_refusals_eject(
     let mut config = pool_config("db", LbPolicy::RoundRobin);
     config.outlier.consecutive_failures = 3;
     let snapshot = tcp_snapshot(config, &[dead.clone(), live.address()], listen);
-    let proxy = ProxyProcess::with_snapshot(&snapshot).await.unwrap();
-    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
-        TcpStream::connect(listen).await.is_ok()
-    })
-    .await
-    .unwrap();
+    let proxy = serving(&snapshot, listen, &[]).await;
     for _ in 0..20 {
         let (name, _) = greeting(listen).await.expect("every client served");
         assert_eq!(name, "live");
@@ -157,14 +158,7 @@ async fn a_refused_connect_goes_to_the_next_backend_and_repeated_refusals_eject(
         ),
     );
     assert_eq!(failures, 3.0, "tried until ejected, then not any more: {m}");
-    let c = proxy.config().await.unwrap();
-    let b = c["pools"][0]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == dead.as_str())
-        .unwrap()
-        .clone();
+    let b = proxy.backend_state("db", &dead).await.unwrap();
     assert_eq!(b["ejected"], true, "{b}");
 }
 
@@ -177,12 +171,7 @@ async fn a_full_backend_queues_clients_up_to_the_bound_then_refuses() {
     config.tcp.max_queue = 1;
     config.tcp.queue_timeout_ms = 10_000;
     let snapshot = tcp_snapshot(config, &[only.address()], listen);
-    let proxy = ProxyProcess::with_snapshot(&snapshot).await.unwrap();
-    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
-        TcpStream::connect(listen).await.is_ok()
-    })
-    .await
-    .unwrap();
+    let proxy = serving(&snapshot, listen, &[]).await;
     // Probing the listener opened (and closed) connections: wait until the
     // backend's slot is free again.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -234,12 +223,7 @@ async fn idle_connections_are_closed_after_the_pool_idle_timeout() {
     let mut config = pool_config("db", LbPolicy::RoundRobin);
     config.tcp.idle_timeout_ms = 1_000;
     let snapshot = tcp_snapshot(config, &[b.address()], listen);
-    let proxy = ProxyProcess::with_snapshot(&snapshot).await.unwrap();
-    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
-        TcpStream::connect(listen).await.is_ok()
-    })
-    .await
-    .unwrap();
+    let proxy = serving(&snapshot, listen, &[]).await;
     let (_, mut conn) = greeting(listen).await.unwrap();
     // Traffic keeps it open past the timeout...
     for _ in 0..4 {
@@ -329,12 +313,7 @@ async fn the_backend_reads_the_client_address_from_a_proxy_protocol_v2_header() 
     let mut config = pool_config("db", LbPolicy::RoundRobin);
     config.tcp.proxy_protocol = true;
     let snapshot = tcp_snapshot(config, &[backend.to_string()], listen);
-    let _proxy = ProxyProcess::with_snapshot(&snapshot).await.unwrap();
-    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
-        TcpStream::connect(listen).await.is_ok()
-    })
-    .await
-    .unwrap();
+    let _proxy = serving(&snapshot, listen, &[]).await;
     let mut s = TcpStream::connect(listen).await.unwrap();
     let me = s.local_addr().unwrap();
     s.write_all(b"first bytes").await.unwrap();
@@ -449,12 +428,7 @@ async fn backups_take_over_from_a_dead_primary_and_draining_backends_get_nothing
         listen: ListenAddr::new(&listen.to_string()).unwrap(),
         pool: name,
     });
-    let _proxy = ProxyProcess::with_snapshot(&snapshot).await.unwrap();
-    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
-        TcpStream::connect(listen).await.is_ok()
-    })
-    .await
-    .unwrap();
+    let _proxy = serving(&snapshot, listen, &[]).await;
     for _ in 0..10 {
         let (name, _) = greeting(listen).await.expect("served");
         assert_eq!(name, "backup");
@@ -480,12 +454,7 @@ async fn a_backend_that_resets_before_saying_anything_is_ejected_like_a_refused_
     let mut config = pool_config("db", LbPolicy::RoundRobin);
     config.outlier.consecutive_failures = 2;
     let snapshot = tcp_snapshot(config, &[bad.clone(), good.address()], listen);
-    let proxy = ProxyProcess::with_snapshot(&snapshot).await.unwrap();
-    wait_until(Duration::from_secs(10), "the tcp listener", || async move {
-        TcpStream::connect(listen).await.is_ok()
-    })
-    .await
-    .unwrap();
+    let proxy = serving(&snapshot, listen, &[]).await;
     let mut served = 0;
     for _ in 0..20 {
         if let Ok((name, _)) = greeting(listen).await {
@@ -497,13 +466,6 @@ async fn a_backend_that_resets_before_saying_anything_is_ejected_like_a_refused_
     // ejected it; the readiness probes may have met one or both of them
     // (then all 20 are served). The ejection itself is checked below.
     assert!((18..=20).contains(&served), "served {served} of 20");
-    let c = proxy.config().await.unwrap();
-    let b = c["pools"][0]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == bad.as_str())
-        .unwrap()
-        .clone();
+    let b = proxy.backend_state("db", &bad).await.unwrap();
     assert_eq!(b["ejected"], true, "{b}");
 }

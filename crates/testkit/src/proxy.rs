@@ -46,11 +46,21 @@ impl ProxyProcess {
 
     /// A proxy following `control` (comma-separated endpoints) with the
     /// node token as node `proxy-1`, in a fresh state directory, once
-    /// ready; `env` adds or overrides settings.
+    /// ready (it may not have its first configuration yet); `env` adds or
+    /// overrides settings.
     pub async fn following(control: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::following_as("proxy-1", control, env).await
+    }
+
+    /// [`ProxyProcess::following`] as node `id`.
+    pub async fn following_as(
+        id: &str,
+        control: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let mut all = vec![
             ("TANDEM_TOKEN", NODE_TOKEN.to_string()),
-            ("TANDEM_NODE_ID", "proxy-1".to_string()),
+            ("TANDEM_NODE_ID", id.to_string()),
         ];
         all.extend(env.iter().cloned());
         let p = Self::start(tempfile::tempdir()?, control, &all)?;

@@ -34,16 +34,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge};
 use serde::Serialize;
 use tandem_client::NodeState;
-use tandem_core::health::HealthState;
 use tandem_core::lb::{self, Balancer, Endpoint};
-use tandem_core::{
-    AdminState, Backend, BackendAddr, BackendRole, LbPolicy, PoolConfig, PoolName, Snapshot,
-};
+use tandem_core::{AdminState, BackendAddr, BackendRole, LbPolicy, PoolConfig, PoolName, Snapshot};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock;
-use crate::table::{BackendState, Table};
+use crate::table::{BackendRt, Table};
 
 pub use pump::CopyMode;
 
@@ -80,36 +76,38 @@ pub struct TcpPool {
 
 /// One backend of a TCP pool as this revision declares it.
 pub struct TcpEndpoint {
-    pub declared: Backend,
-    pub shared: Arc<BackendState>,
+    /// As the HTTP table of the same revision has it: declared, with the
+    /// shared health and passive-ejection state.
+    pub backend: BackendRt,
     pub tcp: Arc<TcpBackend>,
 }
 
+/// The balancer sees a TCP backend as the HTTP one, except that it is as
+/// busy as its open connections.
 impl Endpoint for TcpEndpoint {
     fn weight(&self) -> u32 {
-        self.declared.weight.get()
+        self.backend.weight()
     }
     fn role(&self) -> BackendRole {
-        self.declared.role
+        self.backend.role()
     }
     fn admin_state(&self) -> AdminState {
-        self.declared.admin_state
+        self.backend.admin_state()
     }
     fn healthy(&self) -> bool {
-        self.shared.usable(clock::now_ms())
+        self.backend.healthy()
     }
-    /// Open connections (least connections counts these for TCP).
     fn in_flight(&self) -> u64 {
         self.tcp.active.load(Ordering::Relaxed)
     }
     fn key(&self) -> &str {
-        self.declared.address.as_str()
+        self.backend.key()
     }
     fn passes_check(&self) -> bool {
-        self.shared.health() == HealthState::Healthy
+        self.backend.passes_check()
     }
     fn order(&self) -> u32 {
-        self.declared.order
+        self.backend.order()
     }
 }
 
@@ -393,8 +391,10 @@ impl Tcp {
                 .backends
                 .iter()
                 .map(|b| TcpEndpoint {
-                    declared: b.declared.clone(),
-                    shared: b.state.clone(),
+                    backend: BackendRt {
+                        declared: b.declared.clone(),
+                        state: b.state.clone(),
+                    },
                     tcp: backends
                         .entry(((*name).clone(), b.declared.address.clone()))
                         .or_insert_with(|| {
@@ -570,7 +570,13 @@ impl Tcp {
                 active_member: (p.config.policy == LbPolicy::SingleActive)
                     .then(|| lb::single_active(&p.endpoints, &[]))
                     .flatten()
-                    .map(|picked| p.endpoints[picked.index].declared.address.to_string()),
+                    .map(|picked| {
+                        p.endpoints[picked.index]
+                            .backend
+                            .declared
+                            .address
+                            .to_string()
+                    }),
                 claimants: lb::claimants(&p.endpoints),
                 on_unhealthy: p.config.on_unhealthy().as_str(),
                 queued: p.state.queued.load(Ordering::Relaxed),
@@ -578,9 +584,9 @@ impl Tcp {
                     .endpoints
                     .iter()
                     .map(|e| TcpBackendView {
-                        address: e.declared.address.to_string(),
-                        order: e.declared.order,
-                        health: e.shared.health().as_str(),
+                        address: e.backend.declared.address.to_string(),
+                        order: e.backend.declared.order,
+                        health: e.backend.state.health().as_str(),
                         usable: e.healthy(),
                         open_connections: e.tcp.active.load(Ordering::Relaxed),
                     })

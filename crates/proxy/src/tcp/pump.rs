@@ -16,11 +16,16 @@
 //! have, or at the first error (a reset ends both). The idle clock is one
 //! atomic the directions stamp with the proxy's coarse clock.
 
+use std::future::{Future, poll_fn};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use metrics::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -98,31 +103,165 @@ pub async fn run(
     };
     let up = direction(meter.to_backend, None, false);
     let down = direction(meter.to_client, Some(on_first_byte), true);
-    let both = async {
-        match settings.mode {
-            CopyMode::Copy => {
-                let (mut cr, mut cw) = client.split();
-                let (mut br, mut bw) = backend.split();
-                tokio::try_join!(
-                    copy_dir(&mut cr, &mut bw, up),
-                    copy_dir(&mut br, &mut cw, down)
-                )
-                .map(|_| ())
+    let idle = idle_out(settings.idle, &last);
+    match settings.mode {
+        CopyMode::Copy => {
+            let (mut cr, mut cw) = client.split();
+            let (mut br, mut bw) = backend.split();
+            let up = copy_dir(&mut cr, &mut bw, up);
+            let down = copy_dir(&mut br, &mut cw, down);
+            drive(up, down, kill, idle).await
+        }
+        CopyMode::Splice => {
+            let (c, b) = (&*client, &*backend);
+            drive(splice_dir(c, b, up), splice_dir(b, c, down), kill, idle).await
+        }
+    }
+}
+
+/// Runs the two directions (until both end, or either fails), the kill
+/// switch and the idle timer, whichever ends the connection first.
+///
+/// Each direction is polled with a waker of its own, and only when that
+/// waker fired: a wake-up for the client's bytes polls the copy from the
+/// client and nothing else. A `select!` over a `try_join!` polled every
+/// part on every wake-up, and polling a part that did not wake is not
+/// free: the other socket's readiness check locks its waiter list, the
+/// kill switch locks its own mutex and then its `Notify`'s waiter list,
+/// the idle timer checks its entry. That was most of what the proxy spent
+/// per round trip beyond HAProxy (docs/benchmarks.md). The kill switch and
+/// the idle timer rarely fire: they share the third waker.
+async fn drive<D>(up: D, down: D, kill: &CancellationToken, idle: impl Future<Output = ()>) -> End
+where
+    D: Future<Output = Result<(), DirError>>,
+{
+    let mut up = pin!(up);
+    let mut down = pin!(down);
+    let mut killed = pin!(kill.cancelled());
+    let mut idle = pin!(idle);
+    let wakers = Wakers::new();
+    // The directions still copying.
+    let mut copying = UP | DOWN;
+    poll_fn(|cx| {
+        let woken = wakers.take(cx.waker());
+        let mut stop_cx = Context::from_waker(&wakers.stop);
+        if woken & STOP != 0 && killed.as_mut().poll(&mut stop_cx).is_ready() {
+            return Poll::Ready(End::Killed);
+        }
+        for (part, dir, waker) in [
+            (UP, up.as_mut(), &wakers.up),
+            (DOWN, down.as_mut(), &wakers.down),
+        ] {
+            if woken & copying & part == 0 {
+                continue;
             }
-            CopyMode::Splice => {
-                let (c, b) = (&*client, &*backend);
-                tokio::try_join!(splice_dir(c, b, up), splice_dir(b, c, down)).map(|_| ())
+            match dir.poll(&mut Context::from_waker(waker)) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => {
+                    copying &= !part;
+                    if copying == 0 {
+                        return Poll::Ready(End::Closed);
+                    }
+                }
+                Poll::Ready(Err(e)) if e.backend_side && !e.backend_spoke => {
+                    return Poll::Ready(End::BackendResetEarly);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e.error)),
             }
         }
-    };
-    tokio::select! {
-        r = both => match r {
-            Ok(()) => End::Closed,
-            Err(e) if e.backend_side && !e.backend_spoke => End::BackendResetEarly,
-            Err(e) => End::Error(e.error),
-        },
-        () = kill.cancelled() => End::Killed,
-        () = idle_out(settings.idle, &last) => End::Idle,
+        if woken & STOP != 0 && idle.as_mut().poll(&mut stop_cx).is_ready() {
+            return Poll::Ready(End::Idle);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Which parts woke since the connection was last polled, and the task's
+/// waker to pass their wake-ups on to. Its own waker is the one the kill
+/// switch and the idle timer register.
+struct Woken {
+    parts: AtomicU8,
+    task: AtomicWaker,
+}
+
+// What woke, as bits of `Woken::parts`: a direction, or the kill switch
+// or the idle timer.
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+const STOP: u8 = 4;
+
+impl Woken {
+    fn mark(&self, parts: u8) {
+        self.parts.fetch_or(parts, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.mark(STOP);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.mark(STOP);
+    }
+}
+
+/// The waker a direction registers with its two sockets.
+struct DirectionWaker {
+    woken: Arc<Woken>,
+    part: u8,
+}
+
+impl Wake for DirectionWaker {
+    fn wake(self: Arc<Self>) {
+        self.woken.mark(self.part);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.mark(self.part);
+    }
+}
+
+/// A connection's three wakers, made once (three small allocations: each
+/// costs ~100 instructions, a short connection notices) and registered
+/// again and again: a registration that finds its own waker already in
+/// place keeps it.
+struct Wakers {
+    woken: Arc<Woken>,
+    up: Waker,
+    down: Waker,
+    stop: Waker,
+}
+
+impl Wakers {
+    /// Every part counts as woken until first polled.
+    fn new() -> Self {
+        let woken = Arc::new(Woken {
+            parts: AtomicU8::new(UP | DOWN | STOP),
+            task: AtomicWaker::new(),
+        });
+        let direction = |part| {
+            Waker::from(Arc::new(DirectionWaker {
+                woken: woken.clone(),
+                part,
+            }))
+        };
+        Self {
+            up: direction(UP),
+            down: direction(DOWN),
+            stop: Waker::from(woken.clone()),
+            woken,
+        }
+    }
+
+    /// The parts woken since the last call. The task's waker is registered
+    /// first, so a part that wakes after the parts were read wakes the
+    /// task again.
+    fn take(&self, task: &Waker) -> u8 {
+        self.woken.task.register(task);
+        self.woken.parts.swap(0, Ordering::Acquire)
     }
 }
 
@@ -231,7 +370,12 @@ async fn splice_dir<F: FnOnce()>(
         // Socket → pipe. The pipe is empty here (drained below), so
         // "would block" can only mean the socket has nothing to read.
         let n = loop {
-            from.readable().await.map_err(|e| dir.fail(true, e))?;
+            // `poll_read_ready` keeps one waker per socket and direction,
+            // which is all a pump needs (one direction reads each socket);
+            // `readable()` would queue a waiter in a locked list each time.
+            poll_fn(|cx| from.poll_read_ready(cx))
+                .await
+                .map_err(|e| dir.fail(true, e))?;
             match from.try_io(Interest::READABLE, || {
                 splice(from.as_fd(), None, pipe_w.as_fd(), None, size, flags)
                     .map_err(io::Error::from)
@@ -255,7 +399,9 @@ async fn splice_dir<F: FnOnce()>(
         // Pipe → the other socket, until the pipe is empty.
         let mut left = n;
         while left > 0 {
-            to.writable().await.map_err(|e| dir.fail(false, e))?;
+            poll_fn(|cx| to.poll_write_ready(cx))
+                .await
+                .map_err(|e| dir.fail(false, e))?;
             match to.try_io(Interest::WRITABLE, || {
                 splice(pipe_r.as_fd(), None, to.as_fd(), None, left, flags).map_err(io::Error::from)
             }) {
@@ -295,4 +441,167 @@ fn give_back_pipe(pipe: (OwnedFd, OwnedFd)) {
             c.push(pipe);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pump between real loopback sockets: what ends a connection, and
+    //! that each part is woken when it must be (a part that never got its
+    //! wake-up would leave a test waiting for its timeout).
+
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+
+    use super::*;
+
+    /// A connected pair: (the end the test holds, the end the pump holds).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (inner, _) = listener.accept().await.unwrap();
+        (outer, inner)
+    }
+
+    struct Pumped {
+        end: End,
+        /// How long the pump ran.
+        took: Duration,
+        to_backend: u64,
+        to_client: u64,
+        first_byte: bool,
+    }
+
+    /// Runs the pump between two fresh pairs while `test` plays the client
+    /// (first stream) and the backend (second).
+    async fn pump<T: Future<Output = ()>>(
+        mode: CopyMode,
+        idle: Option<Duration>,
+        kill: &CancellationToken,
+        test: impl FnOnce(TcpStream, TcpStream) -> T,
+    ) -> Pumped {
+        let (client, client_side) = pair().await;
+        let (backend, backend_side) = pair().await;
+        let to_backend = Arc::new(AtomicU64::new(0));
+        let to_client = Arc::new(AtomicU64::new(0));
+        let meter = Meter {
+            to_backend: &Counter::from_arc(to_backend.clone()),
+            to_client: &Counter::from_arc(to_client.clone()),
+        };
+        let settings = Settings {
+            mode,
+            buffer: 4096,
+            idle,
+        };
+        let first_byte = AtomicBool::new(false);
+        let started = tokio::time::Instant::now();
+        // Like `conn::serve`, the sockets close when the pump ends: the
+        // half-close passed on last is that close.
+        let run = async {
+            let (mut client_side, mut backend_side) = (client_side, backend_side);
+            let end = run(
+                &mut client_side,
+                &mut backend_side,
+                &settings,
+                kill,
+                &meter,
+                || first_byte.store(true, Ordering::Relaxed),
+            )
+            .await;
+            (end, started.elapsed())
+        };
+        let ((end, took), ()) = timeout(Duration::from_secs(10), async {
+            tokio::join!(run, test(client, backend))
+        })
+        .await
+        .expect("the pump ended within 10 s");
+        Pumped {
+            end,
+            took,
+            to_backend: to_backend.load(Ordering::Relaxed),
+            to_client: to_client.load(Ordering::Relaxed),
+            first_byte: first_byte.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn read_all(s: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_both_ways_and_a_half_close_passes_through() {
+        for mode in [CopyMode::Copy, CopyMode::Splice] {
+            let kill = CancellationToken::new();
+            let p = pump(mode, None, &kill, |mut client, mut backend| async move {
+                client.write_all(b"ping").await.unwrap();
+                client.shutdown().await.unwrap();
+                // The backend sees the client's end-of-stream and still
+                // answers on the half that is open.
+                assert_eq!(read_all(&mut backend).await, b"ping");
+                backend.write_all(b"pong, at length").await.unwrap();
+                backend.shutdown().await.unwrap();
+                assert_eq!(read_all(&mut client).await, b"pong, at length");
+            })
+            .await;
+            assert!(matches!(p.end, End::Closed), "{mode:?}: {:?}", p.end);
+            assert_eq!((p.to_backend, p.to_client), (4, 15), "{mode:?}");
+            assert!(p.first_byte, "{mode:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kill_closes_a_connection_that_moves_nothing() {
+        for mode in [CopyMode::Copy, CopyMode::Splice] {
+            let kill = CancellationToken::new();
+            let switch = &kill;
+            let p = pump(mode, None, &kill, |mut client, mut backend| async move {
+                client.write_all(b"x").await.unwrap();
+                let mut one = [0; 1];
+                backend.read_exact(&mut one).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                switch.cancel();
+                // Both sockets stay open meanwhile: only the kill ends it.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            })
+            .await;
+            assert!(matches!(p.end, End::Killed), "{mode:?}: {:?}", p.end);
+            assert!(!p.first_byte, "{mode:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn traffic_defers_the_idle_timeout_and_silence_reaches_it() {
+        let kill = CancellationToken::new();
+        let idle = Duration::from_millis(300);
+        let p = pump(
+            CopyMode::Copy,
+            Some(idle),
+            &kill,
+            |mut client, mut backend| async move {
+                // A byte every 100 ms for 600 ms: twice the timeout in all.
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    client.write_all(b"x").await.unwrap();
+                    let mut one = [0; 1];
+                    backend.read_exact(&mut one).await.unwrap();
+                }
+                // Had the timer not been deferred, the pump would have
+                // stopped copying by now and the last read would wait for
+                // the test's timeout. Then nothing for a while.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            },
+        )
+        .await;
+        assert!(matches!(p.end, End::Idle), "{:?}", p.end);
+        assert_eq!(p.to_backend, 6);
+        // The last byte came at ~600 ms.
+        let took = p.took.as_millis();
+        assert!((880..1300).contains(&took), "idled out after {took} ms");
+    }
 }

@@ -129,9 +129,9 @@ fn evaluate(tcp: &Tcp) -> (Vec<Verdict>, BTreeMap<String, String>) {
             if e.tcp.active.load(Ordering::SeqCst) == 0 {
                 continue;
             }
-            let reason = if e.declared.admin_state == AdminState::Disabled {
+            let reason = if e.backend.declared.admin_state == AdminState::Disabled {
                 CloseReason::Disabled
-            } else if e.shared.health() == HealthState::Unhealthy {
+            } else if e.backend.state.health() == HealthState::Unhealthy {
                 CloseReason::Unhealthy
             } else if active.is_some_and(|a| a != i) {
                 CloseReason::NotActive
