@@ -2,7 +2,8 @@
 //! snapshot: balancing, bytes both ways with half-close, a refused connect
 //! moving to the next backend, the per-backend limit with its bounded
 //! queue, the idle timeout, the PROXY protocol header as the backend reads
-//! it, and a port that cannot be bound reported while the others serve.
+//! it, a port that cannot be bound reported while the others serve, and
+//! two proxies of one host sharing a route's address.
 
 mod common;
 
@@ -34,7 +35,6 @@ fn tcp_snapshot(
     s
 }
 
-/// Connects through the proxy and reads the backend's greeting.
 /// A proxy serving `snapshot`, once its TCP listener on `listen` accepts.
 async fn serving(snapshot: &Snapshot, listen: SocketAddr, env: &[(&str, String)]) -> ProxyProcess {
     let proxy = ProxyProcess::with_snapshot_env(snapshot, env)
@@ -48,6 +48,7 @@ async fn serving(snapshot: &Snapshot, listen: SocketAddr, env: &[(&str, String)]
     proxy
 }
 
+/// Connects through the proxy and reads the backend's greeting.
 async fn greeting(addr: SocketAddr) -> anyhow::Result<(String, BufReader<TcpStream>)> {
     let s = TcpStream::connect(addr).await?;
     let mut r = BufReader::new(s);
@@ -400,6 +401,38 @@ async fn a_port_that_cannot_be_bound_is_reported_and_the_other_routes_serve() {
     .unwrap();
     let (name, _) = greeting(busy).await.unwrap();
     assert_eq!(name, "b");
+}
+
+#[tokio::test]
+async fn two_proxies_on_one_host_share_a_routes_address_and_one_killed_leaves_no_gap() {
+    let b = Echo::start("b").await.unwrap();
+    let listen = free_addr();
+    let snapshot = tcp_snapshot(
+        pool_config("db", LbPolicy::RoundRobin),
+        &[b.address()],
+        listen,
+    );
+    let mut first = serving(&snapshot, listen, &[]).await;
+    let second = serving(&snapshot, listen, &[]).await;
+    let up = format!("tandem_proxy_tcp_listener_up{{listen=\"{listen}\",pool=\"db\"}}");
+    for proxy in [&first, &second] {
+        assert_eq!(
+            metric(&metrics(proxy).await, &up),
+            1.0,
+            "both bound the address"
+        );
+    }
+
+    // One of them dies without a word: every new connection is served by
+    // the other at once, none refused while it waits to bind again.
+    first.process.kill();
+    for i in 0..50 {
+        let (name, _) = greeting(listen)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} after the kill: {e}"));
+        assert_eq!(name, "b");
+    }
+    assert_eq!(metric(&metrics(&second).await, &up), 1.0);
 }
 
 #[tokio::test]

@@ -4,6 +4,14 @@
 //! (already taken, not an address of this host, a privileged port) is
 //! logged, reported to the control plane (`tandemctl status`) and tried
 //! again every few seconds.
+//!
+//! Listeners are bound with `SO_REUSEPORT`, as HAProxy's are by default on
+//! Linux: several proxies on one host serve a route's address together
+//! (the kernel spreads new connections over them), so when one stops the
+//! others go on accepting at once instead of a client seeing refused
+//! connections until another proxy's next attempt to bind. Only sockets
+//! that also ask for it share (and only within one user); a port held by
+//! any other socket is still reported as not bound.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -12,7 +20,7 @@ use std::time::Duration;
 
 use tandem_core::PoolName;
 use tandem_proto::v1::ListenerStatus;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -80,7 +88,7 @@ async fn reconcile(tcp: &Arc<Tcp>, running: &mut HashMap<SocketAddr, Listener>) 
         }
         let up = metrics::gauge!("tandem_proxy_tcp_listener_up", "listen" => addr.to_string(), "pool" => pool.to_string());
         let previous = running.remove(&addr).and_then(|l| l.state.err());
-        let state = match TcpListener::bind(addr).await {
+        let state = match bind(addr) {
             Ok(listener) => {
                 let stop = CancellationToken::new();
                 tokio::spawn(accept(tcp.clone(), listener, addr, stop.clone()));
@@ -146,4 +154,18 @@ async fn accept(tcp: Arc<Tcp>, listener: TcpListener, listen: SocketAddr, stop: 
         // scripts/bench/tcp-instructions.sh, docs/benchmarks.md).
         tokio::spawn(Box::pin(conn::serve(tcp.clone(), stream, peer, listen)));
     }
+}
+
+/// A listening socket on `addr` that other proxies of this host may share
+/// (`SO_REUSEPORT`; `SO_REUSEADDR` as tokio's own `bind` sets it).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
