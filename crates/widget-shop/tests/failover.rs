@@ -17,17 +17,33 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use sqlx::Connection;
 use tandem_testkit::patroni::{Etcd, PatroniCluster, PatroniOptions};
 
 use common::tandem::Tandem;
 use common::{Shop, Shopper};
 
-/// Creates the shop's database on the cluster's primary.
+/// Creates the shop's database on the cluster's primary, and waits until
+/// every member has replayed it: the asynchronous replica may lag, and a
+/// read routed to it before then fails with `database "shop" does not
+/// exist` (a set-up race, not the failover under test).
 async fn create_shop_database(cluster: &PatroniCluster) -> anyhow::Result<()> {
     let primary = cluster.wait_primary(Duration::from_secs(10), None).await?;
     let db = common::db(&cluster.members()[primary].url("postgres")).await?;
     sqlx::query("CREATE DATABASE shop").execute(&db).await?;
     db.close().await;
+    for member in cluster.members() {
+        let url = member.url("shop");
+        tandem_testkit::wait_until(
+            Duration::from_secs(30),
+            "the shop database on every member",
+            || {
+                let url = url.clone();
+                async move { sqlx::PgConnection::connect(&url).await.is_ok() }
+            },
+        )
+        .await?;
+    }
     Ok(())
 }
 

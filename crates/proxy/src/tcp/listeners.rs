@@ -40,7 +40,7 @@ pub async fn run(tcp: Arc<Tcp>, mut shutdown: watch::Receiver<bool>) {
         let changed = tcp.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        reconcile(&tcp, &mut running).await;
+        reconcile(&tcp, &mut running);
         let failing = running.values().any(|l| l.state.is_err());
         tokio::select! {
             () = &mut changed => {}
@@ -57,7 +57,7 @@ pub async fn run(tcp: Arc<Tcp>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn reconcile(tcp: &Arc<Tcp>, running: &mut HashMap<SocketAddr, Listener>) {
+fn reconcile(tcp: &Arc<Tcp>, running: &mut HashMap<SocketAddr, Listener>) {
     let wanted: BTreeMap<SocketAddr, PoolName> = tcp
         .table
         .load()

@@ -598,10 +598,14 @@ mod tests {
             },
         )
         .await;
+        // Idle, not closed: the timeout fired within the 700 ms of silence
+        // (when the scenario ends, its sockets close).
         assert!(matches!(p.end, End::Idle), "{:?}", p.end);
         assert_eq!(p.to_backend, 6);
-        // The last byte came at ~600 ms.
+        // Not before the last byte (~600 ms) plus the timeout: traffic
+        // deferred it. (No upper bound beyond the one above: how late a
+        // timer fires on a loaded machine is not the pump's behaviour.)
         let took = p.took.as_millis();
-        assert!((880..1300).contains(&took), "idled out after {took} ms");
+        assert!(took >= 880, "idled out after {took} ms, before the silence");
     }
 }
